@@ -1,0 +1,25 @@
+//! Identity for ambit: SPIFFE ids, the mesh CA, CSRs, rotating certificates held in memory,
+//! and rustls configs that authenticate peers by SPIFFE id.
+
+mod ca;
+mod cert;
+mod csr;
+mod spiffe;
+mod store;
+mod tls;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use ca::{CaError, CaMaterial, CertificateAuthority, LocalIssuer};
+pub use cert::{CertificateError, WorkloadCertificate, identity_of, validity_of};
+pub use csr::{CertificateRequest, CsrError};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use store::{
+    CertificateHandle, CertificateIssuer, CertificateStore, IdentityLease, IssueError, RetryPolicy,
+    StoreError,
+};
+pub use tls::{
+    ALPN_H2, PeerIdentityError, TlsError, TrustBundle, client_config, crypto_provider,
+    peer_identity, peer_identity_error, server_config, server_name,
+};

@@ -1,0 +1,301 @@
+//! Certificates per workload identity, issued on first use, rotated at half-life, forgotten when
+//! the last user lets go. Keys exist only in memory.
+//!
+//! Scheduling uses tokio time so rotation and retry are tested with a paused clock; the wall
+//! clock is read only to turn a certificate's absolute validity into a delay.
+
+use crate::cert::{CertificateError, WorkloadCertificate};
+use crate::csr::{CertificateRequest, CsrError};
+use crate::spiffe::SpiffeId;
+use rustls_pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+/// An error from whatever signs CSRs (the controller's CA API, or an in-process CA).
+pub type IssueError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Signs a CSR for an identity, returning the chain with the leaf first.
+pub trait CertificateIssuer: Send + Sync + 'static {
+    fn issue(
+        &self,
+        identity: &SpiffeId,
+        csr_der: &[u8],
+    ) -> impl Future<Output = Result<Vec<CertificateDer<'static>>, IssueError>> + Send;
+}
+
+/// Why an identity has no certificate.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not obtain a certificate for {identity}: {reason}")]
+    Issue {
+        identity: SpiffeId,
+        reason: Arc<str>,
+    },
+    #[error("the certificate store dropped the identity {0}")]
+    Gone(SpiffeId),
+}
+
+/// How failed issuance is retried: exponential backoff between these bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Slot {
+    Pending,
+    Ready(Arc<WorkloadCertificate>),
+    /// The first issuance failed; there is no certificate to keep.
+    Failed(Arc<str>),
+}
+
+/// A cheap, cloneable view of the current certificate of one identity; TLS configs built from
+/// it present the newest certificate at every handshake.
+#[derive(Clone)]
+pub struct CertificateHandle(watch::Receiver<Slot>);
+
+impl CertificateHandle {
+    /// A handle that always yields `certificate` (no rotation): for tests and benchmarks.
+    pub fn fixed(certificate: WorkloadCertificate) -> Self {
+        let (_, receiver) = watch::channel(Slot::Ready(Arc::new(certificate)));
+        Self(receiver)
+    }
+
+    pub fn current(&self) -> Option<Arc<WorkloadCertificate>> {
+        match &*self.0.borrow() {
+            Slot::Ready(certificate) => Some(certificate.clone()),
+            Slot::Pending | Slot::Failed(_) => None,
+        }
+    }
+
+    /// Waits until a different certificate is current (after a rotation).
+    pub async fn changed(&mut self) -> Result<Arc<WorkloadCertificate>, watch::error::RecvError> {
+        loop {
+            self.0.changed().await?;
+            if let Some(certificate) = self.current() {
+                return Ok(certificate);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CertificateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CertificateHandle")
+            .field(&self.current().map(|c| c.identity().clone()))
+            .finish()
+    }
+}
+
+struct Entry {
+    identity: SpiffeId,
+    slot: watch::Receiver<Slot>,
+    rotation: AbortHandle,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.rotation.abort();
+    }
+}
+
+/// Keeps an identity's certificate alive and rotating; the identity is forgotten (and its key
+/// dropped) when the last lease goes.
+#[derive(Clone)]
+pub struct IdentityLease(Arc<Entry>);
+
+impl IdentityLease {
+    pub fn identity(&self) -> &SpiffeId {
+        &self.0.identity
+    }
+
+    pub fn handle(&self) -> CertificateHandle {
+        let mut slot = self.0.slot.clone();
+        // `changed` should mean "rotated since this handle was made".
+        slot.mark_unchanged();
+        CertificateHandle(slot)
+    }
+}
+
+impl fmt::Debug for IdentityLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("IdentityLease")
+            .field(&self.0.identity)
+            .finish()
+    }
+}
+
+pub struct CertificateStore<I> {
+    issuer: Arc<I>,
+    retry: RetryPolicy,
+    entries: Arc<Mutex<HashMap<SpiffeId, Weak<Entry>>>>,
+}
+
+impl<I> fmt::Debug for CertificateStore<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateStore")
+            .field("identities", &self.identities())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I> CertificateStore<I> {
+    /// Identities currently held, sorted.
+    pub fn identities(&self) -> Vec<SpiffeId> {
+        let entries = lock(&self.entries);
+        let mut ids: Vec<SpiffeId> = entries
+            .iter()
+            .filter(|(_, entry)| entry.strong_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl<I: CertificateIssuer> CertificateStore<I> {
+    pub fn new(issuer: I, retry: RetryPolicy) -> Self {
+        Self {
+            issuer: Arc::new(issuer),
+            retry,
+            entries: Arc::default(),
+        }
+    }
+
+    /// Returns a lease on `identity`'s certificate, issuing it first if no one holds it yet.
+    /// Concurrent callers for the same identity share one issuance.
+    pub async fn acquire(&self, identity: &SpiffeId) -> Result<IdentityLease, StoreError> {
+        let entry = self.entry(identity);
+        let mut slot = entry.slot.clone();
+        let outcome = slot
+            .wait_for(|s| !matches!(s, Slot::Pending))
+            .await
+            .map(|s| s.clone());
+        match outcome {
+            Ok(Slot::Ready(_)) => Ok(IdentityLease(entry)),
+            Ok(Slot::Failed(reason)) => Err(StoreError::Issue {
+                identity: identity.clone(),
+                reason,
+            }),
+            Ok(Slot::Pending) | Err(_) => Err(StoreError::Gone(identity.clone())),
+        }
+    }
+
+    fn entry(&self, identity: &SpiffeId) -> Arc<Entry> {
+        let mut entries = lock(&self.entries);
+        if let Some(entry) = entries.get(identity).and_then(Weak::upgrade) {
+            return entry;
+        }
+        entries.retain(|_, entry| entry.strong_count() > 0);
+        let (sender, receiver) = watch::channel(Slot::Pending);
+        let rotation = tokio::spawn(maintain(
+            self.issuer.clone(),
+            identity.clone(),
+            sender,
+            self.retry,
+        ))
+        .abort_handle();
+        let entry = Arc::new(Entry {
+            identity: identity.clone(),
+            slot: receiver,
+            rotation,
+        });
+        entries.insert(identity.clone(), Arc::downgrade(&entry));
+        entry
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    #[error("issuer refused: {0}")]
+    Issuer(IssueError),
+    #[error("issued certificate is unusable: {0}")]
+    Certificate(#[from] CertificateError),
+}
+
+async fn issue_once<I: CertificateIssuer>(
+    issuer: &I,
+    identity: &SpiffeId,
+) -> Result<WorkloadCertificate, RenewError> {
+    let request = CertificateRequest::new(identity)?;
+    let chain = issuer
+        .issue(identity, request.csr_der())
+        .await
+        .map_err(RenewError::Issuer)?;
+    Ok(request.complete(chain)?)
+}
+
+/// Issues, then re-issues at every half-life; on failure keeps the current certificate and
+/// retries with backoff.
+async fn maintain<I: CertificateIssuer>(
+    issuer: Arc<I>,
+    identity: SpiffeId,
+    slot: watch::Sender<Slot>,
+    retry: RetryPolicy,
+) {
+    let mut backoff = retry.initial;
+    loop {
+        match issue_once(&*issuer, &identity).await {
+            Ok(certificate) => {
+                let delay = until_half_life(&certificate, SystemTime::now());
+                tracing::info!(%identity, renew_in_s = delay.as_secs(), "certificate issued");
+                slot.send_replace(Slot::Ready(Arc::new(certificate)));
+                backoff = retry.initial;
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => {
+                let reason: Arc<str> = error.to_string().into();
+                let kept = slot.send_if_modified(|current| match current {
+                    Slot::Ready(_) => false,
+                    _ => {
+                        *current = Slot::Failed(reason.clone());
+                        true
+                    }
+                });
+                tracing::warn!(
+                    %identity,
+                    %error,
+                    keeping_current = !kept,
+                    retry_in_ms = backoff.as_millis(),
+                    "certificate issuance failed"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry.max);
+            }
+        }
+    }
+}
+
+/// Time from `now` until half the certificate's validity has passed.
+fn until_half_life(certificate: &WorkloadCertificate, now: SystemTime) -> Duration {
+    let half_life = certificate.not_before() + certificate.lifetime() / 2;
+    half_life.duration_since(now).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

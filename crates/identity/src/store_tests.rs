@@ -1,0 +1,171 @@
+//! Rotation, failure and lifetime of identities, on a paused tokio clock.
+
+use super::*;
+use crate::LocalIssuer;
+use crate::testing::TestPki;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+const LIFETIME: Duration = Duration::from_secs(600);
+
+/// An in-process CA that counts issuances and can be told to fail or to lie about identity.
+#[derive(Clone)]
+struct FlakyIssuer {
+    inner: LocalIssuer,
+    pki: TestPki,
+    issued: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    wrong_identity: Arc<AtomicBool>,
+}
+
+impl FlakyIssuer {
+    fn new(pki: &TestPki) -> Self {
+        Self {
+            inner: LocalIssuer::new(pki.ca.clone(), LIFETIME),
+            pki: pki.clone(),
+            issued: Arc::default(),
+            failing: Arc::default(),
+            wrong_identity: Arc::default(),
+        }
+    }
+
+    fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+}
+
+impl CertificateIssuer for FlakyIssuer {
+    async fn issue(
+        &self,
+        identity: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err("CA unavailable".into());
+        }
+        if self.wrong_identity.load(Ordering::SeqCst) {
+            let other = self.pki.id("kube-system", "admin");
+            return self.inner.issue(&other, csr_der).await;
+        }
+        self.inner.issue(identity, csr_der).await
+    }
+}
+
+fn store(issuer: &FlakyIssuer) -> CertificateStore<FlakyIssuer> {
+    CertificateStore::new(
+        issuer.clone(),
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        },
+    )
+}
+
+fn serial(certificate: &WorkloadCertificate) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(certificate.chain()[0].as_ref()).unwrap();
+    parsed.raw_serial().to_vec()
+}
+
+/// Lets spawned tasks run to their next await without moving the clock.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotates_at_half_life() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::new(&pki);
+    let store = store(&issuer);
+    let id = pki.id("demo", "web");
+    let lease = store.acquire(&id).await.unwrap();
+    let mut handle = lease.handle();
+    let first = handle.current().unwrap();
+    assert_eq!(first.identity(), &id);
+    assert_eq!(issuer.issued(), 1);
+
+    let half_life = until_half_life(&first, SystemTime::now());
+    assert!(half_life > Duration::from_secs(200), "{half_life:?}");
+    tokio::time::advance(half_life - Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(issuer.issued(), 1, "renewed before half-life");
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let second = handle.changed().await.unwrap();
+    assert_eq!(issuer.issued(), 2);
+    assert_ne!(serial(&first), serial(&second));
+    assert_eq!(second.identity(), &id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_the_old_certificate_while_renewal_fails() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::new(&pki);
+    let store = store(&issuer);
+    let lease = store.acquire(&pki.id("demo", "web")).await.unwrap();
+    let mut handle = lease.handle();
+    let first = handle.current().unwrap();
+
+    issuer.failing.store(true, Ordering::SeqCst);
+    tokio::time::advance(until_half_life(&first, SystemTime::now()) + Duration::from_secs(1)).await;
+    settle().await;
+    // Several retries with backoff, and the first certificate stays current throughout.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(8)).await;
+        settle().await;
+    }
+    assert!(issuer.issued() >= 4, "retries: {}", issuer.issued());
+    assert_eq!(serial(&handle.current().unwrap()), serial(&first));
+
+    issuer.failing.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(8)).await;
+    let renewed = handle.changed().await.unwrap();
+    assert_ne!(serial(&renewed), serial(&first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_issuance_failure_is_reported() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::new(&pki);
+    issuer.failing.store(true, Ordering::SeqCst);
+    let store = store(&issuer);
+    let err = store.acquire(&pki.id("demo", "web")).await.unwrap_err();
+    assert!(err.to_string().contains("CA unavailable"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refuses_a_certificate_issued_for_another_identity() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::new(&pki);
+    issuer.wrong_identity.store(true, Ordering::SeqCst);
+    let store = store(&issuer);
+    let err = store.acquire(&pki.id("demo", "web")).await.unwrap_err();
+    assert!(err.to_string().contains("was issued for"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shares_one_issuance_and_forgets_the_identity_with_its_last_lease() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::new(&pki);
+    let store = store(&issuer);
+    let id = pki.id("demo", "web");
+    let (a, b) = tokio::join!(store.acquire(&id), store.acquire(&id));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(issuer.issued(), 1);
+    assert_eq!(store.identities(), vec![id.clone()]);
+
+    drop(a);
+    assert_eq!(store.identities(), vec![id.clone()]);
+    drop(b);
+    assert!(store.identities().is_empty());
+
+    // The rotation task stopped with the identity: time passing issues nothing more.
+    tokio::time::advance(LIFETIME * 2).await;
+    settle().await;
+    assert_eq!(issuer.issued(), 1);
+
+    let _again = store.acquire(&id).await.unwrap();
+    assert_eq!(issuer.issued(), 2);
+}

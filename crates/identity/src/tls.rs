@@ -1,0 +1,528 @@
+//! rustls configs for HBONE: TLS 1.3 only, AES-GCM, post-quantum hybrid key exchange preferred,
+//! ALPN `h2`, client certificates required, and SPIFFE identity checks on both sides.
+//!
+//! SPIFFE certificates carry no DNS names, so the usual hostname check is replaced by an
+//! explicit identity check: the client accepts only an expected set of server identities; the
+//! server accepts any identity of its trust domain and hands it to the caller for authorization.
+
+use crate::cert::{CertificateError, identity_of};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::store::CertificateHandle;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert,
+    WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::sync::{Arc, OnceLock};
+
+/// The only ALPN protocol HBONE speaks.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Why a TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("trust bundle has no usable root certificate: {0}")]
+    NoRoots(String),
+    #[error("invalid TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("could not build the client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("a client must expect at least one server identity")]
+    NoExpectedIdentity,
+}
+
+/// Why a peer's certificate was refused after its chain verified.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerIdentityError {
+    #[error("peer presented no certificate")]
+    NoCertificate,
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    #[error("peer is {actual}, expected one of [{}]", format_ids(expected))]
+    Unexpected {
+        actual: SpiffeId,
+        expected: Vec<SpiffeId>,
+    },
+    #[error("peer {actual} is outside trust domain {expected}")]
+    ForeignTrustDomain {
+        actual: SpiffeId,
+        expected: TrustDomain,
+    },
+}
+
+fn format_ids(ids: &[SpiffeId]) -> String {
+    ids.iter()
+        .map(SpiffeId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl From<PeerIdentityError> for rustls::Error {
+    fn from(error: PeerIdentityError) -> Self {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(OtherError(Arc::new(
+            error,
+        ))))
+    }
+}
+
+/// The identity failure inside a handshake error, if that is why the handshake failed.
+pub fn peer_identity_error(error: &rustls::Error) -> Option<&PeerIdentityError> {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(OtherError(inner))) => {
+            inner.downcast_ref()
+        }
+        _ => None,
+    }
+}
+
+/// The crypto provider for every ambit TLS endpoint and key: TLS 1.3 AES-GCM suites only;
+/// X25519MLKEM768 preferred, X25519 as the fallback.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            Arc::new(CryptoProvider {
+                cipher_suites: vec![
+                    aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+                    aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+                ],
+                kx_groups: vec![
+                    aws_lc_rs::kx_group::X25519MLKEM768,
+                    aws_lc_rs::kx_group::X25519,
+                ],
+                ..aws_lc_rs::default_provider()
+            })
+        })
+        .clone()
+}
+
+/// The roots of one trust domain.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    trust_domain: TrustDomain,
+    roots: Arc<RootCertStore>,
+}
+
+impl TrustBundle {
+    pub fn new(
+        trust_domain: TrustDomain,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, TlsError> {
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store
+                .add(root)
+                .map_err(|e| TlsError::NoRoots(e.to_string()))?;
+        }
+        if store.is_empty() {
+            return Err(TlsError::NoRoots("the bundle is empty".into()));
+        }
+        Ok(Self {
+            trust_domain,
+            roots: Arc::new(store),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+}
+
+/// The identity in a peer's leaf certificate, after the handshake verified it.
+pub fn peer_identity(
+    peer_certificates: Option<&[CertificateDer<'_>]>,
+) -> Result<SpiffeId, PeerIdentityError> {
+    let leaf = peer_certificates
+        .and_then(<[_]>::first)
+        .ok_or(PeerIdentityError::NoCertificate)?;
+    Ok(identity_of(leaf)?)
+}
+
+/// A server config presenting `certificate` and requiring a client certificate from
+/// `trust`'s trust domain. Rotation of `certificate` applies to the next handshake.
+pub fn server_config(
+    certificate: CertificateHandle,
+    trust: &TrustBundle,
+) -> Result<ServerConfig, TlsError> {
+    let provider = crypto_provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
+        .build()?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        inner,
+        trust_domain: trust.trust_domain.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(HandleResolver(certificate)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Every connection proves its identity with a full handshake: no resumption state to
+    // carry identities across certificate rotations.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// A client config presenting `certificate` and accepting only a server whose SPIFFE id is in
+/// `expected_server` (chained to `trust`'s roots).
+pub fn client_config(
+    certificate: CertificateHandle,
+    trust: &TrustBundle,
+    expected_server: Vec<SpiffeId>,
+) -> Result<ClientConfig, TlsError> {
+    if expected_server.is_empty() {
+        return Err(TlsError::NoExpectedIdentity);
+    }
+    let provider = crypto_provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: trust.roots.clone(),
+        expected: expected_server,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(HandleResolver(certificate)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    config.enable_sni = false;
+    Ok(config)
+}
+
+/// The server name a client passes to rustls: SPIFFE peers are checked by identity, never by
+/// name, so the peer's IP is used (rustls sends no SNI for it).
+pub fn server_name(address: std::net::IpAddr) -> ServerName<'static> {
+    ServerName::IpAddress(address.into())
+}
+
+#[derive(Debug)]
+struct HandleResolver(CertificateHandle);
+
+impl ResolvesServerCert for HandleResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.certified_key().clone())
+    }
+}
+
+impl ResolvesClientCert for HandleResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.certified_key().clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Chain to the trust roots, then an explicit check of the server's SPIFFE id.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    expected: Vec<SpiffeId>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let actual = identity_of(end_entity).map_err(PeerIdentityError::from)?;
+        if !self.expected.contains(&actual) {
+            return Err(PeerIdentityError::Unexpected {
+                actual,
+                expected: self.expected.clone(),
+            }
+            .into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOfferedOrEnabled,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Chain to the trust roots (webpki), then the client's SPIFFE id must be in our trust domain.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: TrustDomain,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let actual = identity_of(end_entity).map_err(PeerIdentityError::from)?;
+        if actual.trust_domain() != &self.trust_domain {
+            return Err(PeerIdentityError::ForeignTrustDomain {
+                actual,
+                expected: self.trust_domain.clone(),
+            }
+            .into());
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Full TLS 1.3 handshakes in memory (no sockets): the identity rules, each tested with a
+    //! wrong identity.
+    use super::*;
+    use crate::testing::TestPki;
+    use rustls::{ClientConnection, ServerConnection};
+    use std::time::{Duration, SystemTime};
+
+    struct Outcome {
+        client: Result<(), rustls::Error>,
+        server: Result<Option<SpiffeId>, rustls::Error>,
+    }
+
+    fn handshake(client: ClientConfig, server: ServerConfig) -> Outcome {
+        let mut c =
+            ClientConnection::new(Arc::new(client), server_name([127, 0, 0, 1].into())).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        let mut buf = Vec::new();
+        let (mut client_result, mut server_result) = (Ok(()), Ok(()));
+        for _ in 0..10 {
+            buf.clear();
+            let _ = c.write_tls(&mut buf);
+            if !buf.is_empty() {
+                let _ = s.read_tls(&mut buf.as_slice());
+                if let Err(e) = s.process_new_packets() {
+                    server_result = Err(e);
+                    // Deliver the alert so the client sees the failure too.
+                    buf.clear();
+                    let _ = s.write_tls(&mut buf);
+                    let _ = c.read_tls(&mut buf.as_slice());
+                    let _ = c.process_new_packets();
+                    break;
+                }
+            }
+            buf.clear();
+            let _ = s.write_tls(&mut buf);
+            if !buf.is_empty() {
+                let _ = c.read_tls(&mut buf.as_slice());
+                if let Err(e) = c.process_new_packets() {
+                    client_result = Err(e);
+                    break;
+                }
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        let server = server_result.map(|()| peer_identity(s.peer_certificates()).ok());
+        Outcome {
+            client: client_result,
+            server,
+        }
+    }
+
+    fn server_for(pki: &TestPki) -> ServerConfig {
+        server_config(pki.handle("demo", "server"), &pki.bundle()).unwrap()
+    }
+
+    #[test]
+    fn mutual_identities_are_verified_and_reported() {
+        let pki = TestPki::new("cluster.local");
+        let client = client_config(
+            pki.handle("demo", "client"),
+            &pki.bundle(),
+            vec![pki.id("demo", "server")],
+        )
+        .unwrap();
+        let outcome = handshake(client, server_for(&pki));
+        outcome.client.unwrap();
+        assert_eq!(outcome.server.unwrap(), Some(pki.id("demo", "client")));
+    }
+
+    #[test]
+    fn client_refuses_a_server_with_an_unexpected_identity() {
+        let pki = TestPki::new("cluster.local");
+        let client = client_config(
+            pki.handle("demo", "client"),
+            &pki.bundle(),
+            vec![pki.id("demo", "someone-else")],
+        )
+        .unwrap();
+        let err = handshake(client, server_for(&pki)).client.unwrap_err();
+        match peer_identity_error(&err) {
+            Some(PeerIdentityError::Unexpected { actual, .. }) => {
+                assert_eq!(actual, &pki.id("demo", "server"));
+            }
+            other => panic!("expected an unexpected-identity error, got {other:?} from {err}"),
+        }
+    }
+
+    #[test]
+    fn server_refuses_a_client_from_another_ca() {
+        let pki = TestPki::new("cluster.local");
+        let rogue = TestPki::new("cluster.local");
+        let client = client_config(
+            rogue.handle("demo", "client"),
+            &pki.bundle(),
+            vec![pki.id("demo", "server")],
+        )
+        .unwrap();
+        let err = handshake(client, server_for(&pki)).server.unwrap_err();
+        // Both roots share a subject name, so webpki finds the wrong issuer and its signature fails.
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::BadSignature
+                        | rustls::CertificateError::UnknownIssuer
+                )
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_refuses_a_client_of_another_trust_domain_even_with_a_shared_root() {
+        // One root trusted for two trust domains: the trust domain check must still hold.
+        let pki = TestPki::new("cluster.local");
+        let foreign_td: TrustDomain = "evil.example".parse().unwrap();
+        let foreign_ca = same_root_other_domain(&pki, foreign_td.clone());
+        let foreign_id = SpiffeId::new(foreign_td, "demo", "client").unwrap();
+        let cert = foreign_ca.certificate(&foreign_id);
+        let client = client_config(
+            CertificateHandle::fixed(cert),
+            &pki.bundle(),
+            vec![pki.id("demo", "server")],
+        )
+        .unwrap();
+        let err = handshake(client, server_for(&pki)).server.unwrap_err();
+        assert!(
+            matches!(
+                peer_identity_error(&err),
+                Some(PeerIdentityError::ForeignTrustDomain { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_refuses_an_expired_client_certificate() {
+        let pki = TestPki::new("cluster.local");
+        let id = pki.id("demo", "client");
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        let expired = pki.certificate_at(&id, Duration::from_secs(600), two_hours_ago);
+        let client = client_config(
+            CertificateHandle::fixed(expired),
+            &pki.bundle(),
+            vec![pki.id("demo", "server")],
+        )
+        .unwrap();
+        let err = handshake(client, server_for(&pki)).server.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn client_config_needs_an_expected_identity() {
+        let pki = TestPki::new("cluster.local");
+        assert!(matches!(
+            client_config(pki.handle("demo", "client"), &pki.bundle(), vec![]),
+            Err(TlsError::NoExpectedIdentity)
+        ));
+    }
+
+    /// A CA for `trust_domain` that reuses `pki`'s root key and name, so its leaves chain to
+    /// `pki`'s root: the case where only the trust domain check stands in the way.
+    fn same_root_other_domain(pki: &TestPki, trust_domain: TrustDomain) -> TestPki {
+        let material = pki.ca.to_material();
+        let ca = crate::CertificateAuthority::from_pem(
+            trust_domain,
+            &material.certificate_pem,
+            &material.key_pem,
+        )
+        .unwrap();
+        TestPki { ca: Arc::new(ca) }
+    }
+}

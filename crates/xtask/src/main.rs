@@ -1,0 +1,30 @@
+//! `cargo xtask <command>`: the one entry point for project chores, so the README, CI and
+//! developers run exactly the same steps.
+
+mod bench;
+mod cmd;
+mod test;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  test          install what the tests need, then fmt, clippy -D warnings and every test tier
+  bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone)
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["test"] => test::run(),
+        ["bench", name] => bench::run(name),
+        ["help" | "--help" | "-h"] | [] => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("unknown command {args:?}\n{USAGE}"),
+    }
+}
