@@ -76,6 +76,13 @@ impl CertificateHandle {
         Self(receiver)
     }
 
+    /// A handle with no certificate: TLS presents none. For tests of peers that lack one.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn without_certificate() -> Self {
+        let (_, receiver) = watch::channel(Slot::Pending);
+        Self(receiver)
+    }
+
     pub fn current(&self) -> Option<Arc<WorkloadCertificate>> {
         match &*self.0.borrow() {
             Slot::Ready(certificate) => Some(certificate.clone()),

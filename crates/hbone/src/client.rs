@@ -1,0 +1,132 @@
+//! Dialing HBONE peers (TCP, mutual TLS with an expected identity, HTTP/2) and opening CONNECT
+//! streams on the resulting connections.
+
+use crate::error::HboneError;
+use crate::headers::TunnelHeaders;
+use crate::settings::PoolSettings;
+use crate::stream::{H2Stream, StreamLease};
+use ambit_identity::{
+    ALPN_H2, CertificateHandle, SpiffeId, TrustBundle, client_config, server_name,
+};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode, Uri};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// The HTTP/2 connection future of a dialed peer; it must be polled for streams to progress.
+pub type ClientConnection = h2::client::Connection<TlsStream<TcpStream>, Bytes>;
+
+/// Makes authenticated HTTP/2 connections to HBONE peers.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    trust: TrustBundle,
+    settings: Arc<PoolSettings>,
+}
+
+impl Dialer {
+    pub fn new(trust: TrustBundle, settings: PoolSettings) -> Self {
+        Self {
+            trust,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Connects to `peer` presenting `local`, and accepts the peer only if its SPIFFE id is
+    /// one of `expected`.
+    pub async fn dial(
+        &self,
+        local: CertificateHandle,
+        peer: SocketAddr,
+        expected: Vec<SpiffeId>,
+    ) -> Result<(SendRequest<Bytes>, ClientConnection), HboneError> {
+        let timeout = self.settings.connect_timeout;
+        tokio::time::timeout(timeout, self.dial_inner(local, peer, expected))
+            .await
+            .map_err(|_| HboneError::HandshakeTimeout {
+                peer,
+                timeout_ms: timeout.as_millis(),
+            })?
+    }
+
+    async fn dial_inner(
+        &self,
+        local: CertificateHandle,
+        peer: SocketAddr,
+        expected: Vec<SpiffeId>,
+    ) -> Result<(SendRequest<Bytes>, ClientConnection), HboneError> {
+        let config = client_config(local, &self.trust, expected)?;
+        let tcp = TcpStream::connect(peer)
+            .await
+            .map_err(|source| HboneError::Connect { peer, source })?;
+        tcp.set_nodelay(true)?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(server_name(peer.ip()), tcp)
+            .await
+            .map_err(|source| HboneError::Tls { peer, source })?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(HboneError::NoH2 { peer });
+        }
+        let h2 = &self.settings.h2;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(h2.stream_window)
+            .initial_connection_window_size(h2.connection_window)
+            .max_frame_size(h2.max_frame_size)
+            .max_header_list_size(h2.max_header_list_size)
+            .max_send_buffer_size(h2.max_send_buffer)
+            .enable_push(false)
+            .handshake(tls)
+            .await?;
+        Ok((send, connection))
+    }
+
+    /// One tunnel on a connection of its own, with a full handshake; the connection closes
+    /// when the tunnel ends.
+    pub async fn connect_unpooled(
+        &self,
+        local: CertificateHandle,
+        peer: SocketAddr,
+        expected: Vec<SpiffeId>,
+        target: SocketAddr,
+        headers: &TunnelHeaders,
+    ) -> Result<H2Stream, HboneError> {
+        let (send, connection) = self.dial(local, peer, expected).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "unpooled HBONE connection failed");
+            }
+        });
+        open_tunnel(send, target, headers, None).await
+    }
+}
+
+/// Sends CONNECT for `target` and waits for the peer's answer.
+pub(crate) async fn open_tunnel(
+    send: SendRequest<Bytes>,
+    target: SocketAddr,
+    headers: &TunnelHeaders,
+    lease: Option<StreamLease>,
+) -> Result<H2Stream, HboneError> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(Uri::try_from(target.to_string()).map_err(http::Error::from)?)
+        .body(())?;
+    headers.apply_to(request.headers_mut());
+    let mut send = send.ready().await?;
+    let (response, stream) = send.send_request(request, false)?;
+    let response = response.await?;
+    if response.status() != StatusCode::OK {
+        return Err(HboneError::Refused {
+            target,
+            status: response.status(),
+        });
+    }
+    Ok(H2Stream::new(stream, response.into_body(), lease))
+}

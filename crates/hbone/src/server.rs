@@ -1,0 +1,242 @@
+//! The HBONE server: TLS with a verified client identity, HTTP/2, and each CONNECT stream handed
+//! to a handler that decides it.
+
+use crate::copy::{Transferred, splice_tcp_h2};
+use crate::error::HboneError;
+use crate::headers::TunnelHeaders;
+use crate::settings::ServerSettings;
+use crate::stream::H2Stream;
+use ambit_identity::{SpiffeId, peer_identity};
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// A verified CONNECT request.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The client's SPIFFE id, from its verified certificate.
+    pub peer: SpiffeId,
+    /// The client's TCP address.
+    pub peer_addr: SocketAddr,
+    /// Where the client wants to go (`:authority`).
+    pub target: SocketAddr,
+    pub headers: TunnelHeaders,
+}
+
+/// Why a handler turns a tunnel down; each maps to the HBONE status the client sees.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Authorization said no: 401.
+    Denied,
+    /// The target refused or could not be reached: 503.
+    Unreachable,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Denied => StatusCode::UNAUTHORIZED,
+            Refusal::Unreachable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A CONNECT stream awaiting the handler's decision.
+pub struct PendingTunnel {
+    respond: SendResponse<Bytes>,
+    recv: h2::RecvStream,
+}
+
+impl fmt::Debug for PendingTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingTunnel")
+            .field("stream_id", &self.respond.stream_id().as_u32())
+            .finish()
+    }
+}
+
+impl PendingTunnel {
+    /// Answers 200 and returns the established tunnel.
+    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
+        let send = self
+            .respond
+            .send_response(response(StatusCode::OK), false)?;
+        Ok(H2Stream::new(send, self.recv, None))
+    }
+
+    /// Answers with the refusal's status and ends the stream.
+    pub fn refuse(self, refusal: Refusal) {
+        respond_and_end(self.respond, refusal.status());
+    }
+}
+
+fn response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}
+
+fn respond_and_end(mut respond: SendResponse<Bytes>, status: StatusCode) {
+    // The client may already have gone; nothing is left to tell it then.
+    let _ = respond.send_response(response(status), true);
+}
+
+/// Decides each verified CONNECT: check policy, then accept (and carry bytes) or refuse.
+pub trait ConnectHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: ConnectRequest,
+        tunnel: PendingTunnel,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Connects to `request.target` and carries the tunnel to it; answers 503 if it refuses.
+pub async fn forward_to_target(
+    request: &ConnectRequest,
+    tunnel: PendingTunnel,
+) -> Result<Transferred, HboneError> {
+    let mut upstream = match TcpStream::connect(request.target).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tunnel.refuse(Refusal::Unreachable);
+            return Err(error.into());
+        }
+    };
+    let stream = tunnel.accept()?;
+    Ok(splice_tcp_h2(&mut upstream, stream).await?)
+}
+
+pub struct HboneServer<H> {
+    acceptor: TlsAcceptor,
+    settings: Arc<ServerSettings>,
+    handler: Arc<H>,
+}
+
+impl<H> fmt::Debug for HboneServer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HboneServer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> Clone for HboneServer<H> {
+    fn clone(&self) -> Self {
+        Self {
+            acceptor: self.acceptor.clone(),
+            settings: self.settings.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<H: ConnectHandler> HboneServer<H> {
+    /// `tls` comes from [`ambit_identity::server_config`].
+    pub fn new(tls: rustls::ServerConfig, settings: ServerSettings, handler: H) -> Self {
+        Self {
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            settings: Arc::new(settings),
+            handler: Arc::new(handler),
+        }
+    }
+
+    /// Accepts connections until the listener fails; each connection runs in its own task.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (tcp, peer) = listener.accept().await?;
+            let server = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = server.serve_connection(tcp, peer).await {
+                    tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Runs one client connection: TLS, identity, then every CONNECT stream on it.
+    pub async fn serve_connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), HboneError> {
+        tcp.set_nodelay(true)?;
+        let timeout = self.settings.handshake_timeout;
+        let tls = tokio::time::timeout(timeout, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| HboneError::HandshakeTimeout {
+                peer,
+                timeout_ms: timeout.as_millis(),
+            })?
+            .map_err(|source| HboneError::Tls { peer, source })?;
+        let identity = peer_identity(tls.get_ref().1.peer_certificates())
+            .map_err(|source| HboneError::PeerIdentity { peer, source })?;
+        let mut connection = self.h2_builder().handshake(tls).await?;
+        while let Some(accepted) = connection.accept().await {
+            let (request, respond) = accepted?;
+            let handler = self.handler.clone();
+            let identity = identity.clone();
+            tokio::spawn(async move {
+                if let Some((request, tunnel)) = parse_connect(request, respond, identity, peer) {
+                    handler.handle(request, tunnel).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn h2_builder(&self) -> h2::server::Builder {
+        let s = &self.settings;
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(s.h2.stream_window)
+            .initial_connection_window_size(s.h2.connection_window)
+            .max_frame_size(s.h2.max_frame_size)
+            .max_header_list_size(s.h2.max_header_list_size)
+            .max_send_buffer_size(s.h2.max_send_buffer)
+            .max_concurrent_streams(s.max_concurrent_streams)
+            .max_pending_accept_reset_streams(s.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(Some(s.max_local_error_reset_streams));
+        builder
+    }
+}
+
+/// Validates the request shape; answers 400 itself when it is not a CONNECT to `ip:port`.
+fn parse_connect(
+    request: Request<h2::RecvStream>,
+    respond: SendResponse<Bytes>,
+    peer: SpiffeId,
+    peer_addr: SocketAddr,
+) -> Option<(ConnectRequest, PendingTunnel)> {
+    if request.method() != Method::CONNECT {
+        tracing::debug!(%peer, method = %request.method(), "refusing a non-CONNECT request");
+        respond_and_end(respond, StatusCode::BAD_REQUEST);
+        return None;
+    }
+    let target = request
+        .uri()
+        .authority()
+        .and_then(|authority| authority.as_str().parse::<SocketAddr>().ok());
+    let Some(target) = target else {
+        tracing::debug!(%peer, uri = %request.uri(), "refusing a CONNECT whose authority is not ip:port");
+        respond_and_end(respond, StatusCode::BAD_REQUEST);
+        return None;
+    };
+    let headers = TunnelHeaders::from_headers(request.headers());
+    let recv = request.into_body();
+    Some((
+        ConnectRequest {
+            peer,
+            peer_addr,
+            target,
+            headers,
+        },
+        PendingTunnel { respond, recv },
+    ))
+}

@@ -1,0 +1,87 @@
+//! Tunables of HBONE endpoints. Every limit is explicit so a hostile peer meets a bound, not a
+//! default nobody chose.
+
+use std::time::Duration;
+
+/// HTTP/2 flow control and framing shared by clients and servers.
+#[derive(Debug, Clone)]
+pub struct H2Settings {
+    /// Per-stream receive window: large enough to keep a fast single stream busy across two
+    /// proxies without waiting for WINDOW_UPDATEs.
+    pub stream_window: u32,
+    /// Connection receive window, shared by all multiplexed streams.
+    pub connection_window: u32,
+    /// Largest DATA frame we accept; bigger frames mean fewer frame headers and wakeups.
+    pub max_frame_size: u32,
+    /// Bound on decoded request/response headers, against header floods.
+    pub max_header_list_size: u32,
+    /// Bytes a stream may queue for sending before it waits for the socket.
+    pub max_send_buffer: usize,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        Self {
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_frame_size: 256 * 1024,
+            max_header_list_size: 16 * 1024,
+            max_send_buffer: 1024 * 1024,
+        }
+    }
+}
+
+/// Limits of an HBONE server (inbound, port 15008).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub h2: H2Settings,
+    /// Concurrent tunnels one client connection may hold open.
+    pub max_concurrent_streams: u32,
+    /// A TLS handshake slower than this is dropped (slowloris).
+    pub handshake_timeout: Duration,
+    /// Streams a client may open and reset before we accept them (rapid-reset flood bound).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams we may reset for protocol errors before the connection is closed.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            h2: H2Settings::default(),
+            max_concurrent_streams: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_accept_reset_streams: 50,
+            max_local_error_reset_streams: 256,
+        }
+    }
+}
+
+/// Behaviour of the outbound connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub h2: H2Settings,
+    /// Tunnels multiplexed on one connection before another is dialed to the same peer.
+    pub max_streams_per_connection: usize,
+    /// A connection with no tunnel for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often an H2 PING checks that the peer is alive.
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long marks the connection dead.
+    pub keepalive_timeout: Duration,
+    /// TCP connect plus TLS and HTTP/2 handshakes must finish within this.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            h2: H2Settings::default(),
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}

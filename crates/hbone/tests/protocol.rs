@@ -1,0 +1,144 @@
+//! The HBONE request shape and status codes: 200, 400, 401, 503, and header pass-through.
+
+mod support;
+
+use ambit_hbone::{Dialer, HboneError, TunnelHeaders};
+use ambit_identity::testing::TestPki;
+use http::{HeaderValue, Method, Request, StatusCode};
+use support::*;
+
+/// Sends a raw HTTP/2 request on an authenticated connection and returns the status.
+async fn raw_status(
+    pki: &TestPki,
+    server: std::net::SocketAddr,
+    request: Request<()>,
+) -> StatusCode {
+    let dialer = Dialer::new(pki.bundle(), fast_pool_settings());
+    let (send, connection) = dialer
+        .dial(
+            pki.handle("demo", "client"),
+            server,
+            vec![pki.id(SERVER_NS, SERVER_SA)],
+        )
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let (response, _stream) = send.send_request(request, false).unwrap();
+    response.await.unwrap().status()
+}
+
+#[tokio::test]
+async fn a_get_instead_of_connect_gets_400() {
+    let pki = TestPki::new("cluster.local");
+    let (server, mut seen) = start_forwarding_server(&pki).await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("https://127.0.0.1:15008/")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        raw_status(&pki, server, request).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_connect_whose_authority_is_not_ip_and_port_gets_400() {
+    let pki = TestPki::new("cluster.local");
+    let (server, mut seen) = start_forwarding_server(&pki).await;
+    for authority in ["example.com:80", "10.0.0.1", "10.0.0.1:99999"] {
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            raw_status(&pki, server, request).await,
+            StatusCode::BAD_REQUEST,
+            "authority {authority}"
+        );
+    }
+    assert!(seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_denied_tunnel_gets_401() {
+    let pki = TestPki::new("cluster.local");
+    let server = start_server(&pki, DenyAll).await;
+    let echo = start_echo().await;
+    let client = client(&pki, server);
+    let err = client
+        .pool
+        .connect(&client.key, echo, &TunnelHeaders::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HboneError::Refused {
+                status: StatusCode::UNAUTHORIZED,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_target_gets_503() {
+    let pki = TestPki::new("cluster.local");
+    let (server, _seen) = start_forwarding_server(&pki).await;
+    // Bind then drop: nothing listens on this port any more.
+    let closed = listen().await.local_addr().unwrap();
+    let client = client(&pki, server);
+    let err = client
+        .pool
+        .connect(&client.key, closed, &TunnelHeaders::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HboneError::Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tracing_headers_pass_through_and_are_never_required() {
+    let pki = TestPki::new("cluster.local");
+    let (server, mut seen) = start_forwarding_server(&pki).await;
+    let echo = start_echo().await;
+    let client = client(&pki, server);
+
+    let _plain = client
+        .pool
+        .connect(&client.key, echo, &TunnelHeaders::default())
+        .await
+        .unwrap();
+    assert!(seen.recv().await.unwrap().headers.is_empty());
+
+    let mut map = http::HeaderMap::new();
+    map.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    map.insert("baggage", HeaderValue::from_static("tenant=blue"));
+    map.insert("forwarded", HeaderValue::from_static("for=10.1.2.3"));
+    map.insert("x-not-passed", HeaderValue::from_static("dropped"));
+    let headers = TunnelHeaders::from_headers(&map);
+    let _traced = client
+        .pool
+        .connect(&client.key, echo, &headers)
+        .await
+        .unwrap();
+    let request = seen.recv().await.unwrap();
+    assert_eq!(request.headers, headers);
+    assert_eq!(request.headers.as_map().len(), 3);
+}
