@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Provides everything the ambit testbed runs on, pinned and cached under one directory:
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (built from the Go
+#   modules of one Kubernetes release), helm (built from its Go module), and from Debian:
+#   the standard CNI plugins, nftables, iproute2, tcpdump.
+#
+# Idempotent. A warm rerun checks a stamp per component and does no network work.
+# Prints the pinned versions and, last, the path of the env file the testbed reads.
+#
+#   AMBIT_CACHE_DIR   cache root (default /var/cache/ambit); not under target/, so a fresh
+#                     clone on the same machine is warm.
+#   AMBIT_SETUP_JOBS  go build -p (default: number of cores)
+set -euo pipefail
+
+KUBERNETES_VERSION="v1.35.4"
+ETCD_VERSION="v3.6.16"
+HELM_VERSION="v3.19.5"
+DEBIAN_PACKAGES=(containernetworking-plugins nftables iproute2 tcpdump)
+
+CACHE="${AMBIT_CACHE_DIR:-/var/cache/ambit}"
+JOBS="${AMBIT_SETUP_JOBS:-$(nproc)}"
+GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+
+export GOTOOLCHAIN=local
+export GOMODCACHE="$CACHE/go/mod"
+export GOCACHE="$CACHE/go/build"
+export GOFLAGS="-mod=mod"
+export CGO_ENABLED=0
+
+K8S_DIR="$CACHE/kubernetes-$KUBERNETES_VERSION"
+ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
+HELM_DIR="$CACHE/helm-$HELM_VERSION"
+ENV_FILE="$CACHE/testbed.env"
+
+log() { printf '[ambit-setup] %s\n' "$*" >&2; }
+
+mkdir -p "$CACHE"
+
+debian_packages() {
+    local missing=()
+    for p in "${DEBIAN_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    if ((${#missing[@]})); then
+        log "installing Debian packages: ${missing[*]}"
+        if [[ $(id -u) != 0 ]]; then
+            log "need root to apt-get install ${missing[*]}"
+            exit 1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+
+# A throwaway module that builds the Kubernetes commands. k8s.io/kubernetes is importable only
+# if every k8s.io staging module is pinned to the matching v0.<minor>.<patch> tag; the list of
+# staging modules is read from the release's own go.mod, so a version bump needs no edits here.
+build_kubernetes() {
+    local stamp="$K8S_DIR/.complete"
+    [[ -f $stamp ]] && return 0
+    log "building Kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); this takes a while"
+    local staging_version="v0.${KUBERNETES_VERSION#v1.}"
+    local work="$CACHE/src/kubernetes-$KUBERNETES_VERSION"
+    rm -rf "$work" && mkdir -p "$work" "$K8S_DIR"
+    local gomod
+    gomod=$(cd "$work" && "$GO" mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    {
+        echo "module ambit.dev/testbed-build/kubernetes"
+        echo
+        echo "go 1.25"
+        echo
+        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+        echo
+        echo "replace ("
+        grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/src/' "$gomod" |
+            awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
+        echo ")"
+    } >"$work/go.mod"
+    cat >"$work/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+EOF
+    local minor="${KUBERNETES_VERSION#v1.}"
+    minor="${minor%%.*}"
+    local ldflags="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    (
+        cd "$work"
+        "$GO" mod tidy >&2
+        "$GO" build -p "$JOBS" -trimpath -ldflags "$ldflags" -o "$K8S_DIR/" \
+            k8s.io/kubernetes/cmd/kube-apiserver \
+            k8s.io/kubernetes/cmd/kube-controller-manager \
+            k8s.io/kubernetes/cmd/kube-scheduler \
+            k8s.io/kubernetes/cmd/kubectl
+    )
+    touch "$stamp"
+}
+
+# etcd's server/go.mod has relative replace lines, so `go install pkg@version` refuses it;
+# a throwaway module that requires it builds fine.
+build_etcd() {
+    local stamp="$ETCD_DIR/.complete"
+    [[ -f $stamp ]] && return 0
+    log "building etcd $ETCD_VERSION"
+    local work="$CACHE/src/etcd-$ETCD_VERSION"
+    rm -rf "$work" && mkdir -p "$work" "$ETCD_DIR"
+    printf 'module ambit.dev/testbed-build/etcd\n\ngo 1.25\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$work/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' >"$work/tools.go"
+    (
+        cd "$work"
+        "$GO" mod tidy >&2
+        "$GO" build -p "$JOBS" -trimpath -ldflags "-s -w" -o "$ETCD_DIR/etcd" go.etcd.io/etcd/server/v3
+    )
+    touch "$stamp"
+}
+
+build_helm() {
+    local stamp="$HELM_DIR/.complete"
+    [[ -f $stamp ]] && return 0
+    log "building helm $HELM_VERSION"
+    local work="$CACHE/src/helm-$HELM_VERSION"
+    rm -rf "$work" && mkdir -p "$work" "$HELM_DIR"
+    printf 'module ambit.dev/testbed-build/helm\n\ngo 1.25\n\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" >"$work/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' >"$work/tools.go"
+    (
+        cd "$work"
+        "$GO" mod tidy >&2
+        "$GO" build -p "$JOBS" -trimpath \
+            -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+            -o "$HELM_DIR/helm" helm.sh/helm/v3/cmd/helm
+    )
+    touch "$stamp"
+}
+
+write_env() {
+    local cni_dir=/usr/lib/cni
+    local tmp="$ENV_FILE.tmp"
+    cat >"$tmp" <<EOF
+# Written by crates/testbed/setup.sh; read by ambit-testbed.
+AMBIT_KUBERNETES_VERSION=$KUBERNETES_VERSION
+AMBIT_ETCD_VERSION=$ETCD_VERSION
+AMBIT_HELM_VERSION=$HELM_VERSION
+AMBIT_ETCD=$ETCD_DIR/etcd
+AMBIT_KUBE_APISERVER=$K8S_DIR/kube-apiserver
+AMBIT_KUBE_CONTROLLER_MANAGER=$K8S_DIR/kube-controller-manager
+AMBIT_KUBE_SCHEDULER=$K8S_DIR/kube-scheduler
+AMBIT_KUBECTL=$K8S_DIR/kubectl
+AMBIT_HELM=$HELM_DIR/helm
+AMBIT_CNI_BIN_DIR=$cni_dir
+EOF
+    mv "$tmp" "$ENV_FILE"
+}
+
+main() {
+    local only="${1:-all}"
+    log "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, debian: ${DEBIAN_PACKAGES[*]}"
+    log "cache: $CACHE"
+    local start=$SECONDS
+    case "$only" in
+    all)
+        debian_packages
+        build_etcd
+        build_helm
+        build_kubernetes
+        ;;
+    debian) debian_packages ;;
+    etcd) build_etcd ;;
+    helm) build_helm ;;
+    kubernetes) build_kubernetes ;;
+    *)
+        log "usage: setup.sh [all|debian|etcd|helm|kubernetes]"
+        exit 2
+        ;;
+    esac
+    write_env
+    log "done in $((SECONDS - start))s"
+    echo "$ENV_FILE"
+}
+
+main "$@"
