@@ -255,7 +255,14 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
         });
 
         if !rt.volumes.tokens.is_empty() {
-            tasks.push(tokio::spawn(refresh_tokens(rt.clone())));
+            let mut sd = shutdown_rx.clone();
+            let rt = rt.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = refresh_tokens(rt) => {},
+                    _ = sd.changed() => {},
+                }
+            }));
         }
 
         // Init containers, one after the other, each to success.
