@@ -352,6 +352,43 @@ async fn checks(tb: &Testbed) -> Result<()> {
     nodes.sort();
     assert_eq!(nodes, vec![tb.config.node_name(1), tb.config.node_name(2)]);
 
+    chained_cni_plugin(tb, &pods).await?;
+
+    // A host-network pod shares its node's netns and IP.
+    pods.create(
+        &pp,
+        &obj(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hostnet"},
+            "spec": {"hostNetwork": true, "nodeName": tb.config.node_name(2), "containers": [{
+                "name": "server", "image": "ambit-echo-server", "args": ["9191"],
+                "readinessProbe": {"tcpSocket": {"port": 9191}, "periodSeconds": 1},
+            }]},
+        }))?,
+    )
+    .await?;
+    let hostnet = eventually(
+        "the host-network pod to be Ready",
+        Duration::from_secs(30),
+        || async { pods.get("hostnet").await.ok().filter(pod_ready) },
+    )
+    .await?;
+    assert_eq!(ip_of(&hostnet), Some(tb.config.node_ip(2).to_string()));
+
+    // The user's tools talk to it.
+    let out = tb.kubectl().args(["get", "nodes", "-o", "name"]).output()?;
+    assert!(
+        out.status.success(),
+        "kubectl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = tb.helm().args(["list", "--all-namespaces"]).output()?;
+    assert!(
+        out.status.success(),
+        "helm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Deleting a pod stops its process and removes its netns.
     let netns = tb.pod_netns(&server).context("server netns")?;
     assert!(ambit_testbed::sys::netns_list().contains(&netns));
@@ -367,6 +404,77 @@ async fn checks(tb: &Testbed) -> Result<()> {
                 && !ambit_testbed::sys::netns_list().contains(&netns)
                 && !ambit_testbed::sys::alive(pid))
             .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A plugin appended to a node's conflist (as ambit's capture agent does through a hostPath)
+/// runs after bridge on ADD with the pod's netns and bridge's result, and on DEL.
+async fn chained_cni_plugin(tb: &Testbed, pods: &Api<Pod>) -> Result<()> {
+    let k = 1;
+    let record = tb.config.node_dir(k).join("chain-record");
+    let plugin = tb.config.node_cni_bin_dir(k).join("tb-chain-probe");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\n# Records its call; prints nothing, so the previous result stands.\nin=$(cat)\nprintf '%s %s %s\\n%s\\n' \"$CNI_COMMAND\" \"$CNI_NETNS\" \"$CNI_ARGS\" \"$in\" >> {}\n",
+            record.display()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))?;
+    let conf_path = tb
+        .config
+        .node_cni_conf_dir(k)
+        .join(ambit_testbed::node::cni::DEFAULT_CONFLIST);
+    let mut conf: serde_json::Value = serde_json::from_slice(&std::fs::read(&conf_path)?)?;
+    conf["plugins"]
+        .as_array_mut()
+        .context("plugins")?
+        .push(json!({"type": "tb-chain-probe", "mode": "test"}));
+    std::fs::write(&conf_path, serde_json::to_vec(&conf)?)?;
+
+    pods.create(&PostParams::default(), &obj(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chained"},
+        "spec": {"nodeName": tb.config.node_name(k), "containers": [{"name": "server", "image": "ambit-echo-server", "args": ["8080"]}]},
+    }))?)
+    .await?;
+    let pod = eventually(
+        "the chained pod to be Ready",
+        Duration::from_secs(30),
+        || async { pods.get("chained").await.ok().filter(pod_ready) },
+    )
+    .await?;
+    let ip = ip_of(&pod).context("chained pod IP")?;
+    let netns = tb.pod_netns(&pod).context("chained pod netns")?;
+    let rec = std::fs::read_to_string(&record)?;
+    let first = rec.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("ADD /run/netns/{netns} ")),
+        "{rec}"
+    );
+    assert!(first.contains("K8S_POD_NAME=chained"), "{rec}");
+    let stdin: serde_json::Value = serde_json::from_str(rec.lines().nth(1).unwrap_or_default())?;
+    assert_eq!(stdin["mode"], "test");
+    let prev_ip = stdin["prevResult"]["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        prev_ip.starts_with(&format!("{ip}/")),
+        "prevResult {prev_ip} is not the pod's IP {ip}: {rec}"
+    );
+
+    pods.delete("chained", &DeleteParams::default()).await?;
+    eventually(
+        "the chained plugin's DEL",
+        Duration::from_secs(30),
+        || async {
+            let rec = std::fs::read_to_string(&record).ok()?;
+            rec.lines()
+                .any(|l| l.starts_with(&format!("DEL /run/netns/{netns} ")))
+                .then_some(())
         },
     )
     .await?;
