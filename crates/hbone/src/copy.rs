@@ -1,17 +1,19 @@
 //! The byte-copy engine: both directions of a tunnel in one task, half-close propagated, and
 //! read buffers that grow with the flow instead of a large fixed buffer per connection.
 //!
-//! An idle connection holds no buffer at all: a TCP read allocates only once the socket is
-//! readable, sized by what the previous reads returned.
+//! It is a hand-written future rather than `async` code because its size is paid by every open
+//! tunnel: an idle tunnel holds two endpoints, two empty directions and no buffer at all. A TCP
+//! read allocates only once the socket is readable, sized by what the previous reads returned.
 
 use crate::stream::{H2Stream, h2_to_io};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// Smallest read buffer: one small request fits.
 const MIN_READ: usize = 4 * 1024;
@@ -37,63 +39,138 @@ pub async fn splice_tcp_h2(tcp: &mut TcpStream, tunnel: H2Stream) -> io::Result<
         // Bytes an earlier AsyncRead caller received but did not consume.
         tcp.write_all(&unread).await?;
     }
-    let result = {
-        let (tcp_read, tcp_write) = tcp.split();
-        let forward = pump(TcpSource::new(tcp_read), H2Sink(send));
-        let backward = pump(H2Source(recv), TcpSink(tcp_write));
-        tokio::try_join!(forward, backward)
-    };
-    finish(tcp, result)
+    let result = Splice::new(TcpEnd(&mut *tcp), H2End::new(send, recv)).await;
+    abort_on_error(tcp, result)
 }
 
 /// Copies between two TCP streams with the same engine (the plain proxy baseline).
 pub async fn splice_tcp_tcp(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Transferred> {
     a.set_nodelay(true)?;
     b.set_nodelay(true)?;
-    let result = {
-        let (a_read, a_write) = a.split();
-        let (b_read, b_write) = b.split();
-        let forward = pump(TcpSource::new(a_read), TcpSink(b_write));
-        let backward = pump(TcpSource::new(b_read), TcpSink(a_write));
-        tokio::try_join!(forward, backward)
-    };
+    let result = Splice::new(TcpEnd(&mut *a), TcpEnd(&mut *b)).await;
     if result.is_err() {
         let _ = b.set_zero_linger();
     }
-    finish(a, result)
+    abort_on_error(a, result)
 }
 
-fn finish(tcp: &TcpStream, result: io::Result<(u64, u64)>) -> io::Result<Transferred> {
-    match result {
-        Ok((forward, backward)) => Ok(Transferred { forward, backward }),
-        Err(error) => {
-            // Closing with RST carries the abort to the application.
-            let _ = tcp.set_zero_linger();
-            Err(error)
+fn abort_on_error(tcp: &TcpStream, result: io::Result<Transferred>) -> io::Result<Transferred> {
+    if result.is_err() {
+        // Closing with RST carries the abort to the application.
+        let _ = tcp.set_zero_linger();
+    }
+    result
+}
+
+/// One side of a splice, readable and writable in chunks.
+trait Endpoint: Unpin {
+    /// The next non-empty chunk, or `None` at end of stream.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        sizer: &mut ReadSizer,
+    ) -> Poll<io::Result<Option<Bytes>>>;
+    /// Writes some of `chunk`, advancing it past what was written.
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>>;
+    /// Half-closes our sending direction (TCP FIN, or H2 END_STREAM).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// The copy state of one direction.
+#[derive(Debug)]
+struct Direction {
+    /// Read but not yet fully written.
+    pending: Option<Bytes>,
+    sizer: ReadSizer,
+    total: u64,
+    state: DirectionState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectionState {
+    Copying,
+    Closing,
+    Done,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Self {
+            pending: None,
+            sizer: ReadSizer::new(),
+            total: 0,
+            state: DirectionState::Copying,
+        }
+    }
+
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut impl Endpoint,
+        to: &mut impl Endpoint,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self.state {
+                DirectionState::Done => return Poll::Ready(Ok(())),
+                DirectionState::Closing => {
+                    ready!(to.poll_close(cx))?;
+                    self.state = DirectionState::Done;
+                }
+                DirectionState::Copying => {
+                    if let Some(chunk) = self.pending.as_mut() {
+                        while !chunk.is_empty() {
+                            ready!(to.poll_send(cx, chunk))?;
+                        }
+                        self.pending = None;
+                    }
+                    match ready!(from.poll_chunk(cx, &mut self.sizer))? {
+                        Some(chunk) => {
+                            self.total += chunk.len() as u64;
+                            self.pending = Some(chunk);
+                        }
+                        None => self.state = DirectionState::Closing,
+                    }
+                }
+            }
         }
     }
 }
 
-/// Moves chunks from `source` to `sink` until end of stream, then closes the sink's direction.
-async fn pump(mut source: impl ChunkSource, mut sink: impl ChunkSink) -> io::Result<u64> {
-    let mut total = 0u64;
-    while let Some(chunk) = source.next_chunk().await? {
-        total += chunk.len() as u64;
-        sink.send(chunk).await?;
+/// Both directions between `a` and `b`, polled by one task.
+struct Splice<A, B> {
+    a: A,
+    b: B,
+    forward: Direction,
+    backward: Direction,
+}
+
+impl<A: Endpoint, B: Endpoint> Splice<A, B> {
+    fn new(a: A, b: B) -> Self {
+        Self {
+            a,
+            b,
+            forward: Direction::new(),
+            backward: Direction::new(),
+        }
     }
-    sink.close().await?;
-    Ok(total)
 }
 
-trait ChunkSource {
-    /// The next non-empty chunk, or `None` at end of stream.
-    fn next_chunk(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>>;
-}
+impl<A: Endpoint, B: Endpoint> Future for Splice<A, B> {
+    type Output = io::Result<Transferred>;
 
-trait ChunkSink {
-    fn send(&mut self, chunk: Bytes) -> impl Future<Output = io::Result<()>>;
-    /// Half-closes this direction (TCP FIN, or H2 END_STREAM).
-    fn close(&mut self) -> impl Future<Output = io::Result<()>>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // Either direction failing ends both: the tunnel is broken.
+        let forward = this.forward.poll_copy(cx, &mut this.a, &mut this.b)?;
+        let backward = this.backward.poll_copy(cx, &mut this.b, &mut this.a)?;
+        if forward.is_ready() && backward.is_ready() {
+            return Poll::Ready(Ok(Transferred {
+                forward: this.forward.total,
+                backward: this.backward.total,
+            }));
+        }
+        Poll::Pending
+    }
 }
 
 /// Picks the next read size from how full the previous reads were.
@@ -116,96 +193,97 @@ impl ReadSizer {
     }
 }
 
-struct TcpSource<'a> {
-    half: ReadHalf<'a>,
-    sizer: ReadSizer,
-}
+struct TcpEnd<'a>(&'a mut TcpStream);
 
-impl<'a> TcpSource<'a> {
-    fn new(half: ReadHalf<'a>) -> Self {
-        Self {
-            half,
-            sizer: ReadSizer::new(),
-        }
-    }
-}
-
-impl ChunkSource for TcpSource<'_> {
-    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let stream: &TcpStream = self.half.as_ref();
+impl Endpoint for TcpEnd<'_> {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        sizer: &mut ReadSizer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
         loop {
-            stream.readable().await?;
-            let mut buf = BytesMut::with_capacity(self.sizer.next);
-            match stream.try_read_buf(&mut buf) {
-                Ok(0) => return Ok(None),
+            ready!(self.0.poll_read_ready(cx))?;
+            let mut buf = BytesMut::with_capacity(sizer.next);
+            match self.0.try_read_buf(&mut buf) {
+                Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(n) => {
-                    self.sizer.record(n);
-                    return Ok(Some(buf.freeze()));
+                    sizer.record(n);
+                    return Poll::Ready(Ok(Some(buf.freeze())));
                 }
+                // Spurious readiness: poll again, which re-registers interest.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
-}
 
-struct TcpSink<'a>(WriteHalf<'a>);
-
-impl ChunkSink for TcpSink<'_> {
-    async fn send(&mut self, chunk: Bytes) -> io::Result<()> {
-        self.0.write_all(&chunk).await
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        let written = ready!(Pin::new(&mut *self.0).poll_write(cx, chunk))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        chunk.advance(written);
+        Poll::Ready(Ok(()))
     }
 
-    async fn close(&mut self) -> io::Result<()> {
-        self.0.shutdown().await
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 }
 
-struct H2Source(RecvStream);
+struct H2End {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+}
 
-impl ChunkSource for H2Source {
-    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+impl H2End {
+    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self { send, recv }
+    }
+}
+
+impl Endpoint for H2End {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        _sizer: &mut ReadSizer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
         loop {
-            match poll_fn(|cx| self.0.poll_data(cx)).await {
+            match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) if data.is_empty() => continue,
                 Some(Ok(data)) => {
-                    // Releasing on receipt is safe: we hold at most this one chunk before the
-                    // sink accepts it, so the window still bounds what is buffered.
-                    self.0
+                    // Releasing on receipt is safe: we hold at most this one chunk until the
+                    // other side takes it, so the window still bounds what is buffered.
+                    self.recv
                         .flow_control()
                         .release_capacity(data.len())
                         .map_err(h2_to_io)?;
-                    return Ok(Some(data));
+                    return Poll::Ready(Ok(Some(data)));
                 }
-                Some(Err(error)) => return Err(h2_to_io(error)),
-                None => return Ok(None),
+                Some(Err(error)) => return Poll::Ready(Err(h2_to_io(error))),
+                None => return Poll::Ready(Ok(None)),
             }
         }
     }
-}
 
-struct H2Sink(SendStream<Bytes>);
-
-impl ChunkSink for H2Sink {
-    async fn send(&mut self, mut chunk: Bytes) -> io::Result<()> {
-        while !chunk.is_empty() {
-            self.0.reserve_capacity(chunk.len());
-            let granted = match poll_fn(|cx| self.0.poll_capacity(cx)).await {
-                Some(Ok(granted)) => granted,
-                Some(Err(error)) => return Err(h2_to_io(error)),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            if granted == 0 {
-                continue;
+    fn poll_send(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        self.send.reserve_capacity(chunk.len());
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => {
+                    let part = chunk.split_to(granted.min(chunk.len()));
+                    self.send.send_data(part, false).map_err(h2_to_io)?;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(error)) => return Poll::Ready(Err(h2_to_io(error))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             }
-            let part = chunk.split_to(granted.min(chunk.len()));
-            self.0.send_data(part, false).map_err(h2_to_io)?;
         }
-        Ok(())
     }
 
-    async fn close(&mut self) -> io::Result<()> {
-        self.0.send_data(Bytes::new(), true).map_err(h2_to_io)
+    fn poll_close(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(h2_to_io))
     }
 }
 

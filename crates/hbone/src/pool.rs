@@ -153,15 +153,21 @@ impl HbonePool {
 
     /// Opens a tunnel to `target` through the peer of `key`, reusing a connection with a free
     /// stream slot or dialing one.
+    ///
+    /// The setup runs in its own allocation, freed once the tunnel is open, so a caller that
+    /// keeps the tunnel in the same task does not carry the setup state for the tunnel's life.
     pub async fn connect(
         &self,
         key: &PoolKey,
         target: SocketAddr,
         headers: &TunnelHeaders,
     ) -> Result<H2Stream, HboneError> {
-        let lease = self.checkout(key).await?;
-        let send = lease.0.send.clone();
-        open_tunnel(send, target, headers, Some(Box::new(lease))).await
+        Box::pin(async {
+            let lease = self.checkout(key).await?;
+            let send = lease.0.send.clone();
+            open_tunnel(send, target, headers, Some(Box::new(lease))).await
+        })
+        .await
     }
 
     async fn checkout(&self, key: &PoolKey) -> Result<SlotLease, HboneError> {
@@ -183,7 +189,9 @@ impl HbonePool {
             {
                 return Ok(lease);
             }
-            self.dial(key).await?;
+            // Boxed: the handshake state is large, and inline it would be carried by every
+            // tunnel's task for the tunnel's whole life.
+            Box::pin(self.dial(key)).await?;
         }
     }
 

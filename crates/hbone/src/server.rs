@@ -89,20 +89,25 @@ fn respond_and_end(mut respond: SendResponse<Bytes>, status: StatusCode) {
 }
 
 /// Decides each verified CONNECT: check policy, then accept (and carry bytes) or refuse.
+///
+/// The returned future is spawned as the tunnel's task and lives as long as the tunnel, so it
+/// owns what it needs (clone from `self` up front) and stays small: its size is paid by every
+/// open tunnel.
 pub trait ConnectHandler: Send + Sync + 'static {
     fn handle(
         &self,
         request: ConnectRequest,
         tunnel: PendingTunnel,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = ()> + Send + 'static + use<Self>;
 }
 
-/// Connects to `request.target` and carries the tunnel to it; answers 503 if it refuses.
+/// Connects to `target` and carries the tunnel to it; answers 503 if it refuses.
 pub async fn forward_to_target(
-    request: &ConnectRequest,
+    target: SocketAddr,
     tunnel: PendingTunnel,
 ) -> Result<Transferred, HboneError> {
-    let mut upstream = match TcpStream::connect(request.target).await {
+    // Boxed so the connect state is freed once connected instead of sized into the tunnel.
+    let mut upstream = match Box::pin(TcpStream::connect(target)).await {
         Ok(upstream) => upstream,
         Err(error) => {
             tunnel.refuse(Refusal::Unreachable);
@@ -180,13 +185,10 @@ impl<H: ConnectHandler> HboneServer<H> {
         let mut connection = self.h2_builder().handshake(tls).await?;
         while let Some(accepted) = connection.accept().await {
             let (request, respond) = accepted?;
-            let handler = self.handler.clone();
-            let identity = identity.clone();
-            tokio::spawn(async move {
-                if let Some((request, tunnel)) = parse_connect(request, respond, identity, peer) {
-                    handler.handle(request, tunnel).await;
-                }
-            });
+            if let Some((request, tunnel)) = parse_connect(request, respond, identity.clone(), peer)
+            {
+                tokio::spawn(self.handler.handle(request, tunnel));
+            }
         }
         Ok(())
     }

@@ -62,6 +62,8 @@ impl Default for ServerSettings {
 pub struct PoolSettings {
     pub h2: H2Settings,
     /// Tunnels multiplexed on one connection before another is dialed to the same peer.
+    /// High, because each connection costs tens of KiB of TLS and HTTP/2 buffers and HPACK
+    /// tables; the server's `max_concurrent_streams` must allow at least this many.
     pub max_streams_per_connection: usize,
     /// A connection with no tunnel for this long is closed.
     pub idle_timeout: Duration,
@@ -77,7 +79,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         Self {
             h2: H2Settings::default(),
-            max_streams_per_connection: 100,
+            max_streams_per_connection: 1000,
             idle_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),

@@ -268,3 +268,29 @@ async fn a_dead_peer_is_detected_and_the_pool_redials() {
     assert_eq!(&reply, b"pong");
     assert_eq!(client.pool.stats().dials, 2);
 }
+
+/// What every open tunnel carries in its task. These bounds keep idle memory per tunnel small
+/// (the transport benchmark measures the whole: <= 4 KiB per idle tunneled connection).
+#[tokio::test]
+async fn per_tunnel_task_state_stays_small() {
+    let pki = TestPki::new("cluster.local");
+    let (server, _seen) = start_forwarding_server(&pki).await;
+    let echo = start_echo().await;
+    let client = client(&pki, server);
+    let headers = TunnelHeaders::default();
+
+    let connect = client.pool.connect(&client.key, echo, &headers);
+    assert!(
+        std::mem::size_of_val(&connect) <= 128,
+        "pool.connect future is {} bytes: box what only setup needs",
+        std::mem::size_of_val(&connect)
+    );
+    let tunnel = connect.await.unwrap();
+    let mut socket = TcpStream::connect(echo).await.unwrap();
+    let splice = ambit_hbone::splice_tcp_h2(&mut socket, tunnel);
+    assert!(
+        std::mem::size_of_val(&splice) <= 384,
+        "splice future is {} bytes",
+        std::mem::size_of_val(&splice)
+    );
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod test;
+mod testbed;
 
 use anyhow::{Result, bail};
 
@@ -13,6 +14,7 @@ usage: cargo xtask <command>
 commands:
   test          install what the tests need, then fmt, clippy -D warnings and every test tier
   bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone)
+  testbed CMD   local Kubernetes testbed: setup | up [--nodes N] | down | status | env
 ";
 
 fn main() -> Result<()> {
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
     match args.as_slice() {
         ["test"] => test::run(),
         ["bench", name] => bench::run(name),
+        ["testbed", rest @ ..] => testbed::run(rest),
         ["help" | "--help" | "-h"] | [] => {
             print!("{USAGE}");
             Ok(())

@@ -14,7 +14,10 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Tier 1 (unit) and tier 2 (loopback integration over real TLS) live in each crate's tests.
+    // Tier 3 (end to end over the testbed) needs etcd, Kubernetes, helm and the CNI plugins.
+    crate::testbed::setup_for_tests()?;
+    // Tier 1 (unit) and tier 2 (loopback integration over real TLS) live in each crate's tests;
+    // tier 3 in crates/testbed/tests and tests/.
     cmd::run(&mut cargo(["test", "--workspace", "--locked"]))?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use ambit_hbone::{
 use ambit_identity::testing::TestPki;
 use ambit_identity::{CertificateHandle, SpiffeId, server_config};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,9 +29,16 @@ pub struct Forward {
 }
 
 impl ConnectHandler for Forward {
-    async fn handle(&self, request: ConnectRequest, tunnel: PendingTunnel) {
+    fn handle(
+        &self,
+        request: ConnectRequest,
+        tunnel: PendingTunnel,
+    ) -> impl Future<Output = ()> + Send + 'static + use<> {
         let _ = self.seen.send(request.clone());
-        let _ = forward_to_target(&request, tunnel).await;
+        let target = request.target;
+        async move {
+            let _ = forward_to_target(target, tunnel).await;
+        }
     }
 }
 
@@ -38,8 +46,13 @@ impl ConnectHandler for Forward {
 pub struct DenyAll;
 
 impl ConnectHandler for DenyAll {
-    async fn handle(&self, _request: ConnectRequest, tunnel: PendingTunnel) {
+    fn handle(
+        &self,
+        _request: ConnectRequest,
+        tunnel: PendingTunnel,
+    ) -> impl Future<Output = ()> + Send + 'static + use<> {
         tunnel.refuse(Refusal::Denied);
+        std::future::ready(())
     }
 }
 

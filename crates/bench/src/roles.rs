@@ -1,0 +1,201 @@
+//! The processes a benchmark is made of. Each prints `LISTENING addr` once ready.
+
+use crate::process::LISTENING;
+use ambit_hbone::{
+    ConnectHandler, ConnectRequest, Dialer, HbonePool, HboneServer, LocalIdentities, PendingTunnel,
+    PoolKey, PoolSettings, ServerSettings, TunnelHeaders, forward_to_target, splice_tcp_h2,
+    splice_tcp_tcp,
+};
+use ambit_identity::{
+    CertificateAuthority, CertificateHandle, CertificateRequest, SpiffeId, TrustBundle,
+    server_config,
+};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const TRUST_DOMAIN: &str = "bench.local";
+/// First byte a client sends to the bench server to pick a mode.
+pub const MODE_ECHO: u8 = b'E';
+pub const MODE_SINK: u8 = b'S';
+
+pub fn run(args: &[String]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let runtime = match std::env::var("AMBIT_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+    {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.unwrap_or(2))
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let role = async {
+            match args.as_slice() {
+                ["server"] => server().await,
+                ["tcp-proxy", to] => tcp_proxy(to.parse()?).await,
+                ["hbone-out", peer, target] => hbone_out(peer.parse()?, target.parse()?).await,
+                ["hbone-in"] => hbone_in().await,
+                _ => bail!("unknown role {args:?}"),
+            }
+        };
+        // Exiting normally on SIGTERM lets profilers and sanitizers write their reports.
+        tokio::select! {
+            result = role => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    })
+}
+
+async fn listen() -> Result<TcpListener> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("{LISTENING}{}", listener.local_addr()?);
+    Ok(listener)
+}
+
+/// The application server: echo (for round trips) or sink (for throughput, answering with the
+/// byte count at end of stream), chosen by the first byte.
+async fn server() -> Result<()> {
+    let listener = listen().await?;
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = socket.set_nodelay(true);
+            let mut mode = [0u8; 1];
+            if socket.read_exact(&mut mode).await.is_err() {
+                return;
+            }
+            let (mut read, mut write) = socket.split();
+            match mode[0] {
+                MODE_ECHO => {
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                }
+                MODE_SINK => {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut total = 0u64;
+                    while let Ok(n) = read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    let _ = write.write_all(&total.to_be_bytes()).await;
+                }
+                _ => {}
+            }
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+async fn tcp_proxy(to: SocketAddr) -> Result<()> {
+    let listener = listen().await?;
+    loop {
+        let (mut downstream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            if let Ok(mut upstream) = TcpStream::connect(to).await {
+                let _ = splice_tcp_tcp(&mut downstream, &mut upstream).await;
+            }
+        });
+    }
+}
+
+/// The CA material a role receives on stdin: certificate PEM, then key PEM.
+fn read_ca() -> Result<Arc<CertificateAuthority>> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let split = text
+        .find("-----BEGIN PRIVATE KEY-----")
+        .context("CA key on stdin")?;
+    let (certificate, key) = text.split_at(split);
+    Ok(Arc::new(CertificateAuthority::from_pem(
+        TRUST_DOMAIN.parse()?,
+        certificate,
+        key,
+    )?))
+}
+
+pub fn client_id() -> Result<SpiffeId> {
+    Ok(SpiffeId::new(TRUST_DOMAIN.parse()?, "bench", "client")?)
+}
+
+pub fn server_id() -> Result<SpiffeId> {
+    Ok(SpiffeId::new(TRUST_DOMAIN.parse()?, "bench", "server")?)
+}
+
+pub fn bundle(ca: &CertificateAuthority) -> Result<TrustBundle> {
+    Ok(TrustBundle::new(
+        ca.trust_domain().clone(),
+        [ca.root_certificate().clone()],
+    )?)
+}
+
+pub fn mint(ca: &CertificateAuthority, identity: &SpiffeId) -> Result<CertificateHandle> {
+    let request = CertificateRequest::new(identity)?;
+    let leaf = ca.sign(request.csr_der(), identity, Duration::from_secs(3600))?;
+    Ok(CertificateHandle::fixed(request.complete(vec![leaf])?))
+}
+
+/// The client half of a node tunnel: plain TCP in, pooled HBONE out to `peer`, for `target`.
+async fn hbone_out(peer: SocketAddr, target: SocketAddr) -> Result<()> {
+    let ca = read_ca()?;
+    let local = client_id()?;
+    let identities: HashMap<SpiffeId, CertificateHandle> =
+        HashMap::from([(local.clone(), mint(&ca, &local)?)]);
+    let identities: Arc<dyn LocalIdentities> = Arc::new(identities);
+    let pool = HbonePool::new(
+        Dialer::new(bundle(&ca)?, PoolSettings::default()),
+        identities,
+    );
+    let key = PoolKey::new(local, peer, vec![server_id()?]);
+    let listener = listen().await?;
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        let (pool, key) = (pool.clone(), key.clone());
+        tokio::spawn(async move {
+            match pool.connect(&key, target, &TunnelHeaders::default()).await {
+                Ok(tunnel) => {
+                    let _ = splice_tcp_h2(&mut socket, tunnel).await;
+                }
+                Err(error) => eprintln!("hbone-out: {error}"),
+            }
+        });
+    }
+}
+
+struct Forward;
+
+impl ConnectHandler for Forward {
+    fn handle(
+        &self,
+        request: ConnectRequest,
+        tunnel: PendingTunnel,
+    ) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let target = request.target;
+        async move {
+            let _ = forward_to_target(target, tunnel).await;
+        }
+    }
+}
+
+/// The server half of a node tunnel: HBONE in, plain TCP to the CONNECT target.
+async fn hbone_in() -> Result<()> {
+    let ca = read_ca()?;
+    let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
+    let server = HboneServer::new(tls, ServerSettings::default(), Forward);
+    let listener = listen().await?;
+    server.serve(listener).await?;
+    Ok(())
+}
