@@ -310,9 +310,17 @@ impl Testbed {
                 .into_iter()
                 .map(|n| format!("netns {n}")),
         );
-        let etcd = c.state_dir.join("etcd");
-        if etcd.exists() {
-            let _ = std::fs::remove_dir_all(&etcd);
+        // Runtime state goes; logs and testbed.json stay for the post-mortem and `status`.
+        if left.is_empty() {
+            for dir in ["etcd", "nodes", "pki", "pids", "apiserver-certs"] {
+                let d = c.state_dir.join(dir);
+                if d.exists()
+                    && let Err(e) = std::fs::remove_dir_all(&d)
+                {
+                    left.push(format!("{}: {e}", d.display()));
+                }
+            }
+            let _ = std::fs::remove_file(c.kubeconfig());
         }
         if left.is_empty() {
             Ok(())

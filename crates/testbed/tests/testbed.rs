@@ -69,6 +69,17 @@ fn ip_of(p: &Pod) -> Option<String> {
     p.status.as_ref().and_then(|s| s.pod_ip.clone())
 }
 
+/// Takes the testbed down when a check panics, so a failed run leaves nothing behind either.
+struct DownOnDrop<'a>(&'a Testbed);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.down() {
+            eprintln!("testbed down after a failure: {e}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
@@ -83,6 +94,7 @@ async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
 
     let start = Instant::now();
+    let guard = DownOnDrop(&tb);
     tb.up().await?;
     let up_time = start.elapsed();
     eprintln!("testbed up: 2 nodes Ready in {up_time:?}");
@@ -90,6 +102,7 @@ async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
     let result = checks(&tb).await;
 
     let start = Instant::now();
+    std::mem::forget(guard);
     let down = tb.down();
     let down_time = start.elapsed();
     eprintln!("testbed down in {down_time:?}");
@@ -254,6 +267,53 @@ async fn checks(tb: &Testbed) -> Result<()> {
         "client log:\n{log}"
     );
     assert!(log.contains("hello-testbed"), "client log:\n{log}");
+
+    // Through the Service's ClusterIP, from the server's node and from the other one, with the
+    // address taken from the service env vars kubelet would set.
+    let other_node = if node_k == 1 {
+        tb.config.node_name(2)
+    } else {
+        tb.config.node_name(1)
+    };
+    for (name, node) in [
+        ("vip-local", server_node.clone()),
+        ("vip-remote", other_node),
+    ] {
+        pods.create(
+            &pp,
+            &obj(json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"restartPolicy": "Never", "nodeName": node, "containers": [{
+                    "name": "client", "image": "ambit-echo-client",
+                    "args": ["$(ECHO_SERVICE_HOST):$(ECHO_SERVICE_PORT)", name],
+                }]},
+            }))?,
+        )
+        .await?;
+    }
+    for name in ["vip-local", "vip-remote"] {
+        let p = eventually(
+            "the VIP client to finish",
+            Duration::from_secs(60),
+            || async {
+                let p = pods.get(name).await.ok()?;
+                let phase = p.status.as_ref()?.phase.clone()?;
+                matches!(phase.as_str(), "Succeeded" | "Failed").then_some(p)
+            },
+        )
+        .await?;
+        let log = std::fs::read_to_string(tb.container_log(ns, name, "client"))?;
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        assert_eq!(phase, "Succeeded", "{name} log:\n{log}");
+        assert!(
+            log.contains(&format!("hello from {server_name}\n{name}")),
+            "{name} log:\n{log}"
+        );
+    }
 
     // From the test's side too: the HTTP responder, through the pod's netns.
     let out = tb

@@ -7,6 +7,7 @@ pub mod cni;
 pub mod images;
 pub mod pod;
 pub mod probe;
+pub mod proxy;
 pub mod volumes;
 
 use crate::Error;
@@ -92,6 +93,7 @@ pub async fn run_agent(state_dir: &Path, k: u8) -> Result<(), Error> {
     });
     register(&ctx).await?;
     tokio::spawn(heartbeat(ctx.clone()));
+    tokio::spawn(proxy::run(ctx.clone()));
     run_pods(ctx).await
 }
 

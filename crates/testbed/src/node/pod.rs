@@ -245,7 +245,13 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
             }
         }
         notify.notify_one();
+        let service_env = if spec.enable_service_links.unwrap_or(true) {
+            service_env(&ctx, &ns).await
+        } else {
+            Vec::new()
+        };
         let rt = Arc::new(Runtime {
+            service_env,
             ctx: ctx.clone(),
             pod: pod.clone(),
             netns: sandbox.netns.clone(),
@@ -408,6 +414,8 @@ async fn teardown_sandbox(ctx: &NodeCtx, pod: &Pod, sb: &mut Sandbox) {
 }
 
 struct Runtime {
+    /// `<SVC>_SERVICE_HOST`/`_PORT` of the namespace's Services at pod start, as kubelet sets.
+    service_env: Vec<(String, String)>,
     ctx: Arc<NodeCtx>,
     pod: Pod,
     netns: Option<String>,
@@ -533,6 +541,7 @@ impl Runtime {
             ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.clone()),
             ("KUBERNETES_PORT".into(), format!("tcp://{host}:{port}")),
         ];
+        env.extend(self.service_env.iter().cloned());
         let ip = self.pod_ip();
         for e in c.env.iter().flatten() {
             let value = if let Some(v) = &e.value {
@@ -781,6 +790,43 @@ fn expand_vars(s: &str, env: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+async fn service_env(ctx: &NodeCtx, ns: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(ctx.client.clone(), ns);
+    let Ok(list) = api.list(&kube::api::ListParams::default()).await else {
+        return Vec::new();
+    };
+    let mut env = Vec::new();
+    for svc in list.items {
+        let Some(name) = svc.metadata.name.as_deref() else {
+            continue;
+        };
+        if ns == "default" && name == "kubernetes" {
+            continue; // KUBERNETES_* point at the apiserver itself: there is no kube-proxy on the host.
+        }
+        let Some(spec) = svc.spec else { continue };
+        let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
+            continue;
+        };
+        let prefix = name.to_uppercase().replace('-', "_");
+        let ports = spec.ports.unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        env.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        env.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                env.push((
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        pn.to_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+    }
+    env
 }
 
 /// Rewrites projected tokens at 80% of their lifetime, as kubelet does.
