@@ -434,6 +434,36 @@ async fn checks(tb: &Testbed) -> Result<()> {
     .await?;
     assert_eq!(ip_of(&hostnet), Some(tb.config.node_ip(2).to_string()));
 
+    // securityContext: user, group and the capability bounding set are applied.
+    pods.create(&pp, &obj(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            "containers": [{
+                "name": "c", "image": "debian", "command": ["sh", "-c", "id -u; id -g; grep CapBnd /proc/self/status"],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}},
+            }],
+        },
+    }))?)
+    .await?;
+    eventually(
+        "the restricted pod to succeed",
+        Duration::from_secs(30),
+        || async {
+            let p = pods.get("restricted").await.ok()?;
+            (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(tb.container_log(ns, "restricted", "c"))?;
+    // NET_ADMIN is capability 12.
+    assert_eq!(
+        log.split_whitespace().collect::<Vec<_>>(),
+        ["1000", "1000", "CapBnd:", "0000000000001000"],
+        "{log}"
+    );
+
     // The user's tools talk to it.
     let out = tb.kubectl().args(["get", "nodes", "-o", "name"]).output()?;
     assert!(

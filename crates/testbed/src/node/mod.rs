@@ -8,6 +8,7 @@ pub mod images;
 pub mod pod;
 pub mod probe;
 pub mod proxy;
+pub mod security;
 pub mod volumes;
 
 use crate::Error;

@@ -1,7 +1,7 @@
 //! One pod's life on a node: sandbox (netns + CNI), volumes, init containers, containers as
 //! supervised processes, readiness probes, status reports, and teardown.
 
-use super::{NodeCtx, cni, images, probe, volumes};
+use super::{NodeCtx, cni, images, probe, security, volumes};
 use crate::Error;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -507,6 +507,13 @@ impl Runtime {
         .arg(hostname)
         .arg((mounts.len() / 3).to_string())
         .args(&mounts)
+        .args(security::setpriv_args(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref()),
+            c,
+        ))
         .arg(&program)
         .args(&args)
         .env_clear()
