@@ -472,10 +472,47 @@ async fn checks(tb: &Testbed) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
-    let out = tb.helm().args(["list", "--all-namespaces"]).output()?;
+    let chart = std::env::temp_dir().join(format!("ambit-testbed-chart-{}", std::process::id()));
+    std::fs::create_dir_all(chart.join("templates"))?;
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: tbcheck\nversion: 0.1.0\n",
+    )?;
+    std::fs::write(
+        chart.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tbcheck\ndata:\n  release: {{ .Release.Name | quote }}\n",
+    )?;
+    let out = tb
+        .helm()
+        .args(["install", "tbcheck"])
+        .arg(&chart)
+        .args(["--namespace", "tbcheck", "--create-namespace", "--wait"])
+        .output()?;
+    let _ = std::fs::remove_dir_all(&chart);
     assert!(
         out.status.success(),
-        "helm: {}",
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "tbcheck");
+    let cm = cms.get("tbcheck").await?;
+    assert_eq!(
+        cm.data.and_then(|d| d.get("release").cloned()).as_deref(),
+        Some("tbcheck")
+    );
+    let out = tb
+        .kubectl()
+        .args([
+            "label",
+            "namespace",
+            "tbcheck",
+            "ambit.dev/dataplane-mode=ambient",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "kubectl label: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 
