@@ -478,6 +478,29 @@ impl Testbed {
     }
 }
 
+/// Builds workspace binaries (`cargo build --bins -p P...`) so the images a test uses map to
+/// current builds. For tests: `cargo test` builds only the binaries of the package under test.
+/// Cheap when they are fresh; `$CARGO` (set by cargo for tests) picks the same toolchain.
+pub fn build_binaries(packages: &[&str]) -> Result<(), Error> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args(["build", "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Error::Other(format!("cargo build: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "cargo build -p {packages:?} failed: {status}"
+        )))
+    }
+}
+
 pub fn node_ready(n: &Node) -> bool {
     n.status
         .as_ref()

@@ -39,18 +39,6 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
     Ok(serde_json::from_value(v)?)
 }
 
-/// The sample binaries must be current: build them (cheap when fresh).
-fn build_samples() -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args(["build", "-p", "ambit-samples", "--bins"])
-        .status()?;
-    if !st.success() {
-        bail!("cargo build -p ambit-samples failed");
-    }
-    Ok(())
-}
-
 fn pod_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -88,7 +76,8 @@ async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
         );
         return Ok(());
     }
-    build_samples()?;
+    // The agent and the sample images must be current builds.
+    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
     let tb = Testbed::new(Config::new(NAME, ID)?.with_nodes(2)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
