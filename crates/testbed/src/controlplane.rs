@@ -102,6 +102,8 @@ pub fn start_apiserver(config: &Config, tools: &Tools) -> Result<(), Error> {
         ),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--authorization-mode=RBAC".to_owned(),
+        // Node names resolve nowhere: reach the agents' log endpoint by node IP.
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--allow-privileged=true".to_owned(),
         format!(
             "--cert-dir={}",

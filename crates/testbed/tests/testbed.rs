@@ -256,6 +256,17 @@ async fn checks(tb: &Testbed) -> Result<()> {
         "client log:\n{log}"
     );
     assert!(log.contains("hello-testbed"), "client log:\n{log}");
+    // `kubectl logs` goes apiserver -> the agent's kubelet log endpoint.
+    let out = tb
+        .kubectl()
+        .args(["logs", "client", "--tail", "1"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "kubectl logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-testbed\n");
 
     // Through the Service's ClusterIP, from the server's node and from the other one, with the
     // address taken from the service env vars kubelet would set.

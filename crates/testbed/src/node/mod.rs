@@ -5,6 +5,7 @@
 
 pub mod cni;
 pub mod images;
+pub mod logs;
 pub mod pod;
 pub mod probe;
 pub mod proxy;
@@ -95,6 +96,12 @@ pub async fn run_agent(state_dir: &Path, k: u8) -> Result<(), Error> {
     register(&ctx).await?;
     tokio::spawn(heartbeat(ctx.clone()));
     tokio::spawn(proxy::run(ctx.clone()));
+    let logs_ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = logs::serve(logs_ctx).await {
+            tracing::warn!("kubelet log endpoint: {e}");
+        }
+    });
     run_pods(ctx).await
 }
 
@@ -155,6 +162,7 @@ async fn post_status(ctx: &NodeCtx) -> Result<(), Error> {
             "kubeletVersion": ctx.kubernetes_version, "kubeProxyVersion": "",
             "operatingSystem": "linux", "architecture": "amd64",
         },
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": logs::KUBELET_PORT}},
     }});
     nodes
         .patch_status(
