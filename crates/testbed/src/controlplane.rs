@@ -104,6 +104,9 @@ pub fn start_apiserver(config: &Config, tools: &Tools) -> Result<(), Error> {
         "--authorization-mode=RBAC".to_owned(),
         // Node names resolve nowhere: reach the agents' log endpoint by node IP.
         "--kubelet-preferred-address-types=InternalIP".to_owned(),
+        // No kube-proxy in the host netns: webhooks and aggregated APIs are reached at their
+        // endpoints' pod IPs (routed over the bridge) instead of their ClusterIPs.
+        "--enable-aggregator-routing=true".to_owned(),
         "--allow-privileged=true".to_owned(),
         format!(
             "--cert-dir={}",

@@ -269,23 +269,28 @@ async fn checks(tb: &Testbed) -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-testbed\n");
 
     // Through the Service's ClusterIP, from the server's node and from the other one, with the
-    // address taken from the service env vars kubelet would set.
+    // address taken from the service env vars kubelet would set, and from cluster DNS.
     let other_node = if node_k == 1 {
         tb.config.node_name(2)
     } else {
         tb.config.node_name(1)
     };
-    for (name, node) in [
-        ("vip-local", server_node.clone()),
-        ("vip-remote", other_node),
-    ] {
+    let targets = [
+        (
+            "vip-local",
+            server_node.clone(),
+            "$(ECHO_SERVICE_HOST):$(ECHO_SERVICE_PORT)",
+        ),
+        ("vip-remote", other_node, "echo:80"), // through cluster DNS
+    ];
+    for (name, node, target) in targets {
         pods.create(
             &pp,
             &obj(json!({
                 "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                 "spec": {"restartPolicy": "Never", "nodeName": node, "containers": [{
                     "name": "client", "image": "ambit-echo-client",
-                    "args": ["$(ECHO_SERVICE_HOST):$(ECHO_SERVICE_PORT)", name],
+                    "args": [target, name],
                 }]},
             }))?,
         )

@@ -4,6 +4,7 @@
 //! Lease and status, and runs the pods bound to it.
 
 pub mod cni;
+pub mod dns;
 pub mod images;
 pub mod logs;
 pub mod pod;
@@ -96,6 +97,12 @@ pub async fn run_agent(state_dir: &Path, k: u8) -> Result<(), Error> {
     register(&ctx).await?;
     tokio::spawn(heartbeat(ctx.clone()));
     tokio::spawn(proxy::run(ctx.clone()));
+    let dns_ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = dns::serve(dns_ctx).await {
+            tracing::warn!("cluster DNS: {e}");
+        }
+    });
     let logs_ctx = ctx.clone();
     tokio::spawn(async move {
         if let Err(e) = logs::serve(logs_ctx).await {

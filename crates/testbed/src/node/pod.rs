@@ -251,6 +251,7 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
             Vec::new()
         };
         let rt = Arc::new(Runtime {
+            dir: dir.clone(),
             service_env,
             ctx: ctx.clone(),
             pod: pod.clone(),
@@ -414,6 +415,8 @@ async fn teardown_sandbox(ctx: &NodeCtx, pod: &Pod, sb: &mut Sandbox) {
 }
 
 struct Runtime {
+    /// The pod's state dir (volumes, resolv.conf).
+    dir: PathBuf,
     /// `<SVC>_SERVICE_HOST`/`_PORT` of the namespace's Services at pod start, as kubelet sets.
     service_env: Vec<(String, String)>,
     ctx: Arc<NodeCtx>,
@@ -475,6 +478,31 @@ impl Runtime {
             } else {
                 "rw".into()
             });
+        }
+        // Cluster DNS for pods that ask for it (the default), as kubelet writes resolv.conf.
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.dns_policy.clone())
+            .unwrap_or_else(|| "ClusterFirst".into());
+        let cluster_dns = match policy.as_str() {
+            "ClusterFirstWithHostNet" => true,
+            "ClusterFirst" => self.netns.is_some(),
+            _ => false,
+        };
+        if cluster_dns {
+            let ns = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+            let path = self.dir.join("resolv.conf");
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            std::fs::write(&path, super::dns::resolv_conf(ns, ctx.node_ip))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            mounts.extend([
+                path.display().to_string(),
+                "/etc/resolv.conf".to_owned(),
+                "ro".to_owned(),
+            ]);
         }
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
         let hostname = if self.netns.is_none() {
