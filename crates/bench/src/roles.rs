@@ -27,15 +27,13 @@ pub const MODE_SINK: u8 = b'S';
 
 pub fn run(args: &[String]) -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let runtime = match std::env::var("AMBIT_BENCH_WORKERS")
-        .ok()
-        .and_then(|w| w.parse::<usize>().ok())
-    {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+    let runtime = match (args.first(), proxy_workers()) {
+        // The application is the baseline, not under test: give it the fastest setup.
+        (Some(&"server"), _) | (_, 1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        workers => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.unwrap_or(2))
+        (_, workers) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
             .build()?,
     };
@@ -57,6 +55,16 @@ pub fn run(args: &[String]) -> Result<()> {
             _ = terminate.recv() => Ok(()),
         }
     })
+}
+
+/// Worker threads of each proxy and tunnel process: one event loop by default, as each of the
+/// tunnel's per-core loops runs; `AMBIT_BENCH_WORKERS=N` compares a work-stealing runtime.
+pub fn proxy_workers() -> usize {
+    std::env::var("AMBIT_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|&w| w > 0)
+        .unwrap_or(1)
 }
 
 async fn listen() -> Result<TcpListener> {

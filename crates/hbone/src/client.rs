@@ -1,6 +1,7 @@
 //! Dialing HBONE peers (TCP, mutual TLS with an expected identity, HTTP/2) and opening CONNECT
 //! streams on the resulting connections.
 
+use crate::buffered::ReadBuffered;
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
 use crate::settings::PoolSettings;
@@ -18,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 /// The HTTP/2 connection future of a dialed peer; it must be polled for streams to progress.
-pub type ClientConnection = h2::client::Connection<TlsStream<TcpStream>, Bytes>;
+pub type ClientConnection = h2::client::Connection<TlsStream<ReadBuffered<TcpStream>>, Bytes>;
 
 /// Makes authenticated HTTP/2 connections to HBONE peers.
 #[derive(Debug, Clone)]
@@ -68,7 +69,7 @@ impl Dialer {
             .map_err(|source| HboneError::Connect { peer, source })?;
         tcp.set_nodelay(true)?;
         let tls = TlsConnector::from(Arc::new(config))
-            .connect(server_name(peer.ip()), tcp)
+            .connect(server_name(peer.ip()), ReadBuffered::new(tcp))
             .await
             .map_err(|source| HboneError::Tls { peer, source })?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {

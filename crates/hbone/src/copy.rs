@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// Smallest read buffer: one small request fits.
 const MIN_READ: usize = 4 * 1024;
 /// Largest read buffer: one read fills an H2 DATA frame of the default maximum size.
-const MAX_READ: usize = 256 * 1024;
+const MAX_READ: usize = 64 * 1024;
 
 /// Bytes moved by a finished splice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! - [`HbonePool`] multiplexes outbound tunnels over pooled connections.
 //! - [`splice_tcp_h2`] is the copy engine that carries bytes between a socket and a tunnel.
 
+mod buffered;
 mod client;
 mod copy;
 mod error;
@@ -15,6 +16,7 @@ mod server;
 mod settings;
 mod stream;
 
+pub use buffered::ReadBuffered;
 pub use client::{ClientConnection, Dialer};
 pub use copy::{Transferred, splice_tcp_h2, splice_tcp_tcp};
 pub use error::HboneError;

@@ -274,13 +274,13 @@ async fn drive(
                 if retire_if_idle(&pool, &key, &pooled, settings.idle_timeout) {
                     break Retired::Idle;
                 }
-                if pong_deadline.is_none() && last_ping.elapsed() >= settings.keepalive_interval {
-                    if let Some(ping) = ping.as_mut() {
-                        if ping.send_ping(h2::Ping::opaque()).is_ok() {
-                            last_ping = Instant::now();
-                            pong_deadline = Some(last_ping + settings.keepalive_timeout);
-                        }
-                    }
+                let ping_due =
+                    pong_deadline.is_none() && last_ping.elapsed() >= settings.keepalive_interval;
+                if let Some(ping) = ping.as_mut().filter(|_| ping_due)
+                    && ping.send_ping(h2::Ping::opaque()).is_ok()
+                {
+                    last_ping = Instant::now();
+                    pong_deadline = Some(last_ping + settings.keepalive_timeout);
                 }
             }
             _ = sleep_until(pong_deadline.unwrap_or_else(Instant::now)), if pong_deadline.is_some() => {

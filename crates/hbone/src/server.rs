@@ -1,6 +1,7 @@
 //! The HBONE server: TLS with a verified client identity, HTTP/2, and each CONNECT stream handed
 //! to a handler that decides it.
 
+use crate::buffered::ReadBuffered;
 use crate::copy::{Transferred, splice_tcp_h2};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
@@ -173,7 +174,7 @@ impl<H: ConnectHandler> HboneServer<H> {
     ) -> Result<(), HboneError> {
         tcp.set_nodelay(true)?;
         let timeout = self.settings.handshake_timeout;
-        let tls = tokio::time::timeout(timeout, self.acceptor.accept(tcp))
+        let tls = tokio::time::timeout(timeout, self.acceptor.accept(ReadBuffered::new(tcp)))
             .await
             .map_err(|_| HboneError::HandshakeTimeout {
                 peer,

@@ -24,7 +24,7 @@ impl Default for H2Settings {
         Self {
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
+            max_frame_size: 64 * 1024,
             max_header_list_size: 16 * 1024,
             max_send_buffer: 1024 * 1024,
         }

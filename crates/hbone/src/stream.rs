@@ -39,7 +39,7 @@ impl H2Stream {
             send,
             recv,
             unread: Bytes::new(),
-            lease: lease,
+            lease,
         }
     }
 
@@ -54,10 +54,8 @@ impl H2Stream {
 }
 
 pub(crate) fn h2_to_io(error: h2::Error) -> io::Error {
-    if error.is_io() {
-        if let Some(io) = error.get_io() {
-            return io::Error::new(io.kind(), error.to_string());
-        }
+    if let Some(io) = error.get_io() {
+        return io::Error::new(io.kind(), error.to_string());
     }
     let kind = if error.is_reset() || error.is_go_away() {
         io::ErrorKind::ConnectionReset

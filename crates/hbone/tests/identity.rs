@@ -1,4 +1,5 @@
 //! Every identity check of an HBONE handshake, each tried with a wrong identity.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure
 
 mod support;
 

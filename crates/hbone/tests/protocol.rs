@@ -1,4 +1,5 @@
 //! The HBONE request shape and status codes: 200, 400, 401, 503, and header pass-through.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The data path: bytes intact both ways, half-close in each direction, many streams on one
 //! pooled connection, idle eviction, and a dead peer detected and replaced.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure
 
 mod support;
 

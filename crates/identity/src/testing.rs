@@ -1,4 +1,6 @@
 //! A throwaway PKI for tests and benchmarks: a CA per trust domain and leaves on demand.
+//! Test code: it panics on failure rather than returning errors.
+#![allow(clippy::expect_used)]
 
 use crate::{
     CertificateAuthority, CertificateHandle, CertificateRequest, SpiffeId, TrustBundle,

@@ -1,7 +1,8 @@
 //! Loopback fixtures: an HBONE server in front of TCP apps, an outbound proxy that splices
 //! accepted sockets into pooled tunnels, and a relay that can freeze to play a dead peer.
 
-#![allow(dead_code)]
+// Test fixtures panic on failure; each test uses a different subset of them.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use ambit_hbone::{
     ConnectHandler, ConnectRequest, Dialer, HbonePool, HboneServer, LocalIdentities, PendingTunnel,
