@@ -204,6 +204,6 @@ async fn hbone_in() -> Result<()> {
     let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
     let server = HboneServer::new(tls, ServerSettings::default(), Forward);
     let listener = listen().await?;
-    server.serve(listener).await?;
+    server.serve(listener).await;
     Ok(())
 }

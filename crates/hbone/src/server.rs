@@ -13,7 +13,6 @@ use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -119,6 +118,9 @@ pub async fn forward_to_target(
     Ok(splice_tcp_h2(&mut upstream, stream).await?)
 }
 
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct HboneServer<H> {
     acceptor: TlsAcceptor,
     settings: Arc<ServerSettings>,
@@ -153,10 +155,24 @@ impl<H: ConnectHandler> HboneServer<H> {
         }
     }
 
-    /// Accepts connections until the listener fails; each connection runs in its own task.
-    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+    /// Accepts connections forever; each connection runs in its own task. Accept errors (such
+    /// as running out of file descriptors) are logged and retried with backoff: the listener
+    /// keeps serving once the pressure is gone.
+    pub async fn serve(self, listener: TcpListener) {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
-            let (tcp, peer) = listener.accept().await?;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "HBONE accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
             let server = self.clone();
             tokio::spawn(async move {
                 if let Err(error) = server.serve_connection(tcp, peer).await {
@@ -174,16 +190,21 @@ impl<H: ConnectHandler> HboneServer<H> {
     ) -> Result<(), HboneError> {
         tcp.set_nodelay(true)?;
         let timeout = self.settings.handshake_timeout;
-        let tls = tokio::time::timeout(timeout, self.acceptor.accept(ReadBuffered::new(tcp)))
+        let timed_out = |_| HboneError::HandshakeTimeout {
+            peer,
+            timeout_ms: timeout.as_millis(),
+        };
+        // One deadline for TLS and the HTTP/2 preface: a client that stalls in either is cut.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tls = tokio::time::timeout_at(deadline, self.acceptor.accept(ReadBuffered::new(tcp)))
             .await
-            .map_err(|_| HboneError::HandshakeTimeout {
-                peer,
-                timeout_ms: timeout.as_millis(),
-            })?
+            .map_err(timed_out)?
             .map_err(|source| HboneError::Tls { peer, source })?;
         let identity = peer_identity(tls.get_ref().1.peer_certificates())
             .map_err(|source| HboneError::PeerIdentity { peer, source })?;
-        let mut connection = self.h2_builder().handshake(tls).await?;
+        let mut connection = tokio::time::timeout_at(deadline, self.h2_builder().handshake(tls))
+            .await
+            .map_err(timed_out)??;
         while let Some(accepted) = connection.accept().await {
             let (request, respond) = accepted?;
             if let Some((request, tunnel)) = parse_connect(request, respond, identity.clone(), peer)

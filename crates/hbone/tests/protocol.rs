@@ -143,3 +143,50 @@ async fn tracing_headers_pass_through_and_are_never_required() {
     assert_eq!(request.headers, headers);
     assert_eq!(request.headers.as_map().len(), 3);
 }
+
+fn stall_settings() -> ambit_hbone::ServerSettings {
+    ambit_hbone::ServerSettings {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    }
+}
+
+/// Reads until the server closes the connection; fails if it is still open at the deadline.
+async fn closed_by_server(mut stream: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut sink),
+    )
+    .await;
+    assert!(closed.is_ok(), "server kept a stalled connection open");
+}
+
+#[tokio::test]
+async fn a_client_that_never_starts_tls_is_cut_off() {
+    let pki = TestPki::new("cluster.local");
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let server = start_server_with(&pki, Forward { seen }, stall_settings()).await;
+    let socket = tokio::net::TcpStream::connect(server).await.unwrap();
+    closed_by_server(socket).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_the_http2_preface_is_cut_off() {
+    let pki = TestPki::new("cluster.local");
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let server = start_server_with(&pki, Forward { seen }, stall_settings()).await;
+    let config = ambit_identity::client_config(
+        pki.handle("demo", "client"),
+        &pki.bundle(),
+        vec![pki.id(SERVER_NS, SERVER_SA)],
+    )
+    .unwrap();
+    let socket = tokio::net::TcpStream::connect(server).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ambit_identity::server_name(server.ip()), socket)
+        .await
+        .expect("TLS completes; only HTTP/2 stalls");
+    closed_by_server(tls).await;
+}

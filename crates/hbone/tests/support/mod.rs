@@ -63,8 +63,16 @@ pub async fn listen() -> TcpListener {
 
 /// Starts an HBONE server presenting `demo/server` from `pki`.
 pub async fn start_server<H: ConnectHandler>(pki: &TestPki, handler: H) -> SocketAddr {
+    start_server_with(pki, handler, ServerSettings::default()).await
+}
+
+pub async fn start_server_with<H: ConnectHandler>(
+    pki: &TestPki,
+    handler: H,
+    settings: ServerSettings,
+) -> SocketAddr {
     let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &pki.bundle()).unwrap();
-    let server = HboneServer::new(tls, ServerSettings::default(), handler);
+    let server = HboneServer::new(tls, settings, handler);
     let listener = listen().await;
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server.serve(listener));
