@@ -3,7 +3,7 @@
 
 mod support;
 
-use ambit_hbone::{HboneError, TunnelHeaders};
+use ambit_hbone::HboneError;
 use ambit_identity::testing::TestPki;
 use ambit_identity::{CertificateHandle, PeerIdentityError, peer_identity_error};
 use std::time::{Duration, SystemTime};
@@ -16,8 +16,7 @@ async fn assert_refused(
 ) -> HboneError {
     let echo = start_echo().await;
     let err = client
-        .pool
-        .connect(&client.key, echo, &TunnelHeaders::default())
+        .open(echo)
         .await
         .expect_err("connection must be refused");
     assert!(
@@ -33,11 +32,7 @@ async fn a_correct_pair_connects_and_the_server_sees_the_client_identity() {
     let (server, mut seen) = start_forwarding_server(&pki).await;
     let echo = start_echo().await;
     let client = client(&pki, server);
-    let _tunnel = client
-        .pool
-        .connect(&client.key, echo, &TunnelHeaders::default())
-        .await
-        .unwrap();
+    let _tunnel = client.open(echo).await.unwrap();
     let request = seen.recv().await.unwrap();
     assert_eq!(request.peer, pki.id("demo", "client"));
     assert_eq!(request.target, echo);
@@ -49,13 +44,11 @@ async fn server_refuses_a_client_certificate_from_another_ca() {
     let rogue = TestPki::new("cluster.local");
     let (server, seen) = start_forwarding_server(&pki).await;
     let local = pki.id("demo", "client");
-    let client = client_with(
+    let client = client_presenting(
         &pki,
         local.clone(),
         CertificateHandle::fixed(rogue.certificate(&local)),
         server,
-        pki.id(SERVER_NS, SERVER_SA),
-        fast_pool_settings(),
     );
     let err = assert_refused(client, seen).await;
     assert!(err.to_string().contains("alert"), "{err}");
@@ -67,13 +60,11 @@ async fn server_refuses_a_client_of_another_trust_domain() {
     let foreign = TestPki::new("evil.example");
     let (server, seen) = start_forwarding_server(&pki).await;
     let local = foreign.id("demo", "client");
-    let client = client_with(
+    let client = client_presenting(
         &pki,
         local.clone(),
         CertificateHandle::fixed(foreign.certificate(&local)),
         server,
-        pki.id(SERVER_NS, SERVER_SA),
-        fast_pool_settings(),
     );
     assert_refused(client, seen).await;
 }
@@ -88,14 +79,7 @@ async fn server_refuses_an_expired_client_certificate() {
         Duration::from_secs(600),
         SystemTime::now() - Duration::from_secs(3600),
     );
-    let client = client_with(
-        &pki,
-        local,
-        CertificateHandle::fixed(expired),
-        server,
-        pki.id(SERVER_NS, SERVER_SA),
-        fast_pool_settings(),
-    );
+    let client = client_presenting(&pki, local, CertificateHandle::fixed(expired), server);
     let err = assert_refused(client, seen).await;
     assert!(err.to_string().contains("alert"), "{err}");
 }
@@ -104,13 +88,11 @@ async fn server_refuses_an_expired_client_certificate() {
 async fn server_refuses_a_client_without_a_certificate() {
     let pki = TestPki::new("cluster.local");
     let (server, seen) = start_forwarding_server(&pki).await;
-    let client = client_with(
+    let client = client_presenting(
         &pki,
         pki.id("demo", "client"),
         CertificateHandle::without_certificate(),
         server,
-        pki.id(SERVER_NS, SERVER_SA),
-        fast_pool_settings(),
     );
     let err = assert_refused(client, seen).await;
     assert!(err.to_string().contains("alert"), "{err}");

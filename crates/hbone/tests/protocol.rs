@@ -70,11 +70,7 @@ async fn a_denied_tunnel_gets_401() {
     let server = start_server(&pki, DenyAll).await;
     let echo = start_echo().await;
     let client = client(&pki, server);
-    let err = client
-        .pool
-        .connect(&client.key, echo, &TunnelHeaders::default())
-        .await
-        .unwrap_err();
+    let err = client.open(echo).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -94,11 +90,7 @@ async fn an_unreachable_target_gets_503() {
     // Bind then drop: nothing listens on this port any more.
     let closed = listen().await.local_addr().unwrap();
     let client = client(&pki, server);
-    let err = client
-        .pool
-        .connect(&client.key, closed, &TunnelHeaders::default())
-        .await
-        .unwrap_err();
+    let err = client.open(closed).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -118,11 +110,7 @@ async fn tracing_headers_pass_through_and_are_never_required() {
     let echo = start_echo().await;
     let client = client(&pki, server);
 
-    let _plain = client
-        .pool
-        .connect(&client.key, echo, &TunnelHeaders::default())
-        .await
-        .unwrap();
+    let _plain = client.open(echo).await.unwrap();
     assert!(seen.recv().await.unwrap().headers.is_empty());
 
     let mut map = http::HeaderMap::new();

@@ -157,39 +157,15 @@ async fn a_full_connection_makes_the_pool_dial_another() {
         max_streams_per_connection: 2,
         ..fast_pool_settings()
     };
-    let client = client_with(
-        &pki,
-        pki.id("demo", "client"),
-        pki.handle("demo", "client"),
-        server,
-        pki.id(SERVER_NS, SERVER_SA),
-        settings,
-    );
-    let headers = TunnelHeaders::default();
-    let a = client
-        .pool
-        .connect(&client.key, echo, &headers)
-        .await
-        .unwrap();
-    let _b = client
-        .pool
-        .connect(&client.key, echo, &headers)
-        .await
-        .unwrap();
+    let client = client_with_settings(&pki, server, settings);
+    let a = client.open(echo).await.unwrap();
+    let _b = client.open(echo).await.unwrap();
     assert_eq!(client.pool.stats().dials, 1);
-    let _c = client
-        .pool
-        .connect(&client.key, echo, &headers)
-        .await
-        .unwrap();
+    let _c = client.open(echo).await.unwrap();
     assert_eq!(client.pool.stats().dials, 2);
     // A freed slot is reused rather than dialing again.
     drop(a);
-    let _d = client
-        .pool
-        .connect(&client.key, echo, &headers)
-        .await
-        .unwrap();
+    let _d = client.open(echo).await.unwrap();
     assert_eq!(client.pool.stats().dials, 2);
 }
 
@@ -202,27 +178,12 @@ async fn an_idle_connection_is_evicted() {
         idle_timeout: Duration::from_millis(200),
         ..fast_pool_settings()
     };
-    let client = client_with(
-        &pki,
-        pki.id("demo", "client"),
-        pki.handle("demo", "client"),
-        server,
-        pki.id(SERVER_NS, SERVER_SA),
-        settings,
-    );
-    let tunnel = client
-        .pool
-        .connect(&client.key, echo, &TunnelHeaders::default())
-        .await
-        .unwrap();
+    let client = client_with_settings(&pki, server, settings);
+    let tunnel = client.open(echo).await.unwrap();
     assert_eq!(client.pool.stats().connections, 1);
     drop(tunnel);
     assert!(eventually(DEADLINE, || client.pool.stats().connections == 0).await);
-    let _again = client
-        .pool
-        .connect(&client.key, echo, &TunnelHeaders::default())
-        .await
-        .unwrap();
+    let _again = client.open(echo).await.unwrap();
     assert_eq!(client.pool.stats().dials, 2);
 }
 
@@ -233,13 +194,8 @@ async fn a_dead_peer_is_detected_and_the_pool_redials() {
     let relay = Relay::start(server).await;
     let echo = start_echo().await;
     let client = client(&pki, relay.addr);
-    let headers = TunnelHeaders::default();
 
-    let mut tunnel = client
-        .pool
-        .connect(&client.key, echo, &headers)
-        .await
-        .unwrap();
+    let mut tunnel = client.open(echo).await.unwrap();
     tunnel.write_all(b"ping").await.unwrap();
     let mut reply = [0u8; 4];
     tunnel.read_exact(&mut reply).await.unwrap();
@@ -259,11 +215,7 @@ async fn a_dead_peer_is_detected_and_the_pool_redials() {
         .unwrap();
     assert!(read.is_err() || read.is_ok_and(|n| n == 0));
 
-    let mut fresh = client
-        .pool
-        .connect(&client.key, echo, &headers)
-        .await
-        .unwrap();
+    let mut fresh = client.open(echo).await.unwrap();
     fresh.write_all(b"pong").await.unwrap();
     fresh.read_exact(&mut reply).await.unwrap();
     assert_eq!(&reply, b"pong");
@@ -278,8 +230,8 @@ async fn per_tunnel_task_state_stays_small() {
     let (server, _seen) = start_forwarding_server(&pki).await;
     let echo = start_echo().await;
     let client = client(&pki, server);
-    let headers = TunnelHeaders::default();
 
+    let headers = TunnelHeaders::default();
     let connect = client.pool.connect(&client.key, echo, &headers);
     assert!(
         std::mem::size_of_val(&connect) <= 128,

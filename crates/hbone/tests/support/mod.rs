@@ -5,9 +5,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use ambit_hbone::{
-    ConnectHandler, ConnectRequest, Dialer, HbonePool, HboneServer, LocalIdentities, PendingTunnel,
-    PoolKey, PoolSettings, Refusal, ServerSettings, TunnelHeaders, forward_to_target,
-    splice_tcp_h2,
+    ConnectHandler, ConnectRequest, Dialer, H2Stream, HboneError, HbonePool, HboneServer,
+    LocalIdentities, PendingTunnel, PoolKey, PoolSettings, Refusal, ServerSettings, TunnelHeaders,
+    forward_to_target, splice_tcp_h2,
 };
 use ambit_identity::testing::TestPki;
 use ambit_identity::{CertificateHandle, SpiffeId, server_config};
@@ -139,14 +139,45 @@ pub fn client_with(
 
 /// A well-configured `demo/client` of `pki` talking to `server`.
 pub fn client(pki: &TestPki, server: SocketAddr) -> Client {
+    client_with_settings(pki, server, fast_pool_settings())
+}
+
+/// `demo/client` with pool `settings`.
+pub fn client_with_settings(pki: &TestPki, server: SocketAddr, settings: PoolSettings) -> Client {
     client_with(
         pki,
         pki.id("demo", "client"),
         pki.handle("demo", "client"),
         server,
         pki.id(SERVER_NS, SERVER_SA),
+        settings,
+    )
+}
+
+/// A client claiming `local` but presenting `certificate`, expecting the real server.
+pub fn client_presenting(
+    pki: &TestPki,
+    local: SpiffeId,
+    certificate: CertificateHandle,
+    server: SocketAddr,
+) -> Client {
+    client_with(
+        pki,
+        local,
+        certificate,
+        server,
+        pki.id(SERVER_NS, SERVER_SA),
         fast_pool_settings(),
     )
+}
+
+impl Client {
+    /// Opens a tunnel to `target` with no pass-through headers.
+    pub async fn open(&self, target: SocketAddr) -> Result<H2Stream, HboneError> {
+        self.pool
+            .connect(&self.key, target, &TunnelHeaders::default())
+            .await
+    }
 }
 
 /// A plain TCP listener whose connections are spliced into pooled tunnels to `target`: the
