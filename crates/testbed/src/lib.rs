@@ -287,9 +287,10 @@ impl Testbed {
             Duration::from_millis(500),
         );
         let mut left = net::destroy(c);
+        // A short grace: the state is thrown away, so a clean etcd or apiserver exit buys nothing.
         sys::terminate(
             &rest.iter().map(|p| p.1).collect::<Vec<_>>(),
-            Duration::from_secs(3),
+            Duration::from_secs(1),
         );
         for (name, pid, path) in &pids {
             if sys::alive(*pid) {

@@ -439,6 +439,33 @@ async fn checks(tb: &Testbed) -> Result<()> {
     .await?;
     assert_eq!(ip_of(&hostnet), Some(tb.config.node_ip(2).to_string()));
 
+    // Init containers run first, to completion, and share emptyDir volumes with the containers.
+    pods.create(&pp, &obj(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "with-init"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "work", "emptyDir": {}}],
+            "initContainers": [{"name": "init", "image": "debian", "command": ["sh", "-c", "echo prepared > /work/state"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [{"name": "main", "image": "debian", "command": ["cat", "/work/state"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+        },
+    }))?)
+    .await?;
+    eventually(
+        "the pod with an init container to succeed",
+        Duration::from_secs(30),
+        || async {
+            let p = pods.get("with-init").await.ok()?;
+            (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        std::fs::read_to_string(tb.container_log(ns, "with-init", "main"))?,
+        "prepared\n"
+    );
+
     // securityContext: user, group and the capability bounding set are applied.
     pods.create(&pp, &obj(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted"},
