@@ -167,7 +167,7 @@ EOF
 main() {
     local only="${1:-all}"
     log "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, debian: ${DEBIAN_PACKAGES[*]}"
-    log "cache: $CACHE"
+    log "cache: $CACHE; go: $("$GO" env GOVERSION 2>/dev/null || echo missing)"
     local start=$SECONDS
     case "$only" in
     all)
