@@ -5,7 +5,8 @@
 //! (c) hbone: client -> HBONE client tunnel -> HBONE server tunnel -> server
 
 use crate::measure::{
-    Percentiles, echo_rtt, open_files_limit, open_idle_connections, throughput_gbps,
+    EchoConnection, Percentiles, open_files_limit, open_idle_connections, percentiles,
+    throughput_gbps,
 };
 use crate::process::RoleProcess;
 use crate::report::{against, write_json};
@@ -23,7 +24,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const THROUGHPUT_ROUNDS: usize = 3;
 const THROUGHPUT_DURATION: Duration = Duration::from_secs(2);
 const RTT_WARMUP: usize = 2_000;
-const RTT_SAMPLES: usize = 20_000;
+/// Round trips are measured in rounds that alternate between paths, so a noisy moment of the
+/// machine lands on every path alike.
+const RTT_ROUNDS: usize = 10;
+const RTT_SAMPLES_PER_ROUND: usize = 2_000;
 const HANDSHAKE_DURATION: Duration = Duration::from_secs(3);
 const HANDSHAKE_CONCURRENCY: usize = 8;
 const IDLE_CONNECTIONS: usize = 10_000;
@@ -69,12 +73,25 @@ async fn run_async() -> Result<()> {
             samples.push(throughput_gbps(entry, THROUGHPUT_DURATION).await?);
         }
     }
-    eprintln!("round trips: {RTT_SAMPLES} x 1 KiB echo per path after {RTT_WARMUP} warm-up");
+    eprintln!(
+        "round trips: {RTT_ROUNDS} rounds of {RTT_SAMPLES_PER_ROUND} x 1 KiB echo per path, interleaved, after {RTT_WARMUP} warm-up"
+    );
+    let mut connections = Vec::new();
+    for entry in entries {
+        connections.push(EchoConnection::open(entry, RTT_WARMUP).await?);
+    }
+    let mut rtts: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..RTT_ROUNDS {
+        for (connection, samples) in connections.iter_mut().zip(rtts.iter_mut()) {
+            connection.sample(RTT_SAMPLES_PER_ROUND, samples).await?;
+        }
+    }
+    drop(connections);
     let mut results = Vec::new();
-    for (samples, entry) in rounds.iter_mut().zip(entries) {
+    for (samples, rtt_samples) in rounds.iter_mut().zip(rtts.iter_mut()) {
         results.push(PathResult {
             throughput_gbps: median(samples),
-            rtt: echo_rtt(entry, RTT_WARMUP, RTT_SAMPLES).await?,
+            rtt: percentiles(rtt_samples),
         });
     }
     eprintln!("new tunnels: {HANDSHAKE_CONCURRENCY} concurrent loops for {HANDSHAKE_DURATION:?}");

@@ -9,12 +9,6 @@ mod roles;
 
 use anyhow::{Result, bail};
 
-/// The allocator of ambit's data-plane binaries, so the proxies here behave like them. The copy
-/// engine allocates a chunk per read; glibc's malloc trims and re-faults those pages under load
-/// (measured: about 35% less HBONE throughput than with mimalloc on the same run).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {

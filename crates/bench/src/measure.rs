@@ -40,22 +40,36 @@ pub struct Percentiles {
     pub p99_us: f64,
 }
 
-/// Closed-loop 1 KiB echo round trips on one warm connection.
-pub async fn echo_rtt(addr: SocketAddr, warmup: usize, samples: usize) -> Result<Percentiles> {
-    let mut socket = connect(addr, MODE_ECHO).await?;
-    let request = vec![0xa5u8; ECHO_SIZE];
-    let mut reply = vec![0u8; ECHO_SIZE];
-    let mut rtts = Vec::with_capacity(samples);
-    for i in 0..warmup + samples {
-        let start = Instant::now();
-        socket.write_all(&request).await?;
-        socket.read_exact(&mut reply).await?;
-        if i >= warmup {
+/// A warm connection for closed-loop 1 KiB echo round trips.
+pub struct EchoConnection {
+    socket: TcpStream,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl EchoConnection {
+    pub async fn open(addr: SocketAddr, warmup: usize) -> Result<Self> {
+        let mut connection = Self {
+            socket: connect(addr, MODE_ECHO).await?,
+            request: vec![0xa5u8; ECHO_SIZE],
+            reply: vec![0u8; ECHO_SIZE],
+        };
+        let mut discard = Vec::with_capacity(warmup);
+        connection.sample(warmup, &mut discard).await?;
+        Ok(connection)
+    }
+
+    /// Appends `count` round-trip times to `rtts`.
+    pub async fn sample(&mut self, count: usize, rtts: &mut Vec<Duration>) -> Result<()> {
+        for _ in 0..count {
+            let start = Instant::now();
+            self.socket.write_all(&self.request).await?;
+            self.socket.read_exact(&mut self.reply).await?;
             rtts.push(start.elapsed());
         }
+        ensure!(self.reply == self.request, "echo corrupted the payload");
+        Ok(())
     }
-    ensure!(reply == request, "echo corrupted the payload");
-    Ok(percentiles(&mut rtts))
 }
 
 pub fn percentiles(samples: &mut [Duration]) -> Percentiles {

@@ -1,30 +1,33 @@
 //! A read buffer under TLS. rustls asks the socket for at most 4 KiB at a time, so a 16 KiB
 //! record costs several `read` syscalls; this reads up to 64 KiB at once while data flows, and
-//! holds no buffer once the connection goes quiet.
+//! holds no buffer once the connection goes quiet. A short read marks the socket drained, so
+//! the next poll waits for readiness instead of making a `read` that fails with EAGAIN.
 
+use crate::copy::mark_drained;
+use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 const BUFFER_SIZE: usize = 64 * 1024;
 
 #[derive(Debug)]
-pub struct ReadBuffered<T> {
+pub struct ReadBuffered<T = TcpStream> {
     inner: T,
-    /// Allocated only while reads come back large.
-    buf: Option<Box<[u8]>>,
-    start: usize,
-    end: usize,
+    /// Read ahead of the caller; empty (and unallocated) unless the flow is bulk.
+    buf: BytesMut,
+    /// Reads have been filling the caller's buffer: read ahead in large chunks.
+    bulk: bool,
 }
 
 impl<T> ReadBuffered<T> {
     pub fn new(inner: T) -> Self {
         Self {
             inner,
-            buf: None,
-            start: 0,
-            end: 0,
+            buf: BytesMut::new(),
+            bulk: false,
         }
     }
 
@@ -33,39 +36,66 @@ impl<T> ReadBuffered<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ReadBuffered<T> {
+impl AsyncRead for ReadBuffered<TcpStream> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.start == this.end {
-            if out.remaining() >= BUFFER_SIZE {
-                // The caller's buffer is as large as ours: no point copying twice.
-                return Pin::new(&mut this.inner).poll_read(cx, out);
+        if this.buf.is_empty() {
+            if this.bulk && out.remaining() < BUFFER_SIZE {
+                this.buf.reserve(BUFFER_SIZE);
+                let want = this.buf.capacity() - this.buf.len();
+                let n = ready!(poll_read_once(&this.inner, cx, want, |s| {
+                    s.try_read_buf(&mut this.buf)
+                }))?;
+                if n < BUFFER_SIZE / 4 {
+                    // The flow slowed down: read straight into the caller's buffer again.
+                    this.bulk = false;
+                }
+            } else {
+                // Small messages: no read-ahead, so no extra copy and no allocation.
+                let want = out.remaining();
+                let n = ready!(poll_read_once(&this.inner, cx, want, |s| {
+                    s.try_read(out.initialize_unfilled())
+                }))?;
+                out.advance(n);
+                this.bulk = n == want;
+                return Poll::Ready(Ok(()));
             }
-            let buf = this
-                .buf
-                .get_or_insert_with(|| vec![0u8; BUFFER_SIZE].into_boxed_slice());
-            let mut fill = ReadBuf::new(buf);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
-            this.start = 0;
-            this.end = fill.filled().len();
         }
-        let Some(buf) = this.buf.as_ref() else {
-            return Poll::Ready(Ok(()));
-        };
-        let n = out.remaining().min(this.end - this.start);
-        out.put_slice(&buf[this.start..this.start + n]);
-        this.start += n;
-        if this.start == this.end && this.end < BUFFER_SIZE / 4 {
-            // A small read: the flow is not bulk, so do not keep 64 KiB for it.
-            this.buf = None;
-            this.start = 0;
-            this.end = 0;
+        let n = out.remaining().min(this.buf.len());
+        out.put_slice(&this.buf.split_to(n));
+        if this.buf.is_empty() && !this.bulk {
+            this.buf = BytesMut::new();
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// One successful read of up to `want` bytes from `stream` (retrying spurious readiness). A
+/// read that returns less than was asked for leaves the socket drained, so its readiness is
+/// cleared at once.
+fn poll_read_once(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    want: usize,
+    mut read: impl FnMut(&TcpStream) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match read(stream) {
+            Ok(n) => {
+                // Zero is end of stream: nothing more will come, readiness can stay.
+                if n > 0 && n < want {
+                    mark_drained(stream);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -103,14 +133,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadBuffered<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, ReadBuffered) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (reader, _) = listener.accept().await.unwrap();
+        (writer, ReadBuffered::new(reader))
+    }
 
     #[tokio::test]
-    async fn serves_small_reads_from_one_large_read_and_releases_when_quiet() {
-        let (mut writer, reader) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadBuffered::new(reader);
-        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        writer.write_all(&payload).await.unwrap();
-        drop(writer);
+    async fn delivers_every_byte_through_small_reads_and_releases_when_quiet() {
+        let (mut writer, mut reader) = pair().await;
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let sender = tokio::spawn(async move {
+            writer.write_all(&sent).await.unwrap();
+        });
         let mut received = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
@@ -120,19 +161,32 @@ mod tests {
             }
             received.extend_from_slice(&chunk[..n]);
         }
+        sender.await.unwrap();
         assert_eq!(received, payload);
-        // The final reads were small (the tail, then EOF): no buffer is kept.
-        assert!(reader.buf.is_none());
+        assert_eq!(
+            reader.buf.capacity(),
+            0,
+            "a drained, closed stream keeps no buffer"
+        );
     }
 
     #[tokio::test]
-    async fn a_trickle_never_keeps_a_buffer() {
-        let (mut writer, reader) = tokio::io::duplex(1024);
-        let mut reader = ReadBuffered::new(reader);
-        writer.write_all(b"ping").await.unwrap();
-        let mut out = [0u8; 4];
-        reader.read_exact(&mut out).await.unwrap();
-        assert_eq!(&out, b"ping");
-        assert!(reader.buf.is_none());
+    async fn a_trickle_never_keeps_a_buffer_and_a_drained_socket_still_wakes() {
+        let (mut writer, mut reader) = pair().await;
+        for message in [&b"ping"[..], b"pong"] {
+            writer.write_all(message).await.unwrap();
+            let mut out = [0u8; 4];
+            // The first read drains the socket and clears its readiness; the second message
+            // must still wake the reader.
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                reader.read_exact(&mut out),
+            )
+            .await
+            .expect("woken by new data")
+            .unwrap();
+            assert_eq!(&out, message);
+            assert_eq!(reader.buf.capacity(), 0);
+        }
     }
 }
