@@ -1,0 +1,177 @@
+//! The controller's settings: one constant per environment variable, parsed once into
+//! [`Config`]; a bad value is named in the error.
+
+use ambit_identity::{SpiffeId, TrustDomain};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const ENV_NAMESPACE: &str = "AMBIT_NAMESPACE";
+pub const ENV_POD_NAME: &str = "AMBIT_POD_NAME";
+pub const ENV_TRUST_DOMAIN: &str = "AMBIT_TRUST_DOMAIN";
+pub const ENV_GRPC_ADDR: &str = "AMBIT_GRPC_ADDR";
+pub const ENV_METRICS_ADDR: &str = "AMBIT_METRICS_ADDR";
+pub const ENV_TUNNEL_SERVICE_ACCOUNT: &str = "AMBIT_TUNNEL_SERVICE_ACCOUNT";
+pub const ENV_CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
+pub const ENV_WAYPOINT_IMAGE: &str = "AMBIT_WAYPOINT_IMAGE";
+pub const ENV_CONTROLLER_SERVICE_ACCOUNT: &str = "AMBIT_SERVICE_ACCOUNT";
+
+/// Longest certificate lifetime a caller may ask for.
+pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Namespace the controller runs in: CA Secret, root ConfigMap, Lease.
+    pub namespace: String,
+    /// Holder identity in the Lease.
+    pub pod_name: String,
+    /// The controller's own service account (its serving certificate's identity).
+    pub service_account: String,
+    pub trust_domain: TrustDomain,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// `(namespace, name)` of the node tunnels' service account: the only one that may
+    /// subscribe as a node and ask for other identities than its own.
+    pub tunnel_service_account: (String, String),
+    pub cert_lifetime: Duration,
+    pub waypoint_image: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Parses from any lookup, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let namespace = get(ENV_NAMESPACE).unwrap_or_else(|| "ambit-system".into());
+        let pod_name = get(ENV_POD_NAME).unwrap_or_else(|| "ambit-controller".into());
+        let service_account =
+            get(ENV_CONTROLLER_SERVICE_ACCOUNT).unwrap_or_else(|| "ambit-controller".into());
+        let td = get(ENV_TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into());
+        let trust_domain = td
+            .parse::<TrustDomain>()
+            .map_err(|e| ConfigError::Invalid {
+                name: ENV_TRUST_DOMAIN,
+                value: td.clone(),
+                reason: e.to_string(),
+            })?;
+        let grpc_addr = addr(&get, ENV_GRPC_ADDR, "0.0.0.0:15012")?;
+        let metrics_addr = addr(&get, ENV_METRICS_ADDR, "0.0.0.0:15014")?;
+        let tsa =
+            get(ENV_TUNNEL_SERVICE_ACCOUNT).unwrap_or_else(|| "ambit-system/ambit-tunnel".into());
+        let tunnel_service_account = match tsa.split_once('/') {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
+                (ns.to_string(), sa.to_string())
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: ENV_TUNNEL_SERVICE_ACCOUNT,
+                    value: tsa,
+                    reason: "expected <namespace>/<service-account>".into(),
+                });
+            }
+        };
+        let secs = get(ENV_CERT_LIFETIME_SECS).unwrap_or_else(|| "3600".into());
+        let cert_lifetime = match secs.parse::<u64>() {
+            Ok(s) if (60..=MAX_CERT_LIFETIME.as_secs()).contains(&s) => Duration::from_secs(s),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: ENV_CERT_LIFETIME_SECS,
+                    value: secs,
+                    reason: format!("expected seconds in 60..={}", MAX_CERT_LIFETIME.as_secs()),
+                });
+            }
+        };
+        let waypoint_image =
+            get(ENV_WAYPOINT_IMAGE).unwrap_or_else(|| "ghcr.io/ambit/ambit-waypoint:dev".into());
+        Ok(Self {
+            namespace,
+            pod_name,
+            service_account,
+            trust_domain,
+            grpc_addr,
+            metrics_addr,
+            tunnel_service_account,
+            cert_lifetime,
+            waypoint_image,
+        })
+    }
+
+    /// The SPIFFE id of the controller's serving certificate.
+    pub fn controller_identity(&self) -> Result<SpiffeId, ambit_identity::SpiffeIdError> {
+        SpiffeId::new(
+            self.trust_domain.clone(),
+            &self.namespace,
+            &self.service_account,
+        )
+    }
+}
+
+fn addr(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let v = get(name).unwrap_or_else(|| default.into());
+    v.parse()
+        .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+            name,
+            value: v.clone(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.grpc_addr.port(), 15012);
+        assert_eq!(c.metrics_addr.port(), 15014);
+        assert_eq!(
+            c.tunnel_service_account,
+            ("ambit-system".into(), "ambit-tunnel".into())
+        );
+        assert_eq!(c.cert_lifetime, Duration::from_secs(3600));
+        assert_eq!(
+            c.controller_identity().unwrap().to_uri(),
+            "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (k, v) in [
+            (ENV_GRPC_ADDR, "nope"),
+            (ENV_TUNNEL_SERVICE_ACCOUNT, "just-a-name"),
+            (ENV_CERT_LIFETIME_SECS, "5"),
+            (ENV_CERT_LIFETIME_SECS, "999999999"),
+            (ENV_TRUST_DOMAIN, "UPPER.case"),
+        ] {
+            let e = parse(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k) && e.contains(v), "{e}");
+        }
+    }
+}

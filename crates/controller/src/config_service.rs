@@ -1,0 +1,203 @@
+//! `ambit.config.v1.ConfigService`: one delta stream per subscriber.
+
+use crate::auth::{Authenticator, Caller};
+use crate::index::{Snapshot, Subscriber, diff};
+use crate::metrics::Metrics;
+use ambit_proto::config::v1::{
+    ClientMessage, Delta, client_message, config_service_server::ConfigService, subscribe,
+};
+use futures::Stream;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Deltas buffered per subscriber before the sender waits for the client.
+const SEND_BUFFER: usize = 16;
+
+#[derive(Clone)]
+pub struct ConfigServer {
+    pub auth: Authenticator,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub tunnel: (String, String),
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ConfigServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigServer")
+            .field("tunnel", &self.tunnel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who may subscribe as what: only the tunnel's service account as a node (and, when its token
+/// names its node, only as that node); a waypoint only with the service account of a waypoint
+/// Gateway for the account it asks about.
+pub fn authorize(
+    caller: &Caller,
+    subscriber: &Subscriber,
+    tunnel: &(String, String),
+    snapshot: &Snapshot,
+) -> Result<(), String> {
+    match subscriber {
+        Subscriber::Node(node) => {
+            if (caller.namespace.as_str(), caller.service_account.as_str())
+                != (tunnel.0.as_str(), tunnel.1.as_str())
+            {
+                return Err(format!(
+                    "only the tunnel service account {}/{} may subscribe as a node, not {}/{}",
+                    tunnel.0, tunnel.1, caller.namespace, caller.service_account
+                ));
+            }
+            match &caller.node {
+                Some(own) if own != node => Err(format!(
+                    "a tunnel on node {own} may not subscribe as node {node}"
+                )),
+                _ => Ok(()),
+            }
+        }
+        Subscriber::Waypoint(ns, sa) => {
+            let is_waypoint = snapshot.resources.values().any(|e| {
+                matches!(&e.resource.kind, Some(ambit_proto::config::v1::resource::Kind::Waypoint(w))
+                    if &w.namespace == ns && &w.for_service_account == sa
+                        && w.name == caller.service_account && caller.namespace == *ns)
+            });
+            if is_waypoint {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}/{} is not the waypoint of service account {ns}/{sa}",
+                    caller.namespace, caller.service_account
+                ))
+            }
+        }
+    }
+}
+
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<Delta, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigService for ConfigServer {
+    type StreamStream = DeltaStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<ClientMessage>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        let caller = self.auth.authenticate(&request).await.map_err(|e| {
+            tracing::warn!(error = %e, "config: caller not authenticated");
+            Status::unauthenticated(e.to_string())
+        })?;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?;
+        let Some(ClientMessage {
+            kind: Some(client_message::Kind::Subscribe(sub)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be Subscribe",
+            ));
+        };
+        let subscriber = match sub.subscriber {
+            Some(subscribe::Subscriber::Node(n)) if !n.is_empty() => Subscriber::Node(n),
+            Some(subscribe::Subscriber::Waypoint(r)) => Subscriber::Waypoint(r.namespace, r.name),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "Subscribe names no node or waypoint",
+                ));
+            }
+        };
+        let snapshot = self.snapshots.borrow().clone();
+        authorize(&caller, &subscriber, &self.tunnel, &snapshot).map_err(|e| {
+            tracing::warn!(caller = ?caller, %subscriber, reason = %e, "config: subscription refused");
+            Status::permission_denied(e)
+        })?;
+        tracing::info!(%subscriber, resumed_with = sub.known.len(), "config: subscribed");
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let session = Session {
+            subscriber,
+            sent: sub.known.into_iter().collect(),
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tokio::spawn(session.run(inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+struct Session {
+    subscriber: Subscriber,
+    /// What the client is assumed to hold: name -> version.
+    sent: BTreeMap<String, String>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<ClientMessage>,
+        tx: mpsc::Sender<Result<Delta, Status>>,
+    ) {
+        self.metrics.subscriber_connected(1);
+        let name = self.subscriber.to_string();
+        // The last state the client confirmed; a NACK falls back to it.
+        let mut acked = self.sent.clone();
+        let mut pending: Option<(String, BTreeMap<String, String>)> = None;
+        let mut nonce: u64 = 0;
+        self.snapshots.mark_changed();
+        loop {
+            tokio::select! {
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = self.snapshots.borrow_and_update().clone();
+                    let view = snapshot.view(&self.subscriber);
+                    let mut delta = diff(&self.sent, &view);
+                    // The first delta always goes out: it tells the client it is in sync.
+                    if nonce > 0 && delta.upserts.is_empty() && delta.removals.is_empty() {
+                        continue;
+                    }
+                    nonce += 1;
+                    delta.nonce = nonce.to_string();
+                    self.sent = view.into_iter().map(|(k, e)| (k, e.version)).collect();
+                    pending = Some((delta.nonce.clone(), self.sent.clone()));
+                    tracing::debug!(subscriber = %name, nonce, upserts = delta.upserts.len(), removals = delta.removals.len(), "config: push");
+                    if tx.send(Ok(delta)).await.is_err() {
+                        break;
+                    }
+                    self.metrics.config_push(if nonce == 1 { "initial" } else { "change" });
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(ClientMessage { kind: Some(client_message::Kind::Ack(ack)) })) => {
+                        if ack.error.is_empty() {
+                            if let Some((n, state)) = pending.take_if(|(n, _)| *n == ack.nonce) {
+                                tracing::trace!(subscriber = %name, nonce = n, "config: ACK");
+                                acked = state;
+                            }
+                        } else {
+                            tracing::warn!(subscriber = %name, nonce = ack.nonce, error = ack.error, "config: NACK; the client keeps its last good state");
+                            self.metrics.config_nack(&name);
+                            // Resend what it rejected with the next change.
+                            self.sent = acked.clone();
+                            pending = None;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(subscriber = %name, error = %e, "config: stream ended");
+                        break;
+                    }
+                },
+            }
+        }
+        tracing::info!(subscriber = %name, "config: unsubscribed");
+        self.metrics.subscriber_connected(-1);
+    }
+}

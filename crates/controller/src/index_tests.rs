@@ -1,0 +1,148 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use serde_json::json;
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+fn ns(name: &str, enrolled: bool) -> Arc<Namespace> {
+    let labels = if enrolled {
+        json!({DATAPLANE_MODE_LABEL: "ambient"})
+    } else {
+        json!({})
+    };
+    obj(json!({"metadata": {"name": name, "labels": labels}}))
+}
+
+fn pod(ns: &str, name: &str, sa: &str, node: &str, ip: &str) -> Arc<Pod> {
+    obj(json!({
+        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}")},
+        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }))
+}
+
+fn names(view: &BTreeMap<String, Entry>) -> Vec<&str> {
+    view.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn only_enrolled_running_pods_are_workloads() {
+    let namespaces = [ns("shop", true), ns("other", false)];
+    let mut opted_out = (*pod("shop", "c", "sa", "n1", "10.0.0.3")).clone();
+    opted_out.metadata.labels =
+        Some([(DATAPLANE_MODE_LABEL.to_string(), "none".to_string())].into());
+    let mut deleting = (*pod("shop", "d", "sa", "n1", "10.0.0.4")).clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    let pods = [
+        pod("shop", "a", "sa", "n1", "10.0.0.1"),
+        pod("other", "b", "sa", "n1", "10.0.0.2"),
+        Arc::new(opted_out),
+        Arc::new(deleting),
+    ];
+    let snap = build(
+        &Inputs {
+            namespaces: &namespaces,
+            pods: &pods,
+            ..Default::default()
+        },
+        "cluster.local",
+    );
+    assert_eq!(names(&snap.resources), ["workload/uid-a"]);
+    let Some(pb::resource::Kind::Workload(w)) = &snap.resources["workload/uid-a"].resource.kind
+    else {
+        panic!("not a workload")
+    };
+    assert_eq!(w.identity, "spiffe://cluster.local/ns/shop/sa/sa");
+    assert_eq!(w.ips, ["10.0.0.1"]);
+}
+
+#[test]
+fn views_and_diffs() {
+    let namespaces = [ns("shop", true)];
+    let pods = [
+        pod("shop", "a", "front", "n1", "10.0.0.1"),
+        pod("shop", "b", "back", "n2", "10.0.0.2"),
+    ];
+    let policies: [Arc<AuthorizationPolicy>; 1] = [obj(json!({
+        "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"namespace": "shop", "name": "back-only"},
+        "spec": {"serviceAccounts": ["back"], "rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/front"]}]},
+    }))];
+    let snap = build(
+        &Inputs {
+            namespaces: &namespaces,
+            pods: &pods,
+            policies: &policies,
+            ..Default::default()
+        },
+        "cluster.local",
+    );
+    // Both nodes see all workloads; only n2 (which runs `back`) gets the policy.
+    let n1 = snap.view(&Subscriber::Node("n1".into()));
+    let n2 = snap.view(&Subscriber::Node("n2".into()));
+    assert_eq!(names(&n1), ["workload/uid-a", "workload/uid-b"]);
+    assert_eq!(
+        names(&n2),
+        [
+            "authorizationpolicy/shop/back-only",
+            "workload/uid-a",
+            "workload/uid-b"
+        ]
+    );
+    let wp = snap.view(&Subscriber::Waypoint("shop".into(), "back".into()));
+    assert_eq!(
+        names(&wp),
+        ["authorizationpolicy/shop/back-only", "workload/uid-b"]
+    );
+
+    // A client holding n1's view with one stale version and one extra name.
+    let mut have: BTreeMap<String, String> = n1
+        .iter()
+        .map(|(k, e)| (k.clone(), e.version.clone()))
+        .collect();
+    assert!(diff(&have, &n1).upserts.is_empty() && diff(&have, &n1).removals.is_empty());
+    have.insert("workload/uid-a".into(), "stale".into());
+    have.insert("workload/gone".into(), "1".into());
+    let d = diff(&have, &n1);
+    assert_eq!(
+        d.upserts
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["workload/uid-a"]
+    );
+    assert_eq!(d.removals, ["workload/gone"]);
+}
+
+#[test]
+fn versions_are_stable_and_content_based() {
+    let namespaces = [ns("shop", true)];
+    let pods = [pod("shop", "a", "front", "n1", "10.0.0.1")];
+    let inputs = Inputs {
+        namespaces: &namespaces,
+        pods: &pods,
+        ..Default::default()
+    };
+    let v1 = build(&inputs, "cluster.local").resources["workload/uid-a"]
+        .version
+        .clone();
+    assert_eq!(
+        v1,
+        build(&inputs, "cluster.local").resources["workload/uid-a"].version
+    );
+    let pods2 = [pod("shop", "a", "front", "n1", "10.0.0.9")];
+    let inputs2 = Inputs {
+        namespaces: &namespaces,
+        pods: &pods2,
+        ..Default::default()
+    };
+    assert_ne!(
+        v1,
+        build(&inputs2, "cluster.local").resources["workload/uid-a"].version
+    );
+}

@@ -1,0 +1,17 @@
+//! ambit-controller: watches the cluster, streams config to node tunnels and waypoints over
+//! `ambit.config.v1`, runs the mesh CA (`ambit.ca.v1`) with node authorization, deploys
+//! waypoints for Gateways of class `ambit-waypoint`, and writes their status as Lease holder.
+//!
+//! See docs/controller.md.
+
+pub mod auth;
+pub mod ca;
+pub mod config;
+pub mod config_service;
+pub mod crd;
+pub mod grpc;
+pub mod index;
+pub mod lease;
+pub mod metrics;
+pub mod runtime;
+pub mod waypoint;
