@@ -20,6 +20,11 @@ pub enum HboneError {
         peer: SocketAddr,
         source: PeerIdentityError,
     },
+    #[error("HBONE peer {peer} is unavailable (the dial this tunnel waited for failed): {reason}")]
+    PeerUnavailable {
+        peer: SocketAddr,
+        reason: std::sync::Arc<str>,
+    },
     #[error("no certificate is available for local identity {0}")]
     NoCertificate(SpiffeId),
     #[error(transparent)]

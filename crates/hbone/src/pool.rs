@@ -97,6 +97,10 @@ struct KeyConnections {
     connections: Vec<Arc<Pooled>>,
     /// Held while dialing, so a burst of tunnels to a new peer makes one connection.
     dialing: Arc<tokio::sync::Mutex<()>>,
+    /// Dials that failed, and why the last one did: tunnels that queued behind a failed dial
+    /// share its failure instead of each dialing (and timing out) in turn.
+    failed_dials: u64,
+    last_failure: Option<Arc<str>>,
 }
 
 struct Pooled {
@@ -173,25 +177,43 @@ impl HbonePool {
     async fn checkout(&self, key: &PoolKey) -> Result<SlotLease, HboneError> {
         let max_streams = self.inner.dialer.settings().max_streams_per_connection;
         loop {
-            let dialing = {
+            let (dialing, failures_seen) = {
                 let mut keys = lock(&self.inner.keys);
                 let entry = keys.entry(key.clone()).or_default();
                 if let Some(lease) = take_slot(entry, max_streams) {
                     return Ok(lease);
                 }
-                entry.dialing.clone()
+                (entry.dialing.clone(), entry.failed_dials)
             };
             let _dialing = dialing.lock().await;
-            // Someone may have dialed while we waited for the lock.
-            if let Some(lease) = lock(&self.inner.keys)
-                .get_mut(key)
-                .and_then(|entry| take_slot(entry, max_streams))
             {
-                return Ok(lease);
+                let mut keys = lock(&self.inner.keys);
+                if let Some(entry) = keys.get_mut(key) {
+                    // Someone may have dialed while we waited for the lock.
+                    if let Some(lease) = take_slot(entry, max_streams) {
+                        return Ok(lease);
+                    }
+                    if entry.failed_dials > failures_seen {
+                        let reason = entry.last_failure.clone().unwrap_or_default();
+                        forget_if_unused(&mut keys, key);
+                        return Err(HboneError::PeerUnavailable {
+                            peer: key.peer,
+                            reason,
+                        });
+                    }
+                }
             }
             // Boxed: the handshake state is large, and inline it would be carried by every
             // tunnel's task for the tunnel's whole life.
-            Box::pin(self.dial(key)).await?;
+            if let Err(error) = Box::pin(self.dial(key)).await {
+                let mut keys = lock(&self.inner.keys);
+                if let Some(entry) = keys.get_mut(key) {
+                    entry.failed_dials += 1;
+                    entry.last_failure = Some(error.to_string().into());
+                }
+                forget_if_unused(&mut keys, key);
+                return Err(error);
+            }
         }
     }
 
@@ -226,6 +248,17 @@ impl HbonePool {
             key.clone(),
         ));
         Ok(())
+    }
+}
+
+/// Drops the entry of a key with no connection and no other caller waiting on it (only the
+/// entry itself and the caller hold its dial lock).
+fn forget_if_unused(keys: &mut HashMap<PoolKey, KeyConnections>, key: &PoolKey) {
+    if keys
+        .get(key)
+        .is_some_and(|entry| entry.connections.is_empty() && Arc::strong_count(&entry.dialing) <= 2)
+    {
+        keys.remove(key);
     }
 }
 

@@ -247,3 +247,42 @@ async fn per_tunnel_task_state_stays_small() {
         std::mem::size_of_val(&splice)
     );
 }
+
+#[tokio::test]
+async fn a_burst_to_a_hung_peer_shares_one_failed_dial() {
+    const BURST: usize = 20;
+    let pki = TestPki::new("cluster.local");
+    // Accepts TCP and never answers the TLS handshake.
+    let hung = listen().await;
+    let hung_addr = hung.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let settings = PoolSettings {
+        connect_timeout: Duration::from_millis(500),
+        ..fast_pool_settings()
+    };
+    let client = Arc::new(client_with_settings(&pki, hung_addr, settings));
+    let echo = start_echo().await;
+    let mut tasks = Vec::new();
+    for _ in 0..BURST {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move { client.open(echo).await }));
+    }
+    // Serial redials would take BURST x 500 ms; shared failure takes one timeout.
+    let all_failed = tokio::time::timeout(Duration::from_secs(4), async {
+        for task in tasks {
+            assert!(task.await.unwrap().is_err());
+        }
+    })
+    .await;
+    assert!(
+        all_failed.is_ok(),
+        "the burst redialed the hung peer in turn"
+    );
+    assert_eq!(client.pool.stats().dials, 1);
+    assert_eq!(client.pool.stats().connections, 0);
+}
