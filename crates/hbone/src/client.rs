@@ -26,6 +26,8 @@ pub type ClientConnection = h2::client::Connection<TlsStream<ReadBuffered<TcpStr
 pub struct Dialer {
     trust: TrustBundle,
     settings: Arc<PoolSettings>,
+    /// SO_MARK for dialed sockets, so a node tunnel's own traffic is not captured again.
+    socket_mark: Option<u32>,
 }
 
 impl Dialer {
@@ -33,7 +35,15 @@ impl Dialer {
         Self {
             trust,
             settings: Arc::new(settings),
+            socket_mark: None,
         }
+    }
+
+    /// Marks every socket this dialer opens with `mark` (SO_MARK, needs CAP_NET_ADMIN), so
+    /// packet filters can tell the tunnel's own connections from the traffic it captures.
+    pub fn with_socket_mark(mut self, mark: u32) -> Self {
+        self.socket_mark = Some(mark);
+        self
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -64,7 +74,7 @@ impl Dialer {
         expected: Vec<SpiffeId>,
     ) -> Result<(SendRequest<Bytes>, ClientConnection), HboneError> {
         let config = client_config(local, &self.trust, expected)?;
-        let tcp = TcpStream::connect(peer)
+        let tcp = connect_marked(peer, self.socket_mark)
             .await
             .map_err(|source| HboneError::Connect { peer, source })?;
         tcp.set_nodelay(true)?;
@@ -106,6 +116,20 @@ impl Dialer {
         });
         open_tunnel(send, target, headers, None).await
     }
+}
+
+/// Connects to `peer` from a socket carrying `mark` (SO_MARK) when one is given.
+pub async fn connect_marked(peer: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let Some(mark) = mark else {
+        return TcpStream::connect(peer).await;
+    };
+    let socket = if peer.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket2::SockRef::from(&socket).set_mark(mark)?;
+    socket.connect(peer).await
 }
 
 /// Sends CONNECT for `target` and waits for the peer's answer.

@@ -17,7 +17,7 @@ mod settings;
 mod stream;
 
 pub use buffered::ReadBuffered;
-pub use client::{ClientConnection, Dialer};
+pub use client::{ClientConnection, Dialer, connect_marked};
 pub use copy::{Transferred, splice_tcp_h2, splice_tcp_tcp};
 pub use error::HboneError;
 pub use headers::TunnelHeaders;

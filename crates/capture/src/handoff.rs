@@ -1,0 +1,217 @@
+//! Handing a pod's network namespace to the node tunnel.
+//!
+//! One request per unix-socket connection: the capture side sends a JSON [`Request`] in one
+//! `sendmsg` carrying the netns fd (SCM_RIGHTS) for `Add`, then shuts down its write side;
+//! the tunnel answers with a JSON [`Reply`] once the pod's listeners are open (the ack) and
+//! closes. Blocking I/O: both ends handle one small message per pod event.
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+use serde::{Deserialize, Serialize};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+const MAX_MESSAGE: usize = 64 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// A pod to serve; its netns fd rides along.
+    Add {
+        uid: String,
+        name: String,
+        namespace: String,
+    },
+    /// A pod gone or opted out.
+    Remove { uid: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error(
+        "cannot reach the node tunnel at {path} (is ambit-tunnel running on this node?): {source}"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("handoff I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed handoff message: {0}")]
+    Message(#[from] serde_json::Error),
+    #[error("an Add request came without a netns fd")]
+    MissingFd,
+    #[error("the tunnel refused the pod: {0}")]
+    Refused(String),
+}
+
+/// Sends `request` (with `netns` for `Add`) and waits for the tunnel's ack.
+pub fn send(socket: &Path, request: &Request, netns: Option<&OwnedFd>) -> Result<(), HandoffError> {
+    let stream = UnixStream::connect(socket).map_err(|source| HandoffError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let body = serde_json::to_vec(request)?;
+    let fds;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if let Some(fd) = netns {
+        fds = [fd.as_fd()];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let sent = sendmsg(
+        &stream,
+        &[IoSlice::new(&body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(std::io::Error::from)?;
+    (&stream).write_all(&body[sent..])?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = Vec::new();
+    (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
+    let reply: Reply = serde_json::from_slice(&reply)?;
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(HandoffError::Refused(reply.error.unwrap_or_default()))
+    }
+}
+
+/// Reads one request (and its fd) from an accepted connection.
+pub fn receive(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), HandoffError> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        stream,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut fd = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            // Keep the first; any extra fds are closed as the iterator drops them.
+            for received in fds {
+                fd.get_or_insert(received);
+            }
+        }
+    }
+    let mut len = got.bytes;
+    while len < buf.len() {
+        let n = (&*stream).read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let request: Request = serde_json::from_slice(&buf[..len])?;
+    if matches!(request, Request::Add { .. }) && fd.is_none() {
+        return Err(HandoffError::MissingFd);
+    }
+    Ok((request, fd))
+}
+
+/// Answers the request read by [`receive`].
+pub fn answer(mut stream: &UnixStream, result: Result<(), String>) -> Result<(), HandoffError> {
+    let reply = match result {
+        Ok(()) => Reply {
+            ok: true,
+            error: None,
+        },
+        Err(error) => Reply {
+            ok: false,
+            error: Some(error),
+        },
+    };
+    stream.write_all(&serde_json::to_vec(&reply)?)?;
+    Ok(())
+}
+
+/// Whether a tunnel is listening on `socket` (the CNI plugin's readiness check).
+pub fn tunnel_ready(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn passes_the_fd_and_gets_the_ack() {
+        let dir = std::env::temp_dir().join(format!("ambit-handoff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                let (request, fd) = receive(&stream).unwrap();
+                // The fd works: it is the same file as our own netns (a file we opened).
+                let ok = fd.as_ref().map(|fd| {
+                    let meta = std::fs::File::from(fd.try_clone().unwrap())
+                        .metadata()
+                        .unwrap();
+                    meta.len()
+                });
+                seen.push((request.clone(), ok));
+                let result = match request {
+                    Request::Add { .. } => Ok(()),
+                    Request::Remove { .. } => Err("no such pod".to_owned()),
+                };
+                answer(&stream, result).unwrap();
+            }
+            seen
+        });
+        let file_path = dir.join("payload");
+        std::fs::write(&file_path, b"12345").unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(&file_path).unwrap());
+        let add = Request::Add {
+            uid: "u1".into(),
+            name: "p".into(),
+            namespace: "ns".into(),
+        };
+        send(&path, &add, Some(&fd)).unwrap();
+        let err = send(&path, &Request::Remove { uid: "u2".into() }, None).unwrap_err();
+        assert!(err.to_string().contains("no such pod"), "{err}");
+        let seen = server.join().unwrap();
+        assert_eq!(seen[0], (add, Some(5)));
+        assert_eq!(seen[1], (Request::Remove { uid: "u2".into() }, None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_tunnel_is_a_clear_error() {
+        let err = send(
+            Path::new("/nonexistent/ambit.sock"),
+            &Request::Remove { uid: "x".into() },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("is ambit-tunnel running"), "{err}");
+        assert!(!tunnel_ready(Path::new("/nonexistent/ambit.sock")));
+    }
+}

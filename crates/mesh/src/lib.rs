@@ -1,0 +1,242 @@
+//! The mesh model a data plane serves from: workloads, services, waypoints and L4
+//! authorization policies, indexed for the lookups the tunnel makes per connection.
+//!
+//! Sources (a YAML file today, the controller's config stream later) produce a [`MeshConfig`];
+//! [`Mesh::new`] validates and indexes it. A `Mesh` is immutable: a new config makes a new one.
+
+mod authz;
+mod cidr;
+mod model;
+
+pub use authz::{Action, Decision, L4Policy, L4Rule, PolicyScope, Source};
+pub use cidr::{Cidr, CidrError};
+pub use model::{MeshConfig, Service, ServicePort, Waypoint, Workload};
+
+use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot read mesh file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("mesh file {path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid trust domain {0:?}")]
+    TrustDomain(String),
+    #[error("workload {workload}: invalid identity: {source}")]
+    Identity {
+        workload: String,
+        source: SpiffeIdError,
+    },
+    #[error("two workloads claim uid {0}")]
+    DuplicateUid(String),
+    #[error("two workloads claim IP {0}")]
+    DuplicateIp(IpAddr),
+    #[error("service {service}: endpoint {uid} is not a known workload")]
+    UnknownEndpoint { service: String, uid: String },
+    #[error("policy {policy}: {source}")]
+    PolicyCidr { policy: String, source: CidrError },
+}
+
+/// What a destination address resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// A mesh workload (HBONE capable or not) and the port to reach on it.
+    Workload(&'a Workload, u16),
+    /// Nothing the mesh knows: plain passthrough.
+    Unknown,
+}
+
+/// A validated, indexed mesh config.
+#[derive(Debug)]
+pub struct Mesh {
+    config: MeshConfig,
+    trust_domain: TrustDomain,
+    identities: Vec<SpiffeId>,
+    by_uid: HashMap<String, usize>,
+    by_ip: HashMap<IpAddr, usize>,
+    services_by_vip: HashMap<IpAddr, usize>,
+    services_by_host: HashMap<String, usize>,
+    /// Round-robin cursor per service, for endpoint choice.
+    cursors: Vec<AtomicUsize>,
+}
+
+impl Mesh {
+    pub fn from_yaml_file(path: &Path) -> Result<Self, MeshError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MeshError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = MeshConfig::from_yaml(&text).map_err(|source| MeshError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::new(config)
+    }
+
+    pub fn new(config: MeshConfig) -> Result<Self, MeshError> {
+        let trust_domain: TrustDomain = config
+            .trust_domain
+            .parse()
+            .map_err(|_| MeshError::TrustDomain(config.trust_domain.clone()))?;
+        let mut identities = Vec::with_capacity(config.workloads.len());
+        let mut by_uid = HashMap::new();
+        let mut by_ip = HashMap::new();
+        for (i, w) in config.workloads.iter().enumerate() {
+            let id = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account)
+                .map_err(|source| MeshError::Identity {
+                    workload: format!("{}/{}", w.namespace, w.name),
+                    source,
+                })?;
+            identities.push(id);
+            if by_uid.insert(w.uid.clone(), i).is_some() {
+                return Err(MeshError::DuplicateUid(w.uid.clone()));
+            }
+            for ip in &w.ips {
+                if by_ip.insert(*ip, i).is_some() {
+                    return Err(MeshError::DuplicateIp(*ip));
+                }
+            }
+        }
+        let mut services_by_vip = HashMap::new();
+        let mut services_by_host = HashMap::new();
+        for (i, s) in config.services.iter().enumerate() {
+            for uid in &s.endpoints {
+                if !by_uid.contains_key(uid) {
+                    return Err(MeshError::UnknownEndpoint {
+                        service: format!("{}/{}", s.namespace, s.name),
+                        uid: uid.clone(),
+                    });
+                }
+            }
+            for vip in &s.vips {
+                services_by_vip.insert(*vip, i);
+            }
+            services_by_host.insert(s.hostname(), i);
+        }
+        for p in &config.policies {
+            for rule in &p.rules {
+                for block in &rule.ip_blocks {
+                    block
+                        .parse::<Cidr>()
+                        .map_err(|source| MeshError::PolicyCidr {
+                            policy: format!("{}/{}", p.namespace, p.name),
+                            source,
+                        })?;
+                }
+            }
+        }
+        let cursors = config
+            .services
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect();
+        Ok(Self {
+            config,
+            trust_domain,
+            identities,
+            by_uid,
+            by_ip,
+            services_by_vip,
+            services_by_host,
+            cursors,
+        })
+    }
+
+    pub fn config(&self) -> &MeshConfig {
+        &self.config
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Workload> {
+        self.by_uid.get(uid).map(|&i| &self.config.workloads[i])
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Workload> {
+        self.by_ip.get(&ip).map(|&i| &self.config.workloads[i])
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Service> {
+        self.services_by_vip
+            .get(&ip)
+            .map(|&i| &self.config.services[i])
+    }
+
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<&Service> {
+        self.services_by_host
+            .get(hostname)
+            .map(|&i| &self.config.services[i])
+    }
+
+    /// The SPIFFE id of a workload of this mesh.
+    pub fn identity(&self, workload: &Workload) -> Option<&SpiffeId> {
+        self.by_uid.get(&workload.uid).map(|&i| &self.identities[i])
+    }
+
+    /// The workloads scheduled on `node`.
+    pub fn workloads_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.config.workloads.iter().filter(move |w| w.node == node)
+    }
+
+    /// The waypoint serving `namespace/service_account`, if there is one.
+    pub fn waypoint_for(&self, namespace: &str, service_account: &str) -> Option<&Waypoint> {
+        self.config
+            .waypoints
+            .iter()
+            .find(|w| w.namespace == namespace && w.for_service_account == service_account)
+    }
+
+    /// The identity a waypoint presents.
+    pub fn waypoint_identity(&self, waypoint: &Waypoint) -> Option<SpiffeId> {
+        SpiffeId::new(
+            self.trust_domain.clone(),
+            &waypoint.namespace,
+            &waypoint.service_account,
+        )
+        .ok()
+    }
+
+    /// Resolves an original destination: a Service VIP picks one endpoint (round robin) and
+    /// maps the port to its target port; a workload IP is used as is.
+    pub fn resolve(&self, dst: SocketAddr) -> Destination<'_> {
+        if let Some(&i) = self.services_by_vip.get(&dst.ip()) {
+            let service = &self.config.services[i];
+            let Some(port) = service.ports.iter().find(|p| p.port == dst.port()) else {
+                return Destination::Unknown;
+            };
+            let endpoints = &service.endpoints;
+            if endpoints.is_empty() {
+                return Destination::Unknown;
+            }
+            let n = self.cursors[i].fetch_add(1, Ordering::Relaxed) % endpoints.len();
+            return match self.workload_by_uid(&endpoints[n]) {
+                Some(w) => Destination::Workload(w, port.target_port),
+                None => Destination::Unknown,
+            };
+        }
+        match self.workload_by_ip(dst.ip()) {
+            Some(w) => Destination::Workload(w, dst.port()),
+            None => Destination::Unknown,
+        }
+    }
+
+    /// L4 authorization for a connection to `workload` on `port` from `source`.
+    pub fn authorize(&self, workload: &Workload, port: u16, source: &Source) -> Decision {
+        authz::evaluate(&self.config.policies, workload, port, source)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! The resources of the model, as sources deliver them.
+
+use crate::authz::L4Policy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// Everything a data plane needs to know, from one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub waypoints: Vec<Waypoint>,
+    #[serde(default)]
+    pub policies: Vec<L4Policy>,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+
+impl MeshConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(self)
+    }
+}
+
+/// A pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// The node it runs on.
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+    /// Whether it is enrolled: its traffic goes through a tunnel that speaks HBONE on 15008.
+    #[serde(default = "yes")]
+    pub hbone: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A Kubernetes Service: VIPs, ports and the workloads behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub vips: Vec<IpAddr>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Workload uids.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl Service {
+    /// `name.namespace.svc.cluster.local`.
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+}
+
+/// A waypoint proxy serving one service account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waypoint {
+    pub name: String,
+    pub namespace: String,
+    /// The service account whose traffic it handles.
+    pub for_service_account: String,
+    /// Its own service account (its identity).
+    pub service_account: String,
+    /// Where it terminates HBONE.
+    pub address: SocketAddr,
+}

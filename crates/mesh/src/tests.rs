@@ -1,0 +1,177 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+const YAML: &str = r#"
+trustDomain: cluster.local
+workloads:
+  - {uid: a, name: client, namespace: demo, serviceAccount: client, node: n1, ips: [10.1.0.2], labels: {app: client}}
+  - {uid: b1, name: server-1, namespace: demo, serviceAccount: server, node: n1, ips: [10.1.0.3], labels: {app: server}}
+  - {uid: b2, name: server-2, namespace: demo, serviceAccount: server, node: n2, ips: [10.2.0.2], labels: {app: server}}
+  - {uid: x, name: legacy, namespace: other, serviceAccount: default, node: n2, ips: [10.2.0.3], hbone: false}
+services:
+  - {name: server, namespace: demo, vips: [10.96.0.10], ports: [{port: 80, targetPort: 8080}], endpoints: [b1, b2]}
+waypoints:
+  - {name: wp, namespace: demo, forServiceAccount: client, serviceAccount: wp, address: "10.1.0.9:15008"}
+policies:
+  - name: no-legacy
+    namespace: demo
+    action: Deny
+    selector: {matchLabels: {app: server}}
+    rules: [{principals: ["spiffe://cluster.local/ns/other/sa/default"]}]
+"#;
+
+fn mesh() -> Mesh {
+    Mesh::new(MeshConfig::from_yaml(YAML).unwrap()).unwrap()
+}
+
+fn src(id: Option<&str>, ip: &str) -> Source {
+    Source {
+        identity: id.map(|i| i.parse().unwrap()),
+        ip: ip.parse().unwrap(),
+    }
+}
+
+#[test]
+fn indexes_by_uid_ip_and_hostname() {
+    let m = mesh();
+    assert_eq!(m.workload_by_uid("b2").unwrap().name, "server-2");
+    assert_eq!(
+        m.workload_by_ip("10.1.0.3".parse().unwrap()).unwrap().uid,
+        "b1"
+    );
+    assert!(m.workload_by_ip("10.9.9.9".parse().unwrap()).is_none());
+    assert_eq!(
+        m.service_by_hostname("server.demo.svc.cluster.local")
+            .unwrap()
+            .vips,
+        vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        m.identity(m.workload_by_uid("a").unwrap())
+            .unwrap()
+            .to_string(),
+        "spiffe://cluster.local/ns/demo/sa/client"
+    );
+    let on_n1: Vec<_> = m.workloads_on("n1").map(|w| w.uid.as_str()).collect();
+    assert_eq!(on_n1, ["a", "b1"]);
+}
+
+#[test]
+fn vip_round_robins_and_maps_target_port() {
+    let m = mesh();
+    let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        match m.resolve(vip) {
+            Destination::Workload(w, port) => {
+                assert_eq!(port, 8080);
+                seen.push(w.uid.clone());
+            }
+            Destination::Unknown => panic!("VIP did not resolve"),
+        }
+    }
+    assert_eq!(seen, ["b1", "b2", "b1", "b2"]);
+    assert_eq!(
+        m.resolve("10.96.0.10:81".parse().unwrap()),
+        Destination::Unknown
+    );
+    assert_eq!(
+        m.resolve("8.8.8.8:53".parse().unwrap()),
+        Destination::Unknown
+    );
+    assert!(matches!(
+        m.resolve("10.2.0.3:22".parse().unwrap()),
+        Destination::Workload(w, 22) if !w.hbone
+    ));
+}
+
+#[test]
+fn waypoint_lookup() {
+    let m = mesh();
+    let wp = m.waypoint_for("demo", "client").unwrap();
+    assert_eq!(
+        m.waypoint_identity(wp).unwrap().to_string(),
+        "spiffe://cluster.local/ns/demo/sa/wp"
+    );
+    assert!(m.waypoint_for("demo", "server").is_none());
+}
+
+#[test]
+fn deny_wins_and_allow_defaults_to_deny() {
+    let mut config = MeshConfig::from_yaml(YAML).unwrap();
+    let m = Mesh::new(config.clone()).unwrap();
+    let server = m.workload_by_uid("b1").unwrap();
+    let client = m.workload_by_uid("a").unwrap();
+    let legacy = src(
+        Some("spiffe://cluster.local/ns/other/sa/default"),
+        "10.2.0.3",
+    );
+    let friend = src(Some("spiffe://cluster.local/ns/demo/sa/client"), "10.1.0.2");
+    assert_eq!(
+        m.authorize(server, 8080, &legacy),
+        Decision::Deny(Some("no-legacy".into()))
+    );
+    assert_eq!(m.authorize(server, 8080, &friend), Decision::Allow);
+    // The deny selects app=server only.
+    assert_eq!(m.authorize(client, 8080, &legacy), Decision::Allow);
+
+    config.policies.push(L4Policy {
+        name: "only-port-8080-from-demo".into(),
+        namespace: "demo".into(),
+        action: Action::Allow,
+        selector: None,
+        rules: vec![L4Rule {
+            namespaces: vec!["demo".into()],
+            ports: vec![8080],
+            ..Default::default()
+        }],
+    });
+    let m = Mesh::new(config).unwrap();
+    let server = m.workload_by_uid("b1").unwrap();
+    assert_eq!(m.authorize(server, 8080, &friend), Decision::Allow);
+    assert_eq!(m.authorize(server, 9090, &friend), Decision::Deny(None));
+    // Plaintext has no namespace: the allow cannot match.
+    assert_eq!(
+        m.authorize(server, 8080, &src(None, "10.1.0.2")),
+        Decision::Deny(None)
+    );
+    // Deny still wins over the allow.
+    assert_eq!(
+        m.authorize(server, 8080, &legacy),
+        Decision::Deny(Some("no-legacy".into()))
+    );
+}
+
+#[test]
+fn ip_blocks() {
+    let c: Cidr = "10.1.0.0/16".parse().unwrap();
+    assert!(c.contains("10.1.255.1".parse().unwrap()));
+    assert!(!c.contains("10.2.0.1".parse().unwrap()));
+    assert!(!c.contains("::1".parse().unwrap()));
+    let all: Cidr = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains("1.2.3.4".parse().unwrap()));
+    assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    assert!("nope".parse::<Cidr>().is_err());
+}
+
+#[test]
+fn invalid_configs_are_refused_with_the_culprit_named() {
+    let dup = YAML.replace("ips: [10.2.0.3]", "ips: [10.1.0.3]");
+    let err = Mesh::new(MeshConfig::from_yaml(&dup).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("10.1.0.3"), "{err}");
+    let unknown = YAML.replace("endpoints: [b1, b2]", "endpoints: [b1, nope]");
+    let err = Mesh::new(MeshConfig::from_yaml(&unknown).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    let bad_block = YAML.replace("rules: [{", "rules: [{ipBlocks: [\"10.0.0.0/40\"], ");
+    let err = Mesh::new(MeshConfig::from_yaml(&bad_block).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
+    assert!(MeshConfig::from_yaml("workloads: [{uid: 1}]").is_err());
+}
+
+#[test]
+fn round_trips_through_yaml() {
+    let config = MeshConfig::from_yaml(YAML).unwrap();
+    let again = MeshConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+    assert_eq!(config, again);
+}

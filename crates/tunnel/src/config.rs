@@ -1,0 +1,158 @@
+//! Command-line configuration, parsed once into a typed [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What the inbound plaintext port does with traffic that did not come over HBONE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse it: enrolled pods take only mutual-TLS traffic.
+    Strict,
+    /// Let it in with no identity (L4 policy still applies).
+    Permissive,
+}
+
+impl FromStr for Mode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Mode::Strict),
+            "permissive" => Ok(Mode::Permissive),
+            _ => Err(ConfigError::Invalid {
+                flag: "--mode",
+                value: s.into(),
+                expected: "strict or permissive",
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name: only its workloads get certificates.
+    pub node: String,
+    /// Mesh model file (YAML), reloaded when it changes.
+    pub mesh_file: PathBuf,
+    /// CA root and key (PEM) for the in-process issuer, until the controller's CA API.
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert_lifetime: Duration,
+    /// The unix socket the capture agent hands pods to.
+    pub socket: PathBuf,
+    pub mode: Mode,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag}: {value:?} is not valid (expected {expected})")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("{0} needs a value")]
+    NoValue(String),
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+}
+
+const USAGE_FLAGS: [&str; 11] = [
+    "--node",
+    "--mesh",
+    "--ca-cert",
+    "--ca-key",
+    "--cert-lifetime-secs",
+    "--socket",
+    "--mode",
+    "--admin",
+    "--metrics",
+    "--readiness",
+    "--drain-secs",
+];
+
+impl Config {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
+        let mut values = std::collections::HashMap::new();
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let Some(known) = USAGE_FLAGS.iter().find(|f| **f == flag) else {
+                return Err(ConfigError::Unknown(flag));
+            };
+            let value = args.next().ok_or(ConfigError::NoValue(flag))?;
+            values.insert(*known, value);
+        }
+        let required =
+            |flag: &'static str| values.get(flag).cloned().ok_or(ConfigError::Missing(flag));
+        let addr = |flag: &'static str, default: &str| {
+            let v = values.get(flag).map_or(default, String::as_str);
+            v.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                flag,
+                value: v.into(),
+                expected: "ip:port",
+            })
+        };
+        let secs = |flag: &'static str, default: u64| {
+            values.get(flag).map_or(Ok(default), |v| {
+                v.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                    flag,
+                    value: v.clone(),
+                    expected: "seconds",
+                })
+            })
+        };
+        Ok(Self {
+            node: required("--node")?,
+            mesh_file: required("--mesh")?.into(),
+            ca_cert: required("--ca-cert")?.into(),
+            ca_key: required("--ca-key")?.into(),
+            cert_lifetime: Duration::from_secs(secs("--cert-lifetime-secs", 3600)?),
+            socket: values
+                .get("--socket")
+                .map_or(ambit_capture::DEFAULT_SOCKET, String::as_str)
+                .into(),
+            mode: values
+                .get("--mode")
+                .map_or(Ok(Mode::Strict), |m| m.parse())?,
+            admin: addr("--admin", "127.0.0.1:15000")?,
+            metrics: addr("--metrics", "0.0.0.0:15020")?,
+            readiness: addr("--readiness", "0.0.0.0:15021")?,
+            drain_timeout: Duration::from_secs(secs("--drain-secs", 5)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_and_names_bad_values() {
+        let base = "--node n1 --mesh m.yaml --ca-cert c --ca-key k";
+        let c = Config::parse(args(base)).unwrap();
+        assert_eq!(c.mode, Mode::Strict);
+        assert_eq!(c.admin.to_string(), "127.0.0.1:15000");
+        let c = Config::parse(args(&format!("{base} --mode permissive"))).unwrap();
+        assert_eq!(c.mode, Mode::Permissive);
+        let e = Config::parse(args(&format!("{base} --mode loose"))).unwrap_err();
+        assert!(e.to_string().contains("\"loose\""), "{e}");
+        let e = Config::parse(args(&format!("{base} --admin nowhere"))).unwrap_err();
+        assert!(e.to_string().contains("--admin"), "{e}");
+        let e = Config::parse(args("--mesh m.yaml")).unwrap_err();
+        assert!(e.to_string().contains("--node"), "{e}");
+        assert!(Config::parse(args("--bogus 1")).is_err());
+    }
+}

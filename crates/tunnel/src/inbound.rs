@@ -1,0 +1,158 @@
+//! Inbound: HBONE on 15008 (verified peer, L4 policy, waypoint enforcement, then the app) and
+//! plaintext on 15006 (refused in strict mode, let in without identity in permissive mode).
+
+use crate::config::Mode;
+use crate::metrics::Labels;
+use crate::pod::{ActiveGuard, PodContext};
+use crate::sockets::{connect_marked, original_dst, reset};
+use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use ambit_hbone::{
+    ConnectHandler, ConnectRequest, PendingTunnel, Refusal, splice_tcp_h2, splice_tcp_tcp,
+};
+use ambit_mesh::{Decision, Source};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug)]
+pub struct InboundHandler {
+    pub ctx: Arc<PodContext>,
+}
+
+/// Why an inbound connection is refused; `Ok` carries the workload port's target.
+fn authorize(ctx: &PodContext, source: &Source, target: SocketAddr) -> Result<(), String> {
+    if !ctx.spec.ips.contains(&target.ip()) {
+        return Err(format!("target {target} is not this pod's address"));
+    }
+    if [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT].contains(&target.port()) {
+        return Err(format!("port {} belongs to the tunnel", target.port()));
+    }
+    let mesh = ctx.shared.mesh();
+    let Some(workload) = mesh.workload_by_uid(&ctx.spec.uid) else {
+        return Err("the pod is no longer in the mesh".into());
+    };
+    if let Some(waypoint) = mesh.waypoint_for(&workload.namespace, &workload.service_account) {
+        // Traffic for a waypoint-protected workload must come through that waypoint.
+        if source.identity.is_none() || mesh.waypoint_identity(waypoint) != source.identity {
+            return Err(format!(
+                "{} is served by waypoint {}/{}; direct traffic is refused",
+                workload.service_account, waypoint.namespace, waypoint.name
+            ));
+        }
+    }
+    match mesh.authorize(workload, target.port(), source) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(Some(policy)) => Err(format!("denied by policy {policy}")),
+        Decision::Deny(None) => Err("no ALLOW policy matched".into()),
+    }
+}
+
+impl ConnectHandler for InboundHandler {
+    fn handle(
+        &self,
+        request: ConnectRequest,
+        tunnel: PendingTunnel,
+    ) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let ctx = self.ctx.clone();
+        async move {
+            let _guard = ActiveGuard::new(&ctx.active);
+            let labels = Labels {
+                direction: "inbound",
+                source: request.peer.to_string(),
+                destination: ctx.spec.identity.to_string(),
+            };
+            let source = Source {
+                identity: Some(request.peer.clone()),
+                ip: request.peer_addr.ip(),
+            };
+            if let Err(reason) = authorize(&ctx, &source, request.target) {
+                ctx.shared.metrics.denied(labels.clone());
+                tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, reason, "connection denied");
+                tunnel.refuse(Refusal::Denied);
+                return;
+            }
+            let mut upstream = match Box::pin(connect_marked(request.target)).await {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    tracing::info!(target: "access", direction = "inbound", dst = %request.target, %error, "app refused");
+                    tunnel.refuse(Refusal::Unreachable);
+                    return;
+                }
+            };
+            let Ok(stream) = tunnel.accept() else {
+                return;
+            };
+            ctx.shared.metrics.opened(labels.clone());
+            let result = splice_tcp_h2(&mut upstream, stream).await;
+            // `forward` is app -> tunnel here: the source received it.
+            let (received, sent) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
+            ctx.shared.metrics.closed(labels, sent, received);
+            tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, sent, received, error = result.err().map(|e| e.to_string()), "connection complete");
+        }
+    }
+}
+
+pub async fn serve_plaintext(ctx: Arc<PodContext>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let guard = ActiveGuard::new(&ctx.active);
+                tokio::spawn(plaintext(ctx.clone(), tcp, peer, guard));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "inbound plaintext accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn plaintext(
+    ctx: Arc<PodContext>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    _guard: ActiveGuard,
+) {
+    let labels = Labels {
+        direction: "inbound_plaintext",
+        source: "unknown".into(),
+        destination: ctx.spec.identity.to_string(),
+    };
+    let target = match original_dst(&tcp) {
+        Ok(target) => target,
+        Err(error) => {
+            tracing::warn!(%error, "inbound plaintext without an original destination");
+            reset(tcp);
+            return;
+        }
+    };
+    let source = Source {
+        identity: None,
+        ip: peer.ip(),
+    };
+    let refusal = if ctx.shared.mode == Mode::Strict {
+        Err("strict mode: plaintext refused".to_owned())
+    } else {
+        authorize(&ctx, &source, target)
+    };
+    if let Err(reason) = refusal {
+        ctx.shared.metrics.denied(labels);
+        tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, reason, "connection denied");
+        reset(tcp);
+        return;
+    }
+    let mut upstream = match Box::pin(connect_marked(target)).await {
+        Ok(upstream) => upstream,
+        Err(_) => {
+            reset(tcp);
+            return;
+        }
+    };
+    ctx.shared.metrics.opened(labels.clone());
+    let result = splice_tcp_tcp(&mut tcp, &mut upstream).await;
+    let (sent, received) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
+    ctx.shared.metrics.closed(labels, sent, received);
+    tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, sent, received, "connection complete");
+}

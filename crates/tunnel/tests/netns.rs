@@ -1,0 +1,439 @@
+//! End-to-end in network namespaces: two nodes on a bridge, pods on each, a tunnel per node,
+//! capture by the capture agent. Needs root; skips loudly otherwise (CI runs it as root).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ambit_identity::testing::TestPki;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+
+const NS: &str = "demo";
+const VIP: &str = "10.96.0.10";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Pod {
+    name: &'static str,
+    node: &'static str,
+    ip: &'static str,
+    sa: &'static str,
+    enrolled: bool,
+}
+
+const PODS: [Pod; 5] = [
+    Pod {
+        name: "p11",
+        node: "n1",
+        ip: "10.77.1.11",
+        sa: "client",
+        enrolled: true,
+    },
+    Pod {
+        name: "p12",
+        node: "n1",
+        ip: "10.77.1.12",
+        sa: "server",
+        enrolled: true,
+    },
+    Pod {
+        name: "p21",
+        node: "n2",
+        ip: "10.77.2.21",
+        sa: "server",
+        enrolled: true,
+    },
+    Pod {
+        name: "p22",
+        node: "n2",
+        ip: "10.77.2.22",
+        sa: "blocked",
+        enrolled: true,
+    },
+    // Not in the mesh: a plain host on node 2.
+    Pod {
+        name: "p23",
+        node: "n2",
+        ip: "10.77.2.23",
+        sa: "default",
+        enrolled: false,
+    },
+];
+
+/// The topology; everything it made is removed on drop.
+struct Net {
+    prefix: String,
+    dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Net {
+    fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    fn new() -> Self {
+        let prefix = format!("amt{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("ambit-tunnel-e2e-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let net = Self {
+            prefix,
+            dir,
+            procs: Vec::new(),
+        };
+        let fab = net.ns("fab");
+        sh(&format!(
+            "ip netns add {fab} && ip -n {fab} link set lo up && ip -n {fab} link add br0 type bridge && ip -n {fab} link set br0 up"
+        ));
+        for (i, node) in ["n1", "n2"].iter().enumerate() {
+            let n = net.ns(node);
+            let k = i + 1;
+            sh(&format!(
+                "ip netns add {n} && ip -n {n} link set lo up \
+                 && ip -n {n} link add up0 type veth peer name {node} netns {fab} \
+                 && ip -n {fab} link set {node} master br0 up \
+                 && ip -n {n} addr add 10.77.0.{k}/24 dev up0 && ip -n {n} link set up0 up \
+                 && ip -n {n} link add cbr0 type bridge && ip -n {n} addr add 10.77.{k}.1/24 dev cbr0 \
+                 && ip -n {n} link set cbr0 up \
+                 && ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"
+            ));
+            let other = 3 - k;
+            sh(&format!(
+                "ip -n {n} route add 10.77.{other}.0/24 via 10.77.0.{other}"
+            ));
+        }
+        for pod in &PODS {
+            let p = net.ns(pod.name);
+            let n = net.ns(pod.node);
+            let k = &pod.node[1..];
+            sh(&format!(
+                "ip netns add {p} && ip -n {p} link set lo up \
+                 && ip -n {p} link add eth0 type veth peer name v{name} netns {n} \
+                 && ip -n {n} link set v{name} master cbr0 up \
+                 && ip -n {p} addr add {ip}/24 dev eth0 && ip -n {p} link set eth0 up \
+                 && ip -n {p} route add default via 10.77.{k}.1",
+                name = pod.name,
+                ip = pod.ip
+            ));
+        }
+        net
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.procs.clear();
+        for short in ["p11", "p12", "p21", "p22", "p23", "n1", "n2", "fab"] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.ns(short)])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mesh_yaml() -> String {
+    let mut y = String::from("trustDomain: cluster.local\nworkloads:\n");
+    for p in &PODS {
+        y += &format!(
+            "  - {{uid: uid-{n}, name: {n}, namespace: {NS}, serviceAccount: {sa}, node: {node}, ips: [{ip}], hbone: {e}, labels: {{app: {n}}}}}\n",
+            n = p.name,
+            sa = p.sa,
+            node = p.node,
+            ip = p.ip,
+            e = p.enrolled
+        );
+    }
+    y += &format!(
+        "services:\n  - {{name: echo, namespace: {NS}, vips: [{VIP}], ports: [{{port: 80, targetPort: 8080}}], endpoints: [uid-p12, uid-p21]}}\n"
+    );
+    y += &format!(
+        "policies:\n  - name: no-blocked\n    namespace: {NS}\n    action: Deny\n    selector: {{matchLabels: {{app: p21}}}}\n    rules: [{{principals: [\"spiffe://cluster.local/ns/{NS}/sa/blocked\"]}}]\n"
+    );
+    y
+}
+
+struct Bins {
+    dir: PathBuf,
+}
+
+impl Bins {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
+    let dir = &net.dir;
+    let socket = dir.join(format!("{node}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let proc = Proc::spawn(
+        &net.ns(node),
+        &bins.path("ambit-tunnel"),
+        &[
+            "--node",
+            node,
+            "--mesh",
+            dir.join("mesh.yaml").to_str().unwrap(),
+            "--ca-cert",
+            dir.join("ca.pem").to_str().unwrap(),
+            "--ca-key",
+            dir.join("ca.key").to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mode",
+            mode,
+        ],
+        &[("RUST_LOG", "info")],
+        &dir.join(format!("tunnel-{node}.log")),
+    );
+    poll("tunnel socket", WAIT, || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    });
+    proc
+}
+
+fn enroll(net: &Net, bins: &Bins, pod: &Pod) -> (bool, String) {
+    let (ok, _, err) = sh_status(&format!(
+        "{} enroll --netns /run/netns/{} --uid uid-{n} --name {n} --namespace {NS} --socket {}",
+        bins.path("ambit-capture").display(),
+        net.ns(pod.name),
+        net.dir.join(format!("{}.sock", pod.node)).display(),
+        n = pod.name
+    ));
+    (ok, err)
+}
+
+fn pod(name: &str) -> &'static Pod {
+    PODS.iter().find(|p| p.name == name).unwrap()
+}
+
+/// Runs the echo client in `from` against `to`; Ok(reply) or Err(stderr).
+fn echo(net: &Net, bins: &Bins, from: &str, to: &str, message: &str) -> Result<String, String> {
+    let (ok, out, err) = sh_status(&format!(
+        "ip netns exec {} {} {to} {message} --timeout 5",
+        net.ns(from),
+        bins.path("ambit-echo-client").display()
+    ));
+    if ok { Ok(out) } else { Err(err) }
+}
+
+fn metrics(net: &Net, node: &str) -> String {
+    http_get(&net.ns(node), "127.0.0.1:15020", "/metrics").unwrap()
+}
+
+fn counter(metrics: &str, name: &str, direction: &str, source: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && l.contains(&format!("direction=\"{direction}\""))
+                && l.contains(&format!("source_identity=\"{source}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn node_tunnels_in_network_namespaces() {
+    if !require_root("node_tunnels_in_network_namespaces") {
+        return;
+    }
+    let bins = Bins {
+        dir: build_binaries(&["ambit-tunnel", "ambit-capture", "ambit-samples"]),
+    };
+    let mut net = Net::new();
+    let pki = TestPki::new("cluster.local");
+    let material = pki.ca.to_material();
+    std::fs::write(net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
+    std::fs::write(net.dir.join("ca.key"), &material.key_pem).unwrap();
+    std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+
+    // Apps: an echo server in every pod.
+    for p in &PODS {
+        let proc = Proc::spawn(
+            &net.ns(p.name),
+            &bins.path("ambit-echo-server"),
+            &["8080"],
+            &[("POD_NAME", p.name)],
+            &net.dir.join(format!("echo-{}.log", p.name)),
+        );
+        net.procs.push(proc);
+        poll("echo server", WAIT, || {
+            in_netns(&net.ns(p.name), || {
+                std::net::TcpStream::connect("127.0.0.1:8080").ok()
+            })
+        });
+    }
+    let mut tunnel1 = start_tunnel(&net, &bins, "n1", "strict");
+    let tunnel2 = start_tunnel(&net, &bins, "n2", "permissive");
+    net.procs.push(tunnel2);
+    for p in PODS.iter().filter(|p| p.enrolled) {
+        let (ok, err) = enroll(&net, &bins, p);
+        assert!(ok, "enrolling {}: {err}", p.name);
+    }
+    // Idempotent: enrolling again replaces, never duplicates.
+    assert!(enroll(&net, &bins, pod("p11")).0);
+    let rules = sh(&format!("ip netns exec {} nft list ruleset", net.ns("p11")));
+    assert_eq!(rules.matches("redirect to :15001").count(), 1, "{rules}");
+
+    // The tunnel never takes (or gets a certificate for) a pod of another node.
+    let other = Pod {
+        node: "n1",
+        ..*pod("p21")
+    };
+    let (ok, err) = enroll(&net, &bins, &other);
+    assert!(!ok && err.contains("runs on node n2"), "{err}");
+    let dump = http_get(&net.ns("n1"), "127.0.0.1:15000", "/config_dump").unwrap();
+    let body = dump.split("\r\n\r\n").nth(1).unwrap();
+    let dump: serde_json::Value = serde_json::from_str(body).unwrap();
+    let ids: Vec<&str> = dump["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "spiffe://cluster.local/ns/demo/sa/client",
+            "spiffe://cluster.local/ns/demo/sa/server"
+        ]
+    );
+    assert!(
+        !body.contains("PRIVATE KEY"),
+        "the config dump leaks key material"
+    );
+    assert_eq!(dump["pods"].as_array().unwrap().len(), 2);
+
+    // Encrypted on the wire, cross-node and same-node.
+    let capture1 = Capture::start(&net.ns("n1"), &net.dir.join("n1.pcap"));
+    let capture2 = Capture::start(&net.ns("n2"), &net.dir.join("n2.pcap"));
+    let marker = "AMBIT-SECRET-MARKER";
+    let cross = echo(&net, &bins, "p11", "10.77.2.21:8080", marker).unwrap();
+    assert!(
+        cross.contains("hello from p21") && cross.contains(marker),
+        "{cross}"
+    );
+    let same = echo(&net, &bins, "p11", "10.77.1.12:8080", marker).unwrap();
+    assert!(
+        same.contains("hello from p12") && same.contains(marker),
+        "{same}"
+    );
+    let (packets1, ascii1) = capture1.finish();
+    let (packets2, ascii2) = capture2.finish();
+    for (packets, ascii) in [(&packets1, &ascii1), (&packets2, &ascii2)] {
+        assert!(
+            !ascii.contains(marker),
+            "payload in clear on the wire:\n{ascii}"
+        );
+        assert!(
+            packets.contains(".15008"),
+            "no HBONE traffic captured:\n{packets}"
+        );
+        for line in packets.lines() {
+            assert!(
+                line.contains(".15008"),
+                "non-HBONE packet on the wire: {line}"
+            );
+        }
+    }
+    let m1 = metrics(&net, "n1");
+    assert!(
+        counter(
+            &m1,
+            "ambit_tcp_connections_opened_total",
+            "outbound",
+            "spiffe://cluster.local/ns/demo/sa/client"
+        ) >= 2,
+        "{m1}"
+    );
+
+    // L4 deny by principal: the client is reset; others still get through.
+    let denied = echo(&net, &bins, "p22", "10.77.2.21:8080", "hi").unwrap_err();
+    assert!(denied.to_lowercase().contains("reset"), "{denied}");
+    let m2 = metrics(&net, "n2");
+    assert!(
+        counter(
+            &m2,
+            "ambit_tcp_denied_total",
+            "inbound",
+            "spiffe://cluster.local/ns/demo/sa/blocked"
+        ) >= 1,
+        "{m2}"
+    );
+    assert!(echo(&net, &bins, "p22", "10.77.1.12:8080", "hi").is_ok());
+
+    // Strict refuses plaintext from a non-mesh host; permissive lets it in.
+    let strict = echo(&net, &bins, "p23", "10.77.1.12:8080", "hi").unwrap_err();
+    assert!(strict.to_lowercase().contains("reset"), "{strict}");
+    let permissive = echo(&net, &bins, "p23", "10.77.2.21:8080", "hi").unwrap();
+    assert!(permissive.contains("hello from p21"), "{permissive}");
+
+    // A Service VIP spreads over its endpoints (one per node).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let reply = echo(&net, &bins, "p11", &format!("{VIP}:80"), "vip").unwrap();
+        seen.insert(reply.lines().next().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Opt-out: rules removed, the tunnel lets go, traffic bypasses it.
+    let before = counter(
+        &metrics(&net, "n2"),
+        "ambit_tcp_connections_opened_total",
+        "outbound",
+        "spiffe://cluster.local/ns/demo/sa/blocked",
+    );
+    sh(&format!(
+        "{} release --netns /run/netns/{} --uid uid-p22 --socket {}",
+        bins.path("ambit-capture").display(),
+        net.ns("p22"),
+        net.dir.join("n2.sock").display()
+    ));
+    let (still, _, _) = sh_status(&format!(
+        "{} check --netns /run/netns/{}",
+        bins.path("ambit-capture").display(),
+        net.ns("p22")
+    ));
+    assert!(!still, "rules still present after release");
+    let direct = echo(&net, &bins, "p22", "10.77.2.23:8080", "bypass").unwrap();
+    assert!(direct.contains("hello from p23"), "{direct}");
+    let after = counter(
+        &metrics(&net, "n2"),
+        "ambit_tcp_connections_opened_total",
+        "outbound",
+        "spiffe://cluster.local/ns/demo/sa/blocked",
+    );
+    assert_eq!(
+        before, after,
+        "an opted-out pod's traffic went through the tunnel"
+    );
+
+    // A restarted tunnel serves new connections once the pods are handed over again.
+    let status = tunnel1.terminate();
+    assert!(status.success(), "tunnel did not drain cleanly: {status}");
+    assert!(
+        echo(&net, &bins, "p11", "10.77.2.21:8080", "down").is_err(),
+        "traffic left uncaptured while the tunnel was down"
+    );
+    let tunnel1 = start_tunnel(&net, &bins, "n1", "strict");
+    net.procs.push(tunnel1);
+    for name in ["p11", "p12"] {
+        assert!(enroll(&net, &bins, pod(name)).0);
+    }
+    let again = echo(&net, &bins, "p11", "10.77.2.21:8080", "again").unwrap();
+    assert!(again.contains("hello from p21"), "{again}");
+
+    let log = std::fs::read_to_string(net.dir.join("tunnel-n2.log")).unwrap();
+    let access = log
+        .lines()
+        .find(|l| l.contains("connection complete"))
+        .unwrap();
+    let access: serde_json::Value = serde_json::from_str(access).unwrap();
+    assert!(access["fields"]["src_identity"].is_string(), "{access}");
+    let _ = Path::new("/");
+}

@@ -1,0 +1,198 @@
+//! Network-namespace fixtures for the tunnel's end-to-end tests: nodes on a bridge, pods per
+//! node, processes inside them, all removed on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when the test may run; prints a loud notice otherwise. Under CI a skip is a failure.
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    let msg = format!(
+        "\n!!!!!!!!!! SKIPPED {test}: needs root (network namespaces, nftables). CI runs it as root. !!!!!!!!!!\n"
+    );
+    assert!(std::env::var_os("CI").is_none(), "{msg}");
+    eprintln!("{msg}");
+    false
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh_status(cmd: &str) -> (bool, String, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Builds the binaries the tests run (other packages' binaries are not built for us).
+pub fn build_binaries(packages: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root).args(["build", "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    assert!(cmd.status().unwrap().success(), "cargo build failed");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_ambit-tunnel"));
+    exe.parent().unwrap().to_path_buf()
+}
+
+/// Runs `f` on a thread inside netns `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// GET `path` from `addr` inside `ns`; `None` if it cannot connect.
+pub fn http_get(ns: &str, addr: &str, path: &str) -> Option<String> {
+    let addr = addr.to_owned();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    in_netns(ns, move || {
+        let mut tcp = std::net::TcpStream::connect(&addr).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        tcp.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self(
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        poll("process exit", Duration::from_secs(15), || {
+            self.0.try_wait().unwrap()
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tcpdump inside a netns, writing to a file; started once it listens.
+#[derive(Debug)]
+pub struct Capture {
+    proc: Proc,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &str, file: &Path) -> Self {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-B",
+                "8192",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(file)
+            .arg("tcp")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        // tcpdump says "listening on any ..." once capturing.
+        while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(line.contains("listening on"), "tcpdump did not start");
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self {
+            proc: Proc(child),
+            file: file.to_owned(),
+        }
+    }
+
+    /// Stops the capture and returns (packet summaries, ASCII dump).
+    pub fn finish(mut self) -> (String, String) {
+        self.proc.terminate();
+        let f = self.file.display();
+        (
+            sh(&format!("tcpdump -nn -r {f} 2>/dev/null")),
+            sh(&format!("tcpdump -nn -A -r {f} 2>/dev/null")),
+        )
+    }
+}
