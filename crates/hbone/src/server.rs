@@ -159,8 +159,22 @@ impl<H: ConnectHandler> HboneServer<H> {
     /// as running out of file descriptors) are logged and retried with backoff: the listener
     /// keeps serving once the pressure is gone.
     pub async fn serve(self, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::warn!(
+                        max_connections = self.settings.max_connections,
+                        "HBONE server at its connection limit; new connections wait"
+                    );
+                    match slots.clone().acquire_owned().await {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    }
+                }
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => {
                     backoff = ACCEPT_BACKOFF_MIN;
@@ -178,6 +192,7 @@ impl<H: ConnectHandler> HboneServer<H> {
                 if let Err(error) = server.serve_connection(tcp, peer).await {
                     tracing::debug!(%peer, %error, "HBONE connection ended with an error");
                 }
+                drop(slot);
             });
         }
     }

@@ -36,6 +36,9 @@ impl Default for H2Settings {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub h2: H2Settings,
+    /// Client connections served at once; past this the server stops accepting until one
+    /// closes, leaving the rest waiting in the kernel's backlog.
+    pub max_connections: usize,
     /// Concurrent tunnels one client connection may hold open.
     pub max_concurrent_streams: u32,
     /// A TLS handshake slower than this is dropped (slowloris).
@@ -50,6 +53,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             h2: H2Settings::default(),
+            max_connections: 4096,
             max_concurrent_streams: 1024,
             handshake_timeout: Duration::from_secs(10),
             max_pending_accept_reset_streams: 50,

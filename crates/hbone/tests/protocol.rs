@@ -178,3 +178,39 @@ async fn a_client_that_never_sends_the_http2_preface_is_cut_off() {
         .expect("TLS completes; only HTTP/2 stalls");
     closed_by_server(tls).await;
 }
+
+#[tokio::test]
+async fn past_its_connection_limit_the_server_waits_until_one_closes() {
+    let pki = TestPki::new("cluster.local");
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let settings = ambit_hbone::ServerSettings {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let server = start_server_with(&pki, Forward { seen }, settings).await;
+    let echo = start_echo().await;
+    let slow_dial = ambit_hbone::PoolSettings {
+        connect_timeout: std::time::Duration::from_millis(500),
+        ..fast_pool_settings()
+    };
+
+    let first = client(&pki, server);
+    let tunnel = first.open(echo).await.unwrap();
+    let second = client_with_settings(&pki, server, slow_dial.clone());
+    let err = second.open(echo).await.unwrap_err();
+    assert!(matches!(err, HboneError::HandshakeTimeout { .. }), "{err}");
+
+    // The first client goes away; its slot frees and a newcomer is served.
+    drop(tunnel);
+    drop(first);
+    let third = client_with_settings(&pki, server, slow_dial);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match third.open(echo).await {
+            Ok(_) => break,
+            // Each attempt is bounded by the dial timeout; retry until the deadline.
+            Err(_) if tokio::time::Instant::now() < deadline => continue,
+            Err(error) => panic!("never served after the slot freed: {error}"),
+        }
+    }
+}
