@@ -1,0 +1,541 @@
+//! The controller against the testbed's real kube-apiserver: enrollment in a node's view, pod
+//! deletion within 1 s, CA node authorization and token checks, the waypoint deployer and
+//! Gateway status, NACK accounting, and a restart that resumes without disturbing clients.
+//! Needs root (the testbed); skips loudly otherwise. One test function: `up` is shared.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ambit_controller::config::Config;
+use ambit_controller::crd::{AuthorizationPolicy, Gateway, GatewayClass};
+use ambit_identity::{CertificateRequest, SpiffeId};
+use ambit_proto::ca::v1 as ca;
+use ambit_proto::config::v1 as pb;
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::{channel, eventually, subscribe, with_token};
+
+const NAME: &str = "ctltest";
+const ID: u8 = 45;
+const SYSTEM_NS: &str = "ambit-system";
+const APP_NS: &str = "shop";
+
+struct DownOnDrop<'a>(&'a ambit_testbed::Testbed);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.down() {
+            eprintln!("testbed down after a failure: {e}");
+        }
+    }
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_against_the_real_apiserver() -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! SKIPPED controller_against_the_real_apiserver: needs root (testbed). CI runs it as root. !!!!!\n"
+        );
+        return Ok(());
+    }
+    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
+    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(2)?)
+        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
+    let guard = DownOnDrop(&tb);
+    tb.up().await?;
+    let result = checks(&tb).await;
+    std::mem::forget(guard);
+    let down = tb.down();
+    result?;
+    down?;
+    Ok(())
+}
+
+async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
+    eventually(
+        &format!("pod {name} running with an IP"),
+        Duration::from_secs(60),
+        || async {
+            pods.get(name).await.ok().filter(|p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+            })
+        },
+    )
+    .await
+}
+
+async fn token(
+    client: &kube::Client,
+    sa: &str,
+    pod: Option<(&str, &str)>,
+    audience: &str,
+) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
+    if let Some((name, uid)) = pod {
+        spec["boundObjectRef"] =
+            json!({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid});
+    }
+    let body =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let tr: serde_json::Value = api
+        .create_subresource("token", sa, &PostParams::default(), &body)
+        .await?;
+    Ok(tr["status"]["token"]
+        .as_str()
+        .context("token in TokenRequest status")?
+        .to_string())
+}
+
+fn pod_json(name: &str, sa: &str, node: &str) -> Pod {
+    obj(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node, "serviceAccountName": sa, "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "main", "image": "ghcr.io/ambit/ambit-echo-server:dev", "args": ["8080"]}],
+        },
+    }))
+}
+
+async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
+    let client = tb.client().await?;
+    let pp = PostParams::default();
+    let node1 = tb.config.node_name(1);
+    let node2 = tb.config.node_name(2);
+
+    // CRDs: ambit's, and minimal Gateway API ones generated from the controller's types.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for mut crd in [
+        AuthorizationPolicy::crd(),
+        Gateway::crd(),
+        GatewayClass::crd(),
+    ] {
+        // *.k8s.io groups need this annotation; the real Gateway API CRDs carry it.
+        crd.metadata.annotations = Some(BTreeMap::from([(
+            "api-approved.kubernetes.io".to_string(),
+            "https://github.com/kubernetes-sigs/gateway-api/pull/2466".to_string(),
+        )]));
+        crds.create(&pp, &crd).await?;
+    }
+    for name in [
+        "authorizationpolicies.ambit.dev",
+        "gateways.gateway.networking.k8s.io",
+        "gatewayclasses.gateway.networking.k8s.io",
+    ] {
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || async {
+                crds.get(name).await.ok().filter(|c| {
+                    c.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                })
+            },
+        )
+        .await?;
+    }
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [SYSTEM_NS, APP_NS] {
+        namespaces
+            .create(&pp, &obj(json!({"metadata": {"name": ns}})))
+            .await?;
+    }
+    for (ns, sa) in [
+        (SYSTEM_NS, "ambit-tunnel"),
+        (SYSTEM_NS, "intruder"),
+        (APP_NS, "front"),
+        (APP_NS, "back"),
+    ] {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        eventually(
+            "namespace ready for service accounts",
+            Duration::from_secs(10),
+            || async {
+                api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
+                    .await
+                    .ok()
+            },
+        )
+        .await?;
+    }
+    let sys_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
+    sys_pods
+        .create(&pp, &pod_json("tunnel-1", "ambit-tunnel", &node1))
+        .await?;
+    let app_pods: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
+    app_pods
+        .create(&pp, &pod_json("front", "front", &node1))
+        .await?;
+    app_pods
+        .create(&pp, &pod_json("back", "back", &node2))
+        .await?;
+    let tunnel_pod = pod_running(&sys_pods, "tunnel-1").await?;
+    pod_running(&app_pods, "front").await?;
+    pod_running(&app_pods, "back").await?;
+
+    // The controller, in process, on loopback ports.
+    let config = Config::from_lookup(|k| match k {
+        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
+        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
+        _ => None,
+    })?;
+    let controller_id = config.controller_identity()?;
+    let started = Instant::now();
+    let running = ambit_controller::runtime::start(client.clone(), config.clone()).await?;
+    eprintln!("controller synced and serving in {:?}", started.elapsed());
+    let ch = channel(running.grpc_addr, &running.root_pem, &controller_id).await?;
+
+    let tunnel_uid = tunnel_pod.metadata.uid.clone().context("uid")?;
+    let tunnel_token = token(
+        &client,
+        "ambit-tunnel",
+        Some(("tunnel-1", &tunnel_uid)),
+        "ambit-ca",
+    )
+    .await?;
+
+    // --- Enrollment: labeling the namespace brings its pods into a node's view. ---
+    let mut node_sub = subscribe(
+        ch.clone(),
+        &tunnel_token,
+        pb::subscribe::Subscriber::Node(node1.clone()),
+        BTreeMap::new(),
+        false,
+    )
+    .await?;
+    let v = node_sub
+        .wait("the first delta", Duration::from_secs(5), |v| v.deltas >= 1)
+        .await?;
+    assert!(
+        v.workload_names().is_empty(),
+        "not enrolled yet: {:?}",
+        v.workload_names()
+    );
+    let label =
+        |mode: Option<&str>| json!({"metadata": {"labels": {"ambit.dev/dataplane-mode": mode}}});
+    namespaces
+        .patch(
+            APP_NS,
+            &PatchParams::default(),
+            &Patch::Merge(label(Some("ambient"))),
+        )
+        .await?;
+    node_sub
+        .wait(
+            "shop's pods in node 1's view",
+            Duration::from_secs(5),
+            |v| {
+                let w = v.workload_names();
+                w.contains(&"shop/front".to_string()) && w.contains(&"shop/back".to_string())
+            },
+        )
+        .await?;
+    let v = node_sub.view.borrow().clone();
+    let Some(pb::resource::Kind::Workload(front)) = v
+        .resources
+        .values()
+        .find_map(|r| match &r.kind {
+            Some(pb::resource::Kind::Workload(w)) if w.name == "front" => Some(r.kind.clone()),
+            _ => None,
+        })
+        .flatten()
+    else {
+        panic!("front workload")
+    };
+    assert_eq!(front.identity, "spiffe://cluster.local/ns/shop/sa/front");
+    assert_eq!(front.node, node1);
+
+    // --- CA: node authorization. ---
+    let mut ca_client = ca::certificate_service_client::CertificateServiceClient::new(ch.clone());
+    let id = |sa: &str| -> SpiffeId {
+        format!("spiffe://cluster.local/ns/shop/sa/{sa}")
+            .parse()
+            .unwrap()
+    };
+    let csr_for = |sa: &str| {
+        let req = CertificateRequest::new(&id(sa)).unwrap();
+        let msg = ca::CreateCertificateRequest {
+            identity: id(sa).to_uri(),
+            csr_der: req.csr_der().to_vec(),
+            lifetime_seconds: 0,
+        };
+        (req, msg)
+    };
+    let (req, msg) = csr_for("front");
+    let chain = ca_client
+        .create_certificate(with_token(msg, &tunnel_token))
+        .await?
+        .into_inner()
+        .chain_der;
+    let cert = req
+        .complete(
+            chain
+                .into_iter()
+                .map(rustls_pki_types::CertificateDer::from)
+                .collect(),
+        )
+        .context("the issued chain pairs with our key and identity")?;
+    assert_eq!(cert.identity(), &id("front"));
+    assert!(
+        cert.lifetime() <= Duration::from_secs(3600 + 120),
+        "short default lifetime: {:?}",
+        cert.lifetime()
+    );
+    // `back` runs on node 2 only: refused, and the message says why.
+    let (_, msg) = csr_for("back");
+    let err = ca_client
+        .create_certificate(with_token(msg, &tunnel_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("no pod with identity") && err.message().contains(&node1),
+        "{}",
+        err.message()
+    );
+
+    // --- Tokens: forged, wrong audience, wrong service account. ---
+    let mut forged = tunnel_token.clone();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    let wrong_audience = token(
+        &client,
+        "ambit-tunnel",
+        Some(("tunnel-1", &tunnel_uid)),
+        "someone-else",
+    )
+    .await?;
+    for (what, t) in [
+        ("forged", forged.as_str()),
+        ("wrong-audience", wrong_audience.as_str()),
+        ("empty", ""),
+    ] {
+        let (_, msg) = csr_for("front");
+        let err = ca_client
+            .create_certificate(with_token(msg, t))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "{what} token: {err:?}"
+        );
+        let sub = subscribe(
+            ch.clone(),
+            t,
+            pb::subscribe::Subscriber::Node(node1.clone()),
+            BTreeMap::new(),
+            false,
+        )
+        .await;
+        assert_eq!(
+            sub.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated),
+            "{what} token subscribing"
+        );
+    }
+    let intruder = token(&client, "intruder", None, "ambit-ca").await?;
+    let denied = subscribe(
+        ch.clone(),
+        &intruder,
+        pb::subscribe::Subscriber::Node(node1.clone()),
+        BTreeMap::new(),
+        false,
+    )
+    .await
+    .err()
+    .context("intruder subscribed as a node")?;
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("only the tunnel service account"),
+        "{}",
+        denied.message()
+    );
+    let other_node = subscribe(
+        ch.clone(),
+        &tunnel_token,
+        pb::subscribe::Subscriber::Node(node2.clone()),
+        BTreeMap::new(),
+        false,
+    )
+    .await
+    .err()
+    .context("tunnel of node 1 subscribed as node 2")?;
+    assert_eq!(
+        other_node.code(),
+        tonic::Code::PermissionDenied,
+        "{other_node:?}"
+    );
+
+    // --- NACK: the controller counts it. ---
+    let _nacker = subscribe(
+        ch.clone(),
+        &tunnel_token,
+        pb::subscribe::Subscriber::Node(node1.clone()),
+        BTreeMap::new(),
+        true,
+    )
+    .await?;
+    eventually("the NACK in metrics", Duration::from_secs(5), || async {
+        running
+            .metrics
+            .render()
+            .contains(&format!(
+                "ambit_config_nacks_total{{subscriber=\"node/{node1}\"}} 1"
+            ))
+            .then_some(())
+    })
+    .await?;
+
+    // --- Deletion: gone from the view within 1 s. ---
+    let t0 = Instant::now();
+    app_pods.delete("back", &DeleteParams::default()).await?;
+    node_sub
+        .wait("back removed", Duration::from_secs(1), |v| {
+            !v.workload_names().contains(&"shop/back".to_string())
+        })
+        .await?;
+    eprintln!("deleted pod left the view in {:?}", t0.elapsed());
+
+    // --- Waypoints: a good Gateway is deployed and Programmed, a broken one says why. ---
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), APP_NS);
+    let gw = |name: &str, port: i32| -> Gateway {
+        obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "annotations": {"ambit.dev/for-service-account": "front"}},
+            "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": port, "protocol": "HBONE"}]},
+        }))
+    };
+    gateways.create(&pp, &gw("front-waypoint", 15008)).await?;
+    gateways.create(&pp, &gw("broken", 80)).await?;
+    let cond = |g: &Gateway, t: &str| {
+        g.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
+    };
+    let good = eventually(
+        "front-waypoint Programmed",
+        Duration::from_secs(30),
+        || async {
+            gateways
+                .get("front-waypoint")
+                .await
+                .ok()
+                .filter(|g| cond(g, "Programmed").is_some_and(|c| c.status == "True"))
+        },
+    )
+    .await?;
+    assert_eq!(
+        cond(&good, "Accepted").map(|c| c.reason),
+        Some("Accepted".into())
+    );
+    assert_eq!(
+        good.status.as_ref().map(|s| s.addresses.len()),
+        Some(1),
+        "{:?}",
+        good.status
+    );
+    let deployment = Api::<Deployment>::namespaced(client.clone(), APP_NS)
+        .get("front-waypoint")
+        .await?;
+    let owner = &deployment.metadata.owner_references.unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Gateway", "front-waypoint")
+    );
+    Api::<Service>::namespaced(client.clone(), APP_NS)
+        .get("front-waypoint")
+        .await?;
+    Api::<ServiceAccount>::namespaced(client.clone(), APP_NS)
+        .get("front-waypoint")
+        .await?;
+    let broken = eventually("broken Gateway status", Duration::from_secs(30), || async {
+        gateways
+            .get("broken")
+            .await
+            .ok()
+            .filter(|g| cond(g, "Accepted").is_some())
+    })
+    .await?;
+    let accepted = cond(&broken, "Accepted").unwrap();
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "Invalid")
+    );
+    assert!(
+        accepted.message.contains("80/HBONE"),
+        "{}",
+        accepted.message
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), APP_NS)
+            .get_opt("broken")
+            .await?
+            .is_none()
+    );
+    // The waypoint reaches the node view, and front's workload points at it.
+    node_sub
+        .wait("the waypoint in the view", Duration::from_secs(5), |v| {
+            v.resources.contains_key("waypoint/shop/front-waypoint")
+                && v.resources.values().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w)) if w.name == "front" && w.waypoint == "shop/front-waypoint"))
+        })
+        .await?;
+
+    // --- Restart: a client resuming with what it holds gets no removals, only real changes. ---
+    let held = node_sub.view.borrow().known();
+    drop(running);
+    let running = ambit_controller::runtime::start(client.clone(), config).await?;
+    let ch = channel(running.grpc_addr, &running.root_pem, &controller_id).await?;
+    let mut resumed = subscribe(
+        ch.clone(),
+        &tunnel_token,
+        pb::subscribe::Subscriber::Node(node1.clone()),
+        held.clone(),
+        false,
+    )
+    .await?;
+    let v = resumed
+        .wait("the resume delta", Duration::from_secs(5), |v| {
+            v.deltas >= 1
+        })
+        .await?;
+    let first = v.last_delta.clone().unwrap();
+    assert!(
+        first.removals.is_empty() && first.upserts.is_empty(),
+        "resume after restart changed the view: {first:?}"
+    );
+
+    // --- Unlabeling removes the namespace's workloads. ---
+    namespaces
+        .patch(APP_NS, &PatchParams::default(), &Patch::Merge(label(None)))
+        .await?;
+    resumed
+        .wait("shop's workloads gone", Duration::from_secs(5), |v| {
+            v.workload_names().is_empty()
+        })
+        .await?;
+    drop(running);
+    Ok(())
+}
