@@ -156,3 +156,62 @@ async fn plaintext(
     ctx.shared.metrics.closed(labels, sent, received);
     tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, sent, received, "connection complete");
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::test_support::context;
+
+    fn from(id: &str) -> Source {
+        Source {
+            identity: Some(id.parse().unwrap()),
+            ip: "10.2.0.2".parse().unwrap(),
+        }
+    }
+
+    const GOOD: &str = "spiffe://cluster.local/ns/demo/sa/client";
+
+    #[test]
+    fn target_must_be_this_pod_and_not_a_tunnel_port() {
+        let ctx = context("srv", Mode::Strict);
+        assert!(authorize(&ctx, &from(GOOD), "10.1.0.3:8080".parse().unwrap()).is_ok());
+        let other = authorize(&ctx, &from(GOOD), "10.1.0.4:8080".parse().unwrap()).unwrap_err();
+        assert!(other.contains("not this pod"), "{other}");
+        for port in [15001, 15006, 15008] {
+            let own = authorize(
+                &ctx,
+                &from(GOOD),
+                SocketAddr::new("10.1.0.3".parse().unwrap(), port),
+            )
+            .unwrap_err();
+            assert!(own.contains("belongs to the tunnel"), "{own}");
+        }
+    }
+
+    #[test]
+    fn policy_deny_is_applied() {
+        let ctx = context("srv", Mode::Strict);
+        let denied = authorize(
+            &ctx,
+            &from("spiffe://cluster.local/ns/demo/sa/bad"),
+            "10.1.0.3:8080".parse().unwrap(),
+        )
+        .unwrap_err();
+        assert!(denied.contains("no-bad"), "{denied}");
+    }
+
+    #[test]
+    fn waypoint_protected_workload_takes_only_its_waypoint() {
+        let ctx = context("prot", Mode::Strict);
+        let target = "10.1.0.4:8080".parse().unwrap();
+        let direct = authorize(&ctx, &from(GOOD), target).unwrap_err();
+        assert!(direct.contains("waypoint"), "{direct}");
+        let plaintext = Source {
+            identity: None,
+            ip: "10.2.0.2".parse().unwrap(),
+        };
+        assert!(authorize(&ctx, &plaintext, target).is_err());
+        assert!(authorize(&ctx, &from("spiffe://cluster.local/ns/demo/sa/wp"), target).is_ok());
+    }
+}

@@ -15,6 +15,8 @@ pub mod node;
 pub mod outbound;
 pub mod pod;
 mod sockets;
+#[cfg(test)]
+mod test_support;
 
 pub use config::{Config, ConfigError, Mode};
 pub use node::{Node, NodeError};

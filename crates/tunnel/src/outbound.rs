@@ -145,3 +145,30 @@ async fn setup(ctx: &PodContext, tcp: &TcpStream) -> Result<Route, (String, Stri
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Mode;
+    use crate::test_support::context;
+
+    /// Every open connection pays for its task's future: keep it small (the boxed setup is
+    /// not part of it).
+    #[tokio::test]
+    async fn per_connection_future_is_small() {
+        let ctx = context("srv", Mode::Strict);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let guard = ActiveGuard::new(&ctx.active);
+        let future = handle(ctx.clone(), server, peer, guard);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "outbound connection future is {size} bytes");
+        drop(future);
+        drop(client);
+        assert_eq!(ctx.active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+}

@@ -5,7 +5,7 @@
 mod support;
 
 use ambit_identity::testing::TestPki;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use support::*;
 
@@ -205,6 +205,23 @@ fn enroll(net: &Net, bins: &Bins, pod: &Pod) -> (bool, String) {
     (ok, err)
 }
 
+/// Runs the capture binary as a chained CNI plugin for `pod`.
+fn cni(net: &Net, bins: &Bins, command: &str, pod: &Pod) -> (bool, String) {
+    let config = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"ambit-capture","tunnelSocket":"{}","prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"{}/24"}}]}}}}"#,
+        net.dir.join(format!("{}.sock", pod.node)).display(),
+        pod.ip
+    );
+    let (ok, out, _) = sh_status(&format!(
+        "echo '{config}' | CNI_COMMAND={command} CNI_NETNS=/run/netns/{} CNI_CONTAINERID=c-{n} CNI_IFNAME=eth0 CNI_PATH=/nonexistent \
+         CNI_ARGS='K8S_POD_NAMESPACE={NS};K8S_POD_NAME={n};K8S_POD_UID=uid-{n}' {}",
+        net.ns(pod.name),
+        bins.path("ambit-capture").display(),
+        n = pod.name
+    ));
+    (ok, out)
+}
+
 fn pod(name: &str) -> &'static Pod {
     PODS.iter().find(|p| p.name == name).unwrap()
 }
@@ -266,13 +283,23 @@ fn node_tunnels_in_network_namespaces() {
             })
         });
     }
+    // The CNI plugin fails closed while the node's tunnel is not up.
+    let (ok, out) = cni(&net, &bins, "ADD", pod("p12"));
+    assert!(!ok && out.contains("\"code\":11"), "{out}");
+    let rules = sh(&format!("ip netns exec {} nft list ruleset", net.ns("p12")));
+    assert!(!rules.contains("redirect"), "{rules}");
+
     let mut tunnel1 = start_tunnel(&net, &bins, "n1", "strict");
     let tunnel2 = start_tunnel(&net, &bins, "n2", "permissive");
     net.procs.push(tunnel2);
-    for p in PODS.iter().filter(|p| p.enrolled) {
+    for p in PODS.iter().filter(|p| p.enrolled && p.name != "p12") {
         let (ok, err) = enroll(&net, &bins, p);
         assert!(ok, "enrolling {}: {err}", p.name);
     }
+    // p12 comes in through the CNI plugin, as a new pod would.
+    let (ok, out) = cni(&net, &bins, "ADD", pod("p12"));
+    assert!(ok && out.contains("10.77.1.12/24"), "CNI ADD: {out}");
+    assert!(cni(&net, &bins, "CHECK", pod("p12")).0);
     // Idempotent: enrolling again replaces, never duplicates.
     assert!(enroll(&net, &bins, pod("p11")).0);
     let rules = sh(&format!("ip netns exec {} nft list ruleset", net.ns("p11")));
@@ -422,11 +449,29 @@ fn node_tunnels_in_network_namespaces() {
     );
     let tunnel1 = start_tunnel(&net, &bins, "n1", "strict");
     net.procs.push(tunnel1);
-    for name in ["p11", "p12"] {
-        assert!(enroll(&net, &bins, pod(name)).0);
-    }
+    assert!(enroll(&net, &bins, pod("p11")).0);
+    assert!(cni(&net, &bins, "ADD", pod("p12")).0);
     let again = echo(&net, &bins, "p11", "10.77.2.21:8080", "again").unwrap();
     assert!(again.contains("hello from p21"), "{again}");
+
+    // CNI DEL: the tunnel lets the pod go and the rules are removed.
+    assert!(cni(&net, &bins, "DEL", pod("p12")).0);
+    assert!(!cni(&net, &bins, "CHECK", pod("p12")).0);
+    let dump = http_get(&net.ns("n1"), "127.0.0.1:15000", "/config_dump").unwrap();
+    let dump: serde_json::Value =
+        serde_json::from_str(dump.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let pods: Vec<&str> = dump["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(pods, ["uid-p11"]);
+    // The last pod of an identity gone, its certificate is forgotten.
+    assert_eq!(
+        dump["identities"],
+        serde_json::json!(["spiffe://cluster.local/ns/demo/sa/client"])
+    );
 
     let log = std::fs::read_to_string(net.dir.join("tunnel-n2.log")).unwrap();
     let access = log
@@ -435,5 +480,4 @@ fn node_tunnels_in_network_namespaces() {
         .unwrap();
     let access: serde_json::Value = serde_json::from_str(access).unwrap();
     assert!(access["fields"]["src_identity"].is_string(), "{access}");
-    let _ = Path::new("/");
 }
