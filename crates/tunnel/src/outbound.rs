@@ -2,13 +2,14 @@
 //! a mesh workload (directly or behind a Service VIP) goes over HBONE to the workload's
 //! `ip:15008`, or to the waypoint of its service account; anything else passes through.
 
-use crate::HBONE_PORT;
 use crate::metrics::Labels;
 use crate::pod::{ActiveGuard, PodContext};
 use crate::sockets::{connect_marked, original_dst, reset};
+use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use ambit_hbone::{H2Stream, HboneError, PoolKey, TunnelHeaders, splice_tcp_h2, splice_tcp_tcp};
-use ambit_mesh::Destination;
-use std::net::SocketAddr;
+use ambit_identity::SpiffeId;
+use ambit_mesh::{Destination, Mesh};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -74,54 +75,88 @@ async fn handle(ctx: Arc<PodContext>, mut tcp: TcpStream, peer: SocketAddr, _gua
     );
 }
 
+/// Where an outbound connection should go, decided from the model alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// HBONE to `peer` (a pod's 15008 or a waypoint) expecting `expected`, CONNECT to `target`.
+    Hbone {
+        peer: SocketAddr,
+        expected: SpiffeId,
+        target: SocketAddr,
+        destination: SpiffeId,
+    },
+    /// Plain TCP to `target`.
+    Passthrough { target: SocketAddr },
+    /// Refused: a connection to the tunnel's own ports would loop through the tunnel.
+    Refuse(&'static str),
+}
+
+/// Decides the route for a connection from the pod with `own_ips` to original destination `dst`.
+pub fn plan(mesh: &Mesh, own_ips: &[IpAddr], dst: SocketAddr) -> Plan {
+    let tunnel_port = [OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT].contains(&dst.port());
+    if tunnel_port
+        && (dst.ip().is_loopback() || dst.ip().is_unspecified() || own_ips.contains(&dst.ip()))
+    {
+        return Plan::Refuse("connection to the tunnel's own port");
+    }
+    let (workload, port) = match mesh.resolve(dst) {
+        Destination::Workload(w, port) => (w, port),
+        Destination::Unknown => return Plan::Passthrough { target: dst },
+    };
+    let Some(&ip) = workload.ips.first() else {
+        return Plan::Refuse("the destination workload has no address");
+    };
+    let target = SocketAddr::new(ip, port);
+    let destination = match mesh.identity(workload) {
+        Some(id) if workload.hbone => id.clone(),
+        _ => return Plan::Passthrough { target },
+    };
+    match mesh.waypoint_for(&workload.namespace, &workload.service_account) {
+        Some(waypoint) => match mesh.waypoint_identity(waypoint) {
+            Some(expected) => Plan::Hbone {
+                peer: waypoint.address,
+                expected,
+                target,
+                destination,
+            },
+            None => Plan::Refuse("the waypoint has no valid identity"),
+        },
+        None => Plan::Hbone {
+            peer: SocketAddr::new(ip, HBONE_PORT),
+            expected: destination.clone(),
+            target,
+            destination,
+        },
+    }
+}
+
 async fn setup(ctx: &PodContext, tcp: &TcpStream) -> Result<Route, (String, String)> {
     let dst =
         original_dst(tcp).map_err(|e| ("?".to_owned(), format!("no original destination: {e}")))?;
     let fail = |e: String| (dst.to_string(), e);
-    let mesh = ctx.shared.mesh();
     let source = ctx.spec.identity.to_string();
-    let (target, workload) = match mesh.resolve(dst) {
-        Destination::Workload(w, port) if w.hbone => {
-            let ip = w
-                .ips
-                .first()
-                .copied()
-                .ok_or_else(|| fail("workload has no IP".into()))?;
-            (SocketAddr::new(ip, port), Some(w))
+    let plan = plan(&ctx.shared.mesh(), &ctx.spec.ips, dst);
+    let (peer, expected, target, destination) = match plan {
+        Plan::Refuse(reason) => return Err(fail(reason.into())),
+        Plan::Passthrough { target } => {
+            let upstream = connect_marked(target)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            return Ok(Route::Plain {
+                upstream,
+                labels: Labels {
+                    direction: "outbound",
+                    source,
+                    destination: "unknown".into(),
+                },
+            });
         }
-        Destination::Workload(w, port) => (
-            SocketAddr::new(w.ips.first().copied().unwrap_or(dst.ip()), port),
-            None,
-        ),
-        Destination::Unknown => (dst, None),
-    };
-    let Some(workload) = workload else {
-        let upstream = connect_marked(target)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        return Ok(Route::Plain {
-            upstream,
-            labels: Labels {
-                direction: "outbound",
-                source,
-                destination: "unknown".into(),
-            },
-        });
-    };
-    let destination = mesh
-        .identity(workload)
-        .cloned()
-        .ok_or_else(|| fail("workload has no identity".into()))?;
-    let (peer, expected) = match mesh.waypoint_for(&workload.namespace, &workload.service_account) {
-        Some(waypoint) => (
-            waypoint.address,
-            mesh.waypoint_identity(waypoint)
-                .ok_or_else(|| fail("waypoint has no valid identity".into()))?,
-        ),
-        None => (
-            SocketAddr::new(target.ip(), HBONE_PORT),
-            destination.clone(),
-        ),
+        Plan::Hbone {
+            peer,
+            expected,
+            target,
+            destination,
+        } => (peer, expected, target, destination),
     };
     let labels = Labels {
         direction: "outbound",
@@ -152,6 +187,74 @@ mod tests {
     use super::*;
     use crate::config::Mode;
     use crate::test_support::context;
+
+    fn mesh() -> Mesh {
+        let yaml = format!(
+            "{}services:\n  - {{name: s, namespace: demo, vips: [10.96.0.1], ports: [{{port: 80, targetPort: 8080}}], endpoints: [srv]}}\n  - {{name: g, namespace: demo, vips: [10.96.0.2], ports: [{{port: 80, targetPort: 9090}}], endpoints: [prot]}}\n",
+            crate::test_support::MESH
+        );
+        Mesh::new(ambit_mesh::MeshConfig::from_yaml(&yaml).unwrap()).unwrap()
+    }
+
+    fn id(sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/demo/sa/{sa}")
+            .parse()
+            .unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes_by_the_model() {
+        let m = mesh();
+        let own = ["10.1.0.3".parse().unwrap()];
+        // A VIP: the endpoint's target port, HBONE to the endpoint's 15008.
+        assert_eq!(
+            plan(&m, &own, addr("10.96.0.1:80")),
+            Plan::Hbone {
+                peer: addr("10.1.0.3:15008"),
+                expected: id("server"),
+                target: addr("10.1.0.3:8080"),
+                destination: id("server"),
+            }
+        );
+        // A waypoint-protected workload: HBONE to the waypoint, expecting its identity.
+        assert_eq!(
+            plan(&m, &own, addr("10.96.0.2:80")),
+            Plan::Hbone {
+                peer: addr("10.1.0.9:15008"),
+                expected: id("wp"),
+                target: addr("10.1.0.4:9090"),
+                destination: id("guarded"),
+            }
+        );
+        // Not in the mesh: passthrough to the original destination.
+        assert_eq!(
+            plan(&m, &own, addr("192.0.2.1:443")),
+            Plan::Passthrough {
+                target: addr("192.0.2.1:443")
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_loops_into_the_tunnel() {
+        let m = mesh();
+        let own = ["10.1.0.3".parse().unwrap()];
+        for dst in ["127.0.0.1:15001", "10.1.0.3:15006", "0.0.0.0:15008"] {
+            assert!(
+                matches!(plan(&m, &own, addr(dst)), Plan::Refuse(_)),
+                "{dst}"
+            );
+        }
+        // Another pod's 15008 is a normal (HBONE) destination port for passthrough rules.
+        assert!(!matches!(
+            plan(&m, &own, addr("192.0.2.1:15008")),
+            Plan::Refuse(_)
+        ));
+    }
 
     /// Every open connection pays for its task's future: keep it small (the boxed setup is
     /// not part of it).
