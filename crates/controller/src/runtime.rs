@@ -82,9 +82,12 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    // managedFields are most of a Pod's bytes and the index never reads them.
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o| o.meta_mut().managed_fields = None),
     );
     tasks.spawn(async move {
         stream
