@@ -88,6 +88,11 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         .and_then(Value::as_str)
         .unwrap_or(crate::DEFAULT_SOCKET);
     let socket = Path::new(socket);
+    let state = Path::new(
+        conf.get("stateDir")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::agent::DEFAULT_STATE_DIR),
+    );
     match invocation.command.as_str() {
         "VERSION" => Ok(json!({
             "cniVersion": version,
@@ -97,6 +102,14 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         "ADD" => {
             let netns = netns(invocation)?;
             add(invocation, &netns, socket)?;
+            let record = crate::agent::PodRecord {
+                uid: invocation.arg("K8S_POD_UID")?.into(),
+                name: invocation.arg("K8S_POD_NAME")?.into(),
+                namespace: invocation.arg("K8S_POD_NAMESPACE")?.into(),
+                netns: netns.clone(),
+            };
+            crate::agent::remember(state, &record)
+                .map_err(|e| CniError::new(CODE_INTERNAL, e.to_string()))?;
             let mut result = conf.get("prevResult").cloned().unwrap_or_else(|| json!({}));
             if let Some(map) = result.as_object_mut() {
                 map.insert("cniVersion".into(), Value::String(version));
@@ -107,6 +120,8 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
             if let Ok(uid) = invocation.arg("K8S_POD_UID") {
                 // The tunnel may be gone or may not know the pod: DEL must still succeed.
                 let _ = handoff::send(socket, &Request::Remove { uid: uid.into() }, None);
+                crate::agent::forget(state, uid)
+                    .map_err(|e| CniError::new(CODE_INTERNAL, e.to_string()))?;
             }
             if let Some(netns) = &invocation.netns
                 && netns.exists()

@@ -4,7 +4,9 @@
 //!   tunnel's 15001, inbound TCP except HBONE to 15006, the tunnel's marked sockets exempt).
 //! - [`handoff`]: the unix-socket protocol that passes a pod's netns fd to the node tunnel.
 //! - [`cni`]: the chained CNI plugin (ADD/DEL/CHECK) doing both for a new pod.
+//! - [`agent`]: the pods the node agent remembers, replayed to a restarted tunnel.
 
+pub mod agent;
 pub mod cni;
 pub mod handoff;
 pub mod rules;

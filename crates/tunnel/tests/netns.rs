@@ -196,10 +196,11 @@ fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
 
 fn enroll(net: &Net, bins: &Bins, pod: &Pod) -> (bool, String) {
     let (ok, _, err) = sh_status(&format!(
-        "{} enroll --netns /run/netns/{} --uid uid-{n} --name {n} --namespace {NS} --socket {}",
+        "{} enroll --netns /run/netns/{} --uid uid-{n} --name {n} --namespace {NS} --socket {} --state {}",
         bins.path("ambit-capture").display(),
         net.ns(pod.name),
         net.dir.join(format!("{}.sock", pod.node)).display(),
+        net.dir.join(format!("{}-pods", pod.node)).display(),
         n = pod.name
     ));
     (ok, err)
@@ -208,8 +209,9 @@ fn enroll(net: &Net, bins: &Bins, pod: &Pod) -> (bool, String) {
 /// Runs the capture binary as a chained CNI plugin for `pod`.
 fn cni(net: &Net, bins: &Bins, command: &str, pod: &Pod) -> (bool, String) {
     let config = format!(
-        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"ambit-capture","tunnelSocket":"{}","prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"{}/24"}}]}}}}"#,
+        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"ambit-capture","tunnelSocket":"{}","stateDir":"{}","prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"{}/24"}}]}}}}"#,
         net.dir.join(format!("{}.sock", pod.node)).display(),
+        net.dir.join(format!("{}-pods", pod.node)).display(),
         pod.ip
     );
     let (ok, out, _) = sh_status(&format!(
@@ -257,6 +259,8 @@ fn node_tunnels_in_network_namespaces() {
     if !require_root("node_tunnels_in_network_namespaces") {
         return;
     }
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.2}s] {what}", started.elapsed().as_secs_f64());
     let bins = Bins {
         dir: build_binaries(&["ambit-tunnel", "ambit-capture", "ambit-samples"]),
     };
@@ -336,6 +340,7 @@ fn node_tunnels_in_network_namespaces() {
     );
     assert_eq!(dump["pods"].as_array().unwrap().len(), 2);
 
+    step("// Encrypted on the wire");
     // Encrypted on the wire, cross-node and same-node.
     let capture1 = Capture::start(&net.ns("n1"), &net.dir.join("n1.pcap"));
     let capture2 = Capture::start(&net.ns("n2"), &net.dir.join("n2.pcap"));
@@ -379,6 +384,7 @@ fn node_tunnels_in_network_namespaces() {
         "{m1}"
     );
 
+    step("// L4 deny by principal");
     // L4 deny by principal: the client is reset; others still get through.
     let denied = echo(&net, &bins, "p22", "10.77.2.21:8080", "hi").unwrap_err();
     assert!(denied.to_lowercase().contains("reset"), "{denied}");
@@ -394,12 +400,14 @@ fn node_tunnels_in_network_namespaces() {
     );
     assert!(echo(&net, &bins, "p22", "10.77.1.12:8080", "hi").is_ok());
 
+    step("// Strict refuses");
     // Strict refuses plaintext from a non-mesh host; permissive lets it in.
     let strict = echo(&net, &bins, "p23", "10.77.1.12:8080", "hi").unwrap_err();
     assert!(strict.to_lowercase().contains("reset"), "{strict}");
     let permissive = echo(&net, &bins, "p23", "10.77.2.21:8080", "hi").unwrap();
     assert!(permissive.contains("hello from p21"), "{permissive}");
 
+    step("// A Service VIP");
     // A Service VIP spreads over its endpoints (one per node).
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4 {
@@ -408,6 +416,7 @@ fn node_tunnels_in_network_namespaces() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 
+    step("// Opt-out:");
     // Opt-out: rules removed, the tunnel lets go, traffic bypasses it.
     let before = counter(
         &metrics(&net, "n2"),
@@ -416,10 +425,11 @@ fn node_tunnels_in_network_namespaces() {
         "spiffe://cluster.local/ns/demo/sa/blocked",
     );
     sh(&format!(
-        "{} release --netns /run/netns/{} --uid uid-p22 --socket {}",
+        "{} release --netns /run/netns/{} --uid uid-p22 --socket {} --state {}",
         bins.path("ambit-capture").display(),
         net.ns("p22"),
-        net.dir.join("n2.sock").display()
+        net.dir.join("n2.sock").display(),
+        net.dir.join("n2-pods").display()
     ));
     let (still, _, _) = sh_status(&format!(
         "{} check --netns /run/netns/{}",
@@ -440,20 +450,41 @@ fn node_tunnels_in_network_namespaces() {
         "an opted-out pod's traffic went through the tunnel"
     );
 
-    // A restarted tunnel serves new connections once the pods are handed over again.
+    step("// A restarted tunnel");
+    // A restarted tunnel serves new connections: the node agent sees the new instance and
+    // hands it every remembered pod again.
+    let agent = Proc::spawn(
+        &net.ns("n1"),
+        &bins.path("ambit-capture"),
+        &[
+            "agent",
+            "--socket",
+            net.dir.join("n1.sock").to_str().unwrap(),
+            "--state",
+            net.dir.join("n1-pods").to_str().unwrap(),
+        ],
+        &[],
+        &net.dir.join("agent-n1.log"),
+    );
+    net.procs.push(agent);
     let status = tunnel1.terminate();
     assert!(status.success(), "tunnel did not drain cleanly: {status}");
     assert!(
         echo(&net, &bins, "p11", "10.77.2.21:8080", "down").is_err(),
         "traffic left uncaptured while the tunnel was down"
     );
+    step("let tunnel1 = start_tunnel(&net, &bins, ");
     let tunnel1 = start_tunnel(&net, &bins, "n1", "strict");
     net.procs.push(tunnel1);
-    assert!(enroll(&net, &bins, pod("p11")).0);
-    assert!(cni(&net, &bins, "ADD", pod("p12")).0);
-    let again = echo(&net, &bins, "p11", "10.77.2.21:8080", "again").unwrap();
+    let again = poll("restarted tunnel serving p11", WAIT, || {
+        echo(&net, &bins, "p11", "10.77.2.21:8080", "again").ok()
+    });
     assert!(again.contains("hello from p21"), "{again}");
+    poll("p12 handed over again", WAIT, || {
+        echo(&net, &bins, "p21", "10.77.1.12:8080", "back").ok()
+    });
 
+    step("// CNI DEL:");
     // CNI DEL: the tunnel lets the pod go and the rules are removed.
     assert!(cni(&net, &bins, "DEL", pod("p12")).0);
     assert!(!cni(&net, &bins, "CHECK", pod("p12")).0);
