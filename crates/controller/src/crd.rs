@@ -23,12 +23,21 @@ pub struct AuthorizationPolicySpec {
     /// ALLOW (default) or DENY.
     #[serde(default)]
     pub action: PolicyAction,
-    /// Service accounts in this namespace whose workloads the policy applies to; empty: all.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub service_accounts: Vec<String>,
+    /// The workloads of this namespace the policy applies to; none: all of them. For L7
+    /// rules, the waypoints of the selected workloads' service accounts enforce it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
     /// A request matching any rule matches the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<PolicyRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Every label must be on the pod with this value.
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -296,7 +296,12 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
             name: name.clone(),
             namespace: ns.clone(),
             action: p.spec.action.as_str().into(),
-            service_accounts: p.spec.service_accounts.clone(),
+            match_labels: p
+                .spec
+                .selector
+                .as_ref()
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default(),
             rules: p
                 .spec
                 .rules
@@ -342,7 +347,9 @@ fn cluster_ips(s: &Service) -> Vec<String> {
 
 fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
     p.namespace == w.namespace
-        && (p.service_accounts.is_empty() || p.service_accounts.contains(&w.service_account))
+        && p.match_labels
+            .iter()
+            .all(|(k, v)| w.labels.get(k) == Some(v))
 }
 
 impl Snapshot {
@@ -391,9 +398,7 @@ impl Snapshot {
                             &w.namespace == ns && &w.for_service_account == sa
                         }
                         Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
-                            &p.namespace == ns
-                                && (p.service_accounts.is_empty()
-                                    || p.service_accounts.contains(sa))
+                            mine.iter().any(|w| policy_applies(p, w))
                         }
                         None => false,
                     };

@@ -17,7 +17,7 @@ fn ns(name: &str, enrolled: bool) -> Arc<Namespace> {
 
 fn pod(ns: &str, name: &str, sa: &str, node: &str, ip: &str) -> Arc<Pod> {
     obj(json!({
-        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}")},
+        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"), "labels": {"app": sa}},
         "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
     }))
@@ -31,8 +31,11 @@ fn names(view: &BTreeMap<String, Entry>) -> Vec<&str> {
 fn only_enrolled_running_pods_are_workloads() {
     let namespaces = [ns("shop", true), ns("other", false)];
     let mut opted_out = (*pod("shop", "c", "sa", "n1", "10.0.0.3")).clone();
-    opted_out.metadata.labels =
-        Some([(DATAPLANE_MODE_LABEL.to_string(), "none".to_string())].into());
+    opted_out
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(DATAPLANE_MODE_LABEL.to_string(), "none".to_string());
     let mut deleting = (*pod("shop", "d", "sa", "n1", "10.0.0.4")).clone();
     deleting.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -71,7 +74,7 @@ fn views_and_diffs() {
     let policies: [Arc<AuthorizationPolicy>; 1] = [obj(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
         "metadata": {"namespace": "shop", "name": "back-only"},
-        "spec": {"serviceAccounts": ["back"], "rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/front"]}]},
+        "spec": {"selector": {"matchLabels": {"app": "back"}}, "rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/front"]}]},
     }))];
     let snap = build(
         &Inputs {

@@ -267,6 +267,32 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     assert_eq!(front.identity, "spiffe://cluster.local/ns/shop/sa/front");
     assert_eq!(front.node, node1);
 
+    // --- Policies: node 1 (running `front`) gets the policy selecting `front` only. ---
+    let policies: Api<AuthorizationPolicy> = Api::namespaced(client.clone(), APP_NS);
+    for (name, app) in [("front-policy", "front"), ("back-policy", "back")] {
+        let p: AuthorizationPolicy = obj(json!({
+            "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "rules": [{"namespaces": ["shop"], "ports": [8080]}]},
+        }));
+        policies.create(&pp, &p).await?;
+    }
+    let v = node_sub
+        .wait(
+            "front's policy in node 1's view",
+            Duration::from_secs(5),
+            |v| {
+                v.resources
+                    .contains_key("authorizationpolicy/shop/front-policy")
+            },
+        )
+        .await?;
+    assert!(
+        !v.resources
+            .contains_key("authorizationpolicy/shop/back-policy"),
+        "node 1 runs no `back` pod but got its policy"
+    );
+
     // --- CA: node authorization. ---
     let mut ca_client = ca::certificate_service_client::CertificateServiceClient::new(ch.clone());
     let id = |sa: &str| -> SpiffeId {
