@@ -101,11 +101,11 @@ pub fn records(state: &Path) -> Result<Vec<PodRecord>, StateError> {
     Ok(out)
 }
 
+/// A replayed pod's uid and how its handoff went.
+pub type Replayed = (String, Result<(), EnrollError>);
+
 /// Hands every remembered pod whose netns still exists to the tunnel at `socket`.
-pub fn replay(
-    state: &Path,
-    socket: &Path,
-) -> Result<Vec<(String, Result<(), EnrollError>)>, StateError> {
+pub fn replay(state: &Path, socket: &Path) -> Result<Vec<Replayed>, StateError> {
     Ok(records(state)?
         .into_iter()
         .filter(|r| r.netns.exists())
