@@ -1,7 +1,7 @@
 //! `ambit.config.v1.ConfigService`: one delta stream per subscriber.
 
 use crate::auth::{Authenticator, Caller};
-use crate::index::{Snapshot, Subscriber, diff};
+use crate::index::{Snapshot, Subscriber};
 use crate::metrics::Metrics;
 use ambit_proto::config::v1::{
     ClientMessage, Delta, client_message, config_service_server::ConfigService, subscribe,
@@ -157,15 +157,13 @@ impl Session {
                         break;
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    let view = snapshot.view(&self.subscriber);
-                    let mut delta = diff(&self.sent, &view);
+                    let mut delta = snapshot.delta_for(&self.subscriber, &mut self.sent);
                     // The first delta always goes out: it tells the client it is in sync.
                     if nonce > 0 && delta.upserts.is_empty() && delta.removals.is_empty() {
                         continue;
                     }
                     nonce += 1;
                     delta.nonce = nonce.to_string();
-                    self.sent = view.into_iter().map(|(k, e)| (k, e.version)).collect();
                     pending = Some((delta.nonce.clone(), self.sent.clone()));
                     tracing::debug!(subscriber = %name, nonce, upserts = delta.upserts.len(), removals = delta.removals.len(), "config: push");
                     if tx.send(Ok(delta)).await.is_err() {

@@ -110,6 +110,21 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
         .collect();
     let mut resources = BTreeMap::new();
 
+    // Services by (namespace, name): slices and waypoints look theirs up.
+    let services_by_name: BTreeMap<(&str, &str), &Arc<Service>> = inputs
+        .services
+        .iter()
+        .filter_map(|s| {
+            Some((
+                (
+                    s.metadata.namespace.as_deref()?,
+                    s.metadata.name.as_deref()?,
+                ),
+                s,
+            ))
+        })
+        .collect();
+
     // Waypoints first: workloads point at the waypoint of their service account.
     let mut waypoint_of_sa: BTreeMap<(String, String), String> = BTreeMap::new();
     for gw in inputs.gateways {
@@ -120,10 +135,8 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
             continue;
         };
         let (ns, name) = ns_name(&gw.metadata);
-        let vips = inputs
-            .services
-            .iter()
-            .find(|s| ns_name(&s.metadata) == (ns.clone(), name.clone()))
+        let vips = services_by_name
+            .get(&(ns.as_str(), name.as_str()))
             .map(|s| cluster_ips(s))
             .unwrap_or_default();
         waypoint_of_sa.insert((ns.clone(), for_sa.clone()), format!("{ns}/{name}"));
@@ -151,11 +164,7 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
         let Some(svc_name) = label(&slice.metadata, "kubernetes.io/service-name") else {
             continue;
         };
-        let Some(svc) = inputs
-            .services
-            .iter()
-            .find(|s| ns_name(&s.metadata) == (ns.clone(), svc_name.to_string()))
-        else {
+        let Some(svc) = services_by_name.get(&(ns.as_str(), svc_name)) else {
             continue;
         };
         let mut ports = BTreeMap::new();
@@ -354,7 +363,7 @@ fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
 
 impl Snapshot {
     /// The names and versions `subscriber` should hold.
-    pub fn view(&self, subscriber: &Subscriber) -> BTreeMap<String, Entry> {
+    pub fn view(&self, subscriber: &Subscriber) -> BTreeMap<&str, &Entry> {
         let workloads = || {
             self.resources
                 .values()
@@ -376,7 +385,7 @@ impl Snapshot {
                         None => false,
                     };
                     if keep {
-                        out.insert(k.clone(), e.clone());
+                        out.insert(k.as_str(), e);
                     }
                 }
             }
@@ -403,7 +412,7 @@ impl Snapshot {
                         None => false,
                     };
                     if keep {
-                        out.insert(k.clone(), e.clone());
+                        out.insert(k.as_str(), e);
                     }
                 }
             }
@@ -412,16 +421,36 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// What to send `subscriber` to move it from `have` (name -> version) to its view; `have`
+    /// becomes the view. The view borrows from the snapshot: no resource is copied but those sent.
+    pub fn delta_for(
+        &self,
+        subscriber: &Subscriber,
+        have: &mut BTreeMap<String, String>,
+    ) -> pb::Delta {
+        let view = self.view(subscriber);
+        let delta = diff(have, &view);
+        for name in &delta.removals {
+            have.remove(name);
+        }
+        for r in &delta.upserts {
+            have.insert(r.name.clone(), r.version.clone());
+        }
+        delta
+    }
+}
+
 /// What to send to move a client from `have` (name -> version) to `want`.
-pub fn diff(have: &BTreeMap<String, String>, want: &BTreeMap<String, Entry>) -> pb::Delta {
+pub fn diff(have: &BTreeMap<String, String>, want: &BTreeMap<&str, &Entry>) -> pb::Delta {
     let upserts = want
         .iter()
-        .filter(|(k, e)| have.get(*k) != Some(&e.version))
+        .filter(|(k, e)| have.get(**k) != Some(&e.version))
         .map(|(_, e)| (*e.resource).clone())
         .collect();
     let removals = have
         .keys()
-        .filter(|k| !want.contains_key(*k))
+        .filter(|k| !want.contains_key(k.as_str()))
         .cloned()
         .collect();
     pb::Delta {

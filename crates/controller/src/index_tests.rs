@@ -23,8 +23,8 @@ fn pod(ns: &str, name: &str, sa: &str, node: &str, ip: &str) -> Arc<Pod> {
     }))
 }
 
-fn names(view: &BTreeMap<String, Entry>) -> Vec<&str> {
-    view.keys().map(String::as_str).collect()
+fn names<K: AsRef<str>, V>(view: &BTreeMap<K, V>) -> Vec<&str> {
+    view.keys().map(AsRef::as_ref).collect()
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn views_and_diffs() {
     // A client holding n1's view with one stale version and one extra name.
     let mut have: BTreeMap<String, String> = n1
         .iter()
-        .map(|(k, e)| (k.clone(), e.version.clone()))
+        .map(|(k, e)| (k.to_string(), e.version.clone()))
         .collect();
     assert!(diff(&have, &n1).upserts.is_empty() && diff(&have, &n1).removals.is_empty());
     have.insert("workload/uid-a".into(), "stale".into());
