@@ -60,6 +60,14 @@ const PODS: [Pod; 5] = [
     },
 ];
 
+fn write_files(net: &Net) {
+    let pki = TestPki::new("cluster.local");
+    let material = pki.ca.to_material();
+    std::fs::write(net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
+    std::fs::write(net.dir.join("ca.key"), &material.key_pem).unwrap();
+    std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+}
+
 /// The topology; everything it made is removed on drop.
 struct Net {
     prefix: String,
@@ -72,8 +80,8 @@ impl Net {
         format!("{}-{short}", self.prefix)
     }
 
-    fn new() -> Self {
-        let prefix = format!("amt{}", std::process::id() % 100_000);
+    fn new(tag: &str) -> Self {
+        let prefix = format!("a{tag}{}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("ambit-tunnel-e2e-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -264,12 +272,8 @@ fn node_tunnels_in_network_namespaces() {
     let bins = Bins {
         dir: build_binaries(&["ambit-tunnel", "ambit-capture", "ambit-samples"]),
     };
-    let mut net = Net::new();
-    let pki = TestPki::new("cluster.local");
-    let material = pki.ca.to_material();
-    std::fs::write(net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
-    std::fs::write(net.dir.join("ca.key"), &material.key_pem).unwrap();
-    std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+    let mut net = Net::new("t");
+    write_files(&net);
 
     // Apps: an echo server in every pod.
     for p in &PODS {
@@ -512,3 +516,6 @@ fn node_tunnels_in_network_namespaces() {
     let access: serde_json::Value = serde_json::from_str(access).unwrap();
     assert!(access["fields"]["src_identity"].is_string(), "{access}");
 }
+
+#[path = "netns/bench.rs"]
+mod bench;

@@ -58,6 +58,9 @@ pub fn build_binaries(packages: &[&str]) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root).args(["build", "--bins"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
     for p in packages {
         cmd.args(["-p", p]);
     }
@@ -80,6 +83,20 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     })
     .join()
     .unwrap()
+}
+
+/// Starts `f` on a thread inside netns `ns` and returns at once.
+pub fn spawn_in_netns(ns: &str, f: impl FnOnce() + Send + 'static) {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        f()
+    });
 }
 
 /// GET `path` from `addr` inside `ns`; `None` if it cannot connect.
