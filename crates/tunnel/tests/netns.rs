@@ -298,6 +298,8 @@ fn node_tunnels_in_network_namespaces() {
     assert!(!rules.contains("redirect"), "{rules}");
 
     let mut tunnel1 = start_tunnel(&net, &bins, "n1", "strict");
+    let ready = http_get(&net.ns("n1"), "127.0.0.1:15021", "/healthz/ready").unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let tunnel2 = start_tunnel(&net, &bins, "n2", "permissive");
     net.procs.push(tunnel2);
     for p in PODS.iter().filter(|p| p.enrolled && p.name != "p12") {
