@@ -71,8 +71,17 @@ impl Shared {
 
 struct Served {
     pod: PodHandle,
+    /// (device, inode) of the pod's netns: equal for two fds of the same namespace.
+    netns: Option<(u64, u64)>,
     // Held while the pod is served; the store forgets the identity with its last lease.
     _lease: IdentityLease,
+}
+
+fn netns_identity(fd: &OwnedFd) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::from(fd.try_clone().ok()?);
+    let meta = file.metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 pub struct Node<I> {
@@ -140,9 +149,21 @@ impl<I: CertificateIssuer> Node<I> {
             .identity(workload)
             .cloned()
             .ok_or_else(|| NodeError::UnknownPod(uid.to_owned()))?;
-        // A pod handed over again (agent restart, new netns) replaces the old serving.
-        if let Some(old) = lock(&self.pods).remove(uid) {
-            old.pod.stop(Duration::ZERO);
+        // The same pod handed over again (the agent restarted and replays) keeps being served
+        // with its open connections; a pod with a new netns replaces the old serving.
+        let netns_id = netns_identity(&netns);
+        {
+            let mut pods = lock(&self.pods);
+            if let Some(served) = pods.get(uid)
+                && served.netns.is_some()
+                && served.netns == netns_id
+            {
+                return Ok(());
+            }
+            if let Some(old) = pods.remove(uid) {
+                drop(pods);
+                old.pod.stop(Duration::ZERO);
+            }
         }
         let lease = self.runtime.block_on(self.store.acquire(&identity))?;
         let spec = PodSpec {
@@ -154,7 +175,12 @@ impl<I: CertificateIssuer> Node<I> {
             certificate: lease.handle(),
         };
         let pod = pod::spawn(spec, netns, self.shared.clone())?;
-        lock(&self.pods).insert(uid.to_owned(), Served { pod, _lease: lease });
+        let served = Served {
+            pod,
+            netns: netns_id,
+            _lease: lease,
+        };
+        lock(&self.pods).insert(uid.to_owned(), served);
         Ok(())
     }
 

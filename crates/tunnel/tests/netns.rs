@@ -315,6 +315,37 @@ fn node_tunnels_in_network_namespaces() {
     let rules = sh(&format!("ip netns exec {} nft list ruleset", net.ns("p11")));
     assert_eq!(rules.matches("redirect to :15001").count(), 1, "{rules}");
 
+    // Handing over the same pod again (an agent restart replays everything) keeps its open
+    // connections.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    spawn_in_netns(&net.ns("p11"), move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("10.77.2.21:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        s.write_all(b"first\n").unwrap();
+        let mut got = String::new();
+        while !got.ends_with("first\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            got += std::str::from_utf8(&buf[..n]).unwrap();
+        }
+        rx.recv().unwrap();
+        s.write_all(b"second\n").unwrap();
+        let n = s.read(&mut buf).unwrap_or(0);
+        done_tx
+            .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+            .unwrap();
+    });
+    assert!(enroll(&net, &bins, pod("p11")).0);
+    tx.send(()).unwrap();
+    let second = done_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        second, "second\n",
+        "an open connection broke on re-enrollment"
+    );
+
     // The tunnel never takes (or gets a certificate for) a pod of another node.
     let other = Pod {
         node: "n1",
