@@ -504,7 +504,45 @@ fn node_tunnels_in_network_namespaces() {
         &net.dir.join("agent-n1.log"),
     );
     net.procs.push(agent);
-    let status = tunnel1.terminate();
+    // SIGTERM drains: an open connection keeps working until it closes, then the tunnel exits.
+    let held = in_netns(&net.ns("p11"), || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("10.77.2.21:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"before\n").unwrap();
+        let mut got = String::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with("before\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got += std::str::from_utf8(&buf[..n]).unwrap();
+        }
+        s
+    });
+    tunnel1.signal_term();
+    poll("the tunnel to start draining", WAIT, || {
+        std::fs::metadata(net.dir.join("n1.sock"))
+            .is_err()
+            .then_some(())
+    });
+    let during = {
+        use std::io::{Read, Write};
+        let mut s = &held;
+        s.write_all(b"draining\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(
+        during, "draining\n",
+        "an open connection was cut by the drain"
+    );
+    assert!(
+        tunnel1.0.try_wait().unwrap().is_none(),
+        "the tunnel exited with a connection open"
+    );
+    drop(held);
+    let status = tunnel1.wait();
     assert!(status.success(), "tunnel did not drain cleanly: {status}");
     assert!(
         echo(&net, &bins, "p11", "10.77.2.21:8080", "down").is_err(),

@@ -141,8 +141,16 @@ impl Proc {
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait()
+    }
+
+    pub fn signal_term(&self) {
         let pid = rustix::process::Pid::from_raw(self.0.id() as i32).unwrap();
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         poll("process exit", Duration::from_secs(15), || {
             self.0.try_wait().unwrap()
         })
