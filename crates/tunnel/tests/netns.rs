@@ -436,6 +436,14 @@ fn node_tunnels_in_network_namespaces() {
         "{m2}"
     );
     assert!(echo(&net, &bins, "p22", "10.77.1.12:8080", "hi").is_ok());
+    // The mesh file is watched: dropping the policy lets the principal in, without a restart.
+    let without_policy = mesh_yaml();
+    let without_policy = &without_policy[..without_policy.find("policies:").unwrap()];
+    std::fs::write(net.dir.join("mesh.yaml.tmp"), without_policy).unwrap();
+    std::fs::rename(net.dir.join("mesh.yaml.tmp"), net.dir.join("mesh.yaml")).unwrap();
+    poll("the policy change to apply", WAIT, || {
+        echo(&net, &bins, "p22", "10.77.2.21:8080", "now").ok()
+    });
 
     step("// Strict refuses");
     // Strict refuses plaintext from a non-mesh host; permissive lets it in.
