@@ -269,6 +269,7 @@ mod tests {
         let guard = ActiveGuard::new(&ctx.active);
         let future = handle(ctx.clone(), server, peer, guard);
         let size = std::mem::size_of_val(&future);
+        eprintln!("outbound connection future: {size} bytes");
         assert!(size <= 1024, "outbound connection future is {size} bytes");
         drop(future);
         drop(client);
