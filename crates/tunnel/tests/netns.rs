@@ -60,12 +60,13 @@ const PODS: [Pod; 5] = [
     },
 ];
 
-fn write_files(net: &Net) {
+fn write_files(net: &Net) -> TestPki {
     let pki = TestPki::new("cluster.local");
     let material = pki.ca.to_material();
     std::fs::write(net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
     std::fs::write(net.dir.join("ca.key"), &material.key_pem).unwrap();
     std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+    pki
 }
 
 /// The topology; everything it made is removed on drop.
@@ -273,7 +274,7 @@ fn node_tunnels_in_network_namespaces() {
         dir: build_binaries(&["ambit-tunnel", "ambit-capture", "ambit-samples"]),
     };
     let mut net = Net::new("t");
-    write_files(&net);
+    let pki = write_files(&net);
 
     // Apps: an echo server in every pod.
     for p in &PODS {
@@ -376,6 +377,46 @@ fn node_tunnels_in_network_namespaces() {
         "the config dump leaks key material"
     );
     assert_eq!(dump["pods"].as_array().unwrap().len(), 2);
+    // On the wire too: p11's listener presents p11's identity, and nobody on node 1 can pass
+    // for node 2's `blocked` account. The client is a plain host (p23) with a mesh certificate.
+    let client_cert = pki.handle(NS, "default");
+    let (as_blocked, as_client) = in_netns(&net.ns("p23"), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let dialer = ambit_hbone::Dialer::new(pki.bundle(), Default::default());
+            let peer = "10.77.1.11:15008".parse().unwrap();
+            let target = "10.77.1.11:8080".parse().unwrap();
+            let id = |sa: &str| pki.id(NS, sa);
+            let headers = ambit_hbone::TunnelHeaders::default();
+            let blocked = dialer
+                .connect_unpooled(
+                    client_cert.clone(),
+                    peer,
+                    vec![id("blocked")],
+                    target,
+                    &headers,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let client = dialer
+                .connect_unpooled(client_cert, peer, vec![id("client")], target, &headers)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            (blocked, client)
+        })
+    });
+    let refused = as_blocked.unwrap_err();
+    eprintln!("dial expecting node 2's identity: {refused}");
+    assert!(
+        refused.contains("actual: SpiffeId(spiffe://cluster.local/ns/demo/sa/client)"),
+        "{refused}"
+    );
+    as_client.unwrap();
 
     step("// Encrypted on the wire");
     // Encrypted on the wire, cross-node and same-node.
