@@ -149,6 +149,9 @@ impl Session {
         let mut acked = self.sent.clone();
         let mut pending: Option<(String, BTreeMap<String, String>)> = None;
         let mut nonce: u64 = 0;
+        // The snapshot `sent` corresponds to, for incremental deltas.
+        let mut prev: Option<Arc<Snapshot>> = None;
+        let mut nacked = false;
         self.snapshots.mark_changed();
         loop {
             tokio::select! {
@@ -157,7 +160,17 @@ impl Session {
                         break;
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    let mut delta = snapshot.delta_for(&self.subscriber, &mut self.sent);
+                    // After a NACK `sent` went back to the acked state: diff in full then.
+                    let incremental = match (&prev, nacked) {
+                        (Some(prev), false) => snapshot.incremental_delta(prev, &self.subscriber, &mut self.sent),
+                        _ => None,
+                    };
+                    let mut delta = match incremental {
+                        Some(d) => d,
+                        None => snapshot.delta_for(&self.subscriber, &mut self.sent),
+                    };
+                    prev = Some(snapshot.clone());
+                    nacked = false;
                     // The first delta always goes out: it tells the client it is in sync.
                     if nonce > 0 && delta.upserts.is_empty() && delta.removals.is_empty() {
                         continue;
@@ -184,6 +197,7 @@ impl Session {
                             // Resend what it rejected with the next change.
                             self.sent = acked.clone();
                             pending = None;
+                            nacked = true;
                         }
                     }
                     Ok(Some(_)) => {}

@@ -46,6 +46,10 @@ pub struct Entry {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub resources: BTreeMap<String, Entry>,
+    /// Counts snapshots published; consecutive generations differ by `changed`.
+    pub generation: u64,
+    /// Names added, changed or removed since generation `generation - 1`.
+    pub changed: Arc<BTreeSet<String>>,
 }
 
 /// The cluster objects the index reads.
@@ -339,7 +343,11 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
         );
         resources.insert(k, e);
     }
-    Snapshot { resources }
+    Snapshot {
+        resources,
+        generation: 0,
+        changed: Arc::default(),
+    }
 }
 
 fn cluster_ips(s: &Service) -> Vec<String> {
@@ -421,7 +429,72 @@ impl Snapshot {
     }
 }
 
+/// Names whose entries differ between `old` and `new` (a merge walk over both sorted maps).
+pub fn changed_names(
+    old: &BTreeMap<String, Entry>,
+    new: &BTreeMap<String, Entry>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (k, e) in new {
+        if old.get(k).map(|o| &o.version) != Some(&e.version) {
+            out.insert(k.clone());
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.insert(k.clone());
+        }
+    }
+    out
+}
+
 impl Snapshot {
+    /// The delta from `prev` (which the subscriber was brought to) to `self`, looking only at
+    /// the changed names, when that is exact: for a node subscriber whose own workloads and
+    /// whose policies did not change (those decide which policies it sees). `None`: the caller
+    /// needs a full diff.
+    pub fn incremental_delta(
+        &self,
+        prev: &Snapshot,
+        subscriber: &Subscriber,
+        have: &mut BTreeMap<String, String>,
+    ) -> Option<pb::Delta> {
+        let Subscriber::Node(node) = subscriber else {
+            return None;
+        };
+        if self.generation != prev.generation + 1 {
+            return None;
+        }
+        let scoped = |e: Option<&Entry>| match e.and_then(|e| e.resource.kind.as_ref()) {
+            Some(pb::resource::Kind::AuthorizationPolicy(_)) => true,
+            Some(pb::resource::Kind::Workload(w)) => &w.node == node,
+            _ => false,
+        };
+        if self
+            .changed
+            .iter()
+            .any(|k| scoped(self.resources.get(k)) || scoped(prev.resources.get(k)))
+        {
+            return None;
+        }
+        let mut delta = pb::Delta::default();
+        for k in self.changed.iter() {
+            match self.resources.get(k) {
+                Some(e) if have.get(k) != Some(&e.version) => {
+                    have.insert(k.clone(), e.version.clone());
+                    delta.upserts.push((*e.resource).clone());
+                }
+                Some(_) => {}
+                None => {
+                    if have.remove(k).is_some() {
+                        delta.removals.push(k.clone());
+                    }
+                }
+            }
+        }
+        Some(delta)
+    }
+
     /// What to send `subscriber` to move it from `have` (name -> version) to its view; `have`
     /// becomes the view. The view borrows from the snapshot: no resource is copied but those sent.
     pub fn delta_for(

@@ -149,3 +149,55 @@ fn versions_are_stable_and_content_based() {
         build(&inputs2, "cluster.local").resources["workload/uid-a"].version
     );
 }
+
+#[test]
+fn incremental_deltas_match_full_diffs() {
+    let namespaces = [ns("shop", true)];
+    let pods1 = [
+        pod("shop", "a", "front", "n1", "10.0.0.1"),
+        pod("shop", "b", "back", "n2", "10.0.0.2"),
+    ];
+    let pods2 = [
+        pod("shop", "a", "front", "n1", "10.0.0.1"),
+        pod("shop", "b", "back", "n2", "10.0.0.9"),
+    ];
+    let s1 = build(
+        &Inputs {
+            namespaces: &namespaces,
+            pods: &pods1,
+            ..Default::default()
+        },
+        "cluster.local",
+    );
+    let mut s2 = build(
+        &Inputs {
+            namespaces: &namespaces,
+            pods: &pods2,
+            ..Default::default()
+        },
+        "cluster.local",
+    );
+    s2.generation = s1.generation + 1;
+    s2.changed = Arc::new(changed_names(&s1.resources, &s2.resources));
+    assert_eq!(s2.changed.iter().collect::<Vec<_>>(), ["workload/uid-b"]);
+
+    let n1 = Subscriber::Node("n1".into());
+    let mut have = BTreeMap::new();
+    s1.delta_for(&n1, &mut have);
+    let mut full_have = have.clone();
+    let full = s2.delta_for(&n1, &mut full_have);
+    let inc = s2
+        .incremental_delta(&s1, &n1, &mut have)
+        .expect("node 1's own workloads did not change");
+    assert_eq!(inc, full);
+    assert_eq!(have, full_have);
+    // Node 2's own workload changed: policies it sees may change, so a full diff.
+    let n2 = Subscriber::Node("n2".into());
+    let mut have2 = BTreeMap::new();
+    s1.delta_for(&n2, &mut have2);
+    assert!(s2.incremental_delta(&s1, &n2, &mut have2).is_none());
+    // A skipped generation: full diff.
+    let mut s3 = s2.clone();
+    s3.generation += 1;
+    assert!(s3.incremental_delta(&s1, &n1, &mut have).is_none());
+}

@@ -214,14 +214,18 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     tasks.spawn(async move {
         loop {
             notify.notified().await;
-            let snapshot = Arc::new(build());
-            // Only wake subscribers when something a subscriber could see changed.
+            let mut snapshot = build();
+            // Only wake subscribers when something a subscriber could see changed, and tell
+            // them what, so most need not diff their whole view.
             snapshot_tx.send_if_modified(|current| {
-                let changed = current.resources != snapshot.resources;
-                if changed {
-                    *current = snapshot;
+                let changed = index::changed_names(&current.resources, &snapshot.resources);
+                if changed.is_empty() {
+                    return false;
                 }
-                changed
+                snapshot.generation = current.generation + 1;
+                snapshot.changed = Arc::new(changed);
+                *current = Arc::new(std::mem::take(&mut snapshot));
+                true
             });
         }
     });

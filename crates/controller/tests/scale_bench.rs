@@ -1,0 +1,331 @@
+//! Scale benchmark (issue 5): 10,000 pods and 2,000 services in the testbed's real apiserver,
+//! 100 node subscribers. Measures the time to the first full view of every subscriber after the
+//! controller is synced, the p99 push latency of a single pod change to all subscribers, and the
+//! controller's RSS; writes `target/ambit-bench/controller.json`.
+//!
+//! `#[ignore]`d: `cargo test --release -p ambit-controller --test scale_bench -- --ignored --nocapture`
+//! (what `cargo xtask bench controller` should run). Needs root. Pods are bound to 100 Node
+//! objects that no agent runs, with their status written by the benchmark, so nothing is
+//! actually started.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ambit_controller::crd::{AuthorizationPolicy, Gateway};
+use ambit_identity::SpiffeId;
+use ambit_proto::config::v1 as pb;
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use support::{channel, eventually, with_token};
+use tokio::sync::mpsc;
+
+const NAME: &str = "ctlbench";
+const ID: u8 = 46;
+const PODS: usize = 10_000;
+const SERVICES: usize = 2_000;
+const SUBSCRIBERS: usize = 100;
+const CHANGES: usize = 20;
+const NS: &str = "scale";
+const SYSTEM_NS: &str = "ambit-system";
+
+struct Cleanup<'a>(&'a ambit_testbed::Testbed, Option<Child>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.1.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Err(e) = self.0.down() {
+            eprintln!("testbed down: {e}");
+        }
+    }
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scale benchmark: cargo xtask bench controller"]
+async fn controller_scale() -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("the controller benchmark needs root (testbed)");
+    }
+    let release = !cfg!(debug_assertions);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build
+        .current_dir(&root)
+        .args(["build", "--bins", "-p", "ambit-controller"]);
+    if release {
+        build.arg("--release");
+    }
+    anyhow::ensure!(build.status()?.success(), "building ambit-controller");
+    ambit_testbed::build_binaries(&["ambit-testbed"])?;
+    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)?;
+    let mut cleanup = Cleanup(&tb, None);
+    tb.up().await?;
+    let client = tb.client().await?;
+    let pp = PostParams::default();
+
+    // --- The cluster: 100 nodes, 2,000 services, 10,000 running pods. ---
+    let t = Instant::now();
+    let nodes: Api<Node> = Api::all(client.clone());
+    for i in 0..SUBSCRIBERS {
+        nodes
+            .create(
+                &pp,
+                &obj(json!({"metadata": {"name": format!("bench-{i}")}})),
+            )
+            .await?;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for mut crd in [AuthorizationPolicy::crd(), Gateway::crd()] {
+        crd.metadata.annotations = Some(
+            [(
+                "api-approved.kubernetes.io".to_string(),
+                "https://github.com/kubernetes-sigs/gateway-api/pull/2466".to_string(),
+            )]
+            .into(),
+        );
+        crds.create(&pp, &crd).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
+        .await?;
+    namespaces
+        .create(&pp, &obj(json!({"metadata": {"name": NS, "labels": {"ambit.dev/dataplane-mode": "ambient"}}})))
+        .await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    sas.create(&pp, &obj(json!({"metadata": {"name": "ambit-tunnel"}})))
+        .await?;
+    let ns_sas: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+    eventually(
+        "the namespace's default service account",
+        Duration::from_secs(30),
+        || async { ns_sas.get_opt("default").await.ok().flatten() },
+    )
+    .await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    futures::stream::iter(0..SERVICES)
+        .map(|i| {
+            let services = services.clone();
+            async move {
+                let s: Service = obj(json!({"metadata": {"name": format!("svc-{i}")},
+                    "spec": {"selector": {"app": format!("svc-{i}")}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
+                services.create(&PostParams::default(), &s).await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    futures::stream::iter(0..PODS)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let name = format!("pod-{i}");
+                let p: Pod = obj(json!({"metadata": {"name": name, "labels": {"app": format!("svc-{}", i % SERVICES)}},
+                    "spec": {"nodeName": format!("bench-{}", i % SUBSCRIBERS), "containers": [{"name": "c", "image": "none"}]}}));
+                pods.create(&PostParams::default(), &p).await?;
+                let ip = format!("10.{}.{}.{}", 200 + i / 65536, (i / 256) % 256, i % 256);
+                let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}});
+                pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    eprintln!(
+        "created {SUBSCRIBERS} nodes, {SERVICES} services, {PODS} running pods in {:?}",
+        t.elapsed()
+    );
+
+    // --- The controller, as its own process. ---
+    let (grpc_port, metrics_port) = (free_port(), free_port());
+    let bin = root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("ambit-controller");
+    let child = Command::new(bin)
+        .env("KUBECONFIG", tb.config.kubeconfig())
+        .env("AMBIT_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+        .env("AMBIT_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("AMBIT_LOG", "warn")
+        .spawn()?;
+    let pid = child.id();
+    cleanup.1 = Some(child);
+    let started = Instant::now();
+    eventually("the controller ready", Duration::from_secs(120), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", grpc_port))
+            .await
+            .ok()
+    })
+    .await?;
+    eprintln!(
+        "controller synced and serving {:?} after start",
+        started.elapsed()
+    );
+    let root_pem = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM_NS)
+        .get("ambit-root-cert")
+        .await?
+        .data
+        .and_then(|d| d.get("root.crt").cloned())
+        .context("root.crt")?;
+    let token = {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": ["ambit-ca"]}});
+        let tr: serde_json::Value = sas
+            .create_subresource("token", "ambit-tunnel", &pp, &body)
+            .await?;
+        tr["status"]["token"].as_str().context("token")?.to_string()
+    };
+    let controller: SpiffeId =
+        "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller".parse()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
+
+    // --- 100 node subscribers: time to every first full view. ---
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, Instant, pb::Delta)>();
+    let t0 = Instant::now();
+    for i in 0..SUBSCRIBERS {
+        let ch = channel(addr, &root_pem, &controller).await?;
+        let token = token.clone();
+        let events_tx = events_tx.clone();
+        tokio::spawn(async move {
+            // A first full view at this scale is several MiB, over tonic's 4 MiB default.
+            let mut client = pb::config_service_client::ConfigServiceClient::new(ch)
+                .max_decoding_message_size(256 << 20);
+            let (tx, rx) = mpsc::channel(16);
+            let sub = pb::Subscribe {
+                subscriber: Some(pb::subscribe::Subscriber::Node(format!("bench-{i}"))),
+                known: Default::default(),
+            };
+            let _ = tx
+                .send(pb::ClientMessage {
+                    kind: Some(pb::client_message::Kind::Subscribe(sub)),
+                })
+                .await;
+            let Ok(resp) = client
+                .stream(with_token(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    &token,
+                ))
+                .await
+            else {
+                eprintln!("subscriber {i}: stream refused");
+                return;
+            };
+            let mut inbound = resp.into_inner();
+            loop {
+                let delta = match inbound.message().await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("subscriber {i}: {e}");
+                        break;
+                    }
+                };
+                let ack = pb::Ack {
+                    nonce: delta.nonce.clone(),
+                    error: String::new(),
+                };
+                let _ = tx
+                    .send(pb::ClientMessage {
+                        kind: Some(pb::client_message::Kind::Ack(ack)),
+                    })
+                    .await;
+                if events_tx.send((i, Instant::now(), delta)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut firsts = vec![None; SUBSCRIBERS];
+    while firsts.iter().any(Option::is_none) {
+        let (i, at, delta) = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await?
+            .context("subscribers ended")?;
+        if firsts[i].is_none() {
+            let workloads = delta
+                .upserts
+                .iter()
+                .filter(|r| r.name.starts_with("workload/"))
+                .count();
+            anyhow::ensure!(
+                workloads == PODS,
+                "subscriber {i}: first view has {workloads} workloads, want {PODS}"
+            );
+            firsts[i] = Some(at - t0);
+        }
+    }
+    let first_full_view = firsts.iter().flatten().max().copied().unwrap_or_default();
+    eprintln!("first full view for all {SUBSCRIBERS} subscribers: {first_full_view:?}");
+
+    // --- Single-pod changes: latency to each subscriber. ---
+    let mut latencies = Vec::new();
+    for c in 0..CHANGES {
+        let name = format!("pod-{}", c * 37);
+        let t = Instant::now();
+        pods.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"bench-rev": c.to_string()}}})),
+        )
+        .await?;
+        let mut seen = [false; SUBSCRIBERS];
+        while seen.iter().any(|s| !s) {
+            let (i, at, delta) = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await?
+                .context("subscribers ended")?;
+            let hit = delta.upserts.iter().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w)) if w.name == name && w.labels.get("bench-rev") == Some(&c.to_string())));
+            if hit && !seen[i] {
+                seen[i] = true;
+                latencies.push(at - t);
+            }
+        }
+    }
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    let report = json!({
+        "first_full_view_s": first_full_view.as_secs_f64(),
+        "push_p99_ms": p99.as_secs_f64() * 1000.0,
+        "push_p50_ms": latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
+        "rss_bytes": rss_kb * 1024,
+        "pods": PODS, "services": SERVICES, "subscribers": SUBSCRIBERS,
+        "profile": if release { "release" } else { "debug" },
+        "targets": {"first_full_view_s": 2.0, "push_p99_ms": 100.0, "rss_bytes": 300u64 << 20},
+    });
+    let out = root.join("target/ambit-bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("controller.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    eprintln!("{}", serde_json::to_string_pretty(&report)?);
+    drop(cleanup);
+    Ok(())
+}
