@@ -7,7 +7,7 @@ use ambit_proto::config::v1::{
     ClientMessage, Delta, client_message, config_service_server::ConfigService, subscribe,
 };
 use futures::Stream;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -15,6 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Deltas buffered per subscriber before the sender waits for the client.
 const SEND_BUFFER: usize = 16;
+/// Unanswered deltas remembered per subscriber for NACK handling.
+const MAX_PENDING: usize = 64;
 
 #[derive(Clone)]
 pub struct ConfigServer {
@@ -145,9 +147,9 @@ impl Session {
     ) {
         self.metrics.subscriber_connected(1);
         let name = self.subscriber.to_string();
-        // The last state the client confirmed; a NACK falls back to it.
-        let mut acked = self.sent.clone();
-        let mut pending: Option<(String, BTreeMap<String, String>)> = None;
+        // Deltas not yet ACKed: (nonce, upserted names, removed names). A NACK undoes its delta
+        // in `sent`, so the next diff resends what was rejected; memory is per delta, not per view.
+        let mut pending: VecDeque<(u64, Vec<String>, Vec<String>)> = VecDeque::new();
         let mut nonce: u64 = 0;
         // The snapshot `sent` corresponds to, for incremental deltas.
         let mut prev: Option<Arc<Snapshot>> = None;
@@ -177,7 +179,14 @@ impl Session {
                     }
                     nonce += 1;
                     delta.nonce = nonce.to_string();
-                    pending = Some((delta.nonce.clone(), self.sent.clone()));
+                    if pending.len() == MAX_PENDING {
+                        pending.pop_front();
+                    }
+                    pending.push_back((
+                        nonce,
+                        delta.upserts.iter().map(|r| r.name.clone()).collect(),
+                        delta.removals.clone(),
+                    ));
                     tracing::debug!(subscriber = %name, nonce, upserts = delta.upserts.len(), removals = delta.removals.len(), "config: push");
                     if tx.send(Ok(delta)).await.is_err() {
                         break;
@@ -186,17 +195,27 @@ impl Session {
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(ClientMessage { kind: Some(client_message::Kind::Ack(ack)) })) => {
+                        let n: u64 = ack.nonce.parse().unwrap_or(0);
+                        let entry = pending.iter().position(|(p, _, _)| *p == n).map(|i| {
+                            let e = pending.remove(i);
+                            // Older deltas were answered or lost with their answer: drop them.
+                            pending.retain(|(p, _, _)| *p > n);
+                            e
+                        });
                         if ack.error.is_empty() {
-                            if let Some((n, state)) = pending.take_if(|(n, _)| *n == ack.nonce) {
-                                tracing::trace!(subscriber = %name, nonce = n, "config: ACK");
-                                acked = state;
-                            }
+                            tracing::trace!(subscriber = %name, nonce = n, "config: ACK");
                         } else {
                             tracing::warn!(subscriber = %name, nonce = ack.nonce, error = ack.error, "config: NACK; the client keeps its last good state");
                             self.metrics.config_nack(&name);
-                            // Resend what it rejected with the next change.
-                            self.sent = acked.clone();
-                            pending = None;
+                            if let Some((_, upserted, removed)) = entry.flatten() {
+                                for k in upserted {
+                                    self.sent.remove(&k);
+                                }
+                                for k in removed {
+                                    // An impossible version: the next diff removes it again.
+                                    self.sent.insert(k, String::new());
+                                }
+                            }
                             nacked = true;
                         }
                     }

@@ -218,6 +218,13 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
             // Only wake subscribers when something a subscriber could see changed, and tell
             // them what, so most need not diff their whole view.
             snapshot_tx.send_if_modified(|current| {
+                // Unchanged resources keep the previous generation's allocation: sessions
+                // still holding an older snapshot then share, not duplicate, the model.
+                for (k, e) in snapshot.resources.iter_mut() {
+                    if let Some(old) = current.resources.get(k).filter(|o| o.version == e.version) {
+                        e.resource = old.resource.clone();
+                    }
+                }
                 let changed = index::changed_names(&current.resources, &snapshot.resources);
                 if changed.is_empty() {
                     return false;
