@@ -2,7 +2,7 @@
 //! Deployment and Service (server-side apply, owned by the Gateway), and gets its status.
 //! Only the Lease holder reconciles, so two replicas never fight over children or status.
 
-use crate::crd::{Condition, Gateway, GatewayAddress, GatewayStatus};
+use crate::crd::{Condition, Gateway, GatewayAddress, GatewayClass, GatewayStatus};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
+/// `spec.controllerName` of the `ambit-waypoint` GatewayClass.
+pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
 pub const FOR_SERVICE_ACCOUNT: &str = "ambit.dev/for-service-account";
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub const HBONE_PORT: i32 = 15008;
@@ -98,8 +100,72 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// Runs the Gateway controller until the stream ends.
+/// Runs the Gateway and GatewayClass controllers until their streams end.
 pub async fn run(ctx: Context) {
+    let classes = Controller::new(
+        Api::<GatewayClass>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile_class, error_policy_class, Arc::new(ctx.clone()))
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "GatewayClass reconcile");
+        }
+    });
+    futures::join!(classes, run_gateways(ctx));
+}
+
+fn error_policy_class(_c: Arc<GatewayClass>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %e, "GatewayClass reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Accepts GatewayClasses naming ambit's controller.
+pub async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if class.spec.controller_name != CONTROLLER_NAME {
+        return Ok(Action::await_change());
+    }
+    if !*ctx.leader.borrow() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let name = class.name_any();
+    let previous = class
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"))
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.clone());
+    let accepted = Condition {
+        type_: "Accepted".into(),
+        status: "True".into(),
+        reason: "Accepted".into(),
+        message: "handled by ambit-controller: waypoints".into(),
+        observed_generation: class.metadata.generation,
+        last_transition_time: previous.unwrap_or_else(now),
+    };
+    let body = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "status": {"conditions": [accepted]},
+    });
+    Api::<GatewayClass>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(Action::await_change())
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+async fn run_gateways(ctx: Context) {
     let client = ctx.client.clone();
     let gateways: Api<Gateway> = Api::all(client.clone());
     Controller::new(gateways, watcher::Config::default())

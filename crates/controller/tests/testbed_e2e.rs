@@ -454,6 +454,27 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": port, "protocol": "HBONE"}]},
         }))
     };
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    classes
+        .create(
+            &pp,
+            &obj(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": {"name": "ambit-waypoint"},
+                "spec": {"controllerName": ambit_controller::waypoint::CONTROLLER_NAME},
+            })),
+        )
+        .await?;
+    eventually("GatewayClass Accepted", Duration::from_secs(30), || async {
+        classes.get("ambit-waypoint").await.ok().filter(|c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status == "True")
+            })
+        })
+    })
+    .await?;
     gateways.create(&pp, &gw("front-waypoint", 15008)).await?;
     gateways.create(&pp, &gw("broken", 80)).await?;
     let cond = |g: &Gateway, t: &str| {
