@@ -76,8 +76,8 @@ impl CertificateHandle {
         Self(receiver)
     }
 
-    /// A handle with no certificate: TLS presents none. For tests of peers that lack one.
-    #[cfg(any(test, feature = "testing"))]
+    /// A handle with no certificate: TLS presents none. A tunnel uses it for its first call to
+    /// the controller's CA, before it holds any identity.
     pub fn without_certificate() -> Self {
         let (_, receiver) = watch::channel(Slot::Pending);
         Self(receiver)

@@ -4,7 +4,7 @@
 use crate::cmd::{self, cargo};
 use anyhow::{Result, bail};
 
-const BENCHES: &[&str] = &["hbone", "tunnel"];
+const BENCHES: &[&str] = &["hbone", "tunnel", "controller"];
 
 pub fn run(name: &str) -> Result<()> {
     match name {
@@ -32,6 +32,19 @@ pub fn run(name: &str) -> Result<()> {
             "--nocapture",
             "--exact",
             "bench::bench_tunnel",
+        ])),
+        // Needs a real apiserver with 10,000 pods: an ignored test over the testbed (root).
+        "controller" => cmd::run(&mut cargo([
+            "test",
+            "--release",
+            "--locked",
+            "--package",
+            "ambit-controller",
+            "--test",
+            "scale_bench",
+            "--",
+            "--ignored",
+            "--nocapture",
         ])),
         _ => bail!("unknown benchmark {name:?}; known: {}", BENCHES.join(", ")),
     }

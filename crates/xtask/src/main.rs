@@ -13,7 +13,7 @@ usage: cargo xtask <command>
 
 commands:
   test          install what the tests need, then fmt, clippy -D warnings and every test tier
-  bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, tunnel)
+  bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, tunnel, controller)
   testbed CMD   local Kubernetes testbed: setup | up [--nodes N] | down | status | env
 ";
 
