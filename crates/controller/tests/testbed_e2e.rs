@@ -65,7 +65,7 @@ async fn controller_against_the_real_apiserver() -> Result<()> {
 }
 
 async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
-    eventually(
+    Ok(eventually(
         &format!("pod {name} running with an IP"),
         Duration::from_secs(60),
         || async {
@@ -76,7 +76,7 @@ async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
             })
         },
     )
-    .await
+    .await?)
 }
 
 async fn token(

@@ -51,6 +51,8 @@ pub enum Error {
         secs: u64,
         logs: String,
     },
+    #[error("timed out after {timeout:?} waiting for {what}")]
+    WaitTimedOut { what: String, timeout: Duration },
     #[error("CNI: {0}")]
     Cni(String),
     #[error("the testbed needs root (network namespaces, bridges, mounts); running as uid {0}")]
@@ -482,6 +484,28 @@ impl Testbed {
 /// Builds workspace binaries (`cargo build --bins -p P...`) so the images a test uses map to
 /// current builds. For tests: `cargo test` builds only the binaries of the package under test.
 /// Cheap when they are fresh; `$CARGO` (set by cargo for tests) picks the same toolchain.
+/// Polls `check` every 50 ms until it yields a value, failing once `timeout` has passed: how
+/// tests wait for the cluster instead of guessing with sleeps.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::WaitTimedOut {
+                what: what.to_string(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn build_binaries(packages: &[&str]) -> Result<(), Error> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

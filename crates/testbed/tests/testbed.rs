@@ -4,36 +4,20 @@
 //! One test function on purpose: `up` is shared by every check and `down` must run last.
 
 use ambit_testbed::{Config, Testbed};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Instance used by this test: its own name, addresses and ports, so it can run beside a demo.
 const NAME: &str = "tbtest";
 const ID: u8 = 42;
 
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use ambit_testbed::eventually;
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
     Ok(serde_json::from_value(v)?)

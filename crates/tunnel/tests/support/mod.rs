@@ -71,6 +71,14 @@ pub fn build_binaries(packages: &[&str]) -> PathBuf {
 
 /// Runs `f` on a thread inside netns `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f).join().unwrap()
+}
+
+/// Starts `f` on a thread inside netns `ns` and returns at once.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
@@ -81,22 +89,6 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         .unwrap();
         f()
     })
-    .join()
-    .unwrap()
-}
-
-/// Starts `f` on a thread inside netns `ns` and returns at once.
-pub fn spawn_in_netns(ns: &str, f: impl FnOnce() + Send + 'static) {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        rustix::thread::move_into_link_name_space(
-            file.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
-        f()
-    });
 }
 
 /// GET `path` from `addr` inside `ns`; `None` if it cannot connect.
