@@ -2,8 +2,13 @@
 //!
 //! One request per unix-socket connection: the capture side sends a JSON [`Request`] in one
 //! `sendmsg` carrying the netns fd (SCM_RIGHTS) for `Add`, then shuts down its write side;
-//! the tunnel answers with a JSON [`Reply`] once the pod's listeners are open (the ack) and
-//! closes. Blocking I/O: both ends handle one small message per pod event.
+//! the tunnel answers with a JSON [`Reply`] and closes. Blocking I/O: both ends handle one
+//! small message per pod event.
+//!
+//! The tunnel decides enrollment, from the controller's view of its node: the answer to `Add`
+//! says whether to capture the pod, and [`Request::Enrollment`] returns the whole picture the
+//! capture agent reconciles running pods with (a namespace labeled or unlabeled, a pod opting
+//! out). Neither side needs Kubernetes API rights for it.
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -31,13 +36,75 @@ pub enum Request {
     },
     /// A pod gone or opted out.
     Remove { uid: String },
+    /// What the tunnel knows of this node's enrollment: answered with [`Reply::enrollment`].
+    Enrollment,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For `Add`: capture the pod. The tunnel serves it (or holds it until the controller's
+    /// view has its addresses). `false`: the pod is not enrolled and the tunnel kept no fd.
+    #[serde(default)]
+    pub capture: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<Enrollment>,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn refused(error: impl Into<String>) -> Self {
+        Self {
+            error: Some(error.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The enrollment of one node's pods, as the tunnel has it from the controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrollment {
+    /// The tunnel has a view from the controller (or its file). Until then nothing is known
+    /// and nothing must be released.
+    pub synced: bool,
+    /// Namespaces labeled for the mesh.
+    pub namespaces: Vec<String>,
+    /// Enrolled pods on this node.
+    pub pods: Vec<EnrolledPod>,
+    /// Uids of this node's pods in enrolled namespaces that opted out.
+    pub opted_out: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrolledPod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    /// Empty until the pod's addresses are known.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl Enrollment {
+    /// Whether the pod `uid` of `namespace` is to be captured. A pod the view does not list
+    /// yet, in an enrolled namespace, is captured: it fails closed until the view catches up
+    /// rather than starting in plaintext.
+    pub fn captures(&self, uid: &str, namespace: &str) -> bool {
+        if self.pods.iter().any(|p| p.uid == uid) {
+            return true;
+        }
+        !self.opted_out.iter().any(|u| u == uid) && self.namespaces.iter().any(|n| n == namespace)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +126,13 @@ pub enum HandoffError {
     Refused(String),
 }
 
-/// Sends `request` (with `netns` for `Add`) and waits for the tunnel's ack.
-pub fn send(socket: &Path, request: &Request, netns: Option<&OwnedFd>) -> Result<(), HandoffError> {
+/// Sends `request` (with `netns` for `Add`) and waits for the tunnel's answer; a refusal is an
+/// error.
+pub fn send(
+    socket: &Path,
+    request: &Request,
+    netns: Option<&OwnedFd>,
+) -> Result<Reply, HandoffError> {
     let stream = UnixStream::connect(socket).map_err(|source| HandoffError::Connect {
         path: socket.display().to_string(),
         source,
@@ -88,7 +160,7 @@ pub fn send(socket: &Path, request: &Request, netns: Option<&OwnedFd>) -> Result
     (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
     let reply: Reply = serde_json::from_slice(&reply)?;
     if reply.ok {
-        Ok(())
+        Ok(reply)
     } else {
         Err(HandoffError::Refused(reply.error.unwrap_or_default()))
     }
@@ -132,18 +204,8 @@ pub fn receive(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), Handof
 }
 
 /// Answers the request read by [`receive`].
-pub fn answer(mut stream: &UnixStream, result: Result<(), String>) -> Result<(), HandoffError> {
-    let reply = match result {
-        Ok(()) => Reply {
-            ok: true,
-            error: None,
-        },
-        Err(error) => Reply {
-            ok: false,
-            error: Some(error),
-        },
-    };
-    stream.write_all(&serde_json::to_vec(&reply)?)?;
+pub fn answer(mut stream: &UnixStream, reply: &Reply) -> Result<(), HandoffError> {
+    stream.write_all(&serde_json::to_vec(reply)?)?;
     Ok(())
 }
 
@@ -178,11 +240,14 @@ mod tests {
                     meta.len()
                 });
                 seen.push((request.clone(), ok));
-                let result = match request {
-                    Request::Add { .. } => Ok(()),
-                    Request::Remove { .. } => Err("no such pod".to_owned()),
+                let reply = match request {
+                    Request::Add { .. } => Reply {
+                        capture: true,
+                        ..Reply::ok()
+                    },
+                    _ => Reply::refused("no such pod"),
                 };
-                answer(&stream, result).unwrap();
+                answer(&stream, &reply).unwrap();
             }
             seen
         });
@@ -194,13 +259,32 @@ mod tests {
             name: "p".into(),
             namespace: "ns".into(),
         };
-        send(&path, &add, Some(&fd)).unwrap();
+        assert!(send(&path, &add, Some(&fd)).unwrap().capture);
         let err = send(&path, &Request::Remove { uid: "u2".into() }, None).unwrap_err();
         assert!(err.to_string().contains("no such pod"), "{err}");
         let seen = server.join().unwrap();
         assert_eq!(seen[0], (add, Some(5)));
         assert_eq!(seen[1], (Request::Remove { uid: "u2".into() }, None));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn captures_enrolled_and_not_yet_known_pods_of_enrolled_namespaces() {
+        let e = Enrollment {
+            synced: true,
+            namespaces: vec!["demo".into()],
+            pods: vec![EnrolledPod {
+                uid: "a".into(),
+                name: "a".into(),
+                namespace: "demo".into(),
+                ips: vec![],
+            }],
+            opted_out: vec!["b".into()],
+        };
+        assert!(e.captures("a", "demo"));
+        assert!(!e.captures("b", "demo"), "opted out");
+        assert!(e.captures("new", "demo"), "not in the view yet: fail closed");
+        assert!(!e.captures("c", "other"));
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl<I: CertificateIssuer> Node<I> {
                     result.map_err(|e| e.to_string())
                 }
                 Ok((Request::Add { .. }, None)) => Err("Add without a netns fd".into()),
+                Ok((Request::Enrollment, _)) => Err("not supported yet".into()),
                 Ok((Request::Remove { uid }, _)) => {
                     self.remove_pod(&uid);
                     tracing::info!(%uid, "pod released");
@@ -222,7 +223,14 @@ impl<I: CertificateIssuer> Node<I> {
                 }
                 Err(error) => Err(error.to_string()),
             };
-            let _ = handoff::answer(&stream, result);
+            let reply = match result {
+                Ok(()) => handoff::Reply {
+                    capture: true,
+                    ..handoff::Reply::ok()
+                },
+                Err(error) => handoff::Reply::refused(error),
+            };
+            let _ = handoff::answer(&stream, &reply);
         }
     }
 
