@@ -204,11 +204,20 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
         }
     }
 
+    for ns in &enrolled {
+        let (k, e) = entry(
+            format!("namespace/{ns}"),
+            pb::resource::Kind::Namespace(pb::Namespace {
+                name: (*ns).to_owned(),
+            }),
+        );
+        resources.insert(k, e);
+    }
+
     for pod in inputs.pods {
         let m = &pod.metadata;
         let (ns, name) = ns_name(m);
         if !enrolled.contains(ns.as_str())
-            || label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE)
             // Leaves the mesh as soon as deletion starts, not after the grace period.
             || m.deletion_timestamp.is_some()
         {
@@ -217,29 +226,29 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
         let Some(spec) = pod.spec.as_ref() else {
             continue;
         };
-        let Some(status) = pod.status.as_ref() else {
-            continue;
-        };
+        let status = pod.status.as_ref();
         if spec.host_network == Some(true)
-            || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+            || matches!(
+                status.and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
         {
             continue;
         }
+        // A scheduled pod is listed before it has addresses: the node tunnel learns of it
+        // before the CNI plugin asks whether to capture it.
         let mut ips: Vec<String> = status
-            .pod_ips
-            .iter()
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
             .flatten()
             .map(|p| p.ip.clone())
             .collect();
         if ips.is_empty() {
-            ips.extend(status.pod_ip.clone());
+            ips.extend(status.and_then(|s| s.pod_ip.clone()));
         }
         let (Some(uid), Some(node)) = (m.uid.clone(), spec.node_name.clone()) else {
             continue;
         };
-        if ips.is_empty() {
-            continue;
-        }
         let sa = spec
             .service_account_name
             .clone()
@@ -258,6 +267,7 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
             ips,
             services: membership.remove(&uid).unwrap_or_default(),
             labels: m.labels.clone().unwrap_or_default(),
+            opted_out: label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE),
         };
         let (k, e) = entry(format!("workload/{uid}"), pb::resource::Kind::Workload(wl));
         resources.insert(k, e);
@@ -417,7 +427,7 @@ impl Snapshot {
                         Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
                             mine.iter().any(|w| policy_applies(p, w))
                         }
-                        None => false,
+                        Some(pb::resource::Kind::Namespace(_)) | None => false,
                     };
                     if keep {
                         out.insert(k.as_str(), e);

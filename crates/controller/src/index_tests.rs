@@ -28,7 +28,7 @@ fn names<K: AsRef<str>, V>(view: &BTreeMap<K, V>) -> Vec<&str> {
 }
 
 #[test]
-fn only_enrolled_running_pods_are_workloads() {
+fn pods_of_enrolled_namespaces_are_workloads() {
     let namespaces = [ns("shop", true), ns("other", false)];
     let mut opted_out = (*pod("shop", "c", "sa", "n1", "10.0.0.3")).clone();
     opted_out
@@ -41,11 +41,14 @@ fn only_enrolled_running_pods_are_workloads() {
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         ));
+    let mut starting = (*pod("shop", "e", "sa", "n1", "10.0.0.5")).clone();
+    starting.status = None;
     let pods = [
         pod("shop", "a", "sa", "n1", "10.0.0.1"),
         pod("other", "b", "sa", "n1", "10.0.0.2"),
         Arc::new(opted_out),
         Arc::new(deleting),
+        Arc::new(starting),
     ];
     let snap = build(
         &Inputs {
@@ -55,13 +58,26 @@ fn only_enrolled_running_pods_are_workloads() {
         },
         "cluster.local",
     );
-    assert_eq!(names(&snap.resources), ["workload/uid-a"]);
-    let Some(pb::resource::Kind::Workload(w)) = &snap.resources["workload/uid-a"].resource.kind
-    else {
-        panic!("not a workload")
+    assert_eq!(
+        names(&snap.resources),
+        [
+            "namespace/shop",
+            "workload/uid-a",
+            "workload/uid-c",
+            "workload/uid-e"
+        ]
+    );
+    let workload = |name: &str| match &snap.resources[name].resource.kind {
+        Some(pb::resource::Kind::Workload(w)) => w.clone(),
+        _ => panic!("{name} is not a workload"),
     };
-    assert_eq!(w.identity, "spiffe://cluster.local/ns/shop/sa/sa");
-    assert_eq!(w.ips, ["10.0.0.1"]);
+    let a = workload("workload/uid-a");
+    assert_eq!(a.identity, "spiffe://cluster.local/ns/shop/sa/sa");
+    assert_eq!(a.ips, ["10.0.0.1"]);
+    assert!(!a.opted_out);
+    assert!(workload("workload/uid-c").opted_out);
+    // Scheduled, no addresses yet: listed so its tunnel knows to capture it.
+    assert!(workload("workload/uid-e").ips.is_empty());
 }
 
 #[test]
@@ -88,11 +104,15 @@ fn views_and_diffs() {
     // Both nodes see all workloads; only n2 (which runs `back`) gets the policy.
     let n1 = snap.view(&Subscriber::Node("n1".into()));
     let n2 = snap.view(&Subscriber::Node("n2".into()));
-    assert_eq!(names(&n1), ["workload/uid-a", "workload/uid-b"]);
+    assert_eq!(
+        names(&n1),
+        ["namespace/shop", "workload/uid-a", "workload/uid-b"]
+    );
     assert_eq!(
         names(&n2),
         [
             "authorizationpolicy/shop/back-only",
+            "namespace/shop",
             "workload/uid-a",
             "workload/uid-b"
         ]
