@@ -185,6 +185,11 @@ impl Mesh {
         self.by_uid.get(&workload.uid).map(|&i| &self.identities[i])
     }
 
+    /// Whether `namespace` is enrolled in the mesh.
+    pub fn namespace_enrolled(&self, namespace: &str) -> bool {
+        self.config.namespaces.iter().any(|n| n == namespace)
+    }
+
     /// The workloads scheduled on `node`.
     pub fn workloads_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
         self.config.workloads.iter().filter(move |w| w.node == node)

@@ -11,6 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 pub struct MeshConfig {
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
+    /// Namespaces enrolled in the mesh: their new pods are captured before the pods
+    /// themselves are known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
     #[serde(default)]
     pub workloads: Vec<Workload>,
     #[serde(default)]
@@ -45,8 +49,10 @@ pub struct Workload {
     pub service_account: String,
     /// The node it runs on.
     pub node: String,
+    /// Empty until the pod has addresses.
     pub ips: Vec<IpAddr>,
     /// Whether it is enrolled: its traffic goes through a tunnel that speaks HBONE on 15008.
+    /// `false` for pods that are not, or that opted out of an enrolled namespace.
     #[serde(default = "yes")]
     pub hbone: bool,
     #[serde(default)]
