@@ -38,6 +38,9 @@ fn port(resource: &str, port: u32) -> Result<u16, ConvertError> {
     })
 }
 
+/// A service's endpoint: the workload uid and its service port -> target port map.
+type Member<'a> = (&'a str, &'a BTreeMap<u32, u32>);
+
 /// The mesh model the resources describe.
 ///
 /// - A waypoint with no address yet is left out (its Service has no cluster IP).
@@ -51,8 +54,7 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
         trust_domain: trust_domain.to_owned(),
         ..MeshConfig::default()
     };
-    // Service key `ns/name` -> (uid, service port -> target port) of its endpoints.
-    let mut members: BTreeMap<&str, Vec<(&str, &BTreeMap<u32, u32>)>> = BTreeMap::new();
+    let mut members: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
     for (name, resource) in resources {
         let Some(kind) = &resource.kind else { continue };
         match kind {
