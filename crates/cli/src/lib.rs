@@ -1,0 +1,19 @@
+//! `kubectl-ambit`, the kubectl plugin for ambit. The logic lives here; `main.rs` only parses
+//! arguments, connects and prints.
+//!
+//! - [`args`]: the command line, kubectl style, into a typed [`args::Invocation`];
+//! - [`client`]: kubeconfig (`--kubeconfig`, `KUBECONFIG`, `--context`) to a client, and
+//!   readable kube errors;
+//! - [`waypoint`]: the Gateway `waypoint apply` writes, name rules, how Gateway status reads;
+//! - [`health`]: `status` verdicts computed from objects;
+//! - [`commands`]: each command against the apiserver;
+//! - [`table`], [`output`]: kubectl-style tables, `-o json|yaml`.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod health;
+pub mod output;
+pub mod table;
+pub mod waypoint;

@@ -1,0 +1,374 @@
+//! Waypoint Gateways: the object `waypoint apply` writes, the names it accepts, and how a
+//! Gateway's status reads. The shape matches what ambit-controller validates
+//! (`crates/controller/src/waypoint.rs`): class `ambit-waypoint`, exactly one listener
+//! 15008/HBONE, annotation `ambit.dev/for-service-account`.
+
+use kube::api::{ApiResource, DynamicObject};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
+/// `spec.controllerName` of the `ambit-waypoint` GatewayClass.
+pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
+pub const FOR_SERVICE_ACCOUNT: &str = "ambit.dev/for-service-account";
+pub const LISTENER_NAME: &str = "mesh";
+pub const HBONE_PORT: u16 = 15008;
+pub const FIELD_MANAGER: &str = "kubectl-ambit";
+pub const NAME_PREFIX: &str = "waypoint-";
+
+/// Gateway API `Gateway`, v1.
+pub fn gateway_resource() -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "Gateway".into(),
+        plural: "gateways".into(),
+    }
+}
+
+/// Gateway API `GatewayClass`, v1.
+pub fn gateway_class_resource() -> ApiResource {
+    ApiResource {
+        kind: "GatewayClass".into(),
+        plural: "gatewayclasses".into(),
+        ..gateway_resource()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error(
+        "service account {0:?} is not a valid name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
+    )]
+    BadServiceAccount(String),
+    #[error(
+        "service account {0:?} is longer than 63 characters: the controller labels the waypoint's pods with it (ambit.dev/waypoint-for) and label values are at most 63"
+    )]
+    ServiceAccountTooLong(String),
+    #[error(
+        "waypoint name {0:?} is not valid: the waypoint's Service takes this name, so it must be a DNS label (at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit)"
+    )]
+    BadName(String),
+    #[error("the default waypoint name {0:?} is not a valid DNS label; choose one with --name")]
+    BadDefaultName(String),
+    #[error(
+        "--name {0:?} is the service account's own name: the controller names the waypoint's own ServiceAccount after the Gateway, so it would take over (and later delete) that ServiceAccount; choose another name"
+    )]
+    NameIsServiceAccount(String),
+}
+
+/// As ambit-controller checks it; plus the 63-character limit its children's labels impose.
+pub fn check_service_account(sa: &str) -> Result<(), NameError> {
+    let valid = !sa.is_empty()
+        && sa.len() <= 253
+        && sa
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && sa.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && sa.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(NameError::BadServiceAccount(sa.into()));
+    }
+    if sa.len() > 63 {
+        return Err(NameError::ServiceAccountTooLong(sa.into()));
+    }
+    Ok(())
+}
+
+/// RFC 1035 label, what a Service name must be.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// The Gateway name for a waypoint of `sa`: `--name`, or `waypoint-<sa>`.
+pub fn waypoint_name(sa: &str, name: Option<&str>) -> Result<String, NameError> {
+    check_service_account(sa)?;
+    match name {
+        Some(n) if n == sa => Err(NameError::NameIsServiceAccount(n.into())),
+        Some(n) if is_dns_label(n) => Ok(n.into()),
+        Some(n) => Err(NameError::BadName(n.into())),
+        None => {
+            let n = format!("{NAME_PREFIX}{sa}");
+            if is_dns_label(&n) {
+                Ok(n)
+            } else {
+                Err(NameError::BadDefaultName(n))
+            }
+        }
+    }
+}
+
+/// The whole Gateway `waypoint apply` owns (server-side apply body).
+pub fn gateway(namespace: &str, name: &str, sa: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {FOR_SERVICE_ACCOUNT: sa},
+        },
+        "spec": {
+            "gatewayClassName": WAYPOINT_CLASS,
+            "listeners": [{"name": LISTENER_NAME, "port": HBONE_PORT, "protocol": "HBONE"}],
+        },
+    })
+}
+
+/// `metav1.Condition`, leniently: a half-written status still reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub last_transition_time: String,
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.type_, self.status)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Spec {
+    gateway_class_name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct Status {
+    addresses: Vec<Address>,
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct Address {
+    value: String,
+}
+
+/// What ambit reads of a Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waypoint {
+    pub namespace: String,
+    pub name: String,
+    pub class: String,
+    pub service_account: Option<String>,
+    pub generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+    pub addresses: Vec<String>,
+}
+
+impl Waypoint {
+    pub fn from_object(obj: &DynamicObject) -> Self {
+        let spec: Spec = obj
+            .data
+            .get("spec")
+            .and_then(|s| Spec::deserialize(s).ok())
+            .unwrap_or_default();
+        let status: Status = obj
+            .data
+            .get("status")
+            .and_then(|s| Status::deserialize(s).ok())
+            .unwrap_or_default();
+        let meta = &obj.metadata;
+        let service_account = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(FOR_SERVICE_ACCOUNT))
+            .or_else(|| {
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(FOR_SERVICE_ACCOUNT))
+            })
+            .cloned();
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            class: spec.gateway_class_name,
+            service_account,
+            generation: meta.generation,
+            conditions: status.conditions,
+            addresses: status.addresses.into_iter().map(|a| a.value).collect(),
+        }
+    }
+
+    pub fn is_waypoint(&self) -> bool {
+        self.class == WAYPOINT_CLASS
+    }
+
+    /// A condition written for the current spec (`observedGeneration` not behind).
+    pub fn current(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| {
+            c.type_ == type_
+                && match (c.observed_generation, self.generation) {
+                    (Some(seen), Some(generation)) => seen >= generation,
+                    _ => true,
+                }
+        })
+    }
+
+    /// `True`, `False`, `Unknown`, or `-` when the controller has not written it.
+    pub fn programmed(&self) -> &str {
+        self.current("Programmed")
+            .map_or("-", |c| c.status.as_str())
+    }
+
+    /// Where `waypoint apply --wait` stands.
+    pub fn progress(&self) -> Progress {
+        if let Some(c) = self.current("Accepted").filter(|c| c.status == "False") {
+            return Progress::Failed(c.clone());
+        }
+        match self.current("Programmed") {
+            Some(c) if c.status == "True" => Progress::Ready(c.clone()),
+            // The controller's verdict on the spec; waiting will not change it.
+            Some(c) if c.status == "False" && c.reason == "Invalid" => Progress::Failed(c.clone()),
+            Some(c) => Progress::Waiting(Some(c.clone())),
+            None => Progress::Waiting(None),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Ready(Condition),
+    Failed(Condition),
+    /// The latest Programmed condition, if any.
+    Waiting(Option<Condition>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn names_match_what_the_controller_and_services_accept() {
+        assert_eq!(waypoint_name("back", None).unwrap(), "waypoint-back");
+        assert_eq!(waypoint_name("back", Some("wp")).unwrap(), "wp");
+        assert_eq!(
+            waypoint_name("back", Some("back")),
+            Err(NameError::NameIsServiceAccount("back".into()))
+        );
+        assert!(matches!(
+            waypoint_name("Back", None),
+            Err(NameError::BadServiceAccount(_))
+        ));
+        assert!(matches!(
+            waypoint_name("-x", None),
+            Err(NameError::BadServiceAccount(_))
+        ));
+        assert!(matches!(
+            waypoint_name(&"a".repeat(64), None),
+            Err(NameError::ServiceAccountTooLong(_))
+        ));
+        // Dots are fine in a service account but not in a Service name.
+        assert!(matches!(
+            waypoint_name("api.v1", None),
+            Err(NameError::BadDefaultName(_))
+        ));
+        assert_eq!(
+            waypoint_name("api.v1", Some("api-v1-wp")).unwrap(),
+            "api-v1-wp"
+        );
+        assert!(matches!(
+            waypoint_name("a", Some("1wp")),
+            Err(NameError::BadName(_))
+        ));
+        assert!(matches!(
+            waypoint_name(&"a".repeat(60), None),
+            Err(NameError::BadDefaultName(_))
+        ));
+    }
+
+    #[test]
+    fn the_gateway_has_the_controllers_shape() {
+        let g = gateway("shop", "waypoint-back", "back");
+        assert_eq!(g["spec"]["gatewayClassName"], "ambit-waypoint");
+        assert_eq!(
+            g["spec"]["listeners"],
+            json!([{"name": "mesh", "port": 15008, "protocol": "HBONE"}])
+        );
+        assert_eq!(
+            g["metadata"]["annotations"]["ambit.dev/for-service-account"],
+            "back"
+        );
+        let w = Waypoint::from_object(&obj(g));
+        assert!(w.is_waypoint());
+        assert_eq!(w.service_account.as_deref(), Some("back"));
+        assert_eq!(
+            (w.namespace.as_str(), w.name.as_str()),
+            ("shop", "waypoint-back")
+        );
+        assert_eq!(w.programmed(), "-");
+        assert_eq!(w.progress(), Progress::Waiting(None));
+    }
+
+    fn with_status(generation: i64, conditions: serde_json::Value) -> Waypoint {
+        let mut g = gateway("shop", "w", "back");
+        g["metadata"]["generation"] = json!(generation);
+        g["status"] = json!({"addresses": [{"type": "IPAddress", "value": "10.96.0.9"}], "conditions": conditions});
+        Waypoint::from_object(&obj(g))
+    }
+
+    #[test]
+    fn progress_reads_current_conditions_only() {
+        let ready = with_status(
+            2,
+            json!([{"type": "Programmed", "status": "True", "reason": "Programmed", "message": "ok", "observedGeneration": 2}]),
+        );
+        assert!(matches!(ready.progress(), Progress::Ready(_)));
+        assert_eq!(ready.programmed(), "True");
+        assert_eq!(ready.addresses, ["10.96.0.9"]);
+        // Written for an older spec: still waiting.
+        let stale = with_status(
+            3,
+            json!([{"type": "Programmed", "status": "True", "observedGeneration": 2}]),
+        );
+        assert_eq!(stale.progress(), Progress::Waiting(None));
+        assert_eq!(stale.programmed(), "-");
+        let pending = with_status(
+            1,
+            json!([{"type": "Programmed", "status": "False", "reason": "Pending", "message": "waiting for the Service's cluster IP"}]),
+        );
+        let Progress::Waiting(Some(c)) = pending.progress() else {
+            panic!()
+        };
+        assert_eq!(
+            c.to_string(),
+            "Programmed=False (Pending): waiting for the Service's cluster IP"
+        );
+        let invalid = with_status(
+            1,
+            json!([{"type": "Accepted", "status": "False", "reason": "Invalid", "message": "listener \"mesh\" is 80/HBONE"}]),
+        );
+        let Progress::Failed(c) = invalid.progress() else {
+            panic!()
+        };
+        assert!(c.message.contains("80/HBONE"));
+    }
+}
