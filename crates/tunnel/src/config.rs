@@ -1,5 +1,6 @@
 //! Command-line configuration, parsed once into a typed [`Config`].
 
+use ambit_identity::SpiffeId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -30,16 +31,36 @@ impl FromStr for Mode {
     }
 }
 
+/// Where the mesh model and the certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// In a cluster: the controller's config stream and CA.
+    Controller {
+        /// `host:port` of the controller's gRPC Service.
+        address: String,
+        /// The SPIFFE id the controller must present.
+        identity: SpiffeId,
+        /// The mesh root (PEM), from the `ambit-root-cert` ConfigMap.
+        root_cert: PathBuf,
+        /// The projected service-account token (audience `ambit-ca`).
+        token: PathBuf,
+    },
+    /// Standalone (tests, benchmarks, no cluster): a mesh file reloaded when it changes, and
+    /// an in-process CA from a root and key (PEM).
+    File {
+        mesh: PathBuf,
+        ca_cert: PathBuf,
+        ca_key: PathBuf,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This node's name: only its workloads get certificates.
     pub node: String,
-    /// Mesh model file (YAML), reloaded when it changes.
-    pub mesh_file: PathBuf,
-    /// CA root and key (PEM) for the in-process issuer, until the controller's CA API.
-    pub ca_cert: PathBuf,
-    pub ca_key: PathBuf,
-    pub cert_lifetime: Duration,
+    pub source: Source,
+    /// Asked-for certificate lifetime; `None`: the CA's default (1 h for the local CA).
+    pub cert_lifetime: Option<Duration>,
     /// The unix socket the capture agent hands pods to.
     pub socket: PathBuf,
     pub mode: Mode,
@@ -59,14 +80,22 @@ pub enum ConfigError {
     },
     #[error("{0} is required")]
     Missing(&'static str),
+    #[error(
+        "say where the mesh comes from: --controller HOST:PORT (in a cluster) or --mesh FILE with --ca-cert and --ca-key (standalone), not both"
+    )]
+    Source,
     #[error("{0} needs a value")]
     NoValue(String),
     #[error("unknown argument {0:?}")]
     Unknown(String),
 }
 
-const USAGE_FLAGS: [&str; 11] = [
+const USAGE_FLAGS: [&str; 15] = [
     "--node",
+    "--controller",
+    "--controller-identity",
+    "--root-cert",
+    "--token",
     "--mesh",
     "--ca-cert",
     "--ca-key",
@@ -78,6 +107,12 @@ const USAGE_FLAGS: [&str; 11] = [
     "--readiness",
     "--drain-secs",
 ];
+
+/// Where the chart mounts them.
+pub const DEFAULT_CONTROLLER_IDENTITY: &str =
+    "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller";
+pub const DEFAULT_ROOT_CERT: &str = "/var/run/ambit-root/root-cert.pem";
+pub const DEFAULT_TOKEN: &str = "/var/run/secrets/tokens/ambit-ca";
 
 impl Config {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
@@ -109,12 +144,42 @@ impl Config {
                 })
             })
         };
+        let source = match (values.get("--controller"), values.get("--mesh")) {
+            (Some(address), None) => {
+                let identity = values
+                    .get("--controller-identity")
+                    .map_or(DEFAULT_CONTROLLER_IDENTITY, String::as_str);
+                Source::Controller {
+                    address: address.clone(),
+                    identity: identity.parse().map_err(|_| ConfigError::Invalid {
+                        flag: "--controller-identity",
+                        value: identity.into(),
+                        expected: "a SPIFFE id spiffe://TRUST-DOMAIN/ns/NS/sa/SA",
+                    })?,
+                    root_cert: values
+                        .get("--root-cert")
+                        .map_or(DEFAULT_ROOT_CERT, String::as_str)
+                        .into(),
+                    token: values
+                        .get("--token")
+                        .map_or(DEFAULT_TOKEN, String::as_str)
+                        .into(),
+                }
+            }
+            (None, Some(mesh)) => Source::File {
+                mesh: mesh.into(),
+                ca_cert: required("--ca-cert")?.into(),
+                ca_key: required("--ca-key")?.into(),
+            },
+            _ => return Err(ConfigError::Source),
+        };
         Ok(Self {
             node: required("--node")?,
-            mesh_file: required("--mesh")?.into(),
-            ca_cert: required("--ca-cert")?.into(),
-            ca_key: required("--ca-key")?.into(),
-            cert_lifetime: Duration::from_secs(secs("--cert-lifetime-secs", 3600)?),
+            source,
+            cert_lifetime: values
+                .contains_key("--cert-lifetime-secs")
+                .then(|| secs("--cert-lifetime-secs", 0).map(Duration::from_secs))
+                .transpose()?,
             socket: values
                 .get("--socket")
                 .map_or(ambit_capture::DEFAULT_SOCKET, String::as_str)
@@ -151,8 +216,39 @@ mod tests {
         assert!(e.to_string().contains("\"loose\""), "{e}");
         let e = Config::parse(args(&format!("{base} --admin nowhere"))).unwrap_err();
         assert!(e.to_string().contains("--admin"), "{e}");
-        let e = Config::parse(args("--mesh m.yaml")).unwrap_err();
+        let e = Config::parse(args("--mesh m.yaml --ca-cert c --ca-key k")).unwrap_err();
         assert!(e.to_string().contains("--node"), "{e}");
         assert!(Config::parse(args("--bogus 1")).is_err());
+    }
+
+    #[test]
+    fn the_source_is_the_controller_or_files_never_both() {
+        let c = Config::parse(args(
+            "--node n1 --controller ambit-controller.ambit-system.svc:15012",
+        ))
+        .unwrap();
+        let Source::Controller {
+            address,
+            identity,
+            token,
+            ..
+        } = c.source
+        else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(address, "ambit-controller.ambit-system.svc:15012");
+        assert_eq!(identity.to_string(), DEFAULT_CONTROLLER_IDENTITY);
+        assert_eq!(token, std::path::Path::new(DEFAULT_TOKEN));
+        assert_eq!(c.cert_lifetime, None);
+        for bad in [
+            "--node n1",
+            "--node n1 --controller c:1 --mesh m.yaml --ca-cert c --ca-key k",
+        ] {
+            let e = Config::parse(args(bad)).unwrap_err();
+            assert!(matches!(e, ConfigError::Source), "{bad}: {e}");
+        }
+        let e = Config::parse(args("--node n1 --controller c:1 --controller-identity bob"))
+            .unwrap_err();
+        assert!(e.to_string().contains("--controller-identity"), "{e}");
     }
 }

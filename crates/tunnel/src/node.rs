@@ -4,7 +4,7 @@
 use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::pod::{self, PodError, PodHandle, PodSpec};
-use ambit_capture::handoff::{self, Request};
+use ambit_capture::handoff::{self, EnrolledPod, Enrollment, Reply, Request};
 use ambit_identity::{CertificateIssuer, CertificateStore, IdentityLease, StoreError, TrustBundle};
 use ambit_mesh::Mesh;
 use std::collections::HashMap;
@@ -16,14 +16,10 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("pod {0} is not in the mesh config (yet); the capture agent should retry")]
-    UnknownPod(String),
     #[error(
         "pod {uid} runs on node {node}, not here: this tunnel holds only its own node's identities"
     )]
     OtherNode { uid: String, node: String },
-    #[error("pod {0} is not enrolled in the mesh")]
-    NotEnrolled(String),
     #[error(transparent)]
     Certificate(#[from] StoreError),
     #[error(transparent)]
@@ -40,17 +36,26 @@ pub struct Shared {
     pub trust: TrustBundle,
     pub metrics: Metrics,
     mesh: RwLock<Arc<Mesh>>,
+    /// The mesh came from its source (the controller's first delta, or the file); before
+    /// that, enrollment is unknown rather than empty.
+    synced: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(node: String, mode: Mode, trust: TrustBundle, mesh: Mesh) -> Self {
+    /// `mesh` is the starting model; `synced` says whether it already came from the source.
+    pub fn new(node: String, mode: Mode, trust: TrustBundle, mesh: Mesh, synced: bool) -> Self {
         Self {
             node,
             mode,
             trust,
             metrics: Metrics::default(),
             mesh: RwLock::new(Arc::new(mesh)),
+            synced: AtomicBool::new(synced),
         }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
     }
 
     /// The current mesh snapshot.
@@ -66,7 +71,22 @@ impl Shared {
             .mesh
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(mesh);
+        self.synced.store(true, Ordering::Relaxed);
     }
+}
+
+/// A pod the tunnel will serve once the mesh gives its addresses (and identity).
+struct Held {
+    name: String,
+    namespace: String,
+    netns: OwnedFd,
+}
+
+/// What to do with a pod handed over.
+enum Decision {
+    Serve,
+    Hold,
+    Skip,
 }
 
 struct Served {
@@ -88,6 +108,7 @@ pub struct Node<I> {
     shared: Arc<Shared>,
     store: CertificateStore<I>,
     pods: Mutex<HashMap<String, Served>>,
+    held: Mutex<HashMap<String, Held>>,
     runtime: tokio::runtime::Handle,
     draining: AtomicBool,
     drain_timeout: Duration,
@@ -117,6 +138,7 @@ impl<I: CertificateIssuer> Node<I> {
             shared,
             store,
             pods: Mutex::default(),
+            held: Mutex::default(),
             runtime,
             draining: AtomicBool::new(false),
             drain_timeout,
@@ -127,28 +149,98 @@ impl<I: CertificateIssuer> Node<I> {
         &self.shared
     }
 
-    /// Starts serving a pod. Blocking: call it off the async runtime.
-    pub fn add_pod(&self, uid: &str, netns: OwnedFd) -> Result<(), NodeError> {
+    fn decide(&self, mesh: &Mesh, uid: &str, namespace: &str) -> Result<Decision, NodeError> {
+        Ok(match mesh.workload_by_uid(uid) {
+            Some(w) if w.node != self.shared.node => {
+                return Err(NodeError::OtherNode {
+                    uid: uid.to_owned(),
+                    node: w.node.clone(),
+                });
+            }
+            Some(w) if !w.hbone => Decision::Skip,
+            Some(w) if w.ips.is_empty() => Decision::Hold,
+            Some(_) => Decision::Serve,
+            // Not listed yet, in an enrolled namespace: captured and held, so it fails closed
+            // until the mesh catches up rather than starting in plaintext.
+            None if mesh.namespace_enrolled(namespace) => Decision::Hold,
+            None => Decision::Skip,
+        })
+    }
+
+    /// Takes a pod handed over by the capture agent; `Ok(true)`: capture it (served now, or
+    /// held until the mesh lists its addresses), `Ok(false)`: not enrolled, nothing kept.
+    /// Blocking: call it off the async runtime.
+    pub fn add_pod(
+        &self,
+        uid: &str,
+        name: &str,
+        namespace: &str,
+        netns: OwnedFd,
+    ) -> Result<bool, NodeError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(NodeError::Draining);
         }
         let mesh = self.shared.mesh();
-        let workload = mesh
-            .workload_by_uid(uid)
-            .ok_or_else(|| NodeError::UnknownPod(uid.to_owned()))?;
-        if workload.node != self.shared.node {
-            return Err(NodeError::OtherNode {
-                uid: uid.to_owned(),
-                node: workload.node.clone(),
-            });
+        match self.decide(&mesh, uid, namespace)? {
+            Decision::Serve => {
+                lock(&self.held).remove(uid);
+                self.serve(&mesh, uid, netns)?;
+                Ok(true)
+            }
+            Decision::Hold => {
+                let held = Held {
+                    name: name.to_owned(),
+                    namespace: namespace.to_owned(),
+                    netns,
+                };
+                lock(&self.held).insert(uid.to_owned(), held);
+                tracing::info!(%uid, %name, %namespace, "pod held until the mesh lists its addresses");
+                Ok(true)
+            }
+            Decision::Skip => Ok(false),
         }
-        if !workload.hbone {
-            return Err(NodeError::NotEnrolled(uid.to_owned()));
+    }
+
+    /// Serves the held pods the mesh now lists; drops those it says are not enrolled.
+    /// Blocking: call it off the async runtime.
+    pub fn serve_held(&self) {
+        let mesh = self.shared.mesh();
+        let uids: Vec<String> = lock(&self.held).keys().cloned().collect();
+        for uid in uids {
+            let Some(held) = lock(&self.held).remove(&uid) else {
+                continue;
+            };
+            let result = match self.decide(&mesh, &uid, &held.namespace) {
+                Ok(Decision::Serve) => self.serve(&mesh, &uid, held.netns),
+                Ok(Decision::Hold) => {
+                    lock(&self.held).insert(uid, held);
+                    continue;
+                }
+                Ok(Decision::Skip) => {
+                    tracing::info!(%uid, name = %held.name, "held pod is not enrolled after all");
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(%uid, name = %held.name, namespace = %held.namespace, "held pod served")
+                }
+                Err(error) => {
+                    tracing::warn!(%uid, name = %held.name, %error, "held pod could not be served")
+                }
+            }
         }
-        let identity = mesh
-            .identity(workload)
-            .cloned()
-            .ok_or_else(|| NodeError::UnknownPod(uid.to_owned()))?;
+    }
+
+    fn serve(&self, mesh: &Mesh, uid: &str, netns: OwnedFd) -> Result<(), NodeError> {
+        let (Some(workload), Some(identity)) = (
+            mesh.workload_by_uid(uid),
+            mesh.workload_by_uid(uid).and_then(|w| mesh.identity(w)),
+        ) else {
+            return Ok(());
+        };
+        let identity = identity.clone();
         // The same pod handed over again (the agent restarted and replays) keeps being served
         // with its open connections; a pod with a new netns replaces the old serving.
         let netns_id = netns_identity(&netns);
@@ -184,53 +276,89 @@ impl<I: CertificateIssuer> Node<I> {
         Ok(())
     }
 
+    /// This node's enrollment as the mesh has it, for the capture agent's reconcile.
+    pub fn enrollment(&self) -> Enrollment {
+        let mesh = self.shared.mesh();
+        let mut enrollment = Enrollment {
+            synced: self.shared.synced(),
+            namespaces: mesh.config().namespaces.clone(),
+            ..Enrollment::default()
+        };
+        for w in mesh.workloads_on(&self.shared.node) {
+            if w.hbone {
+                enrollment.pods.push(EnrolledPod {
+                    uid: w.uid.clone(),
+                    name: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    ips: w.ips.clone(),
+                });
+            } else {
+                enrollment.opted_out.push(w.uid.clone());
+            }
+        }
+        enrollment
+    }
+
     /// Stops serving a pod (deleted or opted out); unknown pods are not an error.
     pub fn remove_pod(&self, uid: &str) {
+        lock(&self.held).remove(uid);
         let served = lock(&self.pods).remove(uid);
         if let Some(served) = served {
             served.pod.stop(self.drain_timeout);
         }
     }
 
-    /// Serves the capture agent's handoff socket. Blocking; run it on its own thread.
+    /// Serves the capture agent's handoff socket, one thread per request (a certificate
+    /// request may take a while; other pods need not wait). Blocking; run it on its own thread.
     pub fn serve_handoff(self: Arc<Self>, listener: UnixListener) {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let result = match handoff::receive(&stream) {
-                Ok((
-                    Request::Add {
-                        uid,
-                        name,
-                        namespace,
-                    },
-                    Some(fd),
-                )) => {
-                    let result = self.add_pod(&uid, fd);
-                    match &result {
-                        Ok(()) => tracing::info!(%uid, %name, %namespace, "pod handed over"),
-                        Err(error) => {
-                            tracing::warn!(%uid, %name, %namespace, %error, "pod refused")
-                        }
-                    }
-                    result.map_err(|e| e.to_string())
-                }
-                Ok((Request::Add { .. }, None)) => Err("Add without a netns fd".into()),
-                Ok((Request::Enrollment, _)) => Err("not supported yet".into()),
-                Ok((Request::Remove { uid }, _)) => {
-                    self.remove_pod(&uid);
-                    tracing::info!(%uid, "pod released");
-                    Ok(())
-                }
-                Err(error) => Err(error.to_string()),
-            };
-            let reply = match result {
-                Ok(()) => handoff::Reply {
-                    capture: true,
-                    ..handoff::Reply::ok()
+            let node = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("handoff-request".into())
+                .spawn(move || {
+                    let reply = node.handle_request(&stream);
+                    let _ = handoff::answer(&stream, &reply);
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start a handoff thread");
+            }
+        }
+    }
+
+    fn handle_request(&self, stream: &std::os::unix::net::UnixStream) -> Reply {
+        match handoff::receive(stream) {
+            Ok((
+                Request::Add {
+                    uid,
+                    name,
+                    namespace,
                 },
-                Err(error) => handoff::Reply::refused(error),
-            };
-            let _ = handoff::answer(&stream, &reply);
+                Some(fd),
+            )) => match self.add_pod(&uid, &name, &namespace, fd) {
+                Ok(capture) => {
+                    tracing::info!(%uid, %name, %namespace, capture, "pod handed over");
+                    Reply {
+                        capture,
+                        ..Reply::ok()
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%uid, %name, %namespace, %error, "pod refused");
+                    Reply::refused(error.to_string())
+                }
+            },
+            Ok((Request::Add { .. }, None)) => Reply::refused("Add without a netns fd"),
+            Ok((Request::Remove { uid }, _)) => {
+                self.remove_pod(&uid);
+                tracing::info!(%uid, "pod released");
+                Reply::ok()
+            }
+            Ok((Request::Enrollment, _)) => Reply {
+                enrollment: Some(self.enrollment()),
+                ..Reply::ok()
+            },
+            Err(error) => Reply::refused(error.to_string()),
         }
     }
 
@@ -238,6 +366,7 @@ impl<I: CertificateIssuer> Node<I> {
     /// Blocking.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        lock(&self.held).clear();
         let pods: Vec<Served> = lock(&self.pods).drain().map(|(_, s)| s).collect();
         let timeout = self.drain_timeout;
         let threads: Vec<_> = pods
@@ -276,18 +405,25 @@ impl<I: CertificateIssuer> Node<I> {
             .iter()
             .map(|i| i.to_string())
             .collect();
+        let held: Vec<serde_json::Value> = lock(&self.held)
+            .iter()
+            .map(|(uid, h)| serde_json::json!({"uid": uid, "name": h.name, "namespace": h.namespace}))
+            .collect();
         serde_json::json!({
             "node": self.shared.node,
             "mode": self.shared.mode,
             "ready": self.ready(),
+            "synced": self.shared.synced(),
             "pods": pods,
+            "heldPods": held,
             "identities": identities,
             "certificates": certificates,
             "mesh": self.shared.mesh().config(),
         })
     }
 
+    /// Has its mesh from the source and is not draining.
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
+        self.shared.synced() && !self.draining.load(Ordering::Relaxed)
     }
 }

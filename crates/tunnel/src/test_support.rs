@@ -30,7 +30,7 @@ pub fn context(uid: &str, mode: Mode) -> Arc<PodContext> {
     let workload = mesh.workload_by_uid(uid).unwrap().clone();
     let identity = mesh.identity(&workload).unwrap().clone();
     let handle = ambit_identity::CertificateHandle::fixed(pki.certificate(&identity));
-    let shared = Arc::new(Shared::new("n1".into(), mode, pki.bundle(), mesh));
+    let shared = Arc::new(Shared::new("n1".into(), mode, pki.bundle(), mesh, true));
     let pool = HbonePool::new(
         Dialer::new(pki.bundle(), PoolSettings::default()),
         Arc::new(HashMap::from([(identity.clone(), handle.clone())])),
