@@ -9,7 +9,7 @@ use ambit_identity::{
     CertificateAuthority, CertificateStore, LocalIssuer, RetryPolicy, TrustBundle, TrustDomain,
 };
 use ambit_mesh::{Mesh, MeshConfig};
-use ambit_tunnel::{Config, Issuer, Node, Source, admin, node::Shared};
+use ambit_tunnel::{Config, Issuer, Node, Source, admin, metrics, node::Shared};
 use anyhow::{Context, Result};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -205,6 +205,7 @@ async fn serve_admin(
         .await
         .with_context(|| format!("binding the readiness port {}", config.readiness))?;
     let dump = node.clone();
+    let stream_metrics = stream.clone();
     tokio::spawn(admin::serve(admin_listener, move |path| match path {
         "/config_dump" => {
             let mut body = dump.config_dump();
@@ -221,7 +222,13 @@ async fn serve_admin(
     }));
     let m = node.shared().clone();
     tokio::spawn(admin::serve(metrics_listener, move |path| match path {
-        "/metrics" | "/stats/prometheus" => (200, "text/plain; version=0.0.4", m.metrics.render()),
+        "/metrics" | "/stats/prometheus" => {
+            let mut text = m.metrics.render();
+            if let Some(stream) = &stream_metrics {
+                text += &metrics::render_config_stream(&stream.borrow());
+            }
+            (200, "text/plain; version=0.0.4", text)
+        }
         _ => (404, "text/plain", String::new()),
     }));
     let r = node.clone();

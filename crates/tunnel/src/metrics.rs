@@ -112,6 +112,22 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The config stream's health: whether it is up, and deltas accepted and rejected (NACKed).
+pub fn render_config_stream(state: &ambit_controller_client::StreamState) -> String {
+    format!(
+        "# HELP ambit_tunnel_config_connected Whether the config stream from the controller is up (1) or the tunnel serves its last good config (0).\n\
+         # TYPE ambit_tunnel_config_connected gauge\n\
+         ambit_tunnel_config_connected {}\n\
+         # HELP ambit_tunnel_config_deltas_total Config deltas from the controller, by result.\n\
+         # TYPE ambit_tunnel_config_deltas_total counter\n\
+         ambit_tunnel_config_deltas_total{{result=\"accepted\"}} {}\n\
+         ambit_tunnel_config_deltas_total{{result=\"rejected\"}} {}\n",
+        u8::from(state.connected),
+        state.accepted,
+        state.rejected
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
