@@ -55,11 +55,13 @@ impl CertificateIssuer for ControllerIssuer {
                 lifetime_seconds: self.lifetime.as_secs(),
             })
             .await?;
-        let response =
-            tokio::time::timeout(CALL_TIMEOUT, self.client.clone().create_certificate(request))
-                .await
-                .map_err(|_| CaCallError::Timeout(CALL_TIMEOUT))?
-                .map_err(CaCallError::Status)?;
+        let response = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.client.clone().create_certificate(request),
+        )
+        .await
+        .map_err(|_| CaCallError::Timeout(CALL_TIMEOUT))?
+        .map_err(CaCallError::Status)?;
         let chain = response.into_inner().chain_der;
         if chain.is_empty() {
             return Err(CaCallError::EmptyChain.into());

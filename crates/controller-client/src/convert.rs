@@ -193,7 +193,11 @@ mod tests {
             namespace: "demo".into(),
             service_account: "sa".into(),
             node: "n1".into(),
-            ips: if ip.is_empty() { vec![] } else { vec![ip.into()] },
+            ips: if ip.is_empty() {
+                vec![]
+            } else {
+                vec![ip.into()]
+            },
             identity: "spiffe://cluster.local/ns/demo/sa/sa".into(),
             services: [(
                 "demo/echo".to_string(),
@@ -216,9 +220,15 @@ mod tests {
                     name: "demo".into(),
                 }),
             ),
-            resource("workload/a", Kind::Workload(workload("a", "10.0.0.1", false))),
+            resource(
+                "workload/a",
+                Kind::Workload(workload("a", "10.0.0.1", false)),
+            ),
             resource("workload/b", Kind::Workload(workload("b", "", false))),
-            resource("workload/c", Kind::Workload(workload("c", "10.0.0.3", true))),
+            resource(
+                "workload/c",
+                Kind::Workload(workload("c", "10.0.0.3", true)),
+            ),
             resource(
                 "service/demo/echo",
                 Kind::Service(pb::Service {

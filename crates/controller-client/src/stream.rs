@@ -183,7 +183,9 @@ mod tests {
         pb::Resource {
             name: format!("namespace/{name}"),
             version: version.into(),
-            kind: Some(pb::resource::Kind::Namespace(pb::Namespace { name: name.into() })),
+            kind: Some(pb::resource::Kind::Namespace(pb::Namespace {
+                name: name.into(),
+            })),
         }
     }
 
@@ -211,6 +213,10 @@ mod tests {
             upserts: vec![bad],
             removals: vec![],
         };
-        assert!(apply_delta(&mut held, &delta).unwrap_err().contains("namespace/c"));
+        assert!(
+            apply_delta(&mut held, &delta)
+                .unwrap_err()
+                .contains("namespace/c")
+        );
     }
 }
