@@ -1,0 +1,460 @@
+//! The Helm chart `charts/ambit`: `helm lint` clean, values outside the schema refused, the
+//! rendered objects least-privileged as docs/install.md says, and `manifests/` in step with it.
+//!
+//! Uses the testbed's helm (`cargo xtask testbed setup` builds it). Without it the tests skip
+//! loudly, unless running as root (as CI does), where a missing helm is a failure.
+//!
+//! `AMBIT_BLESS=1 cargo test -p ambit-e2e --test chart` rewrites `manifests/` and the chart's
+//! copy of the AuthorizationPolicy CRD instead of failing on a difference.
+
+use anyhow::{Context, Result, bail};
+use serde_yaml::Value;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const NAMESPACE: &str = "ambit-system";
+/// The testbed's helm is built without the version stamps a release build has, so it would
+/// render for Kubernetes v1.20; the chart needs 1.30+.
+const KUBE_VERSION: &str = "1.35.0";
+/// With this API present the GatewayClass is an ordinary release object, as kubectl users want it.
+const GATEWAY_CLASS_API: &str = "gateway.networking.k8s.io/v1/GatewayClass";
+const BLESS: &str = "AMBIT_BLESS";
+const REGENERATE: &str = "AMBIT_BLESS=1 cargo test -p ambit-e2e --test chart";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn blessing() -> bool {
+    std::env::var_os(BLESS).is_some_and(|v| v == "1")
+}
+
+/// The testbed's helm, or `None` (after saying so on stderr) when it is missing and we are
+/// not root.
+fn helm(test: &str) -> Result<Option<PathBuf>> {
+    use ambit_testbed::config::{DEFAULT_CACHE_DIR, ENV_CACHE_DIR};
+    let cache =
+        std::env::var_os(ENV_CACHE_DIR).map_or_else(|| DEFAULT_CACHE_DIR.into(), PathBuf::from);
+    let why = match ambit_testbed::Tools::load(&cache.join("testbed.env")) {
+        Ok(tools) if tools.helm.is_file() => return Ok(Some(tools.helm)),
+        Ok(tools) => format!("{} does not exist", tools.helm.display()),
+        Err(e) => e.to_string(),
+    };
+    if rustix::process::geteuid().is_root() {
+        bail!("helm is missing: {why}");
+    }
+    // Straight to the stderr handle: the harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! SKIPPED {test}: no helm ({why}). Run `cargo xtask testbed setup`; CI runs this as root, where it fails. !!!!!\n"
+    );
+    Ok(None)
+}
+
+/// Runs helm in the repository root; `Ok(stdout)` on success, `Err(stdout + stderr)` otherwise.
+fn run(helm: &Path, args: &[&str]) -> Result<std::result::Result<String, String>> {
+    let out = Command::new(helm)
+        .current_dir(repo())
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", helm.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    })
+}
+
+/// `helm template` of the chart as the release `ambit` in `ambit-system`.
+fn render(helm: &Path, extra: &[&str]) -> Result<String> {
+    let mut args = vec![
+        "template",
+        "ambit",
+        "charts/ambit",
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend_from_slice(extra);
+    run(helm, &args)?.map_err(|e| anyhow::anyhow!("helm {}:\n{e}", args.join(" ")))
+}
+
+fn docs(yaml: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v = Value::deserialize(doc)?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter()
+        .fold(v, |v, k| v.get(*k).unwrap_or(&Value::Null))
+}
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    at(v, path).as_str().unwrap_or_default()
+}
+
+fn list<'a>(v: &'a Value, path: &[&str]) -> &'a [Value] {
+    at(v, path).as_sequence().map_or(&[], Vec::as_slice)
+}
+
+fn strings(v: &Value, path: &[&str]) -> Vec<String> {
+    list(v, path)
+        .iter()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    objects
+        .iter()
+        .find(|o| text(o, &["kind"]) == kind && text(o, &["metadata", "name"]) == name)
+        .with_context(|| format!("no {kind} {name} in the rendered chart"))
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> Result<&'a Value> {
+    list(workload, &["spec", "template", "spec", "containers"])
+        .iter()
+        .find(|c| text(c, &["name"]) == name)
+        .with_context(|| format!("no container {name}"))
+}
+
+/// Compares a generated file with its checked-in copy, or writes it when blessing.
+fn check_file(path: &Path, want: &str) -> Result<()> {
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    if have == want {
+        return Ok(());
+    }
+    if blessing() {
+        std::fs::write(path, want).with_context(|| format!("writing {}", path.display()))?;
+        let _ = writeln!(std::io::stderr(), "blessed {}", path.display());
+        return Ok(());
+    }
+    let line = have
+        .lines()
+        .zip(want.lines())
+        .position(|(a, b)| a != b)
+        .map_or_else(|| have.lines().count().min(want.lines().count()), |i| i);
+    bail!(
+        "{} differs from the chart (first at line {}: {:?}, expected {:?}).\nRegenerate with\n  {REGENERATE}",
+        path.display(),
+        line + 1,
+        have.lines().nth(line).unwrap_or("<end of file>"),
+        want.lines().nth(line).unwrap_or("<end of file>"),
+    )
+}
+
+const HEADER: &str = "\
+# Generated from charts/ambit; do not edit. Regenerate with
+#   AMBIT_BLESS=1 cargo test -p ambit-e2e --test chart
+# which runs
+#   helm template ambit charts/ambit --namespace ambit-system --kube-version 1.35.0 \\
+#     --api-versions gateway.networking.k8s.io/v1/GatewayClass
+# and splits the CRDs (crds.yaml) from the rest (ambit.yaml). docs/install.md tells how to apply.
+";
+
+const NAMESPACE_OBJECT: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: ambit-system
+  labels:
+    app.kubernetes.io/part-of: ambit
+    # The node DaemonSet uses the host network, host paths, root and NET_ADMIN + SYS_ADMIN.
+    pod-security.kubernetes.io/enforce: privileged
+";
+
+/// The rendered chart split into (crds.yaml, ambit.yaml), as `manifests/` holds them.
+fn manifests(helm: &Path) -> Result<(String, String)> {
+    let rendered = render(helm, &["--api-versions", GATEWAY_CLASS_API])?;
+    let mut crds = String::from(HEADER);
+    let mut rest = format!("{HEADER}---\n{NAMESPACE_OBJECT}");
+    for doc in rendered.split("\n---\n") {
+        let doc = doc.trim_start_matches("---\n").trim_end();
+        if doc.is_empty() {
+            continue;
+        }
+        let target = if doc.starts_with("# Source: ambit/templates/crds-") {
+            &mut crds
+        } else {
+            &mut rest
+        };
+        target.push_str("---\n");
+        target.push_str(doc);
+        target.push('\n');
+    }
+    Ok((crds, rest))
+}
+
+#[test]
+fn manifests_match_the_chart() -> Result<()> {
+    let Some(helm) = helm("manifests_match_the_chart")? else {
+        return Ok(());
+    };
+    let (crds, rest) = manifests(&helm)?;
+    let dir = repo().join("manifests");
+    check_file(&dir.join("crds.yaml"), &crds)?;
+    check_file(&dir.join("ambit.yaml"), &rest)?;
+    // Every object lands in exactly one file, and the CRDs only in the first.
+    let crd_kinds: Vec<String> = docs(&crds)?
+        .iter()
+        .map(|d| text(d, &["kind"]).to_owned())
+        .collect();
+    assert!(
+        crd_kinds.iter().all(|k| k == "CustomResourceDefinition"),
+        "{crd_kinds:?}"
+    );
+    assert_eq!(crd_kinds.len(), 4, "ambit's CRD and three Gateway API CRDs");
+    let rest = docs(&rest)?;
+    assert!(
+        rest.iter()
+            .all(|d| text(d, &["kind"]) != "CustomResourceDefinition")
+    );
+    object(&rest, "Namespace", NAMESPACE)?;
+    let class = object(&rest, "GatewayClass", "ambit-waypoint")?;
+    assert!(
+        at(class, &["metadata", "annotations", "helm.sh/hook"]).is_null(),
+        "{class:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn chart_crd_is_the_generated_one() -> Result<()> {
+    let charts = repo().join("charts/ambit");
+    let generated = std::fs::read_to_string(charts.join("crds/authorizationpolicies.yaml"))?;
+    check_file(
+        &charts.join("files/crds/authorizationpolicies.yaml"),
+        &generated,
+    )
+}
+
+#[test]
+fn helm_lint_is_clean() -> Result<()> {
+    let Some(helm) = helm("helm_lint_is_clean")? else {
+        return Ok(());
+    };
+    for extra in [
+        &[][..],
+        &[
+            "--set",
+            "gatewayAPI.installCRDs=false,controller.replicas=1,node.priorityClassName=",
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", "charts/ambit", "--namespace", NAMESPACE];
+        args.extend_from_slice(extra);
+        if let Err(out) = run(&helm, &args)? {
+            bail!("helm {} failed:\n{out}", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() -> Result<()> {
+    let Some(helm) = helm("values_outside_the_schema_are_refused")? else {
+        return Ok(());
+    };
+    let dir = std::env::temp_dir().join(format!("ambit-chart-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cases = [
+        ("typo.yaml", "controler:\n  replicas: 3\n", "controler"),
+        ("mode.yaml", "node:\n  tunnel:\n    mode: lenient\n", "mode"),
+        (
+            "replicas.yaml",
+            "controller:\n  replicas: \"two\"\n",
+            "replicas",
+        ),
+        (
+            "lifetime.yaml",
+            "controller:\n  certLifetimeSeconds: 10\n",
+            "certLifetimeSeconds",
+        ),
+        (
+            "nested.yaml",
+            "node:\n  tunnel:\n    adminPort: 15000\n",
+            "adminPort",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (file, values, names) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, values)?;
+        let path = path.display().to_string();
+        match run(&helm, &["lint", "charts/ambit", "--values", &path])? {
+            Ok(out) => failures.push(format!("{file}: lint passed:\n{out}")),
+            Err(out) if out.contains("schema") && out.contains(names) => {}
+            Err(out) => failures.push(format!("{file}: no schema error naming {names}:\n{out}")),
+        }
+    }
+    std::fs::remove_dir_all(&dir)?;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn rendered_objects_are_least_privileged() -> Result<()> {
+    let Some(helm) = helm("rendered_objects_are_least_privileged")? else {
+        return Ok(());
+    };
+    let objects = docs(&render(&helm, &[])?)?;
+
+    // Every container: no escalation, read-only root, nothing but the capabilities it names.
+    let node = object(&objects, "DaemonSet", "ambit-node")?;
+    let controller = object(&objects, "Deployment", "ambit-controller")?;
+    for (workload, name, caps) in [
+        (controller, "controller", &[][..]),
+        (node, "capture", &["NET_ADMIN", "SYS_ADMIN"][..]),
+        (node, "tunnel", &["NET_ADMIN", "SYS_ADMIN"][..]),
+    ] {
+        let sc = at(container(workload, name)?, &["securityContext"]);
+        assert_eq!(
+            at(sc, &["allowPrivilegeEscalation"]).as_bool(),
+            Some(false),
+            "{name}"
+        );
+        assert_eq!(
+            at(sc, &["readOnlyRootFilesystem"]).as_bool(),
+            Some(true),
+            "{name}"
+        );
+        assert_ne!(at(sc, &["privileged"]).as_bool(), Some(true), "{name}");
+        assert_eq!(
+            text(sc, &["seccompProfile", "type"]),
+            "RuntimeDefault",
+            "{name}"
+        );
+        assert_eq!(strings(sc, &["capabilities", "drop"]), ["ALL"], "{name}");
+        assert_eq!(strings(sc, &["capabilities", "add"]), caps, "{name}");
+    }
+    let pod = at(controller, &["spec", "template", "spec"]);
+    assert_eq!(
+        at(pod, &["securityContext", "runAsNonRoot"]).as_bool(),
+        Some(true)
+    );
+    assert_eq!(at(controller, &["spec", "replicas"]).as_u64(), Some(2));
+    object(&objects, "PodDisruptionBudget", "ambit-controller")?;
+
+    // The node pod: one service account, ambit-tunnel, whose identity the CA expects. No
+    // container gets an API token but capture; the tunnel holds only its ambit-ca token.
+    let pod = at(node, &["spec", "template", "spec"]);
+    assert_eq!(text(pod, &["serviceAccountName"]), "ambit-tunnel");
+    assert_eq!(
+        at(pod, &["automountServiceAccountToken"]).as_bool(),
+        Some(false)
+    );
+    assert_eq!(at(pod, &["hostNetwork"]).as_bool(), Some(true));
+    let sa = object(&objects, "ServiceAccount", "ambit-tunnel")?;
+    assert_eq!(
+        at(sa, &["automountServiceAccountToken"]).as_bool(),
+        Some(false)
+    );
+    let mounts = |name| -> Result<Vec<String>> {
+        Ok(list(container(node, name)?, &["volumeMounts"])
+            .iter()
+            .map(|m| text(m, &["mountPath"]).to_owned())
+            .collect())
+    };
+    let api_token = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert!(!mounts("tunnel")?.iter().any(|m| m == api_token));
+    assert!(
+        mounts("tunnel")?
+            .iter()
+            .any(|m| m == "/var/run/secrets/tokens")
+    );
+    assert!(mounts("capture")?.iter().any(|m| m == api_token));
+    let token = list(pod, &["volumes"])
+        .iter()
+        .find(|v| text(v, &["name"]) == "ambit-ca-token")
+        .context("no ambit-ca-token volume")?;
+    let token = &list(token, &["projected", "sources"])[0];
+    assert_eq!(
+        text(token, &["serviceAccountToken", "audience"]),
+        "ambit-ca"
+    );
+
+    // RBAC: no wildcards; Secrets only in the release namespace and only ambit-ca (besides
+    // creating it); the node pod may only read its own DaemonSet.
+    for o in &objects {
+        if ["ClusterRole", "Role"].contains(&text(o, &["kind"])) {
+            let rendered = serde_yaml::to_string(at(o, &["rules"]))?;
+            assert!(!rendered.contains('*'), "wildcard in {o:?}");
+        }
+    }
+    let cluster_role = object(&objects, "ClusterRole", "ambit-controller")?;
+    assert!(!serde_yaml::to_string(cluster_role)?.contains("secrets"));
+    let role = object(&objects, "Role", "ambit-controller")?;
+    for rule in list(role, &["rules"]) {
+        let verbs = strings(rule, &["verbs"]);
+        assert!(
+            verbs == ["create"] || !list(rule, &["resourceNames"]).is_empty(),
+            "namespaced rule not limited by name: {rule:?}"
+        );
+    }
+    let node_role = object(&objects, "Role", "ambit-node")?;
+    let rules = list(node_role, &["rules"]);
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strings(&rules[0], &["resources"]), ["daemonsets"]);
+    assert_eq!(strings(&rules[0], &["resourceNames"]), ["ambit-node"]);
+    assert_eq!(strings(&rules[0], &["verbs"]), ["get"]);
+
+    // kubectl-ambit finds the parts by these labels.
+    for (workload, name) in [(controller, "ambit-controller"), (node, "ambit-node")] {
+        let labels = at(workload, &["spec", "template", "metadata", "labels"]);
+        assert_eq!(text(labels, &["app.kubernetes.io/name"]), name);
+    }
+
+    // A first install: the Gateway API CRDs come with the release, so the class is a hook.
+    let class = object(&objects, "GatewayClass", "ambit-waypoint")?;
+    assert_eq!(
+        text(class, &["spec", "controllerName"]),
+        "ambit.dev/waypoint-controller"
+    );
+    assert_eq!(
+        text(class, &["metadata", "annotations", "helm.sh/hook"]),
+        "post-install,post-upgrade"
+    );
+    let gateway_crds: Vec<&Value> = objects
+        .iter()
+        .filter(|o| text(o, &["spec", "group"]) == "gateway.networking.k8s.io")
+        .collect();
+    assert_eq!(gateway_crds.len(), 3);
+    for crd in &gateway_crds {
+        let keep = text(crd, &["metadata", "annotations", "helm.sh/resource-policy"]);
+        assert_eq!(keep, "keep");
+    }
+    Ok(())
+}
+
+#[test]
+fn gateway_api_values_take_effect() -> Result<()> {
+    let Some(helm) = helm("gateway_api_values_take_effect")? else {
+        return Ok(());
+    };
+    let crds = |extra: &[&str]| -> Result<Vec<Value>> {
+        Ok(docs(&render(&helm, extra)?)?
+            .into_iter()
+            .filter(|o| text(o, &["spec", "group"]) == "gateway.networking.k8s.io")
+            .collect())
+    };
+    assert!(crds(&["--set", "gatewayAPI.installCRDs=false"])?.is_empty());
+    for crd in crds(&["--set", "gatewayAPI.keepCRDsOnUninstall=false"])? {
+        assert!(
+            at(
+                &crd,
+                &["metadata", "annotations", "helm.sh/resource-policy"]
+            )
+            .is_null()
+        );
+    }
+    Ok(())
+}
