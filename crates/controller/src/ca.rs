@@ -9,6 +9,8 @@ use ambit_proto::ca::v1::{
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use std::collections::BTreeMap;
@@ -43,12 +45,36 @@ pub enum RootError {
     },
 }
 
-/// Loads the root from the Secret, or generates one and stores it. Two replicas starting at
-/// once race on create; the loser loads the winner's root.
+/// The install's anchor: ambit's own CRD, which the chart creates and `helm uninstall`
+/// deletes. What the controller generates (the root Secret, the root ConfigMap) is owned by
+/// it, so the garbage collector removes them with the install and nothing is left behind. A
+/// root the user supplied is never given an owner. `None` when the CRD cannot be read (the
+/// objects then outlive the install; logged).
+pub async fn install_owner(client: &kube::Client) -> Option<OwnerReference> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "authorizationpolicies.ambit.dev";
+    match api.get(name).await {
+        Ok(crd) => Some(OwnerReference {
+            api_version: "apiextensions.k8s.io/v1".into(),
+            kind: "CustomResourceDefinition".into(),
+            name: name.into(),
+            uid: crd.metadata.uid?,
+            ..Default::default()
+        }),
+        Err(error) => {
+            tracing::warn!(%error, crd = name, "cannot read the install's CRD: the generated root Secret and ConfigMap will outlive an uninstall");
+            None
+        }
+    }
+}
+
+/// Loads the root from the Secret, or generates one and stores it (owned by `owner`). Two
+/// replicas starting at once race on create; the loser loads the winner's root.
 pub async fn load_or_create_root(
     client: &kube::Client,
     namespace: &str,
     trust_domain: &TrustDomain,
+    owner: Option<&OwnerReference>,
 ) -> Result<CertificateAuthority, RootError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let kube_err = |source| RootError::Kube {
@@ -70,6 +96,7 @@ pub async fn load_or_create_root(
         metadata: ObjectMeta {
             name: Some(ROOT_SECRET.into()),
             namespace: Some(namespace.into()),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..Default::default()
         },
         data: Some(BTreeMap::from([
@@ -131,11 +158,12 @@ pub async fn publish_root(
     client: &kube::Client,
     namespace: &str,
     ca: &CertificateAuthority,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace},
+        "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace, "ownerReferences": owner.into_iter().collect::<Vec<_>>()},
         "data": {"root.crt": ca.root_pem()},
     });
     api.patch(

@@ -126,9 +126,17 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         }
     });
 
-    let ca =
-        Arc::new(ca::load_or_create_root(&client, &config.namespace, &config.trust_domain).await?);
-    ca::publish_root(&client, &config.namespace, &ca)
+    let owner = ca::install_owner(&client).await;
+    let ca = Arc::new(
+        ca::load_or_create_root(
+            &client,
+            &config.namespace,
+            &config.trust_domain,
+            owner.as_ref(),
+        )
+        .await?,
+    );
+    ca::publish_root(&client, &config.namespace, &ca, owner.as_ref())
         .await
         .map_err(StartError::PublishRoot)?;
     let store = CertificateStore::new(
