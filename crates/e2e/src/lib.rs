@@ -1,2 +1,796 @@
-//! ambit's end-to-end tests live in `tests/`: `chart.rs` (the Helm chart renders, lints and
-//! matches `manifests/`), and the user's path over the testbed. Nothing here but this note.
+//! The user's path on the testbed, step by step: `helm install`, sample apps, enrolling a
+//! namespace, a deny policy, a waypoint, `helm uninstall`. Each step checks what it claims and
+//! says what it saw; the e2e test (`tests/user.rs`) and `cargo xtask demo` run the same steps.
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub use ambit_testbed::{Testbed, eventually};
+
+/// Where the samples run.
+pub const NS: &str = "demo";
+pub const SYSTEM_NS: &str = "ambit-system";
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// Deployment, Service and service account of the sample server.
+pub const SERVER: &str = "echo";
+pub const SERVER_PORT: u16 = 8080;
+/// Client pods, each with the service account of its name.
+pub const CLIENT: &str = "client";
+pub const BLOCKED: &str = "blocked";
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Every binary the install and the samples run (the testbed maps images to them).
+pub const PACKAGES: &[&str] = &[
+    "ambit-testbed",
+    "ambit-samples",
+    "ambit-controller",
+    "ambit-tunnel",
+    "ambit-capture",
+    "kubectl-ambit",
+];
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn spiffe(namespace: &str, sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}")
+}
+
+/// Prints what the user would see: steps, commands and what they showed.
+#[derive(Debug, Clone, Copy)]
+pub struct Narrator;
+
+impl Narrator {
+    pub fn step(&self, title: &str) {
+        println!("\n== {title}");
+    }
+    pub fn say(&self, line: impl AsRef<str>) {
+        println!("   {}", line.as_ref());
+    }
+    pub fn command(&self, cmd: &str) {
+        println!("   $ {cmd}");
+    }
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// The user's environment: the testbed's kubeconfig, and `kubectl-ambit` on PATH so that
+/// `kubectl ambit ...` finds the plugin as it would on a workstation.
+pub struct User<'a> {
+    pub tb: &'a Testbed,
+    pub client: kube::Client,
+    pub say: Narrator,
+    plugin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for User<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("testbed", &self.tb.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> User<'a> {
+    pub async fn new(tb: &'a Testbed) -> Result<Self> {
+        let plugin = tb
+            .binary("kubectl-ambit")
+            .context("kubectl-ambit is not built")?;
+        let plugin_dir = tb.config.state_dir.join("plugins");
+        std::fs::create_dir_all(&plugin_dir)?;
+        let link = plugin_dir.join("kubectl-ambit");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&plugin, &link)?;
+        Ok(Self {
+            tb,
+            client: tb.client().await?,
+            say: Narrator,
+            plugin_dir,
+        })
+    }
+
+    /// `kubectl ARGS` as the user types it, echoed.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.say.command(&format!("kubectl {}", args.join(" ")));
+        let mut cmd = self.tb.kubectl();
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", self.plugin_dir.display()));
+        cmd.args(args).current_dir(repo_root());
+        run(&mut cmd)
+    }
+
+    pub fn helm(&self, args: &[&str]) -> Result<String> {
+        self.say.command(&format!("helm {}", args.join(" ")));
+        let mut cmd = self.tb.helm();
+        cmd.args(args).current_dir(repo_root());
+        run(&mut cmd)
+    }
+
+    /// `kubectl apply` of an inline manifest.
+    pub fn apply(&self, what: &str, yaml: &str) -> Result<()> {
+        self.say
+            .command(&format!("kubectl apply -f - <<EOF  # {what}"));
+        let mut cmd = self.tb.kubectl();
+        let mut child = cmd
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl apply ({what}) failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Pod> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await?)
+    }
+
+    /// `helm install` and wait until the controller and a tunnel on every node are Ready.
+    pub async fn install(&self) -> Result<()> {
+        self.say.step("Install ambit with helm");
+        self.helm(&[
+            "install",
+            "ambit",
+            "charts/ambit",
+            "-n",
+            SYSTEM_NS,
+            "--create-namespace",
+        ])?;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        eventually("the ambit controller Deployment ready", WAIT, || async {
+            let d = deployments.get("ambit-controller").await.ok()?;
+            let s = d.status?;
+            (s.ready_replicas.unwrap_or(0) >= d.spec?.replicas.unwrap_or(1)).then_some(())
+        })
+        .await?;
+        let ready = eventually("a Ready ambit tunnel on every node", WAIT, || async {
+            let s = daemonsets.get("ambit-node").await.ok()?.status?;
+            (s.desired_number_scheduled > 0 && s.number_ready == s.desired_number_scheduled)
+                .then_some(s.number_ready)
+        })
+        .await?;
+        self.say.say(format!(
+            "controller Ready (2 replicas), node tunnel Ready on {ready} node(s)"
+        ));
+        Ok(())
+    }
+
+    /// The sample server (Deployment + Service `echo`) on one node and two client pods on
+    /// the other, in namespace `demo`, not enrolled yet.
+    pub async fn deploy_samples(&self) -> Result<()> {
+        self.say
+            .step("Deploy sample apps in namespace demo (not enrolled yet)");
+        let (n1, n2) = (self.tb.config.node_name(1), self.tb.config.node_name(2));
+        let client_pod = |name: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+                 ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}, labels: {{app: {name}}}}}\n\
+                 spec:\n  serviceAccountName: {name}\n  nodeName: {n2}\n  terminationGracePeriodSeconds: 2\n  \
+                 containers: [{{name: main, image: ghcr.io/ambit/ambit-echo-server:dev, args: [\"9090\"]}}]\n"
+            )
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n\
+             ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {SERVER}, namespace: {NS}}}\n\
+             ---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {SERVER}, namespace: {NS}}}\n\
+             spec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {SERVER}}}}}\n  template:\n    \
+             metadata: {{labels: {{app: {SERVER}}}}}\n    spec:\n      serviceAccountName: {SERVER}\n      \
+             nodeSelector: {{kubernetes.io/hostname: {n1}}}\n      terminationGracePeriodSeconds: 2\n      \
+             containers: [{{name: main, image: ghcr.io/ambit/ambit-echo-server:dev, args: [\"{SERVER_PORT}\"], \
+             env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}], \
+             readinessProbe: {{tcpSocket: {{port: {SERVER_PORT}}}}}}}]\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {SERVER}, namespace: {NS}}}\n\
+             spec: {{selector: {{app: {SERVER}}}, ports: [{{name: tcp, port: 80, targetPort: {SERVER_PORT}}}]}}\n{}{}",
+            client_pod(CLIENT),
+            client_pod(BLOCKED),
+        );
+        self.apply(
+            "namespace demo, echo Deployment + Service, client and blocked pods",
+            &yaml,
+        )?;
+        for name in [CLIENT, BLOCKED] {
+            self.running(NS, name).await?;
+        }
+        self.server_pod().await?;
+        self.say
+            .say(format!("echo runs on {n1}; client and blocked run on {n2}"));
+        Ok(())
+    }
+
+    pub async fn running(&self, namespace: &str, name: &str) -> Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        Ok(
+            eventually(&format!("pod {namespace}/{name} Running"), WAIT, || async {
+                pods.get(name).await.ok().filter(|p| {
+                    p.status.as_ref().is_some_and(|s| {
+                        s.phase.as_deref() == Some("Running") && s.pod_ip.is_some()
+                    })
+                })
+            })
+            .await?,
+        )
+    }
+
+    pub async fn server_pod(&self) -> Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        Ok(eventually("the echo server pod Ready", WAIT, || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app={SERVER}")))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+        })
+        .await?)
+    }
+
+    /// The echo Service's address.
+    pub async fn service_addr(&self) -> Result<SocketAddr> {
+        let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(self.client.clone(), NS)
+            .get(SERVER)
+            .await?;
+        let ip = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("echo has no cluster IP")?;
+        Ok(SocketAddr::new(ip.parse()?, 80))
+    }
+
+    /// One exchange from inside `from`'s network namespace (as the app would make it):
+    /// `Ok(reply)` or `Err(why)`.
+    pub fn call(&self, from: &Pod, to: SocketAddr, message: &str) -> Result<String, String> {
+        let program = self
+            .tb
+            .binary("ambit-echo-client")
+            .ok_or("ambit-echo-client is not built")?;
+        let mut cmd = self
+            .tb
+            .pod_exec(
+                from,
+                &program.display().to_string(),
+                &[&to.to_string(), message, "--timeout", "3"],
+            )
+            .ok_or("pod has no netns")?;
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Calls until `accept` takes the outcome (the mesh converges asynchronously).
+    pub async fn call_until(
+        &self,
+        what: &str,
+        from: &Pod,
+        to: SocketAddr,
+        message: &str,
+        accept: impl Fn(&Result<String, String>) -> bool,
+    ) -> Result<Result<String, String>> {
+        Ok(eventually(what, WAIT, || async {
+            let outcome = self.call(from, to, message);
+            accept(&outcome).then_some(outcome)
+        })
+        .await?)
+    }
+
+    /// Runs `during` while tcpdump watches the server pod's interface; returns what it saw.
+    pub async fn sniff<T>(
+        &self,
+        server: &Pod,
+        during: impl AsyncFnOnce() -> T,
+    ) -> Result<(T, String)> {
+        let netns = self.tb.pod_netns(server).context("server netns")?;
+        let out_path = self
+            .tb
+            .config
+            .state_dir
+            .join(format!("sniff-{}.txt", std::process::id()));
+        let out = std::fs::File::create(&out_path)?;
+        let mut tcpdump = Command::new("ip")
+            .args([
+                "netns", "exec", &netns, "tcpdump", "-i", "eth0", "-nn", "-l", "-U", "-A", "tcp",
+            ])
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tcpdump")?;
+        // tcpdump says "listening on" once it captures.
+        let mut stderr = BufReader::new(tcpdump.stderr.take().context("tcpdump stderr")?);
+        let mut line = String::new();
+        stderr.read_line(&mut line)?;
+        if !line.contains("listening on") {
+            let _ = tcpdump.kill();
+            bail!("tcpdump did not start: {line}");
+        }
+        let result = during().await;
+        // Packets are written as they are captured (-U); give the last ones a moment to land
+        // by waiting for the file to stop growing.
+        let mut last = 0;
+        let _ = eventually("tcpdump output settled", Duration::from_secs(2), || {
+            let len = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+            let settled = len == last && len > 0;
+            last = len;
+            async move { settled.then_some(()) }
+        })
+        .await;
+        let _ = tcpdump.kill();
+        let _ = tcpdump.wait();
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let seen = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        Ok((result, seen))
+    }
+
+    /// The node tunnel's Prometheus text on the node of `pod`.
+    pub async fn tunnel_metrics(&self, pod: &Pod) -> Result<String> {
+        let host = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.host_ip.clone())
+            .context("pod has no host IP")?;
+        http_get(&format!("{host}:15020"), "/metrics").await
+    }
+}
+
+/// A plain HTTP/1.0 GET; the body.
+pub async fn http_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timeout")??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
+        .await
+        .context("read timeout")??;
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(body))
+}
+
+/// Whether the Prometheus text has an inbound series from `source` to `destination`.
+pub fn saw_identities(metrics: &str, source: &str, destination: &str) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("ambit_tcp_connections_opened_total{direction=\"inbound\"")
+            && l.contains(&format!("source_identity=\"{source}\""))
+            && l.contains(&format!("destination_identity=\"{destination}\""))
+    })
+}
+
+/// One TCP connection from inside a pod's netns, kept open across steps: proof that
+/// established traffic is not disturbed.
+#[derive(Debug)]
+pub struct LiveConnection {
+    stream: std::net::TcpStream,
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl LiveConnection {
+    pub fn open(tb: &Testbed, from: &Pod, to: SocketAddr) -> Result<Self> {
+        let netns = format!("/run/netns/{}", tb.pod_netns(from).context("pod netns")?);
+        let stream = std::thread::spawn(move || -> Result<std::net::TcpStream> {
+            let ns = std::fs::File::open(&netns)?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            Ok(std::net::TcpStream::connect_timeout(
+                &to,
+                Duration::from_secs(5),
+            )?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("connect thread panicked"))??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        // The server greets once per connection.
+        let mut greeting = String::new();
+        (&stream).write_all(b"hello\n")?;
+        reader.read_line(&mut greeting)?;
+        let mut echo = String::new();
+        reader.read_line(&mut echo)?;
+        Ok(Self { stream, reader })
+    }
+
+    /// Sends a line and reads its echo.
+    pub fn exchange(&mut self, line: &str) -> Result<()> {
+        (&self.stream).write_all(format!("{line}\n").as_bytes())?;
+        let mut echo = String::new();
+        self.reader.read_line(&mut echo)?;
+        if echo.trim_end() != line {
+            bail!("the live connection answered {echo:?} to {line:?}");
+        }
+        Ok(())
+    }
+}
+
+impl User<'_> {
+    /// Before enrollment the payload crosses the wire in clear text.
+    pub async fn plain_before_enrollment(&self) -> Result<()> {
+        self.say.step("Before enrollment: traffic is plain TCP");
+        let (server, client, svc) = (
+            self.server_pod().await?,
+            self.pod(NS, CLIENT).await?,
+            self.service_addr().await?,
+        );
+        let (reply, seen) = self
+            .sniff(&server, async || self.call(&client, svc, "hello-in-clear"))
+            .await?;
+        let reply = reply.map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            seen.contains("hello-in-clear"),
+            "tcpdump on echo's eth0 did not see the payload in clear text:\n{seen}"
+        );
+        self.say.say(format!(
+            "client -> echo ({svc}): {}",
+            reply.trim().replace('\n', " | ")
+        ));
+        self.say
+            .say("tcpdump on echo's eth0 sees the payload 'hello-in-clear' in clear text");
+        Ok(())
+    }
+
+    /// Labels the namespace; the same running pods' traffic becomes mutual TLS between the
+    /// expected SPIFFE ids, with no restart.
+    pub async fn enroll(&self) -> Result<()> {
+        self.say.step("Enroll namespace demo: kubectl label");
+        let before = self.pod_generations().await?;
+        self.kubectl(&["label", "namespace", NS, "ambit.dev/dataplane-mode=ambient"])?;
+        let (server, client, svc) = (
+            self.server_pod().await?,
+            self.pod(NS, CLIENT).await?,
+            self.service_addr().await?,
+        );
+        let (from, to) = (spiffe(NS, CLIENT), spiffe(NS, SERVER));
+        eventually(
+            "client -> echo carried by the tunnels with SPIFFE identities",
+            WAIT,
+            || async {
+                self.call(&client, svc, "ping").ok()?;
+                let metrics = self.tunnel_metrics(&server).await.ok()?;
+                saw_identities(&metrics, &from, &to).then_some(())
+            },
+        )
+        .await?;
+        let (reply, seen) = self
+            .sniff(&server, async || self.call(&client, svc, "hello-over-mtls"))
+            .await?;
+        let reply = reply.map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            !seen.contains("hello-over-mtls"),
+            "the payload crossed echo's eth0 in clear text after enrollment:\n{seen}"
+        );
+        anyhow::ensure!(
+            seen.contains(".15008"),
+            "no HBONE (port 15008) traffic on echo's eth0:\n{seen}"
+        );
+        anyhow::ensure!(
+            before == self.pod_generations().await?,
+            "pods were restarted or replaced by enrollment"
+        );
+        self.say.say(format!(
+            "client -> echo: {}",
+            reply.trim().replace('\n', " | ")
+        ));
+        self.say
+            .say("tcpdump on echo's eth0: only TLS on port 15008, the payload is not visible");
+        self.say.say(format!(
+            "echo's node tunnel: inbound connection from {from} to {to}"
+        ));
+        self.say.say("the same pods, never restarted");
+        Ok(())
+    }
+
+    /// (uid, restart count) of every sample pod.
+    async fn pod_generations(&self) -> Result<Vec<(String, i32)>> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), NS)
+            .list(&ListParams::default())
+            .await?;
+        let mut out: Vec<(String, i32)> = pods
+            .items
+            .iter()
+            .map(|p| {
+                let restarts = p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .map(|c| c.restart_count)
+                    .sum();
+                (p.metadata.uid.clone().unwrap_or_default(), restarts)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// A DENY policy for the `blocked` service account: its calls fail, `client`'s do not.
+    pub async fn deny_one_client(&self) -> Result<()> {
+        self.say.step("An AuthorizationPolicy denies one client");
+        self.apply(
+            "AuthorizationPolicy deny-blocked",
+            &format!(
+                "apiVersion: ambit.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+                 metadata: {{name: deny-blocked, namespace: {NS}}}\n\
+                 spec:\n  action: DENY\n  selector: {{matchLabels: {{app: {SERVER}}}}}\n  \
+                 rules: [{{principals: [\"{}\"]}}]\n",
+                spiffe(NS, BLOCKED)
+            ),
+        )?;
+        let (client, blocked, svc) = (
+            self.pod(NS, CLIENT).await?,
+            self.pod(NS, BLOCKED).await?,
+            self.service_addr().await?,
+        );
+        let refused = self
+            .call_until(
+                "blocked's call refused",
+                &blocked,
+                svc,
+                "ping",
+                Result::is_err,
+            )
+            .await?;
+        let allowed = self.call(&client, svc, "ping");
+        anyhow::ensure!(allowed.is_ok(), "client was denied too: {allowed:?}");
+        self.say.say(format!(
+            "blocked -> echo: refused ({})",
+            refused.err().unwrap_or_default()
+        ));
+        self.say.say("client  -> echo: still answered");
+        Ok(())
+    }
+
+    /// The controller goes away and comes back; an established connection never notices and
+    /// new connections keep working from the tunnels' last good state.
+    pub async fn controller_restart(&self) -> Result<()> {
+        self.say
+            .step("Controller away and back, under live traffic");
+        let (server, client, svc) = (
+            self.server_pod().await?,
+            self.pod(NS, CLIENT).await?,
+            self.service_addr().await?,
+        );
+        let mut live = LiveConnection::open(self.tb, &client, svc)?;
+        live.exchange("before")?;
+        self.kubectl(&[
+            "scale",
+            "-n",
+            SYSTEM_NS,
+            "deployment/ambit-controller",
+            "--replicas=0",
+        ])?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let selector = ListParams::default().labels("app.kubernetes.io/name=ambit-controller");
+        eventually("no controller pod left", WAIT, || async {
+            pods.list(&selector)
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await?;
+        eventually(
+            "echo's tunnel notices the controller is gone",
+            WAIT,
+            || async {
+                let m = self.tunnel_metrics(&server).await.ok()?;
+                m.contains("ambit_tunnel_config_connected 0").then_some(())
+            },
+        )
+        .await?;
+        live.exchange("while-away")?;
+        self.call(&client, svc, "new-while-away").map_err(|e| {
+            anyhow::anyhow!("a new connection failed while the controller was away: {e}")
+        })?;
+        self.say
+            .say("controller scaled to 0: the open connection and new ones keep working");
+        self.kubectl(&[
+            "scale",
+            "-n",
+            SYSTEM_NS,
+            "deployment/ambit-controller",
+            "--replicas=2",
+        ])?;
+        eventually("echo's tunnel back on the config stream", WAIT, || async {
+            let m = self.tunnel_metrics(&server).await.ok()?;
+            m.contains("ambit_tunnel_config_connected 1").then_some(())
+        })
+        .await?;
+        live.exchange("after")?;
+        self.say
+            .say("controller back: tunnels resumed their streams; the same connection still works");
+        Ok(())
+    }
+
+    /// `kubectl ambit waypoint apply`: the Gateway is Programmed and its Deployment exists.
+    pub async fn waypoint(&self) -> Result<()> {
+        self.say.step("A waypoint for the echo service account");
+        let out = self.kubectl(&[
+            "ambit",
+            "waypoint",
+            "apply",
+            "-n",
+            NS,
+            "--service-account",
+            SERVER,
+        ])?;
+        for line in out.lines() {
+            self.say.say(line);
+        }
+        let gateways = Api::<kube::api::DynamicObject>::namespaced_with(
+            self.client.clone(),
+            NS,
+            &kube::api::ApiResource {
+                group: "gateway.networking.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: "Gateway".into(),
+                plural: "gateways".into(),
+            },
+        );
+        let name = eventually("a Programmed waypoint Gateway", WAIT, || async {
+            let list = gateways.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|g| {
+                let programmed = g.data["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Programmed" && c["status"] == "True");
+                programmed.then(|| g.metadata.name.clone().unwrap_or_default())
+            })
+        })
+        .await?;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        eventually("the waypoint Deployment", WAIT, || async {
+            deployments.get(&name).await.ok()
+        })
+        .await?;
+        let out = self.kubectl(&["ambit", "waypoint", "list", "-n", NS])?;
+        for line in out.lines() {
+            self.say.say(line);
+        }
+        self.say.say(format!(
+            "Gateway {name} is Programmed; Deployment {NS}/{name} exists"
+        ));
+        Ok(())
+    }
+
+    /// `helm uninstall`: pods keep working in plain TCP and no ambit object is left.
+    pub async fn uninstall(&self) -> Result<()> {
+        self.say
+            .step("helm uninstall: back to plain TCP, nothing left behind");
+        self.helm(&["uninstall", "ambit", "-n", SYSTEM_NS, "--wait"])?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        eventually("every ambit pod gone", WAIT, || async {
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await?;
+        let (server, client, svc) = (
+            self.server_pod().await?,
+            self.pod(NS, CLIENT).await?,
+            self.service_addr().await?,
+        );
+        let _ = self
+            .call_until(
+                "client -> echo in plain TCP",
+                &client,
+                svc,
+                "ping",
+                Result::is_ok,
+            )
+            .await?;
+        let (_, seen) = self
+            .sniff(&server, async || {
+                self.call(&client, svc, "hello-in-clear-again")
+            })
+            .await?;
+        anyhow::ensure!(
+            seen.contains("hello-in-clear-again"),
+            "after uninstall the payload is not plain on echo's eth0:\n{seen}"
+        );
+        let left = eventually("no ambit objects left", WAIT, || async {
+            let left = self.leftovers().await.ok()?;
+            left.is_empty().then_some(left)
+        })
+        .await;
+        if left.is_err() {
+            bail!("left behind after uninstall: {:?}", self.leftovers().await?);
+        }
+        for pod in [&server, &client] {
+            let netns = self.tb.pod_netns(pod).context("netns")?;
+            let rules = Command::new("ip")
+                .args([
+                    "netns", "exec", &netns, "nft", "list", "table", "inet", "ambit",
+                ])
+                .output()?;
+            anyhow::ensure!(!rules.status.success(), "capture rules left in {netns}");
+        }
+        self.say
+            .say("client -> echo works in plain TCP; no capture rules, no ambit objects");
+        Ok(())
+    }
+
+    /// Ambit objects still in the cluster.
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let mut left = Vec::new();
+        let out = run(self.tb.kubectl().args([
+            "get",
+            "crd,gatewayclass,clusterrole,clusterrolebinding,mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "-o",
+            "name",
+            "--ignore-not-found",
+        ]))
+        .unwrap_or_default();
+        left.extend(
+            out.lines()
+                .filter(|l| l.contains("ambit"))
+                .map(str::to_owned),
+        );
+        let out = run(self.tb.kubectl().args([
+            "get",
+            "all,secrets,configmaps,serviceaccounts,roles,rolebindings,leases,poddisruptionbudgets",
+            "-n",
+            SYSTEM_NS,
+            "-o",
+            "name",
+        ]))?;
+        left.extend(
+            out.lines()
+                .filter(|l| {
+                    !l.ends_with("/kube-root-ca.crt") && !l.ends_with("serviceaccount/default")
+                })
+                .map(str::to_owned),
+        );
+        Ok(left)
+    }
+}
