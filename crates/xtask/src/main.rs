@@ -13,6 +13,7 @@ usage: cargo xtask <command>
 
 commands:
   test          install what the tests need, then fmt, clippy -D warnings and every test tier
+  demo          the whole mesh on the local testbed, narrated (root); leaves it up to poke around
   bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, tunnel, controller)
   testbed CMD   local Kubernetes testbed: setup | up [--nodes N] | down | status | env
 ";
@@ -22,6 +23,7 @@ fn main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["test"] => test::run(),
+        ["demo"] => testbed::demo(),
         ["bench", name] => bench::run(name),
         ["testbed", rest @ ..] => testbed::run(rest),
         ["help" | "--help" | "-h"] | [] => {

@@ -34,6 +34,17 @@ pub fn setup_for_tests() -> Result<()> {
     }
 }
 
+/// `cargo xtask demo`: installs what the testbed needs, then runs `ambit-demo`
+/// (crates/e2e), which brings the testbed up and walks the user's path.
+pub fn demo() -> Result<()> {
+    if !is_root() {
+        bail!("the demo needs root: it creates network namespaces and a local control plane");
+    }
+    setup()?;
+    cmd::run(&mut cargo(["build", "--workspace", "--bins"]))?;
+    cmd::run(&mut Command::new(workspace_root().join("target/debug/ambit-demo")))
+}
+
 pub fn run(args: &[&str]) -> Result<()> {
     let Some((&command, rest)) = args.split_first() else {
         bail!(
