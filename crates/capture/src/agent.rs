@@ -1,163 +1,537 @@
-//! The node agent's memory of enrolled pods, and the replay that hands them all to a tunnel
-//! that (re)started: a restarted tunnel has lost every netns fd, and the pods keep their
-//! capture rules, so their traffic fails closed until the agent hands them over again.
+//! `ambit-capture agent`: the node agent.
+//!
+//! At start it installs the CNI plugin (see [`crate::install`]). Then, every tick (~500 ms,
+//! bounded work per tick) on its own thread:
+//! 1. the conflist entry and the plugin binary are checked (the primary CNI may have rewritten
+//!    its config);
+//! 2. the tunnel is asked for its [`Enrollment`]; a synced one is saved for CNI ADDs while the
+//!    tunnel is unreachable;
+//! 3. if enrolled pods have no record (they started before ambit), the node's netns are scanned
+//!    for their addresses ([`crate::netns`]);
+//! 4. [`reconcile::plan`] decides, and each action is carried out and logged (stderr, one line
+//!    per capture/release). A new tunnel instance (a new socket file) has lost every fd: the
+//!    pods it was not handed yet are replayed.
+//!
+//! On SIGTERM the loop stops and [`crate::uninstall`] tells an upgrade (keep everything) from
+//! an uninstall (remove every rule, the conflist entry and the binary).
 
-use crate::cni::{EnrollError, enroll};
-use crate::handoff::Request;
-use serde::{Deserialize, Serialize};
+use crate::handoff::{self, Enrollment, Reply, Request};
+use crate::install::CniInstall;
+use crate::netns::{self, Scanner};
+use crate::pod;
+use crate::reconcile::{self, Action, Facts, View, Why};
+use crate::state::{self, PodRecord};
+use crate::uninstall::{Apiserver, DaemonSetRef, Ending, Observation};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
-/// Default directory of pod records (node-local, survives agent restarts, not reboots).
-pub const DEFAULT_STATE_DIR: &str = "/var/run/ambit/pods";
+// Flag names of `ambit-capture agent`.
+pub const FLAG_SOCKET: &str = "socket";
+pub const FLAG_STATE: &str = "state";
+pub const FLAG_NETNS_DIR: &str = "netns-dir";
+pub const FLAG_CNI_BIN_DIR: &str = "cni-bin-dir";
+pub const FLAG_CNI_CONF_DIR: &str = "cni-conf-dir";
+pub const FLAG_CNI_SOCKET: &str = "cni-tunnel-socket";
+pub const FLAG_CNI_STATE: &str = "cni-state-dir";
+pub const FLAG_DAEMONSET: &str = "daemonset";
+pub const FLAG_TICK_MS: &str = "tick-ms";
+/// The namespace the chart installs into (downward API); with it, the DaemonSet defaults to
+/// `$AMBIT_NAMESPACE/ambit-node`.
+pub const ENV_NAMESPACE: &str = "AMBIT_NAMESPACE";
+pub const DEFAULT_DAEMONSET_NAME: &str = "ambit-node";
+const DEFAULT_TICK: Duration = Duration::from_millis(500);
+/// Per tick: pods handed over or released, and netns read afresh by the scan.
+const ACTIONS_PER_TICK: usize = 16;
+const NETNS_PER_TICK: usize = 64;
+/// Between start-time GETs of the DaemonSet until one works.
+const PROBE_RETRY: Duration = Duration::from_secs(30);
 
-/// An enrolled pod, as the agent remembers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRecord {
-    pub uid: String,
-    pub name: String,
-    pub namespace: String,
-    pub netns: PathBuf,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub netns_dir: PathBuf,
+    /// Both CNI dirs given: install the plugin.
+    pub cni: Option<CniInstall>,
+    /// Set: tell uninstall from upgrade at SIGTERM; unset: always keep the rules.
+    pub daemonset: Option<DaemonSetRef>,
+    pub tick: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("pod state in {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("pod record {path}: {source}")]
-    Decode {
-        path: String,
-        source: serde_json::Error,
-    },
+pub enum ConfigError {
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+    #[error("unknown flag --{0}")]
+    Unknown(String),
 }
 
-fn record_path(state: &Path, uid: &str) -> PathBuf {
-    // Kubernetes uids are UUIDs; anything else is made path-safe.
-    let safe: String = uid
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
+impl AgentConfig {
+    /// From the agent's flags (name → value) and the `AMBIT_NAMESPACE` environment value.
+    pub fn parse(
+        flags: &HashMap<String, String>,
+        namespace_env: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        const KNOWN: [&str; 9] = [
+            FLAG_SOCKET,
+            FLAG_STATE,
+            FLAG_NETNS_DIR,
+            FLAG_CNI_BIN_DIR,
+            FLAG_CNI_CONF_DIR,
+            FLAG_CNI_SOCKET,
+            FLAG_CNI_STATE,
+            FLAG_DAEMONSET,
+            FLAG_TICK_MS,
+        ];
+        if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(ConfigError::Unknown(unknown.clone()));
+        }
+        let path = |flag: &str, default: &str| {
+            PathBuf::from(flags.get(flag).map_or(default, String::as_str))
+        };
+        let socket = path(FLAG_SOCKET, crate::DEFAULT_SOCKET);
+        let state = path(FLAG_STATE, state::DEFAULT_STATE_DIR);
+        let cni = match (flags.get(FLAG_CNI_BIN_DIR), flags.get(FLAG_CNI_CONF_DIR)) {
+            (Some(bin), Some(conf)) => Some(CniInstall {
+                bin_dir: bin.into(),
+                conf_dir: conf.into(),
+                tunnel_socket: flags
+                    .get(FLAG_CNI_SOCKET)
+                    .map_or_else(|| socket.clone(), PathBuf::from),
+                state_dir: flags
+                    .get(FLAG_CNI_STATE)
+                    .map_or_else(|| state.clone(), PathBuf::from),
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: FLAG_CNI_BIN_DIR,
+                    reason: format!("--{FLAG_CNI_BIN_DIR} and --{FLAG_CNI_CONF_DIR} go together"),
+                });
             }
+        };
+        let daemonset = match (flags.get(FLAG_DAEMONSET), namespace_env) {
+            (Some(v), _) => Some(v.parse().map_err(|reason| ConfigError::Invalid {
+                flag: FLAG_DAEMONSET,
+                reason,
+            })?),
+            (None, Some(ns)) if !ns.is_empty() => Some(DaemonSetRef {
+                namespace: ns.into(),
+                name: DEFAULT_DAEMONSET_NAME.into(),
+            }),
+            (None, _) => None,
+        };
+        let tick = match flags.get(FLAG_TICK_MS) {
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if (10..=60_000).contains(&ms) => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        flag: FLAG_TICK_MS,
+                        reason: format!("{v:?} is not a number of milliseconds in 10..=60000"),
+                    });
+                }
+            },
+            None => DEFAULT_TICK,
+        };
+        Ok(Self {
+            socket,
+            state,
+            netns_dir: path(FLAG_NETNS_DIR, netns::DEFAULT_NETNS_DIR),
+            cni,
+            daemonset,
+            tick,
         })
-        .collect();
-    state.join(format!("{safe}.json"))
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.display().to_string(),
-        source,
     }
 }
 
-pub fn remember(state: &Path, record: &PodRecord) -> Result<(), StateError> {
-    std::fs::create_dir_all(state).map_err(io_err(state))?;
-    let path = record_path(state, &record.uid);
-    let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec(record).map_err(|source| StateError::Decode {
-        path: path.display().to_string(),
-        source,
-    })?;
-    std::fs::write(&tmp, body).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot start the agent's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install the CNI plugin: {0}")]
+    Install(#[from] crate::install::InstallError),
+    #[error("cannot find the agent's own binary: {0}")]
+    Exe(std::io::Error),
 }
 
-pub fn forget(state: &Path, uid: &str) -> Result<(), StateError> {
-    let path = record_path(state, uid);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
-        _ => Ok(()),
+fn log(line: impl std::fmt::Display) {
+    eprintln!("ambit-capture agent: {line}");
+}
+
+/// Runs the agent until SIGTERM.
+pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    if let Some(cni) = &config.cni {
+        let exe = std::env::current_exe().map_err(AgentError::Exe)?;
+        cni.install_binary(&exe)?;
+        log(format_args!(
+            "installed the CNI plugin as {}",
+            cni.binary().display()
+        ));
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(lifecycle(config))
 }
 
-pub fn records(state: &Path) -> Result<Vec<PodRecord>, StateError> {
-    let entries = match std::fs::read_dir(state) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(state)(e)),
+async fn lifecycle(config: AgentConfig) -> Result<(), AgentError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Runtime)?;
+    let apiserver = match &config.daemonset {
+        Some(ds) => Some(Apiserver::connect(ds.clone()).await),
+        None => {
+            log("no --daemonset and no AMBIT_NAMESPACE: on SIGTERM every rule is kept");
+            None
+        }
     };
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(io_err(state))?.path();
-        if path.extension().is_none_or(|e| e != "json") {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let worker = {
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || Reconciler::new(config).run(&stopped))
+            .map_err(AgentError::Runtime)?
+    };
+    let worked = match &apiserver {
+        Some(api) => probe_until_term(api, &mut term).await,
+        None => {
+            term.recv().await;
+            false
+        }
+    };
+    log("SIGTERM: stopping");
+    let _ = stop.send(());
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let ending = match &apiserver {
+        Some(api) => crate::uninstall::ending(&api.observe().await, worked),
+        None => Ending::Keep {
+            why: "no DaemonSet to check".into(),
+        },
+    };
+    match ending {
+        Ending::Keep { why } => log(format_args!(
+            "keeping capture rules, CNI entry and plugin: {why}"
+        )),
+        Ending::Uninstall { why } => {
+            log(format_args!("uninstalling: {why}"));
+            uninstall(&config);
+        }
+    }
+    Ok(())
+}
+
+/// The start-time GET, repeated until it works, then the wait for SIGTERM. Returns whether
+/// the GET ever worked: 401/403 at SIGTERM mean "revoked" only then.
+async fn probe_until_term(api: &Apiserver, term: &mut tokio::signal::unix::Signal) -> bool {
+    loop {
+        let probe = tokio::select! {
+            _ = term.recv() => return false,
+            probe = api.observe() => probe,
+        };
+        if let Observation::Present { .. } = probe {
+            log(format_args!(
+                "DaemonSet {} found: uninstall detection ready",
+                api.daemonset()
+            ));
+            term.recv().await;
+            return true;
+        }
+        log(format_args!(
+            "cannot read DaemonSet {} ({probe:?}): until it works, SIGTERM keeps every rule",
+            api.daemonset()
+        ));
+        tokio::select! {
+            _ = term.recv() => return false,
+            _ = tokio::time::sleep(PROBE_RETRY) => {}
+        }
+    }
+}
+
+/// Removes the CNI entry and binary first (no new pod gets rules), then every pod's rules,
+/// then the records.
+fn uninstall(config: &AgentConfig) {
+    if let Some(cni) = &config.cni {
+        match cni.uninstall() {
+            Ok(changed) => {
+                for path in changed {
+                    log(format_args!(
+                        "removed ambit-capture from {}",
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => log(format_args!("CNI uninstall: {e}")),
+        }
+    }
+    let records = match state::records(&config.state) {
+        Ok((records, _)) => records,
+        Err(e) => {
+            log(e);
+            return;
+        }
+    };
+    for r in &records {
+        if !r.netns.exists() {
             continue;
         }
-        let body = std::fs::read(&path).map_err(io_err(&path))?;
-        out.push(
-            serde_json::from_slice(&body).map_err(|source| StateError::Decode {
-                path: path.display().to_string(),
-                source,
-            })?,
-        );
+        match crate::rules::remove(&r.netns) {
+            Ok(()) if r.captured => log(format_args!("released pod {} (uninstall)", r.label())),
+            Ok(()) => {}
+            Err(e) => log(format_args!("pod {}: {e}", r.label())),
+        }
     }
-    out.sort_by(|a: &PodRecord, b| a.uid.cmp(&b.uid));
-    Ok(out)
-}
-
-/// A replayed pod's uid and how its handoff went.
-pub type Replayed = (String, Result<(), EnrollError>);
-
-/// Hands every remembered pod whose netns still exists to the tunnel at `socket`.
-pub fn replay(state: &Path, socket: &Path) -> Result<Vec<Replayed>, StateError> {
-    Ok(records(state)?
-        .into_iter()
-        .filter(|r| r.netns.exists())
-        .map(|r| {
-            let result = enroll(
-                &r.netns,
-                socket,
-                Request::Add {
-                    uid: r.uid.clone(),
-                    name: r.name,
-                    namespace: r.namespace,
-                },
-            );
-            (r.uid, result)
-        })
-        .collect())
+    if let Err(e) = state::clear(&config.state) {
+        log(e);
+    }
 }
 
 /// Identifies one tunnel instance: each start binds a new socket file.
-fn tunnel_instance(socket: &Path) -> Option<(u64, i64)> {
+fn tunnel_instance(socket: &Path) -> Option<(u64, i64, i64)> {
     let meta = std::fs::metadata(socket).ok()?;
-    crate::handoff::tunnel_ready(socket).then(|| (meta.ino(), meta.ctime_nsec()))
+    handoff::tunnel_ready(socket).then(|| (meta.ino(), meta.ctime(), meta.ctime_nsec()))
 }
 
-/// Runs forever: whenever a new tunnel instance appears on `socket`, replays all pods.
-/// Failed pods are retried on the next tick until they succeed.
-pub fn run(state: &Path, socket: &Path, tick: Duration) -> ! {
-    let mut served = None;
-    loop {
-        let now = tunnel_instance(socket);
-        if now.is_some() && now != served {
-            match replay(state, socket) {
-                Ok(results) => {
-                    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
-                    for (uid, result) in &failed {
-                        if let Err(e) = result {
-                            eprintln!("ambit-capture agent: pod {uid}: {e}");
-                        }
-                    }
-                    eprintln!(
-                        "ambit-capture agent: handed {} pod(s) to the tunnel, {} failed",
-                        results.len() - failed.len(),
-                        failed.len()
-                    );
-                    if failed.is_empty() {
-                        served = now;
-                    }
-                }
-                Err(e) => eprintln!("ambit-capture agent: {e}"),
+/// Whether a recorded netns is gone for good (its directory is visible and it is not in it).
+fn netns_gone(path: &Path) -> bool {
+    !path.exists() && (path.parent().is_some_and(Path::exists) || path.starts_with("/proc"))
+}
+
+/// The reconcile loop's memory between ticks.
+struct Reconciler {
+    config: AgentConfig,
+    instance: Option<(u64, i64, i64)>,
+    /// Uids the current tunnel instance answered `capture` for.
+    handed: HashSet<String>,
+    scanner: Scanner,
+    saved: Option<Enrollment>,
+    /// Last line logged per subject, so a condition lasting many ticks is logged once.
+    last: HashMap<String, String>,
+}
+
+impl Reconciler {
+    fn new(config: AgentConfig) -> Self {
+        Self {
+            config,
+            instance: None,
+            handed: HashSet::new(),
+            scanner: Scanner::default(),
+            saved: None,
+            last: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, stop: &mpsc::Receiver<()>) {
+        loop {
+            self.tick();
+            match stop.recv_timeout(self.config.tick) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
             }
         }
-        std::thread::sleep(tick);
+    }
+
+    /// Logs `line` unless it is what was last logged about `subject`.
+    fn once(&mut self, subject: &str, line: String) {
+        if self.last.get(subject) != Some(&line) {
+            log(&line);
+            self.last.insert(subject.to_owned(), line);
+        }
+    }
+
+    fn tick(&mut self) {
+        self.check_install();
+        let view = self.view();
+        let (records, bad) = match state::records(&self.config.state) {
+            Ok(found) => found,
+            Err(e) => {
+                self.once("state", e.to_string());
+                return;
+            }
+        };
+        for e in bad {
+            self.once("bad-record", e.to_string());
+        }
+        let gone: HashSet<String> = records
+            .iter()
+            .filter(|r| netns_gone(&r.netns))
+            .map(|r| r.uid.clone())
+            .collect();
+        let netns_by_ip = match &view {
+            View::Synced(e) if !reconcile::unrecorded(&records, e).is_empty() => {
+                let (found, errors) = self.scanner.scan(&self.config.netns_dir, NETNS_PER_TICK);
+                for e in errors {
+                    self.once("scan", e.to_string());
+                }
+                found
+            }
+            _ => HashMap::new(),
+        };
+        let facts = Facts {
+            records,
+            gone,
+            handed: self.handed.clone(),
+            netns_by_ip,
+        };
+        for action in reconcile::plan(&view, &facts, ACTIONS_PER_TICK) {
+            self.act(action);
+        }
+    }
+
+    fn check_install(&mut self) {
+        let Some(cni) = self.config.cni.clone() else {
+            return;
+        };
+        match cni.ensure_entry() {
+            Ok(Some(path)) => {
+                log(format_args!("added ambit-capture to {}", path.display()));
+                self.last.remove("install");
+            }
+            Ok(None) => {}
+            Err(e) => self.once("install", e.to_string()),
+        }
+        if !cni.binary().exists() {
+            let result = std::env::current_exe()
+                .map_err(|e| e.to_string())
+                .and_then(|exe| cni.install_binary(&exe).map_err(|e| e.to_string()));
+            match result {
+                Ok(()) => log(format_args!(
+                    "reinstalled the CNI plugin as {}",
+                    cni.binary().display()
+                )),
+                Err(e) => self.once("binary", e),
+            }
+        }
+    }
+
+    /// The tunnel's enrollment; a new tunnel instance resets what was handed over.
+    fn view(&mut self) -> View {
+        let instance = tunnel_instance(&self.config.socket);
+        if instance != self.instance {
+            if instance.is_some() {
+                log("a new tunnel instance is up");
+            } else if self.instance.is_some() {
+                log("the tunnel is gone; pods keep their rules and fail closed");
+            }
+            self.instance = instance;
+            self.handed.clear();
+        }
+        if instance.is_none() {
+            return View::NoTunnel;
+        }
+        match handoff::send(&self.config.socket, &Request::Enrollment, None) {
+            Ok(Reply {
+                enrollment: Some(e),
+                ..
+            }) if e.synced => {
+                self.last.remove("view");
+                if self.saved.as_ref() != Some(&e) {
+                    match state::save_enrollment(&self.config.state, &e) {
+                        Ok(()) => self.saved = Some(e.clone()),
+                        Err(err) => self.once("save", err.to_string()),
+                    }
+                }
+                View::Synced(e)
+            }
+            Ok(Reply {
+                enrollment: Some(_),
+                ..
+            }) => {
+                self.once(
+                    "view",
+                    "the tunnel has no enrollment view yet: deciding nothing".into(),
+                );
+                View::NotSynced
+            }
+            Ok(_) => {
+                self.once(
+                    "view",
+                    "the tunnel sent no enrollment: only replaying captured pods".into(),
+                );
+                View::Unavailable
+            }
+            Err(e) => {
+                self.once(
+                    "view",
+                    format!("no enrollment from the tunnel ({e}): only replaying captured pods"),
+                );
+                View::Unavailable
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        let state_dir = self.config.state.clone();
+        let socket = self.config.socket.clone();
+        match action {
+            Action::Forget(r) => {
+                if r.captured {
+                    let _ = pod::tell_removed(&socket, &r.uid);
+                }
+                self.handed.remove(&r.uid);
+                match state::forget(&state_dir, &r.uid) {
+                    Ok(()) => log(format_args!("forgot pod {}: its netns is gone", r.label())),
+                    Err(e) => self.once(&r.uid, e.to_string()),
+                }
+            }
+            Action::Capture(r, why) => self.capture(&r, why),
+            Action::Release(r) => {
+                // A CNI DEL may have forgotten the pod since the records were read.
+                if !state::is_recorded(&state_dir, &r.uid) {
+                    return;
+                }
+                self.handed.remove(&r.uid);
+                match pod::release(&state_dir, &socket, &r) {
+                    Ok(()) => log(format_args!("released pod {}: not enrolled", r.label())),
+                    Err(e) => self.once(&r.uid, format!("releasing pod {}: {e}", r.label())),
+                }
+            }
+        }
+    }
+
+    fn capture(&mut self, r: &PodRecord, why: Why) {
+        let state_dir = &self.config.state;
+        let fresh = match why {
+            Why::Found => state::remember_new(state_dir, r),
+            _ => Ok(state::is_recorded(state_dir, &r.uid)),
+        };
+        match fresh {
+            Ok(true) => {}
+            // Recorded meanwhile by a CNI ADD (Found), or forgotten by a CNI DEL.
+            Ok(false) => return,
+            Err(e) => return self.once(&r.uid, e.to_string()),
+        }
+        let result = pod::hand_over(&self.config.socket, r).and_then(|capture| {
+            if capture {
+                pod::install(state_dir, r)?;
+            }
+            Ok(capture)
+        });
+        let how = match why {
+            Why::Replay => "handed to the new tunnel".to_owned(),
+            Why::Enrolled => "enrolled".to_owned(),
+            Why::Found => format!("found by address in {}", r.netns.display()),
+        };
+        match result {
+            Ok(true) => {
+                self.handed.insert(r.uid.clone());
+                self.last.remove(&r.uid);
+                log(format_args!("captured pod {}: {how}", r.label()));
+            }
+            // The tunnel's view moved since the enrollment was read; rules stay as they are
+            // (fail closed) until a synced enrollment says release.
+            Ok(false) => self.once(
+                &r.uid,
+                format!(
+                    "the tunnel declined pod {} ({how}); its rules stay as they are",
+                    r.label()
+                ),
+            ),
+            Err(e) => self.once(&r.uid, format!("capturing pod {} ({how}): {e}", r.label())),
+        }
     }
 }
 
@@ -166,31 +540,79 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn flags(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn remembers_and_forgets() {
-        let dir = std::env::temp_dir().join(format!("ambit-agent-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(records(&dir).unwrap().is_empty());
-        let rec = |uid: &str| PodRecord {
-            uid: uid.into(),
-            name: "n".into(),
-            namespace: "ns".into(),
-            netns: "/nonexistent/netns".into(),
-        };
-        remember(&dir, &rec("b")).unwrap();
-        remember(&dir, &rec("a/../x")).unwrap();
-        remember(&dir, &rec("b")).unwrap();
-        let got = records(&dir).unwrap();
-        assert_eq!(got, vec![rec("a/../x"), rec("b")]);
-        // Pods whose netns is gone are not replayed.
-        assert!(
-            replay(&dir, Path::new("/nonexistent.sock"))
-                .unwrap()
-                .is_empty()
-        );
-        forget(&dir, "b").unwrap();
-        forget(&dir, "never").unwrap();
-        assert_eq!(records(&dir).unwrap(), vec![rec("a/../x")]);
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn defaults() {
+        let c = AgentConfig::parse(&flags(&[]), None).unwrap();
+        assert_eq!(c.socket, PathBuf::from(crate::DEFAULT_SOCKET));
+        assert_eq!(c.state, PathBuf::from(state::DEFAULT_STATE_DIR));
+        assert_eq!(c.netns_dir, PathBuf::from("/var/run/netns"));
+        assert_eq!(c.cni, None);
+        assert_eq!(c.daemonset, None, "no namespace: no uninstall detection");
+        assert_eq!(c.tick, Duration::from_millis(500));
+        let c = AgentConfig::parse(&flags(&[]), Some("ambit-system")).unwrap();
+        assert_eq!(c.daemonset.unwrap().to_string(), "ambit-system/ambit-node");
+    }
+
+    #[test]
+    fn cni_paths_default_to_the_agents_own() {
+        let c = AgentConfig::parse(
+            &flags(&[
+                ("cni-bin-dir", "/host/opt/cni/bin"),
+                ("cni-conf-dir", "/host/etc/cni/net.d"),
+                ("state", "/s"),
+                ("daemonset", "ns/ds"),
+                ("tick-ms", "100"),
+            ]),
+            Some("ignored"),
+        )
+        .unwrap();
+        let cni = c.cni.unwrap();
+        assert_eq!(cni.bin_dir, PathBuf::from("/host/opt/cni/bin"));
+        assert_eq!(cni.state_dir, PathBuf::from("/s"));
+        assert_eq!(cni.tunnel_socket, PathBuf::from(crate::DEFAULT_SOCKET));
+        assert_eq!(c.daemonset.unwrap().to_string(), "ns/ds");
+        assert_eq!(c.tick, Duration::from_millis(100));
+        let c = AgentConfig::parse(
+            &flags(&[
+                ("cni-bin-dir", "/b"),
+                ("cni-conf-dir", "/c"),
+                ("cni-tunnel-socket", "/host/t.sock"),
+                ("cni-state-dir", "/host/pods"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let cni = c.cni.unwrap();
+        assert_eq!(cni.tunnel_socket, PathBuf::from("/host/t.sock"));
+        assert_eq!(cni.state_dir, PathBuf::from("/host/pods"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (pairs, named) in [
+            (vec![("cni-bin-dir", "/b")], "--cni-bin-dir"),
+            (vec![("daemonset", "nope")], "--daemonset"),
+            (vec![("tick-ms", "fast")], "--tick-ms"),
+            (vec![("tick-ms", "0")], "--tick-ms"),
+            (vec![("sockt", "/x")], "--sockt"),
+        ] {
+            let err = AgentConfig::parse(&flags(&pairs), None).unwrap_err();
+            assert!(err.to_string().contains(named), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_netns_is_gone_only_where_its_directory_is_visible() {
+        assert!(netns_gone(Path::new("/tmp/no-such-netns-ambit")));
+        assert!(!netns_gone(Path::new("/no-such-dir-ambit/x")));
+        assert!(netns_gone(Path::new("/proc/999999999/ns/net")));
+        assert!(!netns_gone(Path::new("/proc/self/ns/net")));
     }
 }

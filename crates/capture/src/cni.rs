@@ -1,13 +1,16 @@
 //! The chained CNI plugin (CNI spec 1.0): runs after the pod's network is set up.
 //!
-//! ADD fails closed: if the node tunnel is not ready, the pod is not created (the runtime
-//! retries), so no enrolled pod ever sends traffic uncaptured while the node boots.
+//! Every pod is recorded in the state directory, captured or not (the agent reconciles them
+//! all with the enrollment). ADD asks the tunnel, which decides; it fails closed when the
+//! tunnel cannot decide (see [`starts_uncaptured`] for the one exception), so no enrolled pod
+//! ever sends traffic uncaptured while the node boots.
 
-use crate::handoff::{self, Request};
+use crate::handoff::Enrollment;
+use crate::pod;
 use crate::rules;
+use crate::state::{self, PodRecord};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// CNI error codes (spec: 11 = try again later).
@@ -91,7 +94,7 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
     let state = Path::new(
         conf.get("stateDir")
             .and_then(Value::as_str)
-            .unwrap_or(crate::agent::DEFAULT_STATE_DIR),
+            .unwrap_or(state::DEFAULT_STATE_DIR),
     );
     match invocation.command.as_str() {
         "VERSION" => Ok(json!({
@@ -100,16 +103,7 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         })
         .to_string()),
         "ADD" => {
-            let netns = netns(invocation)?;
-            add(invocation, &netns, socket)?;
-            let record = crate::agent::PodRecord {
-                uid: invocation.arg("K8S_POD_UID")?.into(),
-                name: invocation.arg("K8S_POD_NAME")?.into(),
-                namespace: invocation.arg("K8S_POD_NAMESPACE")?.into(),
-                netns: netns.clone(),
-            };
-            crate::agent::remember(state, &record)
-                .map_err(|e| CniError::new(CODE_INTERNAL, e.to_string()))?;
+            add(invocation, socket, state)?;
             let mut result = conf.get("prevResult").cloned().unwrap_or_else(|| json!({}));
             if let Some(map) = result.as_object_mut() {
                 map.insert("cniVersion".into(), Value::String(version));
@@ -119,26 +113,32 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         "DEL" => {
             if let Ok(uid) = invocation.arg("K8S_POD_UID") {
                 // The tunnel may be gone or may not know the pod: DEL must still succeed.
-                let _ = handoff::send(socket, &Request::Remove { uid: uid.into() }, None);
-                crate::agent::forget(state, uid)
-                    .map_err(|e| CniError::new(CODE_INTERNAL, e.to_string()))?;
+                let _ = pod::tell_removed(socket, uid);
+                state::forget(state, uid).map_err(internal)?;
             }
             if let Some(netns) = &invocation.netns
                 && netns.exists()
             {
-                rules::remove(netns).map_err(|e| CniError::new(CODE_INTERNAL, e.to_string()))?;
+                rules::remove(netns).map_err(internal)?;
             }
             Ok(String::new())
         }
         "CHECK" => {
             let netns = netns(invocation)?;
+            // Only a captured pod must have rules (the agent may capture or release it later).
+            let captured = match invocation.arg("K8S_POD_UID") {
+                Ok(uid) => state::load(state, uid)
+                    .map_err(internal)?
+                    .is_some_and(|r| r.captured),
+                Err(_) => true,
+            };
             match rules::installed(&netns) {
-                Ok(true) => Ok(String::new()),
-                Ok(false) => Err(CniError::new(
+                Ok(installed) if installed || !captured => Ok(String::new()),
+                Ok(_) => Err(CniError::new(
                     CODE_INTERNAL,
                     "the ambit capture rules are missing from the pod netns",
                 )),
-                Err(e) => Err(CniError::new(CODE_INTERNAL, e.to_string())),
+                Err(e) => Err(internal(e)),
             }
         }
         other => Err(CniError::new(
@@ -148,6 +148,10 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
     }
 }
 
+fn internal(e: impl std::fmt::Display) -> CniError {
+    CniError::new(CODE_INTERNAL, e.to_string())
+}
+
 fn netns(invocation: &Invocation) -> Result<PathBuf, CniError> {
     invocation
         .netns
@@ -155,61 +159,53 @@ fn netns(invocation: &Invocation) -> Result<PathBuf, CniError> {
         .ok_or_else(|| CniError::new(CODE_INVALID_CONFIG, "CNI_NETNS is not set"))
 }
 
-fn add(invocation: &Invocation, netns: &Path, socket: &Path) -> Result<(), CniError> {
-    if !handoff::tunnel_ready(socket) {
-        return Err(CniError::new(
-            CODE_TRY_AGAIN,
-            format!(
-                "the ambit node tunnel is not ready (no listener on {}); refusing to start the pod uncaptured",
-                socket.display()
-            ),
-        ));
+/// ADD: the tunnel decides; its answer is applied both ways and recorded. A pod the tunnel
+/// refuses, or cannot be asked about, is not started (code 11: the runtime retries), except
+/// when the tunnel is unreachable and the last enrollment the agent saw says the pod is not
+/// enrolled: see [`starts_uncaptured`].
+fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniError> {
+    let record = PodRecord {
+        uid: invocation.arg("K8S_POD_UID")?.into(),
+        name: invocation.arg("K8S_POD_NAME")?.into(),
+        namespace: invocation.arg("K8S_POD_NAMESPACE")?.into(),
+        netns: netns(invocation)?,
+        captured: false,
+    };
+    match pod::enroll(state, socket, &record) {
+        Ok(_) => Ok(()),
+        Err(e) if e.tunnel_unreachable() => {
+            if starts_uncaptured(state::saved_enrollment(state).as_ref(), &record) {
+                pod::uninstall(state, &record).map_err(internal)?;
+                eprintln!(
+                    "ambit-capture: the node tunnel is unreachable; pod {} is not enrolled as last seen, so it starts uncaptured (the agent captures it if that changes)",
+                    record.label()
+                );
+                return Ok(());
+            }
+            Err(CniError::new(
+                CODE_TRY_AGAIN,
+                format!(
+                    "the ambit node tunnel is not ready (no listener on {}); refusing to start pod {} uncaptured",
+                    socket.display(),
+                    record.label()
+                ),
+            ))
+        }
+        Err(e) => {
+            // Rules may be in (recorded as captured); DEL, which the runtime runs after a
+            // failed ADD, removes both.
+            Err(CniError::new(CODE_TRY_AGAIN, e.to_string()))
+        }
     }
-    enroll(
-        netns,
-        socket,
-        Request::Add {
-            uid: invocation.arg("K8S_POD_UID")?.into(),
-            name: invocation.arg("K8S_POD_NAME")?.into(),
-            namespace: invocation.arg("K8S_POD_NAMESPACE")?.into(),
-        },
-    )
-    .map_err(|e| CniError::new(CODE_TRY_AGAIN, e.to_string()))
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum EnrollError {
-    #[error(transparent)]
-    Rules(#[from] rules::RulesError),
-    #[error(transparent)]
-    Handoff(#[from] handoff::HandoffError),
-    #[error("cannot open netns {path}: {source}")]
-    Netns {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-/// Captures a pod: rules first, then the handoff, so the tunnel's listeners exist before any
-/// connection could be redirected to them only if the handoff succeeds; on a failed handoff the
-/// rules stay, and the pod's traffic fails closed rather than leaving uncaptured.
-pub fn enroll(netns: &Path, socket: &Path, request: Request) -> Result<(), EnrollError> {
-    let fd: OwnedFd = std::fs::File::open(netns)
-        .map_err(|source| EnrollError::Netns {
-            path: netns.display().to_string(),
-            source,
-        })?
-        .into();
-    rules::install(netns)?;
-    handoff::send(socket, &request, Some(&fd))?;
-    Ok(())
-}
-
-/// Releases a pod: the tunnel forgets it, the rules go (opt-out or delete).
-pub fn release(netns: &Path, socket: &Path, uid: &str) -> Result<(), EnrollError> {
-    rules::remove(netns)?;
-    handoff::send(socket, &Request::Remove { uid: uid.into() }, None)?;
-    Ok(())
+/// With the tunnel unreachable, whether a new pod may start uncaptured: only if the agent saved
+/// a synced enrollment and it does not capture the pod. Without one (the node is booting, ambit
+/// was just installed) every pod waits, as an enrolled one must: a pod of an enrolled namespace
+/// never starts in plaintext. A namespace labeled while the tunnel is down has its new pods
+/// start plain and captured by the agent once the tunnel is back, as its running pods are.
+pub fn starts_uncaptured(saved: Option<&Enrollment>, record: &PodRecord) -> bool {
+    saved.is_some_and(|e| e.synced && !e.captures(&record.uid, &record.namespace))
 }
 
 #[cfg(test)]
@@ -217,21 +213,64 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    fn pod_args() -> HashMap<String, String> {
+        [
+            ("K8S_POD_UID", "u1"),
+            ("K8S_POD_NAME", "p"),
+            ("K8S_POD_NAMESPACE", "demo"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
     #[test]
     fn add_fails_closed_without_a_tunnel() {
         let inv = Invocation {
             command: "ADD".into(),
             netns: Some("/proc/self/ns/net".into()),
-            args: HashMap::new(),
+            args: pod_args(),
         };
         let err = run(
             &inv,
-            r#"{"cniVersion":"1.0.0","name":"k","type":"ambit-capture","tunnelSocket":"/nonexistent/t.sock"}"#,
+            r#"{"cniVersion":"1.0.0","name":"k","type":"ambit-capture","tunnelSocket":"/nonexistent/t.sock","stateDir":"/nonexistent/state"}"#,
         )
         .unwrap_err();
         assert_eq!(err.code, CODE_TRY_AGAIN);
         assert!(err.msg.contains("not ready"), "{}", err.msg);
+        assert!(err.msg.contains("demo/p (u1)"), "{}", err.msg);
         assert!(err.to_json("1.0.0").contains("\"code\":11"));
+    }
+
+    #[test]
+    fn without_a_tunnel_only_a_known_unenrolled_pod_starts() {
+        let record = PodRecord {
+            uid: "u1".into(),
+            name: "p".into(),
+            namespace: "demo".into(),
+            netns: "/run/netns/x".into(),
+            captured: false,
+        };
+        let view = |synced: bool, namespaces: &[&str], opted_out: &[&str]| Enrollment {
+            synced,
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            opted_out: opted_out.iter().map(|s| s.to_string()).collect(),
+            ..Enrollment::default()
+        };
+        assert!(!starts_uncaptured(None, &record), "nothing known: wait");
+        assert!(starts_uncaptured(
+            Some(&view(true, &["other"], &[])),
+            &record
+        ));
+        assert!(!starts_uncaptured(
+            Some(&view(true, &["demo"], &[])),
+            &record
+        ));
+        assert!(starts_uncaptured(
+            Some(&view(true, &["demo"], &["u1"])),
+            &record
+        ));
+        assert!(!starts_uncaptured(Some(&view(false, &[], &[])), &record));
     }
 
     #[test]
@@ -245,6 +284,7 @@ mod tests {
         assert_eq!(run(&inv, "not json").unwrap_err().code, CODE_INVALID_CONFIG);
         let inv = Invocation {
             command: "ADD".into(),
+            args: pod_args(),
             ..Default::default()
         };
         assert!(

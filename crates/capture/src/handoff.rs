@@ -283,7 +283,10 @@ mod tests {
         };
         assert!(e.captures("a", "demo"));
         assert!(!e.captures("b", "demo"), "opted out");
-        assert!(e.captures("new", "demo"), "not in the view yet: fail closed");
+        assert!(
+            e.captures("new", "demo"),
+            "not in the view yet: fail closed"
+        );
         assert!(!e.captures("c", "other"));
     }
 

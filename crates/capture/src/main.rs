@@ -1,13 +1,16 @@
 //! `ambit-capture`: the capture agent and chained CNI plugin.
 //!
 //! - As a CNI plugin (`CNI_COMMAND` set): reads the network config on stdin, see `cni`.
-//! - `ambit-capture enroll --netns PATH --uid UID --name NAME --namespace NS [--socket PATH]`
-//! - `ambit-capture release --netns PATH --uid UID [--socket PATH]` (opt-out / delete)
+//! - `ambit-capture agent [--socket PATH] [--state DIR] [--netns-dir DIR]
+//!   [--cni-bin-dir DIR --cni-conf-dir DIR [--cni-tunnel-socket PATH] [--cni-state-dir DIR]]
+//!   [--daemonset NAMESPACE/NAME] [--tick-ms N]`: the node agent, see `agent`.
+//! - `ambit-capture enroll --netns PATH --uid UID --name NAME --namespace NS [--socket PATH] [--state DIR]`:
+//!   asks the tunnel and applies its answer (rules or none).
+//! - `ambit-capture release --netns PATH --uid UID [--socket PATH] [--state DIR]`
 //! - `ambit-capture check --netns PATH`
-//! - `ambit-capture agent [--socket PATH] [--state DIR]`: hands every remembered pod to each
-//!   new tunnel instance (enroll/release keep the records; so do CNI ADD/DEL).
 
-use ambit_capture::{DEFAULT_SOCKET, agent, cni, handoff::Request, rules};
+use ambit_capture::state::{self, PodRecord};
+use ambit_capture::{DEFAULT_SOCKET, agent, cni, pod, rules};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::io::Read;
@@ -32,7 +35,7 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args
         .next()
-        .context("usage: ambit-capture enroll|release|check|agent ...")?;
+        .context("usage: ambit-capture agent|enroll|release|check ...")?;
     let mut flags = HashMap::new();
     while let Some(flag) = args.next() {
         let Some(name) = flag.strip_prefix("--") else {
@@ -42,6 +45,12 @@ fn main() -> Result<()> {
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
         flags.insert(name.to_owned(), value);
+    }
+    if command == "agent" {
+        let namespace = std::env::var(agent::ENV_NAMESPACE).ok();
+        let config = agent::AgentConfig::parse(&flags, namespace.as_deref())?;
+        agent::run(config)?;
+        return Ok(());
     }
     let get = |name: &str| {
         flags
@@ -53,35 +62,35 @@ fn main() -> Result<()> {
     let state = PathBuf::from(
         flags
             .get("state")
-            .map_or(agent::DEFAULT_STATE_DIR, String::as_str),
+            .map_or(state::DEFAULT_STATE_DIR, String::as_str),
     );
-    if command == "agent" {
-        agent::run(&state, &socket, std::time::Duration::from_millis(200));
-    }
     let netns = PathBuf::from(get("netns")?);
     match command.as_str() {
         "enroll" => {
-            let record = agent::PodRecord {
+            let record = PodRecord {
                 uid: get("uid")?,
                 name: get("name")?,
                 namespace: get("namespace")?,
-                netns: netns.clone(),
+                netns,
+                captured: false,
             };
-            cni::enroll(
-                &netns,
-                &socket,
-                Request::Add {
-                    uid: record.uid.clone(),
-                    name: record.name.clone(),
-                    namespace: record.namespace.clone(),
-                },
-            )?;
-            agent::remember(&state, &record)?;
+            if !pod::enroll(&state, &socket, &record)? {
+                eprintln!(
+                    "the tunnel says pod {} is not enrolled: no rules",
+                    record.label()
+                );
+            }
         }
         "release" => {
             let uid = get("uid")?;
-            agent::forget(&state, &uid)?;
-            cni::release(&netns, &socket, &uid)?;
+            let record = state::load(&state, &uid)?.unwrap_or(PodRecord {
+                uid,
+                name: String::new(),
+                namespace: String::new(),
+                netns: netns.clone(),
+                captured: true,
+            });
+            pod::release(&state, &socket, &PodRecord { netns, ..record })?;
         }
         "check" => {
             if !rules::installed(&netns)? {
