@@ -158,7 +158,7 @@ const HEADER: &str = "\
 #   AMBIT_BLESS=1 cargo test -p ambit-e2e --test chart
 # which runs
 #   helm template ambit charts/ambit --namespace ambit-system --kube-version 1.35.0 \\
-#     --api-versions gateway.networking.k8s.io/v1/GatewayClass
+#     --api-versions gateway.networking.k8s.io/v1/GatewayClass --no-hooks
 # and splits the CRDs (crds.yaml) from the rest (ambit.yaml). docs/install.md tells how to apply.
 ";
 
@@ -175,7 +175,7 @@ metadata:
 
 /// The rendered chart split into (crds.yaml, ambit.yaml), as `manifests/` holds them.
 fn manifests(helm: &Path) -> Result<(String, String)> {
-    let rendered = render(helm, &["--api-versions", GATEWAY_CLASS_API])?;
+    let rendered = render(helm, &["--api-versions", GATEWAY_CLASS_API, "--no-hooks"])?;
     let mut crds = String::from(HEADER);
     let mut rest = format!("{HEADER}---\n{NAMESPACE_OBJECT}");
     for doc in rendered.split("\n---\n") {
@@ -422,6 +422,24 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
     assert_eq!(
         text(class, &["metadata", "annotations", "helm.sh/hook"]),
         "post-install,post-upgrade"
+    );
+    // Whichever way it was made, uninstall deletes it (a pre-delete hook that replaces it).
+    let hooks: Vec<&str> = objects
+        .iter()
+        .filter(|o| text(o, &["kind"]) == "GatewayClass")
+        .map(|o| {
+            text(
+                o,
+                &["metadata", "annotations", "helm.sh/hook-delete-policy"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            "before-hook-creation",
+            "before-hook-creation,hook-succeeded"
+        ]
     );
     let gateway_crds: Vec<&Value> = objects
         .iter()
