@@ -94,6 +94,14 @@ impl Topic {
         }
     }
 
+    /// `kubectl ambit [words]`, for messages.
+    pub fn command(self) -> String {
+        match self.words() {
+            "" => "kubectl ambit".into(),
+            w => format!("kubectl ambit {w}"),
+        }
+    }
+
     /// Flags of this command beyond the global ones.
     fn flags(self) -> &'static [&'static str] {
         match self {
@@ -124,13 +132,13 @@ pub enum ArgsError {
         value: String,
         expected: &'static str,
     },
-    #[error("flag --{flag} does not apply to `kubectl ambit {}`", topic.words())]
+    #[error("flag --{flag} does not apply to `{}`", topic.command())]
     NotHere { flag: &'static str, topic: Topic },
-    #[error("unknown command {word:?} for `kubectl ambit {}`", topic.words())]
+    #[error("unknown command {word:?} for `{}`", topic.command())]
     UnknownCommand { word: String, topic: Topic },
-    #[error("unexpected argument {word:?} for `kubectl ambit {}`", topic.words())]
+    #[error("unexpected argument {word:?} for `{}`", topic.command())]
     Extra { word: String, topic: Topic },
-    #[error("`kubectl ambit {}` needs {what}", topic.words())]
+    #[error("`{}` needs {what}", topic.command())]
     Missing { what: &'static str, topic: Topic },
 }
 

@@ -63,7 +63,7 @@ pub enum Error {
     Rejected {
         namespace: String,
         name: String,
-        condition: waypoint::Condition,
+        condition: Box<waypoint::Condition>,
     },
     #[error("the watch on Gateway {namespace}/{name} ended before it was Programmed")]
     WatchEnded { namespace: String, name: String },
@@ -125,13 +125,12 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     move |error| Error::Kube { what, error }
 }
 
-/// Gateway reads and writes: a 404 on the collection means the CRD is missing.
+/// Gateway lists and applies: a 404 can only mean the resource type is missing (the
+/// apiserver answers a bare `404 page not found` for an unknown group).
 fn gateway_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |error| {
-        let api_missing = matches!(&error, kube::Error::Api(s)
-            if s.code == 404 && s.message.contains("could not find the requested resource"));
-        if api_missing {
+        if is_status(&error, 404) {
             Error::NoGatewayApi
         } else {
             Error::Kube { what, error }
@@ -213,12 +212,12 @@ fn render<T: Serialize>(output: Output, value: &T, text: String) -> Result<Strin
     })
 }
 
-/// The waypoints of a namespace, sorted by name.
-async fn waypoints_in(api: &Api<DynamicObject>, ns: &str) -> Result<Vec<DynamicObject>, Error> {
+/// The waypoints `api` sees (`scope` says where, for messages), sorted by namespace and name.
+async fn waypoints_in(api: &Api<DynamicObject>, scope: &str) -> Result<Vec<DynamicObject>, Error> {
     let list = api
         .list(&ListParams::default())
         .await
-        .map_err(gateway_error(format!("listing Gateways in namespace {ns}")))?;
+        .map_err(gateway_error(format!("listing Gateways in {scope}")))?;
     let mut items: Vec<DynamicObject> = list
         .items
         .into_iter()
@@ -250,7 +249,7 @@ async fn waypoint_apply(
     let name = waypoint::waypoint_name(sa, a.name)?;
     let api = gateways(conn, ns);
     // One waypoint per service account: a second Gateway would be a second, competing proxy.
-    if let Some(other) = waypoints_in(&api, ns)
+    if let Some(other) = waypoints_in(&api, &format!("namespace {ns}"))
         .await?
         .iter()
         .map(Waypoint::from_object)
@@ -324,6 +323,7 @@ async fn wait_programmed(
         let event = tokio::select! {
             _ = &mut deadline => {
                 let last = match (&last, &last_error) {
+                    (Some(c), _) if c.status == "Unknown" => format!("last {c}; is ambit-controller running? (kubectl ambit status)"),
                     (Some(c), _) => format!("last {c}"),
                     (None, Some(e)) => format!("watching it failed: {e}"),
                     (None, None) => "the Gateway has no Programmed condition yet: is ambit-controller running? (kubectl ambit status)".into(),
@@ -362,7 +362,7 @@ async fn wait_programmed(
                 return Err(Error::Rejected {
                     namespace: ns.into(),
                     name: name.into(),
-                    condition,
+                    condition: Box::new(condition),
                 });
             }
             Progress::Waiting(c) => {
@@ -452,7 +452,7 @@ async fn resolve(conn: &Connection, r: &WaypointRef) -> Result<Vec<DynamicObject
             Ok(vec![obj])
         }
         WaypointRef::ServiceAccount(sa) => {
-            let found: Vec<DynamicObject> = waypoints_in(&api, ns)
+            let found: Vec<DynamicObject> = waypoints_in(&api, &format!("namespace {ns}"))
                 .await?
                 .into_iter()
                 .filter(|o| Waypoint::from_object(o).service_account.as_deref() == Some(sa))

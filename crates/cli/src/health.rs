@@ -51,6 +51,7 @@ impl Check {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Enrolled {
     pub namespace: String,
     pub pods: usize,

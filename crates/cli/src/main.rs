@@ -12,9 +12,10 @@ fn main() -> ExitCode {
     let invocation = match args::parse(std::env::args().skip(1)) {
         Ok(i) => i,
         Err(e) => {
-            let topic = e.topic().words();
-            let sep = if topic.is_empty() { "" } else { " " };
-            eprintln!("error: {e}\nSee 'kubectl ambit{sep}{topic} --help' for usage.");
+            eprintln!(
+                "error: {e}\nSee '{} --help' for usage.",
+                e.topic().command()
+            );
             return ExitCode::from(2);
         }
     };
