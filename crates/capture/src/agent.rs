@@ -258,10 +258,14 @@ fn uninstall(config: &AgentConfig) {
         match cni.uninstall() {
             Ok(changed) => {
                 for path in changed {
-                    log(format_args!(
-                        "removed ambit-capture from {}",
-                        path.display()
-                    ));
+                    if path == cni.binary() {
+                        log(format_args!("removed the CNI plugin {}", path.display()));
+                    } else {
+                        log(format_args!(
+                            "removed ambit-capture from {}",
+                            path.display()
+                        ));
+                    }
                 }
             }
             Err(e) => log(format_args!("CNI uninstall: {e}")),
