@@ -143,7 +143,7 @@ fn check_file(path: &Path, want: &str) -> Result<()> {
         .lines()
         .zip(want.lines())
         .position(|(a, b)| a != b)
-        .map_or_else(|| have.lines().count().min(want.lines().count()), |i| i);
+        .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
     bail!(
         "{} differs from the chart (first at line {}: {:?}, expected {:?}).\nRegenerate with\n  {REGENERATE}",
         path.display(),
