@@ -125,11 +125,12 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         }
         "CHECK" => {
             let netns = netns(invocation)?;
-            // Only a captured pod must have rules (the agent may capture or release it later).
+            // A pod recorded as not captured needs no rules (the agent may capture it later);
+            // any other must have them.
             let captured = match invocation.arg("K8S_POD_UID") {
                 Ok(uid) => state::load(state, uid)
                     .map_err(internal)?
-                    .is_some_and(|r| r.captured),
+                    .is_none_or(|r| r.captured),
                 Err(_) => true,
             };
             match rules::installed(&netns) {

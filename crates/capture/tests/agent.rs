@@ -65,6 +65,8 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
         assert!(!record.captured && record.netns == pod.path(), "{record:?}");
     }
     assert_eq!(tunnel.count("add a"), 1);
+    // CHECK: a pod recorded as not captured needs no rules.
+    assert!(cni("CHECK", &a.path(), "a", "demo", &plugin_conf).0);
 
     let args: Vec<String> = [
         "--socket",
@@ -189,6 +191,8 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
     );
     assert!(!plugin.exists(), "plugin binary left after uninstall");
     assert!(state::records(&state_dir).unwrap().0.is_empty());
+    // Without a record, CHECK wants the rules (they are gone).
+    assert!(!cni("CHECK", &a.path(), "a", "demo", &plugin_conf).0);
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()
