@@ -44,6 +44,11 @@ impl Check {
         }
     }
 
+    /// A part whose object is missing (`looks_uninstalled` reads the `not found` prefix).
+    fn missing(part: &str, what: &str, ns: &str) -> Self {
+        Self::new(part, false, format!("not found: {what} in namespace {ns}"))
+    }
+
     /// A part that could not be read at all.
     pub fn unreadable(part: &str, error: &str) -> Self {
         Self::new(part, false, format!("cannot read: {error}"))
@@ -144,19 +149,11 @@ impl Report {
     }
 }
 
-fn not_found(what: &str, ns: &str) -> String {
-    format!("not found: {what} in namespace {ns}")
-}
-
 /// Every replica of the controller Deployment ready.
 pub fn controller(ns: &str, deployment: Option<&Deployment>) -> Check {
     let part = "controller";
     let Some(d) = deployment else {
-        return Check::new(
-            part,
-            false,
-            not_found(&format!("Deployment {CONTROLLER_DEPLOYMENT}"), ns),
-        );
+        return Check::missing(part, &format!("Deployment {CONTROLLER_DEPLOYMENT}"), ns);
     };
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let ready = d
@@ -230,11 +227,7 @@ fn pod_problem(p: &Pod) -> String {
 pub fn node(ns: &str, daemonset: Option<&DaemonSet>, pods: &[Pod]) -> Check {
     let part = "node";
     let Some(ds) = daemonset else {
-        return Check::new(
-            part,
-            false,
-            not_found(&format!("DaemonSet {NODE_DAEMONSET}"), ns),
-        );
+        return Check::missing(part, &format!("DaemonSet {NODE_DAEMONSET}"), ns);
     };
     let (desired, ready) = ds
         .status

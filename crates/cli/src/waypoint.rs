@@ -258,6 +258,74 @@ pub enum Progress {
     Waiting(Option<Condition>),
 }
 
+/// `waypoint status`: the Gateway's view and its Deployment's readiness.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub waypoint: Waypoint,
+    /// `None`: the controller has not created it.
+    pub deployment: Option<Readiness>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub name: String,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+}
+
+impl StatusReport {
+    pub fn render(&self) -> String {
+        let w = &self.waypoint;
+        let mut out = format!(
+            "Waypoint:        {}/{}\nService account: {}\nAddresses:       {}\n\n",
+            w.namespace,
+            w.name,
+            w.service_account.as_deref().unwrap_or("-"),
+            if w.addresses.is_empty() {
+                "-".into()
+            } else {
+                w.addresses.join(", ")
+            },
+        );
+        if w.conditions.is_empty() {
+            out.push_str(
+                "Conditions:      none yet (is ambit-controller running? kubectl ambit status)\n",
+            );
+        } else {
+            let rows: Vec<Vec<&str>> = w
+                .conditions
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.type_.as_str(),
+                        c.status.as_str(),
+                        c.reason.as_str(),
+                        c.message.as_str(),
+                    ]
+                })
+                .collect();
+            out.push_str(&crate::table::render(
+                &["CONDITION", "STATUS", "REASON", "MESSAGE"],
+                &rows,
+            ));
+        }
+        out.push('\n');
+        match &self.deployment {
+            Some(d) => out.push_str(&format!(
+                "Deployment:      {}/{} {}/{} ready\n",
+                w.namespace, d.name, d.ready_replicas, d.replicas
+            )),
+            None => out.push_str(&format!(
+                "Deployment:      {}/{} not found (the controller creates it once the Gateway is Accepted)\n",
+                w.namespace, w.name
+            )),
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,5 +438,36 @@ mod tests {
             panic!()
         };
         assert!(c.message.contains("80/HBONE"));
+    }
+
+    #[test]
+    fn status_text_shows_conditions_and_deployment() {
+        let mut g = gateway("shop", "waypoint-back", "back");
+        g["status"] = json!({"addresses": [{"value": "10.96.0.9"}], "conditions": [
+            {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "applied"}]});
+        let w = Waypoint::from_object(&obj(g));
+        let s = StatusReport {
+            waypoint: w.clone(),
+            deployment: Some(Readiness {
+                name: "waypoint-back".into(),
+                replicas: 1,
+                ready_replicas: 1,
+            }),
+        };
+        let text = s.render();
+        assert!(
+            text.contains("Programmed   True     Programmed   applied"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Deployment:      shop/waypoint-back 1/1 ready"),
+            "{text}"
+        );
+        assert!(text.contains("10.96.0.9"), "{text}");
+        let none = StatusReport {
+            waypoint: w,
+            deployment: None,
+        };
+        assert!(none.render().contains("not found"));
     }
 }

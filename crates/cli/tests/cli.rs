@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,46 +127,21 @@ fn gateways(client: &kube::Client) -> Api<DynamicObject> {
     )
 }
 
-/// The vendored upstream CRDs when the chart has them, else minimal stand-ins.
-fn install_crds(tb: &ambit_testbed::Testbed, dir: &Path) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let vendored = root.join("charts/ambit/files/gateway-api");
-    let mut files: Vec<PathBuf> = ["gatewayclasses", "gateways"]
-        .iter()
-        .map(|k| vendored.join(format!("gateway.networking.k8s.io_{k}.yaml")))
-        .collect();
-    if files.iter().all(|f| f.exists()) {
-        eprintln!(
-            "Gateway API CRDs: vendored upstream ones from {}",
-            vendored.display()
-        );
-    } else {
-        eprintln!("Gateway API CRDs: not vendored in the chart; minimal stand-ins");
-        let path = dir.join("gateway-api-minimal.yaml");
-        std::fs::write(&path, MINIMAL_GATEWAY_API_CRDS)?;
-        files = vec![path];
-    }
-    files.extend(
-        [
-            "crds/authorizationpolicies.yaml",
-            "files/crds/authorizationpolicies.yaml",
-        ]
-        .iter()
-        .map(|p| root.join("charts/ambit").join(p))
-        .find(|p| p.exists()),
-    );
-    for f in &files {
+/// The chart's CRDs: the vendored upstream Gateway API ones and ambit's own.
+fn install_crds(tb: &ambit_testbed::Testbed) -> Result<()> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/ambit");
+    for f in [
+        "files/gateway-api/gateway.networking.k8s.io_gatewayclasses.yaml",
+        "files/gateway-api/gateway.networking.k8s.io_gateways.yaml",
+        "crds/authorizationpolicies.yaml",
+    ] {
         // Server-side: the upstream CRDs are too big for client-side apply's annotation.
         let out = tb
             .kubectl()
             .args(["apply", "--server-side", "-f"])
-            .arg(f)
+            .arg(chart.join(f))
             .output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl apply {}: {out:?}",
-            f.display()
-        );
+        ensure!(out.status.success(), "kubectl apply {f}: {out:?}");
     }
     let out = tb
         .kubectl()
@@ -176,42 +151,6 @@ fn install_crds(tb: &ambit_testbed::Testbed, dir: &Path) -> Result<()> {
     ensure!(out.status.success(), "CRDs established: {out:?}");
     Ok(())
 }
-
-const MINIMAL_GATEWAY_API_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: gateways.gateway.networking.k8s.io
-  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
-spec:
-  group: gateway.networking.k8s.io
-  names: {kind: Gateway, plural: gateways, singular: gateway, listKind: GatewayList}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: gatewayclasses.gateway.networking.k8s.io
-  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
-spec:
-  group: gateway.networking.k8s.io
-  names: {kind: GatewayClass, plural: gatewayclasses, singular: gatewayclass, listKind: GatewayClassList}
-  scope: Cluster
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
 
 /// Sets status conditions as a controller would (merge patch: the list is replaced).
 async fn set_conditions(
@@ -341,7 +280,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     )?;
     ambit(tb, "config dump --node no-such-node")?.exits(1, "node no-such-node not found")?;
 
-    install_crds(tb, &scratch)?;
+    install_crds(tb)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(&pp, &obj(json!({"metadata": {"name": NS}})))
