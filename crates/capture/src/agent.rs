@@ -515,7 +515,7 @@ impl Reconciler {
             Ok(capture)
         });
         let how = match why {
-            Why::Replay => "handed to the new tunnel".to_owned(),
+            Why::Replay => "replayed to the current tunnel".to_owned(),
             Why::Enrolled => "enrolled".to_owned(),
             Why::Found => format!("found by address in {}", r.netns.display()),
         };

@@ -161,9 +161,9 @@ fn netns(invocation: &Invocation) -> Result<PathBuf, CniError> {
 }
 
 /// ADD: the tunnel decides; its answer is applied both ways and recorded. A pod the tunnel
-/// refuses, or cannot be asked about, is not started (code 11: the runtime retries), except
-/// when the tunnel is unreachable and the last enrollment the agent saw says the pod is not
-/// enrolled: see [`starts_uncaptured`].
+/// cannot decide on (unreachable, or refusing: draining, no view yet) is not started (code 11:
+/// the runtime retries), unless the last enrollment the agent saw says it is not enrolled: see
+/// [`starts_uncaptured`].
 fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniError> {
     let record = PodRecord {
         uid: invocation.arg("K8S_POD_UID")?.into(),
@@ -174,11 +174,11 @@ fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniEr
     };
     match pod::enroll(state, socket, &record) {
         Ok(_) => Ok(()),
-        Err(e) if e.tunnel_unreachable() => {
+        Err(e) if e.tunnel_undecided() => {
             if starts_uncaptured(state::saved_enrollment(state).as_ref(), &record) {
                 pod::uninstall(state, &record).map_err(internal)?;
                 eprintln!(
-                    "ambit-capture: the node tunnel is unreachable; pod {} is not enrolled as last seen, so it starts uncaptured (the agent captures it if that changes)",
+                    "ambit-capture: the node tunnel cannot decide ({e}); pod {} was not enrolled as last seen, so it starts uncaptured (the agent captures it if that changes)",
                     record.label()
                 );
                 return Ok(());
@@ -186,21 +186,18 @@ fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniEr
             Err(CniError::new(
                 CODE_TRY_AGAIN,
                 format!(
-                    "the ambit node tunnel is not ready (no listener on {}); refusing to start pod {} uncaptured",
-                    socket.display(),
+                    "the ambit node tunnel is not ready ({e}); refusing to start pod {} uncaptured",
                     record.label()
                 ),
             ))
         }
-        Err(e) => {
-            // Rules may be in (recorded as captured); DEL, which the runtime runs after a
-            // failed ADD, removes both.
-            Err(CniError::new(CODE_TRY_AGAIN, e.to_string()))
-        }
+        // Rules may be in (recorded as captured); DEL, which the runtime runs after a failed
+        // ADD, removes both.
+        Err(e) => Err(CniError::new(CODE_TRY_AGAIN, e.to_string())),
     }
 }
 
-/// With the tunnel unreachable, whether a new pod may start uncaptured: only if the agent saved
+/// With the tunnel unable to decide, whether a new pod may start uncaptured: only if the agent saved
 /// a synced enrollment and it does not capture the pod. Without one (the node is booting, ambit
 /// was just installed) every pod waits, as an enrolled one must: a pod of an enrolled namespace
 /// never starts in plaintext. A namespace labeled while the tunnel is down has its new pods

@@ -33,9 +33,13 @@ pub enum PodError {
 }
 
 impl PodError {
-    /// The tunnel's socket accepted no connection (not: it answered with a refusal).
-    pub fn tunnel_unreachable(&self) -> bool {
-        matches!(self, Self::Handoff(HandoffError::Connect { .. }))
+    /// The tunnel could not decide: its socket accepted no connection, or it refused (it is
+    /// draining, or has no view yet). Not: the exchange broke, or the rules failed.
+    pub fn tunnel_undecided(&self) -> bool {
+        matches!(
+            self,
+            Self::Handoff(HandoffError::Connect { .. } | HandoffError::Refused(_))
+        )
     }
 }
 

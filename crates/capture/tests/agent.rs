@@ -158,21 +158,38 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
         assert!(!state::load(&state_dir, uid).unwrap().unwrap().captured);
     }
 
-    // Labeled again, then the tunnel goes away: a new pod of a namespace the last view did
-    // not enroll starts uncaptured; one of an enrolled namespace waits (code 11).
+    // Labeled again: captured again.
     tunnel.set(view(true, &["demo"], vec![c_pod]));
     for pod in pods {
         poll(&format!("rules in {} again", pod.name), || {
             pod.captured().then_some(())
         });
     }
-    drop(tunnel);
+    // The tunnel loses its view (it refuses to decide), then goes away: a new pod of a
+    // namespace the last synced view did not enroll starts uncaptured; one of an enrolled
+    // namespace waits (code 11, retried by the runtime).
+    tunnel.set(view(false, &[], vec![]));
     let (ok, out) = cni("ADD", &d.path(), "d", "elsewhere", &plugin_conf);
     assert!(ok && !d.captured(), "{out}");
+    assert!(!state::load(&state_dir, "d").unwrap().unwrap().captured);
     let (ok, out) = cni("ADD", &d.path(), "e", "demo", &plugin_conf);
-    assert!(!ok && out.contains("\"code\":11"), "{out}");
+    assert!(
+        !ok && out.contains("\"code\":11") && out.contains("no view yet"),
+        "{out}"
+    );
+    drop(tunnel);
+    let (ok, out) = cni("ADD", &d.path(), "e", "demo", &plugin_conf);
+    assert!(
+        !ok && out.contains("\"code\":11") && out.contains("cannot reach"),
+        "{out}"
+    );
+    assert!(state::load(&state_dir, "e").unwrap().is_none());
     let tunnel = FakeTunnel::start(&socket, enrollment);
     tunnel.wait_ticks(2);
+    assert!(
+        pods.iter().all(|p| p.captured()),
+        "a tunnel without a view released pods"
+    );
 
     // helm uninstall: the DaemonSet is gone. Every rule, the entry and the binary go.
     apiserver.answer(404);

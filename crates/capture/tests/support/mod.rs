@@ -95,7 +95,8 @@ impl Drop for PodNetns {
 pub type Requests = Arc<Mutex<Vec<String>>>;
 
 /// A tunnel on a real unix socket answering the handoff protocol from an enrollment the test
-/// sets: `Add` answers `capture` as [`Enrollment::captures`] says (never while not synced).
+/// sets: `Add` answers `capture` as [`Enrollment::captures`] says, and is refused while the
+/// enrollment is not synced.
 pub struct FakeTunnel {
     path: PathBuf,
     pub enrollment: Arc<Mutex<Enrollment>>,
@@ -123,10 +124,13 @@ impl FakeTunnel {
                     };
                     let view = enrollment.lock().unwrap().clone();
                     let (line, reply) = match request {
+                        Request::Add { .. } if !view.synced => {
+                            ("add refused".to_owned(), Reply::refused("no view yet"))
+                        }
                         Request::Add { uid, namespace, .. } => (
                             format!("add {uid}"),
                             Reply {
-                                capture: view.synced && view.captures(&uid, &namespace),
+                                capture: view.captures(&uid, &namespace),
                                 ..Reply::ok()
                             },
                         ),
