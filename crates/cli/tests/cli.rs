@@ -175,6 +175,27 @@ async fn set_conditions(
     Ok(())
 }
 
+/// Accepted, and Programmed as given, as the controller writes them for a valid waypoint.
+async fn programmed(
+    api: &Api<DynamicObject>,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Result<()> {
+    let accepted = (
+        "Accepted",
+        "True",
+        "Accepted",
+        "waypoint for service account back",
+    );
+    set_conditions(
+        api,
+        "waypoint-back",
+        &[accepted, ("Programmed", status, reason, message)],
+    )
+    .await
+}
+
 /// `apply --wait` running in the background, its stderr collected as it comes.
 struct Background {
     child: Mutex<Child>,
@@ -441,23 +462,11 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         "waypoint apply -n shop --service-account back --timeout 30s",
     )?
     .exits(1, "80/HBONE")?;
-    set_conditions(
+    programmed(
         &gws,
-        "waypoint-back",
-        &[
-            (
-                "Accepted",
-                "True",
-                "Accepted",
-                "waypoint for service account back",
-            ),
-            (
-                "Programmed",
-                "False",
-                "Pending",
-                "waiting for the Service's cluster IP",
-            ),
-        ],
+        "False",
+        "Pending",
+        "waiting for the Service's cluster IP",
     )
     .await?;
     let waiting = Background::start(ambit_cmd(
@@ -479,23 +488,11 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             "Programmed=False (Pending)",
         )
         .await?;
-    set_conditions(
+    programmed(
         &gws,
-        "waypoint-back",
-        &[
-            (
-                "Accepted",
-                "True",
-                "Accepted",
-                "waypoint for service account back",
-            ),
-            (
-                "Programmed",
-                "True",
-                "Programmed",
-                "Deployment, Service waypoint-back and ServiceAccount applied",
-            ),
-        ],
+        "True",
+        "Programmed",
+        "Deployment, Service waypoint-back and ServiceAccount applied",
     )
     .await?;
     let run = waiting.finish().await?.ok()?;
