@@ -476,6 +476,7 @@ impl Reconciler {
                     let _ = pod::tell_removed(&socket, &r.uid);
                 }
                 self.handed.remove(&r.uid);
+                self.last.remove(&r.uid);
                 match state::forget(&state_dir, &r.uid) {
                     Ok(()) => log(format_args!("forgot pod {}: its netns is gone", r.label())),
                     Err(e) => self.once(&r.uid, e.to_string()),
