@@ -65,6 +65,17 @@ fn create_node(config: &Config, k: u8) -> Result<(), Error> {
             &config.node_ip(other).to_string(),
         ])?;
     }
+    // Host-network pods reach ClusterIPs as on a real node: the kube-proxy stand-in DNATs
+    // them in OUTPUT, but the socket needs a route first. On-link: nothing leaves the bridge.
+    ip(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        crate::config::SERVICE_CIDR,
+        "dev",
+        "eth0",
+    ])?;
     // So the host (the apiserver) can answer pods: on-bridge routes only, never forwarded.
     ip(&[
         "route",

@@ -82,6 +82,9 @@ struct Held {
     netns: OwnedFd,
 }
 
+/// How soon a held pod that could not be served is tried again.
+const HELD_RETRY: Duration = Duration::from_secs(2);
+
 /// What to do with a pod handed over.
 enum Decision {
     Serve,
@@ -201,17 +204,19 @@ impl<I: CertificateIssuer> Node<I> {
         }
     }
 
-    /// Serves the held pods the mesh now lists; drops those it says are not enrolled.
+    /// Serves the held pods the mesh now lists; drops those it says are not enrolled. A pod
+    /// that cannot be served yet (no certificate: the CA is away) stays held and is retried.
     /// Blocking: call it off the async runtime.
-    pub fn serve_held(&self) {
+    pub fn serve_held(self: &Arc<Self>) {
         let mesh = self.shared.mesh();
+        let mut retry = false;
         let uids: Vec<String> = lock(&self.held).keys().cloned().collect();
         for uid in uids {
             let Some(held) = lock(&self.held).remove(&uid) else {
                 continue;
             };
-            let result = match self.decide(&mesh, &uid, &held.namespace) {
-                Ok(Decision::Serve) => self.serve(&mesh, &uid, held.netns),
+            match self.decide(&mesh, &uid, &held.namespace) {
+                Ok(Decision::Serve) => {}
                 Ok(Decision::Hold) => {
                     lock(&self.held).insert(uid, held);
                     continue;
@@ -220,16 +225,34 @@ impl<I: CertificateIssuer> Node<I> {
                     tracing::info!(%uid, name = %held.name, "held pod is not enrolled after all");
                     continue;
                 }
-                Err(e) => Err(e),
-            };
-            match result {
+                Err(error) => {
+                    tracing::warn!(%uid, name = %held.name, %error, "held pod dropped");
+                    continue;
+                }
+            }
+            let served = held
+                .netns
+                .try_clone()
+                .map_err(|e| NodeError::Pod(PodError::Setns(e)))
+                .and_then(|netns| self.serve(&mesh, &uid, netns));
+            match served {
                 Ok(()) => {
                     tracing::info!(%uid, name = %held.name, namespace = %held.namespace, "held pod served")
                 }
                 Err(error) => {
-                    tracing::warn!(%uid, name = %held.name, %error, "held pod could not be served")
+                    tracing::warn!(%uid, name = %held.name, %error, "held pod could not be served; retrying");
+                    // A newer handover of the same pod wins.
+                    lock(&self.held).entry(uid).or_insert(held);
+                    retry = true;
                 }
             }
+        }
+        if retry {
+            let node = self.clone();
+            self.runtime.spawn(async move {
+                tokio::time::sleep(HELD_RETRY).await;
+                let _ = tokio::task::spawn_blocking(move || node.serve_held()).await;
+            });
         }
     }
 
