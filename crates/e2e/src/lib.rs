@@ -161,6 +161,12 @@ impl<'a> User<'a> {
     /// `helm install` and wait until the controller and a tunnel on every node are Ready.
     pub async fn install(&self) -> Result<()> {
         self.say.step("Install ambit with helm");
+        // The testbed runs CNI plugins in the host's filesystem, with each node's files under
+        // its own root directory.
+        let plugin_root = format!(
+            "node.cni.pluginRoot={}/nodes/$(NODE_NAME)/root",
+            self.tb.config.state_dir.display()
+        );
         self.helm(&[
             "install",
             "ambit",
@@ -168,6 +174,8 @@ impl<'a> User<'a> {
             "-n",
             SYSTEM_NS,
             "--create-namespace",
+            "--set",
+            &plugin_root,
         ])?;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), SYSTEM_NS);
         let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), SYSTEM_NS);

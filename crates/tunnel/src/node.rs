@@ -26,6 +26,8 @@ pub enum NodeError {
     Pod(#[from] PodError),
     #[error("the tunnel is draining")]
     Draining,
+    #[error("the tunnel has no mesh config yet (is the controller reachable?); retry")]
+    NotSynced,
 }
 
 /// What every pod's connections read: immutable config plus the live mesh model.
@@ -182,6 +184,10 @@ impl<I: CertificateIssuer> Node<I> {
     ) -> Result<bool, NodeError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(NodeError::Draining);
+        }
+        // Without a view, "not enrolled" would be a guess that starts pods in plaintext.
+        if !self.shared.synced() {
+            return Err(NodeError::NotSynced);
         }
         let mesh = self.shared.mesh();
         match self.decide(&mesh, uid, namespace)? {
