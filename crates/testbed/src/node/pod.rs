@@ -521,11 +521,13 @@ impl Runtime {
             }
             None => tokio::process::Command::new("unshare"),
         };
+        // Slave: mounts the host makes later (a new pod's netns under /run/netns) reach the
+        // container, as `mountPropagation: HostToContainer` asks; nothing flows back.
         cmd.args([
             "--mount",
             "--uts",
             "--propagation",
-            "private",
+            "slave",
             "--",
             "/bin/sh",
             "-c",
