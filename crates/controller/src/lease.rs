@@ -4,6 +4,7 @@
 use crate::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::sync::Arc;
@@ -14,11 +15,13 @@ pub const LEASE_NAME: &str = "ambit-controller";
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(3);
 
-/// Runs the election forever; `leader` says whether this replica holds the Lease.
+/// Runs the election forever; `leader` says whether this replica holds the Lease. The Lease
+/// is created owned by `owner` (the install), so an uninstall removes it.
 pub async fn run(
     client: kube::Client,
     namespace: String,
     identity: String,
+    owner: Option<OwnerReference>,
     leader: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 ) {
@@ -26,7 +29,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(RENEW_EVERY);
     loop {
         tick.tick().await;
-        let held = match try_acquire(&api, &identity).await {
+        let held = match try_acquire(&api, &identity, owner.as_ref()).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, lease = LEASE_NAME, "leader election");
@@ -42,7 +45,11 @@ pub async fn run(
     }
 }
 
-async fn try_acquire(api: &Api<Lease>, identity: &str) -> Result<bool, kube::Error> {
+async fn try_acquire(
+    api: &Api<Lease>,
+    identity: &str,
+    owner: Option<&OwnerReference>,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let spec = |acquire: Option<MicroTime>, transitions: i32| LeaseSpec {
         holder_identity: Some(identity.to_string()),
@@ -56,6 +63,7 @@ async fn try_acquire(api: &Api<Lease>, identity: &str) -> Result<bool, kube::Err
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(LEASE_NAME.into()),
+                owner_references: owner.map(|o| vec![o.clone()]),
                 ..Default::default()
             },
             spec: Some(spec(None, 0)),

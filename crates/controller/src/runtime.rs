@@ -250,6 +250,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         client.clone(),
         config.namespace.clone(),
         config.pod_name.clone(),
+        owner.clone(),
         leader_tx,
         metrics.clone(),
     ));

@@ -303,7 +303,8 @@ impl<'a> User<'a> {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(stderr.lines().next().unwrap_or_default().to_owned())
         }
     }
 
@@ -346,11 +347,12 @@ impl<'a> User<'a> {
             .context("starting tcpdump")?;
         // tcpdump says "listening on" once it captures.
         let mut stderr = BufReader::new(tcpdump.stderr.take().context("tcpdump stderr")?);
-        let mut line = String::new();
-        stderr.read_line(&mut line)?;
-        if !line.contains("listening on") {
-            let _ = tcpdump.kill();
-            bail!("tcpdump did not start: {line}");
+        let mut said = String::new();
+        while !said.contains("listening on") {
+            if stderr.read_line(&mut said)? == 0 {
+                let _ = tcpdump.wait();
+                bail!("tcpdump did not start: {said}");
+            }
         }
         let result = during().await;
         // Packets are written as they are captured (-U); give the last ones a moment to land
@@ -466,6 +468,16 @@ impl User<'_> {
             self.pod(NS, CLIENT).await?,
             self.service_addr().await?,
         );
+        // The Service answers once its endpoints are programmed on the node.
+        let _ = self
+            .call_until(
+                "client -> echo answered",
+                &client,
+                svc,
+                "ping",
+                Result::is_ok,
+            )
+            .await?;
         let (reply, seen) = self
             .sniff(&server, async || self.call(&client, svc, "hello-in-clear"))
             .await?;
