@@ -36,10 +36,7 @@ impl Drop for DownOnDrop<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_ambit_against_the_real_apiserver() -> Result<()> {
-    if !ambit_testbed::sys::is_root() {
-        eprintln!(
-            "\n!!!!! SKIPPED kubectl_ambit_against_the_real_apiserver: needs root (testbed). CI runs it as root. !!!!!\n"
-        );
+    if ambit_testbed::skip_without_root("kubectl_ambit_against_the_real_apiserver") {
         return Ok(());
     }
     // The samples stand in for workloads; controller, tunnel and capture run from the chart.

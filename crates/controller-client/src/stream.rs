@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, watch};
 pub type Resources = BTreeMap<String, pb::Resource>;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// A first view of a large mesh (10,000 pods) is several MiB, over tonic's 4 MiB default.
+const MAX_DELTA_BYTES: usize = 64 * 1024 * 1024;
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// How the subscription is doing, for readiness, metrics and the config dump.
@@ -51,7 +53,8 @@ pub async fn subscribe<F>(
 ) where
     F: FnMut(&Resources) -> Result<(), String>,
 {
-    let mut client = ConfigServiceClient::new(endpoint.channel());
+    let mut client =
+        ConfigServiceClient::new(endpoint.channel()).max_decoding_message_size(MAX_DELTA_BYTES);
     let mut held = Resources::new();
     let mut backoff = BACKOFF_MIN;
     loop {

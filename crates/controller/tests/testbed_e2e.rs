@@ -43,12 +43,7 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_against_the_real_apiserver() -> Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!! SKIPPED controller_against_the_real_apiserver: needs root (testbed). CI runs it as root. !!!!!\n"
-        );
+    if ambit_testbed::skip_without_root("controller_against_the_real_apiserver") {
         return Ok(());
     }
     ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;

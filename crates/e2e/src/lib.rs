@@ -272,6 +272,15 @@ impl<'a> User<'a> {
         .await?)
     }
 
+    /// The echo server pod, the client pod and the echo Service's address.
+    pub async fn samples(&self) -> Result<Samples> {
+        Ok(Samples {
+            server: self.server_pod().await?,
+            client: self.pod(NS, CLIENT).await?,
+            svc: self.service_addr().await?,
+        })
+    }
+
     /// The echo Service's address.
     pub async fn service_addr(&self) -> Result<SocketAddr> {
         let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(self.client.clone(), NS)
@@ -412,6 +421,14 @@ pub fn saw_identities(metrics: &str, source: &str, destination: &str) -> bool {
     })
 }
 
+/// What most steps talk about.
+#[derive(Debug)]
+pub struct Samples {
+    pub server: Pod,
+    pub client: Pod,
+    pub svc: SocketAddr,
+}
+
 /// One TCP connection from inside a pod's netns, kept open across steps: proof that
 /// established traffic is not disturbed.
 #[derive(Debug)]
@@ -463,11 +480,11 @@ impl User<'_> {
     /// Before enrollment the payload crosses the wire in clear text.
     pub async fn plain_before_enrollment(&self) -> Result<()> {
         self.say.step("Before enrollment: traffic is plain TCP");
-        let (server, client, svc) = (
-            self.server_pod().await?,
-            self.pod(NS, CLIENT).await?,
-            self.service_addr().await?,
-        );
+        let Samples {
+            server,
+            client,
+            svc,
+        } = self.samples().await?;
         // The Service answers once its endpoints are programmed on the node.
         let _ = self
             .call_until(
@@ -501,11 +518,11 @@ impl User<'_> {
         self.say.step("Enroll namespace demo: kubectl label");
         let before = self.pod_generations().await?;
         self.kubectl(&["label", "namespace", NS, "ambit.dev/dataplane-mode=ambient"])?;
-        let (server, client, svc) = (
-            self.server_pod().await?,
-            self.pod(NS, CLIENT).await?,
-            self.service_addr().await?,
-        );
+        let Samples {
+            server,
+            client,
+            svc,
+        } = self.samples().await?;
         let (from, to) = (spiffe(NS, CLIENT), spiffe(NS, SERVER));
         eventually(
             "client -> echo carried by the tunnels with SPIFFE identities",
@@ -610,11 +627,11 @@ impl User<'_> {
     pub async fn controller_restart(&self) -> Result<()> {
         self.say
             .step("Controller away and back, under live traffic");
-        let (server, client, svc) = (
-            self.server_pod().await?,
-            self.pod(NS, CLIENT).await?,
-            self.service_addr().await?,
-        );
+        let Samples {
+            server,
+            client,
+            svc,
+        } = self.samples().await?;
         let mut live = LiveConnection::open(self.tb, &client, svc)?;
         live.exchange("before")?;
         self.kubectl(&[
@@ -735,11 +752,11 @@ impl User<'_> {
                 .then_some(())
         })
         .await?;
-        let (server, client, svc) = (
-            self.server_pod().await?,
-            self.pod(NS, CLIENT).await?,
-            self.service_addr().await?,
-        );
+        let Samples {
+            server,
+            client,
+            svc,
+        } = self.samples().await?;
         let _ = self
             .call_until(
                 "client -> echo in plain TCP",

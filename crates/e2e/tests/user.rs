@@ -9,12 +9,7 @@ use anyhow::{Context, Result};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_path() -> Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!! SKIPPED the_users_path: needs root (testbed). CI runs it as root. !!!!!\n"
-        );
+    if ambit_testbed::skip_without_root("the_users_path") {
         return Ok(());
     }
     ambit_testbed::build_binaries(PACKAGES)?;

@@ -506,6 +506,21 @@ where
     }
 }
 
+/// For tests that need the testbed: without root, says loudly that `test` is skipped and
+/// returns `true`. Written straight to the stderr handle: the harness captures `eprintln!` of
+/// passing tests.
+pub fn skip_without_root(test: &str) -> bool {
+    if sys::is_root() {
+        return false;
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! SKIPPED {test}: needs root (netns, bridges, a local control plane). CI runs it as root. !!!!!\n"
+    );
+    true
+}
+
 pub fn build_binaries(packages: &[&str]) -> Result<(), Error> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -54,13 +54,7 @@ impl Drop for DownOnDrop<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        // Straight to the stderr handle: the harness captures eprintln! of passing tests.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!! SKIPPED testbed_runs_workloads_like_a_cluster: needs root (netns, bridges, mounts). CI runs it as root. !!!!!\n"
-        );
+    if ambit_testbed::skip_without_root("testbed_runs_workloads_like_a_cluster") {
         return Ok(());
     }
     // The agent and the sample images must be current builds.

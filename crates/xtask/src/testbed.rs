@@ -42,7 +42,9 @@ pub fn demo() -> Result<()> {
     }
     setup()?;
     cmd::run(&mut cargo(["build", "--workspace", "--bins"]))?;
-    cmd::run(&mut Command::new(workspace_root().join("target/debug/ambit-demo")))
+    cmd::run(&mut Command::new(
+        workspace_root().join("target/debug/ambit-demo"),
+    ))
 }
 
 pub fn run(args: &[&str]) -> Result<()> {
