@@ -545,6 +545,15 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         })
         .await?;
 
+    // The waypoint's own pod is listed too (opted out: it speaks HBONE itself); let it settle
+    // (addresses, Service membership) so the resume below compares a still view.
+    node_sub
+        .wait("the waypoint pod settled in the view", Duration::from_secs(30), |v| {
+            v.resources.values().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w))
+                if w.name.starts_with("front-waypoint-") && w.opted_out && !w.ips.is_empty() && !w.services.is_empty()))
+        })
+        .await?;
+
     // --- Restart: a client resuming with what it holds gets no removals, only real changes. ---
     let held = node_sub.view.borrow().known();
     drop(running);
