@@ -42,8 +42,9 @@ async fn main() -> Result<()> {
         user.say.say(line);
     }
     println!(
-        "\n== Poke around\n   eval \"$(cargo xtask testbed env)\"      # KUBECONFIG, PATH with kubectl, helm\n   \
-         export PATH=$PWD/target/debug:$PATH     # kubectl-ambit, the plugin\n   \
+        "\n== Poke around (docs/quickstart.md)\n   eval \"$(cargo xtask testbed env)\"      # KUBECONFIG\n   \
+         . /var/cache/ambit/testbed.env          # AMBIT_KUBECTL, AMBIT_HELM\n   \
+         export PATH=\"$(dirname $AMBIT_KUBECTL):$(dirname $AMBIT_HELM):$PWD/target/debug:$PATH\"\n   \
          kubectl get pods -A -o wide\n   kubectl ambit status\n   kubectl ambit config dump --node {node}\n   \
          kubectl logs -n {SYSTEM_NS} -l app.kubernetes.io/name=ambit-node -c tunnel   # access log\n   \
          kubectl get authorizationpolicies -n {NS}\n\n== Tear down\n   cargo xtask testbed down\n",
