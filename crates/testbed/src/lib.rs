@@ -481,8 +481,8 @@ impl Testbed {
     }
 }
 
-/// Builds workspace binaries (`cargo build --bins -p P...`) so the images a test uses map to
-/// current builds. For tests: `cargo test` builds only the binaries of the package under test.
+/// Builds workspace binaries (`cargo build --bins -p P...`, `--release` from a release build)
+/// so the images a test uses map to current builds. For tests: `cargo test` builds only the binaries of the package under test.
 /// Cheap when they are fresh; `$CARGO` (set by cargo for tests) picks the same toolchain.
 /// Polls `check` every 50 ms until it yields a value, failing once `timeout` has passed: how
 /// tests wait for the cluster instead of guessing with sleeps.
@@ -526,6 +526,11 @@ pub fn build_binaries(packages: &[&str]) -> Result<(), Error> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args(["build", "--bins"]);
+    // Next to the running test's binaries, where `Testbed::new` looks: a release benchmark
+    // needs release builds.
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
     for p in packages {
         cmd.args(["-p", p]);
     }
