@@ -481,9 +481,6 @@ impl Testbed {
     }
 }
 
-/// Builds workspace binaries (`cargo build --bins -p P...`, `--release` from a release build)
-/// so the images a test uses map to current builds. For tests: `cargo test` builds only the binaries of the package under test.
-/// Cheap when they are fresh; `$CARGO` (set by cargo for tests) picks the same toolchain.
 /// Polls `check` every 50 ms until it yields a value, failing once `timeout` has passed: how
 /// tests wait for the cluster instead of guessing with sleeps.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, Error>
@@ -521,6 +518,10 @@ pub fn skip_without_root(test: &str) -> bool {
     true
 }
 
+/// Builds workspace binaries (`cargo build --bins -p P...`, `--release` from a release build)
+/// so the images a test uses map to current builds: `cargo test` builds only the binaries of
+/// the package under test. Cheap when they are fresh; `$CARGO` (set by cargo for tests) picks
+/// the same toolchain.
 pub fn build_binaries(packages: &[&str]) -> Result<(), Error> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
