@@ -24,16 +24,6 @@ const ID: u8 = 51;
 const NS: &str = "shop";
 const SYSTEM_NS: &str = "ambit-system";
 
-struct DownOnDrop<'a>(&'a ambit_testbed::Testbed);
-
-impl Drop for DownOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.down() {
-            eprintln!("testbed down after a failure: {e}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_ambit_against_the_real_apiserver() -> Result<()> {
     if ambit_testbed::skip_without_root("kubectl_ambit_against_the_real_apiserver") {
@@ -49,14 +39,7 @@ async fn kubectl_ambit_against_the_real_apiserver() -> Result<()> {
     ])?;
     let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    let guard = DownOnDrop(&tb);
-    tb.up().await?;
-    let result = checks(&tb).await;
-    std::mem::forget(guard);
-    let down = tb.down();
-    result?;
-    down?;
-    Ok(())
+    tb.up_run_down(checks).await
 }
 
 /// One run of the binary.

@@ -4,7 +4,7 @@
 //! controller's RSS; writes `target/ambit-bench/controller.json`.
 //!
 //! `#[ignore]`d: `cargo test --release -p ambit-controller --test scale_bench -- --ignored --nocapture`
-//! (what `cargo xtask bench controller` should run). Needs root. Pods are bound to 100 Node
+//! (what `cargo xtask bench controller` runs). Needs root. Pods are bound to 100 Node
 //! objects that no agent runs, with their status written by the benchmark, so nothing is
 //! actually started.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -69,15 +69,8 @@ async fn controller_scale() -> Result<()> {
     }
     let release = !cfg!(debug_assertions);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    build
-        .current_dir(&root)
-        .args(["build", "--bins", "-p", "ambit-controller"]);
-    if release {
-        build.arg("--release");
-    }
-    anyhow::ensure!(build.status()?.success(), "building ambit-controller");
-    ambit_testbed::build_binaries(&["ambit-testbed"])?;
+    // Release binaries from a release run: next to this benchmark, where the testbed looks.
+    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-controller"])?;
     let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)?;
     let mut cleanup = Cleanup(&tb, None);
     tb.up().await?;
@@ -161,10 +154,9 @@ async fn controller_scale() -> Result<()> {
 
     // --- The controller, as its own process. ---
     let (grpc_port, metrics_port) = (free_port(), free_port());
-    let bin = root
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("ambit-controller");
+    let bin = tb
+        .binary("ambit-controller")
+        .context("ambit-controller is not built")?;
     let child = Command::new(bin)
         .env("KUBECONFIG", tb.config.kubeconfig())
         .env("AMBIT_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))

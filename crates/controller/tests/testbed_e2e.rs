@@ -27,16 +27,6 @@ const ID: u8 = 45;
 const SYSTEM_NS: &str = "ambit-system";
 const APP_NS: &str = "shop";
 
-struct DownOnDrop<'a>(&'a ambit_testbed::Testbed);
-
-impl Drop for DownOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.down() {
-            eprintln!("testbed down after a failure: {e}");
-        }
-    }
-}
-
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
 }
@@ -49,14 +39,7 @@ async fn controller_against_the_real_apiserver() -> Result<()> {
     ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
     let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(2)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    let guard = DownOnDrop(&tb);
-    tb.up().await?;
-    let result = checks(&tb).await;
-    std::mem::forget(guard);
-    let down = tb.down();
-    result?;
-    down?;
-    Ok(())
+    tb.up_run_down(checks).await
 }
 
 async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {

@@ -15,15 +15,14 @@ async fn the_users_path() -> Result<()> {
     ambit_testbed::build_binaries(PACKAGES)?;
     let tb = Testbed::new(ambit_testbed::Config::new("usertest", 47)?.with_nodes(2)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up().await?;
-    let result = steps(&tb).await;
-    if result.is_err() {
-        eprintln!("logs kept in {}", tb.config.log_dir().display());
-    }
-    let down = tb.down();
-    result?;
-    down?;
-    Ok(())
+    tb.up_run_down(async |tb| {
+        let result = steps(tb).await;
+        if result.is_err() {
+            eprintln!("logs kept in {}", tb.config.log_dir().display());
+        }
+        result
+    })
+    .await
 }
 
 async fn steps(tb: &Testbed) -> Result<()> {

@@ -155,6 +155,19 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// Takes the testbed down when dropped: held across a test's body so that a panic still
+/// cleans up; `std::mem::forget` it to take the testbed down explicitly instead.
+#[derive(Debug)]
+pub struct DownOnDrop<'a>(pub &'a Testbed);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.down() {
+            eprintln!("testbed down after a failure: {e}");
+        }
+    }
+}
+
 impl Testbed {
     /// Checks the tools are installed and finds the agent binary next to the running one.
     pub fn new(config: Config) -> Result<Self, Error> {
@@ -274,6 +287,24 @@ impl Testbed {
         })
         .await?;
         Ok(())
+    }
+
+    /// For tests: brings the testbed up, runs `checks` on it and takes it down again, also
+    /// when `up` or `checks` fails or panics, so a failed test leaves no netns or process
+    /// behind. The checks' error comes first; a failed `down` after passing checks is an error
+    /// too.
+    pub async fn up_run_down<T, E: From<Error>>(
+        &self,
+        checks: impl AsyncFnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let guard = DownOnDrop(self);
+        self.up().await?;
+        let result = checks(self).await;
+        std::mem::forget(guard);
+        let down = self.down();
+        let value = result?;
+        down?;
+        Ok(value)
     }
 
     /// Stops every process, removes every netns and the bridge. Idempotent; an error lists

@@ -42,16 +42,6 @@ fn ip_of(p: &Pod) -> Option<String> {
 }
 
 /// Takes the testbed down when a check panics, so a failed run leaves nothing behind either.
-struct DownOnDrop<'a>(&'a Testbed);
-
-impl Drop for DownOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.down() {
-            eprintln!("testbed down after a failure: {e}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
     if ambit_testbed::skip_without_root("testbed_runs_workloads_like_a_cluster") {
@@ -64,7 +54,7 @@ async fn testbed_runs_workloads_like_a_cluster() -> Result<()> {
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
 
     let start = Instant::now();
-    let guard = DownOnDrop(&tb);
+    let guard = ambit_testbed::DownOnDrop(&tb);
     tb.up().await?;
     let up_time = start.elapsed();
     eprintln!("testbed up: 2 nodes Ready in {up_time:?}");
