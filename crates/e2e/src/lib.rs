@@ -485,24 +485,9 @@ impl User<'_> {
             client,
             svc,
         } = self.samples().await?;
-        // The Service answers once its endpoints are programmed on the node.
-        let _ = self
-            .call_until(
-                "client -> echo answered",
-                &client,
-                svc,
-                "ping",
-                Result::is_ok,
-            )
+        let reply = self
+            .plain_on_the_wire(&server, &client, svc, "hello-in-clear")
             .await?;
-        let (reply, seen) = self
-            .sniff(&server, async || self.call(&client, svc, "hello-in-clear"))
-            .await?;
-        let reply = reply.map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(
-            seen.contains("hello-in-clear"),
-            "tcpdump on echo's eth0 did not see the payload in clear text:\n{seen}"
-        );
         self.say.say(format!(
             "client -> echo ({svc}): {}",
             reply.trim().replace('\n', " | ")
@@ -510,6 +495,36 @@ impl User<'_> {
         self.say
             .say("tcpdump on echo's eth0 sees the payload 'hello-in-clear' in clear text");
         Ok(())
+    }
+
+    /// A call `client -> svc` once the Service answers, checked to cross the server's eth0
+    /// with `payload` in clear text; the reply.
+    async fn plain_on_the_wire(
+        &self,
+        server: &Pod,
+        client: &Pod,
+        svc: SocketAddr,
+        payload: &str,
+    ) -> Result<String> {
+        // The Service answers once its endpoints are programmed on the node.
+        let _ = self
+            .call_until(
+                "client -> echo answered",
+                client,
+                svc,
+                "ping",
+                Result::is_ok,
+            )
+            .await?;
+        let (reply, seen) = self
+            .sniff(server, async || self.call(client, svc, payload))
+            .await?;
+        let reply = reply.map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            seen.contains(payload),
+            "tcpdump on echo's eth0 did not see the payload {payload:?} in clear text:\n{seen}"
+        );
+        Ok(reply)
     }
 
     /// Labels the namespace; the same running pods' traffic becomes mutual TLS between the
@@ -757,24 +772,9 @@ impl User<'_> {
             client,
             svc,
         } = self.samples().await?;
-        let _ = self
-            .call_until(
-                "client -> echo in plain TCP",
-                &client,
-                svc,
-                "ping",
-                Result::is_ok,
-            )
-            .await?;
-        let (_, seen) = self
-            .sniff(&server, async || {
-                self.call(&client, svc, "hello-in-clear-again")
-            })
-            .await?;
-        anyhow::ensure!(
-            seen.contains("hello-in-clear-again"),
-            "after uninstall the payload is not plain on echo's eth0:\n{seen}"
-        );
+        self.plain_on_the_wire(&server, &client, svc, "hello-in-clear-again")
+            .await
+            .context("after uninstall")?;
         let left = eventually("no ambit objects left", WAIT, || async {
             let left = self.leftovers().await.ok()?;
             left.is_empty().then_some(left)
