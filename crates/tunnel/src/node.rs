@@ -263,13 +263,12 @@ impl<I: CertificateIssuer> Node<I> {
     }
 
     fn serve(&self, mesh: &Mesh, uid: &str, netns: OwnedFd) -> Result<(), NodeError> {
-        let (Some(workload), Some(identity)) = (
-            mesh.workload_by_uid(uid),
-            mesh.workload_by_uid(uid).and_then(|w| mesh.identity(w)),
-        ) else {
+        let Some(workload) = mesh.workload_by_uid(uid) else {
             return Ok(());
         };
-        let identity = identity.clone();
+        let Some(identity) = mesh.identity(workload).cloned() else {
+            return Ok(());
+        };
         // The same pod handed over again (the agent restarted and replays) keeps being served
         // with its open connections; a pod with a new netns replaces the old serving.
         let netns_id = netns_identity(&netns);
