@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, watch};
 pub type Resources = BTreeMap<String, pb::Resource>;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// A first view of a large mesh (10,000 pods) is several MiB, over tonic's 4 MiB default.
-const MAX_DELTA_BYTES: usize = 64 * 1024 * 1024;
+/// One message: the controller sends large deltas in parts of about 256 KiB, but never cuts a
+/// resource, and a policy with many rules is large on its own.
+const MAX_DELTA_BYTES: usize = 16 * 1024 * 1024;
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// How the subscription is doing, for readiness, metrics and the config dump.
@@ -117,7 +118,11 @@ where
         .request(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?;
     let mut inbound = client.stream(request).await?.into_inner();
-    while let Some(delta) = inbound.message().await? {
+    let mut parts: Option<pb::Delta> = None;
+    while let Some(part) = inbound.message().await? {
+        let Some(delta) = gather(&mut parts, part) else {
+            continue;
+        };
         let mut candidate = held.clone();
         let outcome = apply_delta(&mut candidate, &delta).and_then(|()| apply(&candidate));
         let error = match outcome {
@@ -160,6 +165,26 @@ where
     Ok(())
 }
 
+/// A large delta comes in parts (`more`): gathers them; the whole delta once the last is in.
+fn gather(parts: &mut Option<pb::Delta>, part: pb::Delta) -> Option<pb::Delta> {
+    let delta = match parts.take() {
+        Some(mut delta) => {
+            delta.upserts.extend(part.upserts);
+            delta.removals.extend(part.removals);
+            delta.nonce = part.nonce;
+            delta.more = part.more;
+            delta
+        }
+        None => part,
+    };
+    if delta.more {
+        *parts = Some(delta);
+        None
+    } else {
+        Some(delta)
+    }
+}
+
 /// Removals, then upserts. A resource without a name, a version or a kind is malformed.
 fn apply_delta(resources: &mut Resources, delta: &pb::Delta) -> Result<(), String> {
     for name in &delta.removals {
@@ -193,18 +218,52 @@ mod tests {
     }
 
     #[test]
+    fn parts_are_gathered_into_one_delta() {
+        let part = |nonce: &str, upserts, removals: &[&str], more| pb::Delta {
+            nonce: nonce.into(),
+            upserts,
+            removals: removals.iter().map(|r| r.to_string()).collect(),
+            more,
+        };
+        let mut parts = None;
+        assert_eq!(
+            gather(&mut parts, part("3", vec![ns("a", "v1")], &[], true)),
+            None
+        );
+        assert_eq!(
+            gather(&mut parts, part("3", vec![ns("b", "v1")], &[], true)),
+            None
+        );
+        let whole = gather(&mut parts, part("3", vec![], &["namespace/c"], false));
+        assert_eq!(
+            whole,
+            Some(part(
+                "3",
+                vec![ns("a", "v1"), ns("b", "v1")],
+                &["namespace/c"],
+                false
+            ))
+        );
+        assert!(parts.is_none());
+        // A delta in one part is passed through.
+        let single = part("4", vec![ns("a", "v2")], &[], false);
+        assert_eq!(gather(&mut parts, single.clone()), Some(single));
+    }
+
+    #[test]
     fn deltas_remove_then_upsert_and_refuse_malformed_resources() {
         let mut held = Resources::new();
         let delta = pb::Delta {
             nonce: "1".into(),
             upserts: vec![ns("a", "v1"), ns("b", "v1")],
-            removals: vec![],
+            ..Default::default()
         };
         apply_delta(&mut held, &delta).unwrap();
         let delta = pb::Delta {
             nonce: "2".into(),
             upserts: vec![ns("a", "v2")],
             removals: vec!["namespace/b".into(), "never/held".into()],
+            more: false,
         };
         apply_delta(&mut held, &delta).unwrap();
         assert_eq!(held.len(), 1);
@@ -214,7 +273,7 @@ mod tests {
         let delta = pb::Delta {
             nonce: "3".into(),
             upserts: vec![bad],
-            removals: vec![],
+            ..Default::default()
         };
         assert!(
             apply_delta(&mut held, &delta)

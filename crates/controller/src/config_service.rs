@@ -1,20 +1,25 @@
 //! `ambit.config.v1.ConfigService`: one delta stream per subscriber.
 
 use crate::auth::{Authenticator, Caller};
-use crate::index::{Snapshot, Subscriber};
+use crate::index::{Name, Snapshot};
 use crate::metrics::Metrics;
+use crate::view::{Push, Subscriber, View};
+use ambit_proto::EncodedDelta;
 use ambit_proto::config::v1::{
-    ClientMessage, Delta, client_message, config_service_server::ConfigService, subscribe,
+    ClientMessage, client_message, config_service_server::ConfigService, subscribe,
 };
 use futures::Stream;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Deltas buffered per subscriber before the sender waits for the client.
-const SEND_BUFFER: usize = 16;
+/// Delta parts buffered per subscriber before the sender waits for the client: with
+/// `PART_BYTES`, what a slow client can hold up in the controller's memory.
+const SEND_BUFFER: usize = 4;
+/// A large delta (a first view) goes out in parts of about this size.
+const PART_BYTES: usize = 256 << 10;
 /// Unanswered deltas remembered per subscriber for NACK handling.
 const MAX_PENDING: usize = 64;
 
@@ -62,7 +67,7 @@ pub fn authorize(
         }
         Subscriber::Waypoint(ns, sa) => {
             let is_waypoint = snapshot.resources.values().any(|e| {
-                matches!(&e.resource.kind, Some(ambit_proto::config::v1::resource::Kind::Waypoint(w))
+                matches!(e.kind(), Some(ambit_proto::config::v1::resource::Kind::Waypoint(w))
                     if &w.namespace == ns && &w.for_service_account == sa
                         && w.name == caller.service_account && caller.namespace == *ns)
             });
@@ -78,7 +83,7 @@ pub fn authorize(
     }
 }
 
-type DeltaStream = Pin<Box<dyn Stream<Item = Result<Delta, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<EncodedDelta, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ConfigService for ConfigServer {
@@ -120,7 +125,7 @@ impl ConfigService for ConfigServer {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let session = Session {
             subscriber,
-            sent: sub.known.into_iter().collect(),
+            known: sub.known,
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
         };
@@ -133,8 +138,8 @@ impl ConfigService for ConfigServer {
 
 struct Session {
     subscriber: Subscriber,
-    /// What the client is assumed to hold: name -> version.
-    sent: BTreeMap<String, String>,
+    /// What the client said it holds (name -> version) when it subscribed.
+    known: BTreeMap<String, String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
 }
@@ -143,17 +148,17 @@ impl Session {
     async fn run(
         mut self,
         mut inbound: Streaming<ClientMessage>,
-        tx: mpsc::Sender<Result<Delta, Status>>,
+        tx: mpsc::Sender<Result<EncodedDelta, Status>>,
     ) {
         self.metrics.subscriber_connected(1);
         let name = self.subscriber.to_string();
-        // Deltas not yet ACKed: (nonce, upserted names, removed names). A NACK undoes its delta
-        // in `sent`, so the next diff resends what was rejected; memory is per delta, not per view.
-        let mut pending: VecDeque<(u64, Vec<String>, Vec<String>)> = VecDeque::new();
+        // Deltas not yet answered, by nonce, with the names they touched: a NACK makes those
+        // names `unsure`, and the next delta sends them again from the current state.
+        let mut pending: VecDeque<(u64, Vec<Name>)> = VecDeque::new();
+        let mut unsure: BTreeSet<Name> = BTreeSet::new();
         let mut nonce: u64 = 0;
-        // The snapshot `sent` corresponds to, for incremental deltas.
-        let mut prev: Option<Arc<Snapshot>> = None;
-        let mut nacked = false;
+        // The snapshot and view the client was last brought to.
+        let mut held: Option<(Arc<Snapshot>, View)> = None;
         self.snapshots.mark_changed();
         loop {
             tokio::select! {
@@ -162,33 +167,45 @@ impl Session {
                         break;
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    // After a NACK `sent` went back to the acked state: diff in full then.
-                    let incremental = match (&prev, nacked) {
-                        (Some(prev), false) => snapshot.incremental_delta(prev, &self.subscriber, &mut self.sent),
-                        _ => None,
+                    let (push, view) = match &held {
+                        None => {
+                            let view = self.subscriber.view(&snapshot);
+                            let known = std::mem::take(&mut self.known);
+                            (Push::initial(&self.subscriber, &view, &snapshot, &known), view)
+                        }
+                        Some((prev, prev_view)) => {
+                            let changed = snapshot.changed_since(prev);
+                            let view = self.subscriber.next_view(prev, prev_view, &snapshot, &changed);
+                            let push = Push::between(
+                                &self.subscriber,
+                                (prev, prev_view),
+                                (&snapshot, &view),
+                                &changed,
+                                &unsure,
+                            );
+                            (push, view)
+                        }
                     };
-                    let mut delta = match incremental {
-                        Some(d) => d,
-                        None => snapshot.delta_for(&self.subscriber, &mut self.sent),
-                    };
-                    prev = Some(snapshot.clone());
-                    nacked = false;
+                    held = Some((snapshot, view));
+                    unsure.clear();
                     // The first delta always goes out: it tells the client it is in sync.
-                    if nonce > 0 && delta.upserts.is_empty() && delta.removals.is_empty() {
+                    if nonce > 0 && push.is_empty() {
                         continue;
                     }
                     nonce += 1;
-                    delta.nonce = nonce.to_string();
                     if pending.len() == MAX_PENDING {
                         pending.pop_front();
                     }
-                    pending.push_back((
-                        nonce,
-                        delta.upserts.iter().map(|r| r.name.clone()).collect(),
-                        delta.removals.clone(),
-                    ));
-                    tracing::debug!(subscriber = %name, nonce, upserts = delta.upserts.len(), removals = delta.removals.len(), "config: push");
-                    if tx.send(Ok(delta)).await.is_err() {
+                    tracing::debug!(subscriber = %name, nonce, upserts = push.upserts.len(), removals = push.removals.len(), "config: push");
+                    pending.push_back((nonce, push.names()));
+                    let mut closed = false;
+                    for part in push.into_parts(&nonce.to_string(), PART_BYTES) {
+                        if tx.send(Ok(part)).await.is_err() {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if closed {
                         break;
                     }
                     self.metrics.config_push(if nonce == 1 { "initial" } else { "change" });
@@ -196,10 +213,10 @@ impl Session {
                 msg = inbound.message() => match msg {
                     Ok(Some(ClientMessage { kind: Some(client_message::Kind::Ack(ack)) })) => {
                         let n: u64 = ack.nonce.parse().unwrap_or(0);
-                        let entry = pending.iter().position(|(p, _, _)| *p == n).map(|i| {
+                        let touched = pending.iter().position(|(p, _)| *p == n).and_then(|i| {
                             let e = pending.remove(i);
                             // Older deltas were answered or lost with their answer: drop them.
-                            pending.retain(|(p, _, _)| *p > n);
+                            pending.retain(|(p, _)| *p > n);
                             e
                         });
                         if ack.error.is_empty() {
@@ -207,16 +224,7 @@ impl Session {
                         } else {
                             tracing::warn!(subscriber = %name, nonce = ack.nonce, error = ack.error, "config: NACK; the client keeps its last good state");
                             self.metrics.config_nack(&name);
-                            if let Some((_, upserted, removed)) = entry.flatten() {
-                                for k in upserted {
-                                    self.sent.remove(&k);
-                                }
-                                for k in removed {
-                                    // An impossible version: the next diff removes it again.
-                                    self.sent.insert(k, String::new());
-                                }
-                            }
-                            nacked = true;
+                            unsure.extend(touched.into_iter().flat_map(|(_, names)| names));
                         }
                     }
                     Ok(Some(_)) => {}

@@ -1,231 +1,506 @@
-//! The mesh index: cluster objects in, a [`Snapshot`] of versioned config resources out, and
-//! each subscriber's view of it. Pure: the reflectors feed it, unit tests feed it by hand.
+//! The mesh index: cluster objects in (the reflectors' stores), versioned config resources out,
+//! published as [`Snapshot`]s. A change to a pod, service, EndpointSlice or policy recomputes
+//! only the resources derived from it, so one pod event costs the same in a cluster of ten pods
+//! and of ten thousand; a relist, a namespace (enrollment) or a Gateway (waypoint) change
+//! rebuilds everything. Pure apart from reading the stores: unit tests fill stores by hand.
 
 use crate::crd::{AuthorizationPolicy, Gateway};
 use crate::waypoint::{WAYPOINT_CLASS, waypoint_for};
 use ambit_proto::config::v1 as pb;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use prost::Message;
-use std::collections::{BTreeMap, BTreeSet};
+use prost::bytes::Bytes;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Namespace label that enrolls it; on a pod, `none` opts the pod out.
 pub const DATAPLANE_MODE_LABEL: &str = "ambit.dev/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const DATAPLANE_MODE_NONE: &str = "none";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// What a subscriber is, and so what it sees.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Subscriber {
-    /// A node tunnel: every mesh workload, service and waypoint (outbound), and the policies
-    /// of its own node's workloads (inbound).
-    Node(String),
-    /// A waypoint for the service account `(namespace, name)`: that account's workloads, the
-    /// services selecting them, their policies and the waypoint itself.
-    Waypoint(String, String),
+/// A resource name, `<kind>/...`; shared by every snapshot and session that holds it.
+pub type Name = Arc<str>;
+
+/// A namespaced object's `(namespace, name)`.
+pub type ObjectKey = (String, String);
+
+/// One resource, its content version and its encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub version: u64,
+    pub resource: Arc<pb::Resource>,
+    /// `resource` encoded once, sent as is to every subscriber.
+    pub encoded: Bytes,
 }
 
-impl std::fmt::Display for Subscriber {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Node(n) => write!(f, "node/{n}"),
-            Self::Waypoint(ns, sa) => write!(f, "waypoint/{ns}/{sa}"),
+impl Entry {
+    fn new(name: &str, kind: pb::resource::Kind) -> Self {
+        let mut resource = pb::Resource {
+            name: name.to_owned(),
+            version: String::new(),
+            kind: Some(kind),
+        };
+        let version = content_hash(&resource.encode_to_vec());
+        resource.version = format!("{version:016x}");
+        Self {
+            version,
+            encoded: resource.encode_to_vec().into(),
+            resource: Arc::new(resource),
         }
+    }
+
+    pub fn kind(&self) -> Option<&pb::resource::Kind> {
+        self.resource.kind.as_ref()
     }
 }
 
-/// One resource with its content version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub version: String,
-    pub resource: Arc<pb::Resource>,
+/// A stable content hash (FNV-1a 64): the same content has the same version across controller
+/// restarts, so a resuming client is sent only real changes.
+fn content_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
-/// Everything the mesh knows, keyed by resource name.
+/// Everything the mesh knows, keyed by resource name. Consecutive snapshots share every
+/// unchanged entry.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub resources: BTreeMap<String, Entry>,
+    pub resources: BTreeMap<Name, Entry>,
     /// Counts snapshots published; consecutive generations differ by `changed`.
     pub generation: u64,
     /// Names added, changed or removed since generation `generation - 1`.
-    pub changed: Arc<BTreeSet<String>>,
+    pub changed: Arc<BTreeSet<Name>>,
 }
 
-/// The cluster objects the index reads.
-#[derive(Debug, Default)]
-pub struct Inputs<'a> {
-    pub namespaces: &'a [Arc<Namespace>],
-    pub pods: &'a [Arc<Pod>],
-    pub services: &'a [Arc<Service>],
-    pub endpoint_slices: &'a [Arc<EndpointSlice>],
-    pub gateways: &'a [Arc<Gateway>],
-    pub policies: &'a [Arc<AuthorizationPolicy>],
+impl Snapshot {
+    /// Names whose entries differ between `prev` and `self`.
+    pub fn changed_since(&self, prev: &Snapshot) -> Cow<'_, BTreeSet<Name>> {
+        if self.generation == prev.generation {
+            return Cow::Owned(BTreeSet::new());
+        }
+        if self.generation == prev.generation + 1 {
+            return Cow::Borrowed(&self.changed);
+        }
+        let mut out: BTreeSet<Name> = self
+            .resources
+            .iter()
+            .filter(|(k, e)| prev.resources.get(*k).map(|p| p.version) != Some(e.version))
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.extend(
+            prev.resources
+                .keys()
+                .filter(|k| !self.resources.contains_key(*k))
+                .cloned(),
+        );
+        Cow::Owned(out)
+    }
 }
 
-fn label<'a>(m: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
-    m.labels.as_ref()?.get(key).map(String::as_str)
+/// The reflectors' stores the index reads.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub namespaces: Store<Namespace>,
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub gateways: Store<Gateway>,
+    pub policies: Store<AuthorizationPolicy>,
 }
 
-fn ns_name(m: &kube::api::ObjectMeta) -> (String, String) {
+/// What changed in the cluster: the object is read from its store, which already holds the
+/// change (or no longer holds the object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Anything may have changed: a relist, a namespace (enrollment) or a Gateway (waypoints).
+    All,
+    Pod(ObjectKey),
+    Service(ObjectKey),
+    EndpointSlice(ObjectKey),
+    Policy(ObjectKey),
+}
+
+/// The objects the index reads, and what an event about one means to it.
+pub trait Watched {
+    fn change(&self) -> Change;
+}
+
+/// Enrollment decides about every resource of the namespace.
+impl Watched for Namespace {
+    fn change(&self) -> Change {
+        Change::All
+    }
+}
+
+/// A waypoint decides about every workload of its service account.
+impl Watched for Gateway {
+    fn change(&self) -> Change {
+        Change::All
+    }
+}
+
+impl Watched for Pod {
+    fn change(&self) -> Change {
+        Change::Pod(key(&self.metadata))
+    }
+}
+
+impl Watched for Service {
+    fn change(&self) -> Change {
+        Change::Service(key(&self.metadata))
+    }
+}
+
+impl Watched for EndpointSlice {
+    fn change(&self) -> Change {
+        Change::EndpointSlice(key(&self.metadata))
+    }
+}
+
+impl Watched for AuthorizationPolicy {
+    fn change(&self) -> Change {
+        Change::Policy(key(&self.metadata))
+    }
+}
+
+/// An object's `(namespace, name)`.
+fn key(m: &ObjectMeta) -> ObjectKey {
     (
         m.namespace.clone().unwrap_or_default(),
         m.name.clone().unwrap_or_default(),
     )
 }
 
-/// A stable content hash (FNV-1a 64) of the encoded resource: the same content has the same
-/// version across controller restarts, so a resuming client is sent only real changes.
-fn version_of(resource: &pb::Resource) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in resource.encode_to_vec() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+fn object_ref<K>(key: &ObjectKey) -> ObjectRef<K>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    ObjectRef::new(&key.1).within(&key.0)
 }
 
-fn entry(name: String, kind: pb::resource::Kind) -> (String, Entry) {
-    let mut resource = pb::Resource {
-        name: name.clone(),
-        version: String::new(),
-        kind: Some(kind),
-    };
-    let version = version_of(&resource);
-    resource.version = version.clone();
-    (
-        name,
-        Entry {
-            version,
-            resource: Arc::new(resource),
-        },
-    )
+fn label<'a>(m: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    m.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
-    let enrolled: BTreeSet<&str> = inputs
-        .namespaces
-        .iter()
-        .filter(|n| {
-            label(&n.metadata, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT)
-                && n.metadata.deletion_timestamp.is_none()
-        })
-        .filter_map(|n| n.metadata.name.as_deref())
-        .collect();
-    let mut resources = BTreeMap::new();
+/// Which pods an EndpointSlice lists, for which service.
+#[derive(Debug, Default)]
+struct SliceMembers {
+    service: Option<ObjectKey>,
+    uids: Vec<String>,
+}
 
-    // Services by (namespace, name): slices and waypoints look theirs up.
-    let services_by_name: BTreeMap<(&str, &str), &Arc<Service>> = inputs
-        .services
-        .iter()
-        .filter_map(|s| {
-            Some((
-                (
-                    s.metadata.namespace.as_deref()?,
-                    s.metadata.name.as_deref()?,
-                ),
-                s,
-            ))
-        })
-        .collect();
+/// The index: derived resources and the reverse maps that say what to recompute for a change.
+#[derive(Debug)]
+pub struct Index {
+    stores: Stores,
+    trust_domain: String,
+    resources: BTreeMap<Name, Entry>,
+    generation: u64,
+    /// `(namespace, service account)` -> its waypoint, `<namespace>/<name>`.
+    waypoint_of_sa: BTreeMap<ObjectKey, String>,
+    uid_of_pod: HashMap<ObjectKey, String>,
+    pod_of_uid: HashMap<String, ObjectKey>,
+    slice_members: HashMap<ObjectKey, SliceMembers>,
+    slices_of_uid: HashMap<String, BTreeSet<ObjectKey>>,
+    slices_of_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+}
 
-    // Waypoints first: workloads point at the waypoint of their service account.
-    let mut waypoint_of_sa: BTreeMap<(String, String), String> = BTreeMap::new();
-    for gw in inputs.gateways {
-        if gw.spec.gateway_class_name != WAYPOINT_CLASS {
-            continue;
-        }
-        let Ok(for_sa) = waypoint_for(gw) else {
-            continue;
-        };
-        let (ns, name) = ns_name(&gw.metadata);
-        let vips = services_by_name
-            .get(&(ns.as_str(), name.as_str()))
-            .map(|s| cluster_ips(s))
-            .unwrap_or_default();
-        waypoint_of_sa.insert((ns.clone(), for_sa.clone()), format!("{ns}/{name}"));
-        let wp = pb::Waypoint {
-            name: name.clone(),
-            namespace: ns.clone(),
-            for_service_account: for_sa,
-            identity: format!("spiffe://{trust_domain}/ns/{ns}/sa/{name}"),
-            vips,
-        };
-        let (k, e) = entry(
-            format!("waypoint/{ns}/{name}"),
-            pb::resource::Kind::Waypoint(wp),
-        );
-        resources.insert(k, e);
-    }
+/// What an update recomputes into: entries replaced only when their version changes.
+struct Writer<'a> {
+    resources: &'a mut BTreeMap<Name, Entry>,
+    changed: BTreeSet<Name>,
+}
 
-    // Service membership from EndpointSlices: pod uid -> service -> service port -> target.
-    let mut membership: BTreeMap<String, BTreeMap<String, pb::PortMap>> = BTreeMap::new();
-    for slice in inputs.endpoint_slices {
-        let (ns, _) = ns_name(&slice.metadata);
-        if !enrolled.contains(ns.as_str()) {
-            continue;
-        }
-        let Some(svc_name) = label(&slice.metadata, "kubernetes.io/service-name") else {
-            continue;
-        };
-        let Some(svc) = services_by_name.get(&(ns.as_str(), svc_name)) else {
-            continue;
-        };
-        let mut ports = BTreeMap::new();
-        for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-            let slice_port = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or(""))
-                .and_then(|p| p.port);
-            if let (Ok(port), Some(Ok(target))) =
-                (u32::try_from(sp.port), slice_port.map(u32::try_from))
-            {
-                ports.insert(port, target);
+impl Writer<'_> {
+    fn put(&mut self, name: &str, kind: Option<pb::resource::Kind>) {
+        match kind {
+            Some(kind) => {
+                let entry = Entry::new(name, kind);
+                if self.resources.get(name).map(|e| e.version) != Some(entry.version) {
+                    let name: Name = name.into();
+                    self.changed.insert(name.clone());
+                    self.resources.insert(name, entry);
+                }
+            }
+            None => {
+                if let Some((name, _)) = self.resources.remove_entry(name) {
+                    self.changed.insert(name);
+                }
             }
         }
-        for ep in &slice.endpoints {
-            let Some(uid) = ep
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.uid.clone())
-            else {
+    }
+}
+
+impl Index {
+    pub fn new(stores: Stores, trust_domain: &str) -> Self {
+        Self {
+            stores,
+            trust_domain: trust_domain.to_owned(),
+            resources: BTreeMap::new(),
+            generation: 0,
+            waypoint_of_sa: BTreeMap::new(),
+            uid_of_pod: HashMap::new(),
+            pod_of_uid: HashMap::new(),
+            slice_members: HashMap::new(),
+            slices_of_uid: HashMap::new(),
+            slices_of_service: HashMap::new(),
+        }
+    }
+
+    /// Applies `changes`; returns the next snapshot when a resource changed (the first call
+    /// always returns one).
+    pub fn update(&mut self, changes: impl IntoIterator<Item = Change>) -> Option<Snapshot> {
+        let changes: Vec<Change> = changes.into_iter().collect();
+        let mut resources = std::mem::take(&mut self.resources);
+        let mut out = Writer {
+            resources: &mut resources,
+            changed: BTreeSet::new(),
+        };
+        if changes.contains(&Change::All) {
+            self.rebuild(&mut out);
+        } else {
+            for change in &changes {
+                match change {
+                    Change::All => {}
+                    Change::Pod(k) => self.update_pod(k, &mut out),
+                    Change::Service(k) => self.update_service(k, &mut out),
+                    Change::EndpointSlice(k) => {
+                        for uid in self.reindex_slice(k) {
+                            self.update_uid(&uid, &mut out);
+                        }
+                    }
+                    Change::Policy(k) => {
+                        let kind = self.stores.policies.get(&object_ref(k)).and_then(|p| {
+                            self.policy(&p).map(pb::resource::Kind::AuthorizationPolicy)
+                        });
+                        out.put(&format!("authorizationpolicy/{}/{}", k.0, k.1), kind);
+                    }
+                }
+            }
+        }
+        let changed = out.changed;
+        self.resources = resources;
+        if changed.is_empty() && self.generation > 0 {
+            return None;
+        }
+        self.generation += 1;
+        Some(Snapshot {
+            resources: self.resources.clone(),
+            generation: self.generation,
+            changed: Arc::new(changed),
+        })
+    }
+
+    /// Recomputes every resource and every reverse map from the stores.
+    fn rebuild(&mut self, out: &mut Writer<'_>) {
+        self.waypoint_of_sa.clear();
+        let gateways = self.stores.gateways.state();
+        for gw in &gateways {
+            if gw.spec.gateway_class_name != WAYPOINT_CLASS {
+                continue;
+            }
+            if let Ok(sa) = waypoint_for(gw) {
+                let (ns, name) = key(&gw.metadata);
+                self.waypoint_of_sa
+                    .insert((ns.clone(), sa), format!("{ns}/{name}"));
+            }
+        }
+        self.slice_members.clear();
+        self.slices_of_uid.clear();
+        self.slices_of_service.clear();
+        for slice in self.stores.endpoint_slices.state() {
+            self.reindex_slice(&key(&slice.metadata));
+        }
+        self.uid_of_pod.clear();
+        self.pod_of_uid.clear();
+
+        let mut desired: BTreeMap<String, pb::resource::Kind> = BTreeMap::new();
+        for ns in self.stores.namespaces.state() {
+            if enrolled(&ns) {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                desired.insert(
+                    format!("namespace/{name}"),
+                    pb::resource::Kind::Namespace(pb::Namespace { name }),
+                );
+            }
+        }
+        for gw in &gateways {
+            if let Some(wp) = self.waypoint(gw) {
+                desired.insert(
+                    format!("waypoint/{}/{}", wp.namespace, wp.name),
+                    pb::resource::Kind::Waypoint(wp),
+                );
+            }
+        }
+        for pod in self.stores.pods.state() {
+            let Some(uid) = pod.metadata.uid.clone() else {
                 continue;
             };
-            membership
-                .entry(uid)
-                .or_default()
-                .entry(format!("{ns}/{svc_name}"))
-                .or_default()
-                .ports
-                .extend(ports.iter().map(|(k, v)| (*k, *v)));
+            let k = key(&pod.metadata);
+            self.pod_of_uid.insert(uid.clone(), k.clone());
+            self.uid_of_pod.insert(k, uid.clone());
+            if let Some(w) = self.workload(&pod) {
+                desired.insert(format!("workload/{uid}"), pb::resource::Kind::Workload(w));
+            }
+        }
+        for svc in self.stores.services.state() {
+            if let Some(s) = self.service(&svc) {
+                desired.insert(
+                    format!("service/{}/{}", s.namespace, s.name),
+                    pb::resource::Kind::Service(s),
+                );
+            }
+        }
+        for p in self.stores.policies.state() {
+            if let Some(p) = self.policy(&p) {
+                desired.insert(
+                    format!("authorizationpolicy/{}/{}", p.namespace, p.name),
+                    pb::resource::Kind::AuthorizationPolicy(p),
+                );
+            }
+        }
+        let gone: Vec<Name> = out
+            .resources
+            .keys()
+            .filter(|k| !desired.contains_key(&***k))
+            .cloned()
+            .collect();
+        for name in gone {
+            out.put(&name, None);
+        }
+        for (name, kind) in desired {
+            out.put(&name, Some(kind));
         }
     }
 
-    for ns in &enrolled {
-        let (k, e) = entry(
-            format!("namespace/{ns}"),
-            pb::resource::Kind::Namespace(pb::Namespace {
-                name: (*ns).to_owned(),
-            }),
-        );
-        resources.insert(k, e);
-    }
-
-    for pod in inputs.pods {
-        let m = &pod.metadata;
-        let (ns, name) = ns_name(m);
-        if !enrolled.contains(ns.as_str())
-            // Leaves the mesh as soon as deletion starts, not after the grace period.
-            || m.deletion_timestamp.is_some()
+    fn update_pod(&mut self, k: &ObjectKey, out: &mut Writer<'_>) {
+        let pod = self.stores.pods.get(&object_ref(k));
+        let uid = pod.as_ref().and_then(|p| p.metadata.uid.clone());
+        // Deleted, or replaced by a pod of the same name: its workload goes.
+        if let Some(old) = self
+            .uid_of_pod
+            .get(k)
+            .filter(|old| Some(*old) != uid.as_ref())
         {
-            continue;
+            out.put(&format!("workload/{old}"), None);
+            self.pod_of_uid.remove(old);
+            self.uid_of_pod.remove(k);
         }
-        let Some(spec) = pod.spec.as_ref() else {
-            continue;
+        let (Some(pod), Some(uid)) = (pod, uid) else {
+            return;
         };
+        self.uid_of_pod.insert(k.clone(), uid.clone());
+        self.pod_of_uid.insert(uid.clone(), k.clone());
+        let kind = self.workload(&pod).map(pb::resource::Kind::Workload);
+        out.put(&format!("workload/{uid}"), kind);
+    }
+
+    /// A pod's service membership changed: recompute its workload, once the pod is known.
+    fn update_uid(&mut self, uid: &str, out: &mut Writer<'_>) {
+        if let Some(k) = self.pod_of_uid.get(uid).cloned() {
+            self.update_pod(&k, out);
+        }
+    }
+
+    fn update_service(&mut self, k: &ObjectKey, out: &mut Writer<'_>) {
+        let kind = self
+            .stores
+            .services
+            .get(&object_ref(k))
+            .and_then(|s| self.service(&s).map(pb::resource::Kind::Service));
+        out.put(&format!("service/{}/{}", k.0, k.1), kind);
+        // A waypoint's addresses are its Service's.
+        if let Some(gw) = self.stores.gateways.get(&object_ref(k)) {
+            let kind = self.waypoint(&gw).map(pb::resource::Kind::Waypoint);
+            out.put(&format!("waypoint/{}/{}", k.0, k.1), kind);
+        }
+        // Members' port maps come from the Service's ports.
+        let uids: BTreeSet<String> = self
+            .slices_of_service
+            .get(k)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.slice_members.get(s))
+            .flat_map(|m| m.uids.iter().cloned())
+            .collect();
+        for uid in uids {
+            self.update_uid(&uid, out);
+        }
+    }
+
+    /// Updates the reverse maps for one EndpointSlice; returns the pods it listed or lists.
+    fn reindex_slice(&mut self, k: &ObjectKey) -> BTreeSet<String> {
+        let mut affected = BTreeSet::new();
+        if let Some(old) = self.slice_members.remove(k) {
+            if let Some(svc) = &old.service {
+                remove_from(&mut self.slices_of_service, svc, k);
+            }
+            for uid in old.uids {
+                remove_from(&mut self.slices_of_uid, &uid, k);
+                affected.insert(uid);
+            }
+        }
+        let Some(slice) = self.stores.endpoint_slices.get(&object_ref(k)) else {
+            return affected;
+        };
+        let members = SliceMembers {
+            service: label(&slice.metadata, SERVICE_NAME_LABEL).map(|s| (k.0.clone(), s.into())),
+            uids: slice
+                .endpoints
+                .iter()
+                .filter_map(|ep| {
+                    ep.target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.uid.clone())
+                })
+                .collect(),
+        };
+        if let Some(svc) = &members.service {
+            self.slices_of_service
+                .entry(svc.clone())
+                .or_default()
+                .insert(k.clone());
+        }
+        for uid in &members.uids {
+            self.slices_of_uid
+                .entry(uid.clone())
+                .or_default()
+                .insert(k.clone());
+            affected.insert(uid.clone());
+        }
+        self.slice_members.insert(k.clone(), members);
+        affected
+    }
+
+    fn enrolled(&self, namespace: &str) -> bool {
+        self.stores
+            .namespaces
+            .get(&ObjectRef::new(namespace))
+            .is_some_and(|ns| enrolled(&ns))
+    }
+
+    fn identity(&self, namespace: &str, service_account: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        )
+    }
+
+    fn workload(&self, pod: &Pod) -> Option<pb::Workload> {
+        let m = &pod.metadata;
+        let (ns, name) = key(m);
+        // Leaves the mesh as soon as deletion starts, not after the grace period.
+        if m.deletion_timestamp.is_some() || !self.enrolled(&ns) {
+            return None;
+        }
+        let spec = pod.spec.as_ref()?;
         let status = pod.status.as_ref();
         if spec.host_network == Some(true)
             || matches!(
@@ -233,7 +508,7 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
                 Some("Succeeded" | "Failed")
             )
         {
-            continue;
+            return None;
         }
         // A scheduled pod is listed before it has addresses: the node tunnel learns of it
         // before the CNI plugin asks whether to capture it.
@@ -246,37 +521,59 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
         if ips.is_empty() {
             ips.extend(status.and_then(|s| s.pod_ip.clone()));
         }
-        let (Some(uid), Some(node)) = (m.uid.clone(), spec.node_name.clone()) else {
-            continue;
-        };
+        let uid = m.uid.clone()?;
+        let node = spec.node_name.clone()?;
         let sa = spec
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into());
-        let wl = pb::Workload {
-            uid: uid.clone(),
-            name,
-            namespace: ns.clone(),
-            identity: format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"),
-            waypoint: waypoint_of_sa
+        Some(pb::Workload {
+            services: self.services_of(&uid),
+            uid,
+            identity: self.identity(&ns, &sa),
+            waypoint: self
+                .waypoint_of_sa
                 .get(&(ns.clone(), sa.clone()))
                 .cloned()
                 .unwrap_or_default(),
+            name,
+            namespace: ns,
             service_account: sa,
             node,
             ips,
-            services: membership.remove(&uid).unwrap_or_default(),
             labels: m.labels.clone().unwrap_or_default(),
             opted_out: label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE),
-        };
-        let (k, e) = entry(format!("workload/{uid}"), pb::resource::Kind::Workload(wl));
-        resources.insert(k, e);
+        })
     }
 
-    for svc in inputs.services {
-        let (ns, name) = ns_name(&svc.metadata);
-        if !enrolled.contains(ns.as_str()) {
-            continue;
+    /// The services whose EndpointSlices list pod `uid`: service -> service port -> target.
+    fn services_of(&self, uid: &str) -> BTreeMap<String, pb::PortMap> {
+        let mut out: BTreeMap<String, pb::PortMap> = BTreeMap::new();
+        for k in self.slices_of_uid.get(uid).into_iter().flatten() {
+            let Some(svc_key) = self.slice_members.get(k).and_then(|m| m.service.as_ref()) else {
+                continue;
+            };
+            if !self.enrolled(&k.0) {
+                continue;
+            }
+            let (Some(slice), Some(svc)) = (
+                self.stores.endpoint_slices.get(&object_ref(k)),
+                self.stores.services.get(&object_ref(svc_key)),
+            ) else {
+                continue;
+            };
+            out.entry(format!("{}/{}", svc_key.0, svc_key.1))
+                .or_default()
+                .ports
+                .extend(port_map(&svc, &slice));
+        }
+        out
+    }
+
+    fn service(&self, svc: &Service) -> Option<pb::Service> {
+        let (ns, name) = key(&svc.metadata);
+        if !self.enrolled(&ns) {
+            return None;
         }
         let ports = svc
             .spec
@@ -296,28 +593,45 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
                 app_protocol: p.app_protocol.clone().unwrap_or_default(),
             })
             .collect();
-        let s = pb::Service {
+        Some(pb::Service {
             hostname: format!("{name}.{ns}.svc.cluster.local"),
             vips: cluster_ips(svc),
-            name: name.clone(),
-            namespace: ns.clone(),
+            name,
+            namespace: ns,
             ports,
-        };
-        let (k, e) = entry(
-            format!("service/{ns}/{name}"),
-            pb::resource::Kind::Service(s),
-        );
-        resources.insert(k, e);
+        })
     }
 
-    for p in inputs.policies {
-        let (ns, name) = ns_name(&p.metadata);
-        if !enrolled.contains(ns.as_str()) {
-            continue;
+    fn waypoint(&self, gw: &Gateway) -> Option<pb::Waypoint> {
+        if gw.spec.gateway_class_name != WAYPOINT_CLASS {
+            return None;
         }
-        let ap = pb::AuthorizationPolicy {
-            name: name.clone(),
-            namespace: ns.clone(),
+        let for_service_account = waypoint_for(gw).ok()?;
+        let k = key(&gw.metadata);
+        let vips = self
+            .stores
+            .services
+            .get(&object_ref(&k))
+            .map(|s| cluster_ips(&s))
+            .unwrap_or_default();
+        let (namespace, name) = k;
+        Some(pb::Waypoint {
+            identity: self.identity(&namespace, &name),
+            name,
+            namespace,
+            for_service_account,
+            vips,
+        })
+    }
+
+    fn policy(&self, p: &AuthorizationPolicy) -> Option<pb::AuthorizationPolicy> {
+        let (namespace, name) = key(&p.metadata);
+        if !self.enrolled(&namespace) {
+            return None;
+        }
+        Some(pb::AuthorizationPolicy {
+            name,
+            namespace,
             action: p.spec.action.as_str().into(),
             match_labels: p
                 .spec
@@ -346,18 +660,46 @@ pub fn build(inputs: &Inputs<'_>, trust_domain: &str) -> Snapshot {
                         .collect(),
                 })
                 .collect(),
-        };
-        let (k, e) = entry(
-            format!("authorizationpolicy/{ns}/{name}"),
-            pb::resource::Kind::AuthorizationPolicy(ap),
-        );
-        resources.insert(k, e);
+        })
     }
-    Snapshot {
-        resources,
-        generation: 0,
-        changed: Arc::default(),
+}
+
+/// Removes `k` from the set at `at`, dropping the set when it empties.
+fn remove_from<A: Eq + std::hash::Hash>(
+    map: &mut HashMap<A, BTreeSet<ObjectKey>>,
+    at: &A,
+    k: &ObjectKey,
+) {
+    if let Some(set) = map.get_mut(at) {
+        set.remove(k);
+        if set.is_empty() {
+            map.remove(at);
+        }
     }
+}
+
+fn enrolled(ns: &Namespace) -> bool {
+    label(&ns.metadata, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT)
+        && ns.metadata.deletion_timestamp.is_none()
+}
+
+/// Service port -> the slice's port of the same name.
+fn port_map(svc: &Service, slice: &EndpointSlice) -> BTreeMap<u32, u32> {
+    let mut ports = BTreeMap::new();
+    for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+        let slice_port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or(""))
+            .and_then(|p| p.port);
+        if let (Ok(port), Some(Ok(target))) =
+            (u32::try_from(sp.port), slice_port.map(u32::try_from))
+        {
+            ports.insert(port, target);
+        }
+    }
+    ports
 }
 
 fn cluster_ips(s: &Service) -> Vec<String> {
@@ -372,176 +714,9 @@ fn cluster_ips(s: &Service) -> Vec<String> {
     ips
 }
 
-fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
-    p.namespace == w.namespace
-        && p.match_labels
-            .iter()
-            .all(|(k, v)| w.labels.get(k) == Some(v))
-}
-
-impl Snapshot {
-    /// The names and versions `subscriber` should hold.
-    pub fn view(&self, subscriber: &Subscriber) -> BTreeMap<&str, &Entry> {
-        let workloads = || {
-            self.resources
-                .values()
-                .filter_map(|e| match &e.resource.kind {
-                    Some(pb::resource::Kind::Workload(w)) => Some(w),
-                    _ => None,
-                })
-        };
-        let mut out = BTreeMap::new();
-        match subscriber {
-            Subscriber::Node(node) => {
-                let local: Vec<&pb::Workload> = workloads().filter(|w| &w.node == node).collect();
-                for (k, e) in &self.resources {
-                    let keep = match &e.resource.kind {
-                        Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
-                            local.iter().any(|w| policy_applies(p, w))
-                        }
-                        Some(_) => true,
-                        None => false,
-                    };
-                    if keep {
-                        out.insert(k.as_str(), e);
-                    }
-                }
-            }
-            Subscriber::Waypoint(ns, sa) => {
-                let mine: Vec<&pb::Workload> = workloads()
-                    .filter(|w| &w.namespace == ns && &w.service_account == sa)
-                    .collect();
-                let services: BTreeSet<&String> =
-                    mine.iter().flat_map(|w| w.services.keys()).collect();
-                for (k, e) in &self.resources {
-                    let keep = match &e.resource.kind {
-                        Some(pb::resource::Kind::Workload(w)) => {
-                            &w.namespace == ns && &w.service_account == sa
-                        }
-                        Some(pb::resource::Kind::Service(s)) => {
-                            services.contains(&format!("{}/{}", s.namespace, s.name))
-                        }
-                        Some(pb::resource::Kind::Waypoint(w)) => {
-                            &w.namespace == ns && &w.for_service_account == sa
-                        }
-                        Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
-                            mine.iter().any(|w| policy_applies(p, w))
-                        }
-                        Some(pb::resource::Kind::Namespace(_)) | None => false,
-                    };
-                    if keep {
-                        out.insert(k.as_str(), e);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Names whose entries differ between `old` and `new` (a merge walk over both sorted maps).
-pub fn changed_names(
-    old: &BTreeMap<String, Entry>,
-    new: &BTreeMap<String, Entry>,
-) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for (k, e) in new {
-        if old.get(k).map(|o| &o.version) != Some(&e.version) {
-            out.insert(k.clone());
-        }
-    }
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            out.insert(k.clone());
-        }
-    }
-    out
-}
-
-impl Snapshot {
-    /// The delta from `prev` (which the subscriber was brought to) to `self`, looking only at
-    /// the changed names, when that is exact: for a node subscriber whose own workloads and
-    /// whose policies did not change (those decide which policies it sees). `None`: the caller
-    /// needs a full diff.
-    pub fn incremental_delta(
-        &self,
-        prev: &Snapshot,
-        subscriber: &Subscriber,
-        have: &mut BTreeMap<String, String>,
-    ) -> Option<pb::Delta> {
-        let Subscriber::Node(node) = subscriber else {
-            return None;
-        };
-        if self.generation != prev.generation + 1 {
-            return None;
-        }
-        let scoped = |e: Option<&Entry>| match e.and_then(|e| e.resource.kind.as_ref()) {
-            Some(pb::resource::Kind::AuthorizationPolicy(_)) => true,
-            Some(pb::resource::Kind::Workload(w)) => &w.node == node,
-            _ => false,
-        };
-        if self
-            .changed
-            .iter()
-            .any(|k| scoped(self.resources.get(k)) || scoped(prev.resources.get(k)))
-        {
-            return None;
-        }
-        let mut delta = pb::Delta::default();
-        for k in self.changed.iter() {
-            match self.resources.get(k) {
-                Some(e) if have.get(k) != Some(&e.version) => {
-                    have.insert(k.clone(), e.version.clone());
-                    delta.upserts.push((*e.resource).clone());
-                }
-                Some(_) => {}
-                None => {
-                    if have.remove(k).is_some() {
-                        delta.removals.push(k.clone());
-                    }
-                }
-            }
-        }
-        Some(delta)
-    }
-
-    /// What to send `subscriber` to move it from `have` (name -> version) to its view; `have`
-    /// becomes the view. The view borrows from the snapshot: no resource is copied but those sent.
-    pub fn delta_for(
-        &self,
-        subscriber: &Subscriber,
-        have: &mut BTreeMap<String, String>,
-    ) -> pb::Delta {
-        let view = self.view(subscriber);
-        let delta = diff(have, &view);
-        for name in &delta.removals {
-            have.remove(name);
-        }
-        for r in &delta.upserts {
-            have.insert(r.name.clone(), r.version.clone());
-        }
-        delta
-    }
-}
-
-/// What to send to move a client from `have` (name -> version) to `want`.
-pub fn diff(have: &BTreeMap<String, String>, want: &BTreeMap<&str, &Entry>) -> pb::Delta {
-    let upserts = want
-        .iter()
-        .filter(|(k, e)| have.get(**k) != Some(&e.version))
-        .map(|(_, e)| (*e.resource).clone())
-        .collect();
-    let removals = have
-        .keys()
-        .filter(|k| !want.contains_key(k.as_str()))
-        .cloned()
-        .collect();
-    pb::Delta {
-        nonce: String::new(),
-        upserts,
-        removals,
-    }
-}
+#[cfg(test)]
+#[path = "index_testing.rs"]
+pub(crate) mod testing;
 
 #[cfg(test)]
 #[path = "index_tests.rs"]

@@ -1,65 +1,54 @@
 #![allow(clippy::unwrap_used)]
+use super::testing::*;
 use super::*;
-use serde_json::json;
 
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(v).unwrap())
+fn names(snapshot: &Snapshot) -> Vec<&str> {
+    snapshot.resources.keys().map(|k| &**k).collect()
 }
 
-fn ns(name: &str, enrolled: bool) -> Arc<Namespace> {
-    let labels = if enrolled {
-        json!({DATAPLANE_MODE_LABEL: "ambient"})
-    } else {
-        json!({})
-    };
-    obj(json!({"metadata": {"name": name, "labels": labels}}))
+fn workload(snapshot: &Snapshot, name: &str) -> pb::Workload {
+    match snapshot.resources[name].kind() {
+        Some(pb::resource::Kind::Workload(w)) => w.clone(),
+        _ => panic!("{name} is not a workload"),
+    }
 }
 
-fn pod(ns: &str, name: &str, sa: &str, node: &str, ip: &str) -> Arc<Pod> {
-    obj(json!({
-        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"), "labels": {"app": sa}},
-        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
-    }))
-}
-
-fn names<K: AsRef<str>, V>(view: &BTreeMap<K, V>) -> Vec<&str> {
-    view.keys().map(AsRef::as_ref).collect()
+fn built(cluster: &Cluster) -> Snapshot {
+    Index::new(cluster.stores(), "cluster.local")
+        .update([Change::All])
+        .unwrap()
 }
 
 #[test]
 fn pods_of_enrolled_namespaces_are_workloads() {
-    let namespaces = [ns("shop", true), ns("other", false)];
-    let mut opted_out = (*pod("shop", "c", "sa", "n1", "10.0.0.3")).clone();
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(ns("other", false));
+    let mut opted_out = pod("shop", "c", "sa", "n1", "10.0.0.3");
     opted_out
         .metadata
         .labels
         .get_or_insert_default()
         .insert(DATAPLANE_MODE_LABEL.to_string(), "none".to_string());
-    let mut deleting = (*pod("shop", "d", "sa", "n1", "10.0.0.4")).clone();
+    let mut deleting = pod("shop", "d", "sa", "n1", "10.0.0.4");
     deleting.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         ));
-    let mut starting = (*pod("shop", "e", "sa", "n1", "10.0.0.5")).clone();
+    let mut starting = pod("shop", "e", "sa", "n1", "10.0.0.5");
     starting.status = None;
-    let pods = [
+    for p in [
         pod("shop", "a", "sa", "n1", "10.0.0.1"),
         pod("other", "b", "sa", "n1", "10.0.0.2"),
-        Arc::new(opted_out),
-        Arc::new(deleting),
-        Arc::new(starting),
-    ];
-    let snap = build(
-        &Inputs {
-            namespaces: &namespaces,
-            pods: &pods,
-            ..Default::default()
-        },
-        "cluster.local",
-    );
+        opted_out,
+        deleting,
+        starting,
+    ] {
+        c.apply(p);
+    }
+    let snap = built(&c);
     assert_eq!(
-        names(&snap.resources),
+        names(&snap),
         [
             "namespace/shop",
             "workload/uid-a",
@@ -67,157 +56,141 @@ fn pods_of_enrolled_namespaces_are_workloads() {
             "workload/uid-e"
         ]
     );
-    let workload = |name: &str| match &snap.resources[name].resource.kind {
-        Some(pb::resource::Kind::Workload(w)) => w.clone(),
-        _ => panic!("{name} is not a workload"),
-    };
-    let a = workload("workload/uid-a");
+    let a = workload(&snap, "workload/uid-a");
     assert_eq!(a.identity, "spiffe://cluster.local/ns/shop/sa/sa");
     assert_eq!(a.ips, ["10.0.0.1"]);
     assert!(!a.opted_out);
-    assert!(workload("workload/uid-c").opted_out);
+    assert!(workload(&snap, "workload/uid-c").opted_out);
     // Scheduled, no addresses yet: listed so its tunnel knows to capture it.
-    assert!(workload("workload/uid-e").ips.is_empty());
+    assert!(workload(&snap, "workload/uid-e").ips.is_empty());
 }
 
 #[test]
-fn views_and_diffs() {
-    let namespaces = [ns("shop", true)];
-    let pods = [
-        pod("shop", "a", "front", "n1", "10.0.0.1"),
-        pod("shop", "b", "back", "n2", "10.0.0.2"),
-    ];
-    let policies: [Arc<AuthorizationPolicy>; 1] = [obj(json!({
-        "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
-        "metadata": {"namespace": "shop", "name": "back-only"},
-        "spec": {"selector": {"matchLabels": {"app": "back"}}, "rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/front"]}]},
-    }))];
-    let snap = build(
-        &Inputs {
-            namespaces: &namespaces,
-            pods: &pods,
-            policies: &policies,
-            ..Default::default()
-        },
-        "cluster.local",
-    );
-    // Both nodes see all workloads; only n2 (which runs `back`) gets the policy.
-    let n1 = snap.view(&Subscriber::Node("n1".into()));
-    let n2 = snap.view(&Subscriber::Node("n2".into()));
-    assert_eq!(
-        names(&n1),
-        ["namespace/shop", "workload/uid-a", "workload/uid-b"]
-    );
-    assert_eq!(
-        names(&n2),
-        [
-            "authorizationpolicy/shop/back-only",
-            "namespace/shop",
-            "workload/uid-a",
-            "workload/uid-b"
-        ]
-    );
-    let wp = snap.view(&Subscriber::Waypoint("shop".into(), "back".into()));
-    assert_eq!(
-        names(&wp),
-        ["authorizationpolicy/shop/back-only", "workload/uid-b"]
-    );
-
-    // A client holding n1's view with one stale version and one extra name.
-    let mut have: BTreeMap<String, String> = n1
-        .iter()
-        .map(|(k, e)| (k.to_string(), e.version.clone()))
-        .collect();
-    assert!(diff(&have, &n1).upserts.is_empty() && diff(&have, &n1).removals.is_empty());
-    have.insert("workload/uid-a".into(), "stale".into());
-    have.insert("workload/gone".into(), "1".into());
-    let d = diff(&have, &n1);
-    assert_eq!(
-        d.upserts
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["workload/uid-a"]
-    );
-    assert_eq!(d.removals, ["workload/gone"]);
+fn services_waypoints_and_membership() {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
+    c.apply(service("shop", "web", "10.96.0.1", 80));
+    c.apply(slice("shop", "web", &["a"]));
+    c.apply(waypoint("shop", "front-wp", "front"));
+    c.apply(service("shop", "front-wp", "10.96.0.2", 15008));
+    let snap = built(&c);
+    let a = workload(&snap, "workload/uid-a");
+    assert_eq!(a.waypoint, "shop/front-wp");
+    assert_eq!(a.services["shop/web"].ports, BTreeMap::from([(80, 8080)]));
+    match snap.resources["waypoint/shop/front-wp"].kind() {
+        Some(pb::resource::Kind::Waypoint(w)) => {
+            assert_eq!(w.vips, ["10.96.0.2"]);
+            assert_eq!(w.identity, "spiffe://cluster.local/ns/shop/sa/front-wp");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
 fn versions_are_stable_and_content_based() {
-    let namespaces = [ns("shop", true)];
-    let pods = [pod("shop", "a", "front", "n1", "10.0.0.1")];
-    let inputs = Inputs {
-        namespaces: &namespaces,
-        pods: &pods,
-        ..Default::default()
-    };
-    let v1 = build(&inputs, "cluster.local").resources["workload/uid-a"]
-        .version
-        .clone();
-    assert_eq!(
-        v1,
-        build(&inputs, "cluster.local").resources["workload/uid-a"].version
-    );
-    let pods2 = [pod("shop", "a", "front", "n1", "10.0.0.9")];
-    let inputs2 = Inputs {
-        namespaces: &namespaces,
-        pods: &pods2,
-        ..Default::default()
-    };
-    assert_ne!(
-        v1,
-        build(&inputs2, "cluster.local").resources["workload/uid-a"].version
-    );
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
+    let v1 = built(&c).resources["workload/uid-a"].clone();
+    assert_eq!(v1, built(&c).resources["workload/uid-a"]);
+    c.apply(pod("shop", "a", "front", "n1", "10.0.0.9"));
+    let v2 = &built(&c).resources["workload/uid-a"];
+    assert_ne!(v1.version, v2.version);
+    // What is sent is the resource, version included.
+    let sent = pb::Resource::decode(v2.encoded.clone()).unwrap();
+    assert_eq!(&sent, &*v2.resource);
+    assert_eq!(sent.version, format!("{:016x}", v2.version));
 }
 
 #[test]
-fn incremental_deltas_match_full_diffs() {
-    let namespaces = [ns("shop", true)];
-    let pods1 = [
-        pod("shop", "a", "front", "n1", "10.0.0.1"),
-        pod("shop", "b", "back", "n2", "10.0.0.2"),
-    ];
-    let pods2 = [
-        pod("shop", "a", "front", "n1", "10.0.0.1"),
-        pod("shop", "b", "back", "n2", "10.0.0.9"),
-    ];
-    let s1 = build(
-        &Inputs {
-            namespaces: &namespaces,
-            pods: &pods1,
-            ..Default::default()
-        },
-        "cluster.local",
+fn one_pod_event_changes_one_workload_and_shares_the_rest() {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    for i in 0..10 {
+        c.apply(pod(
+            "shop",
+            &format!("p{i}"),
+            "sa",
+            "n1",
+            &format!("10.0.0.{i}"),
+        ));
+    }
+    let mut index = Index::new(c.stores(), "cluster.local");
+    let first = index.update([Change::All]).unwrap();
+    assert_eq!(first.generation, 1);
+    // Nothing changed: nothing published.
+    assert!(index.update([Change::All]).is_none());
+    let change = c.apply(pod("shop", "p3", "sa", "n1", "10.0.1.3"));
+    assert_eq!(change, Change::Pod(("shop".into(), "p3".into())));
+    let next = index.update([change]).unwrap();
+    assert_eq!(next.generation, 2);
+    assert_eq!(
+        next.changed.iter().map(|k| &**k).collect::<Vec<_>>(),
+        ["workload/uid-p3"]
     );
-    let mut s2 = build(
-        &Inputs {
-            namespaces: &namespaces,
-            pods: &pods2,
-            ..Default::default()
-        },
-        "cluster.local",
-    );
-    s2.generation = s1.generation + 1;
-    s2.changed = Arc::new(changed_names(&s1.resources, &s2.resources));
-    assert_eq!(s2.changed.iter().collect::<Vec<_>>(), ["workload/uid-b"]);
+    assert!(Arc::ptr_eq(
+        &first.resources["workload/uid-p1"].resource,
+        &next.resources["workload/uid-p1"].resource
+    ));
+    assert_eq!(next.changed_since(&first).len(), 1);
+}
 
-    let n1 = Subscriber::Node("n1".into());
-    let mut have = BTreeMap::new();
-    s1.delta_for(&n1, &mut have);
-    let mut full_have = have.clone();
-    let full = s2.delta_for(&n1, &mut full_have);
-    let inc = s2
-        .incremental_delta(&s1, &n1, &mut have)
-        .expect("node 1's own workloads did not change");
-    assert_eq!(inc, full);
-    assert_eq!(have, full_have);
-    // Node 2's own workload changed: policies it sees may change, so a full diff.
-    let n2 = Subscriber::Node("n2".into());
-    let mut have2 = BTreeMap::new();
-    s1.delta_for(&n2, &mut have2);
-    assert!(s2.incremental_delta(&s1, &n2, &mut have2).is_none());
-    // A skipped generation: full diff.
-    let mut s3 = s2.clone();
-    s3.generation += 1;
-    assert!(s3.incremental_delta(&s1, &n1, &mut have).is_none());
+/// Every targeted update must leave the index exactly where a full rebuild would.
+#[test]
+fn targeted_updates_equal_a_rebuild() {
+    let mut c = Cluster::new();
+    let mut index = Index::new(c.stores(), "cluster.local");
+    let mut prev = index.update([Change::All]).unwrap();
+    let mut step = |c: &mut Cluster, what: &str, change: Change| {
+        let got = index.update([change]).unwrap_or_else(|| prev.clone());
+        let want = built(c);
+        assert_eq!(got.resources, want.resources, "after {what}");
+        let differing: BTreeSet<&str> = got
+            .resources
+            .keys()
+            .chain(prev.resources.keys())
+            .filter(|k| got.resources.get(*k) != prev.resources.get(*k))
+            .map(|k| &**k)
+            .collect();
+        let changed = got.changed_since(&prev);
+        let changed: BTreeSet<&str> = changed.iter().map(|k| &**k).collect();
+        assert_eq!(changed, differing, "changed names after {what}");
+        prev = got;
+    };
+    let all = |c: &mut Cluster, o: Namespace| {
+        c.apply(o);
+        Change::All
+    };
+    let ch = all(&mut c, ns("shop", true));
+    step(&mut c, "namespace", ch);
+    let ch = c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
+    step(&mut c, "pod a", ch);
+    let ch = c.apply(slice("shop", "web", &["a", "b"]));
+    step(&mut c, "slice before its service and pod b", ch);
+    let ch = c.apply(service("shop", "web", "10.96.0.1", 80));
+    step(&mut c, "service", ch);
+    let ch = c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
+    step(&mut c, "pod b, already listed", ch);
+    let ch = c.apply(service("shop", "web", "10.96.0.1", 81));
+    step(&mut c, "service port change", ch);
+    let ch = c.apply(slice("shop", "web", &["b"]));
+    step(&mut c, "a leaves the slice", ch);
+    let ch = c.apply(policy("shop", "back-only", "back"));
+    step(&mut c, "policy", ch);
+    let mut recreated = pod("shop", "b", "back", "n2", "10.0.0.7");
+    recreated.metadata.uid = Some("uid-b2".into());
+    let ch = c.apply(recreated);
+    step(&mut c, "pod b recreated with a new uid", ch);
+    let ch = c.delete(slice("shop", "web", &["b"]));
+    step(&mut c, "slice deleted", ch);
+    let ch = c.delete(pod("shop", "a", "front", "n1", "10.0.0.1"));
+    step(&mut c, "pod a deleted", ch);
+    let ch = c.delete(policy("shop", "back-only", "back"));
+    step(&mut c, "policy deleted", ch);
+    let ch = c.delete(service("shop", "web", "10.96.0.1", 81));
+    step(&mut c, "service deleted", ch);
+    let ch = all(&mut c, ns("shop", false));
+    step(&mut c, "namespace unenrolled", ch);
+    assert!(prev.resources.is_empty());
 }

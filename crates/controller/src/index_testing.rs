@@ -1,0 +1,129 @@
+//! Stores filled by hand, for the index's and the views' unit tests.
+#![allow(clippy::unwrap_used)]
+
+use super::{Change, Stores, Watched};
+use crate::crd::{AuthorizationPolicy, Gateway};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+use serde_json::json;
+
+pub struct Cluster {
+    namespaces: Writer<Namespace>,
+    pods: Writer<Pod>,
+    services: Writer<Service>,
+    endpoint_slices: Writer<EndpointSlice>,
+    gateways: Writer<Gateway>,
+    policies: Writer<AuthorizationPolicy>,
+}
+
+pub trait Object: Watched + kube::Resource<DynamicType = ()> + Clone + 'static {
+    fn writer(cluster: &mut Cluster) -> &mut Writer<Self>;
+}
+
+macro_rules! object {
+    ($($kind:ty => $field:ident),*) => {$(
+        impl Object for $kind {
+            fn writer(cluster: &mut Cluster) -> &mut Writer<Self> {
+                &mut cluster.$field
+            }
+        }
+    )*};
+}
+object!(Namespace => namespaces, Pod => pods, Service => services,
+    EndpointSlice => endpoint_slices, Gateway => gateways, AuthorizationPolicy => policies);
+
+impl Cluster {
+    pub fn new() -> Self {
+        Self {
+            namespaces: Writer::default(),
+            pods: Writer::default(),
+            services: Writer::default(),
+            endpoint_slices: Writer::default(),
+            gateways: Writer::default(),
+            policies: Writer::default(),
+        }
+    }
+
+    pub fn stores(&self) -> Stores {
+        Stores {
+            namespaces: self.namespaces.as_reader(),
+            pods: self.pods.as_reader(),
+            services: self.services.as_reader(),
+            endpoint_slices: self.endpoint_slices.as_reader(),
+            gateways: self.gateways.as_reader(),
+            policies: self.policies.as_reader(),
+        }
+    }
+
+    /// Creates or updates `o`; returns the change the reflector would report.
+    pub fn apply<K: Object>(&mut self, o: K) -> Change {
+        let change = o.change();
+        K::writer(self).apply_watcher_event(&Event::Apply(o));
+        change
+    }
+
+    pub fn delete<K: Object>(&mut self, o: K) -> Change {
+        let change = o.change();
+        K::writer(self).apply_watcher_event(&Event::Delete(o));
+        change
+    }
+}
+
+pub fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+pub fn ns(name: &str, enrolled: bool) -> Namespace {
+    let labels = if enrolled {
+        json!({super::DATAPLANE_MODE_LABEL: "ambient"})
+    } else {
+        json!({})
+    };
+    obj(json!({"metadata": {"name": name, "labels": labels}}))
+}
+
+/// Pod `name` has uid `uid-<name>` and label `app: <sa>`.
+pub fn pod(ns: &str, name: &str, sa: &str, node: &str, ip: &str) -> Pod {
+    obj(json!({
+        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"), "labels": {"app": sa}},
+        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }))
+}
+
+pub fn service(ns: &str, name: &str, ip: &str, port: i32) -> Service {
+    obj(json!({"metadata": {"namespace": ns, "name": name},
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port, "targetPort": 8080}]}}))
+}
+
+/// An EndpointSlice of service `svc` listing pods by name (uids `uid-<name>`).
+pub fn slice(ns: &str, svc: &str, pods: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<_> = pods
+        .iter()
+        .map(|p| json!({"addresses": ["10.9.9.9"], "targetRef": {"kind": "Pod", "name": p, "uid": format!("uid-{p}")}}))
+        .collect();
+    obj(
+        json!({"metadata": {"namespace": ns, "name": format!("{svc}-abc"),
+            "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}),
+    )
+}
+
+/// An ALLOW policy for the workloads labeled `app: <app>`.
+pub fn policy(ns: &str, name: &str, app: &str) -> AuthorizationPolicy {
+    obj(json!({
+        "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"selector": {"matchLabels": {"app": app}}, "rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/front"]}]},
+    }))
+}
+
+pub fn waypoint(ns: &str, name: &str, for_sa: &str) -> Gateway {
+    obj(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"namespace": ns, "name": name, "labels": {"ambit.dev/for-service-account": for_sa}},
+        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }))
+}

@@ -1,0 +1,270 @@
+//! What each subscriber sees of a [`Snapshot`], and the delta that moves it from one snapshot
+//! to the next. Node views differ only in their policies, so a node's view is "everything but
+//! policies" plus a small per-node set; a change costs each session the changed names, not a
+//! diff of its whole view, and no session keeps a copy of its view.
+
+use crate::index::{Entry, Name, Snapshot};
+use ambit_proto::EncodedDelta;
+use ambit_proto::config::v1 as pb;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a subscriber is, and so what it sees.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subscriber {
+    /// A node tunnel: every mesh workload, service, waypoint and enrolled namespace
+    /// (outbound), and the policies of its own node's workloads (inbound).
+    Node(String),
+    /// A waypoint for the service account `(namespace, name)`: that account's workloads, the
+    /// services selecting them, their policies and the waypoint itself.
+    Waypoint(String, String),
+}
+
+impl std::fmt::Display for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(n) => write!(f, "node/{n}"),
+            Self::Waypoint(ns, sa) => write!(f, "waypoint/{ns}/{sa}"),
+        }
+    }
+}
+
+/// The part of a subscriber's view that depends on more than each resource itself: for a
+/// node, the policies applying to its workloads; for a waypoint, everything it sees.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct View {
+    scoped: BTreeSet<Name>,
+}
+
+fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
+    p.namespace == w.namespace
+        && p.match_labels
+            .iter()
+            .all(|(k, v)| w.labels.get(k) == Some(v))
+}
+
+fn workloads(snapshot: &Snapshot) -> impl Iterator<Item = &pb::Workload> {
+    snapshot.resources.values().filter_map(|e| match e.kind() {
+        Some(pb::resource::Kind::Workload(w)) => Some(w),
+        _ => None,
+    })
+}
+
+impl Subscriber {
+    /// Whether `View::scoped` decides if this subscriber sees `entry` (otherwise it does).
+    fn is_scoped(&self, entry: &Entry) -> bool {
+        match self {
+            Self::Node(_) => matches!(
+                entry.kind(),
+                Some(pb::resource::Kind::AuthorizationPolicy(_)) | None
+            ),
+            Self::Waypoint(..) => true,
+        }
+    }
+
+    /// Whether a change of `entry` can change which other resources this subscriber sees.
+    fn reshapes(&self, entry: Option<&Entry>) -> bool {
+        match (self, entry.and_then(Entry::kind)) {
+            (_, None) => false,
+            (Self::Node(node), Some(pb::resource::Kind::Workload(w))) => &w.node == node,
+            (Self::Node(_), Some(kind)) => {
+                matches!(kind, pb::resource::Kind::AuthorizationPolicy(_))
+            }
+            (Self::Waypoint(..), Some(_)) => true,
+        }
+    }
+
+    pub fn view(&self, snapshot: &Snapshot) -> View {
+        let mut scoped = BTreeSet::new();
+        match self {
+            Self::Node(node) => {
+                let local: Vec<&pb::Workload> =
+                    workloads(snapshot).filter(|w| &w.node == node).collect();
+                for (k, e) in &snapshot.resources {
+                    if let Some(pb::resource::Kind::AuthorizationPolicy(p)) = e.kind()
+                        && local.iter().any(|w| policy_applies(p, w))
+                    {
+                        scoped.insert(k.clone());
+                    }
+                }
+            }
+            Self::Waypoint(ns, sa) => {
+                let mine: Vec<&pb::Workload> = workloads(snapshot)
+                    .filter(|w| &w.namespace == ns && &w.service_account == sa)
+                    .collect();
+                let services: BTreeSet<String> = mine
+                    .iter()
+                    .flat_map(|w| w.services.keys().cloned())
+                    .collect();
+                for (k, e) in &snapshot.resources {
+                    let keep = match e.kind() {
+                        Some(pb::resource::Kind::Workload(w)) => {
+                            &w.namespace == ns && &w.service_account == sa
+                        }
+                        Some(pb::resource::Kind::Service(s)) => {
+                            services.contains(&format!("{}/{}", s.namespace, s.name))
+                        }
+                        Some(pb::resource::Kind::Waypoint(w)) => {
+                            &w.namespace == ns && &w.for_service_account == sa
+                        }
+                        Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
+                            mine.iter().any(|w| policy_applies(p, w))
+                        }
+                        Some(pb::resource::Kind::Namespace(_)) | None => false,
+                    };
+                    if keep {
+                        scoped.insert(k.clone());
+                    }
+                }
+            }
+        }
+        View { scoped }
+    }
+
+    /// The view of `snapshot`, reusing `prev`'s (the view of `prev_snapshot`) when none of
+    /// the `changed` names can reshape it.
+    pub fn next_view(
+        &self,
+        prev_snapshot: &Snapshot,
+        prev: &View,
+        snapshot: &Snapshot,
+        changed: &BTreeSet<Name>,
+    ) -> View {
+        let reshaped = changed.iter().any(|k| {
+            self.reshapes(prev_snapshot.resources.get(k))
+                || self.reshapes(snapshot.resources.get(k))
+        });
+        if reshaped {
+            self.view(snapshot)
+        } else {
+            prev.clone()
+        }
+    }
+
+    fn sees<'a>(&self, view: &View, snapshot: &'a Snapshot, name: &str) -> Option<&'a Entry> {
+        let entry = snapshot.resources.get(name)?;
+        (!self.is_scoped(entry) || view.scoped.contains(name)).then_some(entry)
+    }
+
+    /// Every resource of the view, by name.
+    pub fn visible<'a>(
+        &'a self,
+        view: &'a View,
+        snapshot: &'a Snapshot,
+    ) -> impl Iterator<Item = (&'a Name, &'a Entry)> {
+        snapshot
+            .resources
+            .iter()
+            .filter(|(k, e)| !self.is_scoped(e) || view.scoped.contains(*k))
+    }
+}
+
+/// A delta to send: upserts (already encoded) and removals.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Push {
+    pub upserts: Vec<(Name, Entry)>,
+    pub removals: Vec<Name>,
+}
+
+impl Push {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+
+    /// Every name the push touches.
+    pub fn names(&self) -> Vec<Name> {
+        self.upserts
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(self.removals.iter().cloned())
+            .collect()
+    }
+
+    /// What moves a client holding `known` (name -> version; empty on a first connect) to
+    /// `view` of `snapshot`.
+    pub fn initial(
+        subscriber: &Subscriber,
+        view: &View,
+        snapshot: &Snapshot,
+        known: &BTreeMap<String, String>,
+    ) -> Self {
+        let upserts = subscriber
+            .visible(view, snapshot)
+            .filter(|(k, e)| known.get(&***k) != Some(&e.resource.version))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let removals = known
+            .keys()
+            .filter(|k| subscriber.sees(view, snapshot, k).is_none())
+            .map(|k| Name::from(k.as_str()))
+            .collect();
+        Self { upserts, removals }
+    }
+
+    /// What moves a client from `prev_view` of `prev` to `view` of `snapshot`, given the names
+    /// `changed` between the two. The client's copies of `unsure` names are unknown (it
+    /// rejected the delta that carried them): they are sent again.
+    pub fn between(
+        subscriber: &Subscriber,
+        (prev, prev_view): (&Snapshot, &View),
+        (snapshot, view): (&Snapshot, &View),
+        changed: &BTreeSet<Name>,
+        unsure: &BTreeSet<Name>,
+    ) -> Self {
+        let candidates: BTreeSet<&Name> = changed
+            .iter()
+            .chain(&prev_view.scoped)
+            .chain(&view.scoped)
+            .chain(unsure)
+            .collect();
+        let mut push = Self::default();
+        for name in candidates {
+            let now = subscriber.sees(view, snapshot, name);
+            let before = subscriber
+                .sees(prev_view, prev, name)
+                .filter(|_| !unsure.contains(name));
+            match (now, before) {
+                (Some(e), Some(b)) if e.version == b.version => {}
+                (Some(e), _) => push.upserts.push((name.clone(), e.clone())),
+                (None, Some(_)) => push.removals.push(name.clone()),
+                (None, None) if unsure.contains(name) => push.removals.push(name.clone()),
+                (None, None) => {}
+            }
+        }
+        push
+    }
+
+    /// The push as messages of about `part_bytes` each, sharing `nonce`; all but the last say
+    /// `more`. Always at least one message.
+    pub fn into_parts(self, nonce: &str, part_bytes: usize) -> Vec<EncodedDelta> {
+        let part = || EncodedDelta {
+            nonce: nonce.to_owned(),
+            more: true,
+            ..Default::default()
+        };
+        let mut parts = Vec::new();
+        let mut current = part();
+        let mut size = 0;
+        let mut cut = |current: &mut EncodedDelta, size: &mut usize, add: usize| {
+            if *size > 0 && *size + add > part_bytes {
+                parts.push(std::mem::replace(current, part()));
+                *size = 0;
+            }
+            *size += add;
+        };
+        for (_, e) in self.upserts {
+            cut(&mut current, &mut size, e.encoded.len());
+            current.upserts.push(e.encoded);
+        }
+        for name in self.removals {
+            cut(&mut current, &mut size, name.len());
+            current.removals.push(name.to_string());
+        }
+        current.more = false;
+        parts.push(current);
+        parts
+    }
+}
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;

@@ -1,0 +1,238 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use crate::index::testing::*;
+use crate::index::{Change, Index};
+use prost::Message;
+
+fn node(n: &str) -> Subscriber {
+    Subscriber::Node(n.into())
+}
+
+fn visible_names(sub: &Subscriber, snapshot: &Snapshot) -> Vec<String> {
+    let view = sub.view(snapshot);
+    sub.visible(&view, snapshot)
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
+/// The push that a full comparison of the two views gives.
+fn full_diff(sub: &Subscriber, prev: &Snapshot, snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
+    let (pv, v) = (sub.view(prev), sub.view(snapshot));
+    let before: BTreeMap<&Name, u64> = sub
+        .visible(&pv, prev)
+        .map(|(k, e)| (k, e.version))
+        .collect();
+    let now: BTreeMap<&Name, u64> = sub
+        .visible(&v, snapshot)
+        .map(|(k, e)| (k, e.version))
+        .collect();
+    let upserts = now
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let removals = before
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .map(|k| k.to_string())
+        .collect();
+    (upserts, removals)
+}
+
+fn names_of(push: &Push) -> (Vec<String>, Vec<String>) {
+    let mut upserts: Vec<String> = push.upserts.iter().map(|(k, _)| k.to_string()).collect();
+    let mut removals: Vec<String> = push.removals.iter().map(|k| k.to_string()).collect();
+    upserts.sort();
+    removals.sort();
+    (upserts, removals)
+}
+
+fn shop() -> (Cluster, Index, Snapshot) {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
+    c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
+    c.apply(service("shop", "back", "10.96.0.1", 80));
+    c.apply(slice("shop", "back", &["b"]));
+    c.apply(policy("shop", "back-only", "back"));
+    let mut index = Index::new(c.stores(), "cluster.local");
+    let snapshot = index.update([Change::All]).unwrap();
+    (c, index, snapshot)
+}
+
+#[test]
+fn nodes_see_everything_but_other_nodes_policies() {
+    let (_, _, snap) = shop();
+    let everything = [
+        "namespace/shop",
+        "service/shop/back",
+        "workload/uid-a",
+        "workload/uid-b",
+    ];
+    assert_eq!(visible_names(&node("n1"), &snap), everything);
+    let mut n2 = vec!["authorizationpolicy/shop/back-only"];
+    n2.extend(everything);
+    assert_eq!(visible_names(&node("n2"), &snap), n2);
+    assert_eq!(
+        visible_names(&Subscriber::Waypoint("shop".into(), "back".into()), &snap),
+        [
+            "authorizationpolicy/shop/back-only",
+            "service/shop/back",
+            "workload/uid-b"
+        ]
+    );
+}
+
+#[test]
+fn a_resuming_client_gets_only_the_difference() {
+    let (_, _, snap) = shop();
+    let sub = node("n1");
+    let view = sub.view(&snap);
+    let mut known: BTreeMap<String, String> = sub
+        .visible(&view, &snap)
+        .map(|(k, e)| (k.to_string(), e.resource.version.clone()))
+        .collect();
+    assert!(Push::initial(&sub, &view, &snap, &known).is_empty());
+    known.insert("workload/uid-a".into(), "stale".into());
+    known.insert("workload/gone".into(), "1".into());
+    // A policy n1 does not see: the client must drop it.
+    known.insert("authorizationpolicy/shop/back-only".into(), "1".into());
+    let push = Push::initial(&sub, &view, &snap, &known);
+    assert_eq!(
+        names_of(&push),
+        (
+            vec!["workload/uid-a".into()],
+            vec![
+                "authorizationpolicy/shop/back-only".into(),
+                "workload/gone".into()
+            ]
+        )
+    );
+}
+
+/// For every subscriber and every change, the push computed from the changed names equals a
+/// comparison of the whole views.
+#[test]
+fn pushes_equal_full_view_diffs() {
+    let (mut c, mut index, mut prev) = shop();
+    let subscribers = [
+        node("n1"),
+        node("n2"),
+        node("n3"),
+        Subscriber::Waypoint("shop".into(), "back".into()),
+        Subscriber::Waypoint("shop".into(), "front".into()),
+    ];
+    let mut relabeled = pod("shop", "a", "front", "n1", "10.0.0.1");
+    relabeled.metadata.labels = Some([("app".to_string(), "back".to_string())].into());
+    let steps: Vec<(&str, Change)> = vec![
+        (
+            "a remote workload moves",
+            c.apply(pod("shop", "b", "back", "n2", "10.0.0.9")),
+        ),
+        ("a's labels now match the policy on n1", c.apply(relabeled)),
+        (
+            "a new pod on n3",
+            c.apply(pod("shop", "c", "back", "n3", "10.0.0.3")),
+        ),
+        (
+            "the policy goes",
+            c.delete(policy("shop", "back-only", "back")),
+        ),
+        (
+            "the service goes",
+            c.delete(service("shop", "back", "10.96.0.1", 80)),
+        ),
+    ];
+    // Sessions that saw every generation, and one that skipped them all.
+    let first = prev.clone();
+    for (what, change) in steps {
+        let snap = index.update([change]).unwrap();
+        for sub in &subscribers {
+            let pv = sub.view(&prev);
+            let changed = snap.changed_since(&prev);
+            let view = sub.next_view(&prev, &pv, &snap, &changed);
+            assert_eq!(view, sub.view(&snap), "{sub} view after {what}");
+            let push = Push::between(
+                sub,
+                (&prev, &pv),
+                (&snap, &view),
+                &changed,
+                &BTreeSet::new(),
+            );
+            assert_eq!(
+                names_of(&push),
+                full_diff(sub, &prev, &snap),
+                "{sub} after {what}"
+            );
+
+            let fv = sub.view(&first);
+            let changed = snap.changed_since(&first);
+            let push = Push::between(
+                sub,
+                (&first, &fv),
+                (&snap, &view),
+                &changed,
+                &BTreeSet::new(),
+            );
+            assert_eq!(
+                names_of(&push),
+                full_diff(sub, &first, &snap),
+                "{sub} skipping to {what}"
+            );
+        }
+        prev = snap;
+    }
+}
+
+#[test]
+fn nacked_names_are_sent_again() {
+    let (_, _, snap) = shop();
+    let sub = node("n1");
+    let view = sub.view(&snap);
+    let unsure: BTreeSet<Name> = ["workload/uid-a".into(), "workload/gone".into()].into();
+    let push = Push::between(
+        &sub,
+        (&snap, &view),
+        (&snap, &view),
+        &BTreeSet::new(),
+        &unsure,
+    );
+    assert_eq!(
+        names_of(&push),
+        (vec!["workload/uid-a".into()], vec!["workload/gone".into()])
+    );
+}
+
+#[test]
+fn large_pushes_go_in_parts_that_decode_as_deltas() {
+    let (_, _, snap) = shop();
+    let sub = node("n2");
+    let view = sub.view(&snap);
+    let mut push = Push::initial(&sub, &view, &snap, &BTreeMap::new());
+    push.removals.push("workload/gone".into());
+    let total = push.upserts.len();
+    let parts = push.clone().into_parts("7", 1);
+    assert_eq!(parts.len(), total + 1, "one resource per part at 1 byte");
+    let mut upserts = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let delta = pb::Delta::decode(part.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(delta.nonce, "7");
+        assert_eq!(delta.more, i + 1 < parts.len());
+        upserts.extend(delta.upserts);
+    }
+    assert_eq!(parts.last().unwrap().removals, ["workload/gone"]);
+    let sent: Vec<pb::Resource> = push
+        .upserts
+        .iter()
+        .map(|(_, e)| (*e.resource).clone())
+        .collect();
+    assert_eq!(upserts, sent);
+    let one = push.into_parts("8", 1 << 20);
+    assert_eq!(one.len(), 1);
+    assert!(!one[0].more);
+    assert_eq!(
+        Push::default().into_parts("1", 1).len(),
+        1,
+        "an empty push is one message"
+    );
+}
