@@ -67,25 +67,43 @@ fn content_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Generations whose changed names a snapshot remembers: a session that fell up to this many
+/// generations behind catches up from those names instead of comparing whole snapshots.
+const CHANGE_HISTORY: usize = 64;
+
 /// Everything the mesh knows, keyed by resource name. Consecutive snapshots share every
 /// unchanged entry.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub resources: BTreeMap<Name, Entry>,
-    /// Counts snapshots published; consecutive generations differ by `changed`.
+    /// Counts snapshots published.
     pub generation: u64,
-    /// Names added, changed or removed since generation `generation - 1`.
-    pub changed: Arc<BTreeSet<Name>>,
+    /// The names added, changed or removed by each of the last generations, newest last: the
+    /// last one is what differs from generation `generation - 1`.
+    pub recent_changes: Vec<Arc<BTreeSet<Name>>>,
 }
 
 impl Snapshot {
+    /// The resources whose names start with `kind/` (names sort by kind).
+    pub fn of_kind<'a>(&'a self, kind: &str) -> impl Iterator<Item = (&'a Name, &'a Entry)> {
+        // '0' sorts right after '/'.
+        let (from, to): (Name, Name) = (format!("{kind}/").into(), format!("{kind}0").into());
+        self.resources.range(from..to)
+    }
+
     /// Names whose entries differ between `prev` and `self`.
     pub fn changed_since(&self, prev: &Snapshot) -> Cow<'_, BTreeSet<Name>> {
-        if self.generation == prev.generation {
-            return Cow::Owned(BTreeSet::new());
-        }
-        if self.generation == prev.generation + 1 {
-            return Cow::Borrowed(&self.changed);
+        let behind = self.generation.checked_sub(prev.generation);
+        match behind.and_then(|b| usize::try_from(b).ok()) {
+            Some(0) => return Cow::Owned(BTreeSet::new()),
+            Some(1) if !self.recent_changes.is_empty() => {
+                return Cow::Borrowed(&self.recent_changes[self.recent_changes.len() - 1]);
+            }
+            Some(b) if b <= self.recent_changes.len() => {
+                let recent = &self.recent_changes[self.recent_changes.len() - b..];
+                return Cow::Owned(recent.iter().flat_map(|c| c.iter().cloned()).collect());
+            }
+            _ => {}
         }
         let mut out: BTreeSet<Name> = self
             .resources
@@ -202,6 +220,7 @@ pub struct Index {
     trust_domain: String,
     resources: BTreeMap<Name, Entry>,
     generation: u64,
+    recent_changes: std::collections::VecDeque<Arc<BTreeSet<Name>>>,
     /// `(namespace, service account)` -> its waypoint, `<namespace>/<name>`.
     waypoint_of_sa: BTreeMap<ObjectKey, String>,
     uid_of_pod: HashMap<ObjectKey, String>,
@@ -244,6 +263,7 @@ impl Index {
             trust_domain: trust_domain.to_owned(),
             resources: BTreeMap::new(),
             generation: 0,
+            recent_changes: Default::default(),
             waypoint_of_sa: BTreeMap::new(),
             uid_of_pod: HashMap::new(),
             pod_of_uid: HashMap::new(),
@@ -290,10 +310,14 @@ impl Index {
             return None;
         }
         self.generation += 1;
+        if self.recent_changes.len() == CHANGE_HISTORY {
+            self.recent_changes.pop_front();
+        }
+        self.recent_changes.push_back(Arc::new(changed));
         Some(Snapshot {
             resources: self.resources.clone(),
             generation: self.generation,
-            changed: Arc::new(changed),
+            recent_changes: self.recent_changes.iter().cloned().collect(),
         })
     }
 

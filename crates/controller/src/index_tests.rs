@@ -126,14 +126,34 @@ fn one_pod_event_changes_one_workload_and_shares_the_rest() {
     let next = index.update([change]).unwrap();
     assert_eq!(next.generation, 2);
     assert_eq!(
-        next.changed.iter().map(|k| &**k).collect::<Vec<_>>(),
+        next.changed_since(&first)
+            .iter()
+            .map(|k| &**k)
+            .collect::<Vec<_>>(),
         ["workload/uid-p3"]
     );
     assert!(Arc::ptr_eq(
         &first.resources["workload/uid-p1"].resource,
         &next.resources["workload/uid-p1"].resource
     ));
-    assert_eq!(next.changed_since(&first).len(), 1);
+    // A session two generations behind gets the union of both generations' names, and one
+    // further behind than the history a comparison of the whole snapshots.
+    let ch = c.apply(pod("shop", "p4", "sa", "n1", "10.0.1.4"));
+    let third = index.update([ch]).unwrap();
+    let names = |s: &BTreeSet<Name>| s.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&third.changed_since(&first)),
+        ["workload/uid-p3", "workload/uid-p4"]
+    );
+    let forgotten = Snapshot {
+        recent_changes: Vec::new(),
+        ..third.clone()
+    };
+    assert_eq!(
+        names(&forgotten.changed_since(&first)),
+        ["workload/uid-p3", "workload/uid-p4"]
+    );
+    assert!(third.changed_since(&third).is_empty());
 }
 
 /// Every targeted update must leave the index exactly where a full rebuild would.

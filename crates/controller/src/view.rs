@@ -43,10 +43,21 @@ fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
 }
 
 fn workloads(snapshot: &Snapshot) -> impl Iterator<Item = &pb::Workload> {
-    snapshot.resources.values().filter_map(|e| match e.kind() {
-        Some(pb::resource::Kind::Workload(w)) => Some(w),
-        _ => None,
-    })
+    snapshot
+        .of_kind("workload")
+        .filter_map(|(_, e)| match e.kind() {
+            Some(pb::resource::Kind::Workload(w)) => Some(w),
+            _ => None,
+        })
+}
+
+fn policies(snapshot: &Snapshot) -> impl Iterator<Item = (&Name, &pb::AuthorizationPolicy)> {
+    snapshot
+        .of_kind("authorizationpolicy")
+        .filter_map(|(k, e)| match e.kind() {
+            Some(pb::resource::Kind::AuthorizationPolicy(p)) => Some((k, p)),
+            _ => None,
+        })
 }
 
 impl Subscriber {
@@ -77,14 +88,15 @@ impl Subscriber {
         let mut scoped = BTreeSet::new();
         match self {
             Self::Node(node) => {
-                let local: Vec<&pb::Workload> =
-                    workloads(snapshot).filter(|w| &w.node == node).collect();
-                for (k, e) in &snapshot.resources {
-                    if let Some(pb::resource::Kind::AuthorizationPolicy(p)) = e.kind()
-                        && local.iter().any(|w| policy_applies(p, w))
-                    {
-                        scoped.insert(k.clone());
-                    }
+                // Most meshes have few policies, often none: then no workload needs a look.
+                if policies(snapshot).next().is_some() {
+                    let local: Vec<&pb::Workload> =
+                        workloads(snapshot).filter(|w| &w.node == node).collect();
+                    scoped.extend(
+                        policies(snapshot)
+                            .filter(|(_, p)| local.iter().any(|w| policy_applies(p, w)))
+                            .map(|(k, _)| k.clone()),
+                    );
                 }
             }
             Self::Waypoint(ns, sa) => {

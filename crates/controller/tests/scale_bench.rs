@@ -17,6 +17,7 @@ use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -188,6 +189,22 @@ async fn subscribe<D: DeltaMessage>(
     }
 }
 
+/// The controller's `ambit_config_pushes_total{kind="change"}`.
+async fn change_pushes(metrics_port: u16) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: controller\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ambit_config_pushes_total{kind=\"change\"} "))
+        .map(|v| v.trim().parse())
+        .transpose()?;
+    Ok(value.unwrap_or(0))
+}
+
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
 }
@@ -286,8 +303,27 @@ async fn controller_scale() -> Result<()> {
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await?;
+    // The EndpointSlice controller lags behind the pods: measure a settled cluster, not the
+    // slices filling in (each of which is a real change to push).
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    eventually(
+        "every pod in its service's EndpointSlice",
+        Duration::from_secs(300),
+        || async {
+            let listed: usize = slices
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .map(|s| s.endpoints.len())
+                .sum();
+            (listed == PODS).then_some(())
+        },
+    )
+    .await?;
     eprintln!(
-        "created {SUBSCRIBERS} nodes, {SERVICES} services, {PODS} running pods in {:?}",
+        "created {SUBSCRIBERS} nodes, {SERVICES} services, {PODS} running pods, all in their EndpointSlices, in {:?}",
         t.elapsed()
     );
 
@@ -339,14 +375,21 @@ async fn controller_scale() -> Result<()> {
     // is timed separately below.
     let (events_tx, mut events) = mpsc::unbounded_channel::<Received>();
     let t0 = Instant::now();
+    // All connect at once, as the tunnels of a cluster do when the controller comes up.
     for i in 0..SUBSCRIBERS {
-        let ch = channel(addr, &root_pem, &controller).await?;
+        let (root_pem, controller) = (root_pem.clone(), controller.clone());
         let (token, events_tx) = (token.clone(), events_tx.clone());
-        if i == 0 {
-            tokio::spawn(subscribe::<pb::Delta>(ch, i, token, events_tx));
-        } else {
-            tokio::spawn(subscribe::<NamesOnly>(ch, i, token, events_tx));
-        }
+        tokio::spawn(async move {
+            let ch = match channel(addr, &root_pem, &controller).await {
+                Ok(ch) => ch,
+                Err(e) => return eprintln!("subscriber {i}: connect: {e}"),
+            };
+            if i == 0 {
+                subscribe::<pb::Delta>(ch, i, token, events_tx).await;
+            } else {
+                subscribe::<NamesOnly>(ch, i, token, events_tx).await;
+            }
+        });
     }
     let mut firsts = vec![None; SUBSCRIBERS];
     let mut first_view = None;
@@ -384,6 +427,7 @@ async fn controller_scale() -> Result<()> {
     );
 
     // --- Single-pod changes: latency to each subscriber. ---
+    let pushes_before = change_pushes(metrics_port).await?;
     let mut latencies = Vec::new();
     for c in 0..CHANGES {
         let name = format!("pod-{}", c * 37);
@@ -407,6 +451,9 @@ async fn controller_scale() -> Result<()> {
             }
         }
     }
+    // Each change should be one push per subscriber: more means the cluster was still busy.
+    let pushes = (change_pushes(metrics_port).await? - pushes_before) as f64 / SUBSCRIBERS as f64;
+    eprintln!("{CHANGES} pod changes, {pushes:.1} pushes per subscriber meanwhile");
     latencies.sort();
     let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -422,6 +469,7 @@ async fn controller_scale() -> Result<()> {
         "push_p50_ms": latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
         "rss_bytes": rss_kb * 1024,
         "first_view_decode_ms": decode.as_secs_f64() * 1000.0,
+        "pushes_per_subscriber_during_changes": pushes,
         "pods": PODS, "services": SERVICES, "subscribers": SUBSCRIBERS,
         "profile": if release { "release" } else { "debug" },
         "targets": {"first_full_view_s": 2.0, "push_p99_ms": 100.0, "rss_bytes": 300u64 << 20},
