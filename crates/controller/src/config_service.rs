@@ -197,17 +197,20 @@ impl Session {
                         pending.pop_front();
                     }
                     tracing::debug!(subscriber = %name, nonce, upserts = push.upserts.len(), removals = push.removals.len(), "config: push");
-                    pending.push_back((nonce, push.names()));
                     let mut closed = false;
-                    for part in push.into_parts(&nonce.to_string(), PART_BYTES) {
-                        if tx.send(Ok(part)).await.is_err() {
-                            closed = true;
-                            break;
+                    if let Some((snapshot, _)) = &held {
+                        let nonce = nonce.to_string();
+                        for part in push.parts(snapshot, &nonce, PART_BYTES) {
+                            if tx.send(Ok(part)).await.is_err() {
+                                closed = true;
+                                break;
+                            }
                         }
                     }
                     if closed {
                         break;
                     }
+                    pending.push_back((nonce, push.into_names()));
                     self.metrics.config_push(if nonce == 1 { "initial" } else { "change" });
                 }
                 msg = inbound.message() => match msg {

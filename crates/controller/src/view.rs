@@ -170,10 +170,11 @@ impl Subscriber {
     }
 }
 
-/// A delta to send: upserts (already encoded) and removals.
+/// A delta to send, by name: the bytes are the snapshot's, looked up as each part is built, so a
+/// first view of 12,000 resources costs a session 12,000 names, not copies.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Push {
-    pub upserts: Vec<(Name, Entry)>,
+    pub upserts: Vec<Name>,
     pub removals: Vec<Name>,
 }
 
@@ -183,12 +184,9 @@ impl Push {
     }
 
     /// Every name the push touches.
-    pub fn names(&self) -> Vec<Name> {
+    pub fn into_names(mut self) -> Vec<Name> {
+        self.upserts.append(&mut self.removals);
         self.upserts
-            .iter()
-            .map(|(k, _)| k.clone())
-            .chain(self.removals.iter().cloned())
-            .collect()
     }
 
     /// What moves a client holding `known` (name -> version; empty on a first connect) to
@@ -202,7 +200,7 @@ impl Push {
         let upserts = subscriber
             .visible(view, snapshot)
             .filter(|(k, e)| known.get(&***k) != Some(&e.resource.version))
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, _)| k.clone())
             .collect();
         let removals = known
             .keys()
@@ -236,7 +234,7 @@ impl Push {
                 .filter(|_| !unsure.contains(name));
             match (now, before) {
                 (Some(e), Some(b)) if e.version == b.version => {}
-                (Some(e), _) => push.upserts.push((name.clone(), e.clone())),
+                (Some(_), _) => push.upserts.push(name.clone()),
                 (None, Some(_)) => push.removals.push(name.clone()),
                 (None, None) if unsure.contains(name) => push.removals.push(name.clone()),
                 (None, None) => {}
@@ -245,35 +243,47 @@ impl Push {
         push
     }
 
-    /// The push as messages of about `part_bytes` each, sharing `nonce`; all but the last say
-    /// `more`. Always at least one message.
-    pub fn into_parts(self, nonce: &str, part_bytes: usize) -> Vec<EncodedDelta> {
-        let part = || EncodedDelta {
-            nonce: nonce.to_owned(),
-            more: true,
-            ..Default::default()
-        };
-        let mut parts = Vec::new();
-        let mut current = part();
-        let mut size = 0;
-        let mut cut = |current: &mut EncodedDelta, size: &mut usize, add: usize| {
-            if *size > 0 && *size + add > part_bytes {
-                parts.push(std::mem::replace(current, part()));
-                *size = 0;
+    /// The push as messages of about `part_bytes` each, built as they are taken, sharing
+    /// `nonce`; all but the last say `more`. Always at least one message. `snapshot` is the one
+    /// the push was computed against.
+    pub fn parts<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        nonce: &'a str,
+        part_bytes: usize,
+    ) -> impl Iterator<Item = EncodedDelta> + Send + 'a {
+        let mut upserts = self
+            .upserts
+            .iter()
+            .filter_map(|k| snapshot.resources.get(k))
+            .map(|e| e.encoded.clone())
+            .peekable();
+        let mut removals = self.removals.iter().peekable();
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
             }
-            *size += add;
-        };
-        for (_, e) in self.upserts {
-            cut(&mut current, &mut size, e.encoded.len());
-            current.upserts.push(e.encoded);
-        }
-        for name in self.removals {
-            cut(&mut current, &mut size, name.len());
-            current.removals.push(name.to_string());
-        }
-        current.more = false;
-        parts.push(current);
-        parts
+            let mut part = EncodedDelta {
+                nonce: nonce.to_owned(),
+                ..Default::default()
+            };
+            let mut size = 0;
+            let fits = |size: usize, add: usize| size == 0 || size + add <= part_bytes;
+            while let Some(bytes) = upserts.next_if(|b| fits(size, b.len())) {
+                size += bytes.len();
+                part.upserts.push(bytes);
+            }
+            if upserts.peek().is_none() {
+                while let Some(name) = removals.next_if(|n| fits(size, n.len())) {
+                    size += name.len();
+                    part.removals.push(name.to_string());
+                }
+            }
+            done = upserts.peek().is_none() && removals.peek().is_none();
+            part.more = !done;
+            Some(part)
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 use super::*;
 use crate::index::testing::*;
 use crate::index::{Change, Index};
+use ambit_proto::EncodedDelta;
 use prost::Message;
 
 fn node(n: &str) -> Subscriber {
@@ -40,7 +41,7 @@ fn full_diff(sub: &Subscriber, prev: &Snapshot, snapshot: &Snapshot) -> (Vec<Str
 }
 
 fn names_of(push: &Push) -> (Vec<String>, Vec<String>) {
-    let mut upserts: Vec<String> = push.upserts.iter().map(|(k, _)| k.to_string()).collect();
+    let mut upserts: Vec<String> = push.upserts.iter().map(|k| k.to_string()).collect();
     let mut removals: Vec<String> = push.removals.iter().map(|k| k.to_string()).collect();
     upserts.sort();
     removals.sort();
@@ -210,28 +211,36 @@ fn large_pushes_go_in_parts_that_decode_as_deltas() {
     let view = sub.view(&snap);
     let mut push = Push::initial(&sub, &view, &snap, &BTreeMap::new());
     push.removals.push("workload/gone".into());
+    push.removals.push("workload/gone-too".into());
     let total = push.upserts.len();
-    let parts = push.clone().into_parts("7", 1);
-    assert_eq!(parts.len(), total + 1, "one resource per part at 1 byte");
+    let parts: Vec<EncodedDelta> = push.parts(&snap, "7", 1).collect();
+    assert_eq!(
+        parts.len(),
+        total + 2,
+        "one resource or removal per part at 1 byte"
+    );
     let mut upserts = Vec::new();
+    let mut removals = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         let delta = pb::Delta::decode(part.encode_to_vec().as_slice()).unwrap();
         assert_eq!(delta.nonce, "7");
         assert_eq!(delta.more, i + 1 < parts.len());
         upserts.extend(delta.upserts);
+        removals.extend(delta.removals);
     }
-    assert_eq!(parts.last().unwrap().removals, ["workload/gone"]);
+    assert_eq!(removals, ["workload/gone", "workload/gone-too"]);
     let sent: Vec<pb::Resource> = push
         .upserts
         .iter()
-        .map(|(_, e)| (*e.resource).clone())
+        .map(|k| (*snap.resources[k].resource).clone())
         .collect();
     assert_eq!(upserts, sent);
-    let one = push.into_parts("8", 1 << 20);
+    let one: Vec<EncodedDelta> = push.parts(&snap, "8", 1 << 20).collect();
     assert_eq!(one.len(), 1);
     assert!(!one[0].more);
+    assert_eq!(one[0].upserts.len(), total);
     assert_eq!(
-        Push::default().into_parts("1", 1).len(),
+        Push::default().parts(&snap, "1", 1).count(),
         1,
         "an empty push is one message"
     );

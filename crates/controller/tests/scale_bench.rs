@@ -110,6 +110,8 @@ impl DeltaMessage for NamesOnly {
 /// A whole delta (all its parts) as one subscriber received it.
 struct Received {
     subscriber: usize,
+    /// When the first and the last part came in.
+    began: Instant,
     at: Instant,
     names: Vec<String>,
     full: Option<pb::Delta>,
@@ -149,6 +151,7 @@ async fn subscribe<D: DeltaMessage>(
     };
     let mut names = Vec::new();
     let mut full: Option<pb::Delta> = None;
+    let mut began = None;
     loop {
         let part = match inbound.message().await {
             Ok(Some(d)) => d,
@@ -158,6 +161,7 @@ async fn subscribe<D: DeltaMessage>(
                 break;
             }
         };
+        began.get_or_insert_with(Instant::now);
         names.extend(part.names());
         let (nonce, more) = (part.nonce().to_owned(), part.more());
         if let Some(part) = part.full() {
@@ -179,6 +183,7 @@ async fn subscribe<D: DeltaMessage>(
             .await;
         let received = Received {
             subscriber: i,
+            began: began.take().unwrap_or_else(Instant::now),
             at: Instant::now(),
             names: std::mem::take(&mut names),
             full: full.take(),
@@ -392,6 +397,7 @@ async fn controller_scale() -> Result<()> {
         });
     }
     let mut firsts = vec![None; SUBSCRIBERS];
+    let mut first_parts = vec![Duration::ZERO; SUBSCRIBERS];
     let mut first_view = None;
     while firsts.iter().any(Option::is_none) {
         let r = tokio::time::timeout(Duration::from_secs(120), events.recv())
@@ -409,13 +415,17 @@ async fn controller_scale() -> Result<()> {
                 r.subscriber
             );
             firsts[r.subscriber] = Some(r.at - t0);
+            first_parts[r.subscriber] = r.began - t0;
             if r.subscriber == 0 {
                 first_view = r.full;
             }
         }
     }
     let first_full_view = firsts.iter().flatten().max().copied().unwrap_or_default();
-    eprintln!("first full view for all {SUBSCRIBERS} subscribers: {first_full_view:?}");
+    let connected = first_parts.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "first full view for all {SUBSCRIBERS} subscribers: {first_full_view:?} (the last first part after {connected:?})"
+    );
     let first_view = first_view.context("subscriber 0 decodes in full")?;
     let t = Instant::now();
     let decoded = pb::Delta::decode(first_view.encode_to_vec().as_slice())?;
@@ -465,6 +475,7 @@ async fn controller_scale() -> Result<()> {
         .context("VmRSS")?;
     let report = json!({
         "first_full_view_s": first_full_view.as_secs_f64(),
+        "first_part_s": connected.as_secs_f64(),
         "push_p99_ms": p99.as_secs_f64() * 1000.0,
         "push_p50_ms": latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
         "rss_bytes": rss_kb * 1024,
