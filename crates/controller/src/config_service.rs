@@ -186,10 +186,11 @@ impl Session {
                             (push, view)
                         }
                     };
-                    held = Some((snapshot, view));
                     unsure.clear();
                     // The first delta always goes out: it tells the client it is in sync.
                     if nonce > 0 && push.is_empty() {
+                        drop(push);
+                        held = Some((snapshot, view));
                         continue;
                     }
                     nonce += 1;
@@ -198,19 +199,17 @@ impl Session {
                     }
                     tracing::debug!(subscriber = %name, nonce, upserts = push.upserts.len(), removals = push.removals.len(), "config: push");
                     let mut closed = false;
-                    if let Some((snapshot, _)) = &held {
-                        let nonce = nonce.to_string();
-                        for part in push.parts(snapshot, &nonce, PART_BYTES) {
-                            if tx.send(Ok(part)).await.is_err() {
-                                closed = true;
-                                break;
-                            }
+                    for part in push.parts(&nonce.to_string(), PART_BYTES) {
+                        if tx.send(Ok(part)).await.is_err() {
+                            closed = true;
+                            break;
                         }
                     }
                     if closed {
                         break;
                     }
                     pending.push_back((nonce, push.into_names()));
+                    held = Some((snapshot, view));
                     self.metrics.config_push(if nonce == 1 { "initial" } else { "change" });
                 }
                 msg = inbound.message() => match msg {

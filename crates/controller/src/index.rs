@@ -147,6 +147,9 @@ pub enum Change {
 /// The objects the index reads, and what an event about one means to it.
 pub trait Watched {
     fn change(&self) -> Change;
+
+    /// Drops what neither the index nor the CA reads, before the object is stored.
+    fn trim(&mut self) {}
 }
 
 /// Enrollment decides about every resource of the namespace.
@@ -163,9 +166,33 @@ impl Watched for Gateway {
     }
 }
 
+/// Pods are most of the controller's memory: only what the index and the CA read is kept.
 impl Watched for Pod {
     fn change(&self) -> Change {
         Change::Pod(key(&self.metadata))
+    }
+
+    fn trim(&mut self) {
+        let m = &mut self.metadata;
+        m.annotations = None;
+        m.owner_references = None;
+        m.finalizers = None;
+        if let Some(spec) = self.spec.take() {
+            self.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: spec.node_name,
+                service_account_name: spec.service_account_name,
+                host_network: spec.host_network,
+                ..Default::default()
+            });
+        }
+        if let Some(status) = self.status.take() {
+            self.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: status.phase,
+                pod_ip: status.pod_ip,
+                pod_ips: status.pod_ips,
+                ..Default::default()
+            });
+        }
     }
 }
 

@@ -214,3 +214,19 @@ fn targeted_updates_equal_a_rebuild() {
     step(&mut c, "namespace unenrolled", ch);
     assert!(prev.resources.is_empty());
 }
+
+#[test]
+fn trimmed_pods_index_the_same() {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    let mut p = pod("shop", "a", "front", "n1", "10.0.0.1");
+    p.metadata.annotations = Some([("big".to_string(), "x".repeat(1000))].into());
+    p.spec.as_mut().unwrap().containers = vec![Default::default()];
+    c.apply(p.clone());
+    let full = built(&c);
+    p.trim();
+    assert!(p.metadata.annotations.is_none() && p.spec.as_ref().unwrap().containers.is_empty());
+    assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+    c.apply(p);
+    assert_eq!(built(&c).resources, full.resources);
+}

@@ -91,12 +91,15 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    // managedFields are most of a Pod's bytes and the index never reads them.
+    // managedFields are most of an object's bytes and the index never reads them.
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(|o| o.meta_mut().managed_fields = None),
+            .modify(|o| {
+                o.meta_mut().managed_fields = None;
+                o.trim();
+            }),
     );
     tasks.spawn(async move {
         futures::pin_mut!(stream);

@@ -170,23 +170,24 @@ impl Subscriber {
     }
 }
 
-/// A delta to send, by name: the bytes are the snapshot's, looked up as each part is built, so a
-/// first view of 12,000 resources costs a session 12,000 names, not copies.
+/// A delta to send: upserts borrow the snapshot's entries (and their encoded bytes), so a first
+/// view of 12,000 resources costs a session 12,000 references, not copies.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Push {
-    pub upserts: Vec<Name>,
+pub struct Push<'s> {
+    pub upserts: Vec<(&'s Name, &'s Entry)>,
     pub removals: Vec<Name>,
 }
 
-impl Push {
+impl<'s> Push<'s> {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removals.is_empty()
     }
 
     /// Every name the push touches.
-    pub fn into_names(mut self) -> Vec<Name> {
-        self.upserts.append(&mut self.removals);
-        self.upserts
+    pub fn into_names(self) -> Vec<Name> {
+        let mut names: Vec<Name> = self.upserts.into_iter().map(|(k, _)| k.clone()).collect();
+        names.extend(self.removals);
+        names
     }
 
     /// What moves a client holding `known` (name -> version; empty on a first connect) to
@@ -194,13 +195,14 @@ impl Push {
     pub fn initial(
         subscriber: &Subscriber,
         view: &View,
-        snapshot: &Snapshot,
+        snapshot: &'s Snapshot,
         known: &BTreeMap<String, String>,
     ) -> Self {
-        let upserts = subscriber
-            .visible(view, snapshot)
+        let upserts = snapshot
+            .resources
+            .iter()
+            .filter(|(k, e)| !subscriber.is_scoped(e) || view.scoped.contains(*k))
             .filter(|(k, e)| known.get(&***k) != Some(&e.resource.version))
-            .map(|(k, _)| k.clone())
             .collect();
         let removals = known
             .keys()
@@ -216,7 +218,7 @@ impl Push {
     pub fn between(
         subscriber: &Subscriber,
         (prev, prev_view): (&Snapshot, &View),
-        (snapshot, view): (&Snapshot, &View),
+        (snapshot, view): (&'s Snapshot, &View),
         changed: &BTreeSet<Name>,
         unsure: &BTreeSet<Name>,
     ) -> Self {
@@ -228,13 +230,16 @@ impl Push {
             .collect();
         let mut push = Self::default();
         for name in candidates {
-            let now = subscriber.sees(view, snapshot, name);
+            let now = snapshot
+                .resources
+                .get_key_value(name)
+                .filter(|(k, e)| !subscriber.is_scoped(e) || view.scoped.contains(*k));
             let before = subscriber
                 .sees(prev_view, prev, name)
                 .filter(|_| !unsure.contains(name));
             match (now, before) {
-                (Some(e), Some(b)) if e.version == b.version => {}
-                (Some(_), _) => push.upserts.push(name.clone()),
+                (Some((_, e)), Some(b)) if e.version == b.version => {}
+                (Some(upsert), _) => push.upserts.push(upsert),
                 (None, Some(_)) => push.removals.push(name.clone()),
                 (None, None) if unsure.contains(name) => push.removals.push(name.clone()),
                 (None, None) => {}
@@ -244,19 +249,16 @@ impl Push {
     }
 
     /// The push as messages of about `part_bytes` each, built as they are taken, sharing
-    /// `nonce`; all but the last say `more`. Always at least one message. `snapshot` is the one
-    /// the push was computed against.
+    /// `nonce`; all but the last say `more`. Always at least one message.
     pub fn parts<'a>(
         &'a self,
-        snapshot: &'a Snapshot,
         nonce: &'a str,
         part_bytes: usize,
     ) -> impl Iterator<Item = EncodedDelta> + Send + 'a {
         let mut upserts = self
             .upserts
             .iter()
-            .filter_map(|k| snapshot.resources.get(k))
-            .map(|e| e.encoded.clone())
+            .map(|(_, e)| e.encoded.clone())
             .peekable();
         let mut removals = self.removals.iter().peekable();
         let mut done = false;

@@ -40,8 +40,8 @@ fn full_diff(sub: &Subscriber, prev: &Snapshot, snapshot: &Snapshot) -> (Vec<Str
     (upserts, removals)
 }
 
-fn names_of(push: &Push) -> (Vec<String>, Vec<String>) {
-    let mut upserts: Vec<String> = push.upserts.iter().map(|k| k.to_string()).collect();
+fn names_of(push: &Push<'_>) -> (Vec<String>, Vec<String>) {
+    let mut upserts: Vec<String> = push.upserts.iter().map(|(k, _)| k.to_string()).collect();
     let mut removals: Vec<String> = push.removals.iter().map(|k| k.to_string()).collect();
     upserts.sort();
     removals.sort();
@@ -213,7 +213,7 @@ fn large_pushes_go_in_parts_that_decode_as_deltas() {
     push.removals.push("workload/gone".into());
     push.removals.push("workload/gone-too".into());
     let total = push.upserts.len();
-    let parts: Vec<EncodedDelta> = push.parts(&snap, "7", 1).collect();
+    let parts: Vec<EncodedDelta> = push.parts("7", 1).collect();
     assert_eq!(
         parts.len(),
         total + 2,
@@ -232,15 +232,15 @@ fn large_pushes_go_in_parts_that_decode_as_deltas() {
     let sent: Vec<pb::Resource> = push
         .upserts
         .iter()
-        .map(|k| (*snap.resources[k].resource).clone())
+        .map(|(_, e)| (*e.resource).clone())
         .collect();
     assert_eq!(upserts, sent);
-    let one: Vec<EncodedDelta> = push.parts(&snap, "8", 1 << 20).collect();
+    let one: Vec<EncodedDelta> = push.parts("8", 1 << 20).collect();
     assert_eq!(one.len(), 1);
     assert!(!one[0].more);
     assert_eq!(one[0].upserts.len(), total);
     assert_eq!(
-        Push::default().parts(&snap, "1", 1).count(),
+        Push::default().parts("1", 1).count(),
         1,
         "an empty push is one message"
     );

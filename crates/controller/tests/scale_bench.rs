@@ -64,15 +64,16 @@ struct NamesOnly {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct NameOnly {
-    #[prost(string, tag = "1")]
-    name: String,
+    /// Bytes: a slice of the received buffer, not a copy.
+    #[prost(bytes = "bytes", tag = "1")]
+    name: prost::bytes::Bytes,
 }
 
 /// How a subscriber reads a delta.
 trait DeltaMessage: prost::Message + Default + Send + 'static {
     fn nonce(&self) -> &str;
     fn more(&self) -> bool;
-    fn names(&self) -> Vec<String>;
+    fn names(&self) -> impl Iterator<Item = &[u8]>;
     /// The delta itself, when decoded in full.
     fn full(self) -> Option<pb::Delta>;
 }
@@ -84,8 +85,8 @@ impl DeltaMessage for pb::Delta {
     fn more(&self) -> bool {
         self.more
     }
-    fn names(&self) -> Vec<String> {
-        self.upserts.iter().map(|r| r.name.clone()).collect()
+    fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.upserts.iter().map(|r| r.name.as_bytes())
     }
     fn full(self) -> Option<pb::Delta> {
         Some(self)
@@ -99,8 +100,8 @@ impl DeltaMessage for NamesOnly {
     fn more(&self) -> bool {
         self.more
     }
-    fn names(&self) -> Vec<String> {
-        self.upserts.iter().map(|r| r.name.clone()).collect()
+    fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.upserts.iter().map(|r| &r.name[..])
     }
     fn full(self) -> Option<pb::Delta> {
         None
@@ -113,9 +114,14 @@ struct Received {
     /// When the first and the last part came in.
     began: Instant,
     at: Instant,
+    workloads: usize,
+    /// The names of a small delta (a change), to find the changed workload in.
     names: Vec<String>,
     full: Option<pb::Delta>,
 }
+
+/// Deltas up to this many upserts are reported by name.
+const NAMED: usize = 64;
 
 /// Subscribes as node `bench-<i>`, ACKs every delta and reports it whole.
 async fn subscribe<D: DeltaMessage>(
@@ -150,6 +156,7 @@ async fn subscribe<D: DeltaMessage>(
         }
     };
     let mut names = Vec::new();
+    let mut workloads = 0;
     let mut full: Option<pb::Delta> = None;
     let mut began = None;
     loop {
@@ -162,7 +169,12 @@ async fn subscribe<D: DeltaMessage>(
             }
         };
         began.get_or_insert_with(Instant::now);
-        names.extend(part.names());
+        for name in part.names() {
+            workloads += usize::from(name.starts_with(b"workload/"));
+            if names.len() < NAMED {
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
         let (nonce, more) = (part.nonce().to_owned(), part.more());
         if let Some(part) = part.full() {
             let whole = full.get_or_insert_with(Default::default);
@@ -185,6 +197,7 @@ async fn subscribe<D: DeltaMessage>(
             subscriber: i,
             began: began.take().unwrap_or_else(Instant::now),
             at: Instant::now(),
+            workloads: std::mem::take(&mut workloads),
             names: std::mem::take(&mut names),
             full: full.take(),
         };
@@ -192,6 +205,18 @@ async fn subscribe<D: DeltaMessage>(
             break;
         }
     }
+}
+
+/// Resident memory of process `pid`.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb * 1024)
 }
 
 /// The controller's `ambit_config_pushes_total{kind="change"}`.
@@ -356,6 +381,7 @@ async fn controller_scale() -> Result<()> {
         "controller synced and serving {:?} after start",
         started.elapsed()
     );
+    let rss_synced = rss(pid)?;
     let root_pem = Api::<ConfigMap>::namespaced(client.clone(), SYSTEM_NS)
         .get("ambit-root-cert")
         .await?
@@ -404,11 +430,7 @@ async fn controller_scale() -> Result<()> {
             .await?
             .context("subscribers ended")?;
         if firsts[r.subscriber].is_none() {
-            let workloads = r
-                .names
-                .iter()
-                .filter(|n| n.starts_with("workload/"))
-                .count();
+            let workloads = r.workloads;
             anyhow::ensure!(
                 workloads == PODS,
                 "subscriber {}: first view has {workloads} workloads, want {PODS}",
@@ -426,6 +448,7 @@ async fn controller_scale() -> Result<()> {
     eprintln!(
         "first full view for all {SUBSCRIBERS} subscribers: {first_full_view:?} (the last first part after {connected:?})"
     );
+    let rss_first_views = rss(pid)?;
     let first_view = first_view.context("subscriber 0 decodes in full")?;
     let t = Instant::now();
     let decoded = pb::Delta::decode(first_view.encode_to_vec().as_slice())?;
@@ -466,19 +489,15 @@ async fn controller_scale() -> Result<()> {
     eprintln!("{CHANGES} pod changes, {pushes:.1} pushes per subscriber meanwhile");
     latencies.sort();
     let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
+    let rss = rss(pid)?;
     let report = json!({
         "first_full_view_s": first_full_view.as_secs_f64(),
         "first_part_s": connected.as_secs_f64(),
         "push_p99_ms": p99.as_secs_f64() * 1000.0,
         "push_p50_ms": latencies[latencies.len() / 2].as_secs_f64() * 1000.0,
-        "rss_bytes": rss_kb * 1024,
+        "rss_bytes": rss,
+        "rss_synced_bytes": rss_synced,
+        "rss_after_first_views_bytes": rss_first_views,
         "first_view_decode_ms": decode.as_secs_f64() * 1000.0,
         "pushes_per_subscriber_during_changes": pushes,
         "pods": PODS, "services": SERVICES, "subscribers": SUBSCRIBERS,
