@@ -12,7 +12,7 @@ use futures::Stream;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Delta parts buffered per subscriber before the sender waits for the client: with
@@ -20,15 +20,40 @@ use tonic::{Request, Response, Status, Streaming};
 const SEND_BUFFER: usize = 4;
 /// A large delta (a first view) goes out in parts of about this size.
 const PART_BYTES: usize = 256 << 10;
+/// First views sent at once. When all tunnels connect together (the controller restarted),
+/// each stream in flight holds send buffers of several hundred KiB; past a few streams the
+/// cores are busy anyway, so more at once only adds memory.
+const CONCURRENT_FIRST_VIEWS: usize = 16;
+/// How long a first view waits for its turn: slow clients hold their turn while they read, so
+/// past this a first view goes out anyway rather than queue behind them.
+const FIRST_VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Unanswered deltas remembered per subscriber for NACK handling.
 const MAX_PENDING: usize = 64;
 
 #[derive(Clone)]
 pub struct ConfigServer {
-    pub auth: Authenticator,
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub tunnel: (String, String),
-    pub metrics: Arc<Metrics>,
+    auth: Authenticator,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    tunnel: (String, String),
+    metrics: Arc<Metrics>,
+    first_views: Arc<Semaphore>,
+}
+
+impl ConfigServer {
+    pub fn new(
+        auth: Authenticator,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        tunnel: (String, String),
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            auth,
+            snapshots,
+            tunnel,
+            metrics,
+            first_views: Arc::new(Semaphore::new(CONCURRENT_FIRST_VIEWS)),
+        }
+    }
 }
 
 impl std::fmt::Debug for ConfigServer {
@@ -128,6 +153,7 @@ impl ConfigService for ConfigServer {
             known: sub.known,
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
+            first_views: self.first_views.clone(),
         };
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(Box::pin(
@@ -142,6 +168,7 @@ struct Session {
     known: BTreeMap<String, String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    first_views: Arc<Semaphore>,
 }
 
 impl Session {
@@ -199,6 +226,13 @@ impl Session {
                     }
                     tracing::debug!(subscriber = %name, nonce, upserts = push.upserts.len(), removals = push.removals.len(), "config: push");
                     let mut closed = false;
+                    let _turn = match nonce {
+                        1 => tokio::time::timeout(FIRST_VIEW_WAIT, self.first_views.acquire())
+                            .await
+                            .ok()
+                            .and_then(Result::ok),
+                        _ => None,
+                    };
                     for part in push.parts(&nonce.to_string(), PART_BYTES) {
                         if tx.send(Ok(part)).await.is_err() {
                             closed = true;

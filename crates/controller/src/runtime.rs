@@ -239,12 +239,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         max_lifetime: MAX_CERT_LIFETIME,
         metrics: metrics.clone(),
     };
-    let config_service = ConfigServer {
+    let config_service = ConfigServer::new(
         auth,
-        snapshots: snapshots.clone(),
-        tunnel: config.tunnel_service_account.clone(),
-        metrics: metrics.clone(),
-    };
+        snapshots.clone(),
+        config.tunnel_service_account.clone(),
+        metrics.clone(),
+    );
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| StartError::Bind {
