@@ -72,6 +72,11 @@ impl Subscriber {
         }
     }
 
+    /// Whether `view` includes `entry`, named `name`.
+    fn shows(&self, view: &View, name: &str, entry: &Entry) -> bool {
+        !self.is_scoped(entry) || view.scoped.contains(name)
+    }
+
     /// Whether a change of `entry` can change which other resources this subscriber sees.
     fn reshapes(&self, entry: Option<&Entry>) -> bool {
         match (self, entry.and_then(Entry::kind)) {
@@ -154,19 +159,19 @@ impl Subscriber {
 
     fn sees<'a>(&self, view: &View, snapshot: &'a Snapshot, name: &str) -> Option<&'a Entry> {
         let entry = snapshot.resources.get(name)?;
-        (!self.is_scoped(entry) || view.scoped.contains(name)).then_some(entry)
+        self.shows(view, name, entry).then_some(entry)
     }
 
     /// Every resource of the view, by name.
-    pub fn visible<'a>(
-        &'a self,
-        view: &'a View,
-        snapshot: &'a Snapshot,
-    ) -> impl Iterator<Item = (&'a Name, &'a Entry)> {
+    pub fn visible<'s>(
+        &self,
+        view: &View,
+        snapshot: &'s Snapshot,
+    ) -> impl Iterator<Item = (&'s Name, &'s Entry)> {
         snapshot
             .resources
             .iter()
-            .filter(|(k, e)| !self.is_scoped(e) || view.scoped.contains(*k))
+            .filter(|(k, e)| self.shows(view, k, e))
     }
 }
 
@@ -198,10 +203,8 @@ impl<'s> Push<'s> {
         snapshot: &'s Snapshot,
         known: &BTreeMap<String, String>,
     ) -> Self {
-        let upserts = snapshot
-            .resources
-            .iter()
-            .filter(|(k, e)| !subscriber.is_scoped(e) || view.scoped.contains(*k))
+        let upserts = subscriber
+            .visible(view, snapshot)
             .filter(|(k, e)| known.get(&***k) != Some(&e.resource.version))
             .collect();
         let removals = known
@@ -233,7 +236,7 @@ impl<'s> Push<'s> {
             let now = snapshot
                 .resources
                 .get_key_value(name)
-                .filter(|(k, e)| !subscriber.is_scoped(e) || view.scoped.contains(*k));
+                .filter(|(k, e)| subscriber.shows(view, k, e));
             let before = subscriber
                 .sees(prev_view, prev, name)
                 .filter(|_| !unsure.contains(name));
