@@ -106,6 +106,7 @@ where
     let subscribe = pb::ClientMessage {
         kind: Some(pb::client_message::Kind::Subscribe(pb::Subscribe {
             subscriber: Some(subscriber.clone()),
+            accepts_parts: true,
             known: held
                 .iter()
                 .map(|(name, r)| (name.clone(), r.version.clone()))

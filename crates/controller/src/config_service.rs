@@ -27,6 +27,8 @@ const CONCURRENT_FIRST_VIEWS: usize = 16;
 /// How long a first view waits for its turn: slow clients hold their turn while they read, so
 /// past this a first view goes out anyway rather than queue behind them.
 const FIRST_VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Upserts above which a first delta waits for its turn.
+const LARGE_PUSH: usize = 256;
 /// Unanswered deltas remembered per subscriber for NACK handling.
 const MAX_PENDING: usize = 64;
 
@@ -150,6 +152,11 @@ impl ConfigService for ConfigServer {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let session = Session {
             subscriber,
+            part_bytes: if sub.accepts_parts {
+                PART_BYTES
+            } else {
+                usize::MAX
+            },
             known: sub.known,
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
@@ -164,6 +171,8 @@ impl ConfigService for ConfigServer {
 
 struct Session {
     subscriber: Subscriber,
+    /// `PART_BYTES`, or unbounded for a client that takes deltas only whole.
+    part_bytes: usize,
     /// What the client said it holds (name -> version) when it subscribed.
     known: BTreeMap<String, String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -226,14 +235,16 @@ impl Session {
                     }
                     tracing::debug!(subscriber = %name, nonce, upserts = push.upserts.len(), removals = push.removals.len(), "config: push");
                     let mut closed = false;
-                    let _turn = match nonce {
-                        1 => tokio::time::timeout(FIRST_VIEW_WAIT, self.first_views.acquire())
+                    // A resuming client's first delta is usually small: it needs no turn.
+                    let _turn = if nonce == 1 && push.upserts.len() > LARGE_PUSH {
+                        tokio::time::timeout(FIRST_VIEW_WAIT, self.first_views.acquire())
                             .await
                             .ok()
-                            .and_then(Result::ok),
-                        _ => None,
+                            .and_then(Result::ok)
+                    } else {
+                        None
                     };
-                    for part in push.parts(&nonce.to_string(), PART_BYTES) {
+                    for part in push.parts(&nonce.to_string(), self.part_bytes) {
                         if tx.send(Ok(part)).await.is_err() {
                             closed = true;
                             break;
@@ -260,7 +271,14 @@ impl Session {
                         } else {
                             tracing::warn!(subscriber = %name, nonce = ack.nonce, error = ack.error, "config: NACK; the client keeps its last good state");
                             self.metrics.config_nack(&name);
-                            unsure.extend(touched.into_iter().flat_map(|(_, names)| names));
+                            match (touched, &held) {
+                                (Some((_, names)), _) => unsure.extend(names),
+                                // Too old to remember what it carried: resend the whole view.
+                                (None, Some((snapshot, view))) => unsure.extend(
+                                    self.subscriber.visible(view, snapshot).map(|(k, _)| k.clone()),
+                                ),
+                                (None, None) => {}
+                            }
                         }
                     }
                     Ok(Some(_)) => {}

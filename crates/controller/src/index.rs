@@ -134,7 +134,7 @@ pub struct Stores {
 
 /// What changed in the cluster: the object is read from its store, which already holds the
 /// change (or no longer holds the object).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Change {
     /// Anything may have changed: a relist, a namespace (enrollment) or a Gateway (waypoints).
     All,
@@ -142,6 +142,41 @@ pub enum Change {
     Service(ObjectKey),
     EndpointSlice(ObjectKey),
     Policy(ObjectKey),
+}
+
+/// Changes waiting for the index, as a set: many events about one object are one change, and
+/// a reflector never waits for the index (one that waited would stop updating its store, which
+/// the CA reads too).
+#[derive(Debug, Default)]
+pub struct ChangeQueue {
+    pending: std::sync::Mutex<BTreeSet<Change>>,
+    ready: tokio::sync::Notify,
+}
+
+impl ChangeQueue {
+    pub fn push(&self, change: Change) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(change);
+        self.ready.notify_one();
+    }
+
+    /// Waits for changes, and takes all that are waiting.
+    pub async fn take(&self) -> Vec<Change> {
+        loop {
+            let batch = std::mem::take(
+                &mut *self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if !batch.is_empty() {
+                return batch.into_iter().collect();
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// The objects the index reads, and what an event about one means to it.

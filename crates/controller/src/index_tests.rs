@@ -230,3 +230,20 @@ fn trimmed_pods_index_the_same() {
     c.apply(p);
     assert_eq!(built(&c).resources, full.resources);
 }
+
+#[tokio::test]
+async fn queued_changes_are_a_set_and_wait_for_nothing() {
+    let queue = ChangeQueue::default();
+    let a = Change::Pod(("shop".into(), "a".into()));
+    for _ in 0..3 {
+        queue.push(a.clone());
+    }
+    queue.push(Change::All);
+    assert_eq!(queue.take().await, [Change::All, a]);
+    // Nothing waiting: `take` waits for the next push.
+    let later = Change::Policy(("shop".into(), "p".into()));
+    let taken = async { queue.take().await };
+    let pushed = async { queue.push(later.clone()) };
+    let (taken, ()) = tokio::join!(taken, pushed);
+    assert_eq!(taken, [later]);
+}

@@ -5,7 +5,7 @@ use crate::auth::Authenticator;
 use crate::ca::{self, CaService};
 use crate::config::{Config, MAX_CERT_LIFETIME};
 use crate::config_service::ConfigServer;
-use crate::index::{Change, Index, Snapshot, Stores, Watched};
+use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::{grpc, lease, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// How long `start` waits for the core caches (pods, namespaces, services, slices).
@@ -68,18 +68,13 @@ impl Running {
     }
 }
 
-/// Changes queued for the index before the reflectors wait for it.
-const CHANGE_BUFFER: usize = 4096;
-/// Changes folded into one index update (one published snapshot) at most.
-const MAX_BATCH: usize = 1024;
+/// How long `start` waits for the Gateway and AuthorizationPolicy caches, whose CRDs may be
+/// missing.
+const OPTIONAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Watches `api` into a store and tells the index what changed; a (re)list may have changed
 /// anything.
-fn spawn_reflector<K>(
-    tasks: &mut JoinSet<()>,
-    api: Api<K>,
-    changes: mpsc::Sender<Change>,
-) -> Store<K>
+fn spawn_reflector<K>(tasks: &mut JoinSet<()>, api: Api<K>, changes: Arc<ChangeQueue>) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Watched
@@ -104,38 +99,40 @@ where
     tasks.spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
-            let c = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o.change(),
-                Ok(watcher::Event::InitDone) => Change::All,
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
-                Err(e) => {
-                    tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch");
-                    continue;
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    changes.push(o.change())
                 }
-            };
-            if changes.send(c).await.is_err() {
-                break;
+                Ok(watcher::Event::InitDone) => changes.push(Change::All),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch"),
             }
         }
     });
     reader
 }
 
-/// Feeds changes to the index and publishes its snapshots; a burst of changes is one update.
+/// Feeds changes to the index and publishes its snapshots; the changes that came in during an
+/// update are the next update.
 async fn run_index(
     mut index: Index,
-    mut changes: mpsc::Receiver<Change>,
+    changes: Arc<ChangeQueue>,
     snapshots: watch::Sender<Arc<Snapshot>>,
 ) {
-    while let Some(first) = changes.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match changes.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        if let Some(snapshot) = index.update(batch) {
+    loop {
+        let batch = changes.take().await;
+        // A rebuild takes ~150 ms at 10,000 pods: off the async workers.
+        let updated = tokio::task::spawn_blocking(move || {
+            let snapshot = index.update(batch);
+            (index, snapshot)
+        })
+        .await;
+        let Ok((back, snapshot)) = updated else {
+            tracing::error!("index update panicked; config is no longer updated");
+            return;
+        };
+        index = back;
+        if let Some(snapshot) = snapshot {
             snapshots.send_replace(Arc::new(snapshot));
         }
     }
@@ -185,14 +182,14 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let tls = grpc::server_tls(serving.handle())?;
 
     // Reflectors tell one index task what changed.
-    let (changes, changes_rx) = mpsc::channel(CHANGE_BUFFER);
+    let changes = Arc::new(ChangeQueue::default());
     let stores = Stores {
         namespaces: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         pods: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         services: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         endpoint_slices: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         gateways: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
-        policies: spawn_reflector(&mut tasks, Api::all(client.clone()), changes),
+        policies: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
     };
     let synced = async {
         stores.namespaces.wait_until_ready().await?;
@@ -204,13 +201,27 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         Ok(Ok(())) => {}
         _ => return Err(StartError::SyncTimeout),
     }
-    // Gateway API and ambit CRDs may be missing: their watches retry, they do not block.
+    // Waypoints and policies belong in the first view: a tunnel resuming from it must not be
+    // told to drop them (a dropped DENY policy opens a door). Their CRDs may be missing, though:
+    // then their watches retry, and start goes on without them.
+    let optional = async {
+        let _ = stores.gateways.wait_until_ready().await;
+        let _ = stores.policies.wait_until_ready().await;
+    };
+    if tokio::time::timeout(OPTIONAL_SYNC_TIMEOUT, optional)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "Gateway or AuthorizationPolicy caches not synced within {OPTIONAL_SYNC_TIMEOUT:?}: are their CRDs installed? Serving without them until they sync"
+        );
+    }
 
     let pods = stores.pods.clone();
     let mut index = Index::new(stores, config.trust_domain.as_str());
     let first = index.update([Change::All]).unwrap_or_default();
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
-    tasks.spawn(run_index(index, changes_rx, snapshot_tx));
+    tasks.spawn(run_index(index, changes, snapshot_tx));
 
     let (leader_tx, leader) = watch::channel(false);
     tasks.spawn(lease::run(

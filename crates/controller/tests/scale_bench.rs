@@ -135,6 +135,7 @@ async fn subscribe<D: DeltaMessage>(
     let sub = pb::Subscribe {
         subscriber: Some(pb::subscribe::Subscriber::Node(format!("bench-{i}"))),
         known: Default::default(),
+        accepts_parts: true,
     };
     let _ = tx
         .send(pb::ClientMessage {

@@ -97,6 +97,7 @@ pub async fn subscribe(
             kind: Some(pb::client_message::Kind::Subscribe(pb::Subscribe {
                 subscriber: Some(subscriber),
                 known: known.clone().into_iter().collect(),
+                accepts_parts: false,
             })),
         })
         .await;
