@@ -150,36 +150,23 @@ fn pushes_equal_full_view_diffs() {
         let snap = index.update([change]).unwrap();
         for sub in &subscribers {
             let pv = sub.view(&prev);
-            let changed = snap.changed_since(&prev);
-            let view = sub.next_view(&prev, &pv, &snap, &changed);
+            let view = sub.next_view(&prev, &pv, &snap, &snap.changed_since(&prev));
             assert_eq!(view, sub.view(&snap), "{sub} view after {what}");
-            let push = Push::between(
-                sub,
-                (&prev, &pv),
-                (&snap, &view),
-                &changed,
-                &BTreeSet::new(),
-            );
-            assert_eq!(
-                names_of(&push),
-                full_diff(sub, &prev, &snap),
-                "{sub} after {what}"
-            );
-
-            let fv = sub.view(&first);
-            let changed = snap.changed_since(&first);
-            let push = Push::between(
-                sub,
-                (&first, &fv),
-                (&snap, &view),
-                &changed,
-                &BTreeSet::new(),
-            );
-            assert_eq!(
-                names_of(&push),
-                full_diff(sub, &first, &snap),
-                "{sub} skipping to {what}"
-            );
+            for (from, how) in [(&prev, "after"), (&first, "skipping to")] {
+                let from_view = sub.view(from);
+                let push = Push::between(
+                    sub,
+                    (from, &from_view),
+                    (&snap, &view),
+                    &snap.changed_since(from),
+                    &BTreeSet::new(),
+                );
+                assert_eq!(
+                    names_of(&push),
+                    full_diff(sub, from, &snap),
+                    "{sub} {how} {what}"
+                );
+            }
         }
         prev = snap;
     }

@@ -25,7 +25,7 @@ use prost::Message;
 use serde_json::json;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use support::{channel, eventually, with_token};
+use support::{channel, eventually, obj, with_token};
 use tokio::sync::mpsc;
 
 const NAME: &str = "ctlbench";
@@ -234,10 +234,6 @@ async fn change_pushes(metrics_port: u16) -> Result<u64> {
         .map(|v| v.trim().parse())
         .transpose()?;
     Ok(value.unwrap_or(0))
-}
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap()
 }
 
 fn free_port() -> u16 {

@@ -20,16 +20,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support::{channel, eventually, subscribe, with_token};
+use support::{channel, eventually, obj, subscribe, with_token};
 
 const NAME: &str = "ctltest";
 const ID: u8 = 45;
 const SYSTEM_NS: &str = "ambit-system";
 const APP_NS: &str = "shop";
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_against_the_real_apiserver() -> Result<()> {

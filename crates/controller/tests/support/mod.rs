@@ -16,6 +16,11 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use ambit_testbed::eventually;
 
+/// A Kubernetes object from JSON.
+pub fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
 /// A channel to the controller over TLS, accepting only `controller` chained to `root_pem`.
 pub async fn channel(addr: SocketAddr, root_pem: &str, controller: &SpiffeId) -> Result<Channel> {
     let root = CertificateDer::from_pem_slice(root_pem.as_bytes())?;
