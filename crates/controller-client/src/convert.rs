@@ -74,6 +74,7 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
                     node: w.node.clone(),
                     ips: ips(name, &w.ips)?,
                     hbone: !w.opted_out,
+                    ready: w.ready,
                     labels: w.labels.clone().into_iter().collect(),
                 });
             }
@@ -118,6 +119,8 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
             ports.push(ServicePort {
                 port: port(name, p.port)?,
                 target_port: port(name, target)?,
+                name: p.name.clone(),
+                app_protocol: p.app_protocol.clone(),
             });
         }
         config.services.push(Service {
@@ -302,7 +305,9 @@ mod tests {
             echo.ports,
             [ServicePort {
                 port: 80,
-                target_port: 8080
+                target_port: 8080,
+                name: String::new(),
+                app_protocol: String::new(),
             }]
         );
         assert_eq!(config.waypoints.len(), 1, "the unaddressed waypoint waits");

@@ -55,6 +55,9 @@ pub struct Workload {
     /// `false` for pods that are not, or that opted out of an enrolled namespace.
     #[serde(default = "yes")]
     pub hbone: bool,
+    /// The pod's Ready condition: only ready workloads are picked behind a Service.
+    #[serde(default = "yes")]
+    pub ready: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -90,6 +93,13 @@ impl Service {
 pub struct ServicePort {
     pub port: u16,
     pub target_port: u16,
+    /// The port's name; its prefix (`http`, `http2`, `grpc`, ...) tells the protocol when
+    /// `app_protocol` is empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Kubernetes `appProtocol`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_protocol: String,
 }
 
 /// A waypoint proxy serving one service account.
