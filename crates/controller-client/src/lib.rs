@@ -6,16 +6,20 @@
 //! - [`subscribe`]: the delta config stream, applied into a resource set that a caller turns
 //!   into its model ([`mesh_config`] for an [`ambit_mesh::Mesh`]); ACKs, NACKs with the
 //!   reason and keeps the last good set, reconnects with backoff and resumes from what it
-//!   holds.
+//!   holds;
+//! - [`source::start`]: how a data plane starts, from the controller or from files
+//!   standalone, and [`source::spawn_feed`] for the models that follow.
 
 mod ca;
 mod convert;
 mod endpoint;
+pub mod source;
 mod stream;
 
 pub use ca::ControllerIssuer;
 pub use convert::{ConvertError, mesh_config};
 pub use endpoint::{ControllerEndpoint, EndpointError};
+pub use source::{Feed, Issuer, Source, SourceError, Start};
 pub use stream::{Resources, StreamState, subscribe};
 
 /// Re-exported: callers name their subscription with these.

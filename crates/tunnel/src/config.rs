@@ -1,6 +1,6 @@
 //! Command-line configuration, parsed once into a typed [`Config`].
 
-use ambit_identity::SpiffeId;
+use ambit_controller_client::Source;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -29,29 +29,6 @@ impl FromStr for Mode {
             }),
         }
     }
-}
-
-/// Where the mesh model and the certificates come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// In a cluster: the controller's config stream and CA.
-    Controller {
-        /// `host:port` of the controller's gRPC Service.
-        address: String,
-        /// The SPIFFE id the controller must present.
-        identity: SpiffeId,
-        /// The mesh root (PEM), from the `ambit-root-cert` ConfigMap.
-        root_cert: PathBuf,
-        /// The projected service-account token (audience `ambit-ca`).
-        token: PathBuf,
-    },
-    /// Standalone (tests, benchmarks, no cluster): a mesh file reloaded when it changes, and
-    /// an in-process CA from a root and key (PEM).
-    File {
-        mesh: PathBuf,
-        ca_cert: PathBuf,
-        ca_key: PathBuf,
-    },
 }
 
 #[derive(Debug, Clone)]

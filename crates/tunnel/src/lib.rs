@@ -6,12 +6,10 @@
 //!   single-threaded runtime with the three listeners (15001, 15006, 15008).
 //! - [`outbound`] / [`inbound`]: what happens to each connection.
 //! - [`admin`], [`metrics`]: 15000 (config dump), 15020 (Prometheus), 15021 (readiness).
-//! - [`issuer`]: certificates from the controller's CA, or a local CA standalone.
 
 pub mod admin;
 pub mod config;
 pub mod inbound;
-pub mod issuer;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
@@ -20,8 +18,8 @@ mod sockets;
 #[cfg(test)]
 mod test_support;
 
-pub use config::{Config, ConfigError, Mode, Source};
-pub use issuer::Issuer;
+pub use ambit_controller_client::{Issuer, Source};
+pub use config::{Config, ConfigError, Mode};
 pub use node::{Node, NodeError};
 
 /// Tunnel ports inside each pod netns.

@@ -2,20 +2,13 @@
 //! [--token FILE] | --mesh FILE --ca-cert PEM --ca-key PEM) [--socket PATH]
 //! [--mode strict|permissive] [--admin ADDR] [--metrics ADDR] [--readiness ADDR]`
 
-use ambit_controller_client::{
-    ControllerEndpoint, ControllerIssuer, StreamState, Subscriber, mesh_config, subscribe,
-};
-use ambit_identity::{
-    CertificateAuthority, CertificateStore, LocalIssuer, RetryPolicy, TrustBundle, TrustDomain,
-};
-use ambit_mesh::{Mesh, MeshConfig};
-use ambit_tunnel::{Config, Issuer, Node, Source, admin, metrics, node::Shared};
+use ambit_controller_client::source::{self, spawn_feed, stream_json};
+use ambit_controller_client::{StreamState, Subscriber};
+use ambit_identity::{CertificateStore, RetryPolicy};
+use ambit_mesh::Mesh;
+use ambit_tunnel::{Config, Issuer, Node, admin, metrics, node::Shared};
 use anyhow::{Context, Result};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
 fn main() -> Result<()> {
@@ -36,89 +29,8 @@ fn main() -> Result<()> {
     runtime.block_on(run(config))
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// What the mesh source gives before anything is served.
-struct Start {
-    trust: TrustBundle,
-    issuer: Issuer,
-    mesh: Mesh,
-    synced: bool,
-    feed: Feed,
-}
-
-enum Feed {
-    Controller(Arc<ControllerEndpoint>),
-    File(PathBuf),
-}
-
-fn start(config: &Config) -> Result<Start> {
-    match &config.source {
-        Source::Controller {
-            address,
-            identity,
-            root_cert,
-            token,
-        } => {
-            let root = CertificateDer::from_pem_slice(read(root_cert)?.as_bytes())
-                .with_context(|| format!("{} holds no PEM certificate", root_cert.display()))?;
-            let trust_domain = identity.trust_domain().clone();
-            let trust = TrustBundle::new(trust_domain.clone(), [root])?;
-            let endpoint = Arc::new(ControllerEndpoint::new(
-                address.clone(),
-                identity.clone(),
-                &trust,
-                token.clone(),
-            )?);
-            let issuer = ControllerIssuer::new(
-                endpoint.clone(),
-                endpoint.channel(),
-                config.cert_lifetime.unwrap_or(Duration::ZERO),
-            );
-            Ok(Start {
-                trust,
-                issuer: Issuer::Controller(issuer),
-                mesh: empty_mesh(&trust_domain)?,
-                synced: false,
-                feed: Feed::Controller(endpoint),
-            })
-        }
-        Source::File {
-            mesh,
-            ca_cert,
-            ca_key,
-        } => {
-            let model = Mesh::from_yaml_file(mesh)?;
-            let trust_domain = model.trust_domain().clone();
-            let ca = CertificateAuthority::from_pem(
-                trust_domain.clone(),
-                &read(ca_cert)?,
-                &read(ca_key)?,
-            )?;
-            let trust = TrustBundle::new(trust_domain, [ca.root_certificate().clone()])?;
-            let lifetime = config.cert_lifetime.unwrap_or(Duration::from_secs(3600));
-            Ok(Start {
-                trust,
-                issuer: Issuer::Local(LocalIssuer::new(Arc::new(ca), lifetime)),
-                mesh: model,
-                synced: true,
-                feed: Feed::File(mesh.clone()),
-            })
-        }
-    }
-}
-
-fn empty_mesh(trust_domain: &TrustDomain) -> Result<Mesh> {
-    Ok(Mesh::new(MeshConfig {
-        trust_domain: trust_domain.to_string(),
-        ..MeshConfig::default()
-    })?)
-}
-
 async fn run(config: Config) -> Result<()> {
-    let start = start(&config)?;
+    let start = source::start(&config.source, config.cert_lifetime)?;
     let shared = Arc::new(Shared::new(
         config.node.clone(),
         config.mode,
@@ -132,30 +44,14 @@ async fn run(config: Config) -> Result<()> {
         tokio::runtime::Handle::current(),
         config.drain_timeout,
     );
-    let stream_state = match start.feed {
-        Feed::Controller(endpoint) => {
-            let (stream_tx, stream_state) = watch::channel(StreamState::default());
-            let trust_domain = shared.mesh().trust_domain().to_string();
-            let fed = node.clone();
-            tokio::spawn(subscribe(
-                endpoint,
-                Subscriber::Node(config.node.clone()),
-                stream_tx,
-                move |resources| {
-                    let mesh = mesh_config(&trust_domain, resources)
-                        .map_err(|e| e.to_string())
-                        .and_then(|c| Mesh::new(c).map_err(|e| e.to_string()))?;
-                    mesh_updated(&fed, mesh);
-                    Ok(())
-                },
-            ));
-            Some(stream_state)
-        }
-        Feed::File(path) => {
-            tokio::spawn(watch_mesh(path, node.clone()));
-            None
-        }
-    };
+    let trust_domain = shared.mesh().trust_domain().clone();
+    let fed = node.clone();
+    let stream_state = spawn_feed(
+        start.feed,
+        Subscriber::Node(config.node.clone()),
+        &trust_domain,
+        move |mesh| mesh_updated(&fed, mesh),
+    );
     serve_admin(&config, &node, stream_state).await?;
 
     if let Some(dir) = config.socket.parent() {
@@ -244,36 +140,4 @@ async fn serve_admin(
         _ => (404, "text/plain", String::new()),
     }));
     Ok(())
-}
-
-fn stream_json(s: &StreamState) -> serde_json::Value {
-    serde_json::json!({
-        "connected": s.connected,
-        "synced": s.synced,
-        "accepted": s.accepted,
-        "rejected": s.rejected,
-        "lastError": s.last_error,
-    })
-}
-
-/// Reloads the mesh file when it changes; a bad file keeps the last good model.
-async fn watch_mesh(path: PathBuf, node: Arc<Node<Issuer>>) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = modified(&path);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        let now = modified(&path);
-        if now == last {
-            continue;
-        }
-        last = now;
-        match Mesh::from_yaml_file(&path) {
-            Ok(mesh) => {
-                mesh_updated(&node, mesh);
-                tracing::info!(path = %path.display(), "mesh reloaded");
-            }
-            Err(error) => tracing::warn!(%error, "mesh file rejected; keeping the last good one"),
-        }
-    }
 }
