@@ -1,7 +1,9 @@
 //! The mesh CA: root material in a Secret, node authorization, and the `ambit.ca.v1` service.
 
 use crate::auth::{Authenticator, Caller};
+use crate::index::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, Stores};
 use crate::metrics::Metrics;
+use crate::waypoint::{GATEWAY_NAME_LABEL, WAYPOINT_CLASS, WAYPOINT_FOR_LABEL};
 use ambit_identity::{CertificateAuthority, SpiffeId, TrustDomain};
 use ambit_proto::ca::v1::{
     CreateCertificateRequest, CreateCertificateResponse,
@@ -12,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::ObjectRef;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,18 +155,20 @@ fn from_secret(
     )
 }
 
-/// Publishes the root certificate in a ConfigMap (server-side apply, idempotent).
+/// Publishes the root certificate in ConfigMap `ambit-root-cert` of `namespace` (server-side
+/// apply, idempotent): the controller's namespace for tunnels, and every namespace with a
+/// waypoint.
 pub async fn publish_root(
     client: &kube::Client,
     namespace: &str,
-    ca: &CertificateAuthority,
+    root_pem: &str,
     owner: Option<&OwnerReference>,
 ) -> Result<(), kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace, "ownerReferences": owner.into_iter().collect::<Vec<_>>()},
-        "data": {"root.crt": ca.root_pem()},
+        "data": {"root.crt": root_pem},
     });
     api.patch(
         ROOT_CONFIGMAP,
@@ -192,15 +196,103 @@ pub enum Denied {
         "no pod with identity {identity} runs on node {node}: a tunnel gets only the identities of its node's pods"
     )]
     NotOnNode { identity: String, node: String },
+    #[error(
+        "{identity} is in ambit's own namespace {namespace}: a tunnel never gets the identity of ambit's components"
+    )]
+    MeshComponent { identity: String, namespace: String },
+    #[error(
+        "{identity} is the identity of waypoint Gateway {namespace}/{gateway}: only the waypoint itself gets it, with its own token"
+    )]
+    WaypointIdentity {
+        identity: String,
+        namespace: String,
+        gateway: String,
+    },
+    #[error(
+        "namespace {namespace} is not enrolled ({DATAPLANE_MODE_LABEL}={DATAPLANE_MODE_AMBIENT}): a tunnel gets only the identities of enrolled pods, not {identity}"
+    )]
+    NotEnrolled { identity: String, namespace: String },
+    #[error(
+        "pod {pod} on node {node} is a waypoint ({WAYPOINT_FOR_LABEL} or {GATEWAY_NAME_LABEL} label): a tunnel never gets a waypoint's identity {identity}"
+    )]
+    WaypointPod {
+        identity: String,
+        node: String,
+        pod: String,
+    },
+    #[error(
+        "pod {pod} on node {node} opted out ({DATAPLANE_MODE_LABEL}={DATAPLANE_MODE_NONE}): its tunnel does not carry its traffic, so gets no identity {identity} for it"
+    )]
+    OptedOut {
+        identity: String,
+        node: String,
+        pod: String,
+    },
+    #[error(
+        "pod {pod} on node {node} uses the host network: it is not in the mesh, so its tunnel gets no identity {identity} for it"
+    )]
+    HostNetwork {
+        identity: String,
+        node: String,
+        pod: String,
+    },
+    #[error(
+        "pod {pod} on node {node} is being deleted: a tunnel gets no new certificate {identity} for it"
+    )]
+    Terminating {
+        identity: String,
+        node: String,
+        pod: String,
+    },
 }
 
-/// Istio-style node authorization: a tunnel may get the identity of any pod on its own node;
-/// anyone else only its own identity.
+/// Why a pod of the asked identity on the tunnel's node does not count; when no pod counts, the
+/// greatest reason is the one reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ineligible {
+    Terminating,
+    HostNetwork,
+    OptedOut,
+    Waypoint,
+}
+
+/// Why `pod` does not entitle its node's tunnel to its identity, or `None` when it does: it
+/// must be running or about to (not finished, not being deleted), in the mesh (not host
+/// network, not opted out) and not a waypoint. Enrollment of its namespace and the pod's phase
+/// are checked by the caller.
+fn ineligible(pod: &Pod) -> Option<Ineligible> {
+    let labels = pod.metadata.labels.as_ref();
+    let has = |k: &str| labels.is_some_and(|l| l.contains_key(k));
+    // A waypoint's pod runs as the waypoint's service account: a tunnel holding that identity
+    // could pose as the waypoint and skip its L7 policy.
+    if has(WAYPOINT_FOR_LABEL) || has(GATEWAY_NAME_LABEL) {
+        return Some(Ineligible::Waypoint);
+    }
+    if labels
+        .and_then(|l| l.get(DATAPLANE_MODE_LABEL))
+        .map(String::as_str)
+        == Some(DATAPLANE_MODE_NONE)
+    {
+        return Some(Ineligible::OptedOut);
+    }
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return Some(Ineligible::HostNetwork);
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some(Ineligible::Terminating);
+    }
+    None
+}
+
+/// Istio-style node authorization: any caller may get its own identity (that is how a
+/// waypoint gets its certificate); the tunnel service account may get the identity of a pod
+/// on its own node, if that pod is a workload of the mesh: an enrolled namespace, not ambit's
+/// own, not opted out, not host network, not being deleted, and never a waypoint's identity.
 pub fn authorize(
     caller: &Caller,
     identity: &SpiffeId,
     tunnel: &(String, String),
-    pods: &[Arc<Pod>],
+    stores: &Stores,
 ) -> Result<(), Denied> {
     let own = caller.namespace == identity.namespace()
         && caller.service_account == identity.service_account();
@@ -221,33 +313,90 @@ pub fn authorize(
         .clone()
         .or_else(|| {
             let pod = caller.pod.as_deref()?;
-            pods.iter()
-                .find(|p| {
-                    p.metadata.namespace.as_deref() == Some(caller.namespace.as_str())
-                        && p.metadata.name.as_deref() == Some(pod)
-                })
-                .and_then(|p| p.spec.as_ref()?.node_name.clone())
+            let pod = stores
+                .pods
+                .get(&ObjectRef::new(pod).within(&caller.namespace))?;
+            pod.spec.as_ref()?.node_name.clone()
         })
         .ok_or(Denied::NoNode)?;
-    let runs_here = pods.iter().any(|p| {
+    let (ns, sa) = (identity.namespace(), identity.service_account());
+    // The controller and the tunnels live there; their identities open the config stream and
+    // every tunnel's trust.
+    if ns == tunnel.0 {
+        return Err(Denied::MeshComponent {
+            identity: identity.to_uri(),
+            namespace: ns.to_owned(),
+        });
+    }
+    // The deployer names a waypoint's service account after its Gateway. Any Gateway of the
+    // class counts, valid or not: refusing too much here costs nothing.
+    if let Some(gw) = stores.gateways.get(&ObjectRef::new(sa).within(ns))
+        && gw.spec.gateway_class_name == WAYPOINT_CLASS
+    {
+        return Err(Denied::WaypointIdentity {
+            identity: identity.to_uri(),
+            namespace: ns.to_owned(),
+            gateway: sa.to_owned(),
+        });
+    }
+    if !stores
+        .namespaces
+        .get(&ObjectRef::new(ns))
+        .is_some_and(|n| crate::index::enrolled(&n))
+    {
+        return Err(Denied::NotEnrolled {
+            identity: identity.to_uri(),
+            namespace: ns.to_owned(),
+        });
+    }
+    let mut refused: Option<(Ineligible, String)> = None;
+    for p in stores.pods.state() {
         let spec = p.spec.as_ref();
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-        p.metadata.namespace.as_deref() == Some(identity.namespace())
+        let candidate = p.metadata.namespace.as_deref() == Some(ns)
             && spec.and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
             && spec
                 .and_then(|s| s.service_account_name.as_deref())
                 .unwrap_or("default")
-                == identity.service_account()
-            && !matches!(phase, Some("Succeeded" | "Failed"))
-    });
-    if runs_here {
-        Ok(())
-    } else {
-        Err(Denied::NotOnNode {
-            identity: identity.to_uri(),
-            node,
-        })
+                == sa
+            && !matches!(phase, Some("Succeeded" | "Failed"));
+        if !candidate {
+            continue;
+        }
+        match ineligible(&p) {
+            None => return Ok(()),
+            Some(why) if refused.as_ref().is_none_or(|(r, _)| why > *r) => {
+                refused = Some((why, p.metadata.name.clone().unwrap_or_default()));
+            }
+            Some(_) => {}
+        }
     }
+    let identity = identity.to_uri();
+    Err(match refused {
+        None => Denied::NotOnNode { identity, node },
+        Some((why, pod)) => match why {
+            Ineligible::Waypoint => Denied::WaypointPod {
+                identity,
+                node,
+                pod,
+            },
+            Ineligible::OptedOut => Denied::OptedOut {
+                identity,
+                node,
+                pod,
+            },
+            Ineligible::HostNetwork => Denied::HostNetwork {
+                identity,
+                node,
+                pod,
+            },
+            Ineligible::Terminating => Denied::Terminating {
+                identity,
+                node,
+                pod,
+            },
+        },
+    })
 }
 
 /// The `ambit.ca.v1.CertificateService`.
@@ -255,7 +404,8 @@ pub fn authorize(
 pub struct CaService {
     pub ca: Arc<CertificateAuthority>,
     pub auth: Authenticator,
-    pub pods: Store<Pod>,
+    /// Pods, namespaces and Gateways: what node authorization reads.
+    pub stores: Stores,
     pub tunnel: (String, String),
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
@@ -310,8 +460,7 @@ impl CaService {
                 self.ca.trust_domain().as_str()
             )));
         }
-        let pods = self.pods.state();
-        authorize(&caller, &identity, &self.tunnel, &pods).map_err(|e| {
+        authorize(&caller, &identity, &self.tunnel, &self.stores).map_err(|e| {
             tracing::warn!(caller = ?caller, %identity, reason = %e, "CA: refused");
             tonic::Status::permission_denied(e.to_string())
         })?;
@@ -334,17 +483,9 @@ impl CaService {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::index::testing::{Cluster, ns, pod, waypoint};
 
-    fn pod(ns: &str, name: &str, sa: &str, node: &str) -> Arc<Pod> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"namespace": ns, "name": name},
-                "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
-                "status": {"phase": "Running"},
-            }))
-            .unwrap(),
-        )
-    }
+    const TUNNEL: (&str, &str) = ("ambit-system", "ambit-tunnel");
 
     fn id(ns: &str, sa: &str) -> SpiffeId {
         format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
@@ -361,44 +502,195 @@ mod tests {
         }
     }
 
+    fn caller(ns: &str, sa: &str, node: &str) -> Caller {
+        Caller {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            node: Some(node.into()),
+            pod: None,
+        }
+    }
+
+    fn labeled(mut p: Pod, labels: &[(&str, &str)]) -> Pod {
+        let l = p.metadata.labels.get_or_insert_default();
+        for (k, v) in labels {
+            l.insert((*k).into(), (*v).into());
+        }
+        p
+    }
+
+    fn ask(stores: &Stores, who: &Caller, ns: &str, sa: &str) -> Result<(), Denied> {
+        let tunnel = (TUNNEL.0.to_string(), TUNNEL.1.to_string());
+        authorize(who, &id(ns, sa), &tunnel, stores)
+    }
+
+    /// Namespace `shop` enrolled, `other` not; the waypoint `waypoint-back` of service account
+    /// `back` runs on n1 as the controller deploys it.
+    fn cluster() -> Cluster {
+        let mut c = Cluster::new();
+        c.apply(ns("shop", true));
+        c.apply(ns("other", false));
+        c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
+        c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
+        c.apply(pod("other", "o", "front", "n1", "10.0.0.3"));
+        c.apply(pod(
+            "ambit-system",
+            "tunnel-x",
+            "ambit-tunnel",
+            "n1",
+            "192.168.0.1",
+        ));
+        c.apply(waypoint("shop", "waypoint-back", "back"));
+        c.apply(labeled(
+            pod("shop", "wp", "waypoint-back", "n1", "10.0.0.9"),
+            &[
+                ("gateway.networking.k8s.io/gateway-name", "waypoint-back"),
+                ("ambit.dev/waypoint-for", "back"),
+                ("ambit.dev/dataplane-mode", "none"),
+            ],
+        ));
+        c
+    }
+
     #[test]
     fn node_authorization() {
-        let t = ("ambit-system".to_string(), "ambit-tunnel".to_string());
-        let pods = vec![
-            pod("shop", "a", "front", "n1"),
-            pod("shop", "b", "back", "n2"),
-            pod("ambit-system", "tunnel-x", "ambit-tunnel", "n1"),
-        ];
-        assert_eq!(
-            authorize(&tunnel_on(Some("n1")), &id("shop", "front"), &t, &pods),
-            Ok(())
-        );
+        let c = cluster();
+        let s = c.stores();
+        assert_eq!(ask(&s, &tunnel_on(Some("n1")), "shop", "front"), Ok(()));
         // Node from the bound pod when the token has no node-name.
-        assert_eq!(
-            authorize(&tunnel_on(None), &id("shop", "front"), &t, &pods),
-            Ok(())
-        );
-        let e = authorize(&tunnel_on(Some("n1")), &id("shop", "back"), &t, &pods).unwrap_err();
+        assert_eq!(ask(&s, &tunnel_on(None), "shop", "front"), Ok(()));
+        let e = ask(&s, &tunnel_on(Some("n1")), "shop", "back").unwrap_err();
         assert!(matches!(e, Denied::NotOnNode { .. }), "{e}");
         assert!(e.to_string().contains("node n1"), "{e}");
         // An app may only get its own identity.
-        let app = Caller {
-            namespace: "shop".into(),
-            service_account: "front".into(),
-            node: Some("n1".into()),
-            pod: None,
-        };
-        assert_eq!(authorize(&app, &id("shop", "front"), &t, &pods), Ok(()));
+        let app = caller("shop", "front", "n1");
+        assert_eq!(ask(&s, &app, "shop", "front"), Ok(()));
         assert!(matches!(
-            authorize(&app, &id("shop", "back"), &t, &pods),
+            ask(&s, &app, "shop", "back"),
             Err(Denied::NotOwnIdentity { .. })
         ));
         // A tunnel token bound to no known pod and without node-name.
         let mut lost = tunnel_on(None);
         lost.pod = None;
+        assert_eq!(ask(&s, &lost, "shop", "front"), Err(Denied::NoNode));
+    }
+
+    #[test]
+    fn a_tunnel_never_gets_a_waypoints_identity() {
+        let mut c = cluster();
+        let n1 = tunnel_on(Some("n1"));
+        // The waypoint's pod runs on n1, yet n1's tunnel may not pose as the waypoint.
+        let e = ask(&c.stores(), &n1, "shop", "waypoint-back").unwrap_err();
+        assert!(matches!(e, Denied::WaypointIdentity { .. }), "{e}");
+        assert!(e.to_string().contains("shop/waypoint-back"), "{e}");
+        // The waypoint gets its own identity with its own token ...
+        let wp = caller("shop", "waypoint-back", "n1");
+        assert_eq!(ask(&c.stores(), &wp, "shop", "waypoint-back"), Ok(()));
+        // ... and not the identity of the account it serves.
+        assert!(matches!(
+            ask(&c.stores(), &wp, "shop", "back"),
+            Err(Denied::NotOwnIdentity { .. })
+        ));
+        // A pod without the waypoint's labels running as its account changes nothing.
+        c.apply(pod("shop", "rogue", "waypoint-back", "n1", "10.0.0.10"));
+        assert!(matches!(
+            ask(&c.stores(), &n1, "shop", "waypoint-back"),
+            Err(Denied::WaypointIdentity { .. })
+        ));
+        // Without the Gateway (its cache not synced yet), the waypoint pod's labels refuse.
+        let mut c = cluster();
+        c.delete(waypoint("shop", "waypoint-back", "back"));
+        let e = ask(&c.stores(), &n1, "shop", "waypoint-back").unwrap_err();
+        assert!(matches!(e, Denied::WaypointPod { .. }), "{e}");
+        // Another implementation's gateway pod (only the gateway-name label) counts as one too.
+        c.apply(labeled(
+            pod("shop", "gw", "edge", "n1", "10.0.0.11"),
+            &[("gateway.networking.k8s.io/gateway-name", "edge")],
+        ));
+        assert!(matches!(
+            ask(&c.stores(), &n1, "shop", "edge"),
+            Err(Denied::WaypointPod { .. })
+        ));
+    }
+
+    #[test]
+    fn only_enrolled_running_mesh_pods_count() {
+        let mut c = cluster();
+        let n1 = tunnel_on(Some("n1"));
+        // A pod of a namespace not enrolled.
+        let e = ask(&c.stores(), &n1, "other", "front").unwrap_err();
+        assert!(matches!(e, Denied::NotEnrolled { .. }), "{e}");
+        assert!(
+            e.to_string().contains("ambit.dev/dataplane-mode=ambient"),
+            "{e}"
+        );
+        // Opted out.
+        c.apply(labeled(
+            pod("shop", "l", "legacy", "n1", "10.0.0.4"),
+            &[("ambit.dev/dataplane-mode", "none")],
+        ));
+        let e = ask(&c.stores(), &n1, "shop", "legacy").unwrap_err();
+        assert!(matches!(e, Denied::OptedOut { .. }), "{e}");
+        // Host network.
+        let mut host = pod("shop", "h", "hostnet", "n1", "192.168.0.1");
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        c.apply(host);
+        assert!(matches!(
+            ask(&c.stores(), &n1, "shop", "hostnet"),
+            Err(Denied::HostNetwork { .. })
+        ));
+        // Being deleted; another pod of the identity that runs on the node still counts.
+        let mut going = pod("shop", "g", "batch", "n1", "10.0.0.5");
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        c.apply(going);
+        assert!(matches!(
+            ask(&c.stores(), &n1, "shop", "batch"),
+            Err(Denied::Terminating { .. })
+        ));
+        c.apply(pod("shop", "g2", "batch", "n1", "10.0.0.6"));
+        assert_eq!(ask(&c.stores(), &n1, "shop", "batch"), Ok(()));
+        // Finished pods are not there at all.
+        let mut done = pod("shop", "d", "job", "n1", "10.0.0.7");
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        c.apply(done);
+        assert!(matches!(
+            ask(&c.stores(), &n1, "shop", "job"),
+            Err(Denied::NotOnNode { .. })
+        ));
+    }
+
+    #[test]
+    fn a_tunnel_never_gets_ambits_own_identities() {
+        let mut c = cluster();
+        // Even with its namespace enrolled by mistake and the controller on the tunnel's node.
+        c.apply(ns("ambit-system", true));
+        c.apply(pod(
+            "ambit-system",
+            "ctl",
+            "ambit-controller",
+            "n1",
+            "10.0.0.8",
+        ));
+        let e = ask(
+            &c.stores(),
+            &tunnel_on(Some("n1")),
+            "ambit-system",
+            "ambit-controller",
+        )
+        .unwrap_err();
+        assert!(matches!(e, Denied::MeshComponent { .. }), "{e}");
+        // Its own identity, as anyone's, it gets.
         assert_eq!(
-            authorize(&lost, &id("shop", "front"), &t, &pods),
-            Err(Denied::NoNode)
+            ask(
+                &c.stores(),
+                &tunnel_on(Some("n1")),
+                "ambit-system",
+                "ambit-tunnel"
+            ),
+            Ok(())
         );
     }
 }

@@ -14,6 +14,7 @@ pub const ENV_TUNNEL_SERVICE_ACCOUNT: &str = "AMBIT_TUNNEL_SERVICE_ACCOUNT";
 pub const ENV_CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
 pub const ENV_WAYPOINT_IMAGE: &str = "AMBIT_WAYPOINT_IMAGE";
 pub const ENV_CONTROLLER_SERVICE_ACCOUNT: &str = "AMBIT_SERVICE_ACCOUNT";
+pub const ENV_CONTROLLER_ADDRESS: &str = "AMBIT_CONTROLLER_ADDRESS";
 
 /// Longest certificate lifetime a caller may ask for.
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -44,6 +45,8 @@ pub struct Config {
     pub tunnel_service_account: (String, String),
     pub cert_lifetime: Duration,
     pub waypoint_image: String,
+    /// `HOST:PORT` at which waypoints reach this controller's gRPC (config stream and CA).
+    pub controller_address: String,
 }
 
 impl Config {
@@ -94,6 +97,17 @@ impl Config {
         };
         let waypoint_image =
             get(ENV_WAYPOINT_IMAGE).unwrap_or_else(|| "ghcr.io/ambit/ambit-waypoint:dev".into());
+        // The chart's Service in front of the controller; waypoints run in other namespaces,
+        // so the name is qualified.
+        let controller_address = get(ENV_CONTROLLER_ADDRESS)
+            .unwrap_or_else(|| format!("ambit-controller.{namespace}.svc:15012"));
+        if !host_port(&controller_address) {
+            return Err(ConfigError::Invalid {
+                name: ENV_CONTROLLER_ADDRESS,
+                value: controller_address,
+                reason: "expected HOST:PORT (a DNS name or IP and a port 1..=65535)".into(),
+            });
+        }
         Ok(Self {
             namespace,
             pod_name,
@@ -104,6 +118,7 @@ impl Config {
             tunnel_service_account,
             cert_lifetime,
             waypoint_image,
+            controller_address,
         })
     }
 
@@ -115,6 +130,24 @@ impl Config {
             &self.service_account,
         )
     }
+}
+
+/// `HOST:PORT`, host non-empty without spaces or a scheme, port non-zero; an IPv6 host is
+/// bracketed.
+fn host_port(v: &str) -> bool {
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 fn addr(
@@ -156,6 +189,15 @@ mod tests {
         );
         assert_eq!(c.cert_lifetime, Duration::from_secs(3600));
         assert_eq!(
+            c.controller_address,
+            "ambit-controller.ambit-system.svc:15012"
+        );
+        // The default follows the controller's namespace.
+        let c = parse(&[(ENV_NAMESPACE, "mesh")]).unwrap();
+        assert_eq!(c.controller_address, "ambit-controller.mesh.svc:15012");
+        let c = parse(&[(ENV_CONTROLLER_ADDRESS, "[fd00::1]:15012")]).unwrap();
+        assert_eq!(c.controller_address, "[fd00::1]:15012");
+        assert_eq!(
             c.controller_identity().unwrap().to_uri(),
             "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
         );
@@ -169,6 +211,10 @@ mod tests {
             (ENV_CERT_LIFETIME_SECS, "5"),
             (ENV_CERT_LIFETIME_SECS, "999999999"),
             (ENV_TRUST_DOMAIN, "UPPER.case"),
+            (ENV_CONTROLLER_ADDRESS, "ambit-controller"),
+            (ENV_CONTROLLER_ADDRESS, "https://ambit-controller:15012"),
+            (ENV_CONTROLLER_ADDRESS, "ambit-controller:0"),
+            (ENV_CONTROLLER_ADDRESS, ":15012"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v), "{e}");

@@ -22,6 +22,8 @@ pub const DATAPLANE_MODE_LABEL: &str = "ambit.dev/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const DATAPLANE_MODE_NONE: &str = "none";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The pod condition that says it serves.
+const POD_READY: &str = "Ready";
 
 /// A resource name, `<kind>/...`; shared by every snapshot and session that holds it.
 pub type Name = Arc<str>;
@@ -221,10 +223,24 @@ impl Watched for Pod {
             });
         }
         if let Some(status) = self.status.take() {
+            // Of the conditions only Ready, and of it only its status: endpoints are picked
+            // among ready workloads.
+            let ready = status
+                .conditions
+                .into_iter()
+                .flatten()
+                .filter(|c| c.type_ == POD_READY)
+                .map(|c| k8s_openapi::api::core::v1::PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>();
             self.status = Some(k8s_openapi::api::core::v1::PodStatus {
                 phase: status.phase,
                 pod_ip: status.pod_ip,
                 pod_ips: status.pod_ips,
+                conditions: (!ready.is_empty()).then_some(ready),
                 ..Default::default()
             });
         }
@@ -629,6 +645,12 @@ impl Index {
             ips,
             labels: m.labels.clone().unwrap_or_default(),
             opted_out: label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE),
+            // A pod being deleted is not listed at all (above).
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == POD_READY && c.status == "True"),
         })
     }
 
@@ -764,7 +786,8 @@ fn remove_from<A: Eq + std::hash::Hash>(
     }
 }
 
-fn enrolled(ns: &Namespace) -> bool {
+/// Whether `ns` is enrolled: labeled ambient and not being deleted.
+pub(crate) fn enrolled(ns: &Namespace) -> bool {
     label(&ns.metadata, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT)
         && ns.metadata.deletion_timestamp.is_none()
 }

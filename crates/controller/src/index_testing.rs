@@ -84,13 +84,27 @@ pub fn ns(name: &str, enrolled: bool) -> Namespace {
     obj(json!({"metadata": {"name": name, "labels": labels}}))
 }
 
-/// Pod `name` has uid `uid-<name>` and label `app: <sa>`.
+/// Pod `name` has uid `uid-<name>` and label `app: <sa>`, and is Ready.
 pub fn pod(ns: &str, name: &str, sa: &str, node: &str, ip: &str) -> Pod {
     obj(json!({
         "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"), "labels": {"app": sa}},
         "spec": {"nodeName": node, "serviceAccountName": sa, "containers": []},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]},
     }))
+}
+
+/// `p` with its Ready condition set to `ready`.
+pub fn with_ready(mut p: Pod, ready: bool) -> Pod {
+    let status = if ready { "True" } else { "False" };
+    let conditions = p
+        .status
+        .get_or_insert_default()
+        .conditions
+        .get_or_insert_default();
+    conditions.retain(|c| c.type_ != "Ready");
+    conditions.push(obj(json!({"type": "Ready", "status": status})));
+    p
 }
 
 pub fn service(ns: &str, name: &str, ip: &str, port: i32) -> Service {

@@ -60,9 +60,43 @@ fn pods_of_enrolled_namespaces_are_workloads() {
     assert_eq!(a.identity, "spiffe://cluster.local/ns/shop/sa/sa");
     assert_eq!(a.ips, ["10.0.0.1"]);
     assert!(!a.opted_out);
+    assert!(a.ready);
     assert!(workload(&snap, "workload/uid-c").opted_out);
-    // Scheduled, no addresses yet: listed so its tunnel knows to capture it.
-    assert!(workload(&snap, "workload/uid-e").ips.is_empty());
+    // Scheduled, no addresses yet: listed so its tunnel knows to capture it, not ready.
+    let e = workload(&snap, "workload/uid-e");
+    assert!(e.ips.is_empty() && !e.ready);
+}
+
+#[test]
+fn readiness_is_the_pods_ready_condition() {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(with_ready(pod("shop", "a", "sa", "n1", "10.0.0.1"), false));
+    let mut no_conditions = pod("shop", "b", "sa", "n1", "10.0.0.2");
+    if let Some(s) = no_conditions.status.as_mut() {
+        s.conditions = None;
+    }
+    c.apply(no_conditions);
+    let mut index = Index::new(c.stores(), "cluster.local");
+    let first = index.update([Change::All]).unwrap();
+    assert!(!workload(&first, "workload/uid-a").ready);
+    assert!(!workload(&first, "workload/uid-b").ready);
+    // Ready: one targeted update changes that workload alone.
+    let ch = c.apply(with_ready(pod("shop", "a", "sa", "n1", "10.0.0.1"), true));
+    let next = index.update([ch]).unwrap();
+    assert!(workload(&next, "workload/uid-a").ready);
+    assert_eq!(
+        next.changed_since(&first)
+            .iter()
+            .map(|k| &**k)
+            .collect::<Vec<_>>(),
+        ["workload/uid-a"]
+    );
+    // Not ready again (a failing probe): the endpoint is withdrawn, the workload stays.
+    let ch = c.apply(with_ready(pod("shop", "a", "sa", "n1", "10.0.0.1"), false));
+    let last = index.update([ch]).unwrap();
+    assert!(!workload(&last, "workload/uid-a").ready);
+    assert_eq!(last.resources.len(), next.resources.len());
 }
 
 #[test]
@@ -192,6 +226,13 @@ fn targeted_updates_equal_a_rebuild() {
     step(&mut c, "service", ch);
     let ch = c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
     step(&mut c, "pod b, already listed", ch);
+    let ch = c.apply(with_ready(
+        pod("shop", "b", "back", "n2", "10.0.0.2"),
+        false,
+    ));
+    step(&mut c, "pod b not ready", ch);
+    let ch = c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
+    step(&mut c, "pod b ready again", ch);
     let ch = c.apply(service("shop", "web", "10.96.0.1", 81));
     step(&mut c, "service port change", ch);
     let ch = c.apply(slice("shop", "web", &["b"]));
@@ -222,11 +263,30 @@ fn trimmed_pods_index_the_same() {
     let mut p = pod("shop", "a", "front", "n1", "10.0.0.1");
     p.metadata.annotations = Some([("big".to_string(), "x".repeat(1000))].into());
     p.spec.as_mut().unwrap().containers = vec![Default::default()];
+    // Conditions besides Ready are dropped, Ready is kept (without its timestamps).
+    let status = p.status.as_mut().unwrap();
+    status.conditions.as_mut().unwrap().insert(
+        0,
+        obj(serde_json::json!({"type": "PodScheduled", "status": "True",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"})),
+    );
+    status.conditions.as_mut().unwrap()[1].last_transition_time =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
     c.apply(p.clone());
     let full = built(&c);
+    assert!(workload(&full, "workload/uid-a").ready);
     p.trim();
     assert!(p.metadata.annotations.is_none() && p.spec.as_ref().unwrap().containers.is_empty());
     assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+    let conditions = p.status.as_ref().unwrap().conditions.as_ref().unwrap();
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(
+        (conditions[0].type_.as_str(), conditions[0].status.as_str()),
+        ("Ready", "True")
+    );
+    assert!(conditions[0].last_transition_time.is_none());
     c.apply(p);
     assert_eq!(built(&c).resources, full.resources);
 }

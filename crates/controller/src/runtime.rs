@@ -171,7 +171,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         )
         .await?,
     );
-    ca::publish_root(&client, &config.namespace, &ca, owner.as_ref())
+    ca::publish_root(&client, &config.namespace, ca.root_pem(), owner.as_ref())
         .await
         .map_err(StartError::PublishRoot)?;
     let store = CertificateStore::new(
@@ -217,7 +217,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         );
     }
 
-    let pods = stores.pods.clone();
+    let ca_stores = stores.clone();
     let mut index = Index::new(stores, config.trust_domain.as_str());
     let first = index.update([Change::All]).unwrap_or_default();
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
@@ -234,8 +234,13 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     ));
     tasks.spawn(waypoint::run(waypoint::Context {
         client: client.clone(),
-        image: config.waypoint_image.clone(),
-        trust_domain: config.trust_domain.as_str().to_string(),
+        waypoint: waypoint::WaypointSettings {
+            image: config.waypoint_image.clone(),
+            controller_address: config.controller_address.clone(),
+            controller_identity: config.controller_identity()?.to_uri(),
+        },
+        root_pem: ca.root_pem().to_owned(),
+        install_owner: owner.clone(),
         leader: leader.clone(),
         metrics: metrics.clone(),
     }));
@@ -244,7 +249,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let ca_service = CaService {
         ca: ca.clone(),
         auth: auth.clone(),
-        pods,
+        stores: ca_stores,
         tunnel: config.tunnel_service_account.clone(),
         default_lifetime: config.cert_lifetime,
         max_lifetime: MAX_CERT_LIFETIME,

@@ -3,12 +3,16 @@
 //! Only the Lease holder reconciles, so two replicas never fight over children or status.
 
 use crate::crd::{Condition, Gateway, GatewayAddress, GatewayClass, GatewayStatus};
+use crate::index::{DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -21,7 +25,21 @@ pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
 pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
 pub const FOR_SERVICE_ACCOUNT: &str = "ambit.dev/for-service-account";
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// Label on a waypoint's children and pods naming the service account it serves.
+pub const WAYPOINT_FOR_LABEL: &str = "ambit.dev/waypoint-for";
 pub const HBONE_PORT: i32 = 15008;
+/// The waypoint's metrics (`/metrics`) and readiness (`/healthz/ready`) ports.
+pub const METRICS_PORT: i32 = 15020;
+pub const READINESS_PORT: i32 = 15021;
+/// The waypoint's user: non-root, the same as Istio's proxies (1337), so nothing else on the
+/// pod runs as it.
+pub const WAYPOINT_UID: i64 = 1337;
+/// Where the waypoint finds the root certificate, mounted from ConfigMap `ambit-root-cert`.
+pub const ROOT_CERT_DIR: &str = "/var/run/ambit/root";
+/// The projected service-account token (audience `ambit-ca`) for the config stream and CA.
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// The waypoint drains for 5 s on SIGTERM; kubelet kills it after this.
+const TERMINATION_GRACE_SECS: i64 = 10;
 const FIELD_MANAGER: &str = "ambit-controller";
 
 /// What is wrong with a waypoint Gateway, as its status says it.
@@ -86,16 +104,32 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Context {
     pub client: kube::Client,
-    pub image: String,
-    pub trust_domain: String,
+    /// What every waypoint Deployment is made of, but its Gateway.
+    pub waypoint: WaypointSettings,
+    /// The mesh root (PEM), published in each waypoint namespace's `ambit-root-cert`.
+    pub root_pem: String,
+    /// The install's anchor (`ca::install_owner`): the root ConfigMaps it publishes in
+    /// waypoint namespaces go with the install, not with one Gateway (several Gateways may
+    /// share a namespace and its ConfigMap).
+    pub install_owner: Option<OwnerReference>,
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The controller's settings every waypoint pod gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointSettings {
+    pub image: String,
+    /// `HOST:PORT` of the controller's gRPC (config stream and CA).
+    pub controller_address: String,
+    /// The controller's SPIFFE id, which the waypoint expects of the controller's certificate.
+    pub controller_identity: String,
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("image", &self.image)
+            .field("waypoint", &self.waypoint)
             .finish_non_exhaustive()
     }
 }
@@ -168,7 +202,28 @@ fn now() -> String {
 async fn run_gateways(ctx: Context) {
     let client = ctx.client.clone();
     let gateways: Api<Gateway> = Api::all(client.clone());
-    Controller::new(gateways, watcher::Config::default())
+    let controller = Controller::new(gateways, watcher::Config::default());
+    let store = controller.store();
+    // A root ConfigMap edited or deleted in a waypoint namespace is put back at once: a new
+    // waypoint pod cannot start without it. Only that name is watched (RBAC allows no other).
+    let root_configmaps =
+        watcher::Config::default().fields(&format!("metadata.name={}", crate::ca::ROOT_CONFIGMAP));
+    controller
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            root_configmaps,
+            move |cm| {
+                let ns = cm.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|gw| {
+                        gw.namespace() == ns && gw.spec.gateway_class_name == WAYPOINT_CLASS
+                    })
+                    .map(|gw| ObjectRef::from_obj(&*gw))
+                    .collect::<Vec<_>>()
+            },
+        )
         .owns(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),
@@ -231,7 +286,9 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         .map(|o| vec![o])
         .unwrap_or_default();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let labels = json!({GATEWAY_NAME_LABEL: name, "ambit.dev/waypoint-for": for_sa});
+    // Before the Deployment: its pods mount it and cannot start without it.
+    crate::ca::publish_root(&ctx.client, &ns, &ctx.root_pem, ctx.install_owner.as_ref()).await?;
+    let labels = json!({GATEWAY_NAME_LABEL: name, WAYPOINT_FOR_LABEL: for_sa});
     let sa = json!({
         "apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": owner},
@@ -239,7 +296,7 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
     Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(sa))
         .await?;
-    let deploy = deployment(&ns, &name, &for_sa, &ctx.image, &ctx.trust_domain, &owner);
+    let deploy = deployment(&ns, &name, &for_sa, &ctx.waypoint, &owner);
     Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(deploy))
         .await?;
@@ -357,49 +414,97 @@ fn condition(
     }
 }
 
+/// The waypoint's Deployment. `replicas` is left out: it defaults to 1 and stays whatever
+/// `kubectl scale` or an autoscaler sets (a forced apply of it would undo every scale).
 fn deployment(
     ns: &str,
     name: &str,
     for_sa: &str,
-    image: &str,
-    trust_domain: &str,
-    owner: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+    settings: &WaypointSettings,
+    owner: &[OwnerReference],
 ) -> serde_json::Value {
+    let root_cert = format!("{ROOT_CERT_DIR}/root.crt");
+    let token = format!("{TOKEN_DIR}/{}", ambit_proto::TOKEN_AUDIENCE);
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": {GATEWAY_NAME_LABEL: name}, "ownerReferences": owner},
         "spec": {
-            "replicas": 1,
             "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
             "template": {
                 "metadata": {"labels": {
                     GATEWAY_NAME_LABEL: name,
-                    "ambit.dev/waypoint-for": for_sa,
+                    WAYPOINT_FOR_LABEL: for_sa,
                     // The waypoint speaks HBONE itself; the node tunnel must not capture it.
-                    "ambit.dev/dataplane-mode": "none",
+                    DATAPLANE_MODE_LABEL: DATAPLANE_MODE_NONE,
                 }},
                 "spec": {
                     "serviceAccountName": name,
+                    // It talks to the controller only, with its ambit-ca token; no API access.
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECS,
+                    // Pod-level user and fsGroup: kubelet gives the projected token file to
+                    // them, so the non-root waypoint can read it.
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": WAYPOINT_UID,
+                        "runAsGroup": WAYPOINT_UID,
+                        "fsGroup": WAYPOINT_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [{
                         "name": "waypoint",
-                        "image": image,
+                        "image": settings.image,
                         "env": [
-                            {"name": "AMBIT_WAYPOINT_FOR_SERVICE_ACCOUNT", "value": for_sa},
-                            {"name": "AMBIT_TRUST_DOMAIN", "value": trust_domain},
                             {"name": "AMBIT_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                            {"name": "AMBIT_WAYPOINT_FOR_SERVICE_ACCOUNT", "value": for_sa},
+                            {"name": "AMBIT_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                            {"name": "AMBIT_CONTROLLER", "value": settings.controller_address},
+                            {"name": "AMBIT_CONTROLLER_IDENTITY", "value": settings.controller_identity},
+                            {"name": "AMBIT_ROOT_CERT", "value": root_cert},
+                            {"name": "AMBIT_TOKEN", "value": token},
+                            {"name": "AMBIT_LOG", "value": "info"},
                         ],
+                        // Admin and config dump stay on 127.0.0.1:15000, not a container port.
                         "ports": [
-                            {"name": "hbone", "containerPort": HBONE_PORT},
-                            {"name": "metrics", "containerPort": 15020},
-                            {"name": "ready", "containerPort": 15021},
+                            {"name": "hbone", "containerPort": HBONE_PORT, "protocol": "TCP"},
+                            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                            {"name": "ready", "containerPort": READINESS_PORT, "protocol": "TCP"},
                         ],
-                        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}},
-                        "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true, "runAsUser": 1337, "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "ambit-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true}],
+                        // 200 once it holds its certificate and its first config. No liveness
+                        // probe on it: a waypoint keeps serving its last good config while
+                        // the controller is away, and must not be restarted for that.
+                        "readinessProbe": {
+                            "httpGet": {"path": "/healthz/ready", "port": READINESS_PORT},
+                            "periodSeconds": 2,
+                            "failureThreshold": 3,
+                        },
+                        "resources": {
+                            "requests": {"cpu": "50m", "memory": "32Mi"},
+                            "limits": {"memory": "256Mi"},
+                        },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "privileged": false,
+                            "readOnlyRootFilesystem": true,
+                            "runAsNonRoot": true,
+                            "runAsUser": WAYPOINT_UID,
+                            "runAsGroup": WAYPOINT_UID,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [
+                            {"name": "ambit-token", "mountPath": TOKEN_DIR, "readOnly": true},
+                            {"name": "ambit-root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": true},
+                        ],
                     }],
-                    "volumes": [{"name": "ambit-token", "projected": {"sources": [
-                        {"serviceAccountToken": {"audience": "ambit-ca", "expirationSeconds": 3600, "path": "ambit-ca"}},
-                    ]}}],
+                    "volumes": [
+                        {"name": "ambit-token", "projected": {"sources": [
+                            {"serviceAccountToken": {"audience": ambit_proto::TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": ambit_proto::TOKEN_AUDIENCE}},
+                        ]}},
+                        {"name": "ambit-root-cert", "configMap": {
+                            "name": crate::ca::ROOT_CONFIGMAP,
+                            "items": [{"key": "root.crt", "path": "root.crt"}],
+                        }},
+                    ],
                 },
             },
         },
@@ -413,6 +518,142 @@ mod tests {
 
     fn gw(v: serde_json::Value) -> Gateway {
         serde_json::from_value(v).unwrap()
+    }
+
+    fn settings() -> WaypointSettings {
+        WaypointSettings {
+            image: "registry/ambit-waypoint:v1".into(),
+            controller_address: "ambit-controller.ambit-system.svc:15012".into(),
+            controller_identity: "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
+                .into(),
+        }
+    }
+
+    #[test]
+    fn the_deployment_is_production_shaped() {
+        let d = deployment("shop", "waypoint-back", "back", &settings(), &[]);
+        // Every field is a real Deployment field: a typo would not survive the round trip.
+        let typed: Deployment = serde_json::from_value(d.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&typed).unwrap(), d);
+        // Scaling is the user's: the controller does not apply replicas.
+        assert!(d["spec"].get("replicas").is_none());
+
+        let template = &d["spec"]["template"];
+        let labels = &template["metadata"]["labels"];
+        assert_eq!(labels[GATEWAY_NAME_LABEL], "waypoint-back");
+        assert_eq!(labels[WAYPOINT_FOR_LABEL], "back");
+        assert_eq!(labels["ambit.dev/dataplane-mode"], "none");
+        let pod = &template["spec"];
+        assert_eq!(pod["serviceAccountName"], "waypoint-back");
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["terminationGracePeriodSeconds"], 10);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], 1337);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "registry/ambit-waypoint:v1");
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["runAsUser"], 1337);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+        assert_eq!(
+            c["resources"]["requests"],
+            json!({"cpu": "50m", "memory": "32Mi"})
+        );
+        assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+        let ports: Vec<(&str, i64)> = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap(),
+                    p["containerPort"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        // The admin port (15000) stays on loopback: not a container port.
+        assert_eq!(
+            ports,
+            [("hbone", 15008), ("metrics", 15020), ("ready", 15021)]
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            json!({"path": "/healthz/ready", "port": 15021})
+        );
+        assert!(c.get("livenessProbe").is_none());
+
+        // Exactly the variables the waypoint reads.
+        let env: Vec<(&str, String)> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let value = match e.get("value") {
+                    Some(v) => v.as_str().unwrap().to_owned(),
+                    None => format!(
+                        "<{}>",
+                        e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()
+                    ),
+                };
+                (e["name"].as_str().unwrap(), value)
+            })
+            .collect();
+        let want = [
+            ("AMBIT_NAMESPACE", "<metadata.namespace>"),
+            ("AMBIT_WAYPOINT_FOR_SERVICE_ACCOUNT", "back"),
+            ("AMBIT_SERVICE_ACCOUNT", "<spec.serviceAccountName>"),
+            (
+                "AMBIT_CONTROLLER",
+                "ambit-controller.ambit-system.svc:15012",
+            ),
+            (
+                "AMBIT_CONTROLLER_IDENTITY",
+                "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller",
+            ),
+            ("AMBIT_ROOT_CERT", "/var/run/ambit/root/root.crt"),
+            ("AMBIT_TOKEN", "/var/run/secrets/tokens/ambit-ca"),
+            ("AMBIT_LOG", "info"),
+        ];
+        let want: Vec<(&str, String)> = want.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        assert_eq!(env, want);
+
+        // The files those variables name are mounted from the right volumes.
+        let mounts: Vec<(&str, &str)> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert_eq!(m["readOnly"], true);
+                (
+                    m["name"].as_str().unwrap(),
+                    m["mountPath"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("ambit-token", "/var/run/secrets/tokens"),
+                ("ambit-root-cert", "/var/run/ambit/root")
+            ]
+        );
+        let volumes = pod["volumes"].as_array().unwrap();
+        assert_eq!(
+            volumes[0]["projected"]["sources"][0]["serviceAccountToken"],
+            json!({"audience": "ambit-ca", "expirationSeconds": 3600, "path": "ambit-ca"})
+        );
+        assert_eq!(
+            volumes[1]["configMap"],
+            json!({"name": "ambit-root-cert", "items": [{"key": "root.crt", "path": "root.crt"}]})
+        );
     }
 
     #[test]
