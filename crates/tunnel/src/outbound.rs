@@ -116,7 +116,13 @@ pub fn plan(mesh: &Mesh, own_ips: &[IpAddr], dst: SocketAddr) -> Plan {
             Some(expected) => Plan::Hbone {
                 peer: waypoint.address,
                 expected,
-                target,
+                // The waypoint gets the original destination: for a Service it balances,
+                // routes and applies L7 policy per request itself.
+                target: if mesh.service_by_vip(dst.ip()).is_some() {
+                    dst
+                } else {
+                    target
+                },
                 destination,
             },
             None => Plan::Refuse("the waypoint has no valid identity"),
@@ -220,9 +226,20 @@ mod tests {
                 destination: id("server"),
             }
         );
-        // A waypoint-protected workload: HBONE to the waypoint, expecting its identity.
+        // A waypoint-protected Service: HBONE to the waypoint, expecting its identity, with
+        // the Service's address as the target (the waypoint picks the endpoint).
         assert_eq!(
             plan(&m, &own, addr("10.96.0.2:80")),
+            Plan::Hbone {
+                peer: addr("10.1.0.9:15008"),
+                expected: id("wp"),
+                target: addr("10.96.0.2:80"),
+                destination: id("guarded"),
+            }
+        );
+        // A waypoint-protected pod by its address: the pod's address.
+        assert_eq!(
+            plan(&m, &own, addr("10.1.0.4:9090")),
             Plan::Hbone {
                 peer: addr("10.1.0.9:15008"),
                 expected: id("wp"),
