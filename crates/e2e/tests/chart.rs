@@ -392,6 +392,16 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
     }
     let cluster_role = object(&objects, "ClusterRole", "ambit-controller")?;
     assert!(!serde_yaml::to_string(cluster_role)?.contains("secrets"));
+    // ConfigMaps cluster-wide: only the root certificate's (create cannot name it).
+    for rule in list(cluster_role, &["rules"]) {
+        if strings(rule, &["resources"]).iter().any(|r| r == "configmaps") {
+            assert!(
+                strings(rule, &["verbs"]) == ["create"]
+                    || strings(rule, &["resourceNames"]) == ["ambit-root-cert"],
+                "configmaps rule not limited to ambit-root-cert: {rule:?}"
+            );
+        }
+    }
     let role = object(&objects, "Role", "ambit-controller")?;
     for rule in list(role, &["rules"]) {
         let verbs = strings(rule, &["verbs"]);
