@@ -394,7 +394,10 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
     assert!(!serde_yaml::to_string(cluster_role)?.contains("secrets"));
     // ConfigMaps cluster-wide: only the root certificate's (create cannot name it).
     for rule in list(cluster_role, &["rules"]) {
-        if strings(rule, &["resources"]).iter().any(|r| r == "configmaps") {
+        if strings(rule, &["resources"])
+            .iter()
+            .any(|r| r == "configmaps")
+        {
             assert!(
                 strings(rule, &["verbs"]) == ["create"]
                     || strings(rule, &["resourceNames"]) == ["ambit-root-cert"],
