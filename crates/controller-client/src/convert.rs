@@ -2,7 +2,8 @@
 //! an error naming it, which the subscription turns into a NACK.
 
 use crate::stream::Resources;
-use ambit_mesh::{Action, L4Policy, L4Rule, MeshConfig, PolicyScope, Service, ServicePort};
+use ambit_mesh::{MeshConfig, Service, ServicePort};
+use ambit_policy::{Action, HeaderMatch, Policy, PolicyScope, Rule};
 use ambit_proto::config::v1 as pb;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +14,7 @@ pub enum ConvertError {
     Ip { resource: String, value: String },
     #[error("{resource}: port {port} is out of range")]
     Port { resource: String, port: u32 },
-    #[error("{resource}: action {action:?} is neither ALLOW nor DENY")]
+    #[error("{resource}: action {action:?} is not ALLOW, DENY or AUDIT")]
     Action { resource: String, action: String },
     #[error("{resource}: identity {identity:?} is not a SPIFFE id")]
     Identity { resource: String, identity: String },
@@ -46,9 +47,8 @@ type Member<'a> = (&'a str, &'a BTreeMap<u32, u32>);
 /// - A waypoint with no address yet is left out (its Service has no cluster IP).
 /// - A service port whose target is named (0 on the wire) takes the target its endpoints
 ///   report.
-/// - L7 rules cannot be checked at L4: in an ALLOW policy such a rule matches nothing (the
-///   waypoint decides), in a DENY policy it matches on its L4 fields alone (deny more rather
-///   than less).
+/// - Policies keep their L7 rules: `ambit_policy::authorize` evaluates them fail-safe at L4,
+///   and in full at a waypoint.
 pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConfig, ConvertError> {
     let mut config = MeshConfig {
         trust_domain: trust_domain.to_owned(),
@@ -134,10 +134,11 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
     Ok(config)
 }
 
-fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<L4Policy, ConvertError> {
+fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertError> {
     let action = match p.action.as_str() {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
+        "AUDIT" => Action::Audit,
         other => {
             return Err(ConvertError::Action {
                 resource: name.to_owned(),
@@ -147,22 +148,29 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<L4Policy, ConvertEr
     };
     let mut rules = Vec::with_capacity(p.rules.len());
     for r in &p.rules {
-        let l7 = !r.methods.is_empty() || !r.paths.is_empty() || !r.headers.is_empty();
-        if l7 && action == Action::Allow {
-            continue;
-        }
-        rules.push(L4Rule {
+        rules.push(Rule {
             principals: r.principals.clone(),
             namespaces: r.namespaces.clone(),
-            ip_blocks: r.ip_blocks.clone(),
+            ip_blocks: r.ip_blocks.iter().map(|b| b.as_str().into()).collect(),
             ports: r
                 .ports
                 .iter()
                 .map(|p| port(name, *p))
                 .collect::<Result<_, _>>()?,
+            methods: r.methods.clone(),
+            paths: r.paths.clone(),
+            hosts: r.hosts.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|h| HeaderMatch {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
         });
     }
-    Ok(L4Policy {
+    Ok(Policy {
         name: p.name.clone(),
         namespace: p.namespace.clone(),
         action,
@@ -313,11 +321,51 @@ mod tests {
         assert_eq!(config.waypoints.len(), 1, "the unaddressed waypoint waits");
         assert_eq!(config.waypoints[0].service_account, "w");
         assert_eq!(config.waypoints[0].address.to_string(), "10.96.0.20:15008");
-        // The L7 rule of an ALLOW policy is left to the waypoint.
-        assert_eq!(config.policies[0].rules.len(), 1);
+        // L7 rules are kept (authorize evaluates them fail-safe at L4).
+        let rules = &config.policies[0].rules;
+        assert_eq!(rules.len(), 2);
+        assert!(!rules[0].is_l7() && rules[1].is_l7());
+        assert_eq!(rules[1].methods, ["GET"]);
         let mesh = ambit_mesh::Mesh::new(config).unwrap();
         assert!(mesh.namespace_enrolled("demo"));
         assert!(!mesh.namespace_enrolled("other"));
+    }
+
+    #[test]
+    fn policies_keep_every_field_and_audit() {
+        let p = pb::AuthorizationPolicy {
+            name: "p".into(),
+            namespace: "demo".into(),
+            action: "AUDIT".into(),
+            match_labels: [("app".to_string(), "echo".to_string())].into(),
+            rules: vec![pb::Rule {
+                principals: vec!["*".into()],
+                namespaces: vec!["demo".into()],
+                ip_blocks: vec!["10.0.0.0/8".into()],
+                ports: vec![8080],
+                methods: vec!["GET".into()],
+                paths: vec!["/api/*".into()],
+                hosts: vec!["*.example.com".into()],
+                headers: vec![pb::HeaderMatch {
+                    name: "x-user".into(),
+                    value: "alice".into(),
+                }],
+            }],
+        };
+        let converted = policy("authorizationpolicy/demo/p", &p).unwrap();
+        assert_eq!(converted.action, Action::Audit);
+        let r = &converted.rules[0];
+        assert_eq!(r.ip_blocks[0].as_str(), "10.0.0.0/8");
+        assert_eq!(r.ports, [8080]);
+        assert_eq!(r.hosts, ["*.example.com"]);
+        assert_eq!(r.headers[0].value, "alice");
+        converted.validate().unwrap();
+        let mut bad_port = p;
+        bad_port.rules[0].ports = vec![70000];
+        assert!(matches!(
+            policy("x", &bad_port),
+            Err(ConvertError::Port { port: 70000, .. })
+        ));
     }
 
     #[test]
@@ -335,7 +383,7 @@ mod tests {
         if let Some(pb::resource::Kind::AuthorizationPolicy(p)) =
             &mut r.get_mut("authorizationpolicy/demo/p").unwrap().kind
         {
-            p.action = "AUDIT".into();
+            p.action = "LOG".into();
         }
         assert!(matches!(
             mesh_config("cluster.local", &r),

@@ -1,18 +1,16 @@
-//! The mesh model a data plane serves from: workloads, services, waypoints and L4
-//! authorization policies, indexed for the lookups the tunnel makes per connection.
+//! The mesh model a data plane serves from: workloads, services, waypoints and authorization
+//! policies (evaluated by `ambit-policy`), indexed for the lookups the tunnel and the waypoint
+//! make per connection and per request.
 //!
 //! Sources (a YAML file today, the controller's config stream later) produce a [`MeshConfig`];
 //! [`Mesh::new`] validates and indexes it. A `Mesh` is immutable: a new config makes a new one.
 
-mod authz;
-mod cidr;
 mod model;
 
-pub use authz::{Action, Decision, L4Policy, L4Rule, PolicyScope, Source};
-pub use cidr::{Cidr, CidrError};
 pub use model::{MeshConfig, Service, ServicePort, Waypoint, Workload};
 
 use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
+use ambit_policy::{Decision, HttpRequest, PolicyError, Source, Target, Verdict};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -44,7 +42,7 @@ pub enum MeshError {
     #[error("service {service}: endpoint {uid} is not a known workload")]
     UnknownEndpoint { service: String, uid: String },
     #[error("policy {policy}: {source}")]
-    PolicyCidr { policy: String, source: CidrError },
+    Policy { policy: String, source: PolicyError },
 }
 
 /// What a destination address resolves to.
@@ -124,16 +122,10 @@ impl Mesh {
             services_by_host.insert(s.hostname(), i);
         }
         for p in &config.policies {
-            for rule in &p.rules {
-                for block in &rule.ip_blocks {
-                    block
-                        .parse::<Cidr>()
-                        .map_err(|source| MeshError::PolicyCidr {
-                            policy: format!("{}/{}", p.namespace, p.name),
-                            source,
-                        })?;
-                }
-            }
+            p.validate().map_err(|source| MeshError::Policy {
+                policy: format!("{}/{}", p.namespace, p.name),
+                source,
+            })?;
         }
         let cursors = config
             .services
@@ -237,9 +229,36 @@ impl Mesh {
         }
     }
 
-    /// L4 authorization for a connection to `workload` on `port` from `source`.
+    /// L4 authorization for a connection to `workload` on `port` from `source` (the node
+    /// tunnel): rules with L7 fields are evaluated fail-safe, see `ambit_policy`.
     pub fn authorize(&self, workload: &Workload, port: u16, source: &Source) -> Decision {
-        authz::evaluate(&self.config.policies, workload, port, source)
+        ambit_policy::authorize(&self.config.policies, &target(workload, port), source, None)
+            .decision
+    }
+
+    /// L7 authorization of an HTTP request to `workload` on `port` from `source` (the
+    /// waypoint, which knows the real client).
+    pub fn authorize_request(
+        &self,
+        workload: &Workload,
+        port: u16,
+        source: &Source,
+        request: &HttpRequest<'_>,
+    ) -> Verdict {
+        ambit_policy::authorize(
+            &self.config.policies,
+            &target(workload, port),
+            source,
+            Some(request),
+        )
+    }
+}
+
+fn target(workload: &Workload, port: u16) -> Target<'_> {
+    Target {
+        namespace: &workload.namespace,
+        labels: &workload.labels,
+        port,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The resources of the model, as sources deliver them.
 
-use crate::authz::L4Policy;
+use ambit_policy::Policy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +22,7 @@ pub struct MeshConfig {
     #[serde(default)]
     pub waypoints: Vec<Waypoint>,
     #[serde(default)]
-    pub policies: Vec<L4Policy>,
+    pub policies: Vec<Policy>,
 }
 
 fn default_trust_domain() -> String {

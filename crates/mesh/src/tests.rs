@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use ambit_policy::{Action, Policy, Rule};
 
 const YAML: &str = r#"
 trustDomain: cluster.local
@@ -116,12 +117,12 @@ fn deny_wins_and_allow_defaults_to_deny() {
     // The deny selects app=server only.
     assert_eq!(m.authorize(client, 8080, &legacy), Decision::Allow);
 
-    config.policies.push(L4Policy {
+    config.policies.push(Policy {
         name: "only-port-8080-from-demo".into(),
         namespace: "demo".into(),
         action: Action::Allow,
         selector: None,
-        rules: vec![L4Rule {
+        rules: vec![Rule {
             namespaces: vec!["demo".into()],
             ports: vec![8080],
             ..Default::default()
@@ -144,15 +145,34 @@ fn deny_wins_and_allow_defaults_to_deny() {
 }
 
 #[test]
-fn ip_blocks() {
-    let c: Cidr = "10.1.0.0/16".parse().unwrap();
-    assert!(c.contains("10.1.255.1".parse().unwrap()));
-    assert!(!c.contains("10.2.0.1".parse().unwrap()));
-    assert!(!c.contains("::1".parse().unwrap()));
-    let all: Cidr = "0.0.0.0/0".parse().unwrap();
-    assert!(all.contains("1.2.3.4".parse().unwrap()));
-    assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-    assert!("nope".parse::<Cidr>().is_err());
+fn requests_are_authorized_with_l7_rules() {
+    let mut config = MeshConfig::from_yaml(YAML).unwrap();
+    config.policies.push(Policy {
+        name: "get-only".into(),
+        namespace: "demo".into(),
+        action: Action::Allow,
+        selector: None,
+        rules: vec![Rule {
+            methods: vec!["GET".into()],
+            ..Default::default()
+        }],
+    });
+    let m = Mesh::new(config).unwrap();
+    let server = m.workload_by_uid("b1").unwrap();
+    let friend = src(Some("spiffe://cluster.local/ns/demo/sa/client"), "10.1.0.2");
+    let headers = http::HeaderMap::new();
+    let request = |method| HttpRequest {
+        method,
+        path: "/",
+        host: "server.demo",
+        headers: &headers,
+    };
+    let verdict = m.authorize_request(server, 8080, &friend, &request(&http::Method::GET));
+    assert_eq!(verdict.decision, Decision::Allow);
+    let verdict = m.authorize_request(server, 8080, &friend, &request(&http::Method::POST));
+    assert_eq!(verdict.decision, Decision::Deny(None));
+    // At L4 the GET-only rule cannot be checked: it allows nothing.
+    assert_eq!(m.authorize(server, 8080, &friend), Decision::Deny(None));
 }
 
 #[test]
@@ -165,7 +185,11 @@ fn invalid_configs_are_refused_with_the_culprit_named() {
     assert!(err.to_string().contains("nope"), "{err}");
     let bad_block = YAML.replace("rules: [{", "rules: [{ipBlocks: [\"10.0.0.0/40\"], ");
     let err = Mesh::new(MeshConfig::from_yaml(&bad_block).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("demo/no-legacy"), "{err}");
     assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
+    let bad_path = YAML.replace("rules: [{", "rules: [{paths: [\"api\"], ");
+    let err = Mesh::new(MeshConfig::from_yaml(&bad_path).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("paths"), "{err}");
     assert!(MeshConfig::from_yaml("workloads: [{uid: 1}]").is_err());
 }
 

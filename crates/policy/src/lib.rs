@@ -1,134 +1,184 @@
-//! L4 authorization: who may open a connection to which workload port.
+//! Authorization policies and their evaluation, L4 (node tunnel, TCP at a waypoint) and L7
+//! (HTTP at a waypoint). Pure: no I/O, no clock, no allocation per decision in the common case;
+//! every entry point is a plain function of its arguments, ready for `cargo fuzz`.
 //!
-//! Semantics (as Istio's L4 AuthorizationPolicy): a matching DENY policy wins; otherwise, if
-//! any ALLOW policy applies to the workload, the connection must match one of them; with no
-//! ALLOW policy it is allowed.
+//! Semantics (as Istio's AuthorizationPolicy): a matching DENY policy wins; otherwise, if any
+//! ALLOW policy applies to the target, the request must match one of them; with no ALLOW
+//! policy it is allowed. AUDIT policies never change the decision, they are only reported.
+//!
+//! A rule value that cannot be evaluated is *unknown*, and unknown fails safe: an ALLOW rule
+//! must match for sure, a DENY rule denies when it matches or might. That covers L7 fields at
+//! L4 (`request: None`): in an ALLOW policy a rule with L7 fields matches nothing, in a DENY
+//! policy it matches on its L4 fields alone (deny more rather than less). It also covers
+//! malformed values, which [`Policy::validate`] reports and [`Policy::fail_safe`] rewrites into
+//! the valid policy that is evaluated the same way.
 
-use crate::cidr::Cidr;
-use crate::model::Workload;
-use ambit_identity::SpiffeId;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+mod cidr;
+mod matchers;
+mod model;
+mod validate;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    Allow,
-    Deny,
+pub use cidr::{Cidr, CidrError};
+pub use matchers::normalize_path;
+pub use model::{
+    Action, Decision, HeaderMatch, HttpRequest, IpBlock, Policy, PolicyScope, Rule, Source, Target,
+    Verdict,
+};
+pub use validate::PolicyError;
+
+use matchers::Outcome;
+use std::borrow::Cow;
+
+/// An [`HttpRequest`] prepared once for all rules.
+struct Request<'a> {
+    method: &'a http::Method,
+    path: Cow<'a, str>,
+    /// How a server that decodes `%2F` would read the path, when that differs.
+    alt_path: Option<String>,
+    host: &'a str,
+    headers: &'a http::HeaderMap,
 }
 
-/// Which workloads a policy applies to: its namespace, narrowed by a label selector.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PolicyScope {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
+impl<'a> Request<'a> {
+    fn new(r: &HttpRequest<'a>) -> Self {
+        Self {
+            method: r.method,
+            path: normalize_path(r.path),
+            alt_path: matchers::alternate_path(r.path),
+            host: matchers::request_host(r.host),
+            headers: r.headers,
+        }
+    }
 }
 
-/// One rule: every non-empty field must match. An empty rule matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct L4Rule {
-    /// SPIFFE ids (`spiffe://td/ns/N/sa/S`); `*` matches any authenticated peer.
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Source namespaces (authenticated peers only).
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    #[serde(default)]
-    pub ip_blocks: Vec<String>,
-    /// Destination (target) ports.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct L4Policy {
-    pub name: String,
-    pub namespace: String,
-    pub action: Action,
-    /// No selector: every workload of the namespace.
-    #[serde(default)]
-    pub selector: Option<PolicyScope>,
-    /// A policy matches a connection when one of its rules does. An ALLOW policy without
-    /// rules allows nothing; a DENY policy without rules denies nothing.
-    #[serde(default)]
-    pub rules: Vec<L4Rule>,
-}
-
-/// Who is connecting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    /// The verified peer identity; `None` for plaintext.
-    pub identity: Option<SpiffeId>,
-    pub ip: IpAddr,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    /// Denied, by the named policy or (`None`) by the default deny of ALLOW policies.
-    Deny(Option<String>),
-}
-
-impl L4Policy {
-    fn applies_to(&self, workload: &Workload) -> bool {
-        self.namespace == workload.namespace
+impl Policy {
+    fn applies_to(&self, target: &Target<'_>) -> bool {
+        self.namespace == target.namespace
             && self.selector.as_ref().is_none_or(|s| {
                 s.match_labels
                     .iter()
-                    .all(|(k, v)| workload.labels.get(k) == Some(v))
+                    .all(|(k, v)| target.labels.get(k) == Some(v))
             })
     }
 
-    fn matches(&self, port: u16, source: &Source) -> bool {
-        self.rules.iter().any(|r| r.matches(port, source))
+    /// Kleene OR over the rules; no rules: no match.
+    fn evaluate(
+        &self,
+        target: &Target<'_>,
+        source: &Source,
+        request: Option<&Request<'_>>,
+    ) -> Outcome {
+        matchers::any(&self.rules, |r| r.evaluate(target, source, request))
     }
 }
 
-impl L4Rule {
-    fn matches(&self, port: u16, source: &Source) -> bool {
-        let principal_ok = self.principals.is_empty()
-            || source.identity.as_ref().is_some_and(|id| {
-                let id = id.to_string();
-                self.principals.iter().any(|p| p == "*" || *p == id)
-            });
-        let namespace_ok = self.namespaces.is_empty()
-            || source
-                .identity
-                .as_ref()
-                .is_some_and(|id| self.namespaces.iter().any(|n| n == id.namespace()));
-        let ip_ok = self.ip_blocks.is_empty()
-            || self.ip_blocks.iter().any(|b| {
-                b.parse::<Cidr>()
-                    .map(|c| c.contains(source.ip))
-                    .unwrap_or(false)
-            });
-        let port_ok = self.ports.is_empty() || self.ports.contains(&port);
-        principal_ok && namespace_ok && ip_ok && port_ok
+impl Rule {
+    /// Kleene AND over the non-empty fields, cheapest first.
+    fn evaluate(
+        &self,
+        target: &Target<'_>,
+        source: &Source,
+        request: Option<&Request<'_>>,
+    ) -> Outcome {
+        use matchers as m;
+        let id = source.identity.as_ref();
+        let mut out = Outcome::Yes;
+        // A non-empty field ANDed in; stops at the first field that cannot match.
+        macro_rules! field {
+            ($values:expr, $outcome:expr) => {
+                if !$values.is_empty() {
+                    out = out.min($outcome);
+                    if out == Outcome::No {
+                        return Outcome::No;
+                    }
+                }
+            };
+        }
+        field!(
+            self.ports,
+            m::any(&self.ports, |p| m::port(*p, target.port))
+        );
+        field!(
+            self.principals,
+            m::any(&self.principals, |p| m::principal(p, id))
+        );
+        field!(
+            self.namespaces,
+            m::any(&self.namespaces, |n| m::namespace(n, id))
+        );
+        field!(
+            self.ip_blocks,
+            m::any(&self.ip_blocks, |b| {
+                b.cidr()
+                    .map_or(Outcome::Unknown, |c| Outcome::of(c.contains(source.ip)))
+            })
+        );
+        if !self.is_l7() {
+            return out;
+        }
+        let Some(r) = request else {
+            // L4 only: the L7 fields can be neither checked nor ignored.
+            return out.min(Outcome::Unknown);
+        };
+        field!(
+            self.methods,
+            m::any(&self.methods, |v| m::method(v, r.method))
+        );
+        field!(self.hosts, m::any(&self.hosts, |h| m::host(h, r.host)));
+        field!(
+            self.paths,
+            m::paths(&self.paths, &r.path, r.alt_path.as_deref())
+        );
+        field!(self.headers, m::headers(&self.headers, r.headers));
+        out
     }
 }
 
-pub(crate) fn evaluate(
-    policies: &[L4Policy],
-    workload: &Workload,
-    port: u16,
+/// Decides a connection (`request: None`: the node tunnel, or a TCP port at a waypoint) or an
+/// HTTP request to `target` from `source`, under `policies` (any namespaces: only those that
+/// apply to the target count). The first matching DENY and AUDIT policies, in slice order, are
+/// the ones named.
+pub fn authorize(
+    policies: &[Policy],
+    target: &Target<'_>,
     source: &Source,
-) -> Decision {
-    let applicable = || policies.iter().filter(|p| p.applies_to(workload));
-    if let Some(p) = applicable().find(|p| p.action == Action::Deny && p.matches(port, source)) {
-        return Decision::Deny(Some(p.name.clone()));
+    request: Option<&HttpRequest<'_>>,
+) -> Verdict {
+    let request = request.map(Request::new);
+    let request = request.as_ref();
+    let mut denied_by: Option<&Policy> = None;
+    let mut audited_by: Option<&Policy> = None;
+    let mut any_allow = false;
+    let mut allowed = false;
+    for p in policies.iter().filter(|p| p.applies_to(target)) {
+        match p.action {
+            Action::Deny if denied_by.is_none() => {
+                if p.evaluate(target, source, request) >= Outcome::Unknown {
+                    denied_by = Some(p);
+                }
+            }
+            Action::Allow => {
+                any_allow = true;
+                allowed = allowed || p.evaluate(target, source, request) == Outcome::Yes;
+            }
+            Action::Audit if audited_by.is_none() => {
+                if p.evaluate(target, source, request) == Outcome::Yes {
+                    audited_by = Some(p);
+                }
+            }
+            Action::Deny | Action::Audit => {}
+        }
     }
-    let mut allows = applicable()
-        .filter(|p| p.action == Action::Allow)
-        .peekable();
-    if allows.peek().is_none() {
-        return Decision::Allow;
-    }
-    if allows.any(|p| p.matches(port, source)) {
-        Decision::Allow
-    } else {
-        Decision::Deny(None)
+    let decision = match denied_by {
+        Some(p) => Decision::Deny(Some(p.name.clone())),
+        None if !any_allow || allowed => Decision::Allow,
+        None => Decision::Deny(None),
+    };
+    Verdict {
+        decision,
+        audit: audited_by.map(|p| p.name.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,7 @@ use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use ambit_hbone::{
     ConnectHandler, ConnectRequest, PendingTunnel, Refusal, splice_tcp_h2, splice_tcp_tcp,
 };
-use ambit_mesh::{Decision, Source};
+use ambit_policy::{Decision, Source};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +41,10 @@ fn authorize(ctx: &PodContext, source: &Source, target: SocketAddr) -> Result<()
                 workload.service_account, waypoint.namespace, waypoint.name
             ));
         }
+        // The waypoint enforced the workload's policies with the real client's identity; here
+        // the peer is always the waypoint, so evaluating them again could only misjudge (an
+        // ALLOW naming the client would deny everything).
+        return Ok(());
     }
     match mesh.authorize(workload, target.port(), source) {
         Decision::Allow => Ok(()),
@@ -212,6 +216,12 @@ mod tests {
             ip: "10.2.0.2".parse().unwrap(),
         };
         assert!(authorize(&ctx, &plaintext, target).is_err());
+        // From the waypoint: its policy `only-client` (the client, GET only) was the
+        // waypoint's to enforce; evaluated here, against the waypoint's identity and at L4,
+        // it would refuse everything.
         assert!(authorize(&ctx, &from("spiffe://cluster.local/ns/demo/sa/wp"), target).is_ok());
+        // Even the client the policy names may not skip the waypoint.
+        let named = authorize(&ctx, &from(GOOD), target).unwrap_err();
+        assert!(named.contains("waypoint"), "{named}");
     }
 }

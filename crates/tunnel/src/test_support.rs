@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicUsize;
 pub const MESH: &str = r#"
 workloads:
   - {uid: srv, name: server, namespace: demo, serviceAccount: server, node: n1, ips: [10.1.0.3], labels: {app: server}}
-  - {uid: prot, name: protected, namespace: demo, serviceAccount: guarded, node: n1, ips: [10.1.0.4]}
+  - {uid: prot, name: protected, namespace: demo, serviceAccount: guarded, node: n1, ips: [10.1.0.4], labels: {app: guarded}}
 waypoints:
   - {name: wp, namespace: demo, forServiceAccount: guarded, serviceAccount: wp, address: "10.1.0.9:15008"}
 policies:
@@ -22,6 +22,12 @@ policies:
     namespace: demo
     action: Deny
     rules: [{principals: ["spiffe://cluster.local/ns/demo/sa/bad"]}]
+  # Enforced by the waypoint of `guarded`, which sees the client; never by the tunnel.
+  - name: only-client
+    namespace: demo
+    action: Allow
+    selector: {matchLabels: {app: guarded}}
+    rules: [{principals: ["spiffe://cluster.local/ns/demo/sa/client"], methods: [GET]}]
 "#;
 
 pub fn context(uid: &str, mode: Mode) -> Arc<PodContext> {

@@ -1,0 +1,180 @@
+//! Checking a policy, and the fail-safe form of one that does not pass.
+
+use crate::cidr::CidrError;
+use crate::matchers::{
+    host_pattern, is_header_match, is_port, is_principal, is_segment, is_token, path_pattern,
+};
+use crate::{Action, HeaderMatch, Policy, Rule};
+
+/// The first malformed value of a policy, named by its place (`rules[N].field`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "rules[{rule}].principals: {value:?} is neither \"*\" nor a SPIFFE id (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT)"
+    )]
+    Principal { rule: usize, value: String },
+    #[error("rules[{rule}].namespaces: {value:?} is not a namespace name")]
+    Namespace { rule: usize, value: String },
+    #[error("rules[{rule}].ipBlocks: {source}")]
+    IpBlock { rule: usize, source: CidrError },
+    #[error("rules[{rule}].ports: 0 is not a port")]
+    Port { rule: usize },
+    #[error("rules[{rule}].methods: {value:?} is not an HTTP method (a token such as GET)")]
+    Method { rule: usize, value: String },
+    #[error(
+        "rules[{rule}].paths: {value:?} is not a path pattern: expected /exact, /dir/*, /prefix*, *suffix or *, without query, '*' elsewhere, or '.'/'..'/'//' segments"
+    )]
+    Path { rule: usize, value: String },
+    #[error(
+        "rules[{rule}].hosts: {value:?} is not a host pattern: expected a host name or [IPv6] without a port (rules have ports for that), *.domain or *"
+    )]
+    Host { rule: usize, value: String },
+    #[error(
+        "rules[{rule}].headers: {name:?}: {value:?} is not a header match: the name must be a header name, the value free of control characters"
+    )]
+    Header {
+        rule: usize,
+        name: String,
+        value: String,
+    },
+}
+
+impl Policy {
+    /// Whether every value can be evaluated: CIDRs parse, principals are SPIFFE ids or `*`,
+    /// ports are not 0, methods are tokens, paths and hosts are well-formed patterns, headers
+    /// have token names. The first problem is returned, named by its place.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.rules
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, r)| r.validate(i))
+    }
+
+    /// The valid policy that [`crate::authorize`] evaluates exactly as it evaluates this one:
+    /// in an ALLOW or AUDIT policy a malformed value is dropped, and a rule left with an empty
+    /// field (one that had values, none valid) is dropped; in a DENY policy a field with a
+    /// malformed value is cleared (it matches anything: deny more rather than less). For the
+    /// controller, which must send one tenant's broken policy without breaking anyone's config.
+    pub fn fail_safe(&self) -> Policy {
+        let rules = match self.action {
+            Action::Deny => self.rules.iter().map(Rule::widened).collect(),
+            Action::Allow | Action::Audit => self.rules.iter().filter_map(Rule::narrowed).collect(),
+        };
+        Policy {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            action: self.action,
+            selector: self.selector.clone(),
+            rules,
+        }
+    }
+}
+
+impl Rule {
+    fn validate(&self, rule: usize) -> Result<(), PolicyError> {
+        let first_bad =
+            |values: &[String], ok: fn(&str) -> bool| values.iter().find(|v| !ok(v)).cloned();
+        if let Some(value) = first_bad(&self.principals, is_principal) {
+            return Err(PolicyError::Principal { rule, value });
+        }
+        if let Some(value) = first_bad(&self.namespaces, is_segment) {
+            return Err(PolicyError::Namespace { rule, value });
+        }
+        if let Some(Err(e)) = self.ip_blocks.iter().map(|b| b.cidr()).find(Result::is_err) {
+            return Err(PolicyError::IpBlock {
+                rule,
+                source: e.clone(),
+            });
+        }
+        if !self.ports.iter().all(|p| is_port(*p)) {
+            return Err(PolicyError::Port { rule });
+        }
+        if let Some(value) = first_bad(&self.methods, is_token) {
+            return Err(PolicyError::Method { rule, value });
+        }
+        if let Some(value) = first_bad(&self.paths, |p| path_pattern(p).is_some()) {
+            return Err(PolicyError::Path { rule, value });
+        }
+        if let Some(value) = first_bad(&self.hosts, |h| host_pattern(h).is_some()) {
+            return Err(PolicyError::Host { rule, value });
+        }
+        if let Some(h) = self.headers.iter().find(|h| !is_header_match(h)) {
+            return Err(PolicyError::Header {
+                rule,
+                name: h.name.clone(),
+                value: h.value.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// For a DENY policy: fields holding a malformed value match anything.
+    fn widened(&self) -> Rule {
+        fn clear_if<T>(values: &[T], ok: impl Fn(&T) -> bool) -> Vec<T>
+        where
+            T: Clone,
+        {
+            if values.iter().all(ok) {
+                values.to_vec()
+            } else {
+                Vec::new()
+            }
+        }
+        let broken_names: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|h| !is_header_match(h))
+            .map(|h| h.name.as_str())
+            .collect();
+        Rule {
+            principals: clear_if(&self.principals, |v| is_principal(v)),
+            namespaces: clear_if(&self.namespaces, |v| is_segment(v)),
+            ip_blocks: clear_if(&self.ip_blocks, |b| b.cidr().is_ok()),
+            ports: clear_if(&self.ports, |p| is_port(*p)),
+            methods: clear_if(&self.methods, |v| is_token(v)),
+            paths: clear_if(&self.paths, |p| path_pattern(p).is_some()),
+            hosts: clear_if(&self.hosts, |h| host_pattern(h).is_some()),
+            // A header's entries are alternatives: one malformed entry makes the header
+            // match anything, so the header goes (the others stay).
+            headers: self
+                .headers
+                .iter()
+                .filter(|h| !broken_names.iter().any(|n| n.eq_ignore_ascii_case(&h.name)))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// For an ALLOW or AUDIT policy: malformed values match nothing; `None` when a field is
+    /// left with no value (the rule can never match).
+    fn narrowed(&self) -> Option<Rule> {
+        fn keep<T: Clone>(values: &[T], ok: impl Fn(&T) -> bool) -> Option<Vec<T>> {
+            let kept: Vec<T> = values.iter().filter(|v| ok(v)).cloned().collect();
+            (kept.is_empty() == values.is_empty()).then_some(kept)
+        }
+        let headers: Vec<HeaderMatch> = self
+            .headers
+            .iter()
+            .filter(|h| is_header_match(h))
+            .cloned()
+            .collect();
+        // Every header named must still have an entry.
+        let all_named = self
+            .headers
+            .iter()
+            .all(|h| headers.iter().any(|k| k.name.eq_ignore_ascii_case(&h.name)));
+        if !all_named {
+            return None;
+        }
+        Some(Rule {
+            principals: keep(&self.principals, |v| is_principal(v))?,
+            namespaces: keep(&self.namespaces, |v| is_segment(v))?,
+            ip_blocks: keep(&self.ip_blocks, |b| b.cidr().is_ok())?,
+            ports: keep(&self.ports, |p| is_port(*p))?,
+            methods: keep(&self.methods, |v| is_token(v))?,
+            paths: keep(&self.paths, |p| path_pattern(p).is_some())?,
+            hosts: keep(&self.hosts, |h| host_pattern(h).is_some())?,
+            headers,
+        })
+    }
+}
