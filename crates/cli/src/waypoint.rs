@@ -313,10 +313,24 @@ impl StatusReport {
         }
         out.push('\n');
         match &self.deployment {
-            Some(d) => out.push_str(&format!(
-                "Deployment:      {}/{} {}/{} ready\n",
-                w.namespace, d.name, d.ready_replicas, d.replicas
-            )),
+            Some(d) => {
+                out.push_str(&format!(
+                    "Deployment:      {}/{} {}/{} ready\n",
+                    w.namespace, d.name, d.ready_replicas, d.replicas
+                ));
+                // Traffic to the service account goes only through ready waypoint pods: say so
+                // when there are fewer than asked for, and where to look.
+                if d.replicas == 0 {
+                    out.push_str(
+                        "                 scaled to 0: mesh traffic to the service account fails (closed) until it is scaled up\n",
+                    );
+                } else if d.ready_replicas < d.replicas {
+                    out.push_str(&format!(
+                        "                 not all ready: kubectl get pods -n {} -l gateway.networking.k8s.io/gateway-name={}\n",
+                        w.namespace, w.name
+                    ));
+                }
+            }
             None => out.push_str(&format!(
                 "Deployment:      {}/{} not found (the controller creates it once the Gateway is Accepted)\n",
                 w.namespace, w.name
@@ -464,6 +478,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("10.96.0.9"), "{text}");
+        assert!(!text.contains("not all ready"), "{text}");
+        let starting = StatusReport {
+            waypoint: w.clone(),
+            deployment: Some(Readiness {
+                name: "waypoint-back".into(),
+                replicas: 2,
+                ready_replicas: 1,
+            }),
+        };
+        let text = starting.render();
+        assert!(text.contains("shop/waypoint-back 1/2 ready"), "{text}");
+        assert!(
+            text.contains(
+                "not all ready: kubectl get pods -n shop -l gateway.networking.k8s.io/gateway-name=waypoint-back"
+            ),
+            "{text}"
+        );
+        let scaled_down = StatusReport {
+            waypoint: w.clone(),
+            deployment: Some(Readiness {
+                name: "waypoint-back".into(),
+                replicas: 0,
+                ready_replicas: 0,
+            }),
+        };
+        assert!(
+            scaled_down
+                .render()
+                .contains("0/0 ready\n                 scaled to 0")
+        );
         let none = StatusReport {
             waypoint: w,
             deployment: None,
