@@ -221,7 +221,7 @@ mod precedence {
         let v = decide(&[audit.clone(), audit_all], 8080, &client(), Some(&post));
         assert_eq!(v.audit.as_deref(), Some("audit-all"));
         // An AUDIT policy is no ALLOW policy: it does not turn on the default deny.
-        let v = decide(&[audit.clone()], 8080, &client(), None);
+        let v = decide(std::slice::from_ref(&audit), 8080, &client(), None);
         assert_eq!(
             v,
             Verdict {
@@ -666,13 +666,13 @@ mod l7 {
 mod validation {
     use super::*;
 
-    fn check(f: impl FnOnce(&mut Rule)) -> Result<(), PolicyError> {
-        policy("p", Action::Allow, vec![Rule::default(), rule(f)]).validate()
+    fn check(r: Rule) -> Result<(), PolicyError> {
+        policy("p", Action::Allow, vec![Rule::default(), r]).validate()
     }
 
     #[test]
     fn good_values_pass() {
-        check(|r| {
+        check(rule(|r| {
             r.principals = strings(&["*", CLIENT]);
             r.namespaces = strings(&["shop"]);
             r.ip_blocks = vec!["10.0.0.0/8".into(), "fd00::1".into()];
@@ -701,86 +701,61 @@ mod validation {
                 name: "X-User".into(),
                 value: "*".into(),
             }];
-        })
+        }))
         .unwrap();
     }
 
     #[test]
     fn each_bad_value_is_named_with_its_rule() {
-        let bad: Vec<(Box<dyn FnOnce(&mut Rule)>, &str)> = vec![
+        let header = |name: &str, value: &str| HeaderMatch {
+            name: name.into(),
+            value: value.into(),
+        };
+        let bad: Vec<(Rule, &str)> = vec![
             (
-                Box::new(|r| r.principals = strings(&["cluster.local/ns/a/sa/b"])),
+                rule(|r| r.principals = strings(&["cluster.local/ns/a/sa/b"])),
                 "rules[1].principals: \"cluster.local/ns/a/sa/b\"",
             ),
             (
-                Box::new(|r| r.namespaces = strings(&["a/b"])),
+                rule(|r| r.namespaces = strings(&["a/b"])),
                 "rules[1].namespaces: \"a/b\"",
             ),
             (
-                Box::new(|r| r.ip_blocks = vec!["10.0.0.0/40".into()]),
+                rule(|r| r.ip_blocks = vec!["10.0.0.0/40".into()]),
                 "rules[1].ipBlocks: \"10.0.0.0/40\"",
             ),
-            (Box::new(|r| r.ports = vec![0]), "rules[1].ports: 0"),
+            (rule(|r| r.ports = vec![0]), "rules[1].ports: 0"),
             (
-                Box::new(|r| r.methods = strings(&["GET POST"])),
+                rule(|r| r.methods = strings(&["GET POST"])),
                 "rules[1].methods: \"GET POST\"",
             ),
             (
-                Box::new(|r| r.paths = strings(&["api"])),
-                "rules[1].paths: \"api\"",
-            ),
-            (Box::new(|r| r.paths = strings(&["/a?b"])), "rules[1].paths"),
-            (
-                Box::new(|r| r.paths = strings(&["/a/*/b"])),
-                "rules[1].paths",
-            ),
-            (
-                Box::new(|r| r.paths = strings(&["/a/../b"])),
-                "rules[1].paths",
-            ),
-            (
-                Box::new(|r| r.paths = strings(&["/a//*"])),
-                "rules[1].paths",
-            ),
-            (
-                Box::new(|r| r.paths = strings(&["/%61*"])),
-                "rules[1].paths",
-            ),
-            (
-                Box::new(|r| r.paths = strings(&["/a/%2f*"])),
-                "rules[1].paths",
-            ),
-            (
-                Box::new(|r| r.hosts = strings(&["example.com:80"])),
+                rule(|r| r.hosts = strings(&["example.com:80"])),
                 "rules[1].hosts: \"example.com:80\"",
             ),
             (
-                Box::new(|r| r.hosts = strings(&["*example.com"])),
+                rule(|r| r.hosts = strings(&["*example.com"])),
                 "rules[1].hosts",
             ),
-            (Box::new(|r| r.hosts = strings(&["a..b"])), "rules[1].hosts"),
+            (rule(|r| r.hosts = strings(&["a..b"])), "rules[1].hosts"),
             (
-                Box::new(|r| {
-                    r.headers = vec![HeaderMatch {
-                        name: "x user".into(),
-                        value: "a".into(),
-                    }]
-                }),
+                rule(|r| r.headers = vec![header("x user", "a")]),
                 "rules[1].headers: \"x user\"",
             ),
             (
-                Box::new(|r| {
-                    r.headers = vec![HeaderMatch {
-                        name: "x".into(),
-                        value: "a\nb".into(),
-                    }]
-                }),
+                rule(|r| r.headers = vec![header("x", "a\nb")]),
                 "rules[1].headers",
             ),
         ];
-        for (f, want) in bad {
-            let e = check(f).expect_err(want).to_string();
+        for (r, want) in bad {
+            let e = check(r).expect_err(want).to_string();
             assert!(e.starts_with(want), "{e} does not start with {want}");
+        }
+        for path in [
+            "api", "/a?b", "/a/*/b", "/a/../b", "/a//*", "/%61*", "/a/%2f*",
+        ] {
+            let e = check(rule(|r| r.paths = strings(&[path]))).expect_err(path);
+            assert!(e.to_string().starts_with("rules[1].paths: "), "{e}");
         }
     }
 }
