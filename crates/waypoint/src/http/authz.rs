@@ -1,0 +1,109 @@
+//! L4 and L7 authorization per request, with the real client's identity (the destination's
+//! tunnel only sees the waypoint's), against the policies of the endpoint chosen for it.
+//! Denied: HTTP 403 naming the policy, gRPC PERMISSION_DENIED. AUDIT matches are logged.
+
+use super::{Downstream, GrpcCode, Picked, Request, Response, is_grpc, local_response};
+use ambit_policy::{Decision, HttpRequest, Source, Target};
+use http::StatusCode;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+#[derive(Debug, Clone, Copy)]
+pub struct AuthzLayer;
+
+impl<S> Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+    fn layer(&self, inner: S) -> Authz<S> {
+        Authz { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authz<S> {
+    inner: S,
+}
+
+/// Why a request is refused, or `None`.
+pub fn check(request: &Request) -> Option<String> {
+    let (Some(downstream), Some(picked)) = (
+        request.extensions().get::<Downstream>(),
+        request.extensions().get::<Picked>(),
+    ) else {
+        return Some("request without a connection or an endpoint".into());
+    };
+    let Some(workload) = picked.mesh.workload_by_uid(&picked.endpoint.uid) else {
+        return Some("the endpoint left the mesh".into());
+    };
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    let verdict = ambit_policy::authorize(
+        &picked.mesh.config().policies,
+        &Target {
+            namespace: &workload.namespace,
+            labels: &workload.labels,
+            port: picked.endpoint.addr.port(),
+        },
+        &Source {
+            identity: Some(downstream.peer.clone()),
+            ip: downstream.peer_addr.ip(),
+        },
+        Some(&HttpRequest {
+            method: request.method(),
+            path: request.uri().path(),
+            host,
+            headers: request.headers(),
+        }),
+    );
+    if let Some(policy) = &verdict.audit {
+        tracing::info!(target: "access", kind = "audit", policy = %policy, src_identity = %downstream.peer, method = %request.method(), path = request.uri().path(), allowed = matches!(verdict.decision, Decision::Allow), "audited request");
+    }
+    match verdict.decision {
+        Decision::Allow => None,
+        Decision::Deny(Some(policy)) => Some(format!(
+            "RBAC: access denied by policy {}/{policy}",
+            workload.namespace
+        )),
+        Decision::Deny(None) => Some("RBAC: access denied: no ALLOW policy matched".into()),
+    }
+}
+
+impl<S> Service<Request> for Authz<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match check(&request) {
+            None => Box::pin(self.inner.call(request)),
+            Some(reason) => {
+                let response = local_response(
+                    is_grpc(request.headers()),
+                    StatusCode::FORBIDDEN,
+                    GrpcCode::PermissionDenied,
+                    &reason,
+                );
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}

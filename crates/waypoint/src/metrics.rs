@@ -1,0 +1,213 @@
+//! Prometheus metrics (prometheus-client): per request, labelled with who called whom; per
+//! TCP connection; and the config stream's state. No global lock on the data path: each
+//! series is an atomic, found through a read-locked family map.
+
+use ambit_controller_client::StreamState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub source_identity: String,
+    pub destination_identity: String,
+    /// `name.namespace`, empty for a pod addressed directly.
+    pub destination_service: String,
+    /// The standard methods, `OTHER` for the rest (bounded cardinality).
+    pub method: String,
+    pub response_code: String,
+    /// Empty unless gRPC.
+    pub grpc_status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub source_identity: String,
+    pub destination_service: String,
+    /// `forwarded`, `denied`, `not_served`, `unreachable`.
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeltaLabels {
+    result: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RequestLabels>,
+    connections: Family<ConnectionLabels, Counter>,
+    tcp_bytes_sent: Counter,
+    tcp_bytes_received: Counter,
+    config_connected: Gauge,
+    config_deltas: Family<DeltaLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ambit_waypoint");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP and gRPC requests handled",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RequestLabels> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from the request's headers to the end of the response",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "HBONE tunnels accepted from clients, by outcome",
+            connections.clone(),
+        );
+        let tcp_bytes_sent = Counter::default();
+        registry.register_with_unit(
+            "tcp_sent",
+            "Bytes of TCP (non-HTTP) traffic sent to clients",
+            prometheus_client::registry::Unit::Bytes,
+            tcp_bytes_sent.clone(),
+        );
+        let tcp_bytes_received = Counter::default();
+        registry.register_with_unit(
+            "tcp_received",
+            "Bytes of TCP (non-HTTP) traffic received from clients",
+            prometheus_client::registry::Unit::Bytes,
+            tcp_bytes_received.clone(),
+        );
+        let config_connected = Gauge::default();
+        registry.register(
+            "config_connected",
+            "1 while the config stream to the controller is up",
+            config_connected.clone(),
+        );
+        let config_deltas = Family::<DeltaLabels, Counter>::default();
+        registry.register(
+            "config_deltas",
+            "Config deltas from the controller, accepted or rejected",
+            config_deltas.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            connections,
+            tcp_bytes_sent,
+            tcp_bytes_received,
+            config_connected,
+            config_deltas,
+        }
+    }
+}
+
+/// The method as a label: the standard ones as they are, others folded.
+pub fn method_label(method: &http::Method) -> &str {
+    match *method {
+        http::Method::GET
+        | http::Method::HEAD
+        | http::Method::POST
+        | http::Method::PUT
+        | http::Method::DELETE
+        | http::Method::CONNECT
+        | http::Method::OPTIONS
+        | http::Method::TRACE
+        | http::Method::PATCH => method.as_str(),
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, labels: &RequestLabels, duration: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.request_duration
+            .get_or_create(labels)
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn connection(&self, labels: &ConnectionLabels) {
+        self.connections.get_or_create(labels).inc();
+    }
+
+    pub fn tcp_bytes(&self, sent: u64, received: u64) {
+        self.tcp_bytes_sent.inc_by(sent);
+        self.tcp_bytes_received.inc_by(received);
+    }
+
+    /// The exposition text, with the config stream's state as of now.
+    pub fn render(&self, stream: Option<&StreamState>) -> String {
+        if let Some(s) = stream {
+            self.config_connected.set(i64::from(s.connected));
+            let set = |result: &str, value: u64| {
+                let counter = self.config_deltas.get_or_create(&DeltaLabels {
+                    result: result.into(),
+                });
+                counter.inc_by(value.saturating_sub(counter.get()));
+            };
+            set("accepted", s.accepted);
+            set("rejected", s.rejected);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn renders_requests_with_their_labels() {
+        let m = Metrics::default();
+        let labels = RequestLabels {
+            source_identity: "spiffe://cluster.local/ns/a/sa/client".into(),
+            destination_identity: "spiffe://cluster.local/ns/b/sa/server".into(),
+            destination_service: "echo.b".into(),
+            method: "GET".into(),
+            response_code: "200".into(),
+            grpc_status: String::new(),
+        };
+        m.request(&labels, Duration::from_millis(3));
+        m.request(&labels, Duration::from_millis(3));
+        let text = m.render(Some(&StreamState {
+            connected: true,
+            accepted: 3,
+            ..Default::default()
+        }));
+        assert!(
+            text.contains(r#"ambit_waypoint_requests_total{source_identity="spiffe://cluster.local/ns/a/sa/client",destination_identity="spiffe://cluster.local/ns/b/sa/server",destination_service="echo.b",method="GET",response_code="200",grpc_status=""} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("ambit_waypoint_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("ambit_waypoint_config_connected 1"), "{text}");
+        assert!(
+            text.contains(r#"ambit_waypoint_config_deltas_total{result="accepted"} 3"#),
+            "{text}"
+        );
+        let brew = http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&brew), "OTHER");
+    }
+}

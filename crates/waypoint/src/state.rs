@@ -1,0 +1,128 @@
+//! What every connection of the waypoint reads: the served account, the current mesh model,
+//! readiness and draining.
+
+use crate::metrics::Metrics;
+use ambit_controller_client::StreamState;
+use ambit_identity::SpiffeId;
+use ambit_mesh::{Mesh, Workload};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use tokio::sync::watch;
+
+#[derive(Debug)]
+pub struct Shared {
+    /// `(namespace, service account)` whose traffic this waypoint handles.
+    pub namespace: String,
+    pub for_service_account: String,
+    /// The waypoint's own identity, presented in and out.
+    pub identity: SpiffeId,
+    pub metrics: Metrics,
+    mesh: RwLock<Arc<Mesh>>,
+    synced: AtomicBool,
+    certified: AtomicBool,
+    draining: watch::Sender<bool>,
+    active: AtomicUsize,
+    stream: OnceLock<watch::Receiver<StreamState>>,
+}
+
+impl Shared {
+    pub fn new(
+        namespace: String,
+        for_service_account: String,
+        identity: SpiffeId,
+        mesh: Mesh,
+        synced: bool,
+    ) -> Self {
+        Self {
+            namespace,
+            for_service_account,
+            identity,
+            metrics: Metrics::default(),
+            mesh: RwLock::new(Arc::new(mesh)),
+            synced: AtomicBool::new(synced),
+            certified: AtomicBool::new(false),
+            draining: watch::channel(false).0,
+            active: AtomicUsize::new(0),
+            stream: OnceLock::new(),
+        }
+    }
+
+    /// The current model; a request keeps the one it started with.
+    pub fn mesh(&self) -> Arc<Mesh> {
+        // A panic while swapping an Arc leaves nothing half-written.
+        self.mesh
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_mesh(&self, mesh: Mesh) {
+        *self
+            .mesh
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(mesh);
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether `workload` runs as the served account.
+    pub fn serves(&self, workload: &Workload) -> bool {
+        workload.namespace == self.namespace && workload.service_account == self.for_service_account
+    }
+
+    pub fn served(&self) -> (&str, &str) {
+        (&self.namespace, &self.for_service_account)
+    }
+
+    pub fn set_certified(&self) {
+        self.certified.store(true, Ordering::Release);
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Ready: a certificate and a config, and not draining.
+    pub fn ready(&self) -> bool {
+        self.synced() && self.certified.load(Ordering::Acquire) && !self.draining()
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Flips to `true` when draining starts.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Counts an open downstream connection until the guard drops.
+    pub fn active_guard(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self.clone())
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub fn set_stream(&self, stream: watch::Receiver<StreamState>) {
+        let _ = self.stream.set(stream);
+    }
+
+    pub fn stream(&self) -> Option<StreamState> {
+        self.stream.get().map(|s| s.borrow().clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}

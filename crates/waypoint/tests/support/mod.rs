@@ -1,0 +1,305 @@
+//! Loopback fixtures for the waypoint: pods (an HBONE server standing in for the pod's node
+//! tunnel, in front of an app on the pod's address), the waypoint itself from a mesh file and a
+//! local CA, and clients that reach it over HBONE as a client tunnel does. Every test takes its
+//! own `127.N.0.0/16` so tests run in parallel.
+
+// Test fixtures panic on failure; each test uses a different subset of them.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use ambit_hbone::{
+    ConnectHandler, ConnectRequest, Dialer, H2Stream, HbonePool, HboneServer, PendingTunnel,
+    PoolKey, PoolSettings, ServerSettings, TunnelHeaders, forward_to_target,
+};
+use ambit_identity::testing::TestPki;
+use ambit_identity::{CertificateHandle, SpiffeId, server_config};
+use ambit_waypoint::run::Running;
+use ambit_waypoint::{Args, Config};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+pub fn body(text: impl Into<Bytes>) -> TestBody {
+    Full::new(text.into()).boxed()
+}
+
+pub const NS: &str = "shop";
+pub const SERVED_SA: &str = "back";
+pub const WAYPOINT_SA: &str = "waypoint-back";
+
+/// `127.net.0.host`.
+pub fn ip(net: u8, host: u8) -> IpAddr {
+    IpAddr::from([127, net, 0, host])
+}
+
+/// The identities that reached a pod's tunnel.
+pub type Seen = Arc<Mutex<Vec<SpiffeId>>>;
+
+#[derive(Clone)]
+struct PodTunnel {
+    seen: Seen,
+}
+
+impl ConnectHandler for PodTunnel {
+    fn handle(
+        &self,
+        request: ConnectRequest,
+        tunnel: PendingTunnel,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static + use<> {
+        self.seen.lock().unwrap().push(request.peer.clone());
+        async move {
+            let _ = forward_to_target(request.target, tunnel).await;
+        }
+    }
+}
+
+/// A pod at `ip` running as `sa`: its "node tunnel" on `ip:15008` (presenting `sa`'s
+/// identity, recording who connects) and the echo app on `ip:8080` (HTTP/1.1 and h2c) and
+/// `ip:7000` (TCP echo). Returns who reached the tunnel.
+pub async fn pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> Seen {
+    let seen = Seen::default();
+    let tls = server_config(pki.handle(NS, sa), &pki.bundle()).unwrap();
+    let listener = TcpListener::bind(SocketAddr::new(ip, 15008)).await.unwrap();
+    let server = HboneServer::new(
+        tls,
+        ServerSettings::default(),
+        PodTunnel { seen: seen.clone() },
+    );
+    tokio::spawn(server.serve(listener));
+    let http = TcpListener::bind(SocketAddr::new(ip, 8080)).await.unwrap();
+    tokio::spawn(serve_app(http, name));
+    let tcp = TcpListener::bind(SocketAddr::new(ip, 7000)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tcp.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    seen
+}
+
+async fn serve_app(listener: TcpListener, name: &'static str) {
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |r| app(r, name));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// The echo app: `NAME METHOD PATH` and what it saw in `x-seen-*` headers; gRPC-shaped
+/// requests get the body back with `grpc-status: 0` in trailers; `/slow` waits 2 s; an
+/// `Upgrade` request is switched and echoed.
+async fn app(
+    mut request: hyper::Request<Incoming>,
+    name: &'static str,
+) -> Result<hyper::Response<TestBody>, Infallible> {
+    if request.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let header = |n: &str| {
+        request
+            .headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    if request.headers().contains_key(hyper::header::UPGRADE) {
+        let protocol = header("upgrade");
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgraded.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let response = hyper::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .body(body(""))
+            .unwrap();
+        return Ok(response);
+    }
+    let grpc = header("content-type").starts_with("application/grpc");
+    let seen = [
+        ("x-seen-traceparent", header("traceparent")),
+        ("x-seen-host", header("host")),
+        ("x-seen-connection", header("connection")),
+        ("x-seen-te", header("te")),
+        ("x-seen-version", format!("{:?}", request.version())),
+    ];
+    let line = format!("{name} {} {}", request.method(), request.uri().path());
+    let payload = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut response = hyper::Response::builder();
+    for (k, v) in seen {
+        response = response.header(k, v);
+    }
+    if grpc {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = futures::stream::iter([
+            Ok::<_, Infallible>(hyper::body::Frame::data(payload)),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ]);
+        return Ok(response
+            .header("content-type", "application/grpc")
+            .body(http_body_util::StreamBody::new(frames).boxed())
+            .unwrap());
+    }
+    Ok(response.body(body(line)).unwrap())
+}
+
+/// A waypoint for `shop/back` serving `mesh` (YAML), listening on `127.net.0.1`.
+pub async fn waypoint(pki: &TestPki, net: u8, mesh: &str) -> Running {
+    let dir =
+        std::env::temp_dir().join(format!("ambit-waypoint-test-{}-{net}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let material = pki.ca.to_material();
+    let file = |name: &str, text: &str| -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let mesh = file("mesh.yaml", mesh);
+    let cert = file("ca.crt", &material.certificate_pem);
+    let key = file("ca.key", &material.key_pem);
+    let at = |port: u16| SocketAddr::new(ip(net, 1), port).to_string();
+    let args = Args::try_parse_from([
+        "ambit-waypoint",
+        "--namespace",
+        NS,
+        "--for-service-account",
+        SERVED_SA,
+        "--service-account",
+        WAYPOINT_SA,
+        "--mesh",
+        mesh.to_str().unwrap(),
+        "--ca-cert",
+        cert.to_str().unwrap(),
+        "--ca-key",
+        key.to_str().unwrap(),
+        "--listen",
+        &at(0),
+        "--admin",
+        &at(0),
+        "--metrics",
+        &at(0),
+        "--readiness",
+        &at(0),
+        "--drain-secs",
+        "1",
+    ])
+    .unwrap();
+    ambit_waypoint::run::start(Config::from_args(args).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A client tunnel of `shop/SA`.
+pub struct Client {
+    pub pool: HbonePool,
+    pub key: PoolKey,
+}
+
+impl Client {
+    /// Connects as `ns/sa` to the waypoint at `waypoint`, expecting the waypoint's identity.
+    pub fn new(pki: &TestPki, ns: &str, sa: &str, waypoint: SocketAddr) -> Self {
+        let local = pki.id(ns, sa);
+        let identities: HashMap<SpiffeId, CertificateHandle> =
+            HashMap::from([(local.clone(), pki.handle(ns, sa))]);
+        let pool = HbonePool::new(
+            Dialer::new(pki.bundle(), PoolSettings::default()),
+            Arc::new(identities),
+        );
+        let key = PoolKey::new(local, waypoint, vec![pki.id(NS, WAYPOINT_SA)]);
+        Self { pool, key }
+    }
+
+    pub async fn tunnel(&self, target: &str) -> Result<H2Stream, ambit_hbone::HboneError> {
+        self.pool
+            .connect(
+                &self.key,
+                target.parse().unwrap(),
+                &TunnelHeaders::default(),
+            )
+            .await
+    }
+
+    pub async fn http1(&self, target: &str) -> hyper::client::conn::http1::SendRequest<TestBody> {
+        let stream = self.tunnel(target).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        sender
+    }
+
+    pub async fn http2(&self, target: &str) -> hyper::client::conn::http2::SendRequest<TestBody> {
+        let stream = self.tunnel(target).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+}
+
+pub async fn text(response: hyper::Response<Incoming>) -> (u16, hyper::HeaderMap, String) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+pub fn get(path: &str, host: &str) -> hyper::Request<TestBody> {
+    hyper::Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(body(""))
+        .unwrap()
+}
+
+/// Polls `check` until it holds or 10 s pass.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
