@@ -94,7 +94,10 @@ mod tests {
     use http_body_util::BodyExt;
     use std::sync::{Arc, Mutex};
 
-    fn recorder() -> (Arc<Mutex<Vec<(Option<String>, bool)>>>, OnEnd) {
+    /// Each end: the grpc-status trailer, if any, and whether the body ended cleanly.
+    type Ends = Arc<Mutex<Vec<(Option<String>, bool)>>>;
+
+    fn recorder() -> (Ends, OnEnd) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let on_end: OnEnd = Box::new(move |trailers, clean| {
