@@ -64,6 +64,8 @@ pub struct Mesh {
     by_ip: HashMap<IpAddr, usize>,
     services_by_vip: HashMap<IpAddr, usize>,
     services_by_host: HashMap<String, usize>,
+    /// Per service, its ready endpoints (indices into the workloads): only those are picked.
+    ready_endpoints: Vec<Vec<usize>>,
     /// Round-robin cursor per service, for endpoint choice.
     cursors: Vec<AtomicUsize>,
 }
@@ -107,15 +109,21 @@ impl Mesh {
         }
         let mut services_by_vip = HashMap::new();
         let mut services_by_host = HashMap::new();
+        let mut ready_endpoints = Vec::with_capacity(config.services.len());
         for (i, s) in config.services.iter().enumerate() {
+            let mut ready = Vec::with_capacity(s.endpoints.len());
             for uid in &s.endpoints {
-                if !by_uid.contains_key(uid) {
+                let Some(&w) = by_uid.get(uid) else {
                     return Err(MeshError::UnknownEndpoint {
                         service: format!("{}/{}", s.namespace, s.name),
                         uid: uid.clone(),
                     });
+                };
+                if config.workloads[w].ready {
+                    ready.push(w);
                 }
             }
+            ready_endpoints.push(ready);
             for vip in &s.vips {
                 services_by_vip.insert(*vip, i);
             }
@@ -140,6 +148,7 @@ impl Mesh {
             by_ip,
             services_by_vip,
             services_by_host,
+            ready_endpoints,
             cursors,
         })
     }
@@ -205,23 +214,21 @@ impl Mesh {
         .ok()
     }
 
-    /// Resolves an original destination: a Service VIP picks one endpoint (round robin) and
-    /// maps the port to its target port; a workload IP is used as is.
+    /// Resolves an original destination: a Service VIP picks one of its ready endpoints
+    /// (round robin; none ready is `Unknown`, as no endpoint is) and maps the port to its
+    /// target port; a workload IP is used as is, ready or not (the caller chose that pod).
     pub fn resolve(&self, dst: SocketAddr) -> Destination<'_> {
         if let Some(&i) = self.services_by_vip.get(&dst.ip()) {
             let service = &self.config.services[i];
             let Some(port) = service.ports.iter().find(|p| p.port == dst.port()) else {
                 return Destination::Unknown;
             };
-            let endpoints = &service.endpoints;
-            if endpoints.is_empty() {
+            let ready = &self.ready_endpoints[i];
+            if ready.is_empty() {
                 return Destination::Unknown;
             }
-            let n = self.cursors[i].fetch_add(1, Ordering::Relaxed) % endpoints.len();
-            return match self.workload_by_uid(&endpoints[n]) {
-                Some(w) => Destination::Workload(w, port.target_port),
-                None => Destination::Unknown,
-            };
+            let n = self.cursors[i].fetch_add(1, Ordering::Relaxed) % ready.len();
+            return Destination::Workload(&self.config.workloads[ready[n]], port.target_port);
         }
         match self.workload_by_ip(dst.ip()) {
             Some(w) => Destination::Workload(w, dst.port()),

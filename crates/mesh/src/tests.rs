@@ -88,6 +88,28 @@ fn vip_round_robins_and_maps_target_port() {
 }
 
 #[test]
+fn vip_picks_ready_endpoints_only() {
+    let mut config = MeshConfig::from_yaml(YAML).unwrap();
+    config.workloads[1].ready = false; // b1
+    let m = Mesh::new(config.clone()).unwrap();
+    let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    for _ in 0..3 {
+        assert!(matches!(m.resolve(vip), Destination::Workload(w, 8080) if w.uid == "b2"));
+    }
+    // The pod itself stays reachable by its IP.
+    assert!(matches!(
+        m.resolve("10.1.0.3:8080".parse().unwrap()),
+        Destination::Workload(w, 8080) if w.uid == "b1"
+    ));
+    // No ready endpoint: as if there were none.
+    config.workloads[2].ready = false; // b2
+    let m = Mesh::new(config).unwrap();
+    assert_eq!(m.resolve(vip), Destination::Unknown);
+    // Readiness defaults to true in a mesh file.
+    assert!(mesh().workload_by_uid("b1").unwrap().ready);
+}
+
+#[test]
 fn waypoint_lookup() {
     let m = mesh();
     let wp = m.waypoint_for("demo", "client").unwrap();
