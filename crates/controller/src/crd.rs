@@ -7,8 +7,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Who may reach the selected workloads. L4 fields are enforced by node tunnels, L7 fields by
-/// the waypoint of the selected service account.
+/// Who may reach the selected workloads. Node tunnels enforce L4 fields; the waypoint of the
+/// selected workloads' service account, where there is one, enforces all fields with the real
+/// client's identity. `status.conditions` (type `Enforced`) says which applies.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "ambit.dev",
@@ -16,11 +17,14 @@ use serde::{Deserialize, Serialize};
     kind = "AuthorizationPolicy",
     namespaced,
     shortname = "ap",
-    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#
+    status = "AuthorizationPolicyStatus",
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Enforced","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforced\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforced\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
-    /// ALLOW (default) or DENY.
+    /// ALLOW (default), DENY or AUDIT (matches are logged, the decision is unchanged).
     #[serde(default)]
     pub action: PolicyAction,
     /// The workloads of this namespace the policy applies to; none: all of them. For L7
@@ -46,6 +50,7 @@ pub enum PolicyAction {
     #[default]
     Allow,
     Deny,
+    Audit,
 }
 
 impl PolicyAction {
@@ -53,6 +58,7 @@ impl PolicyAction {
         match self {
             Self::Allow => "ALLOW",
             Self::Deny => "DENY",
+            Self::Audit => "AUDIT",
         }
     }
 }
@@ -70,24 +76,42 @@ pub struct PolicyRule {
     /// Peer address ranges (CIDR).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,
-    /// Destination ports.
+    /// Destination ports, on the pod (the container port, not the Service port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1)))]
     pub ports: Vec<u16>,
-    /// L7: HTTP methods.
+    /// L7: HTTP methods, exact and case-sensitive (`GET`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$")))]
     pub methods: Vec<String>,
-    /// L7: paths (exact, or prefix when ending in `*`).
+    /// L7: paths without query: `/exact`, `/dir/*` (`/dir` and below), `/prefix*`, `*suffix`,
+    /// `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
-    /// L7: request headers that must be present with this value.
+    /// L7: request hosts, case-insensitive and without port: `exact.host`, `*.domain`, `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// L7: request headers. Every header named must match; several entries for one name are
+    /// alternatives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct HeaderMatch {
+    /// Header name, case-insensitive.
     pub name: String,
+    /// `exact`, `prefix*`, `*suffix`, or `*` (present with any value).
     pub value: String,
+}
+
+/// What the controller reports about a policy (the Lease holder writes it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct AuthorizationPolicyStatus {
+    /// `Enforced`: `True`, or `False` with reason `Invalid`, `WaypointRequired` or
+    /// `NamespaceNotEnrolled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// Gateway API `Gateway` (v1), the fields ambit uses.

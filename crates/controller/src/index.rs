@@ -733,42 +733,8 @@ impl Index {
     }
 
     fn policy(&self, p: &AuthorizationPolicy) -> Option<pb::AuthorizationPolicy> {
-        let (namespace, name) = key(&p.metadata);
-        if !self.enrolled(&namespace) {
-            return None;
-        }
-        Some(pb::AuthorizationPolicy {
-            name,
-            namespace,
-            action: p.spec.action.as_str().into(),
-            match_labels: p
-                .spec
-                .selector
-                .as_ref()
-                .map(|s| s.match_labels.clone())
-                .unwrap_or_default(),
-            rules: p
-                .spec
-                .rules
-                .iter()
-                .map(|r| pb::Rule {
-                    principals: r.principals.clone(),
-                    namespaces: r.namespaces.clone(),
-                    ip_blocks: r.ip_blocks.clone(),
-                    ports: r.ports.iter().map(|p| u32::from(*p)).collect(),
-                    methods: r.methods.clone(),
-                    paths: r.paths.clone(),
-                    headers: r
-                        .headers
-                        .iter()
-                        .map(|h| pb::HeaderMatch {
-                            name: h.name.clone(),
-                            value: h.value.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        })
+        let (namespace, _) = key(&p.metadata);
+        self.enrolled(&namespace).then(|| crate::policy::config(p))
     }
 }
 

@@ -1,6 +1,7 @@
 //! ambit-controller: watches the cluster, streams config to node tunnels and waypoints over
 //! `ambit.config.v1`, runs the mesh CA (`ambit.ca.v1`) with node authorization, deploys
-//! waypoints for Gateways of class `ambit-waypoint`, and writes their status as Lease holder.
+//! waypoints for Gateways of class `ambit-waypoint`, and writes their status and policies' status
+//! as Lease holder.
 //!
 //! See docs/controller.md.
 
@@ -13,6 +14,7 @@ pub mod grpc;
 pub mod index;
 pub mod lease;
 pub mod metrics;
+pub mod policy;
 pub mod runtime;
 pub mod view;
 pub mod waypoint;

@@ -1,5 +1,6 @@
-//! Wiring: CA root, reflectors, index, gRPC and metrics servers, leader election and the
-//! waypoint controller. `start` returns once the caches are synced and the servers listen.
+//! Wiring: CA root, reflectors, index, gRPC and metrics servers, leader election, the
+//! waypoint controller and the policy status writer. `start` returns once the caches are
+//! synced and the servers listen.
 
 use crate::auth::Authenticator;
 use crate::ca::{self, CaService};
@@ -7,7 +8,7 @@ use crate::config::{Config, MAX_CERT_LIFETIME};
 use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
-use crate::{grpc, lease, waypoint};
+use crate::{grpc, lease, policy, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
@@ -218,6 +219,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     }
 
     let ca_stores = stores.clone();
+    let policy_store = stores.policies.clone();
     let mut index = Index::new(stores, config.trust_domain.as_str());
     let first = index.update([Change::All]).unwrap_or_default();
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
@@ -243,6 +245,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         install_owner: owner.clone(),
         leader: leader.clone(),
         metrics: metrics.clone(),
+    }));
+    tasks.spawn(policy::run_status(policy::StatusContext {
+        client: client.clone(),
+        leader: leader.clone(),
+        snapshots: snapshots.clone(),
+        policies: policy_store,
     }));
 
     let auth = Authenticator::new(client.clone(), ambit_proto::TOKEN_AUDIENCE);

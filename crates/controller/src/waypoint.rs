@@ -40,7 +40,8 @@ pub const ROOT_CERT_DIR: &str = "/var/run/ambit/root";
 pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 /// The waypoint drains for 5 s on SIGTERM; kubelet kills it after this.
 const TERMINATION_GRACE_SECS: i64 = 10;
-const FIELD_MANAGER: &str = "ambit-controller";
+/// The one field manager of the controller's server-side applies (also policy status).
+pub(crate) const FIELD_MANAGER: &str = "ambit-controller";
 
 /// What is wrong with a waypoint Gateway, as its status says it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -193,7 +194,7 @@ pub async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Res
     Ok(Action::await_change())
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

@@ -1,0 +1,328 @@
+//! `AuthorizationPolicy`: into the policy model, into the config stream (fail-safe when it does
+//! not validate, so that one tenant's broken policy never makes a data plane refuse everyone's
+//! config), and its `Enforced` status condition, which says what enforces it, or why nothing
+//! enforces it as written. Only the Lease holder writes status.
+
+use crate::crd::{AuthorizationPolicy, Condition};
+use crate::index::Snapshot;
+use ambit_policy::{Action, HeaderMatch, Policy, PolicyScope, Rule};
+use ambit_proto::config::v1 as pb;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The condition type the controller writes.
+pub const ENFORCED: &str = "Enforced";
+const FIELD_MANAGER: &str = crate::waypoint::FIELD_MANAGER;
+/// At most one status pass this often: a busy cluster publishes many snapshots a second.
+const PACE: Duration = Duration::from_secs(1);
+/// A pass at least this often: policy edits that change no config (a policy in a namespace not
+/// enrolled, one broken value replaced by another) show up no other way.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// The policy as the resource says it.
+pub fn model(p: &AuthorizationPolicy) -> Policy {
+    let spec = &p.spec;
+    Policy {
+        name: p.name_any(),
+        namespace: p.namespace().unwrap_or_default(),
+        action: match spec.action {
+            crate::crd::PolicyAction::Allow => Action::Allow,
+            crate::crd::PolicyAction::Deny => Action::Deny,
+            crate::crd::PolicyAction::Audit => Action::Audit,
+        },
+        selector: spec.selector.as_ref().map(|s| PolicyScope {
+            match_labels: s.match_labels.clone(),
+        }),
+        rules: spec
+            .rules
+            .iter()
+            .map(|r| Rule {
+                principals: r.principals.clone(),
+                namespaces: r.namespaces.clone(),
+                ip_blocks: r.ip_blocks.iter().map(|b| b.as_str().into()).collect(),
+                ports: r.ports.clone(),
+                methods: r.methods.clone(),
+                paths: r.paths.clone(),
+                hosts: r.hosts.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|h| HeaderMatch {
+                        name: h.name.clone(),
+                        value: h.value.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// What the config stream carries for `p`: the policy as written when it validates, otherwise
+/// its fail-safe form (`Policy::fail_safe`: decided as the data plane would decide the broken
+/// one, but accepted by it).
+pub fn config(p: &AuthorizationPolicy) -> pb::AuthorizationPolicy {
+    let policy = model(p);
+    let policy = match policy.validate() {
+        Ok(()) => policy,
+        Err(_) => policy.fail_safe(),
+    };
+    pb::AuthorizationPolicy {
+        action: match policy.action {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+        }
+        .into(),
+        match_labels: policy
+            .selector
+            .map(|s| s.match_labels.into_iter().collect())
+            .unwrap_or_default(),
+        rules: policy
+            .rules
+            .into_iter()
+            .map(|r| pb::Rule {
+                principals: r.principals,
+                namespaces: r.namespaces,
+                ip_blocks: r.ip_blocks.iter().map(|b| b.as_str().to_owned()).collect(),
+                ports: r.ports.iter().map(|p| u32::from(*p)).collect(),
+                methods: r.methods,
+                paths: r.paths,
+                hosts: r.hosts,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|h| pb::HeaderMatch {
+                        name: h.name,
+                        value: h.value,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        name: policy.name,
+        namespace: policy.namespace,
+    }
+}
+
+/// What a status pass needs to know of the mesh, read from a snapshot.
+#[derive(Debug, Default)]
+pub struct MeshFacts<'a> {
+    pub enrolled: BTreeSet<&'a str>,
+    /// Mesh workloads (not opted out) by namespace.
+    pub workloads: HashMap<&'a str, Vec<&'a pb::Workload>>,
+    /// `(namespace, service account)` pairs that have a waypoint.
+    pub waypoints: BTreeSet<(&'a str, &'a str)>,
+}
+
+impl<'a> MeshFacts<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Self {
+        let mut facts = Self::default();
+        for (_, entry) in snapshot.resources.iter() {
+            match entry.kind() {
+                Some(pb::resource::Kind::Namespace(n)) => {
+                    facts.enrolled.insert(&n.name);
+                }
+                Some(pb::resource::Kind::Workload(w)) if !w.opted_out => {
+                    facts.workloads.entry(&w.namespace).or_default().push(w);
+                }
+                Some(pb::resource::Kind::Waypoint(w)) => {
+                    facts
+                        .waypoints
+                        .insert((&w.namespace, &w.for_service_account));
+                }
+                _ => {}
+            }
+        }
+        facts
+    }
+}
+
+/// The `Enforced` condition a policy should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforced {
+    pub enforced: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Decides `p`'s `Enforced` condition: `Invalid` (a value cannot be evaluated), then
+/// `NamespaceNotEnrolled`, then `WaypointRequired` (L7 rules, and selected pods whose service
+/// account has no waypoint), else enforced.
+pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
+    let policy = model(p);
+    let ns = policy.namespace.as_str();
+    if let Err(e) = policy.validate() {
+        let effect = match policy.action {
+            Action::Deny => "a field holding a bad value matches anything (denies more)",
+            Action::Allow | Action::Audit => {
+                "a bad value matches nothing, and a rule left without values is dropped"
+            }
+        };
+        return Enforced {
+            enforced: false,
+            reason: "Invalid",
+            message: format!("{e}. Until it is fixed the policy is enforced fail-safe: {effect}"),
+        };
+    }
+    if !facts.enrolled.contains(ns) {
+        return Enforced {
+            enforced: false,
+            reason: "NamespaceNotEnrolled",
+            message: format!(
+                "namespace {ns} is not enrolled, so nothing enforces this policy (kubectl label namespace {ns} ambit.dev/dataplane-mode=ambient)"
+            ),
+        };
+    }
+    if !policy.has_l7_rules() {
+        return Enforced {
+            enforced: true,
+            reason: "Enforced",
+            message: "by the node tunnels of the selected pods, and by the waypoints of their service accounts that have one".into(),
+        };
+    }
+    let selects = |w: &pb::Workload| {
+        policy.selector.as_ref().is_none_or(|s| {
+            s.match_labels
+                .iter()
+                .all(|(k, v)| w.labels.get(k) == Some(v))
+        })
+    };
+    let without_waypoint: BTreeSet<&str> = facts
+        .workloads
+        .get(ns)
+        .into_iter()
+        .flatten()
+        .filter(|w| selects(w))
+        .map(|w| w.service_account.as_str())
+        .filter(|sa| !facts.waypoints.contains(&(ns, sa)))
+        .collect();
+    if without_waypoint.is_empty() {
+        return Enforced {
+            enforced: true,
+            reason: "Enforced",
+            message: "L7 rules by the waypoints of the selected pods' service accounts".into(),
+        };
+    }
+    let accounts: Vec<&str> = without_waypoint.into_iter().collect();
+    Enforced {
+        enforced: false,
+        reason: "WaypointRequired",
+        message: format!(
+            "L7 rules (methods, paths, hosts, headers) need a waypoint, and the selected pods' service accounts {} have none: kubectl ambit waypoint apply -n {ns} --service-account {}. Meanwhile node tunnels enforce the policy at L4: an ALLOW rule with L7 fields matches nothing, a DENY rule matches on its L4 fields alone",
+            accounts.join(", "),
+            accounts[0],
+        ),
+    }
+}
+
+/// Whether `p` already carries `want` for its current generation.
+fn up_to_date(p: &AuthorizationPolicy, want: &Enforced) -> bool {
+    current(p).is_some_and(|c| {
+        c.status == status(want.enforced)
+            && c.reason == want.reason
+            && c.message == want.message
+            && c.observed_generation == p.metadata.generation
+    })
+}
+
+fn current(p: &AuthorizationPolicy) -> Option<&Condition> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == ENFORCED))
+}
+
+fn status(enforced: bool) -> &'static str {
+    if enforced { "True" } else { "False" }
+}
+
+/// Inputs of the status writer.
+#[derive(Clone)]
+pub struct StatusContext {
+    pub client: kube::Client,
+    pub leader: watch::Receiver<bool>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub policies: Store<AuthorizationPolicy>,
+}
+
+impl std::fmt::Debug for StatusContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusContext").finish_non_exhaustive()
+    }
+}
+
+/// Writes every policy's `Enforced` condition while this replica holds the Lease, patching
+/// only the policies whose condition changed; runs until the snapshot or leader channel closes.
+pub async fn run_status(mut ctx: StatusContext) {
+    loop {
+        if *ctx.leader.borrow_and_update() {
+            let snapshot = ctx.snapshots.borrow_and_update().clone();
+            write_statuses(&ctx.client, &ctx.policies, &snapshot).await;
+        }
+        tokio::select! {
+            changed = ctx.snapshots.changed() => if changed.is_err() { return },
+            changed = ctx.leader.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RESYNC) => {}
+        }
+        tokio::time::sleep(PACE).await;
+    }
+}
+
+async fn write_statuses(
+    client: &kube::Client,
+    policies: &Store<AuthorizationPolicy>,
+    snapshot: &Snapshot,
+) {
+    let policies = policies.state();
+    if policies.is_empty() {
+        return;
+    }
+    let facts = MeshFacts::new(snapshot);
+    for p in policies {
+        let want = decide(&p, &facts);
+        if up_to_date(&p, &want) {
+            continue;
+        }
+        let (Some(ns), name) = (p.namespace(), p.name_any()) else {
+            continue;
+        };
+        let previous = current(&p).filter(|c| c.status == status(want.enforced));
+        let condition = Condition {
+            type_: ENFORCED.into(),
+            status: status(want.enforced).into(),
+            reason: want.reason.into(),
+            message: want.message.clone(),
+            observed_generation: p.metadata.generation,
+            // Kept while the status does not flip, as Kubernetes conditions do.
+            last_transition_time: previous
+                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
+        };
+        let body = serde_json::json!({
+            "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "status": {"conditions": [condition]},
+        });
+        let result = Api::<AuthorizationPolicy>::namespaced(client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(namespace = %ns, policy = %name, enforced = want.enforced, reason = want.reason, "policy status")
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, policy = %name, error = %e, "writing policy status")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
