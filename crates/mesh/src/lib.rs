@@ -239,8 +239,12 @@ impl Mesh {
     /// L4 authorization for a connection to `workload` on `port` from `source` (the node
     /// tunnel): rules with L7 fields are evaluated fail-safe, see `ambit_policy`.
     pub fn authorize(&self, workload: &Workload, port: u16, source: &Source) -> Decision {
+        self.authorize_connection(workload, port, source).decision
+    }
+
+    /// [`Mesh::authorize`], with the AUDIT policy that matched.
+    pub fn authorize_connection(&self, workload: &Workload, port: u16, source: &Source) -> Verdict {
         ambit_policy::authorize(&self.config.policies, &target(workload, port), source, None)
-            .decision
     }
 
     /// L7 authorization of an HTTP request to `workload` on `port` from `source` (the

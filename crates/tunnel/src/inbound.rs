@@ -21,8 +21,13 @@ pub struct InboundHandler {
     pub ctx: Arc<PodContext>,
 }
 
-/// Why an inbound connection is refused; `Ok` carries the workload port's target.
-fn authorize(ctx: &PodContext, source: &Source, target: SocketAddr) -> Result<(), String> {
+/// Why an inbound connection is refused; `Ok` carries the AUDIT policy that matched, for the
+/// access log.
+fn authorize(
+    ctx: &PodContext,
+    source: &Source,
+    target: SocketAddr,
+) -> Result<Option<String>, String> {
     if !ctx.spec.ips.contains(&target.ip()) {
         return Err(format!("target {target} is not this pod's address"));
     }
@@ -44,12 +49,18 @@ fn authorize(ctx: &PodContext, source: &Source, target: SocketAddr) -> Result<()
         // The waypoint enforced the workload's policies with the real client's identity; here
         // the peer is always the waypoint, so evaluating them again could only misjudge (an
         // ALLOW naming the client would deny everything).
-        return Ok(());
+        return Ok(None);
     }
-    match mesh.authorize(workload, target.port(), source) {
-        Decision::Allow => Ok(()),
-        Decision::Deny(Some(policy)) => Err(format!("denied by policy {policy}")),
-        Decision::Deny(None) => Err("no ALLOW policy matched".into()),
+    let verdict = mesh.authorize_connection(workload, target.port(), source);
+    let audit = verdict
+        .audit
+        .as_ref()
+        .map(|a| format!(" (audit policy {a} matched)"))
+        .unwrap_or_default();
+    match verdict.decision {
+        Decision::Allow => Ok(verdict.audit),
+        Decision::Deny(Some(policy)) => Err(format!("denied by policy {policy}{audit}")),
+        Decision::Deny(None) => Err(format!("no ALLOW policy matched{audit}")),
     }
 }
 
@@ -71,12 +82,15 @@ impl ConnectHandler for InboundHandler {
                 identity: Some(request.peer.clone()),
                 ip: request.peer_addr.ip(),
             };
-            if let Err(reason) = authorize(&ctx, &source, request.target) {
-                ctx.shared.metrics.denied(labels.clone());
-                tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, reason, "connection denied");
-                tunnel.refuse(Refusal::Denied);
-                return;
-            }
+            let audit = match authorize(&ctx, &source, request.target) {
+                Ok(audit) => audit,
+                Err(reason) => {
+                    ctx.shared.metrics.denied(labels.clone());
+                    tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, reason, "connection denied");
+                    tunnel.refuse(Refusal::Denied);
+                    return;
+                }
+            };
             let mut upstream = match Box::pin(connect_marked(request.target)).await {
                 Ok(upstream) => upstream,
                 Err(error) => {
@@ -93,7 +107,7 @@ impl ConnectHandler for InboundHandler {
             // `forward` is app -> tunnel here: the source received it.
             let (received, sent) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
             ctx.shared.metrics.closed(labels, sent, received);
-            tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, sent, received, error = result.err().map(|e| e.to_string()), "connection complete");
+            tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, sent, received, audit, error = result.err().map(|e| e.to_string()), "connection complete");
         }
     }
 }
@@ -141,12 +155,15 @@ async fn plaintext(
     } else {
         authorize(&ctx, &source, target)
     };
-    if let Err(reason) = refusal {
-        ctx.shared.metrics.denied(labels);
-        tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, reason, "connection denied");
-        reset(tcp);
-        return;
-    }
+    let audit = match refusal {
+        Ok(audit) => audit,
+        Err(reason) => {
+            ctx.shared.metrics.denied(labels);
+            tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, reason, "connection denied");
+            reset(tcp);
+            return;
+        }
+    };
     let mut upstream = match Box::pin(connect_marked(target)).await {
         Ok(upstream) => upstream,
         Err(_) => {
@@ -158,7 +175,7 @@ async fn plaintext(
     let result = splice_tcp_tcp(&mut tcp, &mut upstream).await;
     let (sent, received) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
     ctx.shared.metrics.closed(labels, sent, received);
-    tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, sent, received, "connection complete");
+    tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, sent, received, audit, "connection complete");
 }
 
 #[cfg(test)]
@@ -203,6 +220,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(denied.contains("no-bad"), "{denied}");
+        assert!(denied.contains("audit policy audit-8080 matched"), "{denied}");
+    }
+
+    #[test]
+    fn audit_policies_are_reported_and_decide_nothing() {
+        let ctx = context("srv", Mode::Strict);
+        let audited = authorize(&ctx, &from(GOOD), "10.1.0.3:8080".parse().unwrap());
+        assert_eq!(audited, Ok(Some("audit-8080".into())));
+        let other_port = authorize(&ctx, &from(GOOD), "10.1.0.3:9090".parse().unwrap());
+        assert_eq!(other_port, Ok(None));
     }
 
     #[test]

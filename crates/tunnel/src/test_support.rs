@@ -22,6 +22,11 @@ policies:
     namespace: demo
     action: Deny
     rules: [{principals: ["spiffe://cluster.local/ns/demo/sa/bad"]}]
+  - name: audit-8080
+    namespace: demo
+    action: Audit
+    selector: {matchLabels: {app: server}}
+    rules: [{ports: [8080]}]
   # Enforced by the waypoint of `guarded`, which sees the client; never by the tunnel.
   - name: only-client
     namespace: demo
