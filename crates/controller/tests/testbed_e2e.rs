@@ -13,7 +13,7 @@ use ambit_proto::ca::v1 as ca;
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -492,6 +492,45 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     Api::<ServiceAccount>::namespaced(client.clone(), APP_NS)
         .get("front-waypoint")
         .await?;
+    // The root reaches the waypoint's namespace (its pods mount it), and is put back when
+    // deleted.
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), APP_NS);
+    let holds_root = |cm: &ConfigMap| {
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("root.crt"))
+            .is_some_and(|pem| *pem == running.root_pem)
+    };
+    assert!(holds_root(&config_maps.get("ambit-root-cert").await?));
+    config_maps
+        .delete("ambit-root-cert", &DeleteParams::default())
+        .await?;
+    eventually(
+        "the root ConfigMap put back",
+        Duration::from_secs(10),
+        || async {
+            config_maps
+                .get_opt("ambit-root-cert")
+                .await
+                .ok()
+                .flatten()
+                .filter(|cm| holds_root(cm))
+        },
+    )
+    .await?;
+    // A node tunnel never gets the waypoint's identity, wherever its pod runs.
+    let (_, msg) = csr_for("front-waypoint");
+    let err = ca_client
+        .create_certificate(with_token(msg, &tunnel_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("waypoint Gateway shop/front-waypoint"),
+        "{}",
+        err.message()
+    );
     let broken = eventually("broken Gateway status", Duration::from_secs(30), || async {
         gateways
             .get("broken")
