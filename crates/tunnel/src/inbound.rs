@@ -220,7 +220,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(denied.contains("no-bad"), "{denied}");
-        assert!(denied.contains("audit policy audit-8080 matched"), "{denied}");
+        assert!(
+            denied.contains("audit policy audit-8080 matched"),
+            "{denied}"
+        );
     }
 
     #[test]
