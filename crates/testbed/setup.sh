@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Provides everything the ambit testbed runs on, pinned and cached under one directory:
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (built from the Go
-#   modules of one Kubernetes release), helm (built from its Go module), and from Debian:
-#   the standard CNI plugins, nftables, iproute2, tcpdump.
+#   modules of one Kubernetes release), helm (built from its Go module), Istio's echo app
+#   (server and client, the app behind Gateway API's conformance suite: real HTTP/1.1, h2c and
+#   gRPC peers for the end-to-end tests), and from Debian: the standard CNI plugins, nftables,
+#   iproute2, tcpdump, and the real clients and baselines the tests and benchmarks drive (curl,
+#   nghttp2-client for h2load, nginx).
 #
 # Idempotent. A warm rerun checks a stamp per component and does no network work.
 # Prints the pinned versions and, last, the path of the env file the testbed reads.
@@ -15,7 +18,9 @@ set -euo pipefail
 KUBERNETES_VERSION="v1.35.4"
 ETCD_VERSION="v3.6.16"
 HELM_VERSION="v3.19.5"
-DEBIAN_PACKAGES=(containernetworking-plugins nftables iproute2 tcpdump)
+# Istio publishes no semver Go tags: its module is fetched by pseudo-version.
+ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
+DEBIAN_PACKAGES=(containernetworking-plugins nftables iproute2 tcpdump curl nghttp2-client nginx)
 
 CACHE="${AMBIT_CACHE_DIR:-/var/cache/ambit}"
 JOBS="${AMBIT_SETUP_JOBS:-$(nproc)}"
@@ -30,6 +35,10 @@ export CGO_ENABLED=0
 K8S_DIR="$CACHE/kubernetes-$KUBERNETES_VERSION"
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
+ISTIO_DIR="$CACHE/istio-echo-$ISTIO_VERSION"
+# Images are binaries on the testbed: a binary here named like an image's last path segment
+# (`istio-echo-server`) is what that image runs. The testbed searches this directory last.
+IMAGES_DIR="$CACHE/images"
 ENV_FILE="$CACHE/testbed.env"
 
 log() { printf '[ambit-setup] %s\n' "$*" >&2; }
@@ -145,6 +154,29 @@ build_helm() {
     touch "$stamp"
 }
 
+# The echo app of Istio's test framework, from a throwaway module (istio.io/istio's go.mod has no
+# replace lines, but a module of its own keeps the build's dependencies pinned by its go.sum).
+build_istio_echo() {
+    local stamp="$ISTIO_DIR/.complete"
+    if [[ ! -f $stamp ]]; then
+        log "building Istio's echo app (server, client) at istio.io/istio $ISTIO_VERSION"
+        local work="$CACHE/src/istio-echo-$ISTIO_VERSION"
+        rm -rf "$work" && mkdir -p "$work" "$ISTIO_DIR"
+        printf 'module ambit.dev/testbed-build/istio-echo\n\ngo 1.26\n\nrequire istio.io/istio %s\n' "$ISTIO_VERSION" >"$work/go.mod"
+        printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "istio.io/istio/pkg/test/echo/cmd/client"\n\t_ "istio.io/istio/pkg/test/echo/cmd/server"\n)\n' >"$work/tools.go"
+        (
+            cd "$work"
+            "$GO" mod tidy >&2
+            "$GO" build -p "$JOBS" -trimpath -ldflags "-s -w" -o "$ISTIO_DIR/server" istio.io/istio/pkg/test/echo/cmd/server
+            "$GO" build -p "$JOBS" -trimpath -ldflags "-s -w" -o "$ISTIO_DIR/client" istio.io/istio/pkg/test/echo/cmd/client
+        )
+        touch "$stamp"
+    fi
+    mkdir -p "$IMAGES_DIR"
+    ln -sfn "$ISTIO_DIR/server" "$IMAGES_DIR/istio-echo-server"
+    ln -sfn "$ISTIO_DIR/client" "$IMAGES_DIR/istio-echo-client"
+}
+
 write_env() {
     local cni_dir=/usr/lib/cni
     local tmp="$ENV_FILE.tmp"
@@ -153,6 +185,7 @@ write_env() {
 AMBIT_KUBERNETES_VERSION=$KUBERNETES_VERSION
 AMBIT_ETCD_VERSION=$ETCD_VERSION
 AMBIT_HELM_VERSION=$HELM_VERSION
+AMBIT_ISTIO_VERSION=$ISTIO_VERSION
 AMBIT_ETCD=$ETCD_DIR/etcd
 AMBIT_KUBE_APISERVER=$K8S_DIR/kube-apiserver
 AMBIT_KUBE_CONTROLLER_MANAGER=$K8S_DIR/kube-controller-manager
@@ -166,7 +199,7 @@ EOF
 
 main() {
     local only="${1:-all}"
-    log "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, debian: ${DEBIAN_PACKAGES[*]}"
+    log "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, istio $ISTIO_VERSION, debian: ${DEBIAN_PACKAGES[*]}"
     log "cache: $CACHE; go: $("$GO" env GOVERSION 2>/dev/null || echo missing)"
     local start=$SECONDS
     case "$only" in
@@ -175,13 +208,15 @@ main() {
         build_etcd
         build_helm
         build_kubernetes
+        build_istio_echo
         ;;
     debian) debian_packages ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
     kubernetes) build_kubernetes ;;
+    istio-echo) build_istio_echo ;;
     *)
-        log "usage: setup.sh [all|debian|etcd|helm|kubernetes]"
+        log "usage: setup.sh [all|debian|etcd|helm|kubernetes|istio-echo]"
         exit 2
         ;;
     esac

@@ -1,6 +1,10 @@
 //! The user's path on the testbed, step by step: `helm install`, sample apps, enrolling a
-//! namespace, a deny policy, a waypoint, `helm uninstall`. Each step checks what it claims and
-//! says what it saw; the e2e test (`tests/user.rs`) and `cargo xtask demo` run the same steps.
+//! namespace, a deny policy, a waypoint ([`waypoint`]), `helm uninstall`. Each step checks what
+//! it claims and says what it saw; the e2e test (`tests/user.rs`) and `cargo xtask demo` run the
+//! same steps.
+
+pub mod attacker;
+pub mod waypoint;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -20,11 +24,21 @@ pub const SYSTEM_NS: &str = "ambit-system";
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// Deployment, Service and service account of the sample server.
 pub const SERVER: &str = "echo";
+/// The TCP line echo (`ambit-echo-server`), Service port 80.
 pub const SERVER_PORT: u16 = 8080;
+/// Istio's echo app beside it in the same pod (a real HTTP/1.1, h2c and gRPC server, the one
+/// behind Gateway API's conformance suite), built by `setup.sh`. Pod ports:
+pub const HTTP_PORT: u16 = 8081;
+pub const H2C_PORT: u16 = 8082;
+pub const GRPC_PORT: u16 = 7070;
+/// ... and the echo Service's ports for them, named so the waypoint knows what they speak.
+pub const HTTP_SVC_PORT: u16 = 8000;
+pub const H2C_SVC_PORT: u16 = 8001;
+pub const GRPC_SVC_PORT: u16 = 7070;
 /// Client pods, each with the service account of its name.
 pub const CLIENT: &str = "client";
 pub const BLOCKED: &str = "blocked";
-const WAIT: Duration = Duration::from_secs(120);
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
 
 /// Every binary the install and the samples run (the testbed maps images to them).
 pub const PACKAGES: &[&str] = &[
@@ -33,6 +47,7 @@ pub const PACKAGES: &[&str] = &[
     "ambit-controller",
     "ambit-tunnel",
     "ambit-capture",
+    "ambit-waypoint",
     "kubectl-ambit",
 ];
 
@@ -218,11 +233,18 @@ impl<'a> User<'a> {
              spec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {SERVER}}}}}\n  template:\n    \
              metadata: {{labels: {{app: {SERVER}}}}}\n    spec:\n      serviceAccountName: {SERVER}\n      \
              nodeSelector: {{kubernetes.io/hostname: {n1}}}\n      terminationGracePeriodSeconds: 2\n      \
-             containers: [{{name: main, image: ghcr.io/ambit/ambit-echo-server:dev, args: [\"{SERVER_PORT}\"], \
+             containers:\n      - {{name: main, image: ghcr.io/ambit/ambit-echo-server:dev, args: [\"{SERVER_PORT}\"], \
              env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}], \
-             readinessProbe: {{tcpSocket: {{port: {SERVER_PORT}}}}}}}]\n\
+             readinessProbe: {{tcpSocket: {{port: {SERVER_PORT}}}}}}}\n      \
+             - {{name: app, image: istio-echo-server, \
+             args: [--port, \"{HTTP_PORT},{H2C_PORT}\", --grpc, \"{GRPC_PORT}\"], \
+             readinessProbe: {{tcpSocket: {{port: {HTTP_PORT}}}}}}}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {SERVER}, namespace: {NS}}}\n\
-             spec: {{selector: {{app: {SERVER}}}, ports: [{{name: tcp, port: 80, targetPort: {SERVER_PORT}}}]}}\n{}{}",
+             spec:\n  selector: {{app: {SERVER}}}\n  ports:\n  \
+             - {{name: tcp, port: 80, targetPort: {SERVER_PORT}}}\n  \
+             - {{name: http, port: {HTTP_SVC_PORT}, targetPort: {HTTP_PORT}}}\n  \
+             - {{name: http2, port: {H2C_SVC_PORT}, targetPort: {H2C_PORT}, appProtocol: kubernetes.io/h2c}}\n  \
+             - {{name: grpc, port: {GRPC_SVC_PORT}, targetPort: {GRPC_PORT}}}\n{}{}",
             client_pod(CLIENT),
             client_pod(BLOCKED),
         );
@@ -236,6 +258,11 @@ impl<'a> User<'a> {
         self.server_pod().await?;
         self.say
             .say(format!("echo runs on {n1}; client and blocked run on {n2}"));
+        self.say.say(format!(
+            "echo's pod: a TCP line echo (Service port 80) and Istio's echo app: HTTP/1.1 \
+             ({HTTP_SVC_PORT}, name http), h2c ({H2C_SVC_PORT}, appProtocol kubernetes.io/h2c), \
+             gRPC ({GRPC_SVC_PORT}, name grpc)"
+        ));
         Ok(())
     }
 
@@ -697,58 +724,6 @@ impl User<'_> {
         live.exchange("after")?;
         self.say
             .say("controller back: tunnels resumed their streams; the same connection still works");
-        Ok(())
-    }
-
-    /// `kubectl ambit waypoint apply`: the Gateway is Programmed and its Deployment exists.
-    pub async fn waypoint(&self) -> Result<()> {
-        self.say.step("A waypoint for the echo service account");
-        let out = self.kubectl(&[
-            "ambit",
-            "waypoint",
-            "apply",
-            "-n",
-            NS,
-            "--service-account",
-            SERVER,
-        ])?;
-        for line in out.lines() {
-            self.say.say(line);
-        }
-        let gateways = Api::<kube::api::DynamicObject>::namespaced_with(
-            self.client.clone(),
-            NS,
-            &kube::api::ApiResource {
-                group: "gateway.networking.k8s.io".into(),
-                version: "v1".into(),
-                api_version: "gateway.networking.k8s.io/v1".into(),
-                kind: "Gateway".into(),
-                plural: "gateways".into(),
-            },
-        );
-        let name = eventually("a Programmed waypoint Gateway", WAIT, || async {
-            let list = gateways.list(&ListParams::default()).await.ok()?;
-            list.items.into_iter().find_map(|g| {
-                let programmed = g.data["status"]["conditions"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["type"] == "Programmed" && c["status"] == "True");
-                programmed.then(|| g.metadata.name.clone().unwrap_or_default())
-            })
-        })
-        .await?;
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
-        eventually("the waypoint Deployment", WAIT, || async {
-            deployments.get(&name).await.ok()
-        })
-        .await?;
-        let out = self.kubectl(&["ambit", "waypoint", "list", "-n", NS])?;
-        for line in out.lines() {
-            self.say.say(line);
-        }
-        self.say.say(format!(
-            "Gateway {name} is Programmed; Deployment {NS}/{name} exists"
-        ));
         Ok(())
     }
 

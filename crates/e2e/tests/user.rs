@@ -1,6 +1,8 @@
 //! The user's whole path on the testbed, with the real helm and kubectl: install, enroll a
 //! namespace of running pods, mutual TLS with the expected SPIFFE ids, a deny policy, the
-//! controller away and back under live traffic, a waypoint, uninstall back to plain TCP.
+//! controller away and back under live traffic, a waypoint (HTTP/1.1, h2c and gRPC through
+//! it, an L7 deny, no way around it, fail closed at 0 replicas, delete), uninstall back to
+//! plain TCP.
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,6 +36,12 @@ async fn steps(tb: &Testbed) -> Result<()> {
     user.controller_restart().await?;
     user.deny_one_client().await?;
     user.waypoint().await?;
+    user.through_waypoint().await?;
+    user.l7_deny().await?;
+    user.pod_ip_through_waypoint().await?;
+    user.bypass_refused().await?;
+    user.waypoint_scaled_to_zero().await?;
+    user.waypoint_delete().await?;
     user.uninstall().await?;
     Ok(())
 }

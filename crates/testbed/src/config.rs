@@ -21,6 +21,9 @@ pub const ENV_CACHE_DIR: &str = "AMBIT_CACHE_DIR";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ambit";
 /// Environment variable adding a directory searched for image binaries (before the defaults).
 pub const ENV_BIN_DIR: &str = "AMBIT_BIN_DIR";
+/// Under the setup cache: third-party apps `setup.sh` builds for the tests (Istio's echo
+/// server and client), named like the images that run them. Searched last.
+pub const CACHE_IMAGES_DIR: &str = "images";
 
 pub const DEFAULT_NAME: &str = "ambit";
 pub const DEFAULT_ID: u8 = 1;
@@ -76,7 +79,7 @@ impl Config {
             nodes: DEFAULT_NODES,
             state_dir: state_root.join(name),
             env_file: cache.join("testbed.env"),
-            bin_dirs: default_bin_dirs(),
+            bin_dirs: default_bin_dirs(&cache),
             images: BTreeMap::new(),
         })
     }
@@ -188,8 +191,9 @@ impl Config {
 }
 
 /// The directory of the running binary (the workspace's `target/<profile>` for `cargo run` and
-/// for tests, whose binaries live in `target/<profile>/deps`), after `$AMBIT_BIN_DIR`.
-fn default_bin_dirs() -> Vec<PathBuf> {
+/// for tests, whose binaries live in `target/<profile>/deps`), after `$AMBIT_BIN_DIR`; then the
+/// apps the setup cached, so a workspace binary always wins.
+fn default_bin_dirs(cache: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os(ENV_BIN_DIR) {
         dirs.push(PathBuf::from(d));
@@ -204,6 +208,7 @@ fn default_bin_dirs() -> Vec<PathBuf> {
         }
         dirs.push(dir.to_path_buf());
     }
+    dirs.push(cache.join(CACHE_IMAGES_DIR));
     dirs
 }
 

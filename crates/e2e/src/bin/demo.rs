@@ -24,16 +24,27 @@ async fn main() -> Result<()> {
     user.enroll().await?;
     user.deny_one_client().await?;
     user.waypoint().await?;
-    user.say.say("the waypoint proxy itself (ambit-waypoint) is not built yet: removing the waypoint so echo stays reachable");
+    user.through_waypoint().await?;
+    user.l7_deny().await?;
+    user.pod_ip_through_waypoint().await?;
+    user.bypass_refused().await?;
+    user.waypoint_scaled_to_zero().await?;
+    user.waypoint_delete().await?;
+    // Put the waypoint back, so the testbed is left with one to look at.
+    user.say.step("The waypoint again, to poke around");
     user.kubectl(&[
         "ambit",
         "waypoint",
-        "delete",
+        "apply",
         "-n",
         NS,
         "--service-account",
         ambit_e2e::SERVER,
     ])?;
+    user.waypoint_pod().await?;
+    // The L7 policy went with the waypoint; it comes back with it.
+    user.l7_deny().await?;
+    let samples = user.samples().await?;
     let status = user
         .kubectl(&["ambit", "status"])
         .unwrap_or_else(|e| e.to_string());
@@ -47,8 +58,15 @@ async fn main() -> Result<()> {
          export PATH=\"$(dirname $AMBIT_KUBECTL):$(dirname $AMBIT_HELM):$PWD/target/debug:$PATH\"\n   \
          kubectl get pods -A -o wide\n   kubectl ambit status\n   kubectl ambit config dump --node {node}\n   \
          kubectl logs -n {SYSTEM_NS} -l app.kubernetes.io/name=ambit-node -c tunnel   # access log\n   \
-         kubectl get authorizationpolicies -n {NS}\n\n== Tear down\n   cargo xtask testbed down\n",
-        node = tb.config.node_name(1)
+         kubectl get authorizationpolicies -n {NS}\n   \
+         kubectl ambit waypoint status -n {NS} --service-account echo\n   \
+         kubectl logs -n {NS} deploy/{waypoint}     # the waypoint's access log (JSON)\n   \
+         ip netns exec {client_netns} curl -X DELETE http://{http}/admin/x   # as the client pod: 403\n\n\
+         == Tear down\n   cargo xtask testbed down\n",
+        node = tb.config.node_name(1),
+        waypoint = ambit_e2e::waypoint::WAYPOINT,
+        client_netns = tb.pod_netns(&samples.client).unwrap_or_default(),
+        http = std::net::SocketAddr::new(samples.svc.ip(), ambit_e2e::HTTP_SVC_PORT),
     );
     Ok(())
 }
