@@ -1,6 +1,7 @@
 //! The waypoint's settings: flags, each with an environment variable (how the controller's
 //! Deployment sets them), parsed once into a typed [`Config`].
 
+use crate::http::server::Limits;
 use ambit_controller_client::Source;
 use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 use clap::Parser;
@@ -75,6 +76,10 @@ pub struct Args {
     /// On SIGTERM, how long open connections may finish.
     #[arg(long, env = "AMBIT_DRAIN_SECS", default_value_t = 5)]
     pub drain_secs: u64,
+    /// Hidden, for tests: the HTTP header read timeout in milliseconds, so a slowloris test
+    /// need not wait the production default (10 s). Not an operator setting.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_read_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,8 @@ pub struct Config {
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
     pub drain_timeout: Duration,
+    /// Bounds of the downstream HTTP server: the production defaults, unless a test set them.
+    pub http_limits: Limits,
 }
 
 /// Kubernetes names (RFC 1123 subdomain, as service accounts and namespaces are).
@@ -142,6 +149,10 @@ impl Config {
             },
             _ => return Err(ConfigError::Source),
         };
+        let mut http_limits = Limits::default();
+        if let Some(ms) = args.http_header_read_timeout_ms {
+            http_limits.header_read_timeout = Duration::from_millis(ms);
+        }
         Ok(Self {
             namespace: args.namespace,
             for_service_account: args.for_service_account,
@@ -153,6 +164,7 @@ impl Config {
             metrics: args.metrics,
             readiness: args.readiness,
             drain_timeout: Duration::from_secs(args.drain_secs),
+            http_limits,
         })
     }
 }
@@ -194,6 +206,33 @@ mod tests {
             panic!("{:?}", c.source)
         };
         assert_eq!(root_cert, &PathBuf::from("/var/run/ambit/root/root.crt"));
+        assert_eq!(
+            c.http_limits.header_read_timeout,
+            Duration::from_secs(10),
+            "production keeps the default header read timeout"
+        );
+    }
+
+    #[test]
+    fn the_hidden_header_read_timeout_is_for_tests_only() {
+        let c = parse(&format!(
+            "{BASE} --controller c:1 --http-header-read-timeout-ms 250"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.http_limits.header_read_timeout,
+            Duration::from_millis(250)
+        );
+        let e = parse(&format!(
+            "{BASE} --controller c:1 --http-header-read-timeout-ms 0"
+        ))
+        .unwrap_err();
+        assert!(e.contains("0"), "{e}");
+        let help = {
+            use clap::CommandFactory;
+            Args::command().render_help().to_string()
+        };
+        assert!(!help.contains("header-read-timeout"), "{help}");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use crate::admin::{self, Endpoints};
 use crate::config::Config;
-use crate::http::server::Limits;
 use crate::http::upstream::Upstreams;
 use crate::inbound::Inbound;
 use crate::state::Shared;
@@ -96,7 +95,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         Arc::new(identities),
     );
     let upstreams = Arc::new(Upstreams::new(pool, identity));
-    let inbound = Inbound::new(shared.clone(), upstreams, Limits::default());
+    let inbound = Inbound::new(shared.clone(), upstreams, config.http_limits.clone());
     let listener = bind(config.listen).await?;
     let hbone_addr = listener.local_addr().map_err(|source| RunError::Bind {
         addr: config.listen,

@@ -2,6 +2,14 @@
 //! header size and count (431 past them), header read time (slowloris), HTTP/2 concurrent
 //! streams, header list size (CONTINUATION floods), reset floods; and a graceful close
 //! (GOAWAY / `Connection: close`) when the waypoint drains.
+//!
+//! hyper's header read timeout only starts once HTTP/1.1 has been told from HTTP/2, which takes
+//! the client's first bytes, and HTTP/2 has none at all: a tunnel that sends nothing, trickles
+//! the HTTP/2 preface or never ends its first HEADERS would be held forever. So the first
+//! request of every tunnel must arrive within the header read timeout too; past it the
+//! connection is closed gracefully (an HTTP/2 client gets GOAWAY, so an eager client that
+//! connected early knows nothing was lost), and cut if the client has not gone one more
+//! timeout later (a hostile one need not answer the GOAWAY's PING).
 
 use super::{Downstream, Stack};
 use crate::destination::Protocol;
@@ -10,6 +18,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -21,7 +31,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Headers per HTTP/1.1 request; past it: 431.
     pub max_headers: usize,
-    /// Time for a request's headers to arrive (slowloris).
+    /// Time for a request's headers to arrive (slowloris); also for a tunnel's first request,
+    /// in either protocol.
     pub header_read_timeout: Duration,
     /// HTTP/2 streams open at once per connection.
     pub max_concurrent_streams: u32,
@@ -78,7 +89,10 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     let protocol = downstream.destination.protocol;
+    let requested = Arc::new(AtomicBool::new(false));
+    let first = requested.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        first.store(true, Ordering::Relaxed);
         let mut request = request.map(|body| body.boxed());
         request.extensions_mut().insert(downstream.clone());
         stack.clone().oneshot(request)
@@ -86,6 +100,10 @@ pub async fn serve(
     let builder = builder(limits, protocol);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let mut waiting_first = true;
+    let mut closing_idle = false;
     let mut draining = false;
     loop {
         tokio::select! {
@@ -94,6 +112,20 @@ pub async fn serve(
                     tracing::debug!(%error, "downstream HTTP connection ended with an error");
                 }
                 return;
+            }
+            () = first_request.as_mut(), if waiting_first => {
+                if requested.load(Ordering::Relaxed) {
+                    // A request came (perhaps just as the GOAWAY left): hyper takes it from here.
+                    waiting_first = false;
+                } else if !closing_idle {
+                    tracing::debug!(timeout_ms = limits.header_read_timeout.as_millis() as u64, "no request within the header read timeout; closing the tunnel");
+                    closing_idle = true;
+                    connection.as_mut().graceful_shutdown();
+                    first_request.as_mut().reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                } else {
+                    tracing::debug!("the client kept an idle tunnel after GOAWAY; cutting it");
+                    return;
+                }
             }
             changed = drain.wait_for(|d| *d), if !draining => {
                 draining = true;

@@ -303,3 +303,246 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What the recording app saw of one request: its head's framing headers and its body.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub content_length: Vec<String>,
+    pub transfer_encoding: Vec<String>,
+    pub body: Bytes,
+}
+
+/// Every request that reached a recording app, in order.
+pub type AppLog = Arc<Mutex<Vec<SeenRequest>>>;
+
+/// Like [`pod`], but the app on `ip:8080` records every request it parses (so a test can tell
+/// whether a smuggled request reached it) and answers `NAME METHOD PATH`; `ip:7000` echoes TCP.
+pub async fn recording_pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> AppLog {
+    let log = AppLog::default();
+    let tls = server_config(pki.handle(NS, sa), &pki.bundle()).unwrap();
+    let listener = TcpListener::bind(SocketAddr::new(ip, 15008)).await.unwrap();
+    let server = HboneServer::new(
+        tls,
+        ServerSettings::default(),
+        PodTunnel {
+            seen: Seen::default(),
+        },
+    );
+    tokio::spawn(server.serve(listener));
+    let tcp = TcpListener::bind(SocketAddr::new(ip, 7000)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tcp.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let http = TcpListener::bind(SocketAddr::new(ip, 8080)).await.unwrap();
+    let recorded = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = http.accept().await.unwrap();
+            let log = recorded.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |r| record(r, name, log.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    log
+}
+
+async fn record(
+    request: hyper::Request<Incoming>,
+    name: &'static str,
+    log: AppLog,
+) -> Result<hyper::Response<TestBody>, Infallible> {
+    let all = |n: hyper::header::HeaderName| -> Vec<String> {
+        request
+            .headers()
+            .get_all(n)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    let content_length = all(hyper::header::CONTENT_LENGTH);
+    let transfer_encoding = all(hyper::header::TRANSFER_ENCODING);
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let line = format!("{name} {method} {path}");
+    let received = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    log.lock().unwrap().push(SeenRequest {
+        method,
+        path,
+        content_length,
+        transfer_encoding,
+        body: received,
+    });
+    Ok(hyper::Response::new(body(line)))
+}
+
+/// Memory of a process, from `/proc/PID/status`, in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Resident now (`VmRSS`).
+    pub rss_kib: u64,
+    /// Peak resident since start or the last [`ChildWaypoint::reset_peak`] (`VmHWM`).
+    pub peak_kib: u64,
+}
+
+/// The real `ambit-waypoint` binary as a child process, standalone (mesh file and local CA), on
+/// fixed ports of `127.net.0.1` (HBONE 15008, admin 15000, metrics 15020, readiness 15021):
+/// what runs in production, so its memory is measured honestly. Killed when dropped.
+pub struct ChildWaypoint {
+    child: std::process::Child,
+    pub net: u8,
+    log: PathBuf,
+}
+
+impl ChildWaypoint {
+    /// Starts it and waits until its readiness endpoint says ready; `extra` are more flags.
+    pub async fn start(pki: &TestPki, net: u8, mesh: &str, extra: &[&str]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ambit-waypoint-child-{}-{net}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let material = pki.ca.to_material();
+        let file = |name: &str, text: &str| -> PathBuf {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let mesh = file("mesh.yaml", mesh);
+        let cert = file("ca.crt", &material.certificate_pem);
+        let key = file("ca.key", &material.key_pem);
+        let log = dir.join("waypoint.log");
+        let at = |port: u16| SocketAddr::new(ip(net, 1), port).to_string();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ambit-waypoint"))
+            .args([
+                "--namespace",
+                NS,
+                "--for-service-account",
+                SERVED_SA,
+                "--service-account",
+                WAYPOINT_SA,
+                "--drain-secs",
+                "1",
+            ])
+            .arg("--mesh")
+            .arg(&mesh)
+            .arg("--ca-cert")
+            .arg(&cert)
+            .arg("--ca-key")
+            .arg(&key)
+            .args(["--listen", &at(15008)])
+            .args(["--admin", &at(15000)])
+            .args(["--metrics", &at(15020)])
+            .args(["--readiness", &at(15021)])
+            .args(extra)
+            .env("AMBIT_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut waypoint = Self { child, net, log };
+        waypoint.wait_ready().await;
+        waypoint
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(self.alive(), "the waypoint exited: {}", self.log());
+            if self
+                .get(15021, "/healthz/ready")
+                .await
+                .starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the waypoint was not ready in 30 s: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET path` on one of its own ports; the whole answer, or "" if it cannot be reached.
+    pub async fn get(&self, port: u16, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut tcp = tokio::net::TcpStream::connect(SocketAddr::new(ip(self.net, 1), port))
+                .await
+                .ok()?;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await.ok()?;
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.ok()?;
+            Some(String::from_utf8_lossy(&answer).into_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    pub fn hbone_addr(&self) -> SocketAddr {
+        SocketAddr::new(ip(self.net, 1), 15008)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its stderr so far (JSON log lines), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn memory(&self) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc status"))
+        };
+        Memory {
+            rss_kib: field("VmRSS:"),
+            peak_kib: field("VmHWM:"),
+        }
+    }
+
+    /// Resets the peak (`VmHWM`) to the current RSS, so a later peak is the attack's; returns
+    /// whether the kernel allowed it (if not, the peak includes start-up, which only
+    /// overstates).
+    pub fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+}
+
+impl Drop for ChildWaypoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
