@@ -74,7 +74,7 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
                     node: w.node.clone(),
                     ips: ips(name, &w.ips)?,
                     hbone: !w.opted_out,
-                    ready: w.ready,
+                    ready: !w.not_ready,
                     labels: w.labels.clone().into_iter().collect(),
                 });
             }

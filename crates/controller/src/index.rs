@@ -646,7 +646,7 @@ impl Index {
             labels: m.labels.clone().unwrap_or_default(),
             opted_out: label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE),
             // A pod being deleted is not listed at all (above).
-            ready: status
+            not_ready: !status
                 .and_then(|s| s.conditions.as_ref())
                 .into_iter()
                 .flatten()

@@ -60,11 +60,11 @@ fn pods_of_enrolled_namespaces_are_workloads() {
     assert_eq!(a.identity, "spiffe://cluster.local/ns/shop/sa/sa");
     assert_eq!(a.ips, ["10.0.0.1"]);
     assert!(!a.opted_out);
-    assert!(a.ready);
+    assert!(!a.not_ready);
     assert!(workload(&snap, "workload/uid-c").opted_out);
     // Scheduled, no addresses yet: listed so its tunnel knows to capture it, not ready.
     let e = workload(&snap, "workload/uid-e");
-    assert!(e.ips.is_empty() && !e.ready);
+    assert!(e.ips.is_empty() && e.not_ready);
 }
 
 #[test]
@@ -79,12 +79,12 @@ fn readiness_is_the_pods_ready_condition() {
     c.apply(no_conditions);
     let mut index = Index::new(c.stores(), "cluster.local");
     let first = index.update([Change::All]).unwrap();
-    assert!(!workload(&first, "workload/uid-a").ready);
-    assert!(!workload(&first, "workload/uid-b").ready);
+    assert!(workload(&first, "workload/uid-a").not_ready);
+    assert!(workload(&first, "workload/uid-b").not_ready);
     // Ready: one targeted update changes that workload alone.
     let ch = c.apply(with_ready(pod("shop", "a", "sa", "n1", "10.0.0.1"), true));
     let next = index.update([ch]).unwrap();
-    assert!(workload(&next, "workload/uid-a").ready);
+    assert!(!workload(&next, "workload/uid-a").not_ready);
     assert_eq!(
         next.changed_since(&first)
             .iter()
@@ -95,7 +95,7 @@ fn readiness_is_the_pods_ready_condition() {
     // Not ready again (a failing probe): the endpoint is withdrawn, the workload stays.
     let ch = c.apply(with_ready(pod("shop", "a", "sa", "n1", "10.0.0.1"), false));
     let last = index.update([ch]).unwrap();
-    assert!(!workload(&last, "workload/uid-a").ready);
+    assert!(workload(&last, "workload/uid-a").not_ready);
     assert_eq!(last.resources.len(), next.resources.len());
 }
 
@@ -276,7 +276,7 @@ fn trimmed_pods_index_the_same() {
         ));
     c.apply(p.clone());
     let full = built(&c);
-    assert!(workload(&full, "workload/uid-a").ready);
+    assert!(!workload(&full, "workload/uid-a").not_ready);
     p.trim();
     assert!(p.metadata.annotations.is_none() && p.spec.as_ref().unwrap().containers.is_empty());
     assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
