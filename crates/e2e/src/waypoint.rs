@@ -26,6 +26,33 @@ const TUNNEL_DENIED: &str = "ambit_tcp_denied_total";
 /// What `curl -w` appends after each transfer, to split a multi-URL run into replies.
 const REPLY_MARK: &str = "@@ambit-e2e";
 
+/// [`eventually`] for checks that say why they do not hold yet: on timeout the error carries
+/// the last reason (what the call answered, what the metrics held).
+pub async fn until<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let last = std::sync::Mutex::new(String::new());
+    let found = eventually(what, WAIT, || {
+        let attempt = check();
+        let last = &last;
+        async move {
+            attempt
+                .await
+                .map_err(|why| {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = why;
+                })
+                .ok()
+        }
+    })
+    .await;
+    found.map_err(|e| {
+        let last = last.lock().unwrap_or_else(|p| p.into_inner());
+        anyhow::anyhow!("{e}; last seen: {last}")
+    })
+}
+
 /// One HTTP transfer as curl reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -319,15 +346,16 @@ impl User<'_> {
         );
         let grpc = SocketAddr::new(svc.ip(), GRPC_SVC_PORT);
         // The first call may race the waypoint's view of echo's endpoints.
-        let reply = eventually(
-            "HTTP/1.1 client -> echo through the waypoint",
-            WAIT,
-            || async {
-                self.curl_one(&client, &["--http1.1", &http1])
-                    .ok()
-                    .filter(|r| r.code == 200)
-            },
-        )
+        let reply = until("HTTP/1.1 client -> echo through the waypoint", || async {
+            self.curl_one(&client, &["--http1.1", &http1])
+                .and_then(|r| {
+                    if r.code == 200 {
+                        Ok(r)
+                    } else {
+                        Err(format!("{r:?}"))
+                    }
+                })
+        })
         .await?;
         self.say.command(&format!("curl --http1.1 {http1}"));
         self.say.say(format!(
@@ -378,9 +406,13 @@ impl User<'_> {
             with(&[("method", "GET"), ("grpc_status", "")]),
             with(&[("method", "POST"), ("grpc_status", "0")]),
         );
-        let metrics = eventually("the waypoint's metrics count the calls", WAIT, || async {
-            let m = self.waypoint_metrics().await.ok()?;
-            (count(&m, REQUESTS, &get) >= 2 && count(&m, REQUESTS, &post) >= 1).then_some(m)
+        let metrics = until("the waypoint's metrics count the calls", || async {
+            let m = self.waypoint_metrics().await.map_err(|e| e.to_string())?;
+            if count(&m, REQUESTS, &get) >= 2 && count(&m, REQUESTS, &post) >= 1 {
+                Ok(m)
+            } else {
+                Err(series(&m, REQUESTS, &[]).collect::<Vec<_>>().join("\n"))
+            }
         })
         .await?;
         let paths = ["/hello-http1", "/hello-h2c", "/proto.EchoTestService/Echo"];
@@ -465,14 +497,13 @@ impl User<'_> {
             "--http1.1",
             root.as_str(),
         ];
-        let replies = eventually(
-            "DELETE /admin/users refused by the waypoint",
-            WAIT,
-            || async {
-                let replies = self.curl(&client, &args).ok()?;
-                (replies.first()?.code == 403).then_some(replies)
-            },
-        )
+        let replies = until("DELETE /admin/users refused by the waypoint", || async {
+            let replies = self.curl(&client, &args)?;
+            match replies.first() {
+                Some(r) if r.code == 403 => Ok(replies),
+                _ => Err(format!("{replies:?}")),
+            }
+        })
         .await?;
         let [denied, allowed] = replies.as_slice() else {
             bail!("expected two replies: {replies:?}");
@@ -664,10 +695,14 @@ impl User<'_> {
             .say("echo's node tunnel: no connection from the client went around the waypoint");
         self.kubectl(&["scale", "-n", NS, &deployment, "--replicas=1"])?;
         self.waypoint_pod().await?;
-        let reply = eventually("calls work with the waypoint back", WAIT, || async {
-            self.curl_one(&client, &["--http1.1", &http])
-                .ok()
-                .filter(|r| r.code == 200)
+        let reply = until("calls work with the waypoint back", || async {
+            self.curl_one(&client, &["--http1.1", &http]).and_then(|r| {
+                if r.code == 200 {
+                    Ok(r)
+                } else {
+                    Err(format!("{r:?}"))
+                }
+            })
         })
         .await?;
         self.say
@@ -703,16 +738,25 @@ impl User<'_> {
             "http://{}/hello-direct",
             SocketAddr::new(svc.ip(), HTTP_SVC_PORT)
         );
-        let reply = eventually("client -> echo directly again", WAIT, || async {
+        let reply = until("client -> echo directly again", || async {
             let reply = self
                 .curl_one(&client, &["--http1.1", &http])
-                .ok()
-                .filter(|r| r.code == 200)?;
+                .and_then(|r| {
+                    if r.code == 200 {
+                        Ok(r)
+                    } else {
+                        Err(format!("{r:?}"))
+                    }
+                })?;
             let direct = self
                 .echo_tunnel_count(&server, TUNNEL_OPENED, &from)
                 .await
-                .ok()?;
-            (direct > direct_before).then_some(reply)
+                .map_err(|e| e.to_string())?;
+            if direct > direct_before {
+                Ok(reply)
+            } else {
+                Err(format!("answered, but not directly: {reply:?}"))
+            }
         })
         .await?;
         let grpc = SocketAddr::new(svc.ip(), GRPC_SVC_PORT);
