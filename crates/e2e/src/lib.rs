@@ -217,6 +217,14 @@ impl<'a> User<'a> {
     pub async fn deploy_samples(&self) -> Result<()> {
         self.say
             .step("Deploy sample apps in namespace demo (not enrolled yet)");
+        // Otherwise the echo pod would just never become Ready.
+        for app in ["istio-echo-server", "istio-echo-client"] {
+            if self.tb.binary(app).is_none() {
+                bail!(
+                    "{app} is not built: run `cargo xtask testbed setup` (crates/testbed/setup.sh)"
+                );
+            }
+        }
         let (n1, n2) = (self.tb.config.node_name(1), self.tb.config.node_name(2));
         let client_pod = |name: &str| {
             format!(
