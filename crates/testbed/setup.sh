@@ -5,7 +5,7 @@
 #   (server and client, the app behind Gateway API's conformance suite: real HTTP/1.1, h2c and
 #   gRPC peers for the end-to-end tests), and from Debian: the standard CNI plugins, nftables,
 #   iproute2, tcpdump, and the real clients and baselines the tests and benchmarks drive (curl,
-#   nghttp2-client for h2load, nginx).
+#   nghttp2-client for h2load, nginx with its stream module).
 #
 # Idempotent. A warm rerun checks a stamp per component and does no network work.
 # Prints the pinned versions and, last, the path of the env file the testbed reads.
@@ -20,7 +20,7 @@ ETCD_VERSION="v3.6.16"
 HELM_VERSION="v3.19.5"
 # Istio publishes no semver Go tags: its module is fetched by pseudo-version.
 ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
-DEBIAN_PACKAGES=(containernetworking-plugins nftables iproute2 tcpdump curl nghttp2-client nginx)
+DEBIAN_PACKAGES=(containernetworking-plugins nftables iproute2 tcpdump curl nghttp2-client nginx libnginx-mod-stream)
 
 CACHE="${AMBIT_CACHE_DIR:-/var/cache/ambit}"
 JOBS="${AMBIT_SETUP_JOBS:-$(nproc)}"

@@ -9,7 +9,7 @@ use crate::measure::{
     throughput_gbps,
 };
 use crate::process::RoleProcess;
-use crate::report::{against, write_json};
+use crate::report::{against, median, round, write_json};
 use crate::roles::{MODE_ECHO, TRUST_DOMAIN, bundle, client_id, mint, server_id};
 use ambit_hbone::{Dialer, PoolSettings, TunnelHeaders};
 use ambit_identity::CertificateAuthority;
@@ -58,9 +58,9 @@ async fn run_async() -> Result<()> {
     let material = ca.to_material();
     let ca_pem = format!("{}{}", material.certificate_pem, material.key_pem);
 
-    let server = RoleProcess::start("server", &[], "")?;
-    let proxy_far = RoleProcess::start("tcp-proxy", &[server.addr.to_string()], "")?;
-    let proxy_near = RoleProcess::start("tcp-proxy", &[proxy_far.addr.to_string()], "")?;
+    let server = RoleProcess::start("server", &[], "", None)?;
+    let proxy_far = RoleProcess::start("tcp-proxy", &[server.addr.to_string()], "", None)?;
+    let proxy_near = RoleProcess::start("tcp-proxy", &[proxy_far.addr.to_string()], "", None)?;
     let (tunnel_in, tunnel_out) = start_tunnels(&ca_pem, server.addr)?;
     let entries = [server.addr, proxy_near.addr, tunnel_out.addr];
 
@@ -146,11 +146,12 @@ async fn run_async() -> Result<()> {
 }
 
 fn start_tunnels(ca_pem: &str, target: SocketAddr) -> Result<(RoleProcess, RoleProcess)> {
-    let tunnel_in = RoleProcess::start("hbone-in", &[], ca_pem)?;
+    let tunnel_in = RoleProcess::start("hbone-in", &[], ca_pem, None)?;
     let tunnel_out = RoleProcess::start(
         "hbone-out",
         &[tunnel_in.addr.to_string(), target.to_string()],
         ca_pem,
+        None,
     )?;
     Ok((tunnel_in, tunnel_out))
 }
@@ -268,14 +269,4 @@ fn print_table(
             "NOT met"
         }
     );
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
 }

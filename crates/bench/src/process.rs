@@ -1,47 +1,55 @@
-//! Child processes of a benchmark: this same binary started in a role, given the CA on stdin,
-//! reporting its listening address on stdout; killed when dropped.
+//! Child processes of a benchmark: this same binary started in a role (given the CA on stdin,
+//! reporting its listening address on stdout), or another program under test (nginx, the
+//! waypoint). Either may be pinned to a CPU set; each is measured from /proc and stopped with
+//! SIGTERM (SIGKILL if it lingers) when dropped.
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The line a role prints once it listens.
 pub const LISTENING: &str = "LISTENING ";
 
-pub struct RoleProcess {
-    name: String,
-    child: Child,
-    pub addr: SocketAddr,
+/// How long a process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// /proc reports CPU times in USER_HZ ticks, 100 per second on Linux's mainstream
+/// architectures.
+const USER_HZ: f64 = 100.0;
+
+/// A command for `program`, run under `taskset -c CPUS` when `cpus` is given (taskset execs the
+/// program, so the child's pid is the program's).
+pub fn command(program: impl AsRef<OsStr>, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
 }
 
-impl RoleProcess {
-    /// Starts `role args...`, writes `stdin_text` to it, and waits for its address.
-    pub fn start(role: &str, args: &[String], stdin_text: &str) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the benchmark binary")?;
-        let mut child = Command::new(exe)
-            .arg("role")
-            .arg(role)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+/// A child process, stopped when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+    /// Set once the child has been reaped: its pid may then belong to another process.
+    exited: bool,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command) -> Result<Self> {
+        let child = command
             .spawn()
-            .with_context(|| format!("starting role {role}"))?;
-        let mut stdin = child.stdin.take().context("child stdin")?;
-        stdin.write_all(stdin_text.as_bytes())?;
-        drop(stdin);
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(addr) = line.trim().strip_prefix(LISTENING) else {
-            let _ = child.kill();
-            bail!("role {role} did not start: {line:?}");
-        };
+            .with_context(|| format!("starting {name} ({command:?})"))?;
         Ok(Self {
-            name: role.to_string(),
-            addr: addr.parse().context("role address")?,
+            name: name.to_string(),
             child,
+            exited: false,
         })
     }
 
@@ -49,22 +57,162 @@ impl RoleProcess {
         self.child.id()
     }
 
-    /// Resident set size now, from /proc.
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        let status = self.child.try_wait()?;
+        self.exited |= status.is_some();
+        Ok(status)
+    }
+
+    /// Fails if the process has exited, naming how.
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.try_wait()? {
+            Some(status) => bail!("{} exited: {status}", self.name),
+            None => Ok(()),
+        }
+    }
+
+    /// Once the process has exited: its status and what it wrote to its piped stdout and
+    /// stderr (for programs whose output is small enough not to fill a pipe).
+    pub fn finish_if_exited(&mut self) -> Result<Option<Output>> {
+        let Some(status) = self.try_wait()? else {
+            return Ok(None);
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if let Some(mut pipe) = self.child.stdout.take() {
+            pipe.read_to_end(&mut stdout)?;
+        }
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_end(&mut stderr)?;
+        }
+        Ok(Some(Output {
+            status,
+            stdout,
+            stderr,
+        }))
+    }
+
+    /// Waits until the process accepts connections on `addr` (10 s at most), failing early if
+    /// it exits.
+    pub fn wait_listening(&mut self, addr: SocketAddr) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.check_running()?;
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} does not listen on {addr} after 10 s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn proc_file(&self, file: &str) -> Result<String> {
+        std::fs::read_to_string(format!("/proc/{}/{file}", self.pid()))
+            .with_context(|| format!("reading /proc/PID/{file} of {}", self.name))
+    }
+
+    /// Resident set size now (VmRSS).
     pub fn rss_bytes(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .with_context(|| format!("reading the status of {}", self.name))?;
-        let kib: u64 = status
+        self.status_kib("VmRSS:")
+    }
+
+    /// Peak resident set size so far (VmHWM).
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        let kib: u64 = self
+            .proc_file("status")?
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS in /proc status")?;
+            .with_context(|| format!("{field} in /proc status"))?;
         Ok(kib * 1024)
+    }
+
+    /// CPU time used so far, user and system, all threads (utime + stime of /proc/PID/stat).
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = self.proc_file("stat")?;
+        // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // Fields 14 and 15 of proc(5); the first after ')' is field 3.
+        let ticks = |index: usize| -> Result<u64> {
+            fields
+                .get(index - 3)
+                .and_then(|v| v.parse().ok())
+                .context("utime/stime in /proc stat")
+        };
+        Ok((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
     }
 }
 
-impl Drop for RoleProcess {
+impl Drop for Process {
     fn drop(&mut self) {
+        if self.exited {
+            return;
+        }
+        let pid = rustix::process::Pid::from_child(&self.child);
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// This binary in a role, listening at `addr`.
+pub struct RoleProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl RoleProcess {
+    /// Starts `role args...` (pinned to `cpus` when given), writes `stdin_text` to it, and
+    /// waits for its address.
+    pub fn start(
+        role: &str,
+        args: &[String],
+        stdin_text: &str,
+        cpus: Option<&str>,
+    ) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the benchmark binary")?;
+        let mut process = Process::spawn(
+            role,
+            command(exe, cpus)
+                .arg("role")
+                .arg(role)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )?;
+        let mut stdin = process.child.stdin.take().context("child stdin")?;
+        stdin.write_all(stdin_text.as_bytes())?;
+        drop(stdin);
+        let stdout = process.child.stdout.take().context("child stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix(LISTENING) else {
+            bail!("role {role} did not start: {line:?}");
+        };
+        Ok(Self {
+            addr: addr.parse().context("role address")?,
+            process,
+        })
+    }
+
+    pub fn rss_bytes(&self) -> Result<u64> {
+        self.process.rss_bytes()
     }
 }

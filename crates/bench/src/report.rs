@@ -37,3 +37,15 @@ pub fn against(measured: f64, target: f64, higher_is_better: bool) -> String {
         if met { "met" } else { "NOT met" }
     )
 }
+
+/// The middle sample (the upper one of an even count); 0 when there is none.
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `value` rounded to `digits` decimals, for JSON that people read too.
+pub fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}

@@ -11,10 +11,14 @@ use ambit_identity::{
     server_config,
 };
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,9 +33,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let runtime = match (args.first(), proxy_workers()) {
         // The application is the baseline, not under test: give it the fastest setup.
-        (Some(&"server"), _) | (_, 1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
+        (Some(&"server" | &"http-app"), _) | (_, 1) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        }
         (_, workers) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .enable_all()
@@ -43,9 +49,16 @@ pub fn run(args: &[String]) -> Result<()> {
         let role = async {
             match args.as_slice() {
                 ["server"] => server().await,
+                ["http-app", at] => http_app(at.parse()?).await,
                 ["tcp-proxy", to] => tcp_proxy(to.parse()?).await,
-                ["hbone-out", peer, target] => hbone_out(peer.parse()?, target.parse()?).await,
-                ["hbone-in"] => hbone_in().await,
+                ["hbone-out", peer, target] => {
+                    hbone_out(peer.parse()?, target.parse()?, server_id()?).await
+                }
+                ["hbone-out", peer, target, peer_id] => {
+                    hbone_out(peer.parse()?, target.parse()?, peer_id.parse()?).await
+                }
+                ["hbone-in"] => hbone_in(ANY_LOOPBACK_PORT).await,
+                ["hbone-in", at] => hbone_in(at.parse()?).await,
                 _ => bail!("unknown role {args:?}"),
             }
         };
@@ -67,8 +80,13 @@ pub fn proxy_workers() -> usize {
         .unwrap_or(1)
 }
 
-async fn listen() -> Result<TcpListener> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// Where a role listens unless told: a free port on loopback.
+const ANY_LOOPBACK_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+async fn listen(at: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(at)
+        .await
+        .with_context(|| format!("listening on {at}"))?;
     println!("{LISTENING}{}", listener.local_addr()?);
     Ok(listener)
 }
@@ -76,7 +94,7 @@ async fn listen() -> Result<TcpListener> {
 /// The application server: echo (for round trips) or sink (for throughput, answering with the
 /// byte count at end of stream), chosen by the first byte.
 async fn server() -> Result<()> {
-    let listener = listen().await?;
+    let listener = listen(ANY_LOOPBACK_PORT).await?;
     loop {
         let (mut socket, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -108,8 +126,34 @@ async fn server() -> Result<()> {
     }
 }
 
+/// Body of every answer of the HTTP app.
+pub const HTTP_BODY_SIZE: usize = 1024;
+
+/// The HTTP application: `200` with a 1 KiB body to any request, over HTTP/1.1 (keep-alive)
+/// or HTTP/2 prior knowledge on the same port.
+async fn http_app(at: SocketAddr) -> Result<()> {
+    let body = Bytes::from(vec![b'a'; HTTP_BODY_SIZE]);
+    let listener = listen(at).await?;
+    loop {
+        let (socket, _) = listener.accept().await?;
+        let _ = socket.set_nodelay(true);
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_request| {
+                let response = hyper::Response::builder()
+                    .header(hyper::header::CONTENT_TYPE, "text/plain")
+                    .body(Full::new(body.clone()));
+                async move { response }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+        });
+    }
+}
+
 async fn tcp_proxy(to: SocketAddr) -> Result<()> {
-    let listener = listen().await?;
+    let listener = listen(ANY_LOOPBACK_PORT).await?;
     loop {
         let (mut downstream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -156,8 +200,9 @@ pub fn mint(ca: &CertificateAuthority, identity: &SpiffeId) -> Result<Certificat
     Ok(CertificateHandle::fixed(request.complete(vec![leaf])?))
 }
 
-/// The client half of a node tunnel: plain TCP in, pooled HBONE out to `peer`, for `target`.
-async fn hbone_out(peer: SocketAddr, target: SocketAddr) -> Result<()> {
+/// The client half of a node tunnel: plain TCP in, pooled HBONE out to `peer` (which must
+/// present `peer_id`), for `target`.
+async fn hbone_out(peer: SocketAddr, target: SocketAddr, peer_id: SpiffeId) -> Result<()> {
     let ca = read_ca()?;
     let local = client_id()?;
     let identities: HashMap<SpiffeId, CertificateHandle> =
@@ -167,8 +212,8 @@ async fn hbone_out(peer: SocketAddr, target: SocketAddr) -> Result<()> {
         Dialer::new(bundle(&ca)?, PoolSettings::default()),
         identities,
     );
-    let key = PoolKey::new(local, peer, vec![server_id()?]);
-    let listener = listen().await?;
+    let key = PoolKey::new(local, peer, vec![peer_id]);
+    let listener = listen(ANY_LOOPBACK_PORT).await?;
     loop {
         let (mut socket, _) = listener.accept().await?;
         let (pool, key) = (pool.clone(), key.clone());
@@ -198,12 +243,12 @@ impl ConnectHandler for Forward {
     }
 }
 
-/// The server half of a node tunnel: HBONE in, plain TCP to the CONNECT target.
-async fn hbone_in() -> Result<()> {
+/// The server half of a node tunnel: HBONE in at `at`, plain TCP to the CONNECT target.
+async fn hbone_in(at: SocketAddr) -> Result<()> {
     let ca = read_ca()?;
     let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
     let server = HboneServer::new(tls, ServerSettings::default(), Forward);
-    let listener = listen().await?;
+    let listener = listen(at).await?;
     server.serve(listener).await;
     Ok(())
 }

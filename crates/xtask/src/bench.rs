@@ -4,19 +4,22 @@
 use crate::cmd::{self, cargo};
 use anyhow::{Result, bail};
 
-const BENCHES: &[&str] = &["hbone", "tunnel", "controller"];
+const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller"];
 
 pub fn run(name: &str) -> Result<()> {
     match name {
-        "hbone" => cmd::run(&mut cargo([
-            "run",
-            "--release",
-            "--locked",
-            "--package",
-            "ambit-bench",
-            "--",
-            name,
-        ])),
+        "hbone" => bench_binary(name),
+        // Runs ambit-waypoint as a process of its own, from the same target directory.
+        "waypoint" => {
+            cmd::run(&mut cargo([
+                "build",
+                "--release",
+                "--locked",
+                "--package",
+                "ambit-waypoint",
+            ]))?;
+            bench_binary(name)
+        }
         // The capture path needs network namespaces, which the tunnel's netns test harness
         // builds; the benchmark lives there as an ignored test (root).
         "tunnel" => cmd::run(&mut cargo([
@@ -48,4 +51,17 @@ pub fn run(name: &str) -> Result<()> {
         ])),
         _ => bail!("unknown benchmark {name:?}; known: {}", BENCHES.join(", ")),
     }
+}
+
+/// A benchmark of the `ambit-bench` binary.
+fn bench_binary(name: &str) -> Result<()> {
+    cmd::run(&mut cargo([
+        "run",
+        "--release",
+        "--locked",
+        "--package",
+        "ambit-bench",
+        "--",
+        name,
+    ]))
 }

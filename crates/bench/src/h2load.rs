@@ -1,0 +1,188 @@
+//! The HTTP load tool: h2load (Debian `nghttp2-client`), HTTP/1.1 keep-alive or HTTP/2 prior
+//! knowledge, run for a bounded time at full speed or at a fixed rate, pinned to a CPU set.
+
+use crate::measure::{Percentiles, percentiles};
+use crate::process::{Process, command};
+use anyhow::{Context, Result, bail, ensure};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 keep-alive, one request at a time per connection.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c), several streams per connection.
+    H2,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+        }
+    }
+}
+
+/// One h2load run.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub protocol: Protocol,
+    pub connections: u32,
+    /// Requests in flight per connection (HTTP/2 streams; HTTP/1.1 is always 1).
+    pub streams: u32,
+    pub duration: Duration,
+    /// Requests per second of each connection; full speed when `None`.
+    pub rate_per_connection: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Requests completed, all answered 2xx.
+    pub ok: u64,
+    pub rps: f64,
+    /// Per-request latency (h2load's log: from start to end of the response).
+    pub latency: Percentiles,
+}
+
+/// Runs `load` against `url` from `cpus`, calling `during` about every 200 ms while it runs
+/// (to sample the processes under test). Fails if any request failed or was not a 2xx.
+pub fn run(
+    url: &str,
+    load: &Load,
+    cpus: &str,
+    log_file: &Path,
+    mut during: impl FnMut() -> Result<()>,
+) -> Result<Outcome> {
+    let mut h2load = command("h2load", Some(cpus));
+    h2load
+        .args(["--threads", "1"])
+        .arg(format!("--clients={}", load.connections))
+        .arg(format!("--max-concurrent-streams={}", load.streams))
+        .arg(format!("--duration={}", load.duration.as_secs_f64()))
+        .arg("--log-file")
+        .arg(log_file)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if load.protocol == Protocol::Http1 {
+        h2load.arg("--h1");
+    }
+    if let Some(rate) = load.rate_per_connection {
+        h2load.arg(format!("--rps={rate}"));
+    }
+    let mut process = Process::spawn("h2load", &mut h2load)?;
+    // Output is small (a summary), so the pipes cannot fill while it runs.
+    let output = loop {
+        if let Some(output) = process.finish_if_exited()? {
+            break output;
+        }
+        during()?;
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "h2load {url} failed ({}): {text}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = Summary::parse(&text).with_context(|| format!("h2load output: {text}"))?;
+    ensure!(
+        summary.failed == 0 && summary.not_ok == 0 && summary.succeeded > 0,
+        "h2load {url}: {} succeeded, {} failed, {} answers not 2xx\n{text}",
+        summary.succeeded,
+        summary.failed,
+        summary.not_ok
+    );
+    let mut latencies = read_latencies(log_file)?;
+    Ok(Outcome {
+        ok: summary.succeeded,
+        rps: summary.rps,
+        latency: percentiles(&mut latencies),
+    })
+}
+
+/// What the summary h2load prints says.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    rps: f64,
+    succeeded: u64,
+    failed: u64,
+    /// Answers other than 2xx.
+    not_ok: u64,
+}
+
+impl Summary {
+    fn parse(text: &str) -> Result<Self> {
+        // "finished in 5.00s, 12345.60 req/s, 13.20MB/s"
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("finished in "))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|v| v.strip_suffix(" req/s"))
+            .and_then(|v| v.parse().ok())
+            .context("no req/s")?;
+        // "requests: 10 total, 10 started, 10 done, 9 succeeded, 1 failed, 1 errored, 0 timeout"
+        let count = |line: &str, what: &str| -> Result<u64> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(line))
+                .with_context(|| format!("no {line:?} line"))?;
+            line.split([':', ','])
+                .find_map(|part| part.trim().strip_suffix(what))
+                .and_then(|n| n.trim().parse().ok())
+                .with_context(|| format!("no {what:?} in {line:?}"))
+        };
+        Ok(Self {
+            rps,
+            succeeded: count("requests:", " succeeded")?,
+            failed: count("requests:", " failed")?,
+            not_ok: ["3xx", "4xx", "5xx"]
+                .iter()
+                .map(|class| count("status codes:", &format!(" {class}")))
+                .sum::<Result<u64>>()?,
+        })
+    }
+}
+
+/// h2load's `--log-file`: one line per request, tab-separated: start (µs since the epoch),
+/// status, microseconds until the end of the response.
+fn read_latencies(path: &Path) -> Result<Vec<Duration>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading h2load's log {}", path.display()))?;
+    let mut latencies = Vec::new();
+    for line in text.lines() {
+        let Some(us) = line.split('\t').nth(2).and_then(|v| v.trim().parse().ok()) else {
+            bail!("bad line in h2load's log: {line:?}");
+        };
+        latencies.push(Duration::from_micros(us));
+    }
+    ensure!(!latencies.is_empty(), "h2load logged no request");
+    Ok(latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_the_summary() {
+        let text = "starting benchmark...\n\
+            finished in 5.00s, 12345.60 req/s, 13.20MB/s\n\
+            requests: 61728 total, 61730 started, 61728 done, 61727 succeeded, 1 failed, 1 errored, 0 timeout\n\
+            status codes: 61727 2xx, 0 3xx, 0 4xx, 1 5xx\n";
+        assert_eq!(
+            Summary::parse(text).unwrap(),
+            Summary {
+                rps: 12345.6,
+                succeeded: 61727,
+                failed: 1,
+                not_ok: 1
+            }
+        );
+        assert!(Summary::parse("finished in 1s").is_err());
+    }
+}

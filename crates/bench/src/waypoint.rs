@@ -1,0 +1,624 @@
+//! `cargo xtask bench waypoint`: one HTTP request path three ways, side by side in one run.
+//!
+//! - direct: h2load -> app
+//! - nginx: h2load -> nginx A -> nginx B -> nginx C -> app (the same hops and TLS work, see
+//!   [`crate::nginx`])
+//! - waypoint: h2load -> `role hbone-out` -> `ambit-waypoint` -> `role hbone-in` -> app
+//!
+//! The app answers every request with 1 KiB. The proxies of both proxied paths are pinned to
+//! one CPU ([`PROXY_CPUS`]), h2load and the app to another ([`LOAD_CPUS`]), so each proxied path
+//! gets the same core and the load never competes with what it measures. Measured per protocol
+//! (HTTP/1.1 keep-alive, HTTP/2 prior knowledge): latency at a fixed 1,000 requests per second
+//! with each proxy's CPU time and RSS, then saturation throughput in interleaved rounds.
+
+use crate::h2load::{self, Load, Outcome, Protocol};
+use crate::nginx::{self, Chain, PemIdentity};
+use crate::process::{Process, RoleProcess, command};
+use crate::report::{against, round, write_json};
+use crate::roles::{TRUST_DOMAIN, client_id, server_id};
+use ambit_identity::{CertificateAuthority, SpiffeId};
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// h2load and the app.
+const LOAD_CPUS: &str = "0";
+/// Every proxy of the nginx and the waypoint path.
+const PROXY_CPUS: &str = "1";
+
+const RATE: u32 = 1_000;
+const RATE_DURATION: Duration = Duration::from_secs(8);
+const SATURATION_ROUNDS: usize = 2;
+const SATURATION_DURATION: Duration = Duration::from_secs(5);
+const WARMUP_DURATION: Duration = Duration::from_secs(1);
+const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::H2];
+const PATHS: [&str; 3] = ["direct", "nginx", "waypoint"];
+
+/// The namespace of everything in the benchmark's mesh; the app runs as `server`
+/// ([`server_id`]) and the waypoint as `waypoint`.
+const NAMESPACE: &str = "bench";
+const WAYPOINT_SA: &str = "waypoint";
+/// The Service the client dials (never routed: it is the CONNECT target the waypoint resolves).
+const VIP: &str = "10.96.201.1:80";
+
+/// Every listener of the benchmark lives in `127.201.0.0/16`.
+fn at(host: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 201, 0, host)), port)
+}
+
+const POD_HOST: u8 = 11;
+const APP_PORT: u16 = 8080;
+const WAYPOINT_HOST: u8 = 1;
+
+/// The waypoint's mesh: the app's pod behind the Service, on an HTTP port.
+fn mesh_yaml() -> String {
+    let pod = at(POD_HOST, APP_PORT).ip();
+    let (vip, port) = VIP.split_once(':').unwrap_or((VIP, "80"));
+    format!(
+        "trustDomain: {TRUST_DOMAIN}\n\
+         workloads:\n\
+         - {{uid: app-1, name: app-1, namespace: {NAMESPACE}, serviceAccount: server, node: n1, ips: [\"{pod}\"], labels: {{app: app}}}}\n\
+         services:\n\
+         - name: app\n  namespace: {NAMESPACE}\n  vips: [\"{vip}\"]\n\
+         \x20 ports: [{{port: {port}, targetPort: {APP_PORT}, name: http}}]\n  endpoints: [app-1]\n"
+    )
+}
+
+/// Full speed: enough requests in flight to keep one proxy core busy, no more than the
+/// upstream keep-alive pools hold (64) so neither path churns connections.
+fn saturation(protocol: Protocol) -> Load {
+    let (connections, streams) = match protocol {
+        Protocol::Http1 => (32, 1),
+        Protocol::H2 => (8, 8),
+    };
+    Load {
+        protocol,
+        connections,
+        streams,
+        duration: SATURATION_DURATION,
+        rate_per_connection: None,
+    }
+}
+
+/// A fixed rate, `rate` in all: HTTP/1.1 over 10 connections, HTTP/2 over 2.
+fn fixed_rate(protocol: Protocol, rate: u32, duration: Duration) -> Load {
+    let (connections, streams) = match protocol {
+        Protocol::Http1 => (10, 1),
+        Protocol::H2 => (2, 8),
+    };
+    Load {
+        protocol,
+        connections,
+        streams,
+        duration,
+        rate_per_connection: Some(rate / connections),
+    }
+}
+
+/// A path as the load tool sees it: its entry per protocol and the proxy processes on it.
+struct PathUnderTest<'a> {
+    name: &'static str,
+    http1_url: String,
+    h2_url: String,
+    /// (label, process); the first is the one the path is named for (B, the waypoint).
+    proxies: Vec<(&'static str, &'a Process)>,
+}
+
+impl PathUnderTest<'_> {
+    fn url(&self, protocol: Protocol) -> &str {
+        match protocol {
+            Protocol::Http1 => &self.http1_url,
+            Protocol::H2 => &self.h2_url,
+        }
+    }
+}
+
+/// One h2load run against a path, with what its proxies spent.
+struct Measured {
+    outcome: Outcome,
+    /// CPU seconds per proxy over the run, in `proxies` order.
+    cpu_s: Vec<f64>,
+    /// Highest RSS sampled per proxy while it ran.
+    rss_max: Vec<u64>,
+}
+
+impl Measured {
+    fn cpu_us_per_request(&self, proxy: usize) -> f64 {
+        self.cpu_s.get(proxy).copied().unwrap_or(0.0) * 1e6 / self.outcome.ok as f64
+    }
+
+    fn path_cpu_us_per_request(&self) -> f64 {
+        self.cpu_s.iter().sum::<f64>() * 1e6 / self.outcome.ok as f64
+    }
+}
+
+fn measure(path: &PathUnderTest, load: &Load, log: &Path) -> Result<Measured> {
+    let cpu = |p: &PathUnderTest| -> Result<Vec<f64>> {
+        p.proxies.iter().map(|(_, p)| p.cpu_seconds()).collect()
+    };
+    let before = cpu(path)?;
+    let mut rss_max = vec![0u64; path.proxies.len()];
+    let outcome = h2load::run(path.url(load.protocol), load, LOAD_CPUS, log, || {
+        for ((_, process), max) in path.proxies.iter().zip(rss_max.iter_mut()) {
+            *max = (*max).max(process.rss_bytes()?);
+        }
+        Ok(())
+    })
+    .with_context(|| format!("{} path, {}", path.name, load.protocol.name()))?;
+    let cpu_s = cpu(path)?
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after - before)
+        .collect();
+    Ok(Measured {
+        outcome,
+        cpu_s,
+        rss_max,
+    })
+}
+
+/// Everything measured for one protocol, paths in [`PATHS`] order.
+struct ProtocolResult {
+    protocol: Protocol,
+    at_rate: Vec<Measured>,
+    saturation: Vec<Measured>,
+    /// Requests per second of every saturation round, per path.
+    saturation_samples: Vec<Vec<f64>>,
+}
+
+impl ProtocolResult {
+    fn rps(&self, path: usize) -> f64 {
+        self.saturation.get(path).map_or(0.0, |m| m.outcome.rps)
+    }
+
+    fn p99_ms(&self, path: usize) -> f64 {
+        self.at_rate
+            .get(path)
+            .map_or(0.0, |m| m.outcome.latency.p99_us / 1e3)
+    }
+
+    fn ratios(&self) -> Ratios {
+        Ratios {
+            rps_waypoint_vs_nginx: self.rps(2) / self.rps(1),
+            rps_waypoint_vs_direct: self.rps(2) / self.rps(0),
+            p99_waypoint_vs_nginx: self.p99_ms(2) / self.p99_ms(1),
+        }
+    }
+
+    /// CPU µs per request at 1,000 rps of the waypoint process itself.
+    fn waypoint_cpu_us(&self) -> f64 {
+        self.at_rate.get(2).map_or(0.0, |m| m.cpu_us_per_request(0))
+    }
+
+    fn json(&self) -> Value {
+        let per_path = |f: &dyn Fn(usize) -> Value| -> Value {
+            PATHS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (name.to_string(), f(i)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let cpu = |runs: &[Measured]| -> Value {
+            match runs {
+                [_, nginx, waypoint] => json!({
+                    "waypoint": round(waypoint.cpu_us_per_request(0), 1),
+                    "waypoint_path": round(waypoint.path_cpu_us_per_request(), 1),
+                    "nginx_b": round(nginx.cpu_us_per_request(0), 1),
+                    "nginx_path": round(nginx.path_cpu_us_per_request(), 1),
+                }),
+                _ => Value::Null,
+            }
+        };
+        let ratios = self.ratios();
+        json!({
+            "rps": per_path(&|i| round(self.rps(i), 0).into()),
+            "rps_samples": per_path(&|i| self.saturation_samples[i].iter().map(|r| round(*r, 0)).collect()),
+            "p50_ms_at_1000rps": per_path(&|i| round(self.at_rate[i].outcome.latency.p50_us / 1e3, 3).into()),
+            "p99_ms_at_1000rps": per_path(&|i| round(self.p99_ms(i), 3).into()),
+            "achieved_rps_at_1000rps": per_path(&|i| round(self.at_rate[i].outcome.rps, 0).into()),
+            "cpu_us_per_request_at_1000rps": cpu(&self.at_rate),
+            "cpu_us_per_request_at_saturation": cpu(&self.saturation),
+            "ratios": ratios.json(),
+        })
+    }
+}
+
+struct Ratios {
+    rps_waypoint_vs_nginx: f64,
+    rps_waypoint_vs_direct: f64,
+    p99_waypoint_vs_nginx: f64,
+}
+
+impl Ratios {
+    fn json(&self) -> Value {
+        json!({
+            "rps_waypoint_vs_nginx": round(self.rps_waypoint_vs_nginx, 3),
+            "rps_waypoint_vs_direct": round(self.rps_waypoint_vs_direct, 3),
+            "p99_waypoint_vs_nginx": round(self.p99_waypoint_vs_nginx, 3),
+        })
+    }
+}
+
+/// A scratch directory for configs, certificates and logs, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn waypoint_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe.with_file_name("ambit-waypoint");
+    ensure!(
+        binary.exists(),
+        "{} is missing: build it next to this benchmark (cargo build --release -p ambit-waypoint; `cargo xtask bench waypoint` does)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+fn check_machine() -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    ensure!(
+        cpus >= 2,
+        "this benchmark pins the load and the proxies to different CPUs and needs 2, found {cpus}"
+    );
+    for tool in ["h2load", "taskset"] {
+        let found = std::process::Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        ensure!(
+            found,
+            "{tool} is needed (apt-get install nghttp2-client util-linux)"
+        );
+    }
+    nginx::check_installed()
+}
+
+pub fn run() -> Result<()> {
+    check_machine()?;
+    let waypoint_exe = waypoint_binary()?;
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("ambit-bench-waypoint-{}", std::process::id())));
+    let dir = scratch.0.as_path();
+    std::fs::create_dir_all(dir)?;
+
+    let ca = CertificateAuthority::generate(TRUST_DOMAIN.parse()?, Duration::from_secs(86_400))?;
+    let material = ca.to_material();
+    let ca_pem = format!("{}{}", material.certificate_pem, material.key_pem);
+    let ca_cert = dir.join("ca.crt");
+    std::fs::write(&ca_cert, &material.certificate_pem)?;
+    let ca_key = dir.join("ca.key");
+    std::fs::write(&ca_key, &material.key_pem)?;
+    let waypoint_id = SpiffeId::new(TRUST_DOMAIN.parse()?, NAMESPACE, WAYPOINT_SA)?;
+
+    let app_addr = at(POD_HOST, APP_PORT);
+    let app = RoleProcess::start("http-app", &[app_addr.to_string()], "", Some(LOAD_CPUS))?;
+
+    // The waypoint path, from the far end.
+    let waypoint_addr = at(WAYPOINT_HOST, ambit_hbone::HBONE_PORT);
+    let tunnel_in = RoleProcess::start(
+        "hbone-in",
+        &[at(POD_HOST, ambit_hbone::HBONE_PORT).to_string()],
+        &ca_pem,
+        Some(PROXY_CPUS),
+    )?;
+    let mut waypoint = start_waypoint(&waypoint_exe, dir, &ca_cert, &ca_key, waypoint_addr)?;
+    let tunnel_out = RoleProcess::start(
+        "hbone-out",
+        &[
+            waypoint_addr.to_string(),
+            VIP.to_string(),
+            waypoint_id.to_string(),
+        ],
+        &ca_pem,
+        Some(PROXY_CPUS),
+    )?;
+    waypoint.wait_listening(waypoint_addr)?;
+
+    // The nginx path, each with the identity of the part it stands for.
+    let identity = |id: &SpiffeId, stem: &str| PemIdentity::write(&ca, id, dir, stem);
+    let chain = Chain {
+        dir,
+        ca_cert: &ca_cert,
+        a_http1: at(2, 10001),
+        a_h2: at(2, 10002),
+        a_identity: &identity(&client_id()?, "client")?,
+        b_http1: at(3, 10443),
+        b_h2: at(3, 10444),
+        b_identity: &identity(&waypoint_id, "waypoint")?,
+        c: at(4, 10443),
+        c_identity: &identity(&server_id()?, "server")?,
+        app: app_addr,
+    };
+    let [nginx_c, nginx_b, nginx_a] = chain.start(PROXY_CPUS)?;
+
+    let paths = [
+        PathUnderTest {
+            name: "direct",
+            http1_url: format!("http://{app_addr}/"),
+            h2_url: format!("http://{app_addr}/"),
+            proxies: vec![],
+        },
+        PathUnderTest {
+            name: "nginx",
+            http1_url: format!("http://{}/", chain.a_http1),
+            h2_url: format!("http://{}/", chain.a_h2),
+            proxies: vec![
+                ("nginx B", &nginx_b),
+                ("nginx A", &nginx_a),
+                ("nginx C", &nginx_c),
+            ],
+        },
+        PathUnderTest {
+            name: "waypoint",
+            http1_url: format!("http://{}/", tunnel_out.addr),
+            h2_url: format!("http://{}/", tunnel_out.addr),
+            proxies: vec![
+                ("waypoint", &waypoint),
+                ("hbone-out", &tunnel_out.process),
+                ("hbone-in", &tunnel_in.process),
+            ],
+        },
+    ];
+    let log = dir.join("h2load.log");
+    let rss_idle = waypoint.rss_bytes()?;
+
+    eprintln!("warm-up: {WARMUP_DURATION:?} at 100 rps per path and protocol");
+    for protocol in PROTOCOLS {
+        for path in &paths {
+            measure(path, &fixed_rate(protocol, 100, WARMUP_DURATION), &log)?;
+        }
+    }
+    eprintln!("latency: {RATE_DURATION:?} at {RATE} rps per path and protocol");
+    let mut at_rate: Vec<Vec<Measured>> = Vec::new();
+    for protocol in PROTOCOLS {
+        let mut runs = Vec::new();
+        for path in &paths {
+            runs.push(measure(
+                path,
+                &fixed_rate(protocol, RATE, RATE_DURATION),
+                &log,
+            )?);
+        }
+        at_rate.push(runs);
+    }
+    eprintln!(
+        "saturation: {SATURATION_ROUNDS} rounds of {SATURATION_DURATION:?} per path and protocol, interleaved"
+    );
+    // Rounds alternate between paths so that a busy moment of the machine lands on each alike;
+    // a path's best round is the one least disturbed.
+    let mut rounds: Vec<Vec<Vec<Measured>>> = Vec::new();
+    for _ in 0..SATURATION_ROUNDS {
+        let mut round = Vec::new();
+        for protocol in PROTOCOLS {
+            let mut runs = Vec::new();
+            for path in &paths {
+                runs.push(measure(path, &saturation(protocol), &log)?);
+            }
+            round.push(runs);
+        }
+        rounds.push(round);
+    }
+    let rss_after = waypoint.rss_bytes()?;
+    let rss_peak = waypoint.peak_rss_bytes()?;
+
+    let mut results = Vec::new();
+    for (p, (protocol, at_rate)) in PROTOCOLS.into_iter().zip(at_rate).enumerate() {
+        let mut saturation_samples = vec![Vec::new(); PATHS.len()];
+        let mut best: Vec<Option<Measured>> = (0..PATHS.len()).map(|_| None).collect();
+        for round in &mut rounds {
+            for (i, run) in std::mem::take(&mut round[p]).into_iter().enumerate() {
+                saturation_samples[i].push(run.outcome.rps);
+                if best[i]
+                    .as_ref()
+                    .is_none_or(|b| run.outcome.rps > b.outcome.rps)
+                {
+                    best[i] = Some(run);
+                }
+            }
+        }
+        results.push(ProtocolResult {
+            protocol,
+            at_rate,
+            saturation: best.into_iter().flatten().collect(),
+            saturation_samples,
+        });
+    }
+    let rss = Rss {
+        idle: rss_idle,
+        at_rate: results
+            .iter()
+            .filter_map(|r| r.at_rate.get(2).map(|m| m.rss_max[0]))
+            .max()
+            .unwrap_or(0),
+        nginx_b_at_rate: results
+            .iter()
+            .filter_map(|r| r.at_rate.get(1).map(|m| m.rss_max[0]))
+            .max()
+            .unwrap_or(0),
+        idle_after_load: rss_after,
+        peak: rss_peak,
+    };
+    print_table(&results, &paths, &rss);
+    let path = write_json("waypoint", &report(&results, &rss))?;
+    println!("\nwrote {}", path.display());
+    drop((app, tunnel_in, tunnel_out, waypoint));
+    drop((nginx_a, nginx_b, nginx_c));
+    Ok(())
+}
+
+fn start_waypoint(
+    exe: &Path,
+    dir: &Path,
+    ca_cert: &Path,
+    ca_key: &Path,
+    listen: SocketAddr,
+) -> Result<Process> {
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(&mesh, mesh_yaml())?;
+    // Its JSON log, one access line per request, goes to a file as a container's would.
+    let log = File::create(dir.join("waypoint.log"))?;
+    let admin = |port: u16| SocketAddr::new(listen.ip(), port).to_string();
+    Process::spawn(
+        "ambit-waypoint",
+        command(exe, Some(PROXY_CPUS))
+            .args(["--namespace", NAMESPACE])
+            .args(["--for-service-account", "server"])
+            .args(["--service-account", WAYPOINT_SA])
+            .arg("--mesh")
+            .arg(&mesh)
+            .arg("--ca-cert")
+            .arg(ca_cert)
+            .arg("--ca-key")
+            .arg(ca_key)
+            .args(["--listen", &listen.to_string()])
+            .args(["--admin", &admin(15000)])
+            .args(["--metrics", &admin(15020)])
+            .args(["--readiness", &admin(15021)])
+            .args(["--drain-secs", "1"])
+            .env("AMBIT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+}
+
+/// The waypoint's resident memory.
+struct Rss {
+    /// Started, certified, configured, before any request.
+    idle: u64,
+    /// Highest sample while serving 1,000 rps.
+    at_rate: u64,
+    /// nginx B's highest sample at 1,000 rps, for comparison.
+    nginx_b_at_rate: u64,
+    /// After the saturation runs, with no traffic.
+    idle_after_load: u64,
+    /// The high-water mark over the whole run (saturation included).
+    peak: u64,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+const RSS_TARGET_MIB: f64 = 30.0;
+const CPU_TARGET_US: f64 = 100.0;
+
+fn report(results: &[ProtocolResult], rss: &Rss) -> Value {
+    // The headline keys are HTTP/1.1 keep-alive's; `by_protocol` has both.
+    let headline = results.first().map(ProtocolResult::json);
+    let pick = |key: &str| headline.as_ref().map_or(Value::Null, |h| h[key].clone());
+    let by_protocol: serde_json::Map<String, Value> = results
+        .iter()
+        .map(|r| (r.protocol.name().to_string(), r.json()))
+        .collect();
+    let cpu = pick("cpu_us_per_request_at_1000rps");
+    json!({
+        "headline_protocol": "http1",
+        "rps": pick("rps"),
+        "ratios": pick("ratios"),
+        "p99_ms_at_1000rps": pick("p99_ms_at_1000rps"),
+        "cpu_us_per_request": cpu,
+        "rss_bytes": {
+            "idle": rss.idle,
+            "at_1000rps": rss.at_rate,
+            "idle_after_saturation": rss.idle_after_load,
+            "peak": rss.peak,
+            "nginx_b_at_1000rps": rss.nginx_b_at_rate,
+        },
+        "by_protocol": by_protocol,
+        "targets": {
+            "rps_waypoint_vs_nginx_min": 1.0,
+            "cpu_us_per_request_max": CPU_TARGET_US,
+            "p99_waypoint_vs_nginx_max": 1.0,
+            "rss_mib_at_1000rps_max": RSS_TARGET_MIB,
+        },
+        "setup": {
+            "load_cpus": LOAD_CPUS,
+            "proxy_cpus": PROXY_CPUS,
+            "body_bytes": crate::roles::HTTP_BODY_SIZE,
+            "rate_rps": RATE,
+            "rate_duration_s": RATE_DURATION.as_secs(),
+            "saturation_rounds": SATURATION_ROUNDS,
+            "saturation_duration_s": SATURATION_DURATION.as_secs(),
+            "saturation_in_flight": {
+                "http1": in_flight(&saturation(Protocol::Http1)),
+                "h2": in_flight(&saturation(Protocol::H2)),
+            },
+        },
+        "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()) },
+    })
+}
+
+fn in_flight(load: &Load) -> String {
+    format!("{} connections x {}", load.connections, load.streams)
+}
+
+fn print_table(results: &[ProtocolResult], paths: &[PathUnderTest], rss: &Rss) {
+    println!(
+        "\nWaypoint benchmark: 1 KiB responses on loopback, one run; proxies on CPU {PROXY_CPUS}, h2load and the app on CPU {LOAD_CPUS}\n"
+    );
+    println!(
+        "{:<9} {:<9} {:>10} {:>10} {:>10} {:>22}",
+        "protocol", "path", "sat. rps", "p50 @1k", "p99 @1k", "proxy CPU µs/req @1k"
+    );
+    for r in results {
+        for (i, path) in paths.iter().enumerate() {
+            let latency = r.at_rate[i].outcome.latency;
+            let cpu = match path.proxies.first() {
+                Some((name, _)) => format!(
+                    "{:.0} ({name} {:.0})",
+                    r.at_rate[i].path_cpu_us_per_request(),
+                    r.at_rate[i].cpu_us_per_request(0)
+                ),
+                None => "-".to_string(),
+            };
+            println!(
+                "{:<9} {:<9} {:>10.0} {:>7.3} ms {:>7.3} ms {:>22}",
+                r.protocol.name(),
+                path.name,
+                r.rps(i),
+                latency.p50_us / 1e3,
+                latency.p99_us / 1e3,
+                cpu
+            );
+        }
+    }
+    println!();
+    for r in results {
+        let ratios = r.ratios();
+        let name = r.protocol.name();
+        println!(
+            "{name:<6} saturation rps waypoint/nginx    {}",
+            against(ratios.rps_waypoint_vs_nginx, 1.0, true)
+        );
+        println!(
+            "{name:<6} saturation rps waypoint/direct   {:.2}",
+            ratios.rps_waypoint_vs_direct
+        );
+        println!(
+            "{name:<6} p99 at 1,000 rps waypoint/nginx  {}",
+            against(ratios.p99_waypoint_vs_nginx, 1.0, false)
+        );
+        println!(
+            "{name:<6} waypoint CPU µs/req at 1,000 rps {}",
+            against(r.waypoint_cpu_us(), CPU_TARGET_US, false)
+        );
+    }
+    println!(
+        "waypoint RSS: idle {:.1} MiB; at 1,000 rps {} MiB; after saturation {:.1} MiB, peak {:.1} MiB (nginx B at 1,000 rps {:.1} MiB)",
+        rss.idle as f64 / MIB,
+        against(rss.at_rate as f64 / MIB, RSS_TARGET_MIB, false),
+        rss.idle_after_load as f64 / MIB,
+        rss.peak as f64 / MIB,
+        rss.nginx_b_at_rate as f64 / MIB,
+    );
+}
