@@ -27,8 +27,28 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let mut tick = tokio::time::interval(RENEW_EVERY);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
-        tick.tick().await;
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = terminated => {
+                if *leader.borrow() {
+                    leader.send_replace(false);
+                    metrics.set_leader(false);
+                    match release(&api, &identity).await {
+                        Ok(()) => tracing::info!(identity, "shutting down: Lease released"),
+                        Err(error) => tracing::warn!(%error, "shutting down: could not release the Lease; it expires on its own"),
+                    }
+                }
+                return;
+            }
+        }
         let held = match try_acquire(&api, &identity, owner.as_ref()).await {
             Ok(h) => h,
             Err(e) => {
@@ -96,4 +116,25 @@ async fn try_acquire(
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Gives the Lease up on shutdown, so another replica takes over at its next renewal instead of
+/// waiting for the Lease to expire (a rolling update would otherwise leave waypoints and status
+/// unattended for up to `LEASE_DURATION`). Compare-and-swap: only if this replica still holds it.
+async fn release(api: &Api<Lease>, identity: &str) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    api.replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+        .map(|_| ())
 }
