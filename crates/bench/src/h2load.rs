@@ -1,7 +1,6 @@
 //! The HTTP load tool: h2load (Debian `nghttp2-client`), HTTP/1.1 keep-alive or HTTP/2 prior
 //! knowledge, run for a bounded time at full speed or at a fixed rate, pinned to a CPU set.
 
-use crate::measure::{Percentiles, percentiles};
 use crate::process::{Process, command};
 use anyhow::{Context, Result, bail, ensure};
 use std::path::Path;
@@ -37,13 +36,13 @@ pub struct Load {
     pub rate_per_connection: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// Requests completed, all answered 2xx.
     pub ok: u64,
     pub rps: f64,
-    /// Per-request latency (h2load's log: from start to end of the response).
-    pub latency: Percentiles,
+    /// Per-request latencies (h2load's log: from the start to the end of each response).
+    pub latencies: Vec<Duration>,
 }
 
 /// Runs `load` against `url` from `cpus`, calling `during` about every 200 ms while it runs
@@ -96,11 +95,11 @@ pub fn run(
         summary.failed,
         summary.not_ok
     );
-    let mut latencies = read_latencies(log_file)?;
+    let latencies = read_latencies(log_file)?;
     Ok(Outcome {
         ok: summary.succeeded,
         rps: summary.rps,
-        latency: percentiles(&mut latencies),
+        latencies,
     })
 }
 

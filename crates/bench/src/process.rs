@@ -132,6 +132,25 @@ impl Process {
         Ok(kib * 1024)
     }
 
+    /// Context switches so far, voluntary (waiting) and involuntary (preempted), all threads.
+    pub fn context_switches(&self) -> Result<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .with_context(|| format!("listing the threads of {}", self.name))?;
+        let mut total = 0;
+        for task in tasks {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            total += status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
     /// CPU time used so far, user and system, all threads (utime + stime of /proc/PID/stat).
     pub fn cpu_seconds(&self) -> Result<f64> {
         let stat = self.proc_file("stat")?;

@@ -7,11 +7,14 @@
 //!
 //! The app answers every request with 1 KiB. The proxies of both proxied paths are pinned to
 //! one CPU ([`PROXY_CPUS`]), h2load and the app to another ([`LOAD_CPUS`]), so each proxied path
-//! gets the same core and the load never competes with what it measures. Measured per protocol
-//! (HTTP/1.1 keep-alive, HTTP/2 prior knowledge): latency at a fixed 1,000 requests per second
-//! with each proxy's CPU time and RSS, then saturation throughput in interleaved rounds.
+//! gets the same core and the load never competes with what it measures. The waypoint runs as
+//! it ships (its two worker threads, one JSON access log line per request, to a file here);
+//! nginx B logs each request to a file too. Measured per protocol (HTTP/1.1 keep-alive, HTTP/2
+//! prior knowledge): latency at a fixed 1,000 requests per second with each proxy's CPU time,
+//! context switches and RSS, then saturation throughput, each in interleaved rounds.
 
-use crate::h2load::{self, Load, Outcome, Protocol};
+use crate::h2load::{self, Load, Protocol};
+use crate::measure::{Percentiles, percentiles};
 use crate::nginx::{self, Chain, PemIdentity};
 use crate::process::{Process, RoleProcess, command};
 use crate::report::{against, round, write_json};
@@ -31,7 +34,9 @@ const LOAD_CPUS: &str = "0";
 const PROXY_CPUS: &str = "1";
 
 const RATE: u32 = 1_000;
-const RATE_DURATION: Duration = Duration::from_secs(8);
+/// Latency rounds: long enough that the connections each run opens are a small part of it.
+const RATE_ROUNDS: usize = 2;
+const RATE_ROUND_DURATION: Duration = Duration::from_secs(4);
 const SATURATION_ROUNDS: usize = 2;
 const SATURATION_DURATION: Duration = Duration::from_secs(5);
 const WARMUP_DURATION: Duration = Duration::from_secs(1);
@@ -84,11 +89,15 @@ fn saturation(protocol: Protocol) -> Load {
     }
 }
 
-/// A fixed rate, `rate` in all: HTTP/1.1 over 10 connections, HTTP/2 over 2.
+/// A fixed rate on one connection. h2load paces each connection from its own timer, and the
+/// timers of connections opened together fire together: over N connections the load arrives
+/// as bursts of N, and one stall of the machine delays N requests at once. One connection
+/// spreads requests evenly; HTTP/2 may keep several in flight, HTTP/1.1 sends the next when
+/// the last is answered (one that is due meanwhile waits, and counts that wait).
 fn fixed_rate(protocol: Protocol, rate: u32, duration: Duration) -> Load {
     let (connections, streams) = match protocol {
-        Protocol::Http1 => (10, 1),
-        Protocol::H2 => (2, 8),
+        Protocol::Http1 => (1, 1),
+        Protocol::H2 => (1, 16),
     };
     Load {
         protocol,
@@ -117,30 +126,67 @@ impl PathUnderTest<'_> {
     }
 }
 
-/// One h2load run against a path, with what its proxies spent.
+/// h2load runs against a path, with what its proxies spent.
 struct Measured {
-    outcome: Outcome,
-    /// CPU seconds per proxy over the run, in `proxies` order.
+    /// Requests per second of each run.
+    rps: Vec<f64>,
+    /// Requests completed (all 2xx).
+    ok: u64,
+    latencies: Vec<Duration>,
+    /// CPU seconds per proxy, in `proxies` order.
     cpu_s: Vec<f64>,
-    /// Highest RSS sampled per proxy while it ran.
+    /// Context switches per proxy.
+    switches: Vec<u64>,
+    /// Highest RSS sampled per proxy while the load ran.
     rss_max: Vec<u64>,
 }
 
 impl Measured {
+    fn rps(&self) -> f64 {
+        self.rps.iter().sum::<f64>() / self.rps.len().max(1) as f64
+    }
+
+    fn latency(&self) -> Percentiles {
+        percentiles(&mut self.latencies.clone())
+    }
+
     fn cpu_us_per_request(&self, proxy: usize) -> f64 {
-        self.cpu_s.get(proxy).copied().unwrap_or(0.0) * 1e6 / self.outcome.ok as f64
+        self.cpu_s.get(proxy).copied().unwrap_or(0.0) * 1e6 / self.ok as f64
     }
 
     fn path_cpu_us_per_request(&self) -> f64 {
-        self.cpu_s.iter().sum::<f64>() * 1e6 / self.outcome.ok as f64
+        self.cpu_s.iter().sum::<f64>() * 1e6 / self.ok as f64
+    }
+
+    fn switches_per_request(&self, proxy: usize) -> f64 {
+        self.switches.get(proxy).copied().unwrap_or(0) as f64 / self.ok as f64
+    }
+
+    /// Adds another run of the same load on the same path.
+    fn absorb(&mut self, other: Measured) {
+        self.rps.extend(other.rps);
+        self.ok += other.ok;
+        self.latencies.extend(other.latencies);
+        for (mine, theirs) in self.cpu_s.iter_mut().zip(other.cpu_s) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.switches.iter_mut().zip(other.switches) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.rss_max.iter_mut().zip(other.rss_max) {
+            *mine = (*mine).max(theirs);
+        }
     }
 }
 
 fn measure(path: &PathUnderTest, load: &Load, log: &Path) -> Result<Measured> {
-    let cpu = |p: &PathUnderTest| -> Result<Vec<f64>> {
-        p.proxies.iter().map(|(_, p)| p.cpu_seconds()).collect()
+    let counters = |p: &PathUnderTest| -> Result<Vec<(f64, u64)>> {
+        p.proxies
+            .iter()
+            .map(|(_, p)| Ok((p.cpu_seconds()?, p.context_switches()?)))
+            .collect()
     };
-    let before = cpu(path)?;
+    let before = counters(path)?;
     let mut rss_max = vec![0u64; path.proxies.len()];
     let outcome = h2load::run(path.url(load.protocol), load, LOAD_CPUS, log, || {
         for ((_, process), max) in path.proxies.iter().zip(rss_max.iter_mut()) {
@@ -149,16 +195,63 @@ fn measure(path: &PathUnderTest, load: &Load, log: &Path) -> Result<Measured> {
         Ok(())
     })
     .with_context(|| format!("{} path, {}", path.name, load.protocol.name()))?;
-    let cpu_s = cpu(path)?
-        .iter()
+    let (cpu_s, switches) = counters(path)?
+        .into_iter()
         .zip(before)
-        .map(|(after, before)| after - before)
-        .collect();
+        .map(|((cpu, switches), (cpu_before, switches_before))| {
+            (cpu - cpu_before, switches.saturating_sub(switches_before))
+        })
+        .unzip();
     Ok(Measured {
-        outcome,
+        rps: vec![outcome.rps],
+        ok: outcome.ok,
+        latencies: outcome.latencies,
         cpu_s,
+        switches,
         rss_max,
     })
+}
+
+/// Runs by protocol (in [`PROTOCOLS`] order), path, round.
+type Runs = Vec<Vec<Vec<Measured>>>;
+
+/// Runs `load(protocol)` against every path `rounds` times. Each round goes through every
+/// protocol and path, so a busy moment of the machine lands on each alike.
+fn interleaved(
+    paths: &[PathUnderTest],
+    rounds: usize,
+    load: impl Fn(Protocol) -> Load,
+    log: &Path,
+) -> Result<Runs> {
+    let mut runs: Runs = PROTOCOLS
+        .iter()
+        .map(|_| paths.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for _ in 0..rounds {
+        for (protocol, by_path) in PROTOCOLS.into_iter().zip(runs.iter_mut()) {
+            for (path, rounds) in paths.iter().zip(by_path.iter_mut()) {
+                rounds.push(measure(path, &load(protocol), log)?);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// All rounds of a path as one measurement.
+fn merged(rounds: Vec<Measured>) -> Option<Measured> {
+    let mut rounds = rounds.into_iter();
+    let mut all = rounds.next()?;
+    rounds.for_each(|r| all.absorb(r));
+    Some(all)
+}
+
+/// A path's least disturbed round, with every round's rate.
+fn best(rounds: Vec<Measured>) -> Option<(Measured, Vec<f64>)> {
+    let samples = rounds.iter().map(Measured::rps).collect();
+    let best = rounds
+        .into_iter()
+        .max_by(|a, b| a.rps().total_cmp(&b.rps()))?;
+    Some((best, samples))
 }
 
 /// Everything measured for one protocol, paths in [`PATHS`] order.
@@ -172,13 +265,13 @@ struct ProtocolResult {
 
 impl ProtocolResult {
     fn rps(&self, path: usize) -> f64 {
-        self.saturation.get(path).map_or(0.0, |m| m.outcome.rps)
+        self.saturation.get(path).map_or(0.0, Measured::rps)
     }
 
     fn p99_ms(&self, path: usize) -> f64 {
         self.at_rate
             .get(path)
-            .map_or(0.0, |m| m.outcome.latency.p99_us / 1e3)
+            .map_or(0.0, |m| m.latency().p99_us / 1e3)
     }
 
     fn ratios(&self) -> Ratios {
@@ -214,15 +307,25 @@ impl ProtocolResult {
                 _ => Value::Null,
             }
         };
+        let switches = |runs: &[Measured]| -> Value {
+            match runs {
+                [_, nginx, waypoint] => json!({
+                    "waypoint": round(waypoint.switches_per_request(0), 2),
+                    "nginx_b": round(nginx.switches_per_request(0), 2),
+                }),
+                _ => Value::Null,
+            }
+        };
         let ratios = self.ratios();
         json!({
             "rps": per_path(&|i| round(self.rps(i), 0).into()),
             "rps_samples": per_path(&|i| self.saturation_samples[i].iter().map(|r| round(*r, 0)).collect()),
-            "p50_ms_at_1000rps": per_path(&|i| round(self.at_rate[i].outcome.latency.p50_us / 1e3, 3).into()),
+            "p50_ms_at_1000rps": per_path(&|i| round(self.at_rate[i].latency().p50_us / 1e3, 3).into()),
             "p99_ms_at_1000rps": per_path(&|i| round(self.p99_ms(i), 3).into()),
-            "achieved_rps_at_1000rps": per_path(&|i| round(self.at_rate[i].outcome.rps, 0).into()),
+            "achieved_rps_at_1000rps": per_path(&|i| round(self.at_rate[i].rps(), 0).into()),
             "cpu_us_per_request_at_1000rps": cpu(&self.at_rate),
             "cpu_us_per_request_at_saturation": cpu(&self.saturation),
+            "context_switches_per_request_at_1000rps": switches(&self.at_rate),
             "ratios": ratios.json(),
         })
     }
@@ -375,66 +478,36 @@ pub fn run() -> Result<()> {
     let rss_idle = waypoint.rss_bytes()?;
 
     eprintln!("warm-up: {WARMUP_DURATION:?} at 100 rps per path and protocol");
-    for protocol in PROTOCOLS {
-        for path in &paths {
-            measure(path, &fixed_rate(protocol, 100, WARMUP_DURATION), &log)?;
-        }
-    }
-    eprintln!("latency: {RATE_DURATION:?} at {RATE} rps per path and protocol");
-    let mut at_rate: Vec<Vec<Measured>> = Vec::new();
-    for protocol in PROTOCOLS {
-        let mut runs = Vec::new();
-        for path in &paths {
-            runs.push(measure(
-                path,
-                &fixed_rate(protocol, RATE, RATE_DURATION),
-                &log,
-            )?);
-        }
-        at_rate.push(runs);
-    }
+    interleaved(&paths, 1, |p| fixed_rate(p, 100, WARMUP_DURATION), &log)?;
+    eprintln!(
+        "latency: {RATE_ROUNDS} rounds of {RATE_ROUND_DURATION:?} at {RATE} rps per path and protocol, interleaved"
+    );
+    let at_rate = interleaved(
+        &paths,
+        RATE_ROUNDS,
+        |p| fixed_rate(p, RATE, RATE_ROUND_DURATION),
+        &log,
+    )?;
     eprintln!(
         "saturation: {SATURATION_ROUNDS} rounds of {SATURATION_DURATION:?} per path and protocol, interleaved"
     );
-    // Rounds alternate between paths so that a busy moment of the machine lands on each alike;
-    // a path's best round is the one least disturbed.
-    let mut rounds: Vec<Vec<Vec<Measured>>> = Vec::new();
-    for _ in 0..SATURATION_ROUNDS {
-        let mut round = Vec::new();
-        for protocol in PROTOCOLS {
-            let mut runs = Vec::new();
-            for path in &paths {
-                runs.push(measure(path, &saturation(protocol), &log)?);
-            }
-            round.push(runs);
-        }
-        rounds.push(round);
-    }
+    let saturated = interleaved(&paths, SATURATION_ROUNDS, saturation, &log)?;
     let rss_after = waypoint.rss_bytes()?;
     let rss_peak = waypoint.peak_rss_bytes()?;
 
-    let mut results = Vec::new();
-    for (p, (protocol, at_rate)) in PROTOCOLS.into_iter().zip(at_rate).enumerate() {
-        let mut saturation_samples = vec![Vec::new(); PATHS.len()];
-        let mut best: Vec<Option<Measured>> = (0..PATHS.len()).map(|_| None).collect();
-        for round in &mut rounds {
-            for (i, run) in std::mem::take(&mut round[p]).into_iter().enumerate() {
-                saturation_samples[i].push(run.outcome.rps);
-                if best[i]
-                    .as_ref()
-                    .is_none_or(|b| run.outcome.rps > b.outcome.rps)
-                {
-                    best[i] = Some(run);
-                }
+    let results: Vec<ProtocolResult> = PROTOCOLS
+        .into_iter()
+        .zip(at_rate.into_iter().zip(saturated))
+        .map(|(protocol, (at_rate, saturated))| {
+            let (saturation, saturation_samples) = saturated.into_iter().filter_map(best).unzip();
+            ProtocolResult {
+                protocol,
+                at_rate: at_rate.into_iter().filter_map(merged).collect(),
+                saturation,
+                saturation_samples,
             }
-        }
-        results.push(ProtocolResult {
-            protocol,
-            at_rate,
-            saturation: best.into_iter().flatten().collect(),
-            saturation_samples,
-        });
-    }
+        })
+        .collect();
     let rss = Rss {
         idle: rss_idle,
         at_rate: results
@@ -546,7 +619,8 @@ fn report(results: &[ProtocolResult], rss: &Rss) -> Value {
             "proxy_cpus": PROXY_CPUS,
             "body_bytes": crate::roles::HTTP_BODY_SIZE,
             "rate_rps": RATE,
-            "rate_duration_s": RATE_DURATION.as_secs(),
+            "rate_rounds": RATE_ROUNDS,
+            "rate_round_duration_s": RATE_ROUND_DURATION.as_secs(),
             "saturation_rounds": SATURATION_ROUNDS,
             "saturation_duration_s": SATURATION_DURATION.as_secs(),
             "saturation_in_flight": {
@@ -567,12 +641,12 @@ fn print_table(results: &[ProtocolResult], paths: &[PathUnderTest], rss: &Rss) {
         "\nWaypoint benchmark: 1 KiB responses on loopback, one run; proxies on CPU {PROXY_CPUS}, h2load and the app on CPU {LOAD_CPUS}\n"
     );
     println!(
-        "{:<9} {:<9} {:>10} {:>10} {:>10} {:>22}",
-        "protocol", "path", "sat. rps", "p50 @1k", "p99 @1k", "proxy CPU µs/req @1k"
+        "{:<9} {:<9} {:>10} {:>10} {:>10}   CPU µs/req @1k: all proxies (the L7 one)",
+        "protocol", "path", "sat. rps", "p50 @1k", "p99 @1k"
     );
     for r in results {
         for (i, path) in paths.iter().enumerate() {
-            let latency = r.at_rate[i].outcome.latency;
+            let latency = r.at_rate[i].latency();
             let cpu = match path.proxies.first() {
                 Some((name, _)) => format!(
                     "{:.0} ({name} {:.0})",
@@ -582,7 +656,7 @@ fn print_table(results: &[ProtocolResult], paths: &[PathUnderTest], rss: &Rss) {
                 None => "-".to_string(),
             };
             println!(
-                "{:<9} {:<9} {:>10.0} {:>7.3} ms {:>7.3} ms {:>22}",
+                "{:<9} {:<9} {:>10.0} {:>7.3} ms {:>7.3} ms   {}",
                 r.protocol.name(),
                 path.name,
                 r.rps(i),
@@ -597,15 +671,15 @@ fn print_table(results: &[ProtocolResult], paths: &[PathUnderTest], rss: &Rss) {
         let ratios = r.ratios();
         let name = r.protocol.name();
         println!(
-            "{name:<6} saturation rps waypoint/nginx    {}",
+            "{name:<6} saturation rps waypoint/nginx   {}",
             against(ratios.rps_waypoint_vs_nginx, 1.0, true)
         );
         println!(
-            "{name:<6} saturation rps waypoint/direct   {:.2}",
+            "{name:<6} saturation rps waypoint/direct  {:.2}",
             ratios.rps_waypoint_vs_direct
         );
         println!(
-            "{name:<6} p99 at 1,000 rps waypoint/nginx  {}",
+            "{name:<6} p99 at 1,000 rps waypoint/nginx {}",
             against(ratios.p99_waypoint_vs_nginx, 1.0, false)
         );
         println!(
@@ -614,9 +688,9 @@ fn print_table(results: &[ProtocolResult], paths: &[PathUnderTest], rss: &Rss) {
         );
     }
     println!(
-        "waypoint RSS: idle {:.1} MiB; at 1,000 rps {} MiB; after saturation {:.1} MiB, peak {:.1} MiB (nginx B at 1,000 rps {:.1} MiB)",
-        rss.idle as f64 / MIB,
+        "waypoint RSS MiB at 1,000 rps    {}; idle {:.1}, after saturation {:.1}, peak {:.1} (nginx B at 1,000 rps {:.1})",
         against(rss.at_rate as f64 / MIB, RSS_TARGET_MIB, false),
+        rss.idle as f64 / MIB,
         rss.idle_after_load as f64 / MIB,
         rss.peak as f64 / MIB,
         rss.nginx_b_at_rate as f64 / MIB,
