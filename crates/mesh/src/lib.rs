@@ -5,8 +5,10 @@
 //! Sources (a YAML file today, the controller's config stream later) produce a [`MeshConfig`];
 //! [`Mesh::new`] validates and indexes it. A `Mesh` is immutable: a new config makes a new one.
 
+mod live;
 mod model;
 
+pub use live::LiveMesh;
 pub use model::{MeshConfig, Service, ServicePort, Waypoint, Workload};
 
 use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -6,12 +6,12 @@ use crate::metrics::Metrics;
 use crate::pod::{self, PodError, PodHandle, PodSpec};
 use ambit_capture::handoff::{self, EnrolledPod, Enrollment, Reply, Request};
 use ambit_identity::{CertificateIssuer, CertificateStore, IdentityLease, StoreError, TrustBundle};
-use ambit_mesh::Mesh;
+use ambit_mesh::{LiveMesh, Mesh};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +37,9 @@ pub struct Shared {
     pub mode: Mode,
     pub trust: TrustBundle,
     pub metrics: Metrics,
-    mesh: RwLock<Arc<Mesh>>,
-    /// The mesh came from its source (the controller's first delta, or the file); before
-    /// that, enrollment is unknown rather than empty.
-    synced: AtomicBool,
+    /// The model; `synced` once it came from its source (the controller's first delta, or
+    /// the file): before that, enrollment is unknown rather than empty.
+    mesh: LiveMesh,
 }
 
 impl Shared {
@@ -51,29 +50,21 @@ impl Shared {
             mode,
             trust,
             metrics: Metrics::default(),
-            mesh: RwLock::new(Arc::new(mesh)),
-            synced: AtomicBool::new(synced),
+            mesh: LiveMesh::new(mesh, synced),
         }
     }
 
     pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+        self.mesh.synced()
     }
 
     /// The current mesh snapshot.
     pub fn mesh(&self) -> Arc<Mesh> {
-        self.mesh
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.mesh.get()
     }
 
     pub fn set_mesh(&self, mesh: Mesh) {
-        *self
-            .mesh
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(mesh);
-        self.synced.store(true, Ordering::Relaxed);
+        self.mesh.set(mesh);
     }
 }
 

@@ -4,9 +4,9 @@
 use crate::metrics::Metrics;
 use ambit_controller_client::StreamState;
 use ambit_identity::SpiffeId;
-use ambit_mesh::{Mesh, Workload};
+use ambit_mesh::{LiveMesh, Mesh};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 #[derive(Debug)]
@@ -17,8 +17,7 @@ pub struct Shared {
     /// The waypoint's own identity, presented in and out.
     pub identity: SpiffeId,
     pub metrics: Metrics,
-    mesh: RwLock<Arc<Mesh>>,
-    synced: AtomicBool,
+    mesh: LiveMesh,
     certified: AtomicBool,
     draining: watch::Sender<bool>,
     active: AtomicUsize,
@@ -38,8 +37,7 @@ impl Shared {
             for_service_account,
             identity,
             metrics: Metrics::default(),
-            mesh: RwLock::new(Arc::new(mesh)),
-            synced: AtomicBool::new(synced),
+            mesh: LiveMesh::new(mesh, synced),
             certified: AtomicBool::new(false),
             draining: watch::channel(false).0,
             active: AtomicUsize::new(0),
@@ -49,24 +47,11 @@ impl Shared {
 
     /// The current model; a request keeps the one it started with.
     pub fn mesh(&self) -> Arc<Mesh> {
-        // A panic while swapping an Arc leaves nothing half-written.
-        self.mesh
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.mesh.get()
     }
 
     pub fn set_mesh(&self, mesh: Mesh) {
-        *self
-            .mesh
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(mesh);
-        self.synced.store(true, Ordering::Release);
-    }
-
-    /// Whether `workload` runs as the served account.
-    pub fn serves(&self, workload: &Workload) -> bool {
-        workload.namespace == self.namespace && workload.service_account == self.for_service_account
+        self.mesh.set(mesh);
     }
 
     pub fn served(&self) -> (&str, &str) {
@@ -78,7 +63,7 @@ impl Shared {
     }
 
     pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.mesh.synced()
     }
 
     /// Ready: a certificate and a config, and not draining.

@@ -2,12 +2,13 @@
 //! tunnel only sees the waypoint's), against the policies of the endpoint chosen for it.
 //! Denied: HTTP 403 naming the policy, gRPC PERMISSION_DENIED. AUDIT matches are logged.
 
-use super::{Downstream, GrpcCode, Picked, Request, Response, is_grpc, local_response};
+use super::{
+    Downstream, GrpcCode, Inner, Picked, Request, Response, ResponseFuture, authority, is_grpc,
+    local_response,
+};
 use ambit_policy::{Decision, HttpRequest, Source, Target};
 use http::StatusCode;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -37,17 +38,7 @@ pub fn check(request: &Request) -> Option<String> {
     let Some(workload) = picked.mesh.workload_by_uid(&picked.endpoint.uid) else {
         return Some("the endpoint left the mesh".into());
     };
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or_default();
+    let host = authority(request).unwrap_or_default();
     let verdict = ambit_policy::authorize(
         &picked.mesh.config().policies,
         &Target {
@@ -79,14 +70,10 @@ pub fn check(request: &Request) -> Option<String> {
     }
 }
 
-impl<S> Service<Request> for Authz<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> Service<Request> for Authz<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

@@ -4,16 +4,16 @@
 //! endpoint's slot until its response has streamed to the end.
 
 use super::body::Observed;
-use super::{Downstream, GrpcCode, Picked, Request, Response, is_grpc, local_response};
+use super::{
+    Downstream, GrpcCode, Inner, Picked, Request, Response, ResponseFuture, is_grpc, local_response,
+};
 use crate::destination::{self, Endpoint};
 use crate::state::Shared;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -107,14 +107,10 @@ pub struct Balance<S> {
     load: Arc<Load>,
 }
 
-impl<S> Service<Request> for Balance<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> Service<Request> for Balance<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

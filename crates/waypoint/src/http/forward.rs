@@ -5,13 +5,14 @@
 //! are spliced through.
 
 use super::upstream::{UpstreamError, Upstreams};
-use super::{Downstream, GrpcCode, Picked, Request, Response, is_grpc, local_response};
+use super::{
+    Downstream, GrpcCode, Picked, Request, Response, ResponseFuture, authority, is_grpc,
+    local_response,
+};
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, UPGRADE};
 use http::{HeaderMap, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,25 +96,10 @@ fn is_upgrade(request: &Request) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The authority the client addressed: its URI's (HTTP/2), else its `Host` (HTTP/1.1).
-fn authority(request: &Request) -> Option<String> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-}
-
 /// Rewrites the request for its upstream protocol.
 pub fn prepare(request: &mut Request, h2: bool, fallback_authority: &str) -> Result<(), String> {
     let upgrade = !h2 && is_upgrade(request);
-    let authority = authority(request).unwrap_or_else(|| fallback_authority.to_owned());
+    let authority = authority(request).unwrap_or(fallback_authority).to_owned();
     strip_hop_by_hop(request.headers_mut(), upgrade);
     let path = request
         .uri()
@@ -154,7 +140,7 @@ impl Forward {
 impl Service<Request> for Forward {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))

@@ -65,6 +65,38 @@ pub fn stack(shared: Arc<Shared>, upstreams: Arc<upstream::Upstreams>) -> Stack 
     )
 }
 
+/// What every layer wraps: the rest of the stack.
+pub trait Inner:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The future every layer returns.
+pub type ResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// The authority the client addressed: the URI's (HTTP/2 `:authority`), else `Host`
+/// (HTTP/1.1).
+pub fn authority<B>(request: &http::Request<B>) -> Option<&str> {
+    request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 pub fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})

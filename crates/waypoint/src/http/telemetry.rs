@@ -4,14 +4,12 @@
 //! log line per request, written when the response ends.
 
 use super::body::Observed;
-use super::{Downstream, Picked, Request, Response};
+use super::{Downstream, Inner, Picked, Request, Response, ResponseFuture, authority};
 use crate::metrics::{RequestLabels, method_label};
 use crate::state::Shared;
 use http::HeaderValue;
 use http_body_util::BodyExt;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -153,14 +151,10 @@ impl Record {
     }
 }
 
-impl<S> Service<Request> for Telemetry<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: Inner> Service<Request> for Telemetry<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -187,18 +181,7 @@ where
             ),
             None => Default::default(),
         };
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
+        let authority = authority(&request).unwrap_or_default().to_owned();
         let method = method_label(request.method()).to_owned();
         let path = request.uri().path().to_owned();
         let version = request.version();

@@ -57,6 +57,25 @@ impl UpstreamError {
     }
 }
 
+fn handshake_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {
+    UpstreamError::Handshake {
+        endpoint: endpoint.addr,
+        source,
+    }
+}
+
+/// Drives an upstream connection until it closes.
+fn spawn_connection<F>(connection: F, protocol: &'static str)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, protocol, "upstream connection ended");
+        }
+    });
+}
+
 struct IdleH1 {
     sender: http1::SendRequest<Body>,
     since: Instant,
@@ -146,19 +165,11 @@ impl Upstreams {
             }
         }
         let io = self.tunnel(endpoint).await?;
-        let (mut sender, connection) =
-            http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|source| UpstreamError::Handshake {
-                    endpoint: endpoint.addr,
-                    source,
-                })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
-            }
-        });
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| handshake_error(endpoint, source))?;
+        spawn_connection(connection.with_upgrades(), "HTTP/1.1");
         let response = sender.send_request(request).await.map_err(request_error)?;
         self.recycle_h1(endpoint.addr, sender, &response);
         Ok(response)
@@ -249,15 +260,8 @@ impl Upstreams {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
-            .map_err(|source| UpstreamError::Handshake {
-                endpoint: endpoint.addr,
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended");
-            }
-        });
+            .map_err(|source| handshake_error(endpoint, source))?;
+        spawn_connection(connection, "HTTP/2");
         lock(&self.h2).insert(endpoint.addr, sender.clone());
         Ok(sender)
     }
