@@ -37,8 +37,8 @@ const RATE: u32 = 1_000;
 /// Latency rounds: long enough that the connections each run opens are a small part of it.
 const RATE_ROUNDS: usize = 2;
 const RATE_ROUND_DURATION: Duration = Duration::from_secs(4);
-const SATURATION_ROUNDS: usize = 2;
-const SATURATION_DURATION: Duration = Duration::from_secs(5);
+const SATURATION_ROUNDS: usize = 3;
+const SATURATION_DURATION: Duration = Duration::from_secs(4);
 const WARMUP_DURATION: Duration = Duration::from_secs(1);
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::H2];
 const PATHS: [&str; 3] = ["direct", "nginx", "waypoint"];
