@@ -303,12 +303,17 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         "short default lifetime: {:?}",
         cert.lifetime()
     );
+    // A certificate of `sa` asked for with `token`, which the CA refuses: its error.
+    let refused = async |sa: &str, token: &str| {
+        let (_, msg) = csr_for(sa);
+        ca_client
+            .clone()
+            .create_certificate(with_token(msg, token))
+            .await
+            .unwrap_err()
+    };
     // `back` runs on node 2 only: refused, and the message says why.
-    let (_, msg) = csr_for("back");
-    let err = ca_client
-        .create_certificate(with_token(msg, &tunnel_token))
-        .await
-        .unwrap_err();
+    let err = refused("back", &tunnel_token).await;
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(
         err.message().contains("no pod with identity") && err.message().contains(&node1),
@@ -332,11 +337,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         ("wrong-audience", wrong_audience.as_str()),
         ("empty", ""),
     ] {
-        let (_, msg) = csr_for("front");
-        let err = ca_client
-            .create_certificate(with_token(msg, t))
-            .await
-            .unwrap_err();
+        let err = refused("front", t).await;
         assert_eq!(
             err.code(),
             tonic::Code::Unauthenticated,
@@ -519,11 +520,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     )
     .await?;
     // A node tunnel never gets the waypoint's identity, wherever its pod runs.
-    let (_, msg) = csr_for("front-waypoint");
-    let err = ca_client
-        .create_certificate(with_token(msg, &tunnel_token))
-        .await
-        .unwrap_err();
+    let err = refused("front-waypoint", &tunnel_token).await;
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(
         err.message()

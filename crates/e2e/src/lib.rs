@@ -307,6 +307,21 @@ impl<'a> User<'a> {
         .await?)
     }
 
+    /// Waits until no pod of `namespace` matches `selector`.
+    pub async fn no_pods(&self, what: &str, namespace: &str, selector: &ListParams) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        eventually(what, WAIT, || async {
+            pods.list(selector)
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The echo server pod, the client pod and the echo Service's address.
     pub async fn samples(&self) -> Result<Samples> {
         Ok(Samples {
@@ -691,17 +706,9 @@ impl User<'_> {
             "deployment/ambit-controller",
             "--replicas=0",
         ])?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
-        let selector = ListParams::default().labels("app.kubernetes.io/name=ambit-controller");
-        eventually("no controller pod left", WAIT, || async {
-            pods.list(&selector)
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        })
-        .await?;
+        let controller = ListParams::default().labels("app.kubernetes.io/name=ambit-controller");
+        self.no_pods("no controller pod left", SYSTEM_NS, &controller)
+            .await?;
         eventually(
             "echo's tunnel notices the controller is gone",
             WAIT,
@@ -740,16 +747,8 @@ impl User<'_> {
         self.say
             .step("helm uninstall: back to plain TCP, nothing left behind");
         self.helm(&["uninstall", "ambit", "-n", SYSTEM_NS, "--wait"])?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
-        eventually("every ambit pod gone", WAIT, || async {
-            pods.list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        })
-        .await?;
+        self.no_pods("every ambit pod gone", SYSTEM_NS, &ListParams::default())
+            .await?;
         let Samples {
             server,
             client,

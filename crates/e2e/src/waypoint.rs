@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// `kubectl ambit waypoint apply --service-account echo` names it `waypoint-echo`.
 pub const WAYPOINT: &str = "waypoint-echo";
@@ -172,6 +172,16 @@ impl User<'_> {
         }
     }
 
+    /// One HTTP/1.1 GET that must be answered 200: its reply.
+    fn get_ok(&self, from: &Pod, url: &str) -> Result<Reply, String> {
+        let reply = self.curl_one(from, &["--http1.1", url])?;
+        if reply.code == 200 {
+            Ok(reply)
+        } else {
+            Err(format!("{reply:?}"))
+        }
+    }
+
     /// One gRPC `EchoTestService/Echo` call with Istio's echo client from inside `from`'s netns:
     /// what the server echoed, or the client's error.
     pub fn grpc_echo(&self, from: &Pod, to: SocketAddr, message: &str) -> Result<String, String> {
@@ -208,7 +218,7 @@ impl User<'_> {
     /// A Ready waypoint pod with an IP.
     pub async fn waypoint_pod(&self) -> Result<Pod> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
-        let selector = ListParams::default().labels(&format!("{GATEWAY_NAME_LABEL}={WAYPOINT}"));
+        let selector = waypoint_pods();
         Ok(eventually("a Ready waypoint pod", WAIT, || async {
             pods.list(&selector)
                 .await
@@ -229,19 +239,17 @@ impl User<'_> {
         .await?)
     }
 
-    async fn no_waypoint_pods(&self) -> Result<()> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
-        let selector = ListParams::default().labels(&format!("{GATEWAY_NAME_LABEL}={WAYPOINT}"));
-        eventually("no waypoint pod left", WAIT, || async {
-            pods.list(&selector)
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        })
-        .await?;
-        Ok(())
+    /// `kubectl ambit waypoint VERB` for echo's service account; what it printed.
+    pub fn waypoint_command(&self, verb: &str) -> Result<String> {
+        self.kubectl(&[
+            "ambit",
+            "waypoint",
+            verb,
+            "-n",
+            NS,
+            "--service-account",
+            SERVER,
+        ])
     }
 
     /// The waypoint's Prometheus text (`/metrics` on its pod's port 15020).
@@ -262,6 +270,12 @@ impl User<'_> {
             .args(["logs", "-n", NS, &format!("deploy/{WAYPOINT}")]))
     }
 
+    /// Connections echo's node tunnel accepted straight from the client, around any waypoint.
+    async fn direct_from_client(&self, server: &Pod) -> Result<u64> {
+        self.echo_tunnel_count(server, TUNNEL_OPENED, &spiffe(NS, CLIENT))
+            .await
+    }
+
     /// Connections echo's node tunnel accepted from `source` for echo, or refused (`metric`).
     async fn echo_tunnel_count(&self, server: &Pod, metric: &str, source: &str) -> Result<u64> {
         let metrics = self.tunnel_metrics(server).await?;
@@ -276,19 +290,23 @@ impl User<'_> {
         ))
     }
 
+    /// Every waypoint step of the user's path, in order: from `waypoint apply` to `waypoint
+    /// delete`.
+    pub async fn waypoint_steps(&self) -> Result<()> {
+        self.waypoint().await?;
+        self.through_waypoint().await?;
+        self.l7_deny().await?;
+        self.pod_ip_through_waypoint().await?;
+        self.bypass_refused().await?;
+        self.waypoint_scaled_to_zero().await?;
+        self.waypoint_delete().await
+    }
+
     /// `kubectl ambit waypoint apply`: the Gateway is Programmed and the waypoint's pod becomes
     /// Ready, which it reports only once it holds its certificate and its first config.
     pub async fn waypoint(&self) -> Result<()> {
         self.say.step("A waypoint for the echo service account");
-        let out = self.kubectl(&[
-            "ambit",
-            "waypoint",
-            "apply",
-            "-n",
-            NS,
-            "--service-account",
-            SERVER,
-        ])?;
+        let out = self.waypoint_command("apply")?;
         for line in out.lines() {
             self.say.say(line);
         }
@@ -299,15 +317,7 @@ impl User<'_> {
         })
         .await?;
         let pod = self.waypoint_pod().await?;
-        let out = self.kubectl(&[
-            "ambit",
-            "waypoint",
-            "status",
-            "-n",
-            NS,
-            "--service-account",
-            SERVER,
-        ])?;
+        let out = self.waypoint_command("status")?;
         for line in out.lines() {
             self.say.say(line);
         }
@@ -355,9 +365,7 @@ impl User<'_> {
             svc,
         } = self.samples().await?;
         let (from, to) = (spiffe(NS, CLIENT), spiffe(NS, SERVER));
-        let direct_before = self
-            .echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-            .await?;
+        let direct_before = self.direct_from_client(&server).await?;
         let http1 = format!(
             "http://{}/hello-http1",
             SocketAddr::new(svc.ip(), HTTP_SVC_PORT)
@@ -369,23 +377,19 @@ impl User<'_> {
         let grpc = SocketAddr::new(svc.ip(), GRPC_SVC_PORT);
         // The first call may race the waypoint's view of echo's endpoints.
         let reply = until("HTTP/1.1 client -> echo through the waypoint", || async {
-            self.curl_one(&client, &["--http1.1", &http1])
-                .and_then(|r| {
-                    if r.code == 200 {
-                        Ok(r)
-                    } else {
-                        Err(format!("{r:?}"))
-                    }
-                })
+            self.get_ok(&client, &http1)
         })
         .await?;
-        self.say.command(&format!("curl --http1.1 {http1}"));
-        self.say.say(format!(
-            "HTTP/{} {}: {}",
-            reply.version,
-            reply.code,
-            summary(&reply.body, &["Method", "URL", "Proto", "Hostname"])
-        ));
+        let show = |command: &str, reply: &Reply| {
+            self.say.command(command);
+            self.say.say(format!(
+                "HTTP/{} {}: {}",
+                reply.version,
+                reply.code,
+                summary(&reply.body, &["Method", "URL", "Proto", "Hostname"])
+            ));
+        };
+        show(&format!("curl --http1.1 {http1}"), &reply);
         let reply = self
             .curl_one(&client, &["--http2-prior-knowledge", &h2c])
             .map_err(anyhow::Error::msg)?;
@@ -393,14 +397,7 @@ impl User<'_> {
             reply.code == 200 && reply.version == "2" && reply.body.contains("Proto=HTTP/2.0"),
             "h2c through the waypoint: {reply:?}"
         );
-        self.say
-            .command(&format!("curl --http2-prior-knowledge {h2c}"));
-        self.say.say(format!(
-            "HTTP/{} {}: {}",
-            reply.version,
-            reply.code,
-            summary(&reply.body, &["Method", "URL", "Proto", "Hostname"])
-        ));
+        show(&format!("curl --http2-prior-knowledge {h2c}"), &reply);
         let echoed = self
             .grpc_echo(&client, grpc, "hello-grpc")
             .map_err(anyhow::Error::msg)?;
@@ -454,9 +451,7 @@ impl User<'_> {
         })
         .await?;
         ensure!(
-            self.echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-                .await?
-                == direct_before,
+            self.direct_from_client(&server).await? == direct_before,
             "echo's tunnel accepted a connection straight from {from}: the waypoint was skipped"
         );
         self.say.command(&format!(
@@ -570,11 +565,7 @@ impl User<'_> {
         self.say
             .step("Dialing echo's pod IP directly still goes through the waypoint");
         let Samples { server, client, .. } = self.samples().await?;
-        let ip = server
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .context("echo has no pod IP")?;
+        let ip = echo_ip(&server)?;
         let url = format!("http://{ip}:{HTTP_PORT}/hello-pod-ip");
         let from = spiffe(NS, CLIENT);
         let to = spiffe(NS, SERVER);
@@ -586,9 +577,7 @@ impl User<'_> {
             ("response_code", "200"),
         ];
         let before = count(&self.waypoint_metrics().await?, REQUESTS, &by_pod_ip);
-        let direct_before = self
-            .echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-            .await?;
+        let direct_before = self.direct_from_client(&server).await?;
         let reply = self
             .curl_one(&client, &["--http1.1", &url])
             .map_err(anyhow::Error::msg)?;
@@ -599,9 +588,7 @@ impl User<'_> {
         })
         .await?;
         ensure!(
-            self.echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-                .await?
-                == direct_before,
+            self.direct_from_client(&server).await? == direct_before,
             "echo's tunnel accepted a connection straight from {from}"
         );
         let via = spiffe(NS, WAYPOINT);
@@ -629,12 +616,7 @@ impl User<'_> {
         self.say
             .step("Skipping the waypoint with a valid client certificate: refused");
         let server = self.server_pod().await?;
-        let ip: std::net::IpAddr = server
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .context("echo has no pod IP")?
-            .parse()?;
+        let ip = echo_ip(&server)?;
         let attacker = Attacker::new(&self.client, NS, CLIENT).await?;
         let from = attacker.identity.to_string();
         let denied_before = self
@@ -679,17 +661,12 @@ impl User<'_> {
             svc,
         } = self.samples().await?;
         let from = spiffe(NS, CLIENT);
-        let direct_before = self
-            .echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-            .await?;
+        let direct_before = self.direct_from_client(&server).await?;
         let deployment = format!("deployment/{WAYPOINT}");
         self.kubectl(&["scale", "-n", NS, &deployment, "--replicas=0"])?;
-        self.no_waypoint_pods().await?;
-        let pod_ip = server
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .context("echo has no pod IP")?;
+        self.no_pods("no waypoint pod left", NS, &waypoint_pods())
+            .await?;
+        let pod_ip = echo_ip(&server)?;
         let http = format!("http://{}/", SocketAddr::new(svc.ip(), HTTP_SVC_PORT));
         let pod = format!("http://{pod_ip}:{HTTP_PORT}/");
         for url in [&http, &pod] {
@@ -708,9 +685,7 @@ impl User<'_> {
             Err(e) => self.say.say(format!("TCP {svc}: {e}")),
         }
         ensure!(
-            self.echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-                .await?
-                == direct_before,
+            self.direct_from_client(&server).await? == direct_before,
             "with the waypoint at 0, echo's tunnel accepted a connection straight from {from}"
         );
         self.say
@@ -718,13 +693,7 @@ impl User<'_> {
         self.kubectl(&["scale", "-n", NS, &deployment, "--replicas=1"])?;
         self.waypoint_pod().await?;
         let reply = until("calls work with the waypoint back", || async {
-            self.curl_one(&client, &["--http1.1", &http]).and_then(|r| {
-                if r.code == 200 {
-                    Ok(r)
-                } else {
-                    Err(format!("{r:?}"))
-                }
-            })
+            self.get_ok(&client, &http)
         })
         .await?;
         self.say
@@ -738,40 +707,22 @@ impl User<'_> {
             .step("kubectl ambit waypoint delete: direct traffic again");
         // Its L7 rule needs a waypoint: a tunnel cannot evaluate it, and would deny the port.
         self.kubectl(&["delete", "authorizationpolicy", "-n", NS, L7_POLICY])?;
-        self.kubectl(&[
-            "ambit",
-            "waypoint",
-            "delete",
-            "-n",
-            NS,
-            "--service-account",
-            SERVER,
-        ])?;
+        self.waypoint_command("delete")?;
         let Samples {
             server,
             client,
             svc,
         } = self.samples().await?;
         let from = spiffe(NS, CLIENT);
-        let direct_before = self
-            .echo_tunnel_count(&server, TUNNEL_OPENED, &from)
-            .await?;
+        let direct_before = self.direct_from_client(&server).await?;
         let http = format!(
             "http://{}/hello-direct",
             SocketAddr::new(svc.ip(), HTTP_SVC_PORT)
         );
         let reply = until("client -> echo directly again", || async {
-            let reply = self
-                .curl_one(&client, &["--http1.1", &http])
-                .and_then(|r| {
-                    if r.code == 200 {
-                        Ok(r)
-                    } else {
-                        Err(format!("{r:?}"))
-                    }
-                })?;
+            let reply = self.get_ok(&client, &http)?;
             let direct = self
-                .echo_tunnel_count(&server, TUNNEL_OPENED, &from)
+                .direct_from_client(&server)
                 .await
                 .map_err(|e| e.to_string())?;
             if direct > direct_before {
@@ -797,6 +748,21 @@ impl User<'_> {
         ));
         Ok(())
     }
+}
+
+/// The pods of the waypoint.
+fn waypoint_pods() -> ListParams {
+    ListParams::default().labels(&format!("{GATEWAY_NAME_LABEL}={WAYPOINT}"))
+}
+
+/// The IP of echo's pod.
+fn echo_ip(server: &Pod) -> Result<IpAddr> {
+    Ok(server
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .context("echo has no pod IP")?
+        .parse()?)
 }
 
 /// `/proc/<pid>/status` of a pod's first container: the testbed's container ids are

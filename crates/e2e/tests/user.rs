@@ -35,13 +35,7 @@ async fn steps(tb: &Testbed) -> Result<()> {
     user.enroll().await?;
     user.controller_restart().await?;
     user.deny_one_client().await?;
-    user.waypoint().await?;
-    user.through_waypoint().await?;
-    user.l7_deny().await?;
-    user.pod_ip_through_waypoint().await?;
-    user.bypass_refused().await?;
-    user.waypoint_scaled_to_zero().await?;
-    user.waypoint_delete().await?;
+    user.waypoint_steps().await?;
     user.uninstall().await?;
     Ok(())
 }

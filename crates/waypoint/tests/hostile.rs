@@ -30,19 +30,9 @@ const MEMORY_BOUND_KIB: u64 = 16 * 1024;
 /// upstream, so HTTP/2 from a client is downgraded), 81 gRPC (HTTP/2 end to end), 70 TCP.
 fn mesh(net: u8) -> String {
     format!(
-        r#"
-workloads:
-  - {{uid: b1, name: back-1, namespace: shop, serviceAccount: back, node: n1, ips: ["127.{net}.0.11"], labels: {{app: back}}}}
-services:
-  - name: back
-    namespace: shop
-    vips: ["10.96.{net}.1"]
-    ports:
-      - {{port: 80, targetPort: 8080, name: http}}
-      - {{port: 81, targetPort: 8080, name: grpc}}
-      - {{port: 70, targetPort: 7000, name: tcp-echo}}
-    endpoints: [b1]
-"#
+        "workloads:\n{}services:\n{}",
+        back_pods(net, 1),
+        back_service(net, 1)
     )
 }
 
@@ -54,6 +44,8 @@ struct Attack {
     app: AppLog,
     bystander: Client,
     net: u8,
+    /// The waypoint's memory before the attack; its peak was reset to it.
+    before: Memory,
 }
 
 impl Attack {
@@ -62,15 +54,19 @@ impl Attack {
         let app = recording_pod(&pki, ip(net, 11), SERVED_SA, "back-1").await;
         let waypoint = ChildWaypoint::start(&pki, net, &mesh(net), extra).await;
         let bystander = Client::new(&pki, NS, "bystander", waypoint.hbone_addr());
-        let attack = Self {
+        // Replaced by the baseline once warm.
+        let before = waypoint.memory();
+        let mut attack = Self {
             pki,
             waypoint,
             app,
             bystander,
             net,
+            before,
         };
         // Warm up (upstream pool, TLS sessions) so the baseline is a serving waypoint's size.
         attack.served("before the attack").await;
+        attack.baseline();
         attack
     }
 
@@ -102,18 +98,38 @@ impl Attack {
         started.elapsed()
     }
 
-    /// The waypoint's memory before an attack; its peak is reset to it.
-    fn before(&self) -> Memory {
+    /// Takes the waypoint's memory now as the baseline of the next attack, and resets its peak
+    /// to it.
+    fn baseline(&mut self) {
         assert!(
             self.waypoint.reset_peak(),
             "cannot reset the child's peak RSS"
         );
-        self.waypoint.memory()
+        self.before = self.waypoint.memory();
     }
 
-    /// Asserts the waypoint survived and its peak stayed within `bound_kib` of `before`;
+    /// The bystander is still served after the attack (`when`), and the waypoint's peak stayed
+    /// within the usual bound.
+    async fn survived(&mut self, when: &str, attack: &str) {
+        self.served(when).await;
+        self.assert_bounded(attack, MEMORY_BOUND_KIB);
+    }
+
+    /// Normal requests of the bystander, one at a time while `done` is not set (100 at most):
+    /// how many were served, and the slowest.
+    async fn served_until(&self, done: &AtomicBool, when: &str) -> (u32, Duration) {
+        let (mut served, mut slowest) = (0, Duration::ZERO);
+        while !done.load(Ordering::Acquire) && served < 100 {
+            slowest = slowest.max(self.served(when).await);
+            served += 1;
+        }
+        (served, slowest)
+    }
+
+    /// Asserts the waypoint survived and its peak stayed within `bound_kib` of the baseline;
     /// returns the growth in KiB.
-    fn assert_bounded(&mut self, before: Memory, attack: &str, bound_kib: u64) -> u64 {
+    fn assert_bounded(&mut self, attack: &str, bound_kib: u64) -> u64 {
+        let before = self.before;
         assert!(
             self.waypoint.alive(),
             "{attack}: the waypoint died: {}",
@@ -214,7 +230,6 @@ async fn http1_smuggling_with_conflicting_lengths_never_reaches_the_app() {
     let mut attack = Attack::start(50, &[]).await;
     let attacker = attack.attacker();
     let vip = attack.vip(80);
-    let before = attack.before();
     let n = SMUGGLED.len();
     let chunked_smuggle = format!("{n:x}\r\n{SMUGGLED}\r\n0\r\n\r\n");
     let post = |path: &str, headers: &str, body: &str| {
@@ -357,8 +372,9 @@ async fn http1_smuggling_with_conflicting_lengths_never_reaches_the_app() {
         }
     }
     attack.assert_app_saw_no_smuggling();
-    attack.served("after the smuggling attempts").await;
-    attack.assert_bounded(before, "HTTP/1.1 smuggling", MEMORY_BOUND_KIB);
+    attack
+        .survived("after the smuggling attempts", "HTTP/1.1 smuggling")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +384,6 @@ async fn http2_requests_that_would_smuggle_when_downgraded_are_refused() {
     // Port 80 is `http`: an HTTP/2 request goes upstream as HTTP/1.1, where a header or a
     // body smuggled through HTTP/2 framing would become a second request.
     let vip = attack.vip(80);
-    let before = attack.before();
     let with = |method: &str, path: &str, fields: &[(&str, &[u8])]| {
         let mut block = request(method, path);
         for (name, value) in fields {
@@ -455,24 +470,17 @@ async fn http2_requests_that_would_smuggle_when_downgraded_are_refused() {
     }
     // A clean HTTP/2 request is served on the same port.
     let mut h2 = Conn::open(&attacker, &vip).await;
-    h2.send(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &request("GET", "/h2-clean"),
-    ))
-    .await
-    .unwrap();
     assert_eq!(
-        h2.outcome(1).await,
-        Event::Response {
-            stream: 1,
-            status: Some(200)
-        }
+        h2.exchange(1, &request("GET", "/h2-clean")).await,
+        Event::ok(1)
     );
     attack.assert_app_saw_no_smuggling();
-    attack.served("after the HTTP/2 smuggling attempts").await;
-    attack.assert_bounded(before, "HTTP/2 downgrade smuggling", MEMORY_BOUND_KIB);
+    attack
+        .survived(
+            "after the HTTP/2 smuggling attempts",
+            "HTTP/2 downgrade smuggling",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +488,6 @@ async fn oversized_http1_headers_are_answered_431() {
     let mut attack = Attack::start(52, &[]).await;
     let attacker = attack.attacker();
     let vip = attack.vip(80);
-    let before = attack.before();
     // One field past the 64 KiB head limit, and 101 small fields (the limit is 100).
     let big = format!(
         "GET /big HTTP/1.1\r\nHost: back\r\nX-Big: {}\r\n\r\n",
@@ -518,15 +525,15 @@ async fn oversized_http1_headers_are_answered_431() {
     for path in ["/big", "/many"] {
         assert!(attack.app_saw(path).is_empty(), "{path} reached the app");
     }
-    attack.served("after the oversized heads").await;
-    attack.assert_bounded(before, "oversized HTTP/1.1 heads", MEMORY_BOUND_KIB);
+    attack
+        .survived("after the oversized heads", "oversized HTTP/1.1 heads")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_http2_header_lists_are_refused_and_hpack_bombs_bounded() {
     let mut attack = Attack::start(53, &[]).await;
     let attacker = attack.attacker();
-    let before = attack.before();
     for port in [80, 81] {
         let vip = attack.vip(port);
         // 80 KiB of fields in a HEADERS and CONTINUATIONs (the limit is 64 KiB).
@@ -559,20 +566,9 @@ async fn oversized_http2_header_lists_are_refused_and_hpack_bombs_bounded() {
             "port {port}: {outcome:?}"
         );
         // Refused alone: the connection serves the next request.
-        h2.send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            3,
-            &request("GET", "/h2-after-big"),
-        ))
-        .await
-        .unwrap();
         assert_eq!(
-            h2.outcome(3).await,
-            Event::Response {
-                stream: 3,
-                status: Some(200)
-            },
+            h2.exchange(3, &request("GET", "/h2-after-big")).await,
+            Event::ok(3),
             "port {port}"
         );
 
@@ -581,15 +577,9 @@ async fn oversized_http2_header_lists_are_refused_and_hpack_bombs_bounded() {
         let mut h2 = Conn::open(&attacker, &vip).await;
         let mut block = request("GET", "/h2-bomb-seed");
         block.extend(h2raw::remembered("x-bomb", &[b'b'; 4000]));
-        h2.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
-            .await
-            .unwrap();
         assert_eq!(
-            h2.outcome(1).await,
-            Event::Response {
-                stream: 1,
-                status: Some(200)
-            },
+            h2.exchange(1, &block).await,
+            Event::ok(1),
             "port {port}: the seed is within the limit"
         );
         const BOMBS: u32 = 2_000;
@@ -622,8 +612,9 @@ async fn oversized_http2_header_lists_are_refused_and_hpack_bombs_bounded() {
         assert!(attack.app_saw("/h2-bomb").is_empty());
     }
     assert!(attack.app_saw("/h2-big").is_empty());
-    attack.served("after oversized HTTP/2 headers").await;
-    attack.assert_bounded(before, "oversized HTTP/2 headers", MEMORY_BOUND_KIB);
+    attack
+        .survived("after oversized HTTP/2 headers", "oversized HTTP/2 headers")
+        .await;
 }
 
 /// Opens streams and cancels them at once on one connection, `BATCH` pairs per write, until
@@ -658,7 +649,6 @@ async fn rapid_reset(h2: &mut Conn, path: &str, limit: u32) -> (Option<Event>, u
 async fn http2_rapid_reset_is_cut_and_others_are_served_meanwhile() {
     let mut attack = Attack::start(54, &[]).await;
     let attacker = attack.attacker();
-    let before = attack.before();
     // A real attacker reconnects after each GOAWAY: this one does it 100 times per port.
     const CONNECTIONS: usize = 100;
     const STREAMS_PER_CONNECTION: u32 = 10_000;
@@ -697,15 +687,7 @@ async fn http2_rapid_reset_is_cut_and_others_are_served_meanwhile() {
             done.store(true, Ordering::Release);
             (written, processed, started.elapsed())
         };
-        let meanwhile = async {
-            let (mut slowest, mut served) = (Duration::ZERO, 0);
-            // Bounded: at most 100 requests, one at a time, while the flood lasts.
-            while !done.load(Ordering::Acquire) && served < 100 {
-                slowest = slowest.max(attack.served("during a rapid reset flood").await);
-                served += 1;
-            }
-            (served, slowest)
-        };
+        let meanwhile = attack.served_until(&done, "during a rapid reset flood");
         let ((written, processed, took), (served, slowest)) = tokio::join!(flood, meanwhile);
         let reached = attack.app_saw(&path).len();
         eprintln!(
@@ -720,8 +702,9 @@ async fn http2_rapid_reset_is_cut_and_others_are_served_meanwhile() {
             "port {port}: a normal request took {slowest:?} during the flood"
         );
     }
-    attack.served("after the rapid reset floods").await;
-    attack.assert_bounded(before, "HTTP/2 rapid reset", MEMORY_BOUND_KIB);
+    attack
+        .survived("after the rapid reset floods", "HTTP/2 rapid reset")
+        .await;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -738,7 +721,6 @@ enum Flood {
 async fn http2_continuation_floods_close_the_connection() {
     let mut attack = Attack::start(55, &[]).await;
     let attacker = attack.attacker();
-    let before = attack.before();
     const FRAMES: usize = 10_000;
     for port in [80, 81] {
         for flood in [Flood::SmallFields, Flood::EndlessValue, Flood::Empty] {
@@ -786,8 +768,12 @@ async fn http2_continuation_floods_close_the_connection() {
         }
     }
     assert!(attack.app_saw("/continuation").is_empty());
-    attack.served("after the CONTINUATION floods").await;
-    attack.assert_bounded(before, "HTTP/2 CONTINUATION floods", MEMORY_BOUND_KIB);
+    attack
+        .survived(
+            "after the CONTINUATION floods",
+            "HTTP/2 CONTINUATION floods",
+        )
+        .await;
 }
 
 /// The header read timeout the slowloris tests give the binary (production: 10 s).
@@ -832,7 +818,6 @@ async fn slowloris_is_cut_after_the_header_read_timeout() {
     let mut attack = Attack::start(56, &HEADER_TIMEOUT_FLAG).await;
     let attacker = attack.attacker();
     let vip = attack.vip(80);
-    let before = attack.before();
     let trickle = [b'a'; 100];
     let preface = h2raw::preface();
     let cases: [(&str, &[u8], &[u8]); 3] = [
@@ -909,16 +894,8 @@ async fn slowloris_is_cut_after_the_header_read_timeout() {
         done.store(true, Ordering::Release);
         cuts
     };
-    let meanwhile = async {
-        let mut served = 0;
-        // Bounded: at most 100 requests, one at a time, while the flood lasts.
-        while !done.load(Ordering::Acquire) && served < 100 {
-            attack.served("during a slowloris flood").await;
-            served += 1;
-        }
-        served
-    };
-    let (cuts, served) = tokio::join!(flood, meanwhile);
+    let meanwhile = attack.served_until(&done, "during a slowloris flood");
+    let (cuts, (served, _)) = tokio::join!(flood, meanwhile);
     let slowest = cuts
         .iter()
         .map(|(cut, _)| cut.unwrap_or(Duration::MAX))
@@ -933,8 +910,9 @@ async fn slowloris_is_cut_after_the_header_read_timeout() {
     );
     assert!(attack.app_saw("/slowloris").is_empty());
     assert!(attack.app_saw("/slow-h2").is_empty());
-    attack.served("after the slowloris flood").await;
-    attack.assert_bounded(before, "slowloris", MEMORY_BOUND_KIB);
+    attack
+        .survived("after the slowloris flood", "slowloris")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,7 +920,6 @@ async fn idle_tunnels_from_one_peer_are_bounded() {
     // Long enough to open them all before the first is cut.
     let mut attack = Attack::start(57, &["--http-header-read-timeout-ms", "3000"]).await;
     let attacker = attack.attacker();
-    let before = attack.before();
     // Idle HTTP tunnels: each costs the waypoint a little, and each is cut after the header
     // read timeout when no request comes.
     const HTTP_IDLE: usize = 1000;
@@ -963,16 +940,16 @@ async fn idle_tunnels_from_one_peer_are_bounded() {
     let cut = cut.iter().filter(|c| **c).count();
     eprintln!(
         "{HTTP_IDLE} idle HTTP tunnels: {} KiB of peak, {cut} cut within {:?}",
-        peak.peak_kib.saturating_sub(before.rss_kib),
+        peak.peak_kib.saturating_sub(attack.before.rss_kib),
         opened.elapsed()
     );
     assert_eq!(cut, HTTP_IDLE, "idle HTTP tunnels were kept");
     drop(tunnels);
-    attack.assert_bounded(before, "idle HTTP tunnels", MEMORY_BOUND_KIB);
+    attack.assert_bounded("idle HTTP tunnels", MEMORY_BOUND_KIB);
 
     // Idle TCP tunnels live as long as the client wants (a TCP connection may idle); what bounds
     // them is the HBONE server: 1024 tunnels per connection.
-    let before = attack.before();
+    attack.baseline();
     let greedy = Client {
         pool: ambit_hbone::HbonePool::new(
             ambit_hbone::Dialer::new(
@@ -1005,7 +982,7 @@ async fn idle_tunnels_from_one_peer_are_bounded() {
     );
     assert_eq!(greedy.pool.stats().connections, 1);
     attack.served("with 1024 idle TCP tunnels open").await;
-    let growth = attack.assert_bounded(before, "1024 idle TCP tunnels", 2 * MEMORY_BOUND_KIB);
+    let growth = attack.assert_bounded("1024 idle TCP tunnels", 2 * MEMORY_BOUND_KIB);
     eprintln!(
         "idle TCP tunnel: {} KiB each (with its upstream tunnel)",
         growth / TCP_IDLE as u64
@@ -1210,6 +1187,16 @@ mod h2raw {
         Closed,
     }
 
+    impl Event {
+        /// A `200` on `stream`.
+        pub fn ok(stream: u32) -> Self {
+            Self::Response {
+                stream,
+                status: Some(200),
+            }
+        }
+    }
+
     struct Frame {
         kind: u8,
         flags: u8,
@@ -1308,6 +1295,15 @@ mod h2raw {
 
         pub fn try_next(&mut self) -> Option<Event> {
             self.events.try_recv().ok()
+        }
+
+        /// Sends a request without a body (its header `block`, one HEADERS frame) on `stream`:
+        /// what became of it.
+        pub async fn exchange(&mut self, stream: u32, block: &[u8]) -> Event {
+            self.send(&frame(HEADERS, END_HEADERS | END_STREAM, stream, block))
+                .await
+                .unwrap();
+            self.outcome(stream).await
         }
 
         /// What became of `stream` (5 s at most): its response or reset, or the connection's

@@ -15,19 +15,9 @@ fn mesh(net: u8) -> String {
     format!(
         r#"
 workloads:
-  - {{uid: b1, name: back-1, namespace: shop, serviceAccount: back, node: n1, ips: ["127.{net}.0.11"], labels: {{app: back}}}}
-  - {{uid: b2, name: back-2, namespace: shop, serviceAccount: back, node: n2, ips: ["127.{net}.0.12"], labels: {{app: back}}}}
-  - {{uid: f1, name: front-1, namespace: shop, serviceAccount: front, node: n1, ips: ["127.{net}.0.21"]}}
+{back_pods}  - {{uid: f1, name: front-1, namespace: shop, serviceAccount: front, node: n1, ips: ["127.{net}.0.21"]}}
 services:
-  - name: back
-    namespace: shop
-    vips: ["10.96.{net}.1"]
-    ports:
-      - {{port: 80, targetPort: 8080, name: http}}
-      - {{port: 81, targetPort: 8080, name: grpc}}
-      - {{port: 70, targetPort: 7000, name: tcp-echo}}
-    endpoints: [b1, b2]
-  - name: front
+{back_service}  - name: front
     namespace: shop
     vips: ["10.96.{net}.2"]
     ports: [{{port: 80, targetPort: 8080, name: http}}]
@@ -45,25 +35,54 @@ policies:
     namespace: shop
     action: Deny
     rules: [{{principals: ["spiffe://cluster.local/ns/shop/sa/intruder"]}}]
-"#
+"#,
+        back_pods = back_pods(net, 2),
+        back_service = back_service(net, 2),
     )
 }
 
-async fn setup(net: u8) -> (TestPki, ambit_waypoint::run::Running, Seen, Seen) {
-    let pki = TestPki::new("cluster.local");
-    let seen1 = pod(&pki, ip(net, 11), "back", "back-1").await;
-    let seen2 = pod(&pki, ip(net, 12), "back", "back-2").await;
-    let waypoint = waypoint(&pki, net, &mesh(net)).await;
-    (pki, waypoint, seen1, seen2)
+/// The waypoint serving [`mesh`] on `127.net.0.1`, and the two pods of `back` behind it.
+struct Loopback {
+    net: u8,
+    pki: TestPki,
+    waypoint: ambit_waypoint::run::Running,
+    /// Who reached the tunnels of `back-1` and `back-2`.
+    seen: [Seen; 2],
+}
+
+impl Loopback {
+    async fn start(net: u8) -> Self {
+        let pki = TestPki::new("cluster.local");
+        let seen = [
+            pod(&pki, ip(net, 11), "back", "back-1").await,
+            pod(&pki, ip(net, 12), "back", "back-2").await,
+        ];
+        let waypoint = waypoint(&pki, net, &mesh(net)).await;
+        Self {
+            net,
+            pki,
+            waypoint,
+            seen,
+        }
+    }
+
+    /// A client tunnel of `shop/sa` to the waypoint.
+    fn client(&self, sa: &str) -> Client {
+        Client::new(&self.pki, NS, sa, self.waypoint.hbone_addr)
+    }
+
+    /// Service `back` on `port`.
+    fn back(&self, port: u16) -> String {
+        format!("10.96.{}.1:{port}", self.net)
+    }
 }
 
 #[tokio::test]
 async fn http1_reaches_both_pods_as_the_waypoint_with_telemetry() {
-    let net = 31;
-    let (pki, waypoint, seen1, seen2) = setup(net).await;
-    assert!(waypoint.shared.ready());
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut http = client.http1(&format!("10.96.{net}.1:80")).await;
+    let lo = Loopback::start(31).await;
+    assert!(lo.waypoint.shared.ready());
+    let client = lo.client("front");
+    let mut http = client.http1(&lo.back(80)).await;
     let mut apps = std::collections::BTreeSet::new();
     // One keep-alive connection: the waypoint balances its requests over both pods.
     for _ in 0..20 {
@@ -93,8 +112,8 @@ async fn http1_reaches_both_pods_as_the_waypoint_with_telemetry() {
         );
     }
     assert_eq!(apps.len(), 2, "both endpoints served: {apps:?}");
-    let waypoint_id = pki.id("shop", "waypoint-back");
-    for seen in [&seen1, &seen2] {
+    let waypoint_id = lo.pki.id("shop", "waypoint-back");
+    for seen in &lo.seen {
         let seen = seen.lock().unwrap();
         assert!(!seen.is_empty());
         assert!(seen.iter().all(|id| *id == waypoint_id), "{seen:?}");
@@ -114,7 +133,7 @@ async fn http1_reaches_both_pods_as_the_waypoint_with_telemetry() {
         "{seen}"
     );
     assert!(!seen.contains("00f067aa0ba902b7"), "{seen}");
-    let shared = waypoint.shared.clone();
+    let shared = lo.waypoint.shared.clone();
     eventually("the request metrics", || {
         shared.metrics.render(None).contains(
             r#"ambit_waypoint_requests_total{source_identity="spiffe://cluster.local/ns/shop/sa/front",destination_identity="spiffe://cluster.local/ns/shop/sa/back",destination_service="back.shop",method="GET",response_code="200",grpc_status=""} 21"#,
@@ -125,17 +144,11 @@ async fn http1_reaches_both_pods_as_the_waypoint_with_telemetry() {
 
 #[tokio::test]
 async fn l7_deny_refuses_one_request_and_serves_the_next_on_the_same_connection() {
-    let net = 32;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut http = client.http1(&format!("10.96.{net}.1:80")).await;
-    let delete = hyper::Request::builder()
-        .method("DELETE")
-        .uri("/admin/users/1")
-        .header("host", "back")
-        .body(support::body(""))
-        .unwrap();
-    let (status, _, body) = text(http.send_request(delete).await.unwrap()).await;
+    let lo = Loopback::start(32).await;
+    let client = lo.client("front");
+    let mut http = client.http1(&lo.back(80)).await;
+    let denied = delete("/admin/users/1", "back");
+    let (status, _, body) = text(http.send_request(denied).await.unwrap()).await;
     assert_eq!(status, 403);
     assert!(body.contains("shop/no-admin-delete"), "{body}");
     for path in ["/", "/admin/users/1"] {
@@ -143,20 +156,15 @@ async fn l7_deny_refuses_one_request_and_serves_the_next_on_the_same_connection(
         assert_eq!(status, 200, "GET {path}: {body}");
     }
     // A pod addressed directly is under the same policy.
-    let mut direct = client.http1(&format!("127.{net}.0.11:8080")).await;
-    let delete = hyper::Request::builder()
-        .method("DELETE")
-        .uri("/admin/x")
-        .header("host", "back")
-        .body(support::body(""))
-        .unwrap();
-    let (status, _, body) = text(direct.send_request(delete).await.unwrap()).await;
+    let mut direct = client.http1(&format!("127.{}.0.11:8080", lo.net)).await;
+    let denied = delete("/admin/x", "back");
+    let (status, _, body) = text(direct.send_request(denied).await.unwrap()).await;
     assert_eq!(status, 403, "{body}");
     let (status, _, body) = text(direct.send_request(get("/", "back")).await.unwrap()).await;
     assert_eq!((status, body.as_str()), (200, "back-1 GET /"));
     // An L4 rule on the client's identity: the waypoint sees the real client.
-    let intruder = Client::new(&pki, "shop", "intruder", waypoint.hbone_addr);
-    let mut http = intruder.http1(&format!("10.96.{net}.1:80")).await;
+    let intruder = lo.client("intruder");
+    let mut http = intruder.http1(&lo.back(80)).await;
     let (status, _, body) = text(http.send_request(get("/", "back")).await.unwrap()).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no-intruder"), "{body}");
@@ -164,10 +172,9 @@ async fn l7_deny_refuses_one_request_and_serves_the_next_on_the_same_connection(
 
 #[tokio::test]
 async fn grpc_over_http2_keeps_trailers_and_denies_with_permission_denied() {
-    let net = 33;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut h2 = client.http2(&format!("10.96.{net}.1:81")).await;
+    let lo = Loopback::start(33).await;
+    let client = lo.client("front");
+    let mut h2 = client.http2(&lo.back(81)).await;
     let call = |method: &str, timeout: Option<&str>| {
         let mut b = hyper::Request::builder()
             .method("POST")
@@ -200,7 +207,7 @@ async fn grpc_over_http2_keeps_trailers_and_denies_with_permission_denied() {
             .contains("no-secret")
     );
 
-    let shared = waypoint.shared.clone();
+    let shared = lo.waypoint.shared.clone();
     eventually("gRPC status in metrics", || {
         let text = shared.metrics.render(None);
         text.contains(r#"method="POST",response_code="200",grpc_status="0"} 1"#)
@@ -211,10 +218,9 @@ async fn grpc_over_http2_keeps_trailers_and_denies_with_permission_denied() {
 
 #[tokio::test]
 async fn grpc_deadlines_are_enforced() {
-    let net = 34;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut h2 = client.http2(&format!("10.96.{net}.1:81")).await;
+    let lo = Loopback::start(34).await;
+    let client = lo.client("front");
+    let mut h2 = client.http2(&lo.back(81)).await;
     let request = hyper::Request::builder()
         .method("POST")
         .uri("http://back:81/slow")
@@ -230,10 +236,9 @@ async fn grpc_deadlines_are_enforced() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_on_an_http_port_is_served() {
-    let net = 35;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut h2 = client.http2(&format!("10.96.{net}.1:80")).await;
+    let lo = Loopback::start(35).await;
+    let client = lo.client("front");
+    let mut h2 = client.http2(&lo.back(80)).await;
     let request = hyper::Request::builder()
         .uri("http://back.shop.svc/h2")
         .body(support::body(""))
@@ -247,10 +252,9 @@ async fn http2_prior_knowledge_on_an_http_port_is_served() {
 
 #[tokio::test]
 async fn upgrades_are_spliced_through() {
-    let net = 36;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut http = client.http1(&format!("10.96.{net}.1:80")).await;
+    let lo = Loopback::start(36).await;
+    let client = lo.client("front");
+    let mut http = client.http1(&lo.back(80)).await;
     let request = hyper::Request::builder()
         .uri("/ws")
         .header("host", "back")
@@ -270,37 +274,32 @@ async fn upgrades_are_spliced_through() {
 
 #[tokio::test]
 async fn tcp_is_forwarded_under_l4_policy() {
-    let net = 37;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
-    let mut stream = client.tunnel(&format!("10.96.{net}.1:70")).await.unwrap();
+    let lo = Loopback::start(37).await;
+    let client = lo.client("front");
+    let mut stream = client.tunnel(&lo.back(70)).await.unwrap();
     stream.write_all(b"raw bytes").await.unwrap();
     let mut buf = [0u8; 9];
     stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"raw bytes");
-    let intruder = Client::new(&pki, "shop", "intruder", waypoint.hbone_addr);
-    let refused = intruder
-        .tunnel(&format!("10.96.{net}.1:70"))
-        .await
-        .unwrap_err();
+    let intruder = lo.client("intruder");
+    let refused = intruder.tunnel(&lo.back(70)).await.unwrap_err();
     assert!(refused.to_string().contains("401"), "{refused}");
 }
 
 #[tokio::test]
 async fn destinations_of_other_accounts_are_refused() {
-    let net = 38;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let client = Client::new(&pki, "shop", "front", waypoint.hbone_addr);
+    let lo = Loopback::start(38).await;
+    let client = lo.client("front");
     for other in [
-        format!("10.96.{net}.2:80"),     // another account's Service
-        format!("127.{net}.0.21:8080"),  // another account's pod
-        "192.0.2.1:443".to_owned(),      // outside the mesh
-        format!("127.{net}.0.11:15008"), // the pod's tunnel port
+        format!("10.96.{}.2:80", lo.net),     // another account's Service
+        format!("127.{}.0.21:8080", lo.net),  // another account's pod
+        "192.0.2.1:443".to_owned(),           // outside the mesh
+        format!("127.{}.0.11:15008", lo.net), // the pod's tunnel port
     ] {
         let refused = client.tunnel(&other).await.unwrap_err();
         assert!(refused.to_string().contains("401"), "{other}: {refused}");
     }
-    let shared = waypoint.shared.clone();
+    let shared = lo.waypoint.shared.clone();
     eventually("refusals counted", || {
         shared
             .metrics
@@ -312,25 +311,23 @@ async fn destinations_of_other_accounts_are_refused() {
 
 #[tokio::test]
 async fn a_client_with_a_certificate_from_another_mesh_is_refused() {
-    let net = 39;
-    let (_, waypoint, _, _) = setup(net).await;
+    let lo = Loopback::start(39).await;
     let other = TestPki::new("cluster.local");
-    let client = Client::new(&other, "shop", "front", waypoint.hbone_addr);
-    assert!(client.tunnel(&format!("10.96.{net}.1:80")).await.is_err());
+    let client = Client::new(&other, "shop", "front", lo.waypoint.hbone_addr);
+    assert!(client.tunnel(&lo.back(80)).await.is_err());
 }
 
 #[tokio::test]
 async fn draining_refuses_new_tunnels_and_fails_readiness() {
-    let net = 40;
-    let (pki, waypoint, _, _) = setup(net).await;
-    let shared = waypoint.shared.clone();
-    let addr = waypoint.hbone_addr;
-    let client = Client::new(&pki, "shop", "front", addr);
-    let mut http = client.http1(&format!("10.96.{net}.1:80")).await;
+    let lo = Loopback::start(40).await;
+    let shared = lo.waypoint.shared.clone();
+    let client = lo.client("front");
+    let vip = lo.back(80);
+    let mut http = client.http1(&vip).await;
     let (status, _, _) = text(http.send_request(get("/", "back")).await.unwrap()).await;
     assert_eq!(status, 200);
-    let drained = tokio::spawn(waypoint.drain());
+    let drained = tokio::spawn(lo.waypoint.drain());
     eventually("draining", || !shared.ready()).await;
-    assert!(client.tunnel(&format!("10.96.{net}.1:80")).await.is_err());
+    assert!(client.tunnel(&vip).await.is_err());
     drained.await.unwrap();
 }

@@ -23,24 +23,10 @@ async fn main() -> Result<()> {
     user.plain_before_enrollment().await?;
     user.enroll().await?;
     user.deny_one_client().await?;
-    user.waypoint().await?;
-    user.through_waypoint().await?;
-    user.l7_deny().await?;
-    user.pod_ip_through_waypoint().await?;
-    user.bypass_refused().await?;
-    user.waypoint_scaled_to_zero().await?;
-    user.waypoint_delete().await?;
+    user.waypoint_steps().await?;
     // Put the waypoint back, so the testbed is left with one to look at.
     user.say.step("The waypoint again, to poke around");
-    user.kubectl(&[
-        "ambit",
-        "waypoint",
-        "apply",
-        "-n",
-        NS,
-        "--service-account",
-        ambit_e2e::SERVER,
-    ])?;
+    user.waypoint_command("apply")?;
     user.waypoint_pod().await?;
     // The L7 policy went with the waypoint; it comes back with it.
     user.l7_deny().await?;

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -40,6 +40,37 @@ pub const WAYPOINT_SA: &str = "waypoint-back";
 /// `127.net.0.host`.
 pub fn ip(net: u8, host: u8) -> IpAddr {
     IpAddr::from([127, net, 0, host])
+}
+
+/// Mesh YAML, items of `workloads:`: pods `back-1` to `back-N` of `shop/back` (uids `b1`...),
+/// on `127.net.0.11` and up, each on its own node.
+pub fn back_pods(net: u8, pods: u8) -> String {
+    (1..=pods)
+        .map(|n| {
+            let host = 10 + n;
+            format!(
+                "  - {{uid: b{n}, name: back-{n}, namespace: shop, serviceAccount: back, node: n{n}, ips: [\"127.{net}.0.{host}\"], labels: {{app: back}}}}\n"
+            )
+        })
+        .collect()
+}
+
+/// Mesh YAML, an item of `services:`: Service `back` (VIP `10.96.net.1`) in front of
+/// [`back_pods`]: port 80 is HTTP and 81 gRPC (to the app's 8080), 70 TCP (to the echo's 7000).
+pub fn back_service(net: u8, pods: u8) -> String {
+    let endpoints: Vec<String> = (1..=pods).map(|n| format!("b{n}")).collect();
+    let endpoints = endpoints.join(", ");
+    format!(
+        r#"  - name: back
+    namespace: shop
+    vips: ["10.96.{net}.1"]
+    ports:
+      - {{port: 80, targetPort: 8080, name: http}}
+      - {{port: 81, targetPort: 8080, name: grpc}}
+      - {{port: 70, targetPort: 7000, name: tcp-echo}}
+    endpoints: [{endpoints}]
+"#
+    )
 }
 
 /// The identities that reached a pod's tunnel.
@@ -68,16 +99,23 @@ impl ConnectHandler for PodTunnel {
 /// `ip:7000` (TCP echo). Returns who reached the tunnel.
 pub async fn pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> Seen {
     let seen = Seen::default();
+    pod_tunnel(pki, ip, sa, seen.clone()).await;
+    serve_http(ip, move |r| app(r, name)).await;
+    tcp_echo(ip).await;
+    seen
+}
+
+/// The pod's "node tunnel" on `ip:15008`, presenting `sa`'s identity; who connects goes to
+/// `seen`.
+async fn pod_tunnel(pki: &TestPki, ip: IpAddr, sa: &str, seen: Seen) {
     let tls = server_config(pki.handle(NS, sa), &pki.bundle()).unwrap();
     let listener = TcpListener::bind(SocketAddr::new(ip, 15008)).await.unwrap();
-    let server = HboneServer::new(
-        tls,
-        ServerSettings::default(),
-        PodTunnel { seen: seen.clone() },
-    );
+    let server = HboneServer::new(tls, ServerSettings::default(), PodTunnel { seen });
     tokio::spawn(server.serve(listener));
-    let http = TcpListener::bind(SocketAddr::new(ip, 8080)).await.unwrap();
-    tokio::spawn(serve_app(http, name));
+}
+
+/// A TCP echo on `ip:7000`.
+async fn tcp_echo(ip: IpAddr) {
     let tcp = TcpListener::bind(SocketAddr::new(ip, 7000)).await.unwrap();
     tokio::spawn(async move {
         loop {
@@ -88,19 +126,34 @@ pub async fn pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> See
             });
         }
     });
-    seen
 }
 
-async fn serve_app(listener: TcpListener, name: &'static str) {
-    loop {
-        let (tcp, _) = listener.accept().await.unwrap();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |r| app(r, name));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+/// An app on `ip:8080` (HTTP/1.1, with upgrades, and h2c) answering with `handle`.
+async fn serve_http<F, Fut>(ip: IpAddr, handle: F)
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<hyper::Response<TestBody>, Infallible>> + Send + 'static,
+{
+    let listener = TcpListener::bind(SocketAddr::new(ip, 8080)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(handle.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A request's whole body; empty if it could not be read.
+async fn read_body(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
 }
 
 /// The echo app: `NAME METHOD PATH` and what it saw in `x-seen-*` headers; gRPC-shaped
@@ -152,12 +205,7 @@ async fn app(
         ("x-seen-version", format!("{:?}", request.version())),
     ];
     let line = format!("{name} {} {}", request.method(), request.uri().path());
-    let payload = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let payload = read_body(request.into_body()).await;
     let mut response = hyper::Response::builder();
     for (k, v) in seen {
         response = response.header(k, v);
@@ -181,46 +229,48 @@ async fn app(
 pub async fn waypoint(pki: &TestPki, net: u8, mesh: &str) -> Running {
     let dir =
         std::env::temp_dir().join(format!("ambit-waypoint-test-{}-{net}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let material = pki.ca.to_material();
-    let file = |name: &str, text: &str| -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let mesh = file("mesh.yaml", mesh);
-    let cert = file("ca.crt", &material.certificate_pem);
-    let key = file("ca.key", &material.key_pem);
-    let at = |port: u16| SocketAddr::new(ip(net, 1), port).to_string();
-    let args = Args::try_parse_from([
-        "ambit-waypoint",
-        "--namespace",
-        NS,
-        "--for-service-account",
-        SERVED_SA,
-        "--service-account",
-        WAYPOINT_SA,
-        "--mesh",
-        mesh.to_str().unwrap(),
-        "--ca-cert",
-        cert.to_str().unwrap(),
-        "--ca-key",
-        key.to_str().unwrap(),
-        "--listen",
-        &at(0),
-        "--admin",
-        &at(0),
-        "--metrics",
-        &at(0),
-        "--readiness",
-        &at(0),
-        "--drain-secs",
-        "1",
-    ])
-    .unwrap();
+    let flags = standalone_flags(pki, &dir, net, mesh, [0; 4]);
+    let args =
+        Args::try_parse_from(["ambit-waypoint".to_owned()].into_iter().chain(flags)).unwrap();
     ambit_waypoint::run::start(Config::from_args(args).unwrap())
         .await
         .unwrap()
+}
+
+/// The flags of a standalone waypoint for `shop/back`: `mesh` (YAML) and the local CA written
+/// into `dir`; HBONE, admin, metrics and readiness on `ports` of `127.net.0.1`.
+fn standalone_flags(
+    pki: &TestPki,
+    dir: &Path,
+    net: u8,
+    mesh: &str,
+    ports: [u16; 4],
+) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let material = pki.ca.to_material();
+    let file = |name: &str, text: &str| -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let at = |port: u16| SocketAddr::new(ip(net, 1), port).to_string();
+    let [listen, admin, metrics, readiness] = ports;
+    [
+        ("--namespace", NS.to_owned()),
+        ("--for-service-account", SERVED_SA.to_owned()),
+        ("--service-account", WAYPOINT_SA.to_owned()),
+        ("--mesh", file("mesh.yaml", mesh)),
+        ("--ca-cert", file("ca.crt", &material.certificate_pem)),
+        ("--ca-key", file("ca.key", &material.key_pem)),
+        ("--listen", at(listen)),
+        ("--admin", at(admin)),
+        ("--metrics", at(metrics)),
+        ("--readiness", at(readiness)),
+        ("--drain-secs", "1".to_owned()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect()
 }
 
 /// A client tunnel of `shop/SA`.
@@ -285,7 +335,16 @@ pub async fn text(response: hyper::Response<Incoming>) -> (u16, hyper::HeaderMap
 }
 
 pub fn get(path: &str, host: &str) -> hyper::Request<TestBody> {
+    request(hyper::Method::GET, path, host)
+}
+
+pub fn delete(path: &str, host: &str) -> hyper::Request<TestBody> {
+    request(hyper::Method::DELETE, path, host)
+}
+
+fn request(method: hyper::Method, path: &str, host: &str) -> hyper::Request<TestBody> {
     hyper::Request::builder()
+        .method(method)
         .uri(path)
         .header("host", host)
         .body(body(""))
@@ -321,40 +380,10 @@ pub type AppLog = Arc<Mutex<Vec<SeenRequest>>>;
 /// whether a smuggled request reached it) and answers `NAME METHOD PATH`; `ip:7000` echoes TCP.
 pub async fn recording_pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> AppLog {
     let log = AppLog::default();
-    let tls = server_config(pki.handle(NS, sa), &pki.bundle()).unwrap();
-    let listener = TcpListener::bind(SocketAddr::new(ip, 15008)).await.unwrap();
-    let server = HboneServer::new(
-        tls,
-        ServerSettings::default(),
-        PodTunnel {
-            seen: Seen::default(),
-        },
-    );
-    tokio::spawn(server.serve(listener));
-    let tcp = TcpListener::bind(SocketAddr::new(ip, 7000)).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = tcp.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    let http = TcpListener::bind(SocketAddr::new(ip, 8080)).await.unwrap();
+    pod_tunnel(pki, ip, sa, Seen::default()).await;
+    tcp_echo(ip).await;
     let recorded = log.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = http.accept().await.unwrap();
-            let log = recorded.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |r| record(r, name, log.clone()));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
+    serve_http(ip, move |r| record(r, name, recorded.clone())).await;
     log
 }
 
@@ -376,12 +405,7 @@ async fn record(
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let line = format!("{name} {method} {path}");
-    let received = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let received = read_body(request.into_body()).await;
     log.lock().unwrap().push(SeenRequest {
         method,
         path,
@@ -415,39 +439,10 @@ impl ChildWaypoint {
     pub async fn start(pki: &TestPki, net: u8, mesh: &str, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("ambit-waypoint-child-{}-{net}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let material = pki.ca.to_material();
-        let file = |name: &str, text: &str| -> PathBuf {
-            let p = dir.join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        let mesh = file("mesh.yaml", mesh);
-        let cert = file("ca.crt", &material.certificate_pem);
-        let key = file("ca.key", &material.key_pem);
+        let flags = standalone_flags(pki, &dir, net, mesh, [15008, 15000, 15020, 15021]);
         let log = dir.join("waypoint.log");
-        let at = |port: u16| SocketAddr::new(ip(net, 1), port).to_string();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ambit-waypoint"))
-            .args([
-                "--namespace",
-                NS,
-                "--for-service-account",
-                SERVED_SA,
-                "--service-account",
-                WAYPOINT_SA,
-                "--drain-secs",
-                "1",
-            ])
-            .arg("--mesh")
-            .arg(&mesh)
-            .arg("--ca-cert")
-            .arg(&cert)
-            .arg("--ca-key")
-            .arg(&key)
-            .args(["--listen", &at(15008)])
-            .args(["--admin", &at(15000)])
-            .args(["--metrics", &at(15020)])
-            .args(["--readiness", &at(15021)])
+            .args(flags)
             .args(extra)
             .env("AMBIT_LOG", "warn")
             .stdin(std::process::Stdio::null())
