@@ -46,10 +46,16 @@ struct Attack {
     net: u8,
     /// The waypoint's memory before the attack; its peak was reset to it.
     before: Memory,
+    /// One attack at a time: floods from parallel tests on 2 cores starve each other's
+    /// bystanders and turn bounds checks into scheduling races.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Attack {
     async fn start(net: u8, extra: &[&str]) -> Self {
+        let serial = SERIAL.lock().await;
         let pki = TestPki::new("cluster.local");
         let app = recording_pod(&pki, ip(net, 11), SERVED_SA, "back-1").await;
         let waypoint = ChildWaypoint::start(&pki, net, &mesh(net), extra).await;
@@ -63,6 +69,7 @@ impl Attack {
             bystander,
             net,
             before,
+            _serial: serial,
         };
         // Warm up (upstream pool, TLS sessions) so the baseline is a serving waypoint's size.
         attack.served("before the attack").await;
