@@ -67,11 +67,16 @@ pub fn route(
                 )
             }
         }
-        (Endpoints::Metrics, "/metrics" | "/stats/prometheus") => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.render(shared.stream().as_ref()),
-        ),
+        (Endpoints::Metrics, "/metrics" | "/stats/prometheus") => {
+            shared
+                .metrics
+                .access_log_dropped(shared.access_log.dropped());
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                shared.metrics.render(shared.stream().as_ref()),
+            )
+        }
         (Endpoints::Admin, "/config_dump") => {
             let mesh = shared.mesh();
             let body = serde_json::json!({

@@ -73,6 +73,9 @@ pub struct Args {
     /// Readiness (`/healthz/ready`).
     #[arg(long, env = "AMBIT_READINESS", default_value = "0.0.0.0:15021")]
     pub readiness: SocketAddr,
+    /// A JSON line per request on stderr (`--access-log false`: none).
+    #[arg(long, env = "AMBIT_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
     /// On SIGTERM, how long open connections may finish.
     #[arg(long, env = "AMBIT_DRAIN_SECS", default_value_t = 5)]
     pub drain_secs: u64,
@@ -107,6 +110,7 @@ pub struct Config {
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
     pub drain_timeout: Duration,
+    pub access_log: bool,
     /// Bounds of the downstream HTTP server: the production defaults, unless a test set them.
     pub http_limits: Limits,
 }
@@ -164,6 +168,7 @@ impl Config {
             metrics: args.metrics,
             readiness: args.readiness,
             drain_timeout: Duration::from_secs(args.drain_secs),
+            access_log: args.access_log,
             http_limits,
         })
     }

@@ -10,9 +10,11 @@
 //! - [`inbound`]: HBONE in; TCP is forwarded, HTTP goes through [`http`].
 //! - [`http`]: the request path as tower layers on hyper: telemetry → balance → authz →
 //!   forward (upstream HTTP over pooled HBONE).
-//! - [`metrics`], [`admin`]: Prometheus metrics, readiness and the config dump.
+//! - [`metrics`], [`admin`], [`access_log`]: Prometheus metrics, readiness, the config dump,
+//!   and a JSON line per request.
 //! - [`run`]: the wiring.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod destination;

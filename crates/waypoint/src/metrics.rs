@@ -54,6 +54,7 @@ pub struct Metrics {
     tcp_bytes_received: Counter,
     config_connected: Gauge,
     config_deltas: Family<DeltaLabels, Counter>,
+    access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -105,8 +106,15 @@ impl Default for Metrics {
             "Config deltas from the controller, accepted or rejected",
             config_deltas.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer could not keep up",
+            access_log_dropped.clone(),
+        );
         Self {
             registry,
+            access_log_dropped,
             requests,
             request_duration,
             connections,
@@ -149,6 +157,12 @@ impl Metrics {
     pub fn tcp_bytes(&self, sent: u64, received: u64) {
         self.tcp_bytes_sent.inc_by(sent);
         self.tcp_bytes_received.inc_by(received);
+    }
+
+    /// Brings the dropped access log lines' counter up to `total`.
+    pub fn access_log_dropped(&self, total: u64) {
+        self.access_log_dropped
+            .inc_by(total.saturating_sub(self.access_log_dropped.get()));
     }
 
     /// The exposition text, with the config stream's state as of now.

@@ -1,5 +1,6 @@
 //! The wiring: source → certificate → model → listeners; SIGTERM drains.
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, Endpoints};
 use crate::config::Config;
 use crate::http::upstream::Upstreams;
@@ -61,6 +62,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         identity.clone(),
         start.mesh,
         start.synced,
+        AccessLog::stderr(config.access_log),
     ));
     let fed = shared.clone();
     let stream = spawn_feed(

@@ -1,6 +1,7 @@
 //! What every connection of the waypoint reads: the served account, the current mesh model,
 //! readiness and draining.
 
+use crate::access_log::AccessLog;
 use crate::metrics::Metrics;
 use ambit_controller_client::StreamState;
 use ambit_identity::SpiffeId;
@@ -17,6 +18,7 @@ pub struct Shared {
     /// The waypoint's own identity, presented in and out.
     pub identity: SpiffeId,
     pub metrics: Metrics,
+    pub access_log: AccessLog,
     mesh: LiveMesh,
     certified: AtomicBool,
     draining: watch::Sender<bool>,
@@ -31,12 +33,14 @@ impl Shared {
         identity: SpiffeId,
         mesh: Mesh,
         synced: bool,
+        access_log: AccessLog,
     ) -> Self {
         Self {
             namespace,
             for_service_account,
             identity,
             metrics: Metrics::default(),
+            access_log,
             mesh: LiveMesh::new(mesh, synced),
             certified: AtomicBool::new(false),
             draining: watch::channel(false).0,

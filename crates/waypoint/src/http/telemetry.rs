@@ -5,6 +5,7 @@
 
 use super::body::Observed;
 use super::{Downstream, Inner, Picked, Request, Response, ResponseFuture, authority};
+use crate::access_log::RequestLine;
 use crate::metrics::{RequestLabels, method_label};
 use crate::state::Shared;
 use http::HeaderValue;
@@ -120,6 +121,17 @@ struct Record {
     version: http::Version,
 }
 
+fn version_str(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "unknown",
+    }
+}
+
 impl Record {
     fn finish(mut self, trailers: Option<&http::HeaderMap>, clean: bool) {
         if let Some(status) = trailers.and_then(|t| t.get("grpc-status")) {
@@ -128,26 +140,23 @@ impl Record {
         let duration = self.start.elapsed();
         self.shared.metrics.request(&self.labels, duration);
         let l = &self.labels;
-        tracing::info!(
-            target: "access",
-            kind = "request",
-            src = %self.src_addr,
-            src_identity = %l.source_identity,
-            dst_identity = %l.destination_identity,
-            dst_service = %l.destination_service,
-            authority = %self.authority,
-            method = %l.method,
-            path = %self.path,
-            protocol = self.protocol,
-            version = ?self.version,
-            code = %l.response_code,
-            grpc_status = %l.grpc_status,
-            duration_ms = duration.as_secs_f64() * 1e3,
-            complete = clean,
-            trace_id = %format!("{:032x}", self.trace_id),
-            span_id = %format!("{:016x}", self.span_id),
-            "request"
-        );
+        self.shared.access_log.request(&RequestLine {
+            src: &self.src_addr,
+            src_identity: &l.source_identity,
+            dst_identity: &l.destination_identity,
+            dst_service: &l.destination_service,
+            authority: &self.authority,
+            method: &l.method,
+            path: &self.path,
+            protocol: self.protocol,
+            version: version_str(self.version),
+            code: &l.response_code,
+            grpc_status: &l.grpc_status,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            complete: clean,
+            trace_id: &format!("{:032x}", self.trace_id),
+            span_id: &format!("{:016x}", self.span_id),
+        });
     }
 }
 
