@@ -399,6 +399,16 @@ pub fn authorize(
     })
 }
 
+/// The lifetime a leaf gets: what the caller asked (0: the configured default), never more
+/// than the default. A compromised tunnel cannot stretch a stolen identity's life past what the
+/// operator chose (SP 800-233 TR-1).
+pub fn granted_lifetime(requested_secs: u64, default: Duration) -> Duration {
+    match requested_secs {
+        0 => default,
+        s => Duration::from_secs(s).min(default),
+    }
+}
+
 /// The `ambit.ca.v1.CertificateService`.
 #[derive(Clone)]
 pub struct CaService {
@@ -407,8 +417,8 @@ pub struct CaService {
     /// Pods, namespaces and Gateways: what node authorization reads.
     pub stores: Stores,
     pub tunnel: (String, String),
+    /// What a leaf lives at most (`controller.certLifetimeSeconds`).
     pub default_lifetime: Duration,
-    pub max_lifetime: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -464,10 +474,7 @@ impl CaService {
             tracing::warn!(caller = ?caller, %identity, reason = %e, "CA: refused");
             tonic::Status::permission_denied(e.to_string())
         })?;
-        let lifetime = match req.lifetime_seconds {
-            0 => self.default_lifetime,
-            s => Duration::from_secs(s).min(self.max_lifetime),
-        };
+        let lifetime = granted_lifetime(req.lifetime_seconds, self.default_lifetime);
         let leaf = self
             .ca
             .sign(&req.csr_der, &identity, lifetime)
@@ -550,6 +557,15 @@ mod tests {
             ],
         ));
         c
+    }
+
+    #[test]
+    fn lifetimes_asked_above_the_default_are_capped_to_it() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(granted_lifetime(0, hour), hour);
+        assert_eq!(granted_lifetime(600, hour), Duration::from_secs(600));
+        assert_eq!(granted_lifetime(24 * 3600, hour), hour);
+        assert_eq!(granted_lifetime(u64::MAX, hour), hour);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub const ENV_WAYPOINT_IMAGE: &str = "AMBIT_WAYPOINT_IMAGE";
 pub const ENV_CONTROLLER_SERVICE_ACCOUNT: &str = "AMBIT_SERVICE_ACCOUNT";
 pub const ENV_CONTROLLER_ADDRESS: &str = "AMBIT_CONTROLLER_ADDRESS";
 
-/// Longest certificate lifetime a caller may ask for.
+/// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use crate::auth::Authenticator;
 use crate::ca::{self, CaService};
-use crate::config::{Config, MAX_CERT_LIFETIME};
+use crate::config::Config;
 use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
@@ -260,7 +260,6 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         stores: ca_stores,
         tunnel: config.tunnel_service_account.clone(),
         default_lifetime: config.cert_lifetime,
-        max_lifetime: MAX_CERT_LIFETIME,
         metrics: metrics.clone(),
     };
     let config_service = ConfigServer::new(
