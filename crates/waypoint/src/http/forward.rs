@@ -9,7 +9,7 @@ use super::{
     Downstream, GrpcCode, Picked, Request, Response, ResponseFuture, authority, is_grpc,
     local_response,
 };
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, UPGRADE};
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use std::convert::Infallible;
@@ -63,6 +63,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(UPGRADE, upgrade);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// A request transfer coding other than `chunked` (RFC 9112 §6.1: a server answers 501 to
+/// codings it does not understand). The body was de-chunked on the way in and `Transfer-Encoding`
+/// is hop-by-hop, so forwarding would silently drop a coding such as `gzip` from the body.
+pub fn unsupported_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.eq_ignore_ascii_case("chunked"))
+        .map(str::to_owned)
 }
 
 /// `grpc-timeout`: an integer of at most 8 digits and a unit (H, M, S, m, u, n).
@@ -165,6 +178,13 @@ async fn forward(upstreams: &Arc<Upstreams>, mut request: Request) -> Response {
             "request without a connection or an endpoint",
         );
     };
+    if let Some(coding) = unsupported_coding(request.headers()) {
+        return fail(
+            StatusCode::NOT_IMPLEMENTED,
+            GrpcCode::Unavailable,
+            &format!("transfer coding {coding:?} is not supported"),
+        );
+    }
     let h2 = downstream.destination.protocol.upstream_h2();
     let upgrade = !h2 && is_upgrade(&request);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -244,7 +264,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::http::empty;
-    use http::header::TRANSFER_ENCODING;
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
@@ -268,6 +287,19 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn only_chunked_is_a_supported_request_coding() {
+        let te = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(TRANSFER_ENCODING, v.parse().unwrap());
+            unsupported_coding(&h)
+        };
+        assert_eq!(te("chunked"), None);
+        assert_eq!(te("Chunked"), None);
+        assert_eq!(te("gzip, chunked"), Some("gzip".into()));
+        assert_eq!(unsupported_coding(&HeaderMap::new()), None);
     }
 
     #[test]
