@@ -80,14 +80,7 @@ pub fn waypoint_for(gw: &Gateway) -> Result<String, InvalidGateway> {
         .get(FOR_SERVICE_ACCOUNT)
         .or_else(|| gw.labels().get(FOR_SERVICE_ACCOUNT))
         .ok_or(InvalidGateway::NoServiceAccount)?;
-    let valid = !sa.is_empty()
-        && sa.len() <= 253
-        && sa
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && sa.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && sa.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid {
+    if ambit_identity::is_kubernetes_name(sa) {
         Ok(sa.clone())
     } else {
         Err(InvalidGateway::BadServiceAccount(sa.clone()))

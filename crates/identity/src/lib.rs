@@ -14,7 +14,7 @@ pub mod testing;
 pub use ca::{CaError, CaMaterial, CertificateAuthority, LocalIssuer};
 pub use cert::{CertificateError, WorkloadCertificate, identity_of, validity_of};
 pub use csr::{CertificateRequest, CsrError};
-pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain, is_kubernetes_name};
 pub use store::{
     CertificateHandle, CertificateIssuer, CertificateStore, IdentityLease, IssueError, RetryPolicy,
     StoreError,

@@ -89,6 +89,20 @@ pub struct SpiffeId {
     service_account: Arc<str>,
 }
 
+/// Whether `name` is a Kubernetes object name (RFC 1123 subdomain: lowercase letters, digits,
+/// `-` and `.`, starting and ending with a letter or digit, at most 253 bytes), as the
+/// namespaces and service accounts that make a mesh identity are. Stricter than a SPIFFE path
+/// segment.
+pub fn is_kubernetes_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 impl SpiffeId {
     pub fn new(
         trust_domain: TrustDomain,
@@ -195,6 +209,17 @@ mod tests {
 
     fn parse(s: &str) -> Result<SpiffeId, SpiffeIdError> {
         s.parse()
+    }
+
+    #[test]
+    fn kubernetes_names_are_rfc_1123_subdomains() {
+        for ok in ["shop", "waypoint-back", "a.b-c", "0x"] {
+            assert!(is_kubernetes_name(ok), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in ["", "Shop", "-a", "a-", "a_b", ".a", long.as_str()] {
+            assert!(!is_kubernetes_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

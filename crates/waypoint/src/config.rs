@@ -3,7 +3,7 @@
 
 use crate::http::server::Limits;
 use ambit_controller_client::Source;
-use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
+use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain, is_kubernetes_name};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,16 +115,6 @@ pub struct Config {
     pub http_limits: Limits,
 }
 
-/// Kubernetes names (RFC 1123 subdomain, as service accounts and namespaces are).
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 impl Config {
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         for (flag, value) in [
@@ -132,7 +122,7 @@ impl Config {
             ("--for-service-account", &args.for_service_account),
             ("--service-account", &args.service_account),
         ] {
-            if !valid_name(value) {
+            if !is_kubernetes_name(value) {
                 return Err(ConfigError::Name {
                     flag,
                     value: value.clone(),
