@@ -10,7 +10,7 @@ use crate::http::{Downstream, Stack};
 use crate::metrics::ConnectionLabels;
 use crate::state::Shared;
 use ambit_hbone::{ConnectHandler, ConnectRequest, PendingTunnel, PoolKey, Refusal, TunnelHeaders};
-use ambit_policy::{Decision, Source, Target};
+use ambit_policy::{Decision, Source};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,18 +116,13 @@ impl Inbound {
             tunnel.refuse(Refusal::Unreachable);
             return "unreachable";
         };
-        let verdict = ambit_policy::authorize(
-            &mesh.config().policies,
-            &Target {
-                namespace: &workload.namespace,
-                labels: &workload.labels,
-                port: endpoint.addr.port(),
-            },
+        let verdict = mesh.authorize_connection(
+            workload,
+            endpoint.addr.port(),
             &Source {
                 identity: Some(request.peer.clone()),
                 ip: request.peer_addr.ip(),
             },
-            None,
         );
         if let Decision::Deny(policy) = verdict.decision {
             tracing::info!(target: "access", kind = "connection", src = %request.peer_addr, src_identity = %request.peer, dst = %endpoint.addr, policy = policy.as_deref().unwrap_or("(no ALLOW matched)"), "denied");

@@ -6,7 +6,7 @@ use super::{
     Downstream, GrpcCode, Inner, Picked, Request, Response, ResponseFuture, authority, is_grpc,
     local_response,
 };
-use ambit_policy::{Decision, HttpRequest, Source, Target};
+use ambit_policy::{Decision, HttpRequest, Source};
 use http::StatusCode;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -39,23 +39,19 @@ pub fn check(request: &Request) -> Option<String> {
         return Some("the endpoint left the mesh".into());
     };
     let host = authority(request).unwrap_or_default();
-    let verdict = ambit_policy::authorize(
-        &picked.mesh.config().policies,
-        &Target {
-            namespace: &workload.namespace,
-            labels: &workload.labels,
-            port: picked.endpoint.addr.port(),
-        },
+    let verdict = picked.mesh.authorize_request(
+        workload,
+        picked.endpoint.addr.port(),
         &Source {
             identity: Some(downstream.peer.clone()),
             ip: downstream.peer_addr.ip(),
         },
-        Some(&HttpRequest {
+        &HttpRequest {
             method: request.method(),
             path: request.uri().path(),
             host,
             headers: request.headers(),
-        }),
+        },
     );
     if let Some(policy) = &verdict.audit {
         tracing::info!(target: "access", kind = "audit", policy = %policy, src_identity = %downstream.peer, method = %request.method(), path = request.uri().path(), allowed = matches!(verdict.decision, Decision::Allow), "audited request");

@@ -109,8 +109,9 @@ fn is_upgrade(request: &Request) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Rewrites the request for its upstream protocol.
-pub fn prepare(request: &mut Request, h2: bool, fallback_authority: &str) -> Result<(), String> {
+/// Rewrites the request for its upstream protocol; says whether it is an HTTP/1.1 upgrade
+/// (its `Upgrade` header kept).
+pub fn prepare(request: &mut Request, h2: bool, fallback_authority: &str) -> Result<bool, String> {
     let upgrade = !h2 && is_upgrade(request);
     let authority = authority(request).unwrap_or(fallback_authority).to_owned();
     strip_hop_by_hop(request.headers_mut(), upgrade);
@@ -136,7 +137,7 @@ pub fn prepare(request: &mut Request, h2: bool, fallback_authority: &str) -> Res
         Uri::builder().path_and_query(path).build()
     };
     *request.uri_mut() = uri.map_err(|e| format!("cannot forward {authority}: {e}"))?;
-    Ok(())
+    Ok(upgrade)
 }
 
 #[derive(Debug, Clone)]
@@ -186,16 +187,16 @@ async fn forward(upstreams: &Arc<Upstreams>, mut request: Request) -> Response {
         );
     }
     let h2 = downstream.destination.protocol.upstream_h2();
-    let upgrade = !h2 && is_upgrade(&request);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let deadline = grpc.then(|| grpc_timeout(request.headers())).flatten();
-    if let Err(reason) = prepare(
+    let upgrade = match prepare(
         &mut request,
         h2,
         &downstream.destination.authority.to_string(),
     ) {
-        return fail(StatusCode::BAD_REQUEST, GrpcCode::Unavailable, &reason);
-    }
+        Ok(upgrade) => upgrade,
+        Err(reason) => return fail(StatusCode::BAD_REQUEST, GrpcCode::Unavailable, &reason),
+    };
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let endpoint = &picked.endpoint;
     let send = async {
         if h2 {
