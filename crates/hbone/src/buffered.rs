@@ -3,7 +3,7 @@
 //! holds no buffer once the connection goes quiet. A short read marks the socket drained, so
 //! the next poll waits for readiness instead of making a `read` that fails with EAGAIN.
 
-use crate::copy::mark_drained;
+use crate::copy::read_draining;
 use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
@@ -74,9 +74,7 @@ impl AsyncRead for ReadBuffered<TcpStream> {
     }
 }
 
-/// One successful read of up to `want` bytes from `stream` (retrying spurious readiness). A
-/// read that returns less than was asked for leaves the socket drained, so its readiness is
-/// cleared at once.
+/// One successful read of up to `want` bytes from `stream` (retrying spurious readiness).
 fn poll_read_once(
     stream: &TcpStream,
     cx: &mut Context<'_>,
@@ -85,14 +83,8 @@ fn poll_read_once(
 ) -> Poll<io::Result<usize>> {
     loop {
         ready!(stream.poll_read_ready(cx))?;
-        match read(stream) {
-            Ok(n) => {
-                // Zero is end of stream: nothing more will come, readiness can stay.
-                if n > 0 && n < want {
-                    mark_drained(stream);
-                }
-                return Poll::Ready(Ok(n));
-            }
+        match read_draining(stream, want, &mut read) {
+            Ok(n) => return Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Poll::Ready(Err(e)),
         }
@@ -188,5 +180,47 @@ mod tests {
             assert_eq!(&out, message);
             assert_eq!(reader.buf.capacity(), 0);
         }
+    }
+
+    /// Two messages a moment apart, then silence until both are read: the second often lands
+    /// between the read that drained the first and the clearing of the socket's readiness. If
+    /// that clearing swallowed its wakeup, the reader would wait for data already there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_arriving_while_a_short_read_clears_readiness_still_wakes() {
+        let (mut writer, mut reader) = pair().await;
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<()>(1);
+        const ROUNDS: u32 = 20_000;
+        let sender = tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                writer.write_all(b"a").await.unwrap();
+                // A varying gap puts the second byte anywhere around the reader's first read.
+                for _ in 0..(round % 64) {
+                    std::hint::spin_loop();
+                }
+                writer.write_all(b"b").await.unwrap();
+                if ack_rx.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        for round in 0..ROUNDS {
+            let mut got = 0;
+            while got < 2 {
+                let mut byte = [0u8; 2];
+                let n = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    reader.read(&mut byte[..2 - got]),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: a byte sent is never read: its wakeup was lost")
+                })
+                .unwrap();
+                assert!(n > 0);
+                got += n;
+            }
+            ack_tx.send(()).await.unwrap();
+        }
+        sender.await.unwrap();
     }
 }

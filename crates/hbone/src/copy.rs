@@ -195,13 +195,30 @@ impl ReadSizer {
     }
 }
 
-/// After a read that did not fill its buffer the socket is drained: forget its readiness now,
-/// instead of learning it from one more `read` failing with EAGAIN. Data that arrives meanwhile
-/// raises a new readiness event, which tokio does not let this clear.
-pub(crate) fn mark_drained(stream: &TcpStream) {
-    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+/// One read from `stream` through `read`. A read shorter than `want` left the socket drained:
+/// its readiness is forgotten now, instead of learned from one more `read` failing with EAGAIN.
+///
+/// The readiness cleared is the one seen *before* the read (tokio's `try_io` snapshot), so
+/// data that arrives after the read began keeps its wakeup. Clearing a snapshot taken after
+/// the read would swallow the readiness of data that landed in between, and the connection
+/// would sit on it until the next packet came (seen as tunnels stalling until a keepalive).
+pub(crate) fn read_draining(
+    stream: &TcpStream,
+    want: usize,
+    read: impl FnOnce(&TcpStream) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut short_read = None;
+    let result = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = read(stream)?;
+        // Zero is end of stream: nothing more will come, readiness can stay.
+        if n > 0 && n < want {
+            short_read = Some(n);
+            // WouldBlock is how try_io is told to clear the readiness it saw.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     });
+    short_read.map_or(result, Ok)
 }
 
 struct TcpEnd<'a>(&'a mut TcpStream);
@@ -215,12 +232,9 @@ impl Endpoint for TcpEnd<'_> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
             let mut buf = BytesMut::with_capacity(sizer.next);
-            match self.0.try_read_buf(&mut buf) {
+            match read_draining(self.0, sizer.next, |s| s.try_read_buf(&mut buf)) {
                 Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(n) => {
-                    if n < sizer.next {
-                        mark_drained(self.0);
-                    }
                     sizer.record(n);
                     return Poll::Ready(Ok(Some(buf.freeze())));
                 }
