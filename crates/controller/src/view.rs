@@ -64,9 +64,11 @@ impl Subscriber {
     /// Whether `View::scoped` decides if this subscriber sees `entry` (otherwise it does).
     fn is_scoped(&self, entry: &Entry) -> bool {
         match self {
+            // Routes are the waypoints' business: a node tunnel never sees one.
             Self::Node(_) => matches!(
                 entry.kind(),
-                Some(pb::resource::Kind::AuthorizationPolicy(_)) | None
+                Some(pb::resource::Kind::AuthorizationPolicy(_) | pb::resource::Kind::Route(_))
+                    | None
             ),
             Self::Waypoint(..) => true,
         }
@@ -126,6 +128,10 @@ impl Subscriber {
                         Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
                             mine.iter().any(|w| policy_applies(p, w))
                         }
+                        Some(pb::resource::Kind::Route(r)) => r
+                            .parents
+                            .iter()
+                            .any(|p| services.contains(&format!("{}/{}", p.namespace, p.name))),
                         Some(pb::resource::Kind::Namespace(_)) | None => false,
                     };
                     if keep {
