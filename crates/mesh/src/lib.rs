@@ -12,7 +12,9 @@ pub use live::LiveMesh;
 pub use model::{MeshConfig, Service, ServicePort, Waypoint, Workload};
 
 use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
-use ambit_policy::{Decision, HttpRequest, PolicyError, Source, Target, Verdict};
+use ambit_policy::{
+    Decision, HttpRequest, PolicyError, RequestAuthnError, Source, Target, Verdict,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -45,6 +47,11 @@ pub enum MeshError {
     UnknownEndpoint { service: String, uid: String },
     #[error("policy {policy}: {source}")]
     Policy { policy: String, source: PolicyError },
+    #[error("request authentication {name}: {source}")]
+    RequestAuthentication {
+        name: String,
+        source: RequestAuthnError,
+    },
 }
 
 /// What a destination address resolves to.
@@ -136,6 +143,13 @@ impl Mesh {
                 policy: format!("{}/{}", p.namespace, p.name),
                 source,
             })?;
+        }
+        for r in &config.request_authentications {
+            r.validate()
+                .map_err(|source| MeshError::RequestAuthentication {
+                    name: format!("{}/{}", r.namespace, r.name),
+                    source,
+                })?;
         }
         let cursors = config
             .services

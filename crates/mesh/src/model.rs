@@ -1,6 +1,6 @@
 //! The resources of the model, as sources deliver them.
 
-use ambit_policy::Policy;
+use ambit_policy::{Policy, RequestAuthentication};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +23,9 @@ pub struct MeshConfig {
     pub waypoints: Vec<Waypoint>,
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// JWT rules, applied by waypoints (`ambit-authn`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_authentications: Vec<RequestAuthentication>,
 }
 
 fn default_trust_domain() -> String {

@@ -188,6 +188,7 @@ fn requests_are_authorized_with_l7_rules() {
         path: "/",
         host: "server.demo",
         headers: &headers,
+        auth: None,
     };
     let verdict = m.authorize_request(server, 8080, &friend, &request(&http::Method::GET));
     assert_eq!(verdict.decision, Decision::Allow);

@@ -13,16 +13,18 @@
 //! malformed values, which [`Policy::validate`] reports and [`Policy::fail_safe`] rewrites into
 //! the valid policy that is evaluated the same way.
 
+mod authn;
 mod cidr;
 mod matchers;
 mod model;
 mod validate;
 
+pub use authn::{ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthnError};
 pub use cidr::{Cidr, CidrError};
 pub use matchers::normalize_path;
 pub use model::{
-    Action, Decision, HeaderMatch, HttpRequest, IpBlock, Policy, PolicyScope, Rule, Source, Target,
-    Verdict,
+    Action, Condition, Decision, HeaderMatch, HttpRequest, IpBlock, Policy, PolicyScope,
+    RequestAuth, Rule, Source, Target, Verdict,
 };
 pub use validate::PolicyError;
 
@@ -37,6 +39,7 @@ struct Request<'a> {
     alt_path: Option<String>,
     host: &'a str,
     headers: &'a http::HeaderMap,
+    auth: Option<&'a RequestAuth>,
 }
 
 impl<'a> Request<'a> {
@@ -47,18 +50,14 @@ impl<'a> Request<'a> {
             alt_path: matchers::alternate_path(r.path),
             host: matchers::request_host(r.host),
             headers: r.headers,
+            auth: r.auth,
         }
     }
 }
 
 impl Policy {
     fn applies_to(&self, target: &Target<'_>) -> bool {
-        self.namespace == target.namespace
-            && self.selector.as_ref().is_none_or(|s| {
-                s.match_labels
-                    .iter()
-                    .all(|(k, v)| target.labels.get(k) == Some(v))
-            })
+        PolicyScope::selects(&self.namespace, self.selector.as_ref(), target)
     }
 
     /// Kleene OR over the rules; no rules: no match.
@@ -130,6 +129,21 @@ impl Rule {
             m::paths(&self.paths, &r.path, r.alt_path.as_deref())
         );
         field!(self.headers, m::headers(&self.headers, r.headers));
+        let principal = r.auth.map(|a| a.principal.as_str());
+        field!(
+            self.request_principals,
+            m::any(&self.request_principals, |p| m::request_principal(
+                p, principal
+            ))
+        );
+        field!(
+            self.not_request_principals,
+            m::any(&self.not_request_principals, |p| m::request_principal(
+                p, principal
+            ))
+            .not()
+        );
+        field!(self.when, m::all(&self.when, |c| m::condition(c, r.auth)));
         out
     }
 }

@@ -19,6 +19,27 @@ impl Outcome {
     pub(crate) fn of(b: bool) -> Self {
         if b { Self::Yes } else { Self::No }
     }
+
+    /// Kleene NOT: unknown stays unknown.
+    pub(crate) fn not(self) -> Self {
+        match self {
+            Self::Yes => Self::No,
+            Self::Unknown => Self::Unknown,
+            Self::No => Self::Yes,
+        }
+    }
+}
+
+/// Kleene AND over a field's values (conditions); stops at the first that cannot match.
+pub(crate) fn all<T>(values: &[T], mut f: impl FnMut(&T) -> Outcome) -> Outcome {
+    let mut worst = Outcome::Yes;
+    for v in values {
+        match f(v) {
+            Outcome::No => return Outcome::No,
+            o => worst = worst.min(o),
+        }
+    }
+    worst
 }
 
 /// Kleene OR over a field's values; the caller handles an empty field (no constraint).
@@ -478,4 +499,112 @@ pub(crate) fn headers(entries: &[crate::HeaderMatch], headers: &http::HeaderMap)
         }
     }
     all
+}
+
+// ---- request authentication: principals and claims ----
+
+/// A string pattern (`exact`, `prefix*`, `*suffix`, `*`) against a value.
+fn value_matches(pattern: ValuePattern<'_>, v: &str) -> bool {
+    match pattern {
+        ValuePattern::Present => true,
+        ValuePattern::Exact(e) => v == e,
+        ValuePattern::Prefix(p) => v.starts_with(p),
+        ValuePattern::Suffix(s) => v.ends_with(s),
+    }
+}
+
+/// A request principal or claim value pattern: non-empty, free of control characters.
+pub(crate) fn auth_pattern(p: &str) -> Option<ValuePattern<'_>> {
+    if p.is_empty() {
+        return None;
+    }
+    value_pattern(p)
+}
+
+pub(crate) fn is_auth_pattern(p: &str) -> bool {
+    auth_pattern(p).is_some()
+}
+
+/// `principal`: the request's, `None` without a token (which no pattern matches, not even
+/// `*`).
+pub(crate) fn request_principal(pattern: &str, principal: Option<&str>) -> Outcome {
+    match auth_pattern(pattern) {
+        None => Outcome::Unknown,
+        Some(p) => Outcome::of(principal.is_some_and(|v| value_matches(p, v))),
+    }
+}
+
+const CLAIMS_KEY: &str = "request.auth.claims";
+
+/// The claim names of a `when` key, `request.auth.claims[a][b]` -> `a`, `b`; `None` for any
+/// other key (the only kind of condition there is so far).
+pub(crate) fn claim_path(key: &str) -> Option<std::str::Split<'_, &'static str>> {
+    let rest = key.strip_prefix(CLAIMS_KEY)?;
+    let inner = rest.strip_prefix('[')?.strip_suffix(']')?;
+    let ok = inner
+        .split("][")
+        .all(|name| !name.is_empty() && !name.contains(['[', ']']) && value_chars(name));
+    ok.then(|| inner.split("]["))
+}
+
+pub(crate) fn is_claim_key(key: &str) -> bool {
+    claim_path(key).is_some()
+}
+
+pub(crate) fn is_condition(c: &crate::Condition) -> bool {
+    is_claim_key(&c.key)
+        && (!c.values.is_empty() || !c.not_values.is_empty())
+        && c.values
+            .iter()
+            .chain(&c.not_values)
+            .all(|v| is_auth_pattern(v))
+}
+
+/// Claims whose string value is a space-separated list (OAuth 2.0 `scope`, RFC 8693 §4.2).
+const SPACE_SEPARATED: [&str; 3] = ["scope", "scp", "permission"];
+
+/// Whether `pattern` matches `claim` (named `name`): a string (split on spaces for
+/// [`SPACE_SEPARATED`] claims), or a list of strings where any may match. Other JSON types
+/// match nothing.
+fn claim_matches(pattern: ValuePattern<'_>, name: &str, claim: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match claim {
+        Value::String(s) if SPACE_SEPARATED.contains(&name) => s
+            .split(' ')
+            .any(|e| !e.is_empty() && value_matches(pattern, e)),
+        Value::String(s) => value_matches(pattern, s),
+        Value::Array(items) => items
+            .iter()
+            .any(|i| i.as_str().is_some_and(|s| value_matches(pattern, s))),
+        _ => false,
+    }
+}
+
+/// A `when` condition against the request's validated token (`None`: no token; then `values`
+/// cannot match and `not_values` cannot either, so a condition with only `not_values` holds).
+pub(crate) fn condition(c: &crate::Condition, auth: Option<&crate::RequestAuth>) -> Outcome {
+    let Some(mut path) = claim_path(&c.key) else {
+        return Outcome::Unknown;
+    };
+    let claim = auth.and_then(|a| {
+        let first = path.next()?;
+        path.try_fold((first, a.claims.get(first)?), |(_, v), name| {
+            Some((name, v.as_object()?.get(name)?))
+        })
+    });
+    let one = |p: &String| match auth_pattern(p) {
+        None => Outcome::Unknown,
+        Some(p) => Outcome::of(claim.is_some_and(|(name, v)| claim_matches(p, name, v))),
+    };
+    let mut out = Outcome::Yes;
+    if !c.values.is_empty() {
+        out = out.min(any(&c.values, one));
+    }
+    if !c.not_values.is_empty() {
+        out = out.min(any(&c.not_values, one).not());
+    }
+    if c.values.is_empty() && c.not_values.is_empty() {
+        return Outcome::Unknown;
+    }
+    out
 }

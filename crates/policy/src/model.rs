@@ -30,6 +30,18 @@ pub struct PolicyScope {
     pub match_labels: BTreeMap<String, String>,
 }
 
+impl PolicyScope {
+    /// Whether a policy of `namespace` narrowed by `scope` applies to `target`'s workload.
+    pub fn selects(namespace: &str, scope: Option<&Self>, target: &Target<'_>) -> bool {
+        namespace == target.namespace
+            && scope.is_none_or(|s| {
+                s.match_labels
+                    .iter()
+                    .all(|(k, v)| target.labels.get(k) == Some(v))
+            })
+    }
+}
+
 /// An IP block of a rule (`ADDRESS` or `ADDRESS/PREFIX`), parsed once when it is made so that
 /// a connection is never the one paying for the parse. A malformed block keeps its text (it
 /// serializes as written) and [`Policy::validate`] names it.
@@ -118,6 +130,16 @@ pub struct Rule {
     /// L7: request headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// L7: the end user a validated JWT names, `ISSUER/SUBJECT`: `exact`, `prefix*`,
+    /// `*suffix`, or `*` (any authenticated request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// L7: matches when none of these does (so also a request without a token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
+    /// L7: conditions on the validated token's claims, all of which must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
 }
 
 impl Rule {
@@ -127,7 +149,33 @@ impl Rule {
             || !self.paths.is_empty()
             || !self.hosts.is_empty()
             || !self.headers.is_empty()
+            || !self.request_principals.is_empty()
+            || !self.not_request_principals.is_empty()
+            || !self.when.is_empty()
     }
+}
+
+/// A `when` condition: `key` names a claim of the request's validated token,
+/// `request.auth.claims[NAME]`, nested as `request.auth.claims[a][b]`. The claim must match
+/// one of `values` (if any) and none of `not_values` (if any); values are `exact`,
+/// `prefix*`, `*suffix` or `*`. A list-valued claim, and a space-separated `scope`, `scp` or
+/// `permission` string, matches a value when one of its elements does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+/// The end user of a request, from a token the waypoint validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestAuth {
+    /// `ISSUER/SUBJECT`.
+    pub principal: String,
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A request header a rule requires. Names are case-insensitive. Values: `exact`, `prefix*`,
@@ -188,6 +236,8 @@ pub struct HttpRequest<'a> {
     /// `:authority` (HTTP/2) or `Host` (HTTP/1.1); a `:port` is ignored.
     pub host: &'a str,
     pub headers: &'a http::HeaderMap,
+    /// The validated token's principal and claims; `None`: no token was presented.
+    pub auth: Option<&'a RequestAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,6 +47,7 @@ fn decide(policies: &[Policy], port: u16, source: &Source, req: Option<&Req>) ->
                 path: &r.path,
                 host: &r.host,
                 headers: &r.headers,
+                auth: r.auth.as_ref(),
             };
             authorize(policies, &target, source, Some(&request))
         }
@@ -58,6 +59,7 @@ struct Req {
     path: String,
     host: String,
     headers: http::HeaderMap,
+    auth: Option<RequestAuth>,
 }
 
 fn get(path: &str) -> Req {
@@ -66,6 +68,7 @@ fn get(path: &str) -> Req {
         path: path.into(),
         host: "backend.shop.svc.cluster.local:8080".into(),
         headers: http::HeaderMap::new(),
+        auth: None,
     }
 }
 
@@ -87,6 +90,9 @@ fn rule(f: impl FnOnce(&mut Rule)) -> Rule {
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
+
+/// Request principals and `when` conditions on JWT claims.
+mod auth;
 
 mod cidr {
     use super::*;
@@ -795,6 +801,8 @@ mod fail_safe {
             )),
             Some(post),
             Some(get("/admin%2Fx")),
+            Some(auth::with_token(get("/api"), "billing.read openid")),
+            Some(auth::with_token(get("/api"), "other")),
         ]
     }
 
@@ -835,6 +843,23 @@ mod fail_safe {
                 }]
             }),
             rule(|r| r.paths = strings(&["/admin/*"])),
+            rule(|r| {
+                r.request_principals = strings(&[auth::ALICE, ""]);
+                r.ports = vec![8080];
+            }),
+            rule(|r| r.not_request_principals = strings(&["https://idp.example/bob", "bad\u{7}"])),
+            rule(|r| {
+                r.when = vec![
+                    auth::claim("scope", &["billing.read", ""], &[]),
+                    Condition {
+                        key: "request.headers[x]".into(),
+                        values: strings(&["x"]),
+                        not_values: vec![],
+                    },
+                ]
+            }),
+            rule(|r| r.when = vec![auth::claim("scope", &["openid"], &["admin", ""])]),
+            rule(|r| r.when = vec![auth::claim("scope", &["", "\u{7}"], &[])]),
         ]
     }
 

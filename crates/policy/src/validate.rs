@@ -2,9 +2,10 @@
 
 use crate::cidr::CidrError;
 use crate::matchers::{
-    host_pattern, is_header_match, is_port, is_principal, is_segment, is_token, path_pattern,
+    host_pattern, is_auth_pattern, is_claim_key, is_condition, is_header_match, is_port,
+    is_principal, is_segment, is_token, path_pattern,
 };
-use crate::{Action, HeaderMatch, Policy, Rule};
+use crate::{Action, Condition, HeaderMatch, Policy, Rule};
 
 /// The first malformed value of a policy, named by its place (`rules[N].field`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +38,18 @@ pub enum PolicyError {
         name: String,
         value: String,
     },
+    #[error(
+        "rules[{rule}].{field}: {value:?} is not a request principal pattern: expected ISSUER/SUBJECT, prefix*, *suffix or *, not empty and free of control characters"
+    )]
+    RequestPrincipal {
+        rule: usize,
+        field: &'static str,
+        value: String,
+    },
+    #[error(
+        "rules[{rule}].when: {key:?} is not a condition: expected key request.auth.claims[NAME] (nested: request.auth.claims[a][b]), values and/or notValues, each not empty and free of control characters"
+    )]
+    Condition { rule: usize, key: String },
 }
 
 impl Policy {
@@ -105,6 +118,20 @@ impl Rule {
                 value: h.value.clone(),
             });
         }
+        for (field, values) in [
+            ("requestPrincipals", &self.request_principals),
+            ("notRequestPrincipals", &self.not_request_principals),
+        ] {
+            if let Some(value) = first_bad(values, is_auth_pattern) {
+                return Err(PolicyError::RequestPrincipal { rule, field, value });
+            }
+        }
+        if let Some(c) = self.when.iter().find(|c| !is_condition(c)) {
+            return Err(PolicyError::Condition {
+                rule,
+                key: c.key.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -142,6 +169,11 @@ impl Rule {
                 .filter(|h| !broken_names.iter().any(|n| n.eq_ignore_ascii_case(&h.name)))
                 .cloned()
                 .collect(),
+            request_principals: clear_if(&self.request_principals, |v| is_auth_pattern(v)),
+            // Negated: a malformed value leaves the field unknown where the valid ones do not
+            // match, which a DENY counts as a match; so it just goes.
+            not_request_principals: valid_only(&self.not_request_principals),
+            when: self.when.iter().filter_map(Condition::widened).collect(),
         }
     }
 
@@ -175,6 +207,63 @@ impl Rule {
             paths: keep(&self.paths, |p| path_pattern(p).is_some())?,
             hosts: keep(&self.hosts, |h| host_pattern(h).is_some())?,
             headers,
+            request_principals: keep(&self.request_principals, |v| is_auth_pattern(v))?,
+            // A malformed value of a negated field leaves the field unknown at best.
+            not_request_principals: self
+                .not_request_principals
+                .iter()
+                .all(|v| is_auth_pattern(v))
+                .then(|| self.not_request_principals.clone())?,
+            when: self
+                .when
+                .iter()
+                .map(Condition::narrowed)
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+fn valid_only(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .filter(|v| is_auth_pattern(v))
+        .cloned()
+        .collect()
+}
+
+impl Condition {
+    /// For a DENY policy, as [`Rule::widened`] does fields; `None` when the condition is left
+    /// matching anything (conditions are ANDed: it goes).
+    fn widened(&self) -> Option<Condition> {
+        is_claim_key(&self.key).then_some(())?;
+        let values = if self.values.iter().all(|v| is_auth_pattern(v)) {
+            self.values.clone()
+        } else {
+            Vec::new()
+        };
+        let not_values = valid_only(&self.not_values);
+        (!values.is_empty() || !not_values.is_empty()).then(|| Condition {
+            key: self.key.clone(),
+            values,
+            not_values,
+        })
+    }
+
+    /// For an ALLOW or AUDIT policy: `None` when the condition can never hold for sure
+    /// (malformed key or `notValues`, or no valid value left).
+    fn narrowed(&self) -> Option<Condition> {
+        is_claim_key(&self.key).then_some(())?;
+        if !self.not_values.iter().all(|v| is_auth_pattern(v)) {
+            return None;
+        }
+        let values = valid_only(&self.values);
+        if values.is_empty() && (!self.values.is_empty() || self.not_values.is_empty()) {
+            return None;
+        }
+        Some(Condition {
+            key: self.key.clone(),
+            values,
+            not_values: self.not_values.clone(),
         })
     }
 }

@@ -6,7 +6,7 @@ use super::{
     Downstream, GrpcCode, Inner, Picked, Request, Response, ResponseFuture, authority, is_grpc,
     local_response,
 };
-use ambit_policy::{Decision, HttpRequest, Source};
+use ambit_policy::{Decision, HttpRequest, RequestAuth, Source};
 use http::StatusCode;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -51,6 +51,7 @@ pub fn check(request: &Request) -> Option<String> {
             path: request.uri().path(),
             host,
             headers: request.headers(),
+            auth: request.extensions().get::<RequestAuth>(),
         },
     );
     if let Some(policy) = &verdict.audit {
