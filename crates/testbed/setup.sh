@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Provides everything the ambit testbed runs on, pinned and cached under one directory:
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (built from the Go
-#   modules of one Kubernetes release), helm (built from its Go module), Istio's echo app
-#   (server and client, the app behind Gateway API's conformance suite: real HTTP/1.1, h2c and
-#   gRPC peers for the end-to-end tests), and from Debian: the standard CNI plugins, nftables,
-#   iproute2, tcpdump, and the real clients and baselines the tests and benchmarks drive (curl,
-#   nghttp2-client for h2load, nginx with its stream module).
+#   modules of one Kubernetes release), the nodes' kubelet endpoint (kubelet-streaming/, on the
+#   kubelet's own streaming server code from the same release), helm (built from its Go module),
+#   Istio's echo app (server and client, the app behind Gateway API's conformance suite: real
+#   HTTP/1.1, h2c and gRPC peers for the end-to-end tests, and the suite's `echo-advanced`
+#   image), and from Debian: the standard CNI plugins, nftables, iproute2, tcpdump, and the real
+#   clients and baselines the tests and benchmarks drive (curl, nghttp2-client for h2load, nginx
+#   with its stream module).
+#   `setup.sh conformance` also builds Gateway API's conformance suite as a test binary (not
+#   part of `all`: only `cargo xtask conformance` needs it).
 #
 # Idempotent. A warm rerun checks a stamp per component and does no network work.
 # Prints the pinned versions and, last, the path of the env file the testbed reads.
@@ -20,6 +24,7 @@ ETCD_VERSION="v3.6.16"
 HELM_VERSION="v3.19.5"
 # Istio publishes no semver Go tags: its module is fetched by pseudo-version.
 ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
+GATEWAY_API_VERSION="v1.6.3"
 DEBIAN_PACKAGES=(containernetworking-plugins nftables iproute2 tcpdump curl nghttp2-client nginx libnginx-mod-stream)
 
 CACHE="${AMBIT_CACHE_DIR:-/var/cache/ambit}"
@@ -36,6 +41,11 @@ K8S_DIR="$CACHE/kubernetes-$KUBERNETES_VERSION"
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 ISTIO_DIR="$CACHE/istio-echo-$ISTIO_VERSION"
+CONFORMANCE_DIR="$CACHE/gateway-conformance-$GATEWAY_API_VERSION"
+# kubelet-streaming is our source: cached by Kubernetes version and a hash of the source.
+KUBELET_STREAMING_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kubelet-streaming"
+KUBELET_STREAMING_HASH=$(cat "$KUBELET_STREAMING_SRC"/main.go "$KUBELET_STREAMING_SRC"/go.mod "$KUBELET_STREAMING_SRC"/go.sum | sha256sum | cut -c1-16)
+KUBELET_STREAMING_DIR="$CACHE/kubelet-streaming-$KUBERNETES_VERSION-$KUBELET_STREAMING_HASH"
 # Images are binaries on the testbed: a binary here named like an image's last path segment
 # (`istio-echo-server`) is what that image runs. The testbed searches this directory last.
 IMAGES_DIR="$CACHE/images"
@@ -154,6 +164,20 @@ build_helm() {
     touch "$stamp"
 }
 
+# The nodes' kubelet endpoint: k8s.io/kubelet's streaming server (exec, port-forward) at the
+# release's staging version, pinned by the go.sum next to its source.
+build_kubelet_streaming() {
+    local stamp="$KUBELET_STREAMING_DIR/.complete"
+    [[ -f $stamp ]] && return 0
+    log "building kubelet-streaming (k8s.io/kubelet streaming server, $KUBERNETES_VERSION)"
+    mkdir -p "$KUBELET_STREAMING_DIR"
+    (
+        cd "$KUBELET_STREAMING_SRC"
+        GOFLAGS=-mod=readonly "$GO" build -p "$JOBS" -trimpath -ldflags "-s -w" -o "$KUBELET_STREAMING_DIR/kubelet-streaming" .
+    )
+    touch "$stamp"
+}
+
 # The echo app of Istio's test framework, from a throwaway module (istio.io/istio's go.mod has no
 # replace lines, but a module of its own keeps the build's dependencies pinned by its go.sum).
 build_istio_echo() {
@@ -172,9 +196,55 @@ build_istio_echo() {
         )
         touch "$stamp"
     fi
+    # The certificate the echo image carries (its Dockerfile.app copies them to /cert.crt and
+    # /cert.key; the conformance suite's echo pods serve TLS with them).
+    if [[ ! -f $ISTIO_DIR/cert.key ]]; then
+        local moddir
+        moddir=$(cd "$CACHE" && "$GO" mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+        cp "$moddir/tests/testdata/certs/dns/cert-chain.pem" "$ISTIO_DIR/cert.crt"
+        cp "$moddir/tests/testdata/certs/dns/key.pem" "$ISTIO_DIR/cert.key"
+    fi
     mkdir -p "$IMAGES_DIR"
     ln -sfn "$ISTIO_DIR/server" "$IMAGES_DIR/istio-echo-server"
     ln -sfn "$ISTIO_DIR/client" "$IMAGES_DIR/istio-echo-client"
+    # Gateway API's `echo-advanced` image is this app: an image directory (see
+    # crates/testbed/src/node/images.rs) with the server as entrypoint, both binaries on its
+    # PATH (the suite runs `kubectl exec … -- client …`) and the certificate at its paths.
+    local image="$IMAGES_DIR/echo-advanced"
+    mkdir -p "$image/bin" "$image/root"
+    ln -sfn "$ISTIO_DIR/server" "$image/entrypoint"
+    ln -sfn "$ISTIO_DIR/server" "$image/bin/server"
+    ln -sfn "$ISTIO_DIR/client" "$image/bin/client"
+    ln -sfn "$ISTIO_DIR/cert.crt" "$image/root/cert.crt"
+    ln -sfn "$ISTIO_DIR/cert.key" "$image/root/cert.key"
+}
+
+# Gateway API's conformance suite as a test binary, run unmodified by `cargo xtask conformance`.
+# Its go.mod replaces sigs.k8s.io/gateway-api with a local parent, so a throwaway module pins it.
+build_conformance() {
+    local stamp="$CONFORMANCE_DIR/.complete"
+    [[ -f $stamp ]] && return 0
+    log "building Gateway API's conformance suite $GATEWAY_API_VERSION (go test -c)"
+    local work="$CACHE/src/gateway-conformance-$GATEWAY_API_VERSION"
+    rm -rf "$work" && mkdir -p "$work" "$CONFORMANCE_DIR"
+    {
+        echo "module ambit.dev/testbed-build/gateway-conformance"
+        echo
+        echo "go 1.26"
+        echo
+        echo "require sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION"
+        echo
+        echo "replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION"
+    } >"$work/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/gateway-api/conformance"\n' >"$work/tools.go"
+    (
+        cd "$work"
+        "$GO" mod tidy >&2
+        # -t: the suite's own test dependencies (testify), which tidy leaves out for a dependency.
+        "$GO" get -t "sigs.k8s.io/gateway-api/conformance@$GATEWAY_API_VERSION" >&2
+        "$GO" test -c -p "$JOBS" -trimpath -ldflags "-s -w" -o "$CONFORMANCE_DIR/conformance.test" sigs.k8s.io/gateway-api/conformance
+    )
+    touch "$stamp"
 }
 
 write_env() {
@@ -192,6 +262,9 @@ AMBIT_KUBE_CONTROLLER_MANAGER=$K8S_DIR/kube-controller-manager
 AMBIT_KUBE_SCHEDULER=$K8S_DIR/kube-scheduler
 AMBIT_KUBECTL=$K8S_DIR/kubectl
 AMBIT_HELM=$HELM_DIR/helm
+AMBIT_KUBELET_STREAMING=$KUBELET_STREAMING_DIR/kubelet-streaming
+AMBIT_GATEWAY_API_VERSION=$GATEWAY_API_VERSION
+AMBIT_CONFORMANCE_TEST=$CONFORMANCE_DIR/conformance.test
 AMBIT_CNI_BIN_DIR=$cni_dir
 EOF
     mv "$tmp" "$ENV_FILE"
@@ -199,7 +272,7 @@ EOF
 
 main() {
     local only="${1:-all}"
-    log "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, istio $ISTIO_VERSION, debian: ${DEBIAN_PACKAGES[*]}"
+    log "pinned: kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, istio $ISTIO_VERSION, gateway-api conformance $GATEWAY_API_VERSION, debian: ${DEBIAN_PACKAGES[*]}"
     log "cache: $CACHE; go: $("$GO" env GOVERSION 2>/dev/null || echo missing)"
     local start=$SECONDS
     case "$only" in
@@ -208,15 +281,18 @@ main() {
         build_etcd
         build_helm
         build_kubernetes
+        build_kubelet_streaming
         build_istio_echo
         ;;
     debian) debian_packages ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
     kubernetes) build_kubernetes ;;
+    kubelet-streaming) build_kubelet_streaming ;;
     istio-echo) build_istio_echo ;;
+    conformance) build_conformance ;;
     *)
-        log "usage: setup.sh [all|debian|etcd|helm|kubernetes|istio-echo]"
+        log "usage: setup.sh [all|debian|etcd|helm|kubernetes|kubelet-streaming|istio-echo|conformance]"
         exit 2
         ;;
     esac

@@ -182,6 +182,10 @@ impl Config {
     pub fn node_root(&self, k: u8) -> PathBuf {
         self.node_dir(k).join("root")
     }
+    /// The node agent's local API (`node::api`), which the node's kubelet endpoint asks.
+    pub fn agent_socket(&self, k: u8) -> PathBuf {
+        self.node_dir(k).join("agent.sock")
+    }
     pub fn node_cni_conf_dir(&self, k: u8) -> PathBuf {
         self.node_root(k).join("etc/cni/net.d")
     }

@@ -102,8 +102,21 @@ pub fn start_apiserver(config: &Config, tools: &Tools) -> Result<(), Error> {
         ),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--authorization-mode=RBAC".to_owned(),
-        // Node names resolve nowhere: reach the agents' log endpoint by node IP.
+        // Node names resolve nowhere: reach the nodes' kubelet endpoints by node IP, with
+        // mutual TLS under the testbed CA (their serving certs carry the node IP).
         "--kubelet-preferred-address-types=InternalIP".to_owned(),
+        format!(
+            "--kubelet-client-certificate={}",
+            p(&pki.join(pki::KUBELET_CLIENT_CERT))
+        ),
+        format!(
+            "--kubelet-client-key={}",
+            p(&pki.join(pki::KUBELET_CLIENT_KEY))
+        ),
+        format!(
+            "--kubelet-certificate-authority={}",
+            p(&pki.join(pki::CA_CERT))
+        ),
         // No kube-proxy in the host netns: webhooks and aggregated APIs are reached at their
         // endpoints' pod IPs (routed over the bridge) instead of their ClusterIPs.
         "--enable-aggregator-routing=true".to_owned(),
@@ -174,6 +187,36 @@ pub fn start_scheduler(config: &Config, tools: &Tools) -> Result<(), Error> {
     sys::spawn_daemon(
         SCHEDULER,
         &tools.kube_scheduler,
+        &args,
+        &config.log_dir(),
+        &pid_dir(config),
+    )
+    .map(|_| ())
+}
+
+/// The node's kubelet endpoint (`kubelet-streaming`: exec, port-forward, logs) on the node IP,
+/// port 10250, inside the node's netns as kubelet lives in its host's.
+pub fn start_kubelet_streaming(config: &Config, tools: &Tools, k: u8) -> Result<(), Error> {
+    let pki = config.pki_dir();
+    let node = config.node_name(k);
+    let args = vec![
+        format!("--net=/run/netns/{}", config.node_netns(k)),
+        "--".to_owned(),
+        p(&tools.kubelet_streaming),
+        format!(
+            "--listen={}:{}",
+            config.node_ip(k),
+            crate::node::api::KUBELET_PORT
+        ),
+        format!("--tls-cert={}", p(&pki.join(pki::kubelet_cert(&node)))),
+        format!("--tls-key={}", p(&pki.join(pki::kubelet_key(&node)))),
+        format!("--client-ca={}", p(&pki.join(pki::CA_CERT))),
+        format!("--client-cn={}", pki::KUBELET_CLIENT_CN),
+        format!("--agent-socket={}", p(&config.agent_socket(k))),
+    ];
+    sys::spawn_daemon(
+        &format!("kubelet-{node}"),
+        Path::new("nsenter"),
         &args,
         &config.log_dir(),
         &pid_dir(config),

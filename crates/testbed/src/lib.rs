@@ -215,7 +215,10 @@ impl Testbed {
         }
         std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
         c.save()?;
-        pki::generate(&c.pki_dir(), &[c.host_ip()])?;
+        let nodes: Vec<_> = (1..=c.nodes)
+            .map(|k| (c.node_name(k), c.node_ip(k)))
+            .collect();
+        pki::generate(&c.pki_dir(), &[c.host_ip()], &nodes)?;
         controlplane::write_kubeconfig(c)?;
         net::create(c)?;
         for k in 1..=c.nodes {
@@ -266,6 +269,7 @@ impl Testbed {
                 &c.log_dir(),
                 &controlplane::pid_dir(c),
             )?;
+            controlplane::start_kubelet_streaming(c, &self.tools, k)?;
         }
         let nodes: Api<Node> = Api::all(client.clone());
         let want = usize::from(c.nodes);

@@ -1,5 +1,7 @@
-//! The testbed's PKI: one CA for the apiserver's serving cert and the admin client cert, and
-//! the service-account signing key that makes TokenRequest and TokenReview work.
+//! The testbed's PKI: one CA for the apiserver's serving cert, the admin client cert, each
+//! node's kubelet serving cert and the apiserver's client cert for kubelets (so exec, logs and
+//! port-forward are mutual TLS both ways), and the service-account signing key that makes
+//! TokenRequest and TokenReview work.
 
 use crate::Error;
 use rcgen::{
@@ -18,13 +20,31 @@ pub const ADMIN_KEY: &str = "admin.key";
 pub const SA_KEY: &str = "sa.key";
 /// The apiserver reads verification keys only as public keys (not PKCS#8 private keys).
 pub const SA_PUB: &str = "sa.pub";
+/// What the apiserver presents to kubelets.
+pub const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+/// The CommonName of that cert: the one client a node's kubelet endpoint lets in.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+
+/// A node's kubelet serving cert and key.
+pub fn kubelet_cert(node: &str) -> String {
+    format!("kubelet-{node}.crt")
+}
+pub fn kubelet_key(node: &str) -> String {
+    format!("kubelet-{node}.key")
+}
 
 fn pki_err(what: &str) -> impl FnOnce(rcgen::Error) -> Error + '_ {
     move |e| Error::Pki(format!("{what}: {e}"))
 }
 
-/// Writes a fresh PKI into `dir`. `apiserver_ips` are the serving cert's IP SANs.
-pub fn generate(dir: &Path, apiserver_ips: &[Ipv4Addr]) -> Result<(), Error> {
+/// Writes a fresh PKI into `dir`. `apiserver_ips` are the serving cert's IP SANs; `nodes` are
+/// (name, IP) of the nodes whose kubelet endpoints get serving certs.
+pub fn generate(
+    dir: &Path,
+    apiserver_ips: &[Ipv4Addr],
+    nodes: &[(String, Ipv4Addr)],
+) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
 
     let mut ca_params =
@@ -66,22 +86,42 @@ pub fn generate(dir: &Path, apiserver_ips: &[Ipv4Addr]) -> Result<(), Error> {
         .signed_by(&server_key, &ca)
         .map_err(pki_err("apiserver cert"))?;
 
-    let mut admin =
-        CertificateParams::new(Vec::<String>::new()).map_err(pki_err("admin params"))?;
-    admin.distinguished_name = dn("ambit-testbed-admin", Some("system:masters"));
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let admin_key = KeyPair::generate().map_err(pki_err("admin key"))?;
-    let admin_cert = admin
-        .signed_by(&admin_key, &ca)
-        .map_err(pki_err("admin cert"))?;
+    let client = |cn: &str, org: Option<&str>| -> Result<(String, String), Error> {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(pki_err("client params"))?;
+        params.distinguished_name = dn(cn, org);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().map_err(pki_err("client key"))?;
+        let cert = params.signed_by(&key, &ca).map_err(pki_err(cn))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (admin_cert, admin_key) = client("ambit-testbed-admin", Some("system:masters"))?;
+    let (kubelet_client_cert, kubelet_client_key) = client(KUBELET_CLIENT_CN, None)?;
+    for (node, ip) in nodes {
+        let mut params =
+            CertificateParams::new(vec![node.clone()]).map_err(pki_err("kubelet params"))?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(*ip)));
+        params.distinguished_name = dn(&format!("system:node:{node}"), Some("system:nodes"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().map_err(pki_err("kubelet key"))?;
+        let cert = params
+            .signed_by(&key, &ca)
+            .map_err(pki_err("kubelet cert"))?;
+        write(dir, &kubelet_cert(node), &cert.pem())?;
+        write(dir, &kubelet_key(node), &key.serialize_pem())?;
+    }
 
     let sa_key = KeyPair::generate().map_err(pki_err("service-account key"))?;
 
     write(dir, CA_CERT, &ca.pem())?;
     write(dir, APISERVER_CERT, &server_cert.pem())?;
     write(dir, APISERVER_KEY, &server_key.serialize_pem())?;
-    write(dir, ADMIN_CERT, &admin_cert.pem())?;
-    write(dir, ADMIN_KEY, &admin_key.serialize_pem())?;
+    write(dir, ADMIN_CERT, &admin_cert)?;
+    write(dir, ADMIN_KEY, &admin_key)?;
+    write(dir, KUBELET_CLIENT_CERT, &kubelet_client_cert)?;
+    write(dir, KUBELET_CLIENT_KEY, &kubelet_client_key)?;
     write(dir, SA_KEY, &sa_key.serialize_pem())?;
     write(dir, SA_PUB, &sa_key.public_key_pem())?;
     Ok(())

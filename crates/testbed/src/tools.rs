@@ -15,6 +15,8 @@ pub struct Tools {
     pub kube_scheduler: PathBuf,
     pub kubectl: PathBuf,
     pub helm: PathBuf,
+    /// The nodes' kubelet endpoint (exec, port-forward, logs): `crates/testbed/kubelet-streaming`.
+    pub kubelet_streaming: PathBuf,
     pub cni_bin_dir: PathBuf,
 }
 
@@ -52,6 +54,7 @@ impl Tools {
             kube_scheduler: bin("AMBIT_KUBE_SCHEDULER")?,
             kubectl: bin("AMBIT_KUBECTL")?,
             helm: PathBuf::from(get("AMBIT_HELM")?),
+            kubelet_streaming: bin("AMBIT_KUBELET_STREAMING")?,
             cni_bin_dir: bin("AMBIT_CNI_BIN_DIR")?,
         };
         for plugin in ["bridge", "host-local", "loopback"] {

@@ -1,61 +1,10 @@
-//! The one kubelet API endpoint the testbed serves: `/containerLogs/{ns}/{pod}/{container}` on
-//! the node's IP, port 10250, so `kubectl logs [-f] [--tail N]` works (the apiserver proxies it
-//! here). HTTPS with a self-signed cert: the apiserver runs without
-//! `--kubelet-certificate-authority`, so it does not verify kubelet serving certs. `exec`,
-//! `attach` and `port-forward` are not served.
+//! `/containerLogs/{ns}/{pod}/{container}`, the log part of the kubelet API, answered from the
+//! container log files: `kubectl logs [-f] [--tail N]` works. The agent serves it on its unix
+//! socket ([`super::api`]); the node's kubelet endpoint (port 10250) passes it through.
 
 use super::NodeCtx;
-use crate::Error;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-pub const KUBELET_PORT: u16 = 10250;
-const MAX_HEAD: usize = 16 * 1024;
-
-fn tls_config(ctx: &NodeCtx) -> Result<rustls::ServerConfig, Error> {
-    let err = |e: &dyn std::fmt::Display| Error::Pki(format!("kubelet serving cert: {e}"));
-    let mut params =
-        rcgen::CertificateParams::new(vec![ctx.node_name.clone()]).map_err(|e| err(&e))?;
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(std::net::IpAddr::V4(ctx.node_ip)));
-    let key = rcgen::KeyPair::generate().map_err(|e| err(&e))?;
-    let cert = params.self_signed(&key).map_err(|e| err(&e))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(&e))?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .map_err(|e| err(&e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-pub async fn serve(ctx: Arc<NodeCtx>) -> Result<(), Error> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ctx)?));
-    let listener = TcpListener::bind((ctx.node_ip, KUBELET_PORT))
-        .await
-        .map_err(|e| Error::Other(format!("kubelet port {}:{KUBELET_PORT}: {e}", ctx.node_ip)))?;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if let Ok(tls) = acceptor.accept(stream).await {
-                let _ = handle(&ctx, tls).await;
-            }
-        });
-    }
-}
 
 /// `/containerLogs/ns/pod/container?follow=true&tailLines=N` → (ns, pod, container, follow, tail)
 pub fn parse_target(target: &str) -> Option<(String, String, String, bool, Option<usize>)> {
@@ -87,36 +36,25 @@ pub fn parse_target(target: &str) -> Option<(String, String, String, bool, Optio
     ))
 }
 
-async fn handle<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+/// Answers one `/containerLogs/...` request (`target` is its request target) on `s`.
+pub async fn respond<S: tokio::io::AsyncWrite + Unpin>(
     ctx: &NodeCtx,
+    target: &str,
     mut s: S,
 ) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await?;
-        if n == 0 || head.len() > MAX_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let target = line.split_whitespace().nth(1).unwrap_or_default();
     let Some((ns, pod, container, follow, tail)) = parse_target(target) else {
-        return s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 44\r\nconnection: close\r\n\r\nambit-testbed serves only /containerLogs/...\n").await;
+        return super::api::reply(
+            &mut s,
+            "404 Not Found",
+            "text/plain",
+            b"not a log request\n",
+        )
+        .await;
     };
     let path = super::container_log_path(&ctx.config, &ns, &pod, &container);
     let Ok(mut file) = tokio::fs::File::open(&path).await else {
         let body = format!("no log for {ns}/{pod}/{container}\n");
-        let resp = format!(
-            "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return s.write_all(resp.as_bytes()).await;
+        return super::api::reply(&mut s, "404 Not Found", "text/plain", body.as_bytes()).await;
     };
     let mut all = Vec::new();
     file.read_to_end(&mut all).await?;

@@ -3,6 +3,7 @@
 //! host-network pods see the node's network), registers the Node, keeps it Ready through its
 //! Lease and status, and runs the pods bound to it.
 
+pub mod api;
 pub mod cni;
 pub mod dns;
 pub mod images;
@@ -43,6 +44,8 @@ pub struct NodeCtx {
     pub client: kube::Client,
     pub cni: cni::Cni,
     pub kubernetes_version: String,
+    /// The pods this agent runs, for the kubelet endpoint.
+    pub pods: pod::Registry,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -90,6 +93,7 @@ pub async fn run_agent(state_dir: &Path, k: u8) -> Result<(), Error> {
             bin_dirs: vec![config.node_cni_bin_dir(k), tools.cni_bin_dir.clone()],
         },
         kubernetes_version: tools.kubernetes_version.clone(),
+        pods: pod::Registry::default(),
         client,
         config,
         k,
@@ -103,10 +107,10 @@ pub async fn run_agent(state_dir: &Path, k: u8) -> Result<(), Error> {
             tracing::warn!("cluster DNS: {e}");
         }
     });
-    let logs_ctx = ctx.clone();
+    let api_ctx = ctx.clone();
     tokio::spawn(async move {
-        if let Err(e) = logs::serve(logs_ctx).await {
-            tracing::warn!("kubelet log endpoint: {e}");
+        if let Err(e) = api::serve(api_ctx).await {
+            tracing::warn!("agent API (exec, port-forward and logs go through it): {e}");
         }
     });
     run_pods(ctx).await
@@ -169,7 +173,7 @@ async fn post_status(ctx: &NodeCtx) -> Result<(), Error> {
             "kubeletVersion": ctx.kubernetes_version, "kubeProxyVersion": "",
             "operatingSystem": "linux", "architecture": "amd64",
         },
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": logs::KUBELET_PORT}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": api::KUBELET_PORT}},
     }});
     nodes
         .patch_status(

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -150,8 +151,60 @@ impl PodState {
 
 type Shared = Arc<Mutex<PodState>>;
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, PodState> {
+fn lock<T>(s: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a pod runs, for the node's kubelet endpoint ([`super::api`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PodInfo {
+    pub uid: String,
+    /// The pod's netns path; empty for a host-network pod (it lives in the node's netns).
+    pub netns: String,
+    /// Running containers: name → pid of the container's process (which is the container's
+    /// program: `nsenter`, `unshare`, `sh` and `setpriv` each exec the next).
+    pub containers: BTreeMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Registered {
+    uid: String,
+    netns: String,
+    state: Shared,
+}
+
+/// The pods this agent runs, by namespace and name.
+#[derive(Debug, Default)]
+pub struct Registry(Mutex<HashMap<(String, String), Registered>>);
+
+impl Registry {
+    fn insert(&self, ns: &str, name: &str, entry: Registered) {
+        lock(&self.0).insert((ns.to_owned(), name.to_owned()), entry);
+    }
+
+    /// Forgets the pod, unless a newer pod of the same name (another uid) took its place.
+    fn remove(&self, ns: &str, name: &str, uid: &str) {
+        let mut pods = lock(&self.0);
+        let key = (ns.to_owned(), name.to_owned());
+        if pods.get(&key).is_some_and(|r| r.uid == uid) {
+            pods.remove(&key);
+        }
+    }
+
+    pub fn lookup(&self, ns: &str, name: &str) -> Option<PodInfo> {
+        let pods = lock(&self.0);
+        let r = pods.get(&(ns.to_owned(), name.to_owned()))?;
+        let containers = lock(&r.state)
+            .containers
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.pid?)))
+            .collect();
+        Some(PodInfo {
+            uid: r.uid.clone(),
+            netns: r.netns.clone(),
+            containers,
+        })
+    }
 }
 
 /// What `run` needs to tear the sandbox down.
@@ -188,6 +241,19 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
         containers: spec.containers.iter().map(CState::new).collect(),
         message: None,
     }));
+    ctx.pods.insert(
+        &ns,
+        &name,
+        Registered {
+            uid: uid.clone(),
+            netns: if host_network {
+                String::new()
+            } else {
+                format!("/run/netns/{}", super::pod_netns_name(&ctx.config, &uid))
+            },
+            state: state.clone(),
+        },
+    );
     let notify = Arc::new(Notify::new());
     let patcher = tokio::spawn(patch_status(
         ctx.clone(),
@@ -323,6 +389,7 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
     }
 
     // Teardown: containers (TERM, grace, KILL: see `supervise`), then network, then files.
+    ctx.pods.remove(&ns, &name, &uid);
     let _ = shutdown_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -454,13 +521,24 @@ impl Runtime {
     fn command(&self, c: &Container) -> Result<tokio::process::Command, String> {
         let ctx = &self.ctx;
         let image = c.image.as_deref().unwrap_or_default();
-        let image_bin = images::resolve(image, &ctx.config.images, &ctx.config.bin_dirs);
-        let (program, args) = images::program_and_args(c, image_bin.as_deref())?;
-        let env = self.env(c)?;
+        let image = images::resolve(image, &ctx.config.images, &ctx.config.bin_dirs);
+        let (program, args) = images::program_and_args(c, image.as_ref())?;
+        let mut env = self.env(c)?;
+        // The image's binaries come first on its PATH, unless the container sets its own.
+        if let Some(bin) = image.as_ref().and_then(|i| i.bin_dir.as_ref())
+            && let Some(path) = env
+                .iter_mut()
+                .find(|(k, v)| k == "PATH" && v == crate::sys::PATH)
+        {
+            path.1 = format!("{}:{}", bin.display(), path.1);
+        }
         let expand = |s: &str| expand_vars(s, &env);
         let args: Vec<String> = args.iter().map(|a| expand(a)).collect();
 
         let mut mounts: Vec<String> = Vec::new();
+        for (file, at) in image.iter().flat_map(|i| &i.files) {
+            mounts.extend([file.display().to_string(), at.clone(), "ro".to_owned()]);
+        }
         for m in c.volume_mounts.iter().flatten() {
             let src = self
                 .volumes
