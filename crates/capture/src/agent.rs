@@ -15,13 +15,13 @@
 //! On SIGTERM the loop stops and [`crate::uninstall`] tells an upgrade (keep everything) from
 //! an uninstall (remove every rule, the conflist entry and the binary).
 
-use crate::handoff::{self, Enrollment, Reply, Request};
 use crate::install::CniInstall;
 use crate::netns::{self, Scanner};
 use crate::pod;
 use crate::reconcile::{self, Action, Facts, View, Why};
 use crate::state::{self, PodRecord};
 use crate::uninstall::{Apiserver, DaemonSetRef, Ending, Observation};
+use ambit_handoff::{self as handoff, Enrollment, Reply, Request};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ impl AgentConfig {
         let path = |flag: &str, default: &str| {
             PathBuf::from(flags.get(flag).map_or(default, String::as_str))
         };
-        let socket = path(FLAG_SOCKET, crate::DEFAULT_SOCKET);
+        let socket = path(FLAG_SOCKET, ambit_handoff::DEFAULT_SOCKET);
         let state = path(FLAG_STATE, state::DEFAULT_STATE_DIR);
         let cni = match (flags.get(FLAG_CNI_BIN_DIR), flags.get(FLAG_CNI_CONF_DIR)) {
             (Some(bin), Some(conf)) => Some(CniInstall {
@@ -555,7 +555,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = AgentConfig::parse(&flags(&[]), None).unwrap();
-        assert_eq!(c.socket, PathBuf::from(crate::DEFAULT_SOCKET));
+        assert_eq!(c.socket, PathBuf::from(ambit_handoff::DEFAULT_SOCKET));
         assert_eq!(c.state, PathBuf::from(state::DEFAULT_STATE_DIR));
         assert_eq!(c.netns_dir, PathBuf::from("/var/run/netns"));
         assert_eq!(c.cni, None);
@@ -581,7 +581,10 @@ mod tests {
         let cni = c.cni.unwrap();
         assert_eq!(cni.bin_dir, PathBuf::from("/host/opt/cni/bin"));
         assert_eq!(cni.state_dir, PathBuf::from("/s"));
-        assert_eq!(cni.tunnel_socket, PathBuf::from(crate::DEFAULT_SOCKET));
+        assert_eq!(
+            cni.tunnel_socket,
+            PathBuf::from(ambit_handoff::DEFAULT_SOCKET)
+        );
         assert_eq!(c.daemonset.unwrap().to_string(), "ns/ds");
         assert_eq!(c.tick, Duration::from_millis(100));
         let c = AgentConfig::parse(

@@ -5,10 +5,10 @@
 //! tunnel cannot decide (see [`starts_uncaptured`] for the one exception), so no enrolled pod
 //! ever sends traffic uncaptured while the node boots.
 
-use crate::handoff::Enrollment;
 use crate::pod;
 use crate::rules;
 use crate::state::{self, PodRecord};
+use ambit_handoff::Enrollment;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
     let socket = conf
         .get("tunnelSocket")
         .and_then(Value::as_str)
-        .unwrap_or(crate::DEFAULT_SOCKET);
+        .unwrap_or(ambit_handoff::DEFAULT_SOCKET);
     let socket = Path::new(socket);
     let state = Path::new(
         conf.get("stateDir")

@@ -10,7 +10,8 @@
 //! - `ambit-capture check --netns PATH`
 
 use ambit_capture::state::{self, PodRecord};
-use ambit_capture::{DEFAULT_SOCKET, agent, cni, pod, rules};
+use ambit_capture::{agent, cni, pod, rules};
+use ambit_handoff::DEFAULT_SOCKET;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::io::Read;

@@ -11,9 +11,9 @@
 //! The record is written so that it says `captured` whenever rules may be present (see
 //! [`crate::state`]).
 
-use crate::handoff::{self, HandoffError, Request};
 use crate::rules::{self, RulesError};
 use crate::state::{self, PodRecord, StateError};
+use ambit_handoff::{self as handoff, HandoffError, Request};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 

@@ -3,8 +3,8 @@
 //! netns are gone, and the addresses found in the node's netns. No I/O here; the agent
 //! carries the actions out (see [`crate::agent`]).
 
-use crate::handoff::Enrollment;
 use crate::state::PodRecord;
+use ambit_handoff::Enrollment;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ pub struct Facts {
 pub fn unrecorded<'e>(
     records: &[PodRecord],
     enrollment: &'e Enrollment,
-) -> Vec<&'e crate::handoff::EnrolledPod> {
+) -> Vec<&'e ambit_handoff::EnrolledPod> {
     let known: HashSet<&str> = records.iter().map(|r| r.uid.as_str()).collect();
     enrollment
         .pods
@@ -161,7 +161,7 @@ fn find_netns(ips: &[IpAddr], netns_by_ip: &HashMap<IpAddr, Vec<PathBuf>>) -> Op
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::handoff::EnrolledPod;
+    use ambit_handoff::EnrolledPod;
 
     fn rec(uid: &str, namespace: &str, captured: bool) -> PodRecord {
         PodRecord {

@@ -1,6 +1,7 @@
 //! The redirect rules, applied atomically with `nft -f -` inside the pod's netns.
 
-use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, TUNNEL_MARK};
+use crate::HBONE_PORT;
+use ambit_handoff::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_MARK};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};

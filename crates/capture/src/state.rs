@@ -9,7 +9,7 @@
 //! Beside the records, `enrollment` keeps the last synced enrollment the agent saw, for a CNI
 //! ADD while the tunnel is unreachable.
 
-use crate::handoff::Enrollment;
+use ambit_handoff::Enrollment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -8,8 +8,8 @@
 
 mod support;
 
-use ambit_capture::handoff::{EnrolledPod, Enrollment};
 use ambit_capture::state;
+use ambit_handoff::{EnrolledPod, Enrollment};
 use std::sync::{Arc, Mutex};
 use support::*;
 

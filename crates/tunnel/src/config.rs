@@ -159,7 +159,7 @@ impl Config {
                 .transpose()?,
             socket: values
                 .get("--socket")
-                .map_or(ambit_capture::DEFAULT_SOCKET, String::as_str)
+                .map_or(ambit_handoff::DEFAULT_SOCKET, String::as_str)
                 .into(),
             mode: values
                 .get("--mode")

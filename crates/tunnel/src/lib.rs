@@ -23,6 +23,6 @@ pub use config::{Config, ConfigError, Mode};
 pub use node::{Node, NodeError};
 
 /// Tunnel ports inside each pod netns.
-pub const OUTBOUND_PORT: u16 = ambit_capture::OUTBOUND_PORT;
-pub const INBOUND_PORT: u16 = ambit_capture::INBOUND_PORT;
+pub const OUTBOUND_PORT: u16 = ambit_handoff::OUTBOUND_PORT;
+pub const INBOUND_PORT: u16 = ambit_handoff::INBOUND_PORT;
 pub const HBONE_PORT: u16 = ambit_hbone::HBONE_PORT;

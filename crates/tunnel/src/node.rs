@@ -4,7 +4,7 @@
 use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::pod::{self, PodError, PodHandle, PodSpec};
-use ambit_capture::handoff::{self, EnrolledPod, Enrollment, Reply, Request};
+use ambit_handoff::{self as handoff, EnrolledPod, Enrollment, Reply, Request};
 use ambit_identity::{CertificateIssuer, CertificateStore, IdentityLease, StoreError, TrustBundle};
 use ambit_mesh::{LiveMesh, Mesh};
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ use crate::inbound::{self, InboundHandler};
 use crate::node::Shared;
 use crate::outbound;
 use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
-use ambit_capture::TUNNEL_MARK;
+use ambit_handoff::TUNNEL_MARK;
 use ambit_hbone::{Dialer, HbonePool, HboneServer, PoolSettings, ServerSettings};
 use ambit_identity::{CertificateHandle, SpiffeId, server_config};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};

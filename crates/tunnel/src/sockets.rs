@@ -1,7 +1,7 @@
 //! Socket plumbing: the mark that keeps the tunnel's own traffic out of capture, original
 //! destinations, and aborting a client with RST.
 
-use ambit_capture::TUNNEL_MARK;
+use ambit_handoff::TUNNEL_MARK;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;

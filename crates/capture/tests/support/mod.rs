@@ -3,7 +3,7 @@
 //! Everything is removed on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use ambit_capture::handoff::{self, Enrollment, Reply, Request};
+use ambit_handoff::{self as handoff, Enrollment, Reply, Request};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;

@@ -1,9 +1,10 @@
-//! Handing a pod's network namespace to the node tunnel.
+//! What the capture agent and the node tunnel agree on, in a crate of its own so the tunnel
+//! links neither the capture agent nor a Kubernetes client (its code is TR-1's attack surface).
 //!
-//! One request per unix-socket connection: the capture side sends a JSON [`Request`] in one
-//! `sendmsg` carrying the netns fd (SCM_RIGHTS) for `Add`, then shuts down its write side;
-//! the tunnel answers with a JSON [`Reply`] and closes. Blocking I/O: both ends handle one
-//! small message per pod event.
+//! Handing a pod's network namespace to the node tunnel: one request per unix-socket
+//! connection. The capture side sends a JSON [`Request`] in one `sendmsg` carrying the netns fd
+//! (SCM_RIGHTS) for `Add`, then shuts down its write side; the tunnel answers with a JSON
+//! [`Reply`] and closes. Blocking I/O: both ends handle one small message per pod event.
 //!
 //! The tunnel decides enrollment, from the controller's view of its node: the answer to `Add`
 //! says whether to capture the pod, and [`Request::Enrollment`] returns the whole picture the
@@ -21,6 +22,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+/// SO_MARK the tunnel puts on its own sockets; the capture rules let marked traffic through.
+pub const TUNNEL_MARK: u32 = 0x539;
+/// Outbound capture port (inside each pod netns): the rules redirect there, the tunnel listens.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound plaintext capture port.
+pub const INBOUND_PORT: u16 = 15006;
+/// Default path of the tunnel's handoff socket (shared hostPath in the DaemonSet).
+pub const DEFAULT_SOCKET: &str = "/var/run/ambit/tunnel.sock";
 
 const MAX_MESSAGE: usize = 64 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
