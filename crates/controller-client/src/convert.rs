@@ -5,6 +5,7 @@ use crate::stream::Resources;
 use ambit_mesh::{MeshConfig, Service, ServicePort};
 use ambit_policy::{Action, HeaderMatch, Policy, PolicyScope, Rule};
 use ambit_proto::config::v1 as pb;
+use ambit_route as rt;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,6 +19,23 @@ pub enum ConvertError {
     Action { resource: String, action: String },
     #[error("{resource}: identity {identity:?} is not a SPIFFE id")]
     Identity { resource: String, identity: String },
+    #[error("{resource}: {field} {value:?} is not one this data plane knows")]
+    Unknown {
+        resource: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{resource}: {field} is missing")]
+    Missing {
+        resource: String,
+        field: &'static str,
+    },
+    #[error("{resource}: {field} {value} is out of range")]
+    Range {
+        resource: String,
+        field: &'static str,
+        value: u64,
+    },
 }
 
 fn ips(resource: &str, values: &[String]) -> Result<Vec<IpAddr>, ConvertError> {
@@ -98,8 +116,10 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
             pb::resource::Kind::AuthorizationPolicy(p) => {
                 config.policies.push(policy(name, p)?);
             }
-            // Services are read in a second pass; routes are not in the model yet (issue 12).
-            pb::resource::Kind::Service(_) | pb::resource::Kind::Route(_) => {}
+            // Checked by `Mesh::new`, which leaves a route that does not compile out alone.
+            pb::resource::Kind::Route(r) => config.routes.push(route(name, r)?),
+            // Services are read in a second pass.
+            pb::resource::Kind::Service(_) => {}
         }
     }
     for (name, resource) in resources {
@@ -169,6 +189,8 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertErro
                     value: h.value.clone(),
                 })
                 .collect(),
+            // JWT fields: not on the wire yet (issue 13).
+            ..Rule::default()
         });
     }
     Ok(Policy {
@@ -180,6 +202,252 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertErro
         }),
         rules,
     })
+}
+
+/// A route, field for field; what the route's own types cannot say (an unknown match type, a
+/// port out of range) is an error naming the resource. The rest is `Route::compile`'s to
+/// check, in `Mesh::new`, which leaves a route that does not compile out alone.
+fn route(resource: &str, r: &pb::Route) -> Result<rt::Route, ConvertError> {
+    let c = RouteConvert { resource };
+    let kind = match r.kind.as_str() {
+        "HTTPRoute" => rt::RouteKind::Http,
+        "GRPCRoute" => rt::RouteKind::Grpc,
+        other => return Err(c.unknown("kind", other)),
+    };
+    let parents = r
+        .parents
+        .iter()
+        .map(|p| {
+            Ok(rt::RouteParent {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                port: c.optional_u16("parent port", p.port)?,
+            })
+        })
+        .collect::<Result<_, ConvertError>>()?;
+    let rules = r
+        .rules
+        .iter()
+        .map(|rule| c.rule(rule))
+        .collect::<Result<_, _>>()?;
+    Ok(rt::Route {
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        kind,
+        parents,
+        hostnames: r.hostnames.clone(),
+        rules,
+        created_unix_ms: r.created_unix_ms,
+    })
+}
+
+/// Proto 0 / "" mean "not set" for these fields.
+fn nonzero(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+fn nonempty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+struct RouteConvert<'a> {
+    resource: &'a str,
+}
+
+impl RouteConvert<'_> {
+    fn unknown(&self, field: &'static str, value: &str) -> ConvertError {
+        ConvertError::Unknown {
+            resource: self.resource.to_owned(),
+            field,
+            value: value.to_owned(),
+        }
+    }
+
+    fn u16(&self, field: &'static str, value: u32) -> Result<u16, ConvertError> {
+        u16::try_from(value).map_err(|_| ConvertError::Range {
+            resource: self.resource.to_owned(),
+            field,
+            value: value.into(),
+        })
+    }
+
+    fn optional_u16(&self, field: &'static str, value: u32) -> Result<Option<u16>, ConvertError> {
+        match value {
+            0 => Ok(None),
+            v => self.u16(field, v).map(Some),
+        }
+    }
+
+    fn rule(&self, rule: &pb::RouteRule) -> Result<rt::RouteRule, ConvertError> {
+        let retry = rule
+            .retry
+            .as_ref()
+            .map(|r| {
+                Ok(rt::RouteRetry {
+                    codes: r
+                        .codes
+                        .iter()
+                        .map(|&c| self.u16("retry code", c))
+                        .collect::<Result<_, ConvertError>>()?,
+                    attempts: r.attempts,
+                    backoff_ms: nonzero(r.backoff_ms),
+                })
+            })
+            .transpose()?;
+        Ok(rt::RouteRule {
+            name: nonempty(&rule.name),
+            matches: rule
+                .matches
+                .iter()
+                .map(|m| self.route_match(m))
+                .collect::<Result<_, _>>()?,
+            filters: self.filters(&rule.filters)?,
+            backends: rule
+                .backends
+                .iter()
+                .map(|b| self.backend(b))
+                .collect::<Result<_, _>>()?,
+            request_timeout_ms: nonzero(rule.request_timeout_ms),
+            backend_request_timeout_ms: nonzero(rule.backend_request_timeout_ms),
+            retry,
+        })
+    }
+
+    fn match_type(&self, t: &str) -> Result<rt::MatchType, ConvertError> {
+        match t {
+            "" | "Exact" => Ok(rt::MatchType::Exact),
+            "RegularExpression" => Ok(rt::MatchType::RegularExpression),
+            other => Err(self.unknown("match type", other)),
+        }
+    }
+
+    fn name_matches(&self, list: &[pb::NameMatch]) -> Result<Vec<rt::NameMatch>, ConvertError> {
+        list.iter()
+            .map(|m| {
+                Ok(rt::NameMatch {
+                    name: m.name.clone(),
+                    kind: self.match_type(&m.r#type)?,
+                    value: m.value.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn route_match(&self, m: &pb::RouteMatch) -> Result<rt::RouteMatch, ConvertError> {
+        let path = m
+            .path
+            .as_ref()
+            .map(|p| {
+                let kind = match p.r#type.as_str() {
+                    "Exact" => rt::PathMatchType::Exact,
+                    "" | "PathPrefix" => rt::PathMatchType::PathPrefix,
+                    "RegularExpression" => rt::PathMatchType::RegularExpression,
+                    other => return Err(self.unknown("path match type", other)),
+                };
+                Ok(rt::PathMatch {
+                    kind,
+                    value: p.value.clone(),
+                })
+            })
+            .transpose()?;
+        // GRPCRoute's one `method.type` travels with each of service and method.
+        let grpc = match (&m.grpc_service, &m.grpc_method) {
+            (None, None) => None,
+            (service, method) => {
+                let typed = service.as_ref().or(method.as_ref());
+                let value = |v: &Option<pb::StringMatch>| {
+                    v.as_ref().map(|x| x.value.clone()).unwrap_or_default()
+                };
+                Some(rt::GrpcMethodMatch {
+                    kind: self.match_type(typed.map_or("", |x| &x.r#type))?,
+                    service: value(service),
+                    method: value(method),
+                })
+            }
+        };
+        Ok(rt::RouteMatch {
+            path,
+            headers: self.name_matches(&m.headers)?,
+            query_params: self.name_matches(&m.query_params)?,
+            method: nonempty(&m.method),
+            grpc,
+        })
+    }
+
+    fn filters(&self, list: &[pb::RouteFilter]) -> Result<Vec<rt::RouteFilter>, ConvertError> {
+        list.iter()
+            .filter_map(|f| f.kind.as_ref())
+            .map(|kind| self.filter(kind))
+            .collect()
+    }
+
+    fn filter(&self, kind: &pb::route_filter::Kind) -> Result<rt::RouteFilter, ConvertError> {
+        use pb::route_filter::Kind;
+        Ok(match kind {
+            Kind::RequestHeaderModifier(m) => {
+                rt::RouteFilter::RequestHeaderModifier(header_modifier(m))
+            }
+            Kind::ResponseHeaderModifier(m) => {
+                rt::RouteFilter::ResponseHeaderModifier(header_modifier(m))
+            }
+            Kind::UrlRewrite(u) => rt::RouteFilter::UrlRewrite(rt::UrlRewrite {
+                hostname: nonempty(&u.hostname),
+                path: u.path.as_ref().map(|p| self.path_modifier(p)).transpose()?,
+            }),
+            Kind::RequestRedirect(r) => rt::RouteFilter::RequestRedirect(rt::RequestRedirect {
+                scheme: nonempty(&r.scheme),
+                hostname: nonempty(&r.hostname),
+                path: r.path.as_ref().map(|p| self.path_modifier(p)).transpose()?,
+                port: self.optional_u16("redirect port", r.port)?,
+                status_code: self.optional_u16("redirect status", r.status_code)?,
+            }),
+            Kind::RequestMirror(m) => {
+                let backend = m.backend.as_ref().ok_or_else(|| ConvertError::Missing {
+                    resource: self.resource.to_owned(),
+                    field: "requestMirror.backend",
+                })?;
+                rt::RouteFilter::RequestMirror(rt::RequestMirror {
+                    backend: self.backend(backend)?,
+                    fraction_ppm: (m.fraction_ppm != 0).then_some(m.fraction_ppm),
+                })
+            }
+        })
+    }
+
+    fn path_modifier(&self, p: &pb::PathModifier) -> Result<rt::PathModifier, ConvertError> {
+        match p.r#type.as_str() {
+            "ReplaceFullPath" => Ok(rt::PathModifier::ReplaceFullPath(p.value.clone())),
+            "ReplacePrefixMatch" => Ok(rt::PathModifier::ReplacePrefixMatch(p.value.clone())),
+            other => Err(self.unknown("path modifier type", other)),
+        }
+    }
+
+    fn backend(&self, b: &pb::RouteBackend) -> Result<rt::RouteBackend, ConvertError> {
+        Ok(rt::RouteBackend {
+            namespace: b.namespace.clone(),
+            name: b.name.clone(),
+            port: self.u16("backend port", b.port)?,
+            weight: b.weight,
+            filters: self.filters(&b.filters)?,
+            invalid: b.invalid,
+        })
+    }
+}
+
+fn header_modifier(m: &pb::HeaderModifier) -> rt::HeaderModifier {
+    let pairs = |list: &[pb::NameValue]| {
+        list.iter()
+            .map(|nv| rt::NameValue {
+                name: nv.name.clone(),
+                value: nv.value.clone(),
+            })
+            .collect()
+    };
+    rt::HeaderModifier {
+        set: pairs(&m.set),
+        add: pairs(&m.add),
+        remove: m.remove.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +657,131 @@ mod tests {
         assert!(matches!(
             mesh_config("cluster.local", &r),
             Err(ConvertError::Action { .. })
+        ));
+    }
+
+    #[test]
+    fn routes_keep_every_field_and_reach_the_mesh() {
+        let sm = |t: &str, v: &str| pb::StringMatch {
+            r#type: t.into(),
+            value: v.into(),
+        };
+        let backend = |name: &str, weight| pb::RouteBackend {
+            namespace: "demo".into(),
+            name: name.into(),
+            port: 80,
+            weight,
+            ..Default::default()
+        };
+        let r = pb::Route {
+            name: "r".into(),
+            namespace: "demo".into(),
+            kind: "HTTPRoute".into(),
+            parents: vec![pb::RouteParent {
+                namespace: "demo".into(),
+                name: "echo".into(),
+                port: 80,
+            }],
+            hostnames: vec!["*.example.com".into()],
+            rules: vec![pb::RouteRule {
+                name: "canary".into(),
+                matches: vec![pb::RouteMatch {
+                    path: Some(sm("PathPrefix", "/api")),
+                    headers: vec![pb::NameMatch {
+                        name: "x-v".into(),
+                        r#type: "RegularExpression".into(),
+                        value: "v[12]".into(),
+                    }],
+                    method: "GET".into(),
+                    ..Default::default()
+                }],
+                filters: vec![pb::RouteFilter {
+                    kind: Some(pb::route_filter::Kind::UrlRewrite(pb::UrlRewrite {
+                        hostname: String::new(),
+                        path: Some(pb::PathModifier {
+                            r#type: "ReplacePrefixMatch".into(),
+                            value: "/v2".into(),
+                        }),
+                    })),
+                }],
+                backends: vec![backend("echo-v1", 90), backend("echo-v2", 10)],
+                request_timeout_ms: 1500,
+                retry: Some(pb::RouteRetry {
+                    codes: vec![503],
+                    attempts: 2,
+                    backoff_ms: 0,
+                }),
+                ..Default::default()
+            }],
+            created_unix_ms: 7,
+        };
+        let converted = route("route/demo/r", &r).unwrap();
+        assert_eq!(converted.kind, rt::RouteKind::Http);
+        assert_eq!(converted.parents[0].port, Some(80));
+        let rule = &converted.rules[0];
+        assert_eq!(rule.name.as_deref(), Some("canary"));
+        assert_eq!(
+            rule.matches[0].headers[0].kind,
+            rt::MatchType::RegularExpression
+        );
+        assert_eq!(rule.matches[0].method.as_deref(), Some("GET"));
+        assert_eq!(rule.request_timeout_ms, Some(1500));
+        assert_eq!(rule.backend_request_timeout_ms, None);
+        assert_eq!(rule.retry.as_ref().unwrap().backoff_ms, None);
+        assert_eq!(
+            rule.filters[0],
+            rt::RouteFilter::UrlRewrite(rt::UrlRewrite {
+                hostname: None,
+                path: Some(rt::PathModifier::ReplacePrefixMatch("/v2".into())),
+            })
+        );
+        converted.validate().unwrap();
+        // Through mesh_config into a Mesh with its route table.
+        let mut resources = sample();
+        resources.insert(
+            "route/demo/r".into(),
+            pb::Resource {
+                name: "route/demo/r".into(),
+                version: "v".into(),
+                kind: Some(pb::resource::Kind::Route(r.clone())),
+            },
+        );
+        let mesh =
+            ambit_mesh::Mesh::new(mesh_config("cluster.local", &resources).unwrap()).unwrap();
+        assert!(mesh.route_table("demo", "echo", 80).is_some());
+        assert!(mesh.route_errors().is_empty());
+        // GRPCRoute: service and method travel apart, with one type.
+        let mut g = r.clone();
+        g.kind = "GRPCRoute".into();
+        g.rules[0] = pb::RouteRule {
+            matches: vec![pb::RouteMatch {
+                grpc_service: Some(sm("Exact", "pkg.Echo")),
+                grpc_method: Some(sm("Exact", "")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let grpc = route("route/demo/g", &g).unwrap();
+        assert_eq!(
+            grpc.rules[0].matches[0].grpc,
+            Some(rt::GrpcMethodMatch {
+                kind: rt::MatchType::Exact,
+                service: "pkg.Echo".into(),
+                method: String::new(),
+            })
+        );
+        // What the route types cannot hold is named.
+        let mut bad = r.clone();
+        bad.rules[0].matches[0].path = Some(sm("Suffix", "/x"));
+        assert_eq!(
+            route("route/demo/r", &bad).unwrap_err().to_string(),
+            "route/demo/r: path match type \"Suffix\" is not one this data plane knows"
+        );
+        let mut bad = r;
+        bad.rules[0].backends[0].port = 70_000;
+        assert!(matches!(
+            route("route/demo/r", &bad),
+            Err(ConvertError::Range { value: 70_000, .. })
         ));
     }
 }

@@ -1,6 +1,6 @@
-//! The mesh model a data plane serves from: workloads, services, waypoints and authorization
-//! policies (evaluated by `ambit-policy`), indexed for the lookups the tunnel and the waypoint
-//! make per connection and per request.
+//! The mesh model a data plane serves from: workloads, services, waypoints, authorization
+//! policies (evaluated by `ambit-policy`) and routes (`ambit-route`), indexed for the lookups
+//! the tunnel and the waypoint make per connection and per request.
 //!
 //! Sources (a YAML file today, the controller's config stream later) produce a [`MeshConfig`];
 //! [`Mesh::new`] validates and indexes it. A `Mesh` is immutable: a new config makes a new one.
@@ -15,9 +15,11 @@ use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 use ambit_policy::{
     Decision, HttpRequest, PolicyError, RequestAuthnError, Source, Target, Verdict,
 };
-use std::collections::HashMap;
+use ambit_route::{CompiledRoute, RouteError, RouteTable};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum MeshError {
         name: String,
         source: RequestAuthnError,
     },
+    #[error("route {route}: {source}")]
+    Route { route: String, source: RouteError },
 }
 
 /// What a destination address resolves to.
@@ -77,6 +81,18 @@ pub struct Mesh {
     ready_endpoints: Vec<Vec<usize>>,
     /// Round-robin cursor per service, for endpoint choice.
     cursors: Vec<AtomicUsize>,
+    /// By parent Service namespace, then name.
+    route_tables: HashMap<String, HashMap<String, ServiceRoutes>>,
+    /// The routes left out, and why.
+    route_errors: Vec<MeshError>,
+}
+
+/// The route tables of one Service: one per port that routes name, and for its other ports
+/// the routes that attach to every port.
+#[derive(Debug, Default)]
+struct ServiceRoutes {
+    ports: HashMap<u16, RouteTable>,
+    any_port: Option<RouteTable>,
 }
 
 impl Mesh {
@@ -156,6 +172,7 @@ impl Mesh {
             .iter()
             .map(|_| AtomicUsize::new(0))
             .collect();
+        let (route_tables, route_errors) = route_tables(&config.routes);
         Ok(Self {
             config,
             trust_domain,
@@ -166,6 +183,8 @@ impl Mesh {
             services_by_host,
             ready_endpoints,
             cursors,
+            route_tables,
+            route_errors,
         })
     }
 
@@ -252,6 +271,18 @@ impl Mesh {
         }
     }
 
+    /// The routes attached to port `port` of Service `namespace/name`; `None` when none is
+    /// (the Service is reached as it is).
+    pub fn route_table(&self, namespace: &str, name: &str, port: u16) -> Option<&RouteTable> {
+        let routes = self.route_tables.get(namespace)?.get(name)?;
+        routes.ports.get(&port).or(routes.any_port.as_ref())
+    }
+
+    /// The routes left out of the tables because they do not compile, with the reason.
+    pub fn route_errors(&self) -> &[MeshError] {
+        &self.route_errors
+    }
+
     /// L4 authorization for a connection to `workload` on `port` from `source` (the node
     /// tunnel): rules with L7 fields are evaluated fail-safe, see `ambit_policy`.
     pub fn authorize(&self, workload: &Workload, port: u16, source: &Source) -> Decision {
@@ -279,6 +310,75 @@ impl Mesh {
             Some(request),
         )
     }
+}
+
+/// The routes attached to each Service port. A route that does not compile is left out (one
+/// tenant's broken route never takes the others down) and its error kept.
+fn route_tables(
+    routes: &[ambit_route::Route],
+) -> (
+    HashMap<String, HashMap<String, ServiceRoutes>>,
+    Vec<MeshError>,
+) {
+    /// Per Service: the routes of each named port, and those of every port.
+    type Attached = (
+        BTreeMap<u16, Vec<Arc<CompiledRoute>>>,
+        Vec<Arc<CompiledRoute>>,
+    );
+    let mut attached: BTreeMap<(String, String), Attached> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for route in routes {
+        let compiled = match route.compile() {
+            Ok(c) => Arc::new(c),
+            Err(source) => {
+                errors.push(MeshError::Route {
+                    route: format!("{}/{}", route.namespace, route.name),
+                    source,
+                });
+                continue;
+            }
+        };
+        // Per Service the route names: its ports, `None` for every port (a route listed
+        // twice for one table would only be looked at twice).
+        let mut per_service: BTreeMap<(&str, &str), Option<Vec<u16>>> = BTreeMap::new();
+        for p in &route.parents {
+            let ports = per_service
+                .entry((&p.namespace, &p.name))
+                .or_insert_with(|| Some(Vec::new()));
+            match (p.port, ports.as_mut()) {
+                (None, _) => *ports = None,
+                (Some(port), Some(list)) if !list.contains(&port) => list.push(port),
+                (Some(_), _) => {}
+            }
+        }
+        for ((ns, name), ports) in per_service {
+            let (by_port, any) = attached.entry((ns.into(), name.into())).or_default();
+            match ports {
+                None => any.push(compiled.clone()),
+                Some(ports) => {
+                    for port in ports {
+                        by_port.entry(port).or_default().push(compiled.clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut tables: HashMap<String, HashMap<String, ServiceRoutes>> = HashMap::new();
+    for ((ns, name), (by_port, any)) in attached {
+        let ports = by_port
+            .into_iter()
+            .map(|(port, routes)| {
+                let routes = routes.into_iter().chain(any.iter().cloned());
+                (port, RouteTable::new(&ns, routes))
+            })
+            .collect();
+        let any_port = (!any.is_empty()).then(|| RouteTable::new(&ns, any));
+        tables
+            .entry(ns)
+            .or_default()
+            .insert(name, ServiceRoutes { ports, any_port });
+    }
+    (tables, errors)
 }
 
 fn target(workload: &Workload, port: u16) -> Target<'_> {

@@ -1,6 +1,7 @@
 //! The resources of the model, as sources deliver them.
 
 use ambit_policy::{Policy, RequestAuthentication};
+use ambit_route::Route;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,9 @@ pub struct MeshConfig {
     /// JWT rules, applied by waypoints (`ambit-authn`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_authentications: Vec<RequestAuthentication>,
+    /// HTTPRoutes and GRPCRoutes attached to Services, applied by waypoints (`ambit-route`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 fn default_trust_domain() -> String {

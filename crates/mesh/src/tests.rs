@@ -222,3 +222,65 @@ fn round_trips_through_yaml() {
     let again = MeshConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
     assert_eq!(config, again);
 }
+
+const ROUTES: &str = r#"
+routes:
+  - name: canary
+    namespace: demo
+    parents: [{namespace: demo, name: server, port: 80}]
+    rules:
+      - matches: [{path: {type: PathPrefix, value: /api}}]
+        backends: [{namespace: demo, name: server-v2, port: 80}]
+  - name: everywhere
+    namespace: demo
+    parents: [{namespace: demo, name: server}]
+    rules:
+      - matches: [{path: {type: Exact, value: /health}}]
+  - name: broken
+    namespace: demo
+    parents: [{namespace: demo, name: server}]
+    rules:
+      - matches: [{path: {type: RegularExpression, value: "/(unclosed"}}]
+"#;
+
+#[test]
+fn routes_are_tabled_per_service_port_and_a_broken_one_is_left_out_alone() {
+    let m = Mesh::new(MeshConfig::from_yaml(&format!("{YAML}{ROUTES}")).unwrap()).unwrap();
+    let errors: Vec<String> = m.route_errors().iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("route demo/broken: rules[0].matches[0].path"),
+        "{errors:?}"
+    );
+    let get = |table: &ambit_route::RouteTable, path: &str| {
+        let headers = http::HeaderMap::new();
+        let request = ambit_route::Request {
+            client_namespace: Some("demo"),
+            host: "server",
+            method: &http::Method::GET,
+            path_and_query: path,
+            headers: &headers,
+        };
+        match table.lookup(&request) {
+            ambit_route::Lookup::Matched(m) => Some(m.route.route().name.clone()),
+            ambit_route::Lookup::NotFound | ambit_route::Lookup::Unrouted => None,
+        }
+    };
+    // Port 80: its own route and the every-port one.
+    let t80 = m.route_table("demo", "server", 80).unwrap();
+    assert_eq!(get(t80, "/api/x").as_deref(), Some("canary"));
+    assert_eq!(get(t80, "/health").as_deref(), Some("everywhere"));
+    assert_eq!(get(t80, "/other"), None);
+    // Another port: only the every-port route.
+    let t81 = m.route_table("demo", "server", 81).unwrap();
+    assert_eq!(get(t81, "/api/x"), None);
+    assert_eq!(get(t81, "/health").as_deref(), Some("everywhere"));
+    assert!(m.route_table("demo", "client", 80).is_none());
+    assert!(m.route_table("other", "server", 80).is_none());
+    // The mesh file carries routes both ways.
+    let config = MeshConfig::from_yaml(&format!("{YAML}{ROUTES}")).unwrap();
+    assert_eq!(
+        config,
+        MeshConfig::from_yaml(&config.to_yaml().unwrap()).unwrap()
+    );
+}

@@ -47,7 +47,7 @@ impl Filters {
 }
 
 /// RequestHeaderModifier and ResponseHeaderModifier: each name is in one action only.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HeaderEdits {
     pub(crate) set: Vec<(HeaderName, HeaderValue)>,
     pub(crate) add: Vec<(HeaderName, HeaderValue)>,
