@@ -213,7 +213,7 @@ fn manifests_match_the_chart() -> Result<()> {
         crd_kinds.iter().all(|k| k == "CustomResourceDefinition"),
         "{crd_kinds:?}"
     );
-    assert_eq!(crd_kinds.len(), 4, "ambit's CRD and three Gateway API CRDs");
+    assert_eq!(crd_kinds.len(), 6, "ambit's CRD and five Gateway API CRDs");
     let rest = docs(&rest)?;
     assert!(
         rest.iter()
@@ -458,7 +458,7 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
         .iter()
         .filter(|o| text(o, &["spec", "group"]) == "gateway.networking.k8s.io")
         .collect();
-    assert_eq!(gateway_crds.len(), 3);
+    assert_eq!(gateway_crds.len(), 5);
     for crd in &gateway_crds {
         let keep = text(crd, &["metadata", "annotations", "helm.sh/resource-policy"]);
         assert_eq!(keep, "keep");
