@@ -194,61 +194,85 @@ pub struct Endpoint {
 
 /// Where a destination's requests may go now: for a Service, its ready, enrolled endpoints of
 /// the served account; for a pod, that pod (ready or not: the client asked for it).
-pub fn endpoints(
-    mesh: &Mesh,
-    (namespace, service_account): (&str, &str),
-    target: &Target,
-) -> Vec<Endpoint> {
-    let endpoint = |w: &Workload, port: u16| {
-        let ip = *w.ips.first()?;
-        let identity = mesh.identity(w)?.clone();
-        Some(Endpoint {
-            uid: w.uid.clone(),
-            addr: SocketAddr::new(ip, port),
-            identity,
-        })
-    };
+pub fn endpoints(mesh: &Mesh, served: (&str, &str), target: &Target) -> Vec<Endpoint> {
+    let (namespace, service_account) = served;
     match target {
         Target::Service {
             namespace: svc_ns,
             name,
             port,
-        } => {
-            let Some(service) = mesh
-                .config()
-                .services
-                .iter()
-                .find(|s| &s.namespace == svc_ns && &s.name == name)
-            else {
-                return Vec::new();
-            };
-            let Some(target_port) = service
-                .ports
-                .iter()
-                .find(|p| p.port == *port)
-                .map(|p| p.target_port)
-            else {
-                return Vec::new();
-            };
-            service
-                .endpoints
-                .iter()
-                .filter_map(|uid| mesh.workload_by_uid(uid))
-                .filter(|w| {
-                    w.namespace == namespace
-                        && w.service_account == service_account
-                        && w.hbone
-                        && w.ready
-                })
-                .filter_map(|w| endpoint(w, target_port))
-                .collect()
-        }
+        } => service_endpoints(mesh, svc_ns, name, *port, |w| {
+            w.namespace == namespace && w.service_account == service_account
+        }),
         Target::Workload { uid, port } => mesh
             .workload_by_uid(uid)
-            .and_then(|w| endpoint(w, *port))
+            .and_then(|w| endpoint(mesh, w, *port))
             .into_iter()
             .collect(),
     }
+}
+
+/// Where requests a route sent to a backend Service may go: its ready, enrolled endpoints of
+/// any service account this waypoint may reach directly — the served one, or one without a
+/// waypoint of its own (a pod behind another waypoint takes traffic from that waypoint only).
+pub fn backend_endpoints(mesh: &Mesh, served: (&str, &str), target: &Target) -> Vec<Endpoint> {
+    let Target::Service {
+        namespace,
+        name,
+        port,
+    } = target
+    else {
+        return endpoints(mesh, served, target);
+    };
+    service_endpoints(mesh, namespace, name, *port, |w| {
+        (w.namespace == served.0 && w.service_account == served.1)
+            || mesh
+                .waypoint_for(&w.namespace, &w.service_account)
+                .is_none()
+    })
+}
+
+/// The ready, enrolled endpoints of a Service port that `reachable` accepts.
+fn service_endpoints(
+    mesh: &Mesh,
+    namespace: &str,
+    name: &str,
+    port: u16,
+    reachable: impl Fn(&Workload) -> bool,
+) -> Vec<Endpoint> {
+    let Some(service) = mesh
+        .config()
+        .services
+        .iter()
+        .find(|s| s.namespace == namespace && s.name == name)
+    else {
+        return Vec::new();
+    };
+    let Some(target_port) = service
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+        .map(|p| p.target_port)
+    else {
+        return Vec::new();
+    };
+    service
+        .endpoints
+        .iter()
+        .filter_map(|uid| mesh.workload_by_uid(uid))
+        .filter(|w| w.hbone && w.ready && reachable(w))
+        .filter_map(|w| endpoint(mesh, w, target_port))
+        .collect()
+}
+
+fn endpoint(mesh: &Mesh, w: &Workload, port: u16) -> Option<Endpoint> {
+    let ip = *w.ips.first()?;
+    let identity = mesh.identity(w)?.clone();
+    Some(Endpoint {
+        uid: w.uid.clone(),
+        addr: SocketAddr::new(ip, port),
+        identity,
+    })
 }
 
 #[cfg(test)]

@@ -33,6 +33,12 @@ pub struct ConnectionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    /// `retried`, or `budget_exhausted` when the retry budget refused one.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeltaLabels {
     result: String,
 }
@@ -55,6 +61,7 @@ pub struct Metrics {
     config_connected: Gauge,
     config_deltas: Family<DeltaLabels, Counter>,
     access_log_dropped: Counter,
+    retries: Family<RetryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,9 +119,16 @@ impl Default for Metrics {
             "Access log lines dropped because the writer could not keep up",
             access_log_dropped.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retries of route rules, and retries the retry budget refused",
+            retries.clone(),
+        );
         Self {
             registry,
             access_log_dropped,
+            retries,
             requests,
             request_duration,
             connections,
@@ -160,6 +174,14 @@ impl Metrics {
     }
 
     /// Brings the dropped access log lines' counter up to `total`.
+    pub fn retry(&self, outcome: crate::http::retry::RetryOutcome) {
+        let outcome = match outcome {
+            crate::http::retry::RetryOutcome::Retried => "retried",
+            crate::http::retry::RetryOutcome::BudgetExhausted => "budget_exhausted",
+        };
+        self.retries.get_or_create(&RetryLabels { outcome }).inc();
+    }
+
     pub fn access_log_dropped(&self, total: u64) {
         self.access_log_dropped
             .inc_by(total.saturating_sub(self.access_log_dropped.get()));

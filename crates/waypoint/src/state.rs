@@ -17,7 +17,8 @@ pub struct Shared {
     pub for_service_account: String,
     /// The waypoint's own identity, presented in and out.
     pub identity: SpiffeId,
-    pub metrics: Metrics,
+    /// Shared with the layers that count on their own (retries).
+    pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     mesh: LiveMesh,
     certified: AtomicBool,
@@ -39,7 +40,7 @@ impl Shared {
             namespace,
             for_service_account,
             identity,
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             access_log,
             mesh: LiveMesh::new(mesh, synced),
             certified: AtomicBool::new(false),

@@ -1,9 +1,11 @@
-//! Endpoint choice: the destination's ready endpoints of the served account, read from the
+//! Endpoint choice: the destination's ready endpoints of the served account (or of the
+//! backend Service a route chose), read from the
 //! current model per request (so a long keep-alive connection follows scale-ups and
 //! readiness), picked by power of two choices on outstanding requests. A request holds its
 //! endpoint's slot until its response has streamed to the end.
 
 use super::body::Observed;
+use super::route::Routed;
 use super::{
     Downstream, GrpcCode, Inner, Picked, Request, Response, ResponseFuture, is_grpc, local_response,
 };
@@ -128,8 +130,16 @@ impl<S: Inner> Service<Request> for Balance<S> {
             return Box::pin(async { Ok(r) });
         };
         let mesh = self.shared.mesh();
-        let endpoints =
-            destination::endpoints(&mesh, self.shared.served(), &downstream.destination.target);
+        let (endpoints, protocol) = match request.extensions().get::<Routed>() {
+            Some(routed) => (
+                destination::backend_endpoints(&mesh, self.shared.served(), &routed.target),
+                routed.protocol,
+            ),
+            None => (
+                destination::endpoints(&mesh, self.shared.served(), &downstream.destination.target),
+                downstream.destination.protocol,
+            ),
+        };
         let Some((i, slot)) = self.load.pick(&endpoints) else {
             let r = local_response(
                 grpc,
@@ -142,6 +152,7 @@ impl<S: Inner> Service<Request> for Balance<S> {
         let picked = Picked {
             mesh,
             endpoint: endpoints[i].clone(),
+            protocol,
         };
         request.extensions_mut().insert(picked.clone());
         let call = self.inner.call(request);

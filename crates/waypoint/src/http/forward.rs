@@ -186,7 +186,7 @@ async fn forward(upstreams: &Arc<Upstreams>, mut request: Request) -> Response {
             &format!("transfer coding {coding:?} is not supported"),
         );
     }
-    let h2 = downstream.destination.protocol.upstream_h2();
+    let h2 = picked.protocol.upstream_h2();
     let deadline = grpc.then(|| grpc_timeout(request.headers())).flatten();
     let upgrade = match prepare(
         &mut request,

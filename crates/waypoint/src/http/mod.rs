@@ -2,22 +2,25 @@
 //! goes through tower layers, outermost first:
 //!
 //! 1. [`telemetry`]: `traceparent`, the request metrics and the access log line;
-//! 2. [`balance`]: the endpoint (power of two choices, least outstanding requests);
-//! 3. [`authz`]: L4 and L7 authorization with the client's identity, against that endpoint;
-//! 4. [`forward`]: HTTP to the endpoint over pooled HBONE ([`upstream`]).
+//! 2. [`route`]: the HTTPRoute/GRPCRoute rule: backend Service, filters, redirect, mirrors;
+//! 3. [`retry`]: the rule's timeouts and retries, under a retry budget;
+//! 4. [`balance`]: the endpoint (power of two choices, least outstanding requests);
+//! 5. [`authz`]: L4 and L7 authorization with the client's identity, against that endpoint;
+//! 6. [`forward`]: HTTP to the endpoint over pooled HBONE ([`upstream`]).
 //!
-//! Routing and retries (HTTPRoute) slot in before `balance`; request authentication before
-//! `authz`. Every layer answers errors as responses, so the stack never fails.
+//! Every layer answers errors as responses, so the stack never fails.
 
 pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod forward;
+pub mod retry;
+pub mod route;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
 
-use crate::destination::{Destination, Endpoint};
+use crate::destination::{Destination, Endpoint, Protocol};
 use crate::state::Shared;
 use ambit_identity::SpiffeId;
 use ambit_mesh::Mesh;
@@ -52,6 +55,8 @@ pub struct Downstream {
 pub struct Picked {
     pub mesh: Arc<Mesh>,
     pub endpoint: Endpoint,
+    /// What the endpoint's Service port speaks: how the request goes upstream.
+    pub protocol: Protocol,
 }
 
 /// The stack for `shared`'s destinations, sending through `upstreams`.
@@ -59,6 +64,8 @@ pub fn stack(shared: Arc<Shared>, upstreams: Arc<upstream::Upstreams>) -> Stack 
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(telemetry::TelemetryLayer::new(shared.clone()))
+            .layer(route::RouteLayer::new(shared.clone()))
+            .layer(retry::RetryLayer::new(shared.metrics.clone()))
             .layer(balance::BalanceLayer::new(shared))
             .layer(authz::AuthzLayer)
             .service(forward::Forward::new(upstreams)),
@@ -121,6 +128,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 pub enum GrpcCode {
     DeadlineExceeded = 4,
     PermissionDenied = 7,
+    Unimplemented = 12,
     Unavailable = 14,
 }
 

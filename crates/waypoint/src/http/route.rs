@@ -1,0 +1,306 @@
+//! Routing (Gateway API HTTPRoute and GRPCRoute attached to the destination Service, GAMMA):
+//! the rule a request matched decides its backend Service (weighted), the filters applied on
+//! the way in and out, a redirect answered here, mirrors, and the rule's timeouts and retries
+//! for the layers below ([`Resilience`]).
+//!
+//! A Service with no route for this client is served as before: its own endpoints. A Service
+//! with routes answers 404 (gRPC UNIMPLEMENTED) to a request no rule matched, and 500 (gRPC
+//! UNAVAILABLE) to one whose chosen backend did not resolve, as the spec says.
+
+use super::retry::{Resilience, RetryRule};
+use super::{
+    Downstream, GrpcCode, Inner, Request, Response, ResponseFuture, empty, is_grpc, local_response,
+};
+use crate::destination::{Protocol, Target};
+use crate::state::Shared;
+use ambit_mesh::Mesh;
+use ambit_route::{BackendChoice, Filters, HeaderEdits, Lookup, Matched, RedirectFrom, Scheme};
+use http::StatusCode;
+use http::header::LOCATION;
+use http_body::Body as _;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+/// Where a routed request goes: in its extensions when a rule chose a backend other than the
+/// destination itself (the balance layer picks among that Service's endpoints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub target: Target,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    shared: Arc<Shared>,
+}
+
+impl RouteLayer {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Inner> Service<Request> for Route<S> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(downstream) = request.extensions().get::<Downstream>().cloned() else {
+            return Box::pin(self.inner.call(request));
+        };
+        let Target::Service {
+            namespace,
+            name,
+            port,
+        } = &downstream.destination.target
+        else {
+            // A pod addressed directly: routes attach to Services only.
+            return Box::pin(self.inner.call(request));
+        };
+        let mesh = self.shared.mesh();
+        let Some(table) = mesh.route_table(namespace, name, *port) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let grpc = is_grpc(request.headers());
+        let (mut parts, body) = request.into_parts();
+        let lookup = table.lookup(&ambit_route::Request::from_parts(
+            Some(downstream.peer.namespace()),
+            &parts,
+        ));
+        let matched = match lookup {
+            Lookup::Unrouted => {
+                return Box::pin(self.inner.call(Request::from_parts(parts, body)));
+            }
+            Lookup::NotFound => {
+                let response = local_response(
+                    grpc,
+                    StatusCode::NOT_FOUND,
+                    GrpcCode::Unimplemented,
+                    "no route matched",
+                );
+                return Box::pin(async { Ok(response) });
+            }
+            Lookup::Matched(matched) => matched,
+        };
+        let decided = match decide(&mesh, &downstream, *port, matched, &mut parts, grpc) {
+            Ok(decided) => decided,
+            Err(response) => return Box::pin(async { Ok(*response) }),
+        };
+        let mirrors = decided.mirrors;
+        let mut request = Request::from_parts(parts, body);
+        for mirror in mirrors {
+            self.mirror(&request, mirror);
+        }
+        request
+            .extensions_mut()
+            .insert(Arc::new(decided.resilience));
+        if let Some(routed) = decided.routed {
+            request.extensions_mut().insert(routed);
+        }
+        let call = self.inner.call(request);
+        let response_filters = decided.response_filters;
+        Box::pin(async move {
+            let mut response = call.await?;
+            if let Some(edits) = response_filters {
+                edits(response.headers_mut());
+            }
+            Ok(response)
+        })
+    }
+}
+
+impl<S: Inner> Route<S> {
+    /// Sends a copy of a request without a body to `to`; its answer is dropped. Requests with a
+    /// body are not mirrored: the body streams once, to the real backend.
+    fn mirror(&self, request: &Request, to: Routed) {
+        if !request.body().is_end_stream() {
+            return;
+        }
+        let mut copy = http::Request::new(empty());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        if let Some(downstream) = request.extensions().get::<Downstream>() {
+            copy.extensions_mut().insert(downstream.clone());
+        }
+        copy.extensions_mut().insert(to);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = inner.oneshot(copy).await;
+        });
+    }
+}
+
+type ResponseEdits = Box<dyn FnOnce(&mut http::HeaderMap) + Send>;
+
+/// What the matched rule decided for one request.
+struct Decided {
+    routed: Option<Routed>,
+    resilience: Resilience,
+    mirrors: Vec<Routed>,
+    response_filters: Option<ResponseEdits>,
+}
+
+/// Applies the rule: a redirect or an invalid backend is answered at once (`Err`); otherwise
+/// the request is rewritten for its backend.
+fn decide(
+    mesh: &Mesh,
+    downstream: &Downstream,
+    service_port: u16,
+    matched: Matched<'_>,
+    parts: &mut http::request::Parts,
+    grpc: bool,
+) -> Result<Decided, Box<Response>> {
+    let rule = matched.rule;
+    let filters = rule.filters();
+    if let Some(redirect) = &filters.redirect {
+        let host = ambit_route::Request::from_parts(None, parts).host;
+        let from = RedirectFrom {
+            scheme: Scheme::Http,
+            host,
+            port: service_port,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        };
+        return Err(Box::new(match redirect.location(&from) {
+            Ok(location) => {
+                let mut response = http::Response::new(empty());
+                *response.status_mut() = redirect.status();
+                response.headers_mut().insert(LOCATION, location);
+                response
+            }
+            Err(error) => internal(grpc, &error.to_string()),
+        }));
+    }
+    let (routed, backend_filters) = match rule.choose_backend(fastrand::u32(..)) {
+        BackendChoice::Parent => (None, None),
+        BackendChoice::Backend(backend) => (
+            Some(backend_target(
+                mesh,
+                downstream,
+                &backend.namespace,
+                &backend.name,
+                backend.port,
+            )),
+            Some(&backend.filters),
+        ),
+        BackendChoice::Invalid => {
+            return Err(Box::new(internal(grpc, "the route's backend is not valid")));
+        }
+    };
+    for filters in std::iter::once(filters).chain(backend_filters) {
+        if let Err(error) = filters.apply_to_request(parts) {
+            return Err(Box::new(internal(grpc, &error.to_string())));
+        }
+    }
+    let mirrors = std::iter::once(filters)
+        .chain(backend_filters)
+        .flat_map(|f| &f.mirrors)
+        .filter(|m| m.mirrors(fastrand::u32(..)))
+        .map(|m| {
+            let b = &m.backend;
+            backend_target(mesh, downstream, &b.namespace, &b.name, b.port)
+        })
+        .collect();
+    Ok(Decided {
+        routed,
+        resilience: resilience(matched),
+        mirrors,
+        response_filters: response_edits(filters, backend_filters),
+    })
+}
+
+fn internal(grpc: bool, message: &str) -> Response {
+    local_response(
+        grpc,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        GrpcCode::Unavailable,
+        message,
+    )
+}
+
+/// A backend Service port, and what it speaks (its port's protocol when the model knows the
+/// Service, the destination's otherwise).
+fn backend_target(
+    mesh: &Mesh,
+    downstream: &Downstream,
+    namespace: &str,
+    name: &str,
+    port: u16,
+) -> Routed {
+    let protocol = mesh
+        .config()
+        .services
+        .iter()
+        .find(|s| s.namespace == namespace && s.name == name)
+        .and_then(|s| s.ports.iter().find(|p| p.port == port))
+        .map_or(downstream.destination.protocol, Protocol::of);
+    Routed {
+        target: Target::Service {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port,
+        },
+        protocol,
+    }
+}
+
+fn resilience(matched: Matched<'_>) -> Resilience {
+    let rule = matched.rule;
+    Resilience {
+        request_timeout: rule.request_timeout(),
+        attempt_timeout: rule.backend_request_timeout(),
+        retry: rule.retry().map(|r| RetryRule {
+            codes: r.codes.iter().map(|c| c.as_u16()).collect(),
+            attempts: r.attempts,
+            backoff: r.backoff.unwrap_or_default(),
+        }),
+    }
+}
+
+/// The response header edits of the rule and then of the backend, if any.
+fn response_edits(rule: &Filters, backend: Option<&Filters>) -> Option<ResponseEdits> {
+    let edits: Vec<HeaderEdits> = std::iter::once(rule)
+        .chain(backend)
+        .filter_map(|f| f.response_headers.clone())
+        .collect();
+    if edits.is_empty() {
+        return None;
+    }
+    Some(Box::new(move |headers: &mut http::HeaderMap| {
+        for edit in &edits {
+            edit.apply(headers);
+        }
+    }))
+}
+
+impl std::fmt::Debug for Decided {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decided")
+            .field("routed", &self.routed)
+            .finish_non_exhaustive()
+    }
+}

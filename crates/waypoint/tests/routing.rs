@@ -1,0 +1,146 @@
+//! Routes on the waypoint, on loopback over real TLS: an HTTPRoute attached to Service `back`
+//! sends requests to the backend Services `back-v1` (pod back-1) and `back-v2` (pod back-2) by
+//! header and by weight, redirects, rewrites, answers 404 when no rule matches, and holds a
+//! request to its timeout.
+
+mod support;
+
+use ambit_identity::testing::TestPki;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// `back` (both pods) with one route; `back-v1` and `back-v2` one pod each.
+fn mesh(net: u8) -> String {
+    format!(
+        r#"
+workloads:
+{back_pods}services:
+{back_service}  - name: back-v1
+    namespace: shop
+    vips: ["10.96.{net}.11"]
+    ports: [{{port: 80, targetPort: 8080, name: http}}]
+    endpoints: [b1]
+  - name: back-v2
+    namespace: shop
+    vips: ["10.96.{net}.12"]
+    ports: [{{port: 8000, targetPort: 8080, name: http}}]
+    endpoints: [b2]
+routes:
+  - name: back
+    namespace: shop
+    parents: [{{namespace: shop, name: back, port: 80}}]
+    rules:
+      - matches: [{{headers: [{{name: x-canary, value: "yes"}}]}}]
+        backends: [{{namespace: shop, name: back-v2, port: 8000}}]
+      - matches: [{{path: {{type: PathPrefix, value: /split}}}}]
+        backends:
+          - {{namespace: shop, name: back-v1, port: 80, weight: 90}}
+          - {{namespace: shop, name: back-v2, port: 8000, weight: 10}}
+      - matches: [{{path: {{type: Exact, value: /old}}}}]
+        filters:
+          - !requestRedirect {{path: {{type: ReplaceFullPath, value: /new}}, statusCode: 301}}
+      - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+        filters:
+          - !urlRewrite {{path: {{type: ReplacePrefixMatch, value: /v2}}}}
+          - !responseHeaderModifier {{set: [{{name: x-route, value: api}}]}}
+        backends: [{{namespace: shop, name: back-v1, port: 80}}]
+      - matches: [{{path: {{type: Exact, value: /slow}}}}]
+        requestTimeoutMs: 500
+      - matches: [{{path: {{type: Exact, value: /gone}}}}]
+        backends: [{{namespace: shop, name: nowhere, port: 80, invalid: true}}]
+"#,
+        back_pods = back_pods(net, 2),
+        back_service = back_service(net, 2),
+    )
+}
+
+struct Routing {
+    net: u8,
+    pki: TestPki,
+    waypoint: ambit_waypoint::run::Running,
+}
+
+impl Routing {
+    async fn start(net: u8) -> Self {
+        let pki = TestPki::new("cluster.local");
+        pod(&pki, ip(net, 11), SERVED_SA, "back-1").await;
+        pod(&pki, ip(net, 12), SERVED_SA, "back-2").await;
+        let waypoint = waypoint(&pki, net, &mesh(net)).await;
+        assert!(
+            waypoint.shared.mesh().route_errors().is_empty(),
+            "{:?}",
+            waypoint.shared.mesh().route_errors()
+        );
+        Self { net, pki, waypoint }
+    }
+
+    async fn http(&self) -> hyper::client::conn::http1::SendRequest<TestBody> {
+        Client::new(&self.pki, NS, "front", self.waypoint.hbone_addr)
+            .http1(&format!("10.96.{}.1:80", self.net))
+            .await
+    }
+}
+
+#[tokio::test]
+async fn header_match_and_a_90_10_split_pick_the_backend_service() {
+    let routing = Routing::start(61).await;
+    let mut http = routing.http().await;
+    let mut request = get("/anything", "back");
+    request
+        .headers_mut()
+        .insert("x-canary", "yes".parse().unwrap());
+    let (status, _, body) = text(http.send_request(request).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (200, "back-2 GET /anything"));
+
+    const REQUESTS: u32 = 1000;
+    let mut to_v1 = 0;
+    for _ in 0..REQUESTS {
+        let (status, _, body) = text(http.send_request(get("/split", "back")).await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        if body.starts_with("back-1 ") {
+            to_v1 += 1;
+        }
+    }
+    let share = f64::from(to_v1) / f64::from(REQUESTS);
+    assert!(
+        (0.85..=0.95).contains(&share),
+        "{to_v1} of {REQUESTS} to the 90% backend"
+    );
+}
+
+#[tokio::test]
+async fn redirect_rewrite_not_found_and_invalid_backend() {
+    let routing = Routing::start(62).await;
+    let mut http = routing.http().await;
+
+    let (status, headers, _) =
+        text(http.send_request(get("/old?q=1", "back")).await.unwrap()).await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "http://back/new?q=1");
+
+    let (status, headers, body) =
+        text(http.send_request(get("/api/users", "back")).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (200, "back-1 GET /v2/users"));
+    assert_eq!(headers["x-route"], "api");
+
+    let (status, _, _) = text(http.send_request(get("/other", "back")).await.unwrap()).await;
+    assert_eq!(status, 404, "routes exist and none matched");
+
+    let (status, _, _) = text(http.send_request(get("/gone", "back")).await.unwrap()).await;
+    assert_eq!(status, 500, "the chosen backend did not resolve");
+}
+
+#[tokio::test]
+async fn a_request_timeout_answers_504_on_time() {
+    let routing = Routing::start(63).await;
+    let mut http = routing.http().await;
+    let started = Instant::now();
+    let (status, _, _) = text(http.send_request(get("/slow", "back")).await.unwrap()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504);
+    // Within 10% of the rule's 500 ms (the app would take 2 s).
+    assert!(
+        (Duration::from_millis(500)..=Duration::from_millis(550)).contains(&took),
+        "answered after {took:?}"
+    );
+}
