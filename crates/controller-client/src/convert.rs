@@ -3,7 +3,10 @@
 
 use crate::stream::Resources;
 use ambit_mesh::{MeshConfig, Service, ServicePort};
-use ambit_policy::{Action, HeaderMatch, Policy, PolicyScope, Rule};
+use ambit_policy::{
+    Action, ClaimToHeader, Condition, HeaderMatch, JwtHeader, JwtRule, Policy, PolicyScope,
+    RequestAuthentication, Rule,
+};
 use ambit_proto::config::v1 as pb;
 use ambit_route as rt;
 use std::collections::BTreeMap;
@@ -118,6 +121,11 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
             }
             // Checked by `Mesh::new`, which leaves a route that does not compile out alone.
             pb::resource::Kind::Route(r) => config.routes.push(route(name, r)?),
+            pb::resource::Kind::RequestAuthentication(r) => {
+                config
+                    .request_authentications
+                    .push(request_authentication(r));
+            }
             // Services are read in a second pass.
             pb::resource::Kind::Service(_) => {}
         }
@@ -155,6 +163,43 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
     Ok(config)
 }
 
+fn request_authentication(r: &pb::RequestAuthentication) -> RequestAuthentication {
+    RequestAuthentication {
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        selector: (!r.match_labels.is_empty()).then(|| PolicyScope {
+            match_labels: r.match_labels.clone().into_iter().collect(),
+        }),
+        jwt_rules: r
+            .jwt_rules
+            .iter()
+            .map(|j| JwtRule {
+                issuer: j.issuer.clone(),
+                audiences: j.audiences.clone(),
+                jwks: j.jwks.clone(),
+                from_headers: j
+                    .from_headers
+                    .iter()
+                    .map(|h| JwtHeader {
+                        name: h.name.clone(),
+                        prefix: h.prefix.clone(),
+                    })
+                    .collect(),
+                from_params: j.from_params.clone(),
+                output_claim_to_headers: j
+                    .output_claim_to_headers
+                    .iter()
+                    .map(|c| ClaimToHeader {
+                        header: c.header.clone(),
+                        claim: c.claim.clone(),
+                    })
+                    .collect(),
+                forward_original_token: j.forward_original_token,
+            })
+            .collect(),
+    }
+}
+
 fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertError> {
     let action = match p.action.as_str() {
         "ALLOW" => Action::Allow,
@@ -189,8 +234,17 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertErro
                     value: h.value.clone(),
                 })
                 .collect(),
-            // JWT fields: not on the wire yet (issue 13).
-            ..Rule::default()
+            request_principals: r.request_principals.clone(),
+            not_request_principals: r.not_request_principals.clone(),
+            when: r
+                .when
+                .iter()
+                .map(|c| Condition {
+                    key: c.key.clone(),
+                    values: c.values.clone(),
+                    not_values: c.not_values.clone(),
+                })
+                .collect(),
         });
     }
     Ok(Policy {
@@ -619,9 +673,22 @@ mod tests {
                     name: "x-user".into(),
                     value: "alice".into(),
                 }],
+                request_principals: vec!["https://idp.example/*".into()],
+                not_request_principals: vec!["https://idp.example/mallory".into()],
+                when: vec![pb::Condition {
+                    key: "request.auth.claims[scope]".into(),
+                    values: vec!["billing.read".into()],
+                    not_values: vec!["admin".into()],
+                }],
             }],
         };
         let converted = policy("authorizationpolicy/demo/p", &p).unwrap();
+        assert_eq!(
+            converted.rules[0].request_principals,
+            ["https://idp.example/*"]
+        );
+        assert_eq!(converted.rules[0].not_request_principals.len(), 1);
+        assert_eq!(converted.rules[0].when[0].not_values, ["admin"]);
         assert_eq!(converted.action, Action::Audit);
         let r = &converted.rules[0];
         assert_eq!(r.ip_blocks[0].as_str(), "10.0.0.0/8");
@@ -635,6 +702,49 @@ mod tests {
             policy("x", &bad_port),
             Err(ConvertError::Port { port: 70000, .. })
         ));
+    }
+
+    #[test]
+    fn request_authentications_keep_every_field() {
+        let r = pb::RequestAuthentication {
+            name: "idp".into(),
+            namespace: "demo".into(),
+            match_labels: [("app".to_string(), "echo".to_string())].into(),
+            jwt_rules: vec![pb::JwtRule {
+                issuer: "https://idp.example".into(),
+                audiences: vec!["shop".into()],
+                jwks: r#"{"keys":[]}"#.into(),
+                from_headers: vec![pb::JwtHeader {
+                    name: "x-jwt".into(),
+                    prefix: "Token ".into(),
+                }],
+                from_params: vec!["access_token".into()],
+                output_claim_to_headers: vec![pb::ClaimToHeader {
+                    header: "x-user".into(),
+                    claim: "sub".into(),
+                }],
+                forward_original_token: true,
+            }],
+        };
+        let mut resources = sample();
+        resources.insert(
+            "requestauthentication/demo/idp".into(),
+            pb::Resource {
+                name: "requestauthentication/demo/idp".into(),
+                version: "v".into(),
+                kind: Some(pb::resource::Kind::RequestAuthentication(r)),
+            },
+        );
+        let config = mesh_config("cluster.local", &resources).unwrap();
+        let ra = &config.request_authentications[0];
+        assert_eq!(ra.selector.as_ref().unwrap().match_labels["app"], "echo");
+        let j = &ra.jwt_rules[0];
+        assert_eq!(j.jwks, r#"{"keys":[]}"#);
+        assert_eq!(j.from_headers[0].prefix, "Token ");
+        assert_eq!(j.from_params, ["access_token"]);
+        assert_eq!(j.output_claim_to_headers[0].claim, "sub");
+        assert!(j.forward_original_token);
+        ambit_mesh::Mesh::new(config).unwrap();
     }
 
     #[test]

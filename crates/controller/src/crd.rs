@@ -95,6 +95,38 @@ pub struct PolicyRule {
     /// alternatives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// L7: the end user of a JWT the waypoint validated (see RequestAuthentication),
+    /// `ISSUER/SUBJECT`: `exact`, `prefix*`, `*suffix`, or `*` (any valid token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub request_principals: Vec<String>,
+    /// L7: requests whose end user is none of these (requests without a token too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub not_request_principals: Vec<String>,
+    /// L7: conditions on the validated JWT's claims; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<PolicyCondition>,
+}
+
+/// A condition on a claim of the request's validated JWT.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.values) || has(self.notValues)",
+    "message": "a condition needs values or notValues"
+}]))]
+pub struct PolicyCondition {
+    /// `request.auth.claims[NAME]`; nested claims `request.auth.claims[a][b]`.
+    #[schemars(regex(pattern = r"^request\.auth\.claims(\[[^\[\]]+\])+$"))]
+    pub key: String,
+    /// The claim matches one of these (`exact`, `prefix*`, `*suffix`, `*`); a list claim, or
+    /// a space-separated `scope`, when one element does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// The claim matches none of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -5,7 +5,7 @@
 
 use crate::crd::{AuthorizationPolicy, Condition};
 use crate::index::Snapshot;
-use ambit_policy::{Action, HeaderMatch, Policy, PolicyScope, Rule};
+use ambit_policy::{Action, Condition as ClaimCondition, HeaderMatch, Policy, PolicyScope, Rule};
 use ambit_proto::config::v1 as pb;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -57,6 +57,17 @@ pub fn model(p: &AuthorizationPolicy) -> Policy {
                         value: h.value.clone(),
                     })
                     .collect(),
+                request_principals: r.request_principals.clone(),
+                not_request_principals: r.not_request_principals.clone(),
+                when: r
+                    .when
+                    .iter()
+                    .map(|c| ClaimCondition {
+                        key: c.key.clone(),
+                        values: c.values.clone(),
+                        not_values: c.not_values.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
     }
@@ -99,6 +110,17 @@ pub fn config(p: &AuthorizationPolicy) -> pb::AuthorizationPolicy {
                     .map(|h| pb::HeaderMatch {
                         name: h.name,
                         value: h.value,
+                    })
+                    .collect(),
+                request_principals: r.request_principals,
+                not_request_principals: r.not_request_principals,
+                when: r
+                    .when
+                    .into_iter()
+                    .map(|c| pb::Condition {
+                        key: c.key,
+                        values: c.values,
+                        not_values: c.not_values,
                     })
                     .collect(),
             })

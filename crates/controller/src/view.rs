@@ -36,8 +36,13 @@ pub struct View {
 }
 
 fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
-    p.namespace == w.namespace
-        && p.match_labels
+    selects(&p.namespace, &p.match_labels, w)
+}
+
+/// Whether a resource of `namespace` selecting `match_labels` applies to `w`.
+fn selects(namespace: &str, match_labels: &BTreeMap<String, String>, w: &pb::Workload) -> bool {
+    namespace == w.namespace
+        && match_labels
             .iter()
             .all(|(k, v)| w.labels.get(k) == Some(v))
 }
@@ -64,11 +69,14 @@ impl Subscriber {
     /// Whether `View::scoped` decides if this subscriber sees `entry` (otherwise it does).
     fn is_scoped(&self, entry: &Entry) -> bool {
         match self {
-            // Routes are the waypoints' business: a node tunnel never sees one.
+            // Routes and JWT rules are the waypoints' business: a node tunnel never sees one.
             Self::Node(_) => matches!(
                 entry.kind(),
-                Some(pb::resource::Kind::AuthorizationPolicy(_) | pb::resource::Kind::Route(_))
-                    | None
+                Some(
+                    pb::resource::Kind::AuthorizationPolicy(_)
+                        | pb::resource::Kind::Route(_)
+                        | pb::resource::Kind::RequestAuthentication(_)
+                ) | None
             ),
             Self::Waypoint(..) => true,
         }
@@ -127,6 +135,9 @@ impl Subscriber {
                         }
                         Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
                             mine.iter().any(|w| policy_applies(p, w))
+                        }
+                        Some(pb::resource::Kind::RequestAuthentication(r)) => {
+                            mine.iter().any(|w| selects(&r.namespace, &r.match_labels, w))
                         }
                         Some(pb::resource::Kind::Route(r)) => r
                             .parents
