@@ -138,15 +138,80 @@ pub struct GrpcMethodMatch {
     pub method: String,
 }
 
+/// Written as a map with one key, the filter's kind: `{requestHeaderModifier: {...}}` (the
+/// proto's `oneof`, Gateway API's shape without its `type`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "FilterFields", into = "FilterFields")]
 pub enum RouteFilter {
     RequestHeaderModifier(HeaderModifier),
     ResponseHeaderModifier(HeaderModifier),
-    #[serde(rename = "urlRewrite")]
     UrlRewrite(UrlRewrite),
     RequestRedirect(RequestRedirect),
     RequestMirror(RequestMirror),
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FilterFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url_rewrite: Option<UrlRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_redirect: Option<RequestRedirect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_mirror: Option<RequestMirror>,
+}
+
+impl TryFrom<FilterFields> for RouteFilter {
+    type Error = &'static str;
+
+    fn try_from(f: FilterFields) -> Result<Self, Self::Error> {
+        let mut kinds = [
+            f.request_header_modifier.map(Self::RequestHeaderModifier),
+            f.response_header_modifier.map(Self::ResponseHeaderModifier),
+            f.url_rewrite.map(Self::UrlRewrite),
+            f.request_redirect.map(Self::RequestRedirect),
+            f.request_mirror.map(Self::RequestMirror),
+        ]
+        .into_iter()
+        .flatten();
+        match (kinds.next(), kinds.next()) {
+            (Some(filter), None) => Ok(filter),
+            _ => Err(
+                "a filter has exactly one of requestHeaderModifier, responseHeaderModifier, urlRewrite, requestRedirect, requestMirror",
+            ),
+        }
+    }
+}
+
+impl From<RouteFilter> for FilterFields {
+    fn from(f: RouteFilter) -> Self {
+        match f {
+            RouteFilter::RequestHeaderModifier(m) => Self {
+                request_header_modifier: Some(m),
+                ..Self::default()
+            },
+            RouteFilter::ResponseHeaderModifier(m) => Self {
+                response_header_modifier: Some(m),
+                ..Self::default()
+            },
+            RouteFilter::UrlRewrite(r) => Self {
+                url_rewrite: Some(r),
+                ..Self::default()
+            },
+            RouteFilter::RequestRedirect(r) => Self {
+                request_redirect: Some(r),
+                ..Self::default()
+            },
+            RouteFilter::RequestMirror(m) => Self {
+                request_mirror: Some(m),
+                ..Self::default()
+            },
+        }
+    }
 }
 
 /// Each header name may appear in one action only.
