@@ -2,9 +2,13 @@
 //! published as [`Snapshot`]s. A change to a pod, service, EndpointSlice or policy recomputes
 //! only the resources derived from it, so one pod event costs the same in a cluster of ten pods
 //! and of ten thousand; a relist, a namespace (enrollment) or a Gateway (waypoint) change
-//! rebuilds everything. Pure apart from reading the stores: unit tests fill stores by hand.
+//! rebuilds everything. A route is recomputed when it changes, when a Service it names changes,
+//! and (all of them) when a ReferenceGrant changes. Pure apart from reading the stores: unit
+//! tests fill stores by hand.
 
 use crate::crd::{AuthorizationPolicy, Gateway};
+use crate::route::{Lookup, RouteKind};
+use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
 use crate::waypoint::{WAYPOINT_CLASS, waypoint_for};
 use ambit_proto::config::v1 as pb;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -132,6 +136,51 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     pub gateways: Store<Gateway>,
     pub policies: Store<AuthorizationPolicy>,
+    pub http_routes: Store<HTTPRoute>,
+    pub grpc_routes: Store<GRPCRoute>,
+    pub grants: Store<ReferenceGrant>,
+}
+
+impl Stores {
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup {
+            services: &self.services,
+            grants: &self.grants,
+        }
+    }
+
+    /// Route `key` of `kind`, resolved; `None` when there is no such route.
+    pub fn resolve_route(
+        &self,
+        kind: RouteKind,
+        key: &ObjectKey,
+    ) -> Option<crate::route::Resolution> {
+        match kind {
+            RouteKind::Http => self
+                .http_routes
+                .get(&object_ref(key))
+                .map(|r| crate::route::resolve_http(&r, self.lookup())),
+            RouteKind::Grpc => self
+                .grpc_routes
+                .get(&object_ref(key))
+                .map(|r| crate::route::resolve_grpc(&r, self.lookup())),
+        }
+    }
+
+    /// Every route's kind and key.
+    pub fn route_keys(&self) -> Vec<(RouteKind, ObjectKey)> {
+        let http = self
+            .http_routes
+            .state()
+            .into_iter()
+            .map(|r| (RouteKind::Http, key(&r.metadata)));
+        let grpc = self
+            .grpc_routes
+            .state()
+            .into_iter()
+            .map(|r| (RouteKind::Grpc, key(&r.metadata)));
+        http.chain(grpc).collect()
+    }
 }
 
 /// What changed in the cluster: the object is read from its store, which already holds the
@@ -144,6 +193,9 @@ pub enum Change {
     Service(ObjectKey),
     EndpointSlice(ObjectKey),
     Policy(ObjectKey),
+    Route(RouteKind, ObjectKey),
+    /// Which cross-namespace backends resolve: every route may change.
+    ReferenceGrant,
 }
 
 /// Changes waiting for the index, as a set: many events about one object are one change, and
@@ -265,6 +317,24 @@ impl Watched for AuthorizationPolicy {
     }
 }
 
+impl Watched for HTTPRoute {
+    fn change(&self) -> Change {
+        Change::Route(RouteKind::Http, key(&self.metadata))
+    }
+}
+
+impl Watched for GRPCRoute {
+    fn change(&self) -> Change {
+        Change::Route(RouteKind::Grpc, key(&self.metadata))
+    }
+}
+
+impl Watched for ReferenceGrant {
+    fn change(&self) -> Change {
+        Change::ReferenceGrant
+    }
+}
+
 /// An object's `(namespace, name)`.
 fn key(m: &ObjectMeta) -> ObjectKey {
     (
@@ -306,6 +376,9 @@ pub struct Index {
     slice_members: HashMap<ObjectKey, SliceMembers>,
     slices_of_uid: HashMap<String, BTreeSet<ObjectKey>>,
     slices_of_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// The Services each route names, and the routes naming each Service.
+    services_of_route: HashMap<(RouteKind, ObjectKey), BTreeSet<ObjectKey>>,
+    routes_of_service: HashMap<ObjectKey, BTreeSet<(RouteKind, ObjectKey)>>,
 }
 
 /// What an update recomputes into: entries replaced only when their version changes.
@@ -348,6 +421,8 @@ impl Index {
             slice_members: HashMap::new(),
             slices_of_uid: HashMap::new(),
             slices_of_service: HashMap::new(),
+            services_of_route: HashMap::new(),
+            routes_of_service: HashMap::new(),
         }
     }
 
@@ -378,6 +453,12 @@ impl Index {
                             self.policy(&p).map(pb::resource::Kind::AuthorizationPolicy)
                         });
                         out.put(&format!("authorizationpolicy/{}/{}", k.0, k.1), kind);
+                    }
+                    Change::Route(kind, k) => self.update_route(*kind, k, &mut out),
+                    Change::ReferenceGrant => {
+                        for (kind, k) in self.stores.route_keys() {
+                            self.update_route(kind, &k, &mut out);
+                        }
                     }
                 }
             }
@@ -467,6 +548,13 @@ impl Index {
                 );
             }
         }
+        self.services_of_route.clear();
+        self.routes_of_service.clear();
+        for (kind, k) in self.stores.route_keys() {
+            if let Some(route) = self.reindex_route(kind, &k) {
+                desired.insert(kind.resource_name(&k), pb::resource::Kind::Route(route));
+            }
+        }
         let gone: Vec<Name> = out
             .resources
             .keys()
@@ -534,6 +622,41 @@ impl Index {
         for uid in uids {
             self.update_uid(&uid, out);
         }
+        // Routes resolve their parents and backends against it.
+        let routes: Vec<(RouteKind, ObjectKey)> = self
+            .routes_of_service
+            .get(k)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for (kind, route) in routes {
+            self.update_route(kind, &route, out);
+        }
+    }
+
+    fn update_route(&mut self, kind: RouteKind, k: &ObjectKey, out: &mut Writer<'_>) {
+        let route = self.reindex_route(kind, k);
+        out.put(&kind.resource_name(k), route.map(pb::resource::Kind::Route));
+    }
+
+    /// Resolves a route and updates the reverse maps for it; returns what waypoints get.
+    fn reindex_route(&mut self, kind: RouteKind, k: &ObjectKey) -> Option<pb::Route> {
+        let id = (kind, k.clone());
+        if let Some(old) = self.services_of_route.remove(&id) {
+            for svc in old {
+                remove_from(&mut self.routes_of_service, &svc, &id);
+            }
+        }
+        let resolution = self.stores.resolve_route(kind, k)?;
+        for svc in &resolution.services {
+            self.routes_of_service
+                .entry(svc.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.services_of_route.insert(id, resolution.services);
+        resolution.route
     }
 
     /// Updates the reverse maps for one EndpointSlice; returns the pods it listed or lists.
@@ -739,11 +862,7 @@ impl Index {
 }
 
 /// Removes `k` from the set at `at`, dropping the set when it empties.
-fn remove_from<A: Eq + std::hash::Hash>(
-    map: &mut HashMap<A, BTreeSet<ObjectKey>>,
-    at: &A,
-    k: &ObjectKey,
-) {
+fn remove_from<A: Eq + std::hash::Hash, V: Ord>(map: &mut HashMap<A, BTreeSet<V>>, at: &A, k: &V) {
     if let Some(set) = map.get_mut(at) {
         set.remove(k);
         if set.is_empty() {

@@ -3,6 +3,7 @@
 
 use super::{Change, Stores, Watched};
 use crate::crd::{AuthorizationPolicy, Gateway};
+use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::store::Writer;
@@ -16,6 +17,9 @@ pub struct Cluster {
     endpoint_slices: Writer<EndpointSlice>,
     gateways: Writer<Gateway>,
     policies: Writer<AuthorizationPolicy>,
+    http_routes: Writer<HTTPRoute>,
+    grpc_routes: Writer<GRPCRoute>,
+    grants: Writer<ReferenceGrant>,
 }
 
 pub trait Object: Watched + kube::Resource<DynamicType = ()> + Clone + 'static {
@@ -32,7 +36,8 @@ macro_rules! object {
     )*};
 }
 object!(Namespace => namespaces, Pod => pods, Service => services,
-    EndpointSlice => endpoint_slices, Gateway => gateways, AuthorizationPolicy => policies);
+    EndpointSlice => endpoint_slices, Gateway => gateways, AuthorizationPolicy => policies,
+    HTTPRoute => http_routes, GRPCRoute => grpc_routes, ReferenceGrant => grants);
 
 impl Cluster {
     pub fn new() -> Self {
@@ -43,6 +48,9 @@ impl Cluster {
             endpoint_slices: Writer::default(),
             gateways: Writer::default(),
             policies: Writer::default(),
+            http_routes: Writer::default(),
+            grpc_routes: Writer::default(),
+            grants: Writer::default(),
         }
     }
 
@@ -54,6 +62,9 @@ impl Cluster {
             endpoint_slices: self.endpoint_slices.as_reader(),
             gateways: self.gateways.as_reader(),
             policies: self.policies.as_reader(),
+            http_routes: self.http_routes.as_reader(),
+            grpc_routes: self.grpc_routes.as_reader(),
+            grants: self.grants.as_reader(),
         }
     }
 
@@ -139,5 +150,44 @@ pub fn waypoint(ns: &str, name: &str, for_sa: &str) -> Gateway {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"namespace": ns, "name": name, "labels": {"ambit.dev/for-service-account": for_sa}},
         "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }))
+}
+
+/// An HTTPRoute in `ns` with Service parents `parents` (`ns/name`, port name) and one rule
+/// sending to `backends` (`ns/name`, port, weight).
+pub fn http_route(
+    ns: &str,
+    name: &str,
+    parents: &[&str],
+    backends: &[(&str, i32, i32)],
+) -> HTTPRoute {
+    let parent_refs: Vec<_> = parents
+        .iter()
+        .map(|p| {
+            let (pns, pname) = p.split_once('/').unwrap();
+            json!({"group": "", "kind": "Service", "namespace": pns, "name": pname})
+        })
+        .collect();
+    let backend_refs: Vec<_> = backends
+        .iter()
+        .map(|(b, port, weight)| {
+            let (bns, bname) = b.split_once('/').unwrap();
+            json!({"name": bname, "namespace": bns, "port": port, "weight": weight})
+        })
+        .collect();
+    obj(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": ns, "name": name, "creationTimestamp": "2026-01-02T03:04:05Z"},
+        "spec": {"parentRefs": parent_refs, "rules": [{"backendRefs": backend_refs}]},
+    }))
+}
+
+/// A ReferenceGrant in `ns` letting HTTPRoutes of `from_ns` refer to its Services.
+pub fn grant(ns: &str, from_ns: &str) -> ReferenceGrant {
+    obj(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"namespace": ns, "name": format!("from-{from_ns}")},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": from_ns}],
+            "to": [{"group": "", "kind": "Service"}]},
     }))
 }

@@ -239,6 +239,19 @@ fn targeted_updates_equal_a_rebuild() {
     step(&mut c, "a leaves the slice", ch);
     let ch = c.apply(policy("shop", "back-only", "back"));
     step(&mut c, "policy", ch);
+    let ch = c.apply(http_route(
+        "shop",
+        "r",
+        &["shop/web"],
+        &[("shop/web", 81, 1), ("other/api", 80, 1)],
+    ));
+    step(&mut c, "route", ch);
+    let ch = c.apply(service("other", "api", "10.96.0.5", 80));
+    step(&mut c, "a backend service appears", ch);
+    let ch = c.apply(grant("other", "shop"));
+    step(&mut c, "grant", ch);
+    let ch = c.delete(grant("other", "shop"));
+    step(&mut c, "grant deleted", ch);
     let mut recreated = pod("shop", "b", "back", "n2", "10.0.0.7");
     recreated.metadata.uid = Some("uid-b2".into());
     let ch = c.apply(recreated);
@@ -251,9 +264,52 @@ fn targeted_updates_equal_a_rebuild() {
     step(&mut c, "policy deleted", ch);
     let ch = c.delete(service("shop", "web", "10.96.0.1", 81));
     step(&mut c, "service deleted", ch);
+    let ch = c.delete(http_route("shop", "r", &[], &[]));
+    step(&mut c, "route deleted", ch);
     let ch = all(&mut c, ns("shop", false));
     step(&mut c, "namespace unenrolled", ch);
     assert!(prev.resources.is_empty());
+}
+
+#[test]
+fn routes_follow_their_services() {
+    let mut c = Cluster::new();
+    c.apply(service("shop", "web", "10.96.0.1", 80));
+    let mut index = Index::new(c.stores(), "cluster.local");
+    index.update([Change::All]);
+    let route = |snapshot: &Snapshot| match snapshot
+        .resources
+        .get("httproute/shop/r")
+        .and_then(Entry::kind)
+    {
+        Some(pb::resource::Kind::Route(r)) => Some(r.clone()),
+        _ => None,
+    };
+    let snap = index
+        .update([c.apply(http_route(
+            "shop",
+            "r",
+            &["shop/web"],
+            &[("shop/api", 8080, 1)],
+        ))])
+        .unwrap();
+    let r = route(&snap).unwrap();
+    assert!(r.rules[0].backends[0].invalid, "no such backend yet");
+    assert_eq!(r.created_unix_ms, 1_767_323_045_000);
+    let snap = index
+        .update([c.apply(service("shop", "api", "10.96.0.2", 8080))])
+        .unwrap();
+    assert!(!route(&snap).unwrap().rules[0].backends[0].invalid);
+    let snap = index
+        .update([c.delete(service("shop", "web", "10.96.0.1", 80))])
+        .unwrap();
+    assert_eq!(route(&snap), None, "its only parent is gone");
+    assert!(
+        index
+            .update([c.delete(service("shop", "api", "10.96.0.2", 8080))])
+            .is_none(),
+        "nothing refers to it any more"
+    );
 }
 
 #[test]

@@ -20,8 +20,9 @@ pub const ENFORCED: &str = "Enforced";
 const FIELD_MANAGER: &str = crate::waypoint::FIELD_MANAGER;
 /// At most one status pass this often: a busy cluster publishes many snapshots a second.
 const PACE: Duration = Duration::from_secs(1);
-/// A pass at least this often: policy edits that change no config (a policy in a namespace not
-/// enrolled, one broken value replaced by another) show up no other way.
+/// A pass at least this often: edits that change no config (a policy in a namespace not
+/// enrolled, one broken value replaced by another, a route's missing parent renamed to another
+/// missing one) show up no other way, and a write that lost a race is retried.
 const RESYNC: Duration = Duration::from_secs(10);
 
 /// The policy as the resource says it.
@@ -278,15 +279,33 @@ impl std::fmt::Debug for StatusContext {
 
 /// Writes every policy's `Enforced` condition while this replica holds the Lease, patching
 /// only the policies whose condition changed; runs until the snapshot or leader channel closes.
-pub async fn run_status(mut ctx: StatusContext) {
+pub async fn run_status(ctx: StatusContext) {
+    paced(ctx.leader, ctx.snapshots, |snapshot| {
+        let (client, policies) = (ctx.client.clone(), ctx.policies.clone());
+        async move { write_statuses(&client, &policies, &snapshot).await }
+    })
+    .await;
+}
+
+/// Runs `pass` on the latest snapshot while this replica holds the Lease: after each new
+/// snapshot or leadership change, at most every `PACE` and at least every `RESYNC`; returns
+/// when the snapshot or leader channel closes.
+pub(crate) async fn paced<F, Fut>(
+    mut leader: watch::Receiver<bool>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut pass: F,
+) where
+    F: FnMut(Arc<Snapshot>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
-        if *ctx.leader.borrow_and_update() {
-            let snapshot = ctx.snapshots.borrow_and_update().clone();
-            write_statuses(&ctx.client, &ctx.policies, &snapshot).await;
+        if *leader.borrow_and_update() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            pass(snapshot).await;
         }
         tokio::select! {
-            changed = ctx.snapshots.changed() => if changed.is_err() { return },
-            changed = ctx.leader.changed() => if changed.is_err() { return },
+            changed = snapshots.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(RESYNC) => {}
         }
         tokio::time::sleep(PACE).await;

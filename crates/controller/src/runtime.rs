@@ -1,5 +1,5 @@
 //! Wiring: CA root, reflectors, index, gRPC and metrics servers, leader election, the
-//! waypoint controller and the policy status writer. `start` returns once the caches are
+//! waypoint controller and the policy and route status writers. `start` returns once the caches are
 //! synced and the servers listen.
 
 use crate::auth::Authenticator;
@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
-use crate::{grpc, lease, policy, waypoint};
+use crate::{grpc, lease, policy, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
@@ -69,8 +69,8 @@ impl Running {
     }
 }
 
-/// How long `start` waits for the Gateway and AuthorizationPolicy caches, whose CRDs may be
-/// missing.
+/// How long `start` waits for the Gateway, AuthorizationPolicy and route caches, whose CRDs may
+/// be missing.
 const OPTIONAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Watches `api` into a store and tells the index what changed; a (re)list may have changed
@@ -191,6 +191,9 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         endpoint_slices: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         gateways: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         policies: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        http_routes: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        grpc_routes: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        grants: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
     };
     let synced = async {
         stores.namespaces.wait_until_ready().await?;
@@ -202,24 +205,28 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         Ok(Ok(())) => {}
         _ => return Err(StartError::SyncTimeout),
     }
-    // Waypoints and policies belong in the first view: a tunnel resuming from it must not be
-    // told to drop them (a dropped DENY policy opens a door). Their CRDs may be missing, though:
-    // then their watches retry, and start goes on without them.
+    // Waypoints, policies and routes belong in the first view: a client resuming from it must
+    // not be told to drop them (a dropped DENY policy opens a door). Their CRDs may be missing,
+    // though: then their watches retry, and start goes on without them.
     let optional = async {
         let _ = stores.gateways.wait_until_ready().await;
         let _ = stores.policies.wait_until_ready().await;
+        let _ = stores.http_routes.wait_until_ready().await;
+        let _ = stores.grpc_routes.wait_until_ready().await;
+        let _ = stores.grants.wait_until_ready().await;
     };
     if tokio::time::timeout(OPTIONAL_SYNC_TIMEOUT, optional)
         .await
         .is_err()
     {
         tracing::warn!(
-            "Gateway or AuthorizationPolicy caches not synced within {OPTIONAL_SYNC_TIMEOUT:?}: are their CRDs installed? Serving without them until they sync"
+            "Gateway, AuthorizationPolicy, HTTPRoute, GRPCRoute or ReferenceGrant caches not synced within {OPTIONAL_SYNC_TIMEOUT:?}: are their CRDs installed? Serving without them until they sync"
         );
     }
 
     let ca_stores = stores.clone();
     let policy_store = stores.policies.clone();
+    let route_stores = stores.clone();
     let mut index = Index::new(stores, config.trust_domain.as_str());
     let first = index.update([Change::All]).unwrap_or_default();
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
@@ -251,6 +258,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         policies: policy_store,
+    }));
+    tasks.spawn(route_status::run(route_status::StatusContext {
+        client: client.clone(),
+        leader: leader.clone(),
+        snapshots: snapshots.clone(),
+        stores: route_stores,
     }));
 
     let auth = Authenticator::new(client.clone(), ambit_proto::TOKEN_AUDIENCE);

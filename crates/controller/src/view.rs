@@ -15,7 +15,9 @@ pub enum Subscriber {
     /// (outbound), and the policies of its own node's workloads (inbound).
     Node(String),
     /// A waypoint for the service account `(namespace, name)`: that account's workloads, the
-    /// services selecting them, their policies and the waypoint itself.
+    /// services selecting them, their policies, the waypoint itself, the routes attached to
+    /// those services, and where the routes send: the backend Services, their workloads and
+    /// those workloads' waypoints.
     Waypoint(String, String),
 }
 
@@ -41,10 +43,7 @@ fn policy_applies(p: &pb::AuthorizationPolicy, w: &pb::Workload) -> bool {
 
 /// Whether a resource of `namespace` selecting `match_labels` applies to `w`.
 fn selects(namespace: &str, match_labels: &BTreeMap<String, String>, w: &pb::Workload) -> bool {
-    namespace == w.namespace
-        && match_labels
-            .iter()
-            .all(|(k, v)| w.labels.get(k) == Some(v))
+    namespace == w.namespace && match_labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
 }
 
 fn workloads(snapshot: &Snapshot) -> impl Iterator<Item = &pb::Workload> {
@@ -54,6 +53,35 @@ fn workloads(snapshot: &Snapshot) -> impl Iterator<Item = &pb::Workload> {
             Some(pb::resource::Kind::Workload(w)) => Some(w),
             _ => None,
         })
+}
+
+fn routes(snapshot: &Snapshot) -> impl Iterator<Item = (&Name, &pb::Route)> {
+    ["httproute", "grpcroute"].into_iter().flat_map(|kind| {
+        snapshot.of_kind(kind).filter_map(|(k, e)| match e.kind() {
+            Some(pb::resource::Kind::Route(r)) => Some((k, r)),
+            _ => None,
+        })
+    })
+}
+
+/// The Services a route's rules send to (mirrors too), `<namespace>/<name>`; unresolved ones
+/// are never picked and need nothing.
+fn backends(route: &pb::Route) -> impl Iterator<Item = String> + '_ {
+    route.rules.iter().flat_map(|rule| {
+        let mirrors = rule
+            .filters
+            .iter()
+            .chain(rule.backends.iter().flat_map(|b| &b.filters))
+            .filter_map(|f| match &f.kind {
+                Some(pb::route_filter::Kind::RequestMirror(m)) => m.backend.as_ref(),
+                _ => None,
+            });
+        rule.backends
+            .iter()
+            .chain(mirrors)
+            .filter(|b| !b.invalid)
+            .map(|b| format!("{}/{}", b.namespace, b.name))
+    })
 }
 
 fn policies(snapshot: &Snapshot) -> impl Iterator<Item = (&Name, &pb::AuthorizationPolicy)> {
@@ -115,35 +143,61 @@ impl Subscriber {
                 }
             }
             Self::Waypoint(ns, sa) => {
-                let mine: Vec<&pb::Workload> = workloads(snapshot)
-                    .filter(|w| &w.namespace == ns && &w.service_account == sa)
-                    .collect();
+                let is_mine = |w: &pb::Workload| &w.namespace == ns && &w.service_account == sa;
+                let mine: Vec<&pb::Workload> = workloads(snapshot).filter(|w| is_mine(w)).collect();
                 let services: BTreeSet<String> = mine
                     .iter()
                     .flat_map(|w| w.services.keys().cloned())
                     .collect();
+                let mut backend_services = BTreeSet::new();
+                for (k, r) in routes(snapshot) {
+                    if r.parents
+                        .iter()
+                        .any(|p| services.contains(&format!("{}/{}", p.namespace, p.name)))
+                    {
+                        scoped.insert(k.clone());
+                        backend_services.extend(backends(r));
+                    }
+                }
+                // A backend's endpoints are picked among its workloads; one behind a waypoint
+                // of its own is reached through that waypoint.
+                let serves_backend =
+                    |w: &pb::Workload| w.services.keys().any(|s| backend_services.contains(s));
+                let mut next_waypoints = BTreeSet::new();
+                for (k, e) in snapshot.of_kind("workload") {
+                    if let Some(pb::resource::Kind::Workload(w)) = e.kind() {
+                        let backend = serves_backend(w);
+                        if backend && !w.waypoint.is_empty() {
+                            next_waypoints.insert(w.waypoint.as_str());
+                        }
+                        if backend || is_mine(w) {
+                            scoped.insert(k.clone());
+                        }
+                    }
+                }
                 for (k, e) in &snapshot.resources {
                     let keep = match e.kind() {
-                        Some(pb::resource::Kind::Workload(w)) => {
-                            &w.namespace == ns && &w.service_account == sa
-                        }
                         Some(pb::resource::Kind::Service(s)) => {
-                            services.contains(&format!("{}/{}", s.namespace, s.name))
+                            let key = format!("{}/{}", s.namespace, s.name);
+                            services.contains(&key) || backend_services.contains(&key)
                         }
                         Some(pb::resource::Kind::Waypoint(w)) => {
-                            &w.namespace == ns && &w.for_service_account == sa
+                            (&w.namespace == ns && &w.for_service_account == sa)
+                                || next_waypoints
+                                    .contains(format!("{}/{}", w.namespace, w.name).as_str())
                         }
                         Some(pb::resource::Kind::AuthorizationPolicy(p)) => {
                             mine.iter().any(|w| policy_applies(p, w))
                         }
-                        Some(pb::resource::Kind::RequestAuthentication(r)) => {
-                            mine.iter().any(|w| selects(&r.namespace, &r.match_labels, w))
-                        }
-                        Some(pb::resource::Kind::Route(r)) => r
-                            .parents
+                        Some(pb::resource::Kind::RequestAuthentication(r)) => mine
                             .iter()
-                            .any(|p| services.contains(&format!("{}/{}", p.namespace, p.name))),
-                        Some(pb::resource::Kind::Namespace(_)) | None => false,
+                            .any(|w| selects(&r.namespace, &r.match_labels, w)),
+                        Some(
+                            pb::resource::Kind::Workload(_)
+                            | pb::resource::Kind::Route(_)
+                            | pb::resource::Kind::Namespace(_),
+                        )
+                        | None => false,
                     };
                     if keep {
                         scoped.insert(k.clone());

@@ -115,7 +115,7 @@ fn a_resuming_client_gets_only_the_difference() {
 /// comparison of the whole views.
 #[test]
 fn pushes_equal_full_view_diffs() {
-    let (mut c, mut index, mut prev) = shop();
+    let (mut c, mut index, prev) = shop();
     let subscribers = [
         node("n1"),
         node("n2"),
@@ -144,11 +144,22 @@ fn pushes_equal_full_view_diffs() {
             c.delete(service("shop", "back", "10.96.0.1", 80)),
         ),
     ];
-    // Sessions that saw every generation, and one that skipped them all.
+    assert_pushes_equal_diffs(&mut index, prev, &subscribers, steps);
+}
+
+/// After each step, every subscriber's next view and push equal a comparison of whole views,
+/// for a session that saw every generation and for one that skipped them all. Returns the last
+/// snapshot.
+fn assert_pushes_equal_diffs(
+    index: &mut Index,
+    mut prev: Snapshot,
+    subscribers: &[Subscriber],
+    steps: Vec<(&str, Change)>,
+) -> Snapshot {
     let first = prev.clone();
     for (what, change) in steps {
         let snap = index.update([change]).unwrap();
-        for sub in &subscribers {
+        for sub in subscribers {
             let pv = sub.view(&prev);
             let view = sub.next_view(&prev, &pv, &snap, &snap.changed_since(&prev));
             assert_eq!(view, sub.view(&snap), "{sub} view after {what}");
@@ -170,6 +181,114 @@ fn pushes_equal_full_view_diffs() {
         }
         prev = snap;
     }
+    prev
+}
+
+/// `back`'s waypoint routes `shop/back` to `shop/api` (behind a waypoint of its own) and to
+/// `other/remote`, which a ReferenceGrant lets it use only later.
+fn routed() -> (Cluster, Index, Snapshot) {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(ns("other", true));
+    c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
+    c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
+    c.apply(pod("shop", "c", "api", "n3", "10.0.0.3"));
+    c.apply(pod("other", "d", "remote", "n1", "10.0.0.4"));
+    for (ns, svc, pods, ip) in [
+        ("shop", "back", "b", "10.96.0.1"),
+        ("shop", "api", "c", "10.96.0.2"),
+        ("other", "remote", "d", "10.96.0.3"),
+    ] {
+        c.apply(service(ns, svc, ip, 80));
+        c.apply(slice(ns, svc, &[pods]));
+    }
+    c.apply(waypoint("shop", "back-wp", "back"));
+    c.apply(waypoint("shop", "api-wp", "api"));
+    c.apply(http_route(
+        "shop",
+        "r",
+        &["shop/back"],
+        &[("shop/api", 80, 9), ("other/remote", 80, 1)],
+    ));
+    let mut index = Index::new(c.stores(), "cluster.local");
+    let snapshot = index.update([Change::All]).unwrap();
+    (c, index, snapshot)
+}
+
+#[test]
+fn waypoints_see_their_routes_backends_and_next_hops() {
+    let (mut c, mut index, snap) = routed();
+    let back = Subscriber::Waypoint("shop".into(), "back".into());
+    assert_eq!(
+        visible_names(&back, &snap),
+        [
+            "httproute/shop/r",
+            "service/shop/api",
+            "service/shop/back",
+            "waypoint/shop/api-wp",
+            "waypoint/shop/back-wp",
+            "workload/uid-b",
+            "workload/uid-c",
+        ],
+        "other/remote is not granted: never picked, not sent"
+    );
+    assert!(
+        !visible_names(&node("n1"), &snap).contains(&"httproute/shop/r".to_string()),
+        "routes are the waypoints' business"
+    );
+    let front = Subscriber::Waypoint("shop".into(), "front".into());
+    assert_eq!(visible_names(&front, &snap), ["workload/uid-a"]);
+
+    let subscribers = [back.clone(), front, node("n1")];
+    type Step = fn(&mut Cluster) -> Change;
+    let steps: [(&str, Step); 5] = [
+        ("the grant", |c| c.apply(grant("other", "shop"))),
+        ("a backend pod moves", |c| {
+            c.apply(pod("other", "d", "remote", "n2", "10.0.0.9"))
+        }),
+        ("a backend pod leaves its service", |c| {
+            c.apply(slice("other", "remote", &[]))
+        }),
+        ("a backend service changes its port", |c| {
+            c.apply(service("other", "remote", "10.96.0.3", 81))
+        }),
+        ("the route goes", |c| {
+            c.delete(http_route("shop", "r", &[], &[]))
+        }),
+    ];
+    let mut last = snap;
+    for (what, step) in steps {
+        let change = step(&mut c);
+        last = assert_pushes_equal_diffs(&mut index, last, &subscribers, vec![(what, change)]);
+    }
+    assert_eq!(
+        visible_names(&back, &last),
+        [
+            "service/shop/back",
+            "waypoint/shop/back-wp",
+            "workload/uid-b"
+        ]
+    );
+}
+
+#[test]
+fn a_granted_backend_brings_its_service_and_workloads() {
+    let (mut c, mut index, _) = routed();
+    let back = Subscriber::Waypoint("shop".into(), "back".into());
+    let snap = index.update([c.apply(grant("other", "shop"))]).unwrap();
+    let names = visible_names(&back, &snap);
+    for name in ["service/other/remote", "workload/uid-d"] {
+        assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+    }
+    // The backend's port is gone: the backend is invalid again, and so out of view.
+    let snap = index
+        .update([c.apply(service("other", "remote", "10.96.0.3", 81))])
+        .unwrap();
+    let names = visible_names(&back, &snap);
+    assert!(
+        !names.contains(&"service/other/remote".to_string()),
+        "{names:?}"
+    );
 }
 
 #[test]
