@@ -38,11 +38,11 @@ routes:
           - {{namespace: shop, name: back-v2, port: 8000, weight: 10}}
       - matches: [{{path: {{type: Exact, value: /old}}}}]
         filters:
-          - !requestRedirect {{path: {{type: ReplaceFullPath, value: /new}}, statusCode: 301}}
+          - requestRedirect: {{path: {{type: ReplaceFullPath, value: /new}}, statusCode: 301}}
       - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
         filters:
-          - !urlRewrite {{path: {{type: ReplacePrefixMatch, value: /v2}}}}
-          - !responseHeaderModifier {{set: [{{name: x-route, value: api}}]}}
+          - urlRewrite: {{path: {{type: ReplacePrefixMatch, value: /v2}}}}
+          - responseHeaderModifier: {{set: [{{name: x-route, value: api}}]}}
         backends: [{{namespace: shop, name: back-v1, port: 80}}]
       - matches: [{{path: {{type: Exact, value: /slow}}}}]
         requestTimeoutMs: 500

@@ -1,8 +1,13 @@
 //! Endpoint choice: the destination's ready endpoints of the served account (or of the
-//! backend Service a route chose), read from the
-//! current model per request (so a long keep-alive connection follows scale-ups and
-//! readiness), picked by power of two choices on outstanding requests. A request holds its
-//! endpoint's slot until its response has streamed to the end.
+//! backend Service a route chose), read from the current model per request (so a long
+//! keep-alive connection follows scale-ups and readiness), picked by power of two choices on
+//! outstanding requests. A request holds its endpoint's slot until its response has streamed
+//! to the end.
+//!
+//! Outlier detection: an endpoint that answers 5xx (or cannot be reached) five times in a row
+//! is ejected — not picked — for 30 s, longer each time it is ejected again (up to 5 min),
+//! and back once that time is over. Never all of them: when every endpoint is ejected, all are
+//! candidates again, since a guess beats a certain failure.
 
 use super::body::Observed;
 use super::route::Routed;
@@ -17,62 +22,133 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
-/// Outstanding requests per endpoint.
+/// Consecutive failures that eject an endpoint.
+const EJECT_AFTER_FAILURES: u32 = 5;
+const BASE_EJECTION: Duration = Duration::from_secs(30);
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// Outstanding requests and health per endpoint.
 #[derive(Debug, Default)]
 pub struct Load {
-    outstanding: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    outstanding: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_failures: u32,
+    /// Times ejected so far: each ejection lasts longer.
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+impl EndpointState {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        self.health().ejected_until.is_some_and(|until| now < until)
+    }
 }
 
 /// One outstanding request; released on drop.
 #[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
+pub struct Slot(Arc<EndpointState>);
+
+impl Slot {
+    /// Records how the request ended: a failure counts toward ejection, a success clears the
+    /// count.
+    pub fn outcome(&self, failed: bool) {
+        let mut health = self.0.health();
+        if !failed {
+            health.consecutive_failures = 0;
+            return;
+        }
+        health.consecutive_failures += 1;
+        if health.consecutive_failures >= EJECT_AFTER_FAILURES {
+            let ejection = BASE_EJECTION
+                .saturating_mul(health.ejections.saturating_add(1))
+                .min(MAX_EJECTION);
+            health.ejected_until = Some(Instant::now() + ejection);
+            health.ejections += 1;
+            health.consecutive_failures = 0;
+            tracing::info!(
+                ejected_for_s = ejection.as_secs(),
+                "endpoint ejected after consecutive failures"
+            );
+        }
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Load {
-    fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+    fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
         let mut map = self
-            .outstanding
+            .endpoints
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Endpoints come and go: forget idle counters of gone ones once the map grows.
+        // Endpoints come and go: forget idle, healthy ones that are gone once the map grows.
         if map.len() > 4096 {
-            map.retain(|_, c| c.load(Ordering::Acquire) > 0 || Arc::strong_count(c) > 1);
+            let now = Instant::now();
+            map.retain(|_, e| {
+                e.outstanding.load(Ordering::Acquire) > 0
+                    || Arc::strong_count(e) > 1
+                    || e.ejected(now)
+            });
         }
         map.entry(addr).or_default().clone()
     }
 
     pub fn outstanding(&self, addr: SocketAddr) -> usize {
-        self.counter(addr).load(Ordering::Acquire)
+        self.state(addr).outstanding.load(Ordering::Acquire)
     }
 
-    /// Picks among `endpoints` (power of two choices, least outstanding) and takes a slot.
+    /// Picks among `endpoints` that are not ejected (among all when every one is), by power of
+    /// two choices on outstanding requests, and takes a slot.
     pub fn pick(&self, endpoints: &[Endpoint]) -> Option<(usize, Slot)> {
-        let chosen = match endpoints.len() {
+        let now = Instant::now();
+        let states: Vec<Arc<EndpointState>> =
+            endpoints.iter().map(|e| self.state(e.addr)).collect();
+        let mut candidates: Vec<usize> = (0..endpoints.len())
+            .filter(|&i| !states[i].ejected(now))
+            .collect();
+        if candidates.is_empty() {
+            candidates = (0..endpoints.len()).collect();
+        }
+        let load = |i: usize| states[i].outstanding.load(Ordering::Acquire);
+        let chosen = match candidates.len() {
             0 => return None,
-            1 => 0,
+            1 => candidates[0],
             n => {
                 let a = fastrand::usize(..n);
                 // A second, different candidate.
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                if self.outstanding(endpoints[b].addr) < self.outstanding(endpoints[a].addr) {
-                    b
-                } else {
-                    a
-                }
+                let (a, b) = (candidates[a], candidates[b]);
+                if load(b) < load(a) { b } else { a }
             }
         };
-        let counter = self.counter(endpoints[chosen].addr);
-        counter.fetch_add(1, Ordering::AcqRel);
-        Some((chosen, Slot(counter)))
+        let state = states[chosen].clone();
+        state.outstanding.fetch_add(1, Ordering::AcqRel);
+        Some((chosen, Slot(state)))
     }
 }
 
@@ -158,6 +234,7 @@ impl<S: Inner> Service<Request> for Balance<S> {
         let call = self.inner.call(request);
         Box::pin(async move {
             let mut response = call.await?;
+            slot.outcome(response.status().is_server_error());
             response.extensions_mut().insert(picked);
             Ok(response.map(|body| Observed::new(body, Box::new(move |_, _| drop(slot))).boxed()))
         })
@@ -184,9 +261,9 @@ mod tests {
         // Endpoint 1 is busy: with two endpoints both are always candidates.
         let busy: Vec<Slot> = (0..3)
             .map(|_| {
-                let c = load.counter(eps[0].addr);
-                c.fetch_add(1, Ordering::AcqRel);
-                Slot(c)
+                let state = load.state(eps[0].addr);
+                state.outstanding.fetch_add(1, Ordering::AcqRel);
+                Slot(state)
             })
             .collect();
         for _ in 0..20 {
@@ -216,5 +293,47 @@ mod tests {
         // Least outstanding keeps them within a few of each other.
         let (min, max) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
         assert!(max - min <= 8, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_endpoint_is_ejected_for_a_while_and_never_all_of_them() {
+        let load = Load::default();
+        let eps: Vec<Endpoint> = (1..=2).map(endpoint).collect();
+        let fail = |i: usize| {
+            let state = load.state(eps[i].addr);
+            state.outstanding.fetch_add(1, Ordering::AcqRel);
+            Slot(state).outcome(true);
+        };
+        // Four failures and a success: not consecutive, no ejection.
+        for _ in 0..4 {
+            fail(0);
+        }
+        load.pick(&eps[..1]).unwrap().1.outcome(false);
+        fail(0);
+        assert!((0..50).any(|_| load.pick(&eps).unwrap().0 == 0));
+        for _ in 0..4 {
+            fail(0);
+        }
+        // Five in a row: ejected, the other endpoint takes everything.
+        assert!((0..50).all(|_| load.pick(&eps).unwrap().0 == 1));
+        // Both ejected (endpoint 1 ten seconds later): both are candidates again.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..5 {
+            fail(1);
+        }
+        let picked: std::collections::BTreeSet<usize> =
+            (0..50).map(|_| load.pick(&eps).unwrap().0).collect();
+        assert_eq!(picked.len(), 2, "never all ejected: {picked:?}");
+        // Endpoint 0 returns after its ejection time (endpoint 1, ejected later, not yet).
+        tokio::time::advance(BASE_EJECTION - Duration::from_secs(10)).await;
+        assert!((0..50).all(|_| load.pick(&eps).unwrap().0 == 0));
+        // Ejected again, it stays out twice as long.
+        for _ in 0..5 {
+            fail(0);
+        }
+        tokio::time::advance(BASE_EJECTION).await;
+        assert!(load.state(eps[0].addr).ejected(Instant::now()));
+        tokio::time::advance(BASE_EJECTION).await;
+        assert!(!load.state(eps[0].addr).ejected(Instant::now()));
     }
 }
