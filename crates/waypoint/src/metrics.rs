@@ -39,6 +39,14 @@ struct RetryLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwtLabels {
+    /// `authenticated`, `no_token` or `invalid`.
+    result: &'static str,
+    /// Why an invalid token was refused (`expired`, `signature`, ...); empty otherwise.
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeltaLabels {
     result: String,
 }
@@ -62,6 +70,7 @@ pub struct Metrics {
     config_deltas: Family<DeltaLabels, Counter>,
     access_log_dropped: Counter,
     retries: Family<RetryLabels, Counter>,
+    jwt: Family<JwtLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,10 +134,17 @@ impl Default for Metrics {
             "Retries of route rules, and retries the retry budget refused",
             retries.clone(),
         );
+        let jwt = Family::<JwtLabels, Counter>::default();
+        registry.register(
+            "jwt",
+            "Requests to workloads with JWT rules, by outcome of request authentication",
+            jwt.clone(),
+        );
         Self {
             registry,
             access_log_dropped,
             retries,
+            jwt,
             requests,
             request_duration,
             connections,
@@ -180,6 +196,11 @@ impl Metrics {
             crate::http::retry::RetryOutcome::BudgetExhausted => "budget_exhausted",
         };
         self.retries.get_or_create(&RetryLabels { outcome }).inc();
+    }
+
+    /// A request authentication outcome: `reason` is the refusal's label, or empty.
+    pub fn jwt(&self, result: &'static str, reason: &'static str) {
+        self.jwt.get_or_create(&JwtLabels { result, reason }).inc();
     }
 
     pub fn access_log_dropped(&self, total: u64) {
@@ -241,6 +262,12 @@ mod tests {
         assert!(text.contains("ambit_waypoint_config_connected 1"), "{text}");
         assert!(
             text.contains(r#"ambit_waypoint_config_deltas_total{result="accepted"} 3"#),
+            "{text}"
+        );
+        m.jwt("invalid", "expired");
+        let text = m.render(None);
+        assert!(
+            text.contains(r#"ambit_waypoint_jwt_total{result="invalid",reason="expired"} 1"#),
             "{text}"
         );
         let brew = http::Method::from_bytes(b"BREW").unwrap();

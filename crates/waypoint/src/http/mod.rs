@@ -5,11 +5,14 @@
 //! 2. [`route`]: the HTTPRoute/GRPCRoute rule: backend Service, filters, redirect, mirrors;
 //! 3. [`retry`]: the rule's timeouts and retries, under a retry budget;
 //! 4. [`balance`]: the endpoint (power of two choices, least outstanding requests);
-//! 5. [`authz`]: L4 and L7 authorization with the client's identity, against that endpoint;
-//! 6. [`forward`]: HTTP to the endpoint over pooled HBONE ([`upstream`]).
+//! 5. [`authn`]: the end user's JWT, under the rules of the endpoint's workload;
+//! 6. [`authz`]: L4 and L7 authorization with the client's identity and the end user,
+//!    against that endpoint;
+//! 7. [`forward`]: HTTP to the endpoint over pooled HBONE ([`upstream`]).
 //!
 //! Every layer answers errors as responses, so the stack never fails.
 
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;
@@ -66,7 +69,8 @@ pub fn stack(shared: Arc<Shared>, upstreams: Arc<upstream::Upstreams>) -> Stack 
             .layer(telemetry::TelemetryLayer::new(shared.clone()))
             .layer(route::RouteLayer::new(shared.clone()))
             .layer(retry::RetryLayer::new(shared.metrics.clone()))
-            .layer(balance::BalanceLayer::new(shared))
+            .layer(balance::BalanceLayer::new(shared.clone()))
+            .layer(authn::AuthnLayer::new(shared))
             .layer(authz::AuthzLayer)
             .service(forward::Forward::new(upstreams)),
     )
@@ -130,6 +134,7 @@ pub enum GrpcCode {
     PermissionDenied = 7,
     Unimplemented = 12,
     Unavailable = 14,
+    Unauthenticated = 16,
 }
 
 /// An answer of the waypoint's own: for gRPC a trailers-only response with the status (HTTP

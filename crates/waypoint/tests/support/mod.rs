@@ -203,6 +203,12 @@ async fn app(
         ("x-seen-connection", header("connection")),
         ("x-seen-te", header("te")),
         ("x-seen-version", format!("{:?}", request.version())),
+        ("x-seen-authorization", header("authorization")),
+        ("x-seen-jwt-sub", header("x-jwt-sub")),
+        (
+            "x-seen-query",
+            request.uri().query().unwrap_or("").to_owned(),
+        ),
     ];
     let line = format!("{name} {} {}", request.method(), request.uri().path());
     let payload = read_body(request.into_body()).await;
