@@ -8,6 +8,7 @@ mod nginx;
 mod process;
 mod report;
 mod roles;
+mod route;
 mod waypoint;
 
 use anyhow::{Result, bail};
@@ -17,7 +18,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("hbone") => hbone::run(),
         Some("waypoint") => waypoint::run(),
+        Some("route") => route::run(&args[1..]),
         Some("role") => roles::run(&args[1..]),
-        _ => bail!("usage: ambit-bench hbone|waypoint"),
+        _ => bail!("usage: ambit-bench hbone|waypoint|route [--quick]"),
     }
 }

@@ -26,6 +26,8 @@ const MILLION: u32 = 1_000_000;
 /// Regexes: the pattern text, and what the compiled program and its lazy DFA may grow to
 /// (the `regex` crate's defaults are 10 MiB and 2 MiB, per regex).
 const MAX_REGEX_LEN: usize = 1024;
+/// A path value (HTTPPathMatch, path modifiers), as the CRD bounds it.
+const MAX_PATH_LEN: usize = 1024;
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 const REGEX_DFA_SIZE_LIMIT: usize = 256 * 1024;
 
@@ -52,7 +54,7 @@ pub enum Problem {
     #[error("more than {max} {what}")]
     TooMany { what: &'static str, max: usize },
     #[error(
-        "{0:?} is not a path: it must start with '/', without \"//\", '?', '#', spaces or control characters"
+        "{0:?} is not a path: it must start with '/', without \"//\", '?', '#', spaces or control characters, in at most 1024 bytes"
     )]
     Path(String),
     #[error("{pattern:?} is not a regular expression this proxy accepts: {reason}")]
@@ -300,7 +302,8 @@ fn is_kubernetes_name(s: &str) -> bool {
 }
 
 fn is_exact_path(p: &str) -> bool {
-    p.starts_with('/')
+    p.len() <= MAX_PATH_LEN
+        && p.starts_with('/')
         && !p.contains("//")
         && p.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')

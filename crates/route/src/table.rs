@@ -7,6 +7,7 @@
 use crate::compile::{CompiledRoute, CompiledRule, Match, PathCond, ValueCond};
 use crate::model::RouteKind;
 use crate::{Request, host_without_port};
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -100,7 +101,7 @@ impl RouteTable {
             return Lookup::Unrouted;
         }
         let prepared = Prepared::new(request);
-        let host = prepared.host.as_str();
+        let host: &str = &prepared.host;
         let exact = view.exact_hosts.get(host);
         // `a.b.example.com` -> `.b.example.com`, `.example.com`, `.com`: longest first.
         let wildcards = host
@@ -349,28 +350,30 @@ impl Index {
         if let Some(list) = self.exact.get(request.path) {
             consider(list, &mut best);
         }
-        // Deepest prefix first: for HTTPRoute it outranks the shallower ones.
-        let mut nodes = vec![&self.prefixes];
+        // Root to leaf: each node's entries are considered once, and only while they could
+        // beat what was found (a deeper HTTP prefix always does).
         let mut node = &self.prefixes;
-        for segment in request
-            .path
-            .strip_prefix('/')
-            .unwrap_or(request.path)
-            .split('/')
-        {
+        consider(&node.entries, &mut best);
+        let segments = request.path.strip_prefix('/').unwrap_or(request.path);
+        for segment in segments.split('/') {
             match node.children.get(segment) {
                 Some(child) => {
-                    nodes.push(child);
                     node = child;
+                    consider(&node.entries, &mut best);
                 }
                 None => break,
             }
         }
-        for node in nodes.iter().rev() {
-            consider(&node.entries, &mut best);
-        }
         consider(&self.linear, &mut best);
         best
+    }
+}
+
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -378,7 +381,7 @@ impl Index {
 struct Prepared<'a> {
     request: &'a Request<'a>,
     /// Lowercase, without port.
-    host: String,
+    host: Cow<'a, str>,
     path: &'a str,
     query: Option<&'a str>,
     params: OnceCell<Vec<(&'a str, &'a str)>>,
@@ -398,7 +401,7 @@ impl<'a> Prepared<'a> {
             .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'));
         Self {
             request,
-            host: host_without_port(request.host).to_ascii_lowercase(),
+            host: lowercase(host_without_port(request.host)),
             path,
             query,
             params: OnceCell::new(),

@@ -4,11 +4,12 @@
 use crate::cmd::{self, cargo};
 use anyhow::{Result, bail};
 
-const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller"];
+const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller", "route"];
 
 pub fn run(name: &str) -> Result<()> {
     match name {
-        "hbone" => bench_binary(name),
+        // In-process: hbone starts its own tunnels, route times lookups in one thread.
+        "hbone" | "route" => bench_binary(name),
         // Runs ambit-waypoint as a process of its own, from the same target directory.
         "waypoint" => {
             cmd::run(&mut cargo([

@@ -14,7 +14,7 @@ usage: cargo xtask <command>
 commands:
   test          install what the tests need, then fmt, clippy -D warnings and every test tier
   demo          the whole mesh on the local testbed, narrated (root); leaves it up to poke around
-  bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, waypoint, tunnel, controller)
+  bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, waypoint, tunnel, controller, route)
   testbed CMD   local Kubernetes testbed: setup | up [--nodes N] | down | status | env
 ";
 

@@ -50,6 +50,11 @@ fn bad_paths_regexes_methods_and_headers() {
         assert_eq!(at, "rules[0].matches[0].path");
         assert_eq!(problem, Problem::Path(path.into()));
     }
+    let long = format!("/{}", "a".repeat(1024));
+    let (_, problem) = one_rule(&format!(
+        "{{matches: [{{path: {{type: Exact, value: {long}}}}}]}}"
+    ));
+    assert_eq!(problem, Problem::Path(long), "paths are bounded");
     let (at, problem) =
         one_rule("{matches: [{}, {path: {type: RegularExpression, value: \"/(a\"}}]}");
     assert_eq!(at, "rules[0].matches[1].path");
