@@ -317,24 +317,25 @@ func (f netnsForwarder) PortForward(ctx context.Context, _ string, _ types.UID, 
 		return fmt.Errorf("port %d in the pod: %w", port, err)
 	}
 	defer conn.Close()
-	done := make(chan error, 2)
 	go func() {
-		_, err := io.Copy(conn, stream)
-		// The client is done sending: tell the app, keep reading its answer.
+		if _, err := io.Copy(conn, stream); err != nil {
+			// The client's side broke: nothing more goes either way.
+			conn.Close()
+			return
+		}
+		// The client is done sending: tell the app, keep forwarding its answer.
 		if tcp, ok := conn.(*net.TCPConn); ok {
 			_ = tcp.CloseWrite()
 		}
-		done <- err
 	}()
+	// The app closing its side ends the forward; closing the stream tells the client.
+	done := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(stream, conn)
 		done <- err
 	}()
 	select {
 	case err = <-done:
-		if err == nil {
-			err = <-done
-		}
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
