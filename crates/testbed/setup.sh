@@ -5,7 +5,7 @@
 #   kubelet's own streaming server code from the same release), helm (built from its Go module),
 #   Istio's echo app (server and client, the app behind Gateway API's conformance suite: real
 #   HTTP/1.1, h2c and gRPC peers for the end-to-end tests, and the suite's `echo-advanced`
-#   image), and from Debian: the standard CNI plugins, nftables, iproute2, tcpdump, and the real
+#   image), Istio's ext_authz sample (the real ext_authz server of the waypoint tests), and from Debian: the standard CNI plugins, nftables, iproute2, tcpdump, and the real
 #   clients and baselines the tests and benchmarks drive (curl, nghttp2-client for h2load, nginx
 #   with its stream module).
 #   `setup.sh conformance` also builds Gateway API's conformance suite as a test binary (not
@@ -219,6 +219,29 @@ build_istio_echo() {
     ln -sfn "$ISTIO_DIR/cert.key" "$image/root/cert.key"
 }
 
+# Istio's ext_authz sample (an Envoy ext_authz v3 server, gRPC and HTTP), the real peer of the
+# waypoint's external authorization tests (crates/waypoint/tests/extauthz.rs), from the same
+# pinned istio.io/istio as the echo app; on the image path as `istio-extauthz`.
+build_istio_extauthz() {
+    local dir="$CACHE/istio-extauthz-$ISTIO_VERSION"
+    local stamp="$dir/.complete"
+    if [[ ! -f $stamp ]]; then
+        log "building Istio's ext_authz sample at istio.io/istio $ISTIO_VERSION"
+        local work="$CACHE/src/istio-extauthz-$ISTIO_VERSION"
+        rm -rf "$work" && mkdir -p "$work" "$dir"
+        printf 'module ambit.dev/testbed-build/istio-extauthz\n\ngo 1.26\n\nrequire istio.io/istio %s\n' "$ISTIO_VERSION" >"$work/go.mod"
+        printf '//go:build tools\n\npackage tools\n\nimport _ "istio.io/istio/samples/extauthz/cmd/extauthz"\n' >"$work/tools.go"
+        (
+            cd "$work"
+            "$GO" mod tidy >&2
+            "$GO" build -p "$JOBS" -trimpath -ldflags "-s -w" -o "$dir/extauthz" istio.io/istio/samples/extauthz/cmd/extauthz
+        )
+        touch "$stamp"
+    fi
+    mkdir -p "$IMAGES_DIR"
+    ln -sfn "$dir/extauthz" "$IMAGES_DIR/istio-extauthz"
+}
+
 # Gateway API's conformance suite as a test binary, run unmodified by `cargo xtask conformance`.
 # Its go.mod replaces sigs.k8s.io/gateway-api with a local parent, so a throwaway module pins it.
 build_conformance() {
@@ -283,6 +306,7 @@ main() {
         build_kubernetes
         build_kubelet_streaming
         build_istio_echo
+        build_istio_extauthz
         ;;
     debian) debian_packages ;;
     etcd) build_etcd ;;
@@ -290,9 +314,10 @@ main() {
     kubernetes) build_kubernetes ;;
     kubelet-streaming) build_kubelet_streaming ;;
     istio-echo) build_istio_echo ;;
+    istio-extauthz) build_istio_extauthz ;;
     conformance) build_conformance ;;
     *)
-        log "usage: setup.sh [all|debian|etcd|helm|kubernetes|kubelet-streaming|istio-echo|conformance]"
+        log "usage: setup.sh [all|debian|etcd|helm|kubernetes|kubelet-streaming|istio-echo|istio-extauthz|conformance]"
         exit 2
         ;;
     esac
