@@ -4,8 +4,8 @@
 use crate::stream::Resources;
 use ambit_mesh::{MeshConfig, Service, ServicePort};
 use ambit_policy::{
-    Action, ClaimToHeader, Condition, HeaderMatch, JwtHeader, JwtRule, Policy, PolicyScope,
-    RequestAuthentication, Rule,
+    Action, ClaimToHeader, Condition, ExtAuthzBody, ExtAuthzProtocol, ExtAuthzProvider,
+    HeaderMatch, JwtHeader, JwtRule, Policy, PolicyScope, RequestAuthentication, Rule,
 };
 use ambit_proto::config::v1 as pb;
 use ambit_route as rt;
@@ -18,7 +18,7 @@ pub enum ConvertError {
     Ip { resource: String, value: String },
     #[error("{resource}: port {port} is out of range")]
     Port { resource: String, port: u32 },
-    #[error("{resource}: action {action:?} is not ALLOW, DENY or AUDIT")]
+    #[error("{resource}: action {action:?} is not ALLOW, DENY, AUDIT or CUSTOM")]
     Action { resource: String, action: String },
     #[error("{resource}: identity {identity:?} is not a SPIFFE id")]
     Identity { resource: String, identity: String },
@@ -126,6 +126,9 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
                     .request_authentications
                     .push(request_authentication(r));
             }
+            pb::resource::Kind::ExtAuthzProvider(p) => config
+                .ext_authz_providers
+                .push(ext_authz_provider(name, p)?),
             // Services are read in a second pass.
             pb::resource::Kind::Service(_) => {}
         }
@@ -205,6 +208,7 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertErro
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
         "AUDIT" => Action::Audit,
+        "CUSTOM" => Action::Custom,
         other => {
             return Err(ConvertError::Action {
                 resource: name.to_owned(),
@@ -255,6 +259,48 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertErro
             match_labels: p.match_labels.clone().into_iter().collect(),
         }),
         rules,
+        provider: (!p.provider.is_empty()).then(|| p.provider.clone()),
+    })
+}
+
+fn ext_authz_provider(
+    name: &str,
+    p: &pb::ExtAuthzProvider,
+) -> Result<ExtAuthzProvider, ConvertError> {
+    let protocol = match p.protocol.as_str() {
+        "grpc" => ExtAuthzProtocol::Grpc,
+        "http" => ExtAuthzProtocol::Http,
+        other => {
+            return Err(ConvertError::Unknown {
+                resource: name.to_owned(),
+                field: "protocol",
+                value: other.to_owned(),
+            });
+        }
+    };
+    let status_on_error =
+        u16::try_from(p.status_on_error).map_err(|_| ConvertError::Range {
+            resource: name.to_owned(),
+            field: "status_on_error",
+            value: p.status_on_error.into(),
+        })?;
+    Ok(ExtAuthzProvider {
+        name: p.name.clone(),
+        service: p.service.clone(),
+        port: port(name, p.port)?,
+        protocol,
+        timeout_ms: p.timeout_ms,
+        fail_open: p.fail_open,
+        status_on_error,
+        include_request_body_in_check: p.include_request_body_in_check.map(|b| ExtAuthzBody {
+            max_request_bytes: b.max_request_bytes,
+            allow_partial_message: b.allow_partial_message,
+        }),
+        path_prefix: p.path_prefix.clone(),
+        include_request_headers_in_check: p.include_request_headers_in_check.clone(),
+        headers_to_upstream_on_allow: p.headers_to_upstream_on_allow.clone(),
+        headers_to_downstream_on_allow: p.headers_to_downstream_on_allow.clone(),
+        headers_to_downstream_on_deny: p.headers_to_downstream_on_deny.clone(),
     })
 }
 
@@ -681,6 +727,7 @@ mod tests {
                     not_values: vec!["admin".into()],
                 }],
             }],
+            provider: String::new(),
         };
         let converted = policy("authorizationpolicy/demo/p", &p).unwrap();
         assert_eq!(
@@ -701,6 +748,54 @@ mod tests {
         assert!(matches!(
             policy("x", &bad_port),
             Err(ConvertError::Port { port: 70000, .. })
+        ));
+    }
+
+    #[test]
+    fn custom_policies_and_ext_authz_providers() {
+        let p = pb::AuthorizationPolicy {
+            name: "ext".into(),
+            namespace: "demo".into(),
+            action: "CUSTOM".into(),
+            provider: "authz".into(),
+            ..Default::default()
+        };
+        let converted = policy("authorizationpolicy/demo/ext", &p).unwrap();
+        assert_eq!(converted.action, Action::Custom);
+        assert_eq!(converted.provider.as_deref(), Some("authz"));
+        let pb_provider = pb::ExtAuthzProvider {
+            name: "authz".into(),
+            service: "authz.sec.svc.cluster.local".into(),
+            port: 9000,
+            protocol: "http".into(),
+            timeout_ms: 250,
+            fail_open: true,
+            status_on_error: 503,
+            include_request_body_in_check: Some(pb::ExtAuthzBody {
+                max_request_bytes: 4096,
+                allow_partial_message: true,
+            }),
+            path_prefix: "/check".into(),
+            include_request_headers_in_check: vec!["x-ext-authz".into()],
+            headers_to_upstream_on_allow: vec!["x-user".into()],
+            headers_to_downstream_on_allow: vec!["x-trace".into()],
+            headers_to_downstream_on_deny: vec!["x-reason".into()],
+        };
+        let converted = ext_authz_provider("extauthzprovider/authz", &pb_provider).unwrap();
+        assert_eq!(converted.protocol, ExtAuthzProtocol::Http);
+        assert_eq!((converted.port, converted.timeout_ms), (9000, 250));
+        assert_eq!(converted.status_on_error, 503);
+        assert_eq!(
+            converted.include_request_body_in_check.map(|b| b.max_request_bytes),
+            Some(4096)
+        );
+        assert_eq!(converted.headers_to_downstream_on_deny, ["x-reason"]);
+        converted.validate().unwrap();
+        let mut bad = pb_provider;
+        bad.protocol = "thrift".into();
+        assert!(matches!(
+            ext_authz_provider("x", &bad),
+            Err(ConvertError::Unknown { field: "protocol", .. })
         ));
     }
 

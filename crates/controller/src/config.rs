@@ -15,6 +15,8 @@ pub const ENV_CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
 pub const ENV_WAYPOINT_IMAGE: &str = "AMBIT_WAYPOINT_IMAGE";
 pub const ENV_CONTROLLER_SERVICE_ACCOUNT: &str = "AMBIT_SERVICE_ACCOUNT";
 pub const ENV_CONTROLLER_ADDRESS: &str = "AMBIT_CONTROLLER_ADDRESS";
+/// JSON list of external authorization providers (the chart's `extAuthz.providers`).
+pub const ENV_EXT_AUTHZ_PROVIDERS: &str = "AMBIT_EXT_AUTHZ_PROVIDERS";
 
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -47,6 +49,8 @@ pub struct Config {
     pub waypoint_image: String,
     /// `HOST:PORT` at which waypoints reach this controller's gRPC (config stream and CA).
     pub controller_address: String,
+    /// Delivered to every waypoint; CUSTOM policies name them.
+    pub ext_authz_providers: Vec<ambit_policy::ExtAuthzProvider>,
 }
 
 impl Config {
@@ -108,7 +112,15 @@ impl Config {
                 reason: "expected HOST:PORT (a DNS name or IP and a port 1..=65535)".into(),
             });
         }
+        let providers = get(ENV_EXT_AUTHZ_PROVIDERS).unwrap_or_default();
+        let ext_authz_providers =
+            crate::extauthz::parse(&providers).map_err(|e| ConfigError::Invalid {
+                name: ENV_EXT_AUTHZ_PROVIDERS,
+                value: providers.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
+            ext_authz_providers,
             namespace,
             pod_name,
             service_account,

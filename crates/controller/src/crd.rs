@@ -23,10 +23,19 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforced\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.action) && self.action == 'CUSTOM') == has(self.provider)",
+    "message": "a CUSTOM policy names a provider, and only a CUSTOM policy does"
+}]))]
 pub struct AuthorizationPolicySpec {
-    /// ALLOW (default), DENY or AUDIT (matches are logged, the decision is unchanged).
+    /// ALLOW (default), DENY, AUDIT (matches are logged, the decision is unchanged) or CUSTOM
+    /// (a matching request is also checked by the external authorization `provider`).
     #[serde(default)]
     pub action: PolicyAction,
+    /// CUSTOM only: the external authorization provider to ask, one of the mesh's
+    /// (Helm value `extAuthz.providers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderRef>,
     /// The workloads of this namespace the policy applies to; none: all of them. For L7
     /// rules, the waypoints of the selected workloads' service accounts enforce it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +60,14 @@ pub enum PolicyAction {
     Allow,
     Deny,
     Audit,
+    Custom,
+}
+
+/// An external authorization provider, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ProviderRef {
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9.-]+$"))]
+    pub name: String,
 }
 
 impl PolicyAction {
@@ -59,6 +76,7 @@ impl PolicyAction {
             Self::Allow => "ALLOW",
             Self::Deny => "DENY",
             Self::Audit => "AUDIT",
+            Self::Custom => "CUSTOM",
         }
     }
 }

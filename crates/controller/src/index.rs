@@ -379,6 +379,8 @@ pub struct Index {
     /// The Services each route names, and the routes naming each Service.
     services_of_route: HashMap<(RouteKind, ObjectKey), BTreeSet<ObjectKey>>,
     routes_of_service: HashMap<ObjectKey, BTreeSet<(RouteKind, ObjectKey)>>,
+    /// The mesh configuration's, fixed for the controller's life.
+    ext_authz_providers: Vec<(String, pb::resource::Kind)>,
 }
 
 /// What an update recomputes into: entries replaced only when their version changes.
@@ -423,7 +425,17 @@ impl Index {
             slices_of_service: HashMap::new(),
             services_of_route: HashMap::new(),
             routes_of_service: HashMap::new(),
+            ext_authz_providers: Vec::new(),
         }
+    }
+
+    /// The external authorization providers every snapshot carries (see [`crate::extauthz`]).
+    pub fn with_ext_authz_providers(
+        mut self,
+        providers: &[ambit_policy::ExtAuthzProvider],
+    ) -> Self {
+        self.ext_authz_providers = crate::extauthz::resources(providers);
+        self
     }
 
     /// Applies `changes`; returns the next snapshot when a resource changed (the first call
@@ -548,6 +560,7 @@ impl Index {
                 );
             }
         }
+        desired.extend(self.ext_authz_providers.iter().cloned());
         self.services_of_route.clear();
         self.routes_of_service.clear();
         for (kind, k) in self.stores.route_keys() {

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod config;
 pub mod config_service;
 pub mod crd;
+pub mod extauthz;
 pub mod grpc;
 pub mod index;
 pub mod lease;

@@ -35,7 +35,9 @@ pub fn model(p: &AuthorizationPolicy) -> Policy {
             crate::crd::PolicyAction::Allow => Action::Allow,
             crate::crd::PolicyAction::Deny => Action::Deny,
             crate::crd::PolicyAction::Audit => Action::Audit,
+            crate::crd::PolicyAction::Custom => Action::Custom,
         },
+        provider: spec.provider.as_ref().map(|p| p.name.clone()),
         selector: spec.selector.as_ref().map(|s| PolicyScope {
             match_labels: s.match_labels.clone(),
         }),
@@ -88,8 +90,10 @@ pub fn config(p: &AuthorizationPolicy) -> pb::AuthorizationPolicy {
             Action::Allow => "ALLOW",
             Action::Deny => "DENY",
             Action::Audit => "AUDIT",
+            Action::Custom => "CUSTOM",
         }
         .into(),
+        provider: policy.provider.unwrap_or_default(),
         match_labels: policy
             .selector
             .map(|s| s.match_labels.into_iter().collect())
@@ -181,6 +185,9 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
     if let Err(e) = policy.validate() {
         let effect = match policy.action {
             Action::Deny => "a field holding a bad value matches anything (denies more)",
+            Action::Custom => {
+                "a field holding a bad value matches anything (asks more); without a provider it denies where it matches"
+            }
             Action::Allow | Action::Audit => {
                 "a bad value matches nothing, and a rule left without values is dropped"
             }

@@ -227,7 +227,8 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let ca_stores = stores.clone();
     let policy_store = stores.policies.clone();
     let route_stores = stores.clone();
-    let mut index = Index::new(stores, config.trust_domain.as_str());
+    let mut index = Index::new(stores, config.trust_domain.as_str())
+        .with_ext_authz_providers(&config.ext_authz_providers);
     let first = index.update([Change::All]).unwrap_or_default();
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
     tasks.spawn(run_index(index, changes, snapshot_tx));

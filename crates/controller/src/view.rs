@@ -104,6 +104,7 @@ impl Subscriber {
                     pb::resource::Kind::AuthorizationPolicy(_)
                         | pb::resource::Kind::Route(_)
                         | pb::resource::Kind::RequestAuthentication(_)
+                        | pb::resource::Kind::ExtAuthzProvider(_)
                 ) | None
             ),
             Self::Waypoint(..) => true,
@@ -192,6 +193,8 @@ impl Subscriber {
                         Some(pb::resource::Kind::RequestAuthentication(r)) => mine
                             .iter()
                             .any(|w| selects(&r.namespace, &r.match_labels, w)),
+                        // Any of its policies may name any provider.
+                        Some(pb::resource::Kind::ExtAuthzProvider(_)) => true,
                         Some(
                             pb::resource::Kind::Workload(_)
                             | pb::resource::Kind::Route(_)

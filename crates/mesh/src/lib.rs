@@ -56,6 +56,11 @@ pub enum MeshError {
     },
     #[error("route {route}: {source}")]
     Route { route: String, source: RouteError },
+    #[error("ext_authz provider {name}: {source}")]
+    ExtAuthzProvider {
+        name: String,
+        source: ambit_policy::ExtAuthzProviderError,
+    },
 }
 
 /// What a destination address resolves to.
@@ -164,6 +169,13 @@ impl Mesh {
             r.validate()
                 .map_err(|source| MeshError::RequestAuthentication {
                     name: format!("{}/{}", r.namespace, r.name),
+                    source,
+                })?;
+        }
+        for p in &config.ext_authz_providers {
+            p.validate()
+                .map_err(|source| MeshError::ExtAuthzProvider {
+                    name: p.name.clone(),
                     source,
                 })?;
         }
@@ -281,6 +293,11 @@ impl Mesh {
     /// The routes left out of the tables because they do not compile, with the reason.
     pub fn route_errors(&self) -> &[MeshError] {
         &self.route_errors
+    }
+
+    /// The external authorization provider CUSTOM policies call `name`.
+    pub fn ext_authz_provider(&self, name: &str) -> Option<&ambit_policy::ExtAuthzProvider> {
+        self.config.ext_authz_providers.iter().find(|p| p.name == name)
     }
 
     /// L4 authorization for a connection to `workload` on `port` from `source` (the node

@@ -1,6 +1,6 @@
 //! The resources of the model, as sources deliver them.
 
-use ambit_policy::{Policy, RequestAuthentication};
+use ambit_policy::{ExtAuthzProvider, Policy, RequestAuthentication};
 use ambit_route::Route;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +30,9 @@ pub struct MeshConfig {
     /// HTTPRoutes and GRPCRoutes attached to Services, applied by waypoints (`ambit-route`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// External authorization servers CUSTOM policies name, asked by waypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext_authz_providers: Vec<ExtAuthzProvider>,
 }
 
 fn default_trust_domain() -> String {

@@ -144,6 +144,7 @@ fn deny_wins_and_allow_defaults_to_deny() {
         namespace: "demo".into(),
         action: Action::Allow,
         selector: None,
+        provider: None,
         rules: vec![Rule {
             namespaces: vec!["demo".into()],
             ports: vec![8080],
@@ -174,6 +175,7 @@ fn requests_are_authorized_with_l7_rules() {
         namespace: "demo".into(),
         action: Action::Allow,
         selector: None,
+        provider: None,
         rules: vec![Rule {
             methods: vec!["GET".into()],
             ..Default::default()

@@ -5,6 +5,9 @@
 //! Semantics (as Istio's AuthorizationPolicy): a matching DENY policy wins; otherwise, if any
 //! ALLOW policy applies to the target, the request must match one of them; with no ALLOW
 //! policy it is allowed. AUDIT policies never change the decision, they are only reported.
+//! A matching CUSTOM policy names an external authorization provider the request must also
+//! pass ([`Verdict::ext_authz`]; the waypoint asks it, this crate does no I/O); at L4, where no
+//! provider can be asked, a CUSTOM policy that may match denies.
 //!
 //! A rule value that cannot be evaluated is *unknown*, and unknown fails safe: an ALLOW rule
 //! must match for sure, a DENY rule denies when it matches or might. That covers L7 fields at
@@ -15,12 +18,16 @@
 
 mod authn;
 mod cidr;
+mod extauthz;
 mod matchers;
 mod model;
 mod validate;
 
 pub use authn::{ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthnError};
 pub use cidr::{Cidr, CidrError};
+pub use extauthz::{
+    ExtAuthzBody, ExtAuthzProtocol, ExtAuthzProvider, ExtAuthzProviderError, header_listed,
+};
 pub use matchers::normalize_path;
 pub use model::{
     Action, Condition, Decision, HeaderMatch, HttpRequest, IpBlock, Policy, PolicyScope,
@@ -164,8 +171,25 @@ pub fn authorize(
     let mut audited_by: Option<&Policy> = None;
     let mut any_allow = false;
     let mut allowed = false;
+    let mut ext_authz: Vec<String> = Vec::new();
     for p in policies.iter().filter(|p| p.applies_to(target)) {
         match p.action {
+            // Asked when it may match (ask more rather than less); denies where it cannot be
+            // asked: at L4, or without a provider (which validation refuses).
+            Action::Custom => {
+                if p.evaluate(target, source, request) >= Outcome::Unknown {
+                    match (&p.provider, request) {
+                        (Some(provider), Some(_)) if extauthz::is_provider_name(provider) => {
+                            if !ext_authz.contains(provider) {
+                                ext_authz.push(provider.clone());
+                            }
+                        }
+                        _ => {
+                            denied_by.get_or_insert(p);
+                        }
+                    }
+                }
+            }
             Action::Deny if denied_by.is_none() => {
                 if p.evaluate(target, source, request) >= Outcome::Unknown {
                     denied_by = Some(p);
@@ -188,9 +212,13 @@ pub fn authorize(
         None if !any_allow || allowed => Decision::Allow,
         None => Decision::Deny(None),
     };
+    if decision != Decision::Allow {
+        ext_authz.clear();
+    }
     Verdict {
         decision,
         audit: audited_by.map(|p| p.name.clone()),
+        ext_authz,
     }
 }
 

@@ -20,6 +20,11 @@ pub enum Action {
     /// Never changes the decision; a match is reported in [`Verdict::audit`].
     #[serde(alias = "AUDIT")]
     Audit,
+    /// A matching CUSTOM policy sends the request to its external authorization provider
+    /// ([`Policy::provider`]), named in [`Verdict::ext_authz`]; the caller asks it. Where no
+    /// provider can be asked (L4), a CUSTOM policy that may match denies.
+    #[serde(alias = "CUSTOM")]
+    Custom,
 }
 
 /// Which workloads a policy applies to: its namespace, narrowed by a label selector.
@@ -202,6 +207,10 @@ pub struct Policy {
     /// allows nothing; a DENY policy without rules denies nothing.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// CUSTOM only: the name of the external authorization provider to ask
+    /// ([`crate::ExtAuthzProvider`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 impl Policy {
@@ -253,4 +262,8 @@ pub struct Verdict {
     pub decision: Decision,
     /// The name of the first matching AUDIT policy.
     pub audit: Option<String>,
+    /// The external authorization providers of the matching CUSTOM policies, each named once
+    /// in slice order: the request is allowed only if every one of them allows it too. Empty
+    /// when the decision is a deny.
+    pub ext_authz: Vec<String>,
 }

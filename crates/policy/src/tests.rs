@@ -24,6 +24,7 @@ fn policy(name: &str, action: Action, rules: Vec<Rule>) -> Policy {
         action,
         selector: None,
         rules,
+        provider: None,
     }
 }
 
@@ -93,6 +94,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 /// Request principals and `when` conditions on JWT claims.
 mod auth;
+mod custom;
 
 mod cidr {
     use super::*;
@@ -232,7 +234,8 @@ mod precedence {
             v,
             Verdict {
                 decision: Decision::Allow,
-                audit: None
+                audit: None,
+                ext_authz: Vec::new(),
             }
         );
         // Reported on denied requests too.
@@ -866,9 +869,18 @@ mod fail_safe {
     #[test]
     fn fail_safe_is_valid_and_decides_the_same() {
         let mut compared = 0;
-        for action in [Action::Allow, Action::Deny, Action::Audit] {
+        let custom = |provider: Option<&str>| (Action::Custom, provider.map(String::from));
+        for (action, provider) in [
+            (Action::Allow, None),
+            (Action::Deny, None),
+            (Action::Audit, None),
+            custom(Some("authz")),
+            custom(None),
+            custom(Some("Not A Name")),
+        ] {
             for (i, r) in rules().into_iter().enumerate() {
-                let p = policy(&format!("p{i}"), action, vec![r]);
+                let mut p = policy(&format!("p{i}"), action, vec![r]);
+                p.provider = provider.clone();
                 let safe = p.fail_safe();
                 safe.validate().unwrap();
                 for s in sources() {

@@ -46,6 +46,8 @@ pub enum PolicyError {
         field: &'static str,
         value: String,
     },
+    #[error("provider: {0}")]
+    Provider(&'static str),
     #[error(
         "rules[{rule}].when: {key:?} is not a condition: expected key request.auth.claims[NAME] (nested: request.auth.claims[a][b]), values and/or notValues, each not empty and free of control characters"
     )]
@@ -57,6 +59,24 @@ impl Policy {
     /// ports are not 0, methods are tokens, paths and hosts are well-formed patterns, headers
     /// have token names. The first problem is returned, named by its place.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        match (self.action, &self.provider) {
+            (Action::Custom, None) => {
+                return Err(PolicyError::Provider(
+                    "a CUSTOM policy names the external authorization provider to ask",
+                ));
+            }
+            (Action::Custom, Some(p)) if !crate::extauthz::is_provider_name(p) => {
+                return Err(PolicyError::Provider(
+                    "not a provider name (lowercase letters, digits, '-' and '.', at most 253)",
+                ));
+            }
+            (Action::Allow | Action::Deny | Action::Audit, Some(_)) => {
+                return Err(PolicyError::Provider(
+                    "only a CUSTOM policy names a provider",
+                ));
+            }
+            _ => {}
+        }
         self.rules
             .iter()
             .enumerate()
@@ -68,17 +88,29 @@ impl Policy {
     /// field (one that had values, none valid) is dropped; in a DENY policy a field with a
     /// malformed value is cleared (it matches anything: deny more rather than less). For the
     /// controller, which must send one tenant's broken policy without breaking anyone's config.
+    /// A CUSTOM policy's rules are widened as a DENY's (asked more rather than less); without
+    /// a valid provider it becomes the DENY it is evaluated as; a provider on another action
+    /// is dropped.
     pub fn fail_safe(&self) -> Policy {
-        let rules = match self.action {
-            Action::Deny => self.rules.iter().map(Rule::widened).collect(),
+        let provider = self
+            .provider
+            .clone()
+            .filter(|p| self.action == Action::Custom && crate::extauthz::is_provider_name(p));
+        let action = match self.action {
+            Action::Custom if provider.is_none() => Action::Deny,
+            a => a,
+        };
+        let rules = match action {
+            Action::Deny | Action::Custom => self.rules.iter().map(Rule::widened).collect(),
             Action::Allow | Action::Audit => self.rules.iter().filter_map(Rule::narrowed).collect(),
         };
         Policy {
             name: self.name.clone(),
             namespace: self.namespace.clone(),
-            action: self.action,
+            action,
             selector: self.selector.clone(),
             rules,
+            provider,
         }
     }
 }
