@@ -1,6 +1,6 @@
 //! The waypoint on the user's path: `kubectl ambit waypoint apply` for echo's service account,
 //! then real clients (curl, Istio's echo client) over HTTP/1.1, h2c and gRPC through it, an L7
-//! DENY, a pod IP dialed directly, a stolen certificate dialing the pod's tunnel, the waypoint
+//! DENY, an HTTPRoute on the Service, a pod IP dialed directly, a stolen certificate dialing the pod's tunnel, the waypoint
 //! scaled to 0 and back, and `waypoint delete`. What the waypoint did is read from its own
 //! metrics and access log; whether traffic went around it, from the destination tunnel's.
 
@@ -22,6 +22,8 @@ const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 const WAYPOINT_UID: &str = "1337";
 /// The L7 policy of the DENY step.
 pub const L7_POLICY: &str = "deny-admin-delete";
+/// The HTTPRoute of the routing step.
+const ROUTE: &str = "echo-routes";
 const REQUESTS: &str = "ambit_waypoint_requests_total";
 const TUNNEL_OPENED: &str = "ambit_tcp_connections_opened_total";
 const TUNNEL_DENIED: &str = "ambit_tcp_denied_total";
@@ -296,6 +298,7 @@ impl User<'_> {
         self.waypoint().await?;
         self.through_waypoint().await?;
         self.l7_deny().await?;
+        self.http_route().await?;
         self.pod_ip_through_waypoint().await?;
         self.bypass_refused().await?;
         self.waypoint_scaled_to_zero().await?;
@@ -555,6 +558,104 @@ impl User<'_> {
         if let Some(line) = series(&metrics, REQUESTS, &refused).next() {
             self.say.say(line);
         }
+        Ok(())
+    }
+
+    /// An HTTPRoute whose parent is the echo Service (GAMMA): the controller accepts it and
+    /// the waypoint applies it (a prefix rewrite and an added request header on `/v2`, 404 for
+    /// what no rule matches); deleted, requests are served as before.
+    pub async fn http_route(&self) -> Result<()> {
+        self.say
+            .step("An HTTPRoute on the echo Service: rewrite /v2 and add a header, 404 elsewhere");
+        self.apply(
+            &format!("HTTPRoute {ROUTE}"),
+            &format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: {ROUTE}, namespace: {NS}}}\n\
+                 spec:\n  parentRefs: [{{group: \"\", kind: Service, name: {SERVER}}}]\n  rules:\n  \
+                 - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]\n    filters:\n    \
+                 - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /routed}}}}}}\n    \
+                 - {{type: RequestHeaderModifier, requestHeaderModifier: {{add: [{{name: x-routed-by, value: {ROUTE}}}]}}}}\n  \
+                 - matches: [{{path: {{type: Exact, value: /}}}}]\n"
+            ),
+        )?;
+        let Samples { client, svc, .. } = self.samples().await?;
+        let base = SocketAddr::new(svc.ip(), HTTP_SVC_PORT);
+        let (routed, unmatched) = (
+            format!("http://{base}/v2/hello"),
+            format!("http://{base}/elsewhere"),
+        );
+        let args = [
+            "--http1.1",
+            routed.as_str(),
+            "--next",
+            "--http1.1",
+            unmatched.as_str(),
+        ];
+        let replies = until("the route applied by the waypoint", || async {
+            let replies = self.curl(&client, &args)?;
+            match replies.as_slice() {
+                [r, u] if r.code == 200 && r.body.contains("/routed/hello") && u.code == 404 => {
+                    Ok(replies)
+                }
+                _ => Err(format!("{replies:?}")),
+            }
+        })
+        .await?;
+        self.say
+            .command(&format!("curl {routed} --next {unmatched}"));
+        let header = replies[0]
+            .body
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains("x-routed-by"))
+            .map(str::to_owned);
+        ensure!(
+            header.is_some(),
+            "the echo app should see the header the route added: {}",
+            replies[0].body
+        );
+        self.say.say(format!(
+            "/v2/hello -> 200, echo saw the path rewritten to /routed/hello and {}",
+            header.unwrap_or_default().trim()
+        ));
+        self.say.say(format!(
+            "/elsewhere -> {} (routes exist, none matched)",
+            replies[1].code
+        ));
+        let conditions = until(
+            "the route Accepted with its references resolved",
+            || async {
+                let out = self
+                    .kubectl(&[
+                        "get",
+                        "httproute",
+                        "-n",
+                        NS,
+                        ROUTE,
+                        "-o",
+                        "jsonpath={range .status.parents[*].conditions[*]}{.type}={.status} {end}",
+                    ])
+                    .map_err(|e| e.to_string())?;
+                if out.contains("Accepted=True") && out.contains("ResolvedRefs=True") {
+                    Ok(out)
+                } else {
+                    Err(out)
+                }
+            },
+        )
+        .await?;
+        self.say.say(format!("status: {}", conditions.trim()));
+        self.kubectl(&["delete", "httproute", "-n", NS, ROUTE])?;
+        until("/elsewhere served again without the route", || async {
+            let reply = self.curl_one(&client, &["--http1.1", unmatched.as_str()])?;
+            if reply.code == 200 {
+                Ok(())
+            } else {
+                Err(format!("{reply:?}"))
+            }
+        })
+        .await?;
+        self.say.say("route deleted: /elsewhere -> 200 again");
         Ok(())
     }
 
