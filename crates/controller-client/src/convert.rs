@@ -65,7 +65,8 @@ type Member<'a> = (&'a str, &'a BTreeMap<u32, u32>);
 
 /// The mesh model the resources describe.
 ///
-/// - A waypoint with no address yet is left out (its Service has no cluster IP).
+/// - A waypoint with no address yet is left out (its Service has no cluster IP); the
+///   workloads bound to it keep their binding, so tunnels refuse their traffic meanwhile.
 /// - A service port whose target is named (0 on the wire) takes the target its endpoints
 ///   report.
 /// - Policies keep their L7 rules: `ambit_policy::authorize` evaluates them fail-safe at L4,
@@ -97,6 +98,7 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
                     hbone: !w.opted_out,
                     ready: !w.not_ready,
                     labels: w.labels.clone().into_iter().collect(),
+                    waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),
                 });
             }
             pb::resource::Kind::Waypoint(w) => {
@@ -126,6 +128,7 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
                     .request_authentications
                     .push(request_authentication(r));
             }
+            pb::resource::Kind::RateLimit(r) => config.rate_limits.push(rate_limit(name, r)?),
             pb::resource::Kind::ExtAuthzProvider(p) => config
                 .ext_authz_providers
                 .push(ext_authz_provider(name, p)?),
@@ -203,6 +206,30 @@ fn request_authentication(r: &pb::RequestAuthentication) -> RequestAuthenticatio
     }
 }
 
+fn rate_limit(name: &str, r: &pb::RateLimit) -> Result<ambit_mesh::RateLimit, ConvertError> {
+    use ambit_mesh::RateLimitTarget;
+    let target = match r.target_kind.as_str() {
+        "Service" => RateLimitTarget::Service(r.target_name.clone()),
+        "HTTPRoute" => RateLimitTarget::HttpRoute(r.target_name.clone()),
+        "GRPCRoute" => RateLimitTarget::GrpcRoute(r.target_name.clone()),
+        other => {
+            return Err(ConvertError::Unknown {
+                resource: name.to_owned(),
+                field: "target kind",
+                value: other.to_owned(),
+            });
+        }
+    };
+    Ok(ambit_mesh::RateLimit {
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        target,
+        requests: r.requests,
+        interval_ms: r.interval_ms,
+        burst: r.burst,
+    })
+}
+
 fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertError> {
     let action = match p.action.as_str() {
         "ALLOW" => Action::Allow,
@@ -278,12 +305,11 @@ fn ext_authz_provider(
             });
         }
     };
-    let status_on_error =
-        u16::try_from(p.status_on_error).map_err(|_| ConvertError::Range {
-            resource: name.to_owned(),
-            field: "status_on_error",
-            value: p.status_on_error.into(),
-        })?;
+    let status_on_error = u16::try_from(p.status_on_error).map_err(|_| ConvertError::Range {
+        resource: name.to_owned(),
+        field: "status_on_error",
+        value: p.status_on_error.into(),
+    })?;
     Ok(ExtAuthzProvider {
         name: p.name.clone(),
         service: p.service.clone(),
@@ -786,7 +812,9 @@ mod tests {
         assert_eq!((converted.port, converted.timeout_ms), (9000, 250));
         assert_eq!(converted.status_on_error, 503);
         assert_eq!(
-            converted.include_request_body_in_check.map(|b| b.max_request_bytes),
+            converted
+                .include_request_body_in_check
+                .map(|b| b.max_request_bytes),
             Some(4096)
         );
         assert_eq!(converted.headers_to_downstream_on_deny, ["x-reason"]);
@@ -795,7 +823,10 @@ mod tests {
         bad.protocol = "thrift".into();
         assert!(matches!(
             ext_authz_provider("x", &bad),
-            Err(ConvertError::Unknown { field: "protocol", .. })
+            Err(ConvertError::Unknown {
+                field: "protocol",
+                ..
+            })
         ));
     }
 

@@ -105,6 +105,7 @@ impl Subscriber {
                         | pb::resource::Kind::Route(_)
                         | pb::resource::Kind::RequestAuthentication(_)
                         | pb::resource::Kind::ExtAuthzProvider(_)
+                        | pb::resource::Kind::RateLimit(_)
                 ) | None
             ),
             Self::Waypoint(..) => true,
@@ -151,6 +152,7 @@ impl Subscriber {
                     .flat_map(|w| w.services.keys().cloned())
                     .collect();
                 let mut backend_services = BTreeSet::new();
+                let mut my_routes = BTreeSet::new();
                 for (k, r) in routes(snapshot) {
                     if r.parents
                         .iter()
@@ -158,6 +160,7 @@ impl Subscriber {
                     {
                         scoped.insert(k.clone());
                         backend_services.extend(backends(r));
+                        my_routes.insert((r.kind.as_str(), r.namespace.as_str(), r.name.as_str()));
                     }
                 }
                 // A backend's endpoints are picked among its workloads; one behind a waypoint
@@ -193,6 +196,16 @@ impl Subscriber {
                         Some(pb::resource::Kind::RequestAuthentication(r)) => mine
                             .iter()
                             .any(|w| selects(&r.namespace, &r.match_labels, w)),
+                        Some(pb::resource::Kind::RateLimit(l)) => match l.target_kind.as_str() {
+                            "Service" => {
+                                services.contains(&format!("{}/{}", l.namespace, l.target_name))
+                            }
+                            kind => my_routes.contains(&(
+                                kind,
+                                l.namespace.as_str(),
+                                l.target_name.as_str(),
+                            )),
+                        },
                         // Any of its policies may name any provider.
                         Some(pb::resource::Kind::ExtAuthzProvider(_)) => true,
                         Some(

@@ -9,7 +9,7 @@ mod live;
 mod model;
 
 pub use live::LiveMesh;
-pub use model::{MeshConfig, Service, ServicePort, Waypoint, Workload};
+pub use model::{MeshConfig, RateLimit, RateLimitTarget, Service, ServicePort, Waypoint, Workload};
 
 use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 use ambit_policy::{
@@ -173,11 +173,10 @@ impl Mesh {
                 })?;
         }
         for p in &config.ext_authz_providers {
-            p.validate()
-                .map_err(|source| MeshError::ExtAuthzProvider {
-                    name: p.name.clone(),
-                    source,
-                })?;
+            p.validate().map_err(|source| MeshError::ExtAuthzProvider {
+                name: p.name.clone(),
+                source,
+            })?;
         }
         let cursors = config
             .services
@@ -251,6 +250,19 @@ impl Mesh {
             .find(|w| w.namespace == namespace && w.for_service_account == service_account)
     }
 
+    /// The waypoint `workload`'s traffic must go through: `Ok(None)` if it has none, `Err`
+    /// with the binding while its bound waypoint has no address yet (nothing can go through
+    /// it: refuse, never go around it).
+    pub fn waypoint_of<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> Result<Option<&'a Waypoint>, &'a str> {
+        match self.waypoint_for(&workload.namespace, &workload.service_account) {
+            Some(waypoint) => Ok(Some(waypoint)),
+            None => workload.waypoint.as_deref().map_or(Ok(None), Err),
+        }
+    }
+
     /// The identity a waypoint presents.
     pub fn waypoint_identity(&self, waypoint: &Waypoint) -> Option<SpiffeId> {
         SpiffeId::new(
@@ -297,7 +309,10 @@ impl Mesh {
 
     /// The external authorization provider CUSTOM policies call `name`.
     pub fn ext_authz_provider(&self, name: &str) -> Option<&ambit_policy::ExtAuthzProvider> {
-        self.config.ext_authz_providers.iter().find(|p| p.name == name)
+        self.config
+            .ext_authz_providers
+            .iter()
+            .find(|p| p.name == name)
     }
 
     /// L4 authorization for a connection to `workload` on `port` from `source` (the node

@@ -33,6 +33,9 @@ pub struct MeshConfig {
     /// External authorization servers CUSTOM policies name, asked by waypoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ext_authz_providers: Vec<ExtAuthzProvider>,
+    /// Local rate limits on Services and routes, applied by waypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
 }
 
 fn default_trust_domain() -> String {
@@ -70,6 +73,11 @@ pub struct Workload {
     pub ready: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The waypoint its service account is bound to (`<namespace>/<name>`), whether or not that
+    /// waypoint has an address yet: the binding, not the address, decides that its traffic
+    /// goes through a waypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
 }
 
 fn yes() -> bool {
@@ -124,4 +132,30 @@ pub struct Waypoint {
     pub service_account: String,
     /// Where it terminates HBONE.
     pub address: SocketAddr,
+}
+
+/// A local rate limit (RateLimitPolicy) on a Service or a route of its namespace: each waypoint
+/// replica serving it lets `requests` through per `interval_ms`, in bursts of up to `burst`
+/// (at least `requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub name: String,
+    pub namespace: String,
+    pub target: RateLimitTarget,
+    pub requests: u32,
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// What a rate limit is attached to, in its namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name")]
+pub enum RateLimitTarget {
+    Service(String),
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute(String),
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute(String),
 }

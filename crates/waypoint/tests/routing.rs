@@ -1,7 +1,7 @@
 //! Routes on the waypoint, on loopback over real TLS: an HTTPRoute attached to Service `back`
 //! sends requests to the backend Services `back-v1` (pod back-1) and `back-v2` (pod back-2) by
 //! header and by weight, redirects, rewrites, answers 404 when no rule matches, and holds a
-//! request to its timeout.
+//! request to its timeout; a rate limit on `back-v1` answers 429 past its quota.
 
 mod support;
 
@@ -48,6 +48,12 @@ routes:
         requestTimeoutMs: 500
       - matches: [{{path: {{type: Exact, value: /gone}}}}]
         backends: [{{namespace: shop, name: nowhere, port: 80, invalid: true}}]
+rateLimits:
+  - name: gentle
+    namespace: shop
+    target: {{kind: Service, name: back-v1}}
+    requests: 3
+    intervalMs: 60000
 "#,
         back_pods = back_pods(net, 2),
         back_service = back_service(net, 2),
@@ -143,4 +149,26 @@ async fn a_request_timeout_answers_504_on_time() {
         (Duration::from_millis(500)..=Duration::from_millis(550)).contains(&took),
         "answered after {took:?}"
     );
+}
+
+#[tokio::test]
+async fn a_rate_limited_service_answers_429_past_its_quota() {
+    let routing = Routing::start(64).await;
+    let mut http = Client::new(&routing.pki, NS, "front", routing.waypoint.hbone_addr)
+        .http1(&format!("10.96.{}.11:80", routing.net))
+        .await;
+    for _ in 0..3 {
+        let (status, _, body) = text(http.send_request(get("/", "back-v1")).await.unwrap()).await;
+        assert_eq!((status, body.as_str()), (200, "back-1 GET /"));
+    }
+    let (status, headers, body) = text(http.send_request(get("/", "back-v1")).await.unwrap()).await;
+    assert_eq!(status, 429, "{body}");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry_after), "retry-after {retry_after}");
+    // Service `back` has no limit.
+    let mut http = routing.http().await;
+    for _ in 0..5 {
+        let (status, _, _) = text(http.send_request(get("/split", "back")).await.unwrap()).await;
+        assert_eq!(status, 200);
+    }
 }

@@ -17,6 +17,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod forward;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod server;
@@ -68,6 +69,7 @@ pub fn stack(shared: Arc<Shared>, upstreams: Arc<upstream::Upstreams>) -> Stack 
         ServiceBuilder::new()
             .layer(telemetry::TelemetryLayer::new(shared.clone()))
             .layer(route::RouteLayer::new(shared.clone()))
+            .layer(ratelimit::RateLimitLayer::new(shared.clone()))
             .layer(retry::RetryLayer::new(shared.metrics.clone()))
             .layer(balance::BalanceLayer::new(shared.clone()))
             .layer(authn::AuthnLayer::new(shared))
@@ -132,6 +134,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 pub enum GrpcCode {
     DeadlineExceeded = 4,
     PermissionDenied = 7,
+    ResourceExhausted = 8,
     Unimplemented = 12,
     Unavailable = 14,
     Unauthenticated = 16,

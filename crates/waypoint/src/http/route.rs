@@ -31,6 +31,16 @@ pub struct Routed {
     pub protocol: Protocol,
 }
 
+/// The route a request matched: in its extensions, for the layers that attach to routes
+/// (rate limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRef {
+    pub namespace: String,
+    pub name: String,
+    /// A GRPCRoute (else an HTTPRoute).
+    pub grpc: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteLayer {
     shared: Arc<Shared>,
@@ -117,6 +127,7 @@ impl<S: Inner> Service<Request> for Route<S> {
         request
             .extensions_mut()
             .insert(Arc::new(decided.resilience));
+        request.extensions_mut().insert(decided.route);
         if let Some(routed) = decided.routed {
             request.extensions_mut().insert(routed);
         }
@@ -159,6 +170,7 @@ type ResponseEdits = Box<dyn FnOnce(&mut http::HeaderMap) + Send>;
 
 /// What the matched rule decided for one request.
 struct Decided {
+    route: RouteRef,
     routed: Option<Routed>,
     resilience: Resilience,
     mirrors: Vec<Routed>,
@@ -225,7 +237,13 @@ fn decide(
             backend_target(mesh, downstream, &b.namespace, &b.name, b.port)
         })
         .collect();
+    let route = matched.route.route();
     Ok(Decided {
+        route: RouteRef {
+            namespace: route.namespace.clone(),
+            name: route.name.clone(),
+            grpc: route.kind == ambit_route::RouteKind::Grpc,
+        },
         routed,
         resilience: resilience(matched),
         mirrors,
