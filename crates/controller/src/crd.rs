@@ -236,6 +236,119 @@ pub struct GatewayClassStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// End-user authentication: the JWTs the selected workloads accept. Their service account's
+/// waypoint validates tokens (the controller resolves each rule's keys and delivers them);
+/// a request with an invalid token is refused (401), one without a token goes on
+/// unauthenticated and AuthorizationPolicy decides (`requestPrincipals`, `when` on claims).
+/// `status.conditions` (type `Ready`) says whether every rule has its keys.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ambit.dev",
+    version = "v1alpha1",
+    kind = "RequestAuthentication",
+    namespaced,
+    shortname = "ra",
+    status = "RequestAuthenticationStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    /// The workloads of this namespace whose requests are authenticated; none: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// One rule per issuer; a token is checked by the rule of its `iss`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub jwt_rules: Vec<JwtRuleSpec>,
+}
+
+/// The tokens of one issuer and where their keys are: exactly one of `jwks`, `jwksUri` and
+/// `jwksSecretRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.jwks), has(self.jwksUri), has(self.jwksSecretRef)].filter(x, x).size() == 1",
+    "message": "exactly one of jwks, jwksUri and jwksSecretRef"
+}]))]
+pub struct JwtRuleSpec {
+    /// The token's `iss`.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// The token's `aud` must hold one of these; empty: not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// The key set (JWKS JSON), inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// Where the controller fetches the key set (HTTPS, the system roots), and refreshes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https://"))]
+    pub jwks_uri: Option<String>,
+    /// A Secret of this namespace holding the key set; the Secret must carry the label
+    /// `ambit.dev/jwks: "true"` (the controller watches only those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_secret_ref: Option<SecretKeyRef>,
+    /// Headers holding the token (after `prefix`); none here and in `fromParams`:
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_headers: Vec<JwtHeaderSpec>,
+    /// Query parameters holding the token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_params: Vec<String>,
+    /// Claims copied into request headers for the app (top level or nested `a.b`); headers
+    /// of these names sent by a client are always removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_claim_to_headers: Vec<ClaimToHeaderSpec>,
+    /// Keep the token in the request to the app; by default it is removed.
+    #[serde(default)]
+    pub forward_original_token: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// The data key; default `jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct JwtHeaderSpec {
+    #[schemars(regex(pattern = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"))]
+    pub name: String,
+    /// E.g. `Bearer ` (case-insensitive).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ClaimToHeaderSpec {
+    #[schemars(regex(pattern = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"))]
+    pub header: String,
+    #[schemars(length(min = 1))]
+    pub claim: String,
+}
+
+/// What the controller reports about a RequestAuthentication (the Lease holder writes it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct RequestAuthenticationStatus {
+    /// `Ready`: `True`, or `False` with reason `Invalid` or `KeysUnavailable` (its tokens
+    /// are refused until the keys come).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The checked-in CRD manifest of `RequestAuthentication`, as YAML.
+pub fn request_authentication_crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let header = "# Generated by `cargo run -p ambit-controller --bin crdgen requestauthentications`; do not edit.\n";
+    Ok(format!(
+        "{header}{}",
+        serde_yaml::to_string(&RequestAuthentication::crd())?
+    ))
+}
+
 /// The checked-in CRD manifest of `AuthorizationPolicy`, as YAML.
 pub fn authorization_policy_crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;

@@ -6,12 +6,13 @@
 //! and (all of them) when a ReferenceGrant changes. Pure apart from reading the stores: unit
 //! tests fill stores by hand.
 
-use crate::crd::{AuthorizationPolicy, Gateway};
+use crate::crd::{AuthorizationPolicy, Gateway, RequestAuthentication};
+use crate::request_authn::KeySources;
 use crate::route::{Lookup, RouteKind};
 use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
 use crate::waypoint::{WAYPOINT_CLASS, waypoint_for};
 use ambit_proto::config::v1 as pb;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -139,6 +140,9 @@ pub struct Stores {
     pub http_routes: Store<HTTPRoute>,
     pub grpc_routes: Store<GRPCRoute>,
     pub grants: Store<ReferenceGrant>,
+    pub request_authns: Store<RequestAuthentication>,
+    /// Where RequestAuthentications' key sets come from (labelled Secrets, fetched URIs).
+    pub key_sources: KeySources,
 }
 
 impl Stores {
@@ -196,6 +200,9 @@ pub enum Change {
     Route(RouteKind, ObjectKey),
     /// Which cross-namespace backends resolve: every route may change.
     ReferenceGrant,
+    RequestAuthn(ObjectKey),
+    /// A JWKS Secret or fetched key set changed: every RequestAuthentication may change.
+    KeySets,
 }
 
 /// Changes waiting for the index, as a set: many events about one object are one change, and
@@ -332,6 +339,24 @@ impl Watched for GRPCRoute {
 impl Watched for ReferenceGrant {
     fn change(&self) -> Change {
         Change::ReferenceGrant
+    }
+}
+
+impl Watched for RequestAuthentication {
+    fn change(&self) -> Change {
+        Change::RequestAuthn(key(&self.metadata))
+    }
+}
+
+/// Only Secrets labelled as key sets are watched; of them only the data is kept.
+impl Watched for Secret {
+    fn change(&self) -> Change {
+        Change::KeySets
+    }
+
+    fn trim(&mut self) {
+        self.metadata.annotations = None;
+        self.string_data = None;
     }
 }
 
@@ -472,6 +497,18 @@ impl Index {
                             self.update_route(kind, &k, &mut out);
                         }
                     }
+                    Change::RequestAuthn(k) => {
+                        let ra = self.stores.request_authns.get(&object_ref(k));
+                        let kind = ra.and_then(|ra| self.request_authn(&ra));
+                        out.put(&format!("requestauthentication/{}/{}", k.0, k.1), kind);
+                    }
+                    Change::KeySets => {
+                        for ra in self.stores.request_authns.state() {
+                            let (ns, name) = key(&ra.metadata);
+                            let kind = self.request_authn(&ra);
+                            out.put(&format!("requestauthentication/{ns}/{name}"), kind);
+                        }
+                    }
                 }
             }
         }
@@ -561,6 +598,12 @@ impl Index {
             }
         }
         desired.extend(self.ext_authz_providers.iter().cloned());
+        for ra in self.stores.request_authns.state() {
+            let (ns, name) = key(&ra.metadata);
+            if let Some(kind) = self.request_authn(&ra) {
+                desired.insert(format!("requestauthentication/{ns}/{name}"), kind);
+            }
+        }
         self.services_of_route.clear();
         self.routes_of_service.clear();
         for (kind, k) in self.stores.route_keys() {
@@ -871,6 +914,16 @@ impl Index {
     fn policy(&self, p: &AuthorizationPolicy) -> Option<pb::AuthorizationPolicy> {
         let (namespace, _) = key(&p.metadata);
         self.enrolled(&namespace).then(|| crate::policy::config(p))
+    }
+
+    fn request_authn(&self, ra: &RequestAuthentication) -> Option<pb::resource::Kind> {
+        let (namespace, _) = key(&ra.metadata);
+        self.enrolled(&namespace).then(|| {
+            pb::resource::Kind::RequestAuthentication(crate::request_authn::config(
+                ra,
+                &self.stores.key_sources,
+            ))
+        })
     }
 }
 

@@ -2,9 +2,10 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{Change, Stores, Watched};
-use crate::crd::{AuthorizationPolicy, Gateway};
+use crate::crd::{AuthorizationPolicy, Gateway, RequestAuthentication};
+use crate::request_authn::{Fetched, KeySources};
 use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
@@ -20,6 +21,9 @@ pub struct Cluster {
     http_routes: Writer<HTTPRoute>,
     grpc_routes: Writer<GRPCRoute>,
     grants: Writer<ReferenceGrant>,
+    request_authns: Writer<RequestAuthentication>,
+    secrets: Writer<Secret>,
+    pub fetched: Fetched,
 }
 
 pub trait Object: Watched + kube::Resource<DynamicType = ()> + Clone + 'static {
@@ -37,7 +41,8 @@ macro_rules! object {
 }
 object!(Namespace => namespaces, Pod => pods, Service => services,
     EndpointSlice => endpoint_slices, Gateway => gateways, AuthorizationPolicy => policies,
-    HTTPRoute => http_routes, GRPCRoute => grpc_routes, ReferenceGrant => grants);
+    HTTPRoute => http_routes, GRPCRoute => grpc_routes, ReferenceGrant => grants,
+    RequestAuthentication => request_authns, Secret => secrets);
 
 impl Cluster {
     pub fn new() -> Self {
@@ -51,6 +56,9 @@ impl Cluster {
             http_routes: Writer::default(),
             grpc_routes: Writer::default(),
             grants: Writer::default(),
+            request_authns: Writer::default(),
+            secrets: Writer::default(),
+            fetched: Fetched::default(),
         }
     }
 
@@ -65,6 +73,11 @@ impl Cluster {
             http_routes: self.http_routes.as_reader(),
             grpc_routes: self.grpc_routes.as_reader(),
             grants: self.grants.as_reader(),
+            request_authns: self.request_authns.as_reader(),
+            key_sources: KeySources {
+                secrets: self.secrets.as_reader(),
+                fetched: self.fetched.clone(),
+            },
         }
     }
 

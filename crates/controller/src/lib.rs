@@ -16,6 +16,7 @@ pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod policy;
+pub mod request_authn;
 pub mod route;
 pub mod route_crd;
 pub mod route_status;

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
+use crate::request_authn::{self, Fetched, KeySources};
 use crate::{grpc, lease, policy, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
@@ -38,6 +39,8 @@ pub enum StartError {
     Certificate(#[from] ambit_identity::StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] grpc::TlsSetupError),
+    #[error("JWKS client: {0}")]
+    JwksTls(#[from] request_authn::TlsSetupError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -86,16 +89,34 @@ where
         + Sync
         + 'static,
 {
+    spawn_reflector_with(tasks, api, changes, watcher::Config::default())
+}
+
+/// [`spawn_reflector`] for the objects `config` selects.
+fn spawn_reflector_with<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    changes: Arc<ChangeQueue>,
+    config: watcher::Config,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Watched
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
     // managedFields are most of an object's bytes and the index never reads them.
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o| {
-                o.meta_mut().managed_fields = None;
-                o.trim();
-            }),
+        watcher(api, config).default_backoff().modify(|o| {
+            o.meta_mut().managed_fields = None;
+            o.trim();
+        }),
     );
     tasks.spawn(async move {
         futures::pin_mut!(stream);
@@ -194,6 +215,17 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         http_routes: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         grpc_routes: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         grants: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        request_authns: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        key_sources: KeySources {
+            secrets: spawn_reflector_with(
+                &mut tasks,
+                Api::all(client.clone()),
+                changes.clone(),
+                watcher::Config::default()
+                    .labels(&format!("{}=true", request_authn::JWKS_SECRET_LABEL)),
+            ),
+            fetched: Fetched::default(),
+        },
     };
     let synced = async {
         stores.namespaces.wait_until_ready().await?;
@@ -227,6 +259,13 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let ca_stores = stores.clone();
     let policy_store = stores.policies.clone();
     let route_stores = stores.clone();
+    let jwt_stores = stores.clone();
+    tasks.spawn(request_authn::run_fetcher(
+        stores.request_authns.clone(),
+        stores.key_sources.fetched.clone(),
+        changes.clone(),
+        request_authn::client_tls(None)?,
+    ));
     let mut index = Index::new(stores, config.trust_domain.as_str())
         .with_ext_authz_providers(&config.ext_authz_providers);
     let first = index.update([Change::All]).unwrap_or_default();
@@ -259,6 +298,13 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         policies: policy_store,
+    }));
+    tasks.spawn(request_authn::run_status(request_authn::StatusContext {
+        client: client.clone(),
+        leader: leader.clone(),
+        snapshots: snapshots.clone(),
+        resources: jwt_stores.request_authns,
+        sources: jwt_stores.key_sources,
     }));
     tasks.spawn(route_status::run(route_status::StatusContext {
         client: client.clone(),

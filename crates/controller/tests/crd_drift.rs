@@ -1,16 +1,32 @@
-//! The checked-in AuthorizationPolicy CRD is exactly what the Rust type generates.
+//! The checked-in CRDs are exactly what the Rust types generate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+fn check(file: &str, generated: String, arg: &str) {
+    let path = format!(
+        "{}/../../charts/ambit/crds/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "{path} drifted from its Rust type; regenerate it with\n  cargo run -p ambit-controller --bin crdgen {arg} > charts/ambit/crds/{file}"
+    );
+}
 
 #[test]
 fn checked_in_crd_matches_the_rust_type() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../charts/ambit/crds/authorizationpolicies.yaml"
+    check(
+        "authorizationpolicies.yaml",
+        ambit_controller::crd::authorization_policy_crd_yaml().unwrap(),
+        "",
     );
-    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-    let generated = ambit_controller::crd::authorization_policy_crd_yaml().unwrap();
-    assert!(
-        checked_in == generated,
-        "{path} drifted from the AuthorizationPolicy type; regenerate it with\n  cargo run -p ambit-controller --bin crdgen > charts/ambit/crds/authorizationpolicies.yaml"
+}
+
+#[test]
+fn checked_in_request_authentication_crd_matches_the_rust_type() {
+    check(
+        "requestauthentications.yaml",
+        ambit_controller::crd::request_authentication_crd_yaml().unwrap(),
+        "requestauthentications",
     );
 }

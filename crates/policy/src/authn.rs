@@ -120,6 +120,51 @@ pub enum RequestAuthnError {
     Claim { rule: usize, header: String },
 }
 
+impl RequestAuthentication {
+    /// The valid resource nearest to this one, for the controller to send when this one does
+    /// not validate (one tenant's mistake never makes a waypoint refuse everyone's config):
+    /// rules without an issuer, or repeating one, go; malformed token locations go; claim
+    /// headers that are malformed or collide with a token location go. What stays still
+    /// refuses bad tokens and still strips the valid claim headers.
+    pub fn fail_safe(&self) -> RequestAuthentication {
+        let mut rules: Vec<JwtRule> = Vec::new();
+        for r in &self.jwt_rules {
+            if r.issuer.is_empty() || rules.iter().any(|o| o.issuer == r.issuer) {
+                continue;
+            }
+            let mut r = r.clone();
+            r.from_headers
+                .retain(|h| is_token(&h.name) && !h.prefix.bytes().any(|b| b < 0x20 || b == 0x7f));
+            r.from_params.retain(|p| is_param(p));
+            rules.push(r);
+        }
+        let token_headers: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.headers())
+            .map(|h| h.name.to_ascii_lowercase())
+            .collect();
+        for r in &mut rules {
+            r.output_claim_to_headers.retain(|c| {
+                let lower = c.header.to_ascii_lowercase();
+                is_token(&c.header)
+                    && !c.claim.is_empty()
+                    && !token_headers.contains(&lower)
+                    && !RESERVED.contains(&lower.as_str())
+            });
+        }
+        RequestAuthentication {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            selector: self.selector.clone(),
+            jwt_rules: rules,
+        }
+    }
+}
+
+fn is_param(p: &str) -> bool {
+    !p.is_empty() && !p.contains(['&', '=', '#', ' '])
+}
+
 /// Headers the proxy sets or reads itself, never a claim's.
 const RESERVED: [&str; 6] = [
     "host",
@@ -165,11 +210,7 @@ impl RequestAuthentication {
                     });
                 }
             }
-            if let Some(p) = r
-                .from_params
-                .iter()
-                .find(|p| p.is_empty() || p.contains(['&', '=', '#', ' ']))
-            {
+            if let Some(p) = r.from_params.iter().find(|p| !is_param(p)) {
                 return Err(RequestAuthnError::Param {
                     rule,
                     value: p.clone(),

@@ -1,10 +1,18 @@
-//! Prints the `AuthorizationPolicy` CRD, generated from the Rust type:
+//! Prints one of ambit's CRDs, generated from its Rust type:
 //! `cargo run -p ambit-controller --bin crdgen > charts/ambit/crds/authorizationpolicies.yaml`
+//! `cargo run -p ambit-controller --bin crdgen requestauthentications > charts/ambit/crds/requestauthentications.yaml`
 
 fn main() -> anyhow::Result<()> {
-    print!(
-        "{}",
-        ambit_controller::crd::authorization_policy_crd_yaml()?
-    );
+    let which = std::env::args().nth(1);
+    let yaml = match which.as_deref() {
+        None | Some("authorizationpolicies") => {
+            ambit_controller::crd::authorization_policy_crd_yaml()?
+        }
+        Some("requestauthentications") => ambit_controller::crd::request_authentication_crd_yaml()?,
+        Some(other) => {
+            anyhow::bail!("unknown CRD {other:?}: authorizationpolicies or requestauthentications")
+        }
+    };
+    print!("{yaml}");
     Ok(())
 }

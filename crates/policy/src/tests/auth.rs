@@ -321,6 +321,10 @@ jwtRules:
             break_it(&mut ra);
             let err = ra.validate().unwrap_err().to_string();
             assert!(err.starts_with(place), "{err}");
+            let safe = ra.fail_safe();
+            safe.validate().unwrap();
+            assert!(!safe.jwt_rules.is_empty(), "{place}: the valid rule stays");
         }
+        assert_eq!(parsed().fail_safe(), parsed(), "a valid one is kept as is");
     }
 }
