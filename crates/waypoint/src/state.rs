@@ -55,7 +55,12 @@ impl Shared {
         self.mesh.get()
     }
 
+    /// Serves `mesh` from now on. Routes it could not compile were left out alone: each is
+    /// logged, since the controller does not check everything the waypoint compiles.
     pub fn set_mesh(&self, mesh: Mesh) {
+        for error in mesh.route_errors() {
+            tracing::warn!(%error, "route left out");
+        }
         self.mesh.set(mesh);
     }
 
