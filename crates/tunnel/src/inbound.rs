@@ -38,7 +38,13 @@ fn authorize(
     let Some(workload) = mesh.workload_by_uid(&ctx.spec.uid) else {
         return Err("the pod is no longer in the mesh".into());
     };
-    if let Some(waypoint) = mesh.waypoint_for(&workload.namespace, &workload.service_account) {
+    let waypoint = mesh.waypoint_of(workload).map_err(|bound| {
+        format!(
+            "{} is bound to waypoint {bound}, which has no address yet; refused until it has one",
+            workload.service_account
+        )
+    })?;
+    if let Some(waypoint) = waypoint {
         // Traffic for a waypoint-protected workload must come through that waypoint.
         if source.identity.is_none() || mesh.waypoint_identity(waypoint) != source.identity {
             return Err(format!(
@@ -182,7 +188,7 @@ async fn plaintext(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::test_support::context;
+    use crate::test_support::{context, context_in, unaddressed_waypoint_mesh};
 
     fn from(id: &str) -> Source {
         Source {
@@ -253,5 +259,18 @@ mod tests {
         // Even the client the policy names may not skip the waypoint.
         let named = authorize(&ctx, &from(GOOD), target).unwrap_err();
         assert!(named.contains("waypoint"), "{named}");
+    }
+
+    #[test]
+    fn a_workload_bound_to_a_waypoint_without_address_takes_nothing() {
+        let ctx = context_in(unaddressed_waypoint_mesh(), "prot", Mode::Strict);
+        let target = "10.1.0.4:8080".parse().unwrap();
+        for peer in [GOOD, "spiffe://cluster.local/ns/demo/sa/pending"] {
+            let refused = authorize(&ctx, &from(peer), target).unwrap_err();
+            assert!(
+                refused.contains("bound to waypoint demo/pending, which has no address yet"),
+                "{refused}"
+            );
+        }
     }
 }

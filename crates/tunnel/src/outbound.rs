@@ -87,7 +87,8 @@ pub enum Plan {
     },
     /// Plain TCP to `target`.
     Passthrough { target: SocketAddr },
-    /// Refused: a connection to the tunnel's own ports would loop through the tunnel.
+    /// Refused: a connection to the tunnel's own ports would loop through the tunnel, or the
+    /// destination's waypoint cannot be reached.
     Refuse(&'static str),
 }
 
@@ -111,8 +112,10 @@ pub fn plan(mesh: &Mesh, own_ips: &[IpAddr], dst: SocketAddr) -> Plan {
         Some(id) if workload.hbone => id.clone(),
         _ => return Plan::Passthrough { target },
     };
-    match mesh.waypoint_for(&workload.namespace, &workload.service_account) {
-        Some(waypoint) => match mesh.waypoint_identity(waypoint) {
+    match mesh.waypoint_of(workload) {
+        // Going around a waypoint that cannot be reached yet would skip its L7 policy.
+        Err(_) => Plan::Refuse("the destination's waypoint has no address yet"),
+        Ok(Some(waypoint)) => match mesh.waypoint_identity(waypoint) {
             Some(expected) => Plan::Hbone {
                 peer: waypoint.address,
                 expected,
@@ -127,7 +130,7 @@ pub fn plan(mesh: &Mesh, own_ips: &[IpAddr], dst: SocketAddr) -> Plan {
             },
             None => Plan::Refuse("the waypoint has no valid identity"),
         },
-        None => Plan::Hbone {
+        Ok(None) => Plan::Hbone {
             peer: SocketAddr::new(ip, HBONE_PORT),
             expected: destination.clone(),
             target,
@@ -253,6 +256,15 @@ mod tests {
             Plan::Passthrough {
                 target: addr("192.0.2.1:443")
             }
+        );
+    }
+
+    #[test]
+    fn refuses_a_destination_whose_waypoint_has_no_address() {
+        let m = crate::test_support::unaddressed_waypoint_mesh();
+        assert_eq!(
+            plan(&m, &[], addr("10.1.0.4:8080")),
+            Plan::Refuse("the destination's waypoint has no address yet")
         );
     }
 

@@ -35,9 +35,68 @@ policies:
     rules: [{principals: ["spiffe://cluster.local/ns/demo/sa/client"], methods: [GET]}]
 "#;
 
+/// The mesh as a tunnel builds it from the controller's resources while the waypoint
+/// `pending` bound to `guarded` has no address yet (its Service has no cluster IP).
+pub fn unaddressed_waypoint_mesh() -> Mesh {
+    use ambit_proto::config::v1 as pb;
+    let resource = |name: &str, kind| {
+        (
+            name.to_owned(),
+            pb::Resource {
+                name: name.into(),
+                version: "1".into(),
+                kind: Some(kind),
+            },
+        )
+    };
+    let resources = [
+        resource(
+            "namespace/demo",
+            pb::resource::Kind::Namespace(pb::Namespace {
+                name: "demo".into(),
+            }),
+        ),
+        resource(
+            "workload/prot",
+            pb::resource::Kind::Workload(pb::Workload {
+                uid: "prot".into(),
+                name: "protected".into(),
+                namespace: "demo".into(),
+                service_account: "guarded".into(),
+                node: "n1".into(),
+                ips: vec!["10.1.0.4".into()],
+                identity: "spiffe://cluster.local/ns/demo/sa/guarded".into(),
+                waypoint: "demo/pending".into(),
+                ..Default::default()
+            }),
+        ),
+        resource(
+            "waypoint/demo/pending",
+            pb::resource::Kind::Waypoint(pb::Waypoint {
+                name: "pending".into(),
+                namespace: "demo".into(),
+                for_service_account: "guarded".into(),
+                identity: "spiffe://cluster.local/ns/demo/sa/pending".into(),
+                vips: vec![],
+            }),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    Mesh::new(ambit_controller_client::mesh_config("cluster.local", &resources).unwrap()).unwrap()
+}
+
 pub fn context(uid: &str, mode: Mode) -> Arc<PodContext> {
+    context_in(
+        Mesh::new(MeshConfig::from_yaml(MESH).unwrap()).unwrap(),
+        uid,
+        mode,
+    )
+}
+
+/// A context for pod `uid` of `mesh`.
+pub fn context_in(mesh: Mesh, uid: &str, mode: Mode) -> Arc<PodContext> {
     let pki = TestPki::new("cluster.local");
-    let mesh = Mesh::new(MeshConfig::from_yaml(MESH).unwrap()).unwrap();
     let workload = mesh.workload_by_uid(uid).unwrap().clone();
     let identity = mesh.identity(&workload).unwrap().clone();
     let handle = ambit_identity::CertificateHandle::fixed(pki.certificate(&identity));
