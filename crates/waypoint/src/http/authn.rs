@@ -157,3 +157,54 @@ impl<S: Inner> Service<Request> for Authn<S> {
         Box::pin(self.inner.call(http::Request::from_parts(parts, body)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ambit_mesh::MeshConfig;
+    use ambit_policy::{JwtRule, RequestAuthentication};
+
+    fn mesh(issuers: &[&str]) -> Arc<Mesh> {
+        let request_authentications = issuers
+            .iter()
+            .map(|iss| RequestAuthentication {
+                name: "idp".into(),
+                namespace: "shop".into(),
+                selector: None,
+                jwt_rules: vec![JwtRule {
+                    issuer: (*iss).into(),
+                    audiences: vec![],
+                    jwks: String::new(),
+                    from_headers: vec![],
+                    from_params: vec![],
+                    output_claim_to_headers: vec![],
+                    forward_original_token: false,
+                }],
+            })
+            .collect();
+        Arc::new(
+            Mesh::new(MeshConfig {
+                trust_domain: "cluster.local".into(),
+                request_authentications,
+                ..MeshConfig::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn rules_are_compiled_once_per_change_of_the_rules() {
+        let compiled = Compiled::default();
+        let first = mesh(&["https://a.example"]);
+        let a = compiled.get(&first);
+        assert!(Arc::ptr_eq(&a, &compiled.get(&first)), "same model");
+        // A new model (pods came and went) with the same rules keeps the compiled set.
+        let same_rules = mesh(&["https://a.example"]);
+        assert!(Arc::ptr_eq(&a, &compiled.get(&same_rules)));
+        let other_rules = mesh(&["https://b.example"]);
+        let b = compiled.get(&other_rules);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.source()[0].jwt_rules[0].issuer, "https://b.example");
+    }
+}
