@@ -47,6 +47,18 @@ struct JwtLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExtAuthzLabels {
+    provider: String,
+    /// `allowed`, `denied`, `error_allowed` (failed, fail-open), `error_denied` (failed).
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExtAuthzDurationLabels {
+    provider: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeltaLabels {
     result: String,
 }
@@ -71,6 +83,8 @@ pub struct Metrics {
     access_log_dropped: Counter,
     retries: Family<RetryLabels, Counter>,
     jwt: Family<JwtLabels, Counter>,
+    ext_authz: Family<ExtAuthzLabels, Counter>,
+    ext_authz_duration: HistogramFamily<ExtAuthzDurationLabels>,
 }
 
 impl Default for Metrics {
@@ -140,7 +154,23 @@ impl Default for Metrics {
             "Requests to workloads with JWT rules, by outcome of request authentication",
             jwt.clone(),
         );
+        let ext_authz = Family::<ExtAuthzLabels, Counter>::default();
+        registry.register(
+            "ext_authz",
+            "External authorization checks (CUSTOM policies), by provider and result",
+            ext_authz.clone(),
+        );
+        let ext_authz_duration: HistogramFamily<ExtAuthzDurationLabels> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "ext_authz_duration",
+            "Time an external authorization check took, failures and timeouts included",
+            prometheus_client::registry::Unit::Seconds,
+            ext_authz_duration.clone(),
+        );
         Self {
+            ext_authz,
+            ext_authz_duration,
             registry,
             access_log_dropped,
             retries,
@@ -201,6 +231,24 @@ impl Metrics {
     /// A request authentication outcome: `reason` is the refusal's label, or empty.
     pub fn jwt(&self, result: &'static str, reason: &'static str) {
         self.jwt.get_or_create(&JwtLabels { result, reason }).inc();
+    }
+
+    /// An external authorization check of `provider`: its result and, when the provider was
+    /// asked, how long that took.
+    pub fn ext_authz(&self, provider: &str, result: &'static str, took: Option<Duration>) {
+        self.ext_authz
+            .get_or_create(&ExtAuthzLabels {
+                provider: provider.to_owned(),
+                result,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.ext_authz_duration
+                .get_or_create(&ExtAuthzDurationLabels {
+                    provider: provider.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
     }
 
     pub fn access_log_dropped(&self, total: u64) {
@@ -268,6 +316,18 @@ mod tests {
         let text = m.render(None);
         assert!(
             text.contains(r#"ambit_waypoint_jwt_total{result="invalid",reason="expired"} 1"#),
+            "{text}"
+        );
+        m.ext_authz("authz", "error_denied", Some(Duration::from_millis(2)));
+        let text = m.render(None);
+        assert!(
+            text.contains(
+                r#"ambit_waypoint_ext_authz_total{provider="authz",result="error_denied"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ambit_waypoint_ext_authz_duration_seconds_count{provider="authz"} 1"#),
             "{text}"
         );
         let brew = http::Method::from_bytes(b"BREW").unwrap();

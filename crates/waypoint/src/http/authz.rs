@@ -1,6 +1,7 @@
 //! L4 and L7 authorization per request, with the real client's identity (the destination's
 //! tunnel only sees the waypoint's), against the policies of the endpoint chosen for it.
 //! Denied: HTTP 403 naming the policy, gRPC PERMISSION_DENIED. AUDIT matches are logged.
+//! Allowed with CUSTOM policies matching: their providers are left for `extauthz` to ask.
 
 use super::{
     Downstream, GrpcCode, Inner, Picked, Request, Response, ResponseFuture, authority, is_grpc,
@@ -27,16 +28,16 @@ pub struct Authz<S> {
     inner: S,
 }
 
-/// Why a request is refused, or `None`.
-pub fn check(request: &Request) -> Option<String> {
+/// Why a request is refused, or the external authorization providers to ask (if any).
+pub fn check(request: &Request) -> Result<Vec<String>, String> {
     let (Some(downstream), Some(picked)) = (
         request.extensions().get::<Downstream>(),
         request.extensions().get::<Picked>(),
     ) else {
-        return Some("request without a connection or an endpoint".into());
+        return Err("request without a connection or an endpoint".into());
     };
     let Some(workload) = picked.mesh.workload_by_uid(&picked.endpoint.uid) else {
-        return Some("the endpoint left the mesh".into());
+        return Err("the endpoint left the mesh".into());
     };
     let host = authority(request).unwrap_or_default();
     let verdict = picked.mesh.authorize_request(
@@ -58,12 +59,12 @@ pub fn check(request: &Request) -> Option<String> {
         tracing::info!(target: "access", kind = "audit", policy = %policy, src_identity = %downstream.peer, method = %request.method(), path = request.uri().path(), allowed = matches!(verdict.decision, Decision::Allow), "audited request");
     }
     match verdict.decision {
-        Decision::Allow => None,
-        Decision::Deny(Some(policy)) => Some(format!(
+        Decision::Allow => Ok(verdict.ext_authz),
+        Decision::Deny(Some(policy)) => Err(format!(
             "RBAC: access denied by policy {}/{policy}",
             workload.namespace
         )),
-        Decision::Deny(None) => Some("RBAC: access denied: no ALLOW policy matched".into()),
+        Decision::Deny(None) => Err("RBAC: access denied: no ALLOW policy matched".into()),
     }
 }
 
@@ -76,10 +77,17 @@ impl<S: Inner> Service<Request> for Authz<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         match check(&request) {
-            None => Box::pin(self.inner.call(request)),
-            Some(reason) => {
+            Ok(providers) => {
+                if !providers.is_empty() {
+                    request
+                        .extensions_mut()
+                        .insert(super::extauthz::Ask(providers));
+                }
+                Box::pin(self.inner.call(request))
+            }
+            Err(reason) => {
                 let response = local_response(
                     is_grpc(request.headers()),
                     StatusCode::FORBIDDEN,

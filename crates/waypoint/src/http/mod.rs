@@ -8,7 +8,8 @@
 //! 5. [`authn`]: the end user's JWT, under the rules of the endpoint's workload;
 //! 6. [`authz`]: L4 and L7 authorization with the client's identity and the end user,
 //!    against that endpoint;
-//! 7. [`forward`]: HTTP to the endpoint over pooled HBONE ([`upstream`]).
+//! 7. [`extauthz`]: the external authorization providers of matching CUSTOM policies;
+//! 8. [`forward`]: HTTP to the endpoint over pooled HBONE ([`upstream`]).
 //!
 //! Every layer answers errors as responses, so the stack never fails.
 
@@ -16,6 +17,7 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod extauthz;
 pub mod forward;
 pub mod ratelimit;
 pub mod retry;
@@ -72,8 +74,9 @@ pub fn stack(shared: Arc<Shared>, upstreams: Arc<upstream::Upstreams>) -> Stack 
             .layer(ratelimit::RateLimitLayer::new(shared.clone()))
             .layer(retry::RetryLayer::new(shared.metrics.clone()))
             .layer(balance::BalanceLayer::new(shared.clone()))
-            .layer(authn::AuthnLayer::new(shared))
+            .layer(authn::AuthnLayer::new(shared.clone()))
             .layer(authz::AuthzLayer)
+            .layer(extauthz::ExtAuthzLayer::new(shared))
             .service(forward::Forward::new(upstreams)),
     )
 }
