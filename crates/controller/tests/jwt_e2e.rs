@@ -1,0 +1,234 @@
+//! RequestAuthentication against the testbed's real kube-apiserver, with the chart's CRD: a rule
+//! whose key set is in a labelled Secret reaches the stream of the waypoint of the selected
+//! pods' account with the Secret's document, follows the Secret when it changes, is `Ready`;
+//! one whose Secret is missing is delivered without keys and says `KeysUnavailable`; the
+//! apiserver refuses a rule naming two key sources (CEL); a deleted resource leaves the
+//! stream. Needs root (the testbed); skips loudly otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ambit_authn::testing::{Algorithm, TestKey, jwks};
+use ambit_controller::config::Config;
+use ambit_controller::crd::{Gateway, RequestAuthentication};
+use ambit_proto::config::v1 as pb;
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::{
+    SYSTEM_NS, channel, eventually, install_crds, obj, pod_json, pod_running, subscribe,
+};
+
+const NAME: &str = "ctljwt";
+const ID: u8 = 74;
+const APP_NS: &str = "shop";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_authentication_against_the_real_apiserver() -> Result<()> {
+    if ambit_testbed::skip_without_root("request_authentication_against_the_real_apiserver") {
+        return Ok(());
+    }
+    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
+    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
+        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
+    tb.up_run_down(checks).await
+}
+
+/// A token of `ns/sa` for the controller's audience (the waypoint's).
+async fn token_of(client: &kube::Client, ns: &str, sa: &str) -> Result<String> {
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [ambit_proto::TOKEN_AUDIENCE], "expirationSeconds": 3600}});
+    let tr: serde_json::Value = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_subresource("token", sa, &PostParams::default(), &body)
+        .await?;
+    Ok(tr["status"]["token"]
+        .as_str()
+        .context("token in TokenRequest status")?
+        .to_string())
+}
+
+fn delivered(v: &support::View, name: &str) -> Option<pb::RequestAuthentication> {
+    match v.resources.get(name)?.kind.as_ref()? {
+        pb::resource::Kind::RequestAuthentication(r) => Some(r.clone()),
+        _ => None,
+    }
+}
+
+fn key_secret(document: &str) -> Secret {
+    obj(json!({
+        "metadata": {"name": "idp-keys", "labels": {"ambit.dev/jwks": "true"}},
+        "stringData": {"jwks": document},
+    }))
+}
+
+async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
+    let client = tb.client().await?;
+    let pp = PostParams::default();
+    let node = tb.config.node_name(1);
+    install_crds(&client).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
+        .await?;
+    namespaces
+        .create(
+            &pp,
+            &obj(json!({"metadata": {"name": APP_NS,
+                "labels": {"ambit.dev/dataplane-mode": "ambient"}}})),
+        )
+        .await?;
+    for sa in ["back", "back-waypoint"] {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), APP_NS);
+        eventually("a service account", WAIT, || async {
+            api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
+                .await
+                .ok()
+        })
+        .await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
+    pods.create(&pp, &pod_json("back", "back", &node)).await?;
+    pod_running(&pods, "back").await?;
+    let gateway: Gateway = obj(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "back-waypoint", "annotations": {"ambit.dev/for-service-account": "back"}},
+        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }));
+    Api::<Gateway>::namespaced(client.clone(), APP_NS)
+        .create(&pp, &gateway)
+        .await?;
+
+    let first_keys = jwks(&[TestKey::generate(Algorithm::ES256, "k1").jwk()]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), APP_NS);
+    secrets.create(&pp, &key_secret(&first_keys)).await?;
+
+    let config = Config::from_lookup(|k| match k {
+        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
+        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
+        _ => None,
+    })?;
+    let running = ambit_controller::runtime::start(client.clone(), config.clone()).await?;
+    let ch = channel(
+        running.grpc_addr,
+        &running.root_pem,
+        &config.controller_identity()?,
+    )
+    .await?;
+    let waypoint_token = token_of(&client, APP_NS, "back-waypoint").await?;
+    let mut sub = eventually("subscribed as back's waypoint", WAIT, || {
+        let (ch, token) = (ch.clone(), waypoint_token.clone());
+        async move {
+            subscribe(
+                ch,
+                &token,
+                pb::subscribe::Subscriber::Waypoint(pb::ServiceAccountRef {
+                    namespace: APP_NS.into(),
+                    name: "back".into(),
+                }),
+                BTreeMap::new(),
+                false,
+            )
+            .await
+            .ok()
+        }
+    })
+    .await?;
+
+    let resources: Api<RequestAuthentication> = Api::namespaced(client.clone(), APP_NS);
+    let ra = |name: &str, source: serde_json::Value| -> RequestAuthentication {
+        let mut rule = json!({"issuer": format!("https://{name}.example"), "audiences": ["shop"]});
+        rule.as_object_mut()
+            .unwrap()
+            .extend(source.as_object().unwrap().clone());
+        obj(json!({
+            "apiVersion": "ambit.dev/v1alpha1", "kind": "RequestAuthentication",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": "back"}}, "jwtRules": [rule]},
+        }))
+    };
+    resources
+        .create(
+            &pp,
+            &ra("idp", json!({"jwksSecretRef": {"name": "idp-keys"}})),
+        )
+        .await?;
+    resources
+        .create(
+            &pp,
+            &ra("missing", json!({"jwksSecretRef": {"name": "nowhere"}})),
+        )
+        .await?;
+    // The apiserver refuses two key sources in one rule.
+    let two = ra(
+        "two",
+        json!({"jwks": first_keys, "jwksUri": "https://two.example/jwks"}),
+    );
+    let refused = resources.create(&pp, &two).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("exactly one of jwks"),
+        "{refused}"
+    );
+
+    let v = sub
+        .wait("idp's rule with the Secret's key set", WAIT, |v| {
+            delivered(v, "requestauthentication/shop/idp")
+                .is_some_and(|r| r.jwt_rules[0].jwks == first_keys)
+        })
+        .await?;
+    let missing = delivered(&v, "requestauthentication/shop/missing")
+        .context("the rule without keys is delivered too")?;
+    assert_eq!(missing.jwt_rules[0].jwks, "", "delivered without keys");
+
+    let condition = |name: &'static str| {
+        let resources = resources.clone();
+        async move {
+            let r = resources.get(name).await.ok()?;
+            let c = r
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            Some((c.status, c.reason, c.message))
+        }
+    };
+    eventually("idp Ready", WAIT, || async {
+        condition("idp")
+            .await
+            .filter(|(s, r, _)| s == "True" && r == "Resolved")
+    })
+    .await?;
+    let (_, _, message) = eventually("missing not Ready", WAIT, || async {
+        condition("missing")
+            .await
+            .filter(|(s, r, _)| s == "False" && r == "KeysUnavailable")
+    })
+    .await?;
+    assert!(message.contains("shop/nowhere"), "{message}");
+
+    // Rotation: the Secret's new key set reaches the waypoint.
+    let second_keys = jwks(&[TestKey::generate(Algorithm::EdDSA, "k2").jwk()]);
+    secrets
+        .patch(
+            "idp-keys",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"jwks": second_keys}})),
+        )
+        .await?;
+    sub.wait("idp's rule with the rotated key set", WAIT, |v| {
+        delivered(v, "requestauthentication/shop/idp")
+            .is_some_and(|r| r.jwt_rules[0].jwks == second_keys)
+    })
+    .await?;
+
+    resources.delete("idp", &DeleteParams::default()).await?;
+    sub.wait("idp gone from the stream", WAIT, |v| {
+        !v.resources.contains_key("requestauthentication/shop/idp")
+    })
+    .await?;
+    drop(running);
+    Ok(())
+}
