@@ -205,6 +205,8 @@ async fn app(
         ("x-seen-version", format!("{:?}", request.version())),
         ("x-seen-authorization", header("authorization")),
         ("x-seen-jwt-sub", header("x-jwt-sub")),
+        ("x-seen-ext-authz", header("x-ext-authz-check-result")),
+        ("x-seen-ext-authz-received", header("x-ext-authz-check-received")),
         (
             "x-seen-query",
             request.uri().query().unwrap_or("").to_owned(),
