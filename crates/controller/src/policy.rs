@@ -143,6 +143,8 @@ pub struct MeshFacts<'a> {
     pub workloads: HashMap<&'a str, Vec<&'a pb::Workload>>,
     /// `(namespace, service account)` pairs that have a waypoint.
     pub waypoints: BTreeSet<(&'a str, &'a str)>,
+    /// The external authorization providers the mesh declares.
+    pub providers: BTreeSet<&'a str>,
 }
 
 impl<'a> MeshFacts<'a> {
@@ -160,6 +162,9 @@ impl<'a> MeshFacts<'a> {
                     facts
                         .waypoints
                         .insert((&w.namespace, &w.for_service_account));
+                }
+                Some(pb::resource::Kind::ExtAuthzProvider(p)) => {
+                    facts.providers.insert(&p.name);
                 }
                 _ => {}
             }
@@ -207,7 +212,19 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
             ),
         };
     }
-    if !policy.has_l7_rules() {
+    if let Some(provider) = &policy.provider
+        && !facts.providers.contains(provider.as_str())
+    {
+        return Enforced {
+            enforced: false,
+            reason: "ProviderNotFound",
+            message: format!(
+                "no external authorization provider {provider} is declared (Helm value extAuthz.providers): waypoints deny the requests this policy matches"
+            ),
+        };
+    }
+    let custom = policy.action == Action::Custom;
+    if !policy.has_l7_rules() && !custom {
         return Enforced {
             enforced: true,
             reason: "Enforced",
@@ -234,10 +251,27 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
         return Enforced {
             enforced: true,
             reason: "Enforced",
-            message: "L7 rules by the waypoints of the selected pods' service accounts".into(),
+            message: if custom {
+                "by the waypoints of the selected pods' service accounts, asking the provider"
+            } else {
+                "L7 rules by the waypoints of the selected pods' service accounts"
+            }
+            .into(),
         };
     }
     let accounts: Vec<&str> = without_waypoint.into_iter().collect();
+    if custom {
+        let accounts: Vec<&str> = without_waypoint.into_iter().collect();
+        return Enforced {
+            enforced: false,
+            reason: "WaypointRequired",
+            message: format!(
+                "a CUSTOM policy is checked by waypoints only, and the selected pods' service accounts {} have none: kubectl ambit waypoint apply -n {ns} --service-account {}. Meanwhile node tunnels deny every connection the policy may match",
+                accounts.join(", "),
+                accounts[0],
+            ),
+        };
+    }
     Enforced {
         enforced: false,
         reason: "WaypointRequired",

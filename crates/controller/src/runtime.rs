@@ -1,6 +1,6 @@
 //! Wiring: CA root, reflectors, index, gRPC and metrics servers, leader election, the
-//! waypoint controller and the policy and route status writers. `start` returns once the caches are
-//! synced and the servers listen.
+//! waypoint controller and the policy and route status writers. `start` returns once every cache
+//! feeding the index has synced, however long that takes, and the servers listen.
 
 use crate::auth::Authenticator;
 use crate::ca::{self, CaService};
@@ -13,9 +13,11 @@ use crate::{grpc, lease, policy, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, Store, store::WriterDropped};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How long `start` waits for the core caches (pods, namespaces, services, slices).
-const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often `start` says which caches it is still waiting for.
+const SYNC_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -46,10 +48,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "caches did not sync within {SYNC_TIMEOUT:?}: is the apiserver reachable and RBAC granted?"
-    )]
-    SyncTimeout,
+    #[error("the {0} cache can never sync: its watch ended")]
+    WatchEnded(String),
 }
 
 /// A running controller. Dropping it stops every task.
@@ -71,10 +71,6 @@ impl Running {
         let _ = self.tasks.join_next().await;
     }
 }
-
-/// How long `start` waits for the Gateway, AuthorizationPolicy and route caches, whose CRDs may
-/// be missing.
-const OPTIONAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Watches `api` into a store and tells the index what changed; a (re)list may have changed
 /// anything.
@@ -132,6 +128,70 @@ where
         }
     });
     reader
+}
+
+/// The first list of a store, with its kind.
+fn synced<K>(store: &Store<K>) -> BoxFuture<'_, (String, Result<(), WriterDropped>)>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    store.wait_until_ready().map(move |r| (kind, r)).boxed()
+}
+
+/// Waits until every store feeding the index has had its first list, however long that takes
+/// (an apiserver away, RBAC or a CRD missing): a view built from a partial cache tells clients
+/// resuming from it to drop what is missing, and a dropped DENY policy opens a door. Until
+/// then nothing is served, and tunnels and waypoints keep their last good config.
+async fn wait_synced(stores: &Stores) -> Result<(), StartError> {
+    // Destructured, so that a store added to the index cannot be forgotten here.
+    let Stores {
+        namespaces,
+        pods,
+        services,
+        endpoint_slices,
+        gateways,
+        policies,
+        http_routes,
+        grpc_routes,
+        grants,
+        request_authns,
+        // Not waited for: reading JWKS Secrets is an opt-in grant (docs/policies.md), and a
+        // rule whose Secret is not there yet only refuses its own tokens.
+        key_sources: _,
+    } = stores;
+    let mut pending: FuturesUnordered<_> = [
+        synced(namespaces),
+        synced(pods),
+        synced(services),
+        synced(endpoint_slices),
+        synced(gateways),
+        synced(policies),
+        synced(http_routes),
+        synced(grpc_routes),
+        synced(grants),
+        synced(request_authns),
+    ]
+    .into_iter()
+    .collect();
+    let mut synced_kinds: Vec<String> = Vec::new();
+    let started = tokio::time::Instant::now();
+    let mut report = tokio::time::interval_at(started + SYNC_REPORT_EVERY, SYNC_REPORT_EVERY);
+    loop {
+        tokio::select! {
+            next = pending.next() => match next {
+                None => return Ok(()),
+                Some((kind, Ok(()))) => synced_kinds.push(kind),
+                Some((kind, Err(_))) => return Err(StartError::WatchEnded(kind)),
+            },
+            _ = report.tick() => tracing::warn!(
+                synced = ?synced_kinds,
+                waiting_for = pending.len(),
+                elapsed_s = started.elapsed().as_secs(),
+                "not serving yet: every cache must sync first. Is the apiserver reachable, RBAC granted, are ambit's and the Gateway API CRDs installed? (the watch warnings say which)"
+            ),
+        }
+    }
 }
 
 /// Feeds changes to the index and publishes its snapshots; the changes that came in during an
@@ -227,34 +287,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
             fetched: Fetched::default(),
         },
     };
-    let synced = async {
-        stores.namespaces.wait_until_ready().await?;
-        stores.pods.wait_until_ready().await?;
-        stores.services.wait_until_ready().await?;
-        stores.endpoint_slices.wait_until_ready().await
-    };
-    match tokio::time::timeout(SYNC_TIMEOUT, synced).await {
-        Ok(Ok(())) => {}
-        _ => return Err(StartError::SyncTimeout),
-    }
-    // Waypoints, policies and routes belong in the first view: a client resuming from it must
-    // not be told to drop them (a dropped DENY policy opens a door). Their CRDs may be missing,
-    // though: then their watches retry, and start goes on without them.
-    let optional = async {
-        let _ = stores.gateways.wait_until_ready().await;
-        let _ = stores.policies.wait_until_ready().await;
-        let _ = stores.http_routes.wait_until_ready().await;
-        let _ = stores.grpc_routes.wait_until_ready().await;
-        let _ = stores.grants.wait_until_ready().await;
-    };
-    if tokio::time::timeout(OPTIONAL_SYNC_TIMEOUT, optional)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "Gateway, AuthorizationPolicy, HTTPRoute, GRPCRoute or ReferenceGrant caches not synced within {OPTIONAL_SYNC_TIMEOUT:?}: are their CRDs installed? Serving without them until they sync"
-        );
-    }
+    wait_synced(&stores).await?;
 
     let ca_stores = stores.clone();
     let policy_store = stores.policies.clone();
@@ -264,7 +297,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         stores.request_authns.clone(),
         stores.key_sources.fetched.clone(),
         changes.clone(),
-        request_authn::client_tls(None)?,
+        request_authn::client_tls_file(config.jwks_ca_bundle.as_deref())?,
     ));
     let mut index = Index::new(stores, config.trust_domain.as_str())
         .with_ext_authz_providers(&config.ext_authz_providers);

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -275,6 +275,27 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
             return Ok(Action::await_change());
         }
     };
+    let taken = taken_names(&ctx.client, &ns, &name, gw.uid().as_deref()).await?;
+    if !taken.is_empty() {
+        let msg = format!(
+            "{} already exist{} and {} not owned by this Gateway; a waypoint's ServiceAccount, Deployment and Service take its Gateway's name, and ambit never takes over another object: rename the Gateway",
+            taken.join(", "),
+            if taken.len() == 1 { "s" } else { "" },
+            if taken.len() == 1 { "is" } else { "are" },
+        );
+        tracing::warn!(namespace = %ns, gateway = %name, reason = %msg, "waypoint Gateway refused");
+        let status = GatewayStatus {
+            addresses: Vec::new(),
+            conditions: vec![
+                condition(&gw, "Accepted", false, NAME_CONFLICT, &msg, generation),
+                condition(&gw, "Programmed", false, NAME_CONFLICT, &msg, generation),
+            ],
+        };
+        apply_status(&gateways, &name, status).await?;
+        ctx.metrics.reconcile("conflict");
+        // The other object may go away or be renamed: look again now and then.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     let owner = gw
         .controller_owner_ref(&())
         .map(|o| vec![o])
@@ -357,6 +378,76 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
     .await?;
     ctx.metrics.reconcile("applied");
     Ok(action)
+}
+
+/// Reason of a waypoint Gateway refused because its children's names are taken.
+pub const NAME_CONFLICT: &str = "NameConflict";
+
+/// Whether `meta` is controlled by the object with `uid` (`None`: an object not created yet
+/// controls nothing).
+fn controlled_by(meta: &ObjectMeta, uid: Option<&str>) -> bool {
+    uid.is_some_and(|uid| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.controller == Some(true))
+    })
+}
+
+/// The waypoint's children named `name` in `ns` that exist and are not the Gateway's: an app's
+/// ServiceAccount (whose identity a waypoint would then hold), Deployment or Service. Looked
+/// up by a name field selector: the controller may list these kinds, not get them.
+async fn taken_names(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    gateway_uid: Option<&str>,
+) -> Result<Vec<String>, kube::Error> {
+    async fn taken<K>(
+        api: Api<K>,
+        name: &str,
+        gateway_uid: Option<&str>,
+    ) -> Result<bool, kube::Error>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    {
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        Ok(api
+            .list(&by_name)
+            .await?
+            .items
+            .iter()
+            .any(|o| !controlled_by(o.meta(), gateway_uid)))
+    }
+    let mut found = Vec::new();
+    if taken(
+        Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        name,
+        gateway_uid,
+    )
+    .await?
+    {
+        found.push(format!("ServiceAccount {ns}/{name}"));
+    }
+    if taken(
+        Api::<Deployment>::namespaced(client.clone(), ns),
+        name,
+        gateway_uid,
+    )
+    .await?
+    {
+        found.push(format!("Deployment {ns}/{name}"));
+    }
+    if taken(
+        Api::<Service>::namespaced(client.clone(), ns),
+        name,
+        gateway_uid,
+    )
+    .await?
+    {
+        found.push(format!("Service {ns}/{name}"));
+    }
+    Ok(found)
 }
 
 async fn apply_status(
@@ -648,6 +739,27 @@ mod tests {
             volumes[1]["configMap"],
             json!({"name": "ambit-root-cert", "items": [{"key": "root.crt", "path": "root.crt"}]})
         );
+    }
+
+    #[test]
+    fn only_objects_the_gateway_controls_are_its_own() {
+        let meta = |owners: serde_json::Value| -> ObjectMeta {
+            serde_json::from_value(json!({"name": "w", "ownerReferences": owners})).unwrap()
+        };
+        let owner = |uid: &str, controller: bool| json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "w", "uid": uid, "controller": controller});
+        assert!(controlled_by(&meta(json!([owner("g1", true)])), Some("g1")));
+        // An app's object of the same name: no owner, another owner, or ours but not as
+        // controller.
+        assert!(!controlled_by(&meta(json!([])), Some("g1")));
+        assert!(!controlled_by(
+            &meta(json!([owner("g2", true)])),
+            Some("g1")
+        ));
+        assert!(!controlled_by(
+            &meta(json!([owner("g1", false)])),
+            Some("g1")
+        ));
+        assert!(!controlled_by(&meta(json!([owner("g1", true)])), None));
     }
 
     #[test]

@@ -20,11 +20,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support::{channel, eventually, obj, subscribe, with_token};
+use support::{
+    SYSTEM_NS, channel, eventually, obj, pod_json, pod_running, subscribe, token, with_token,
+};
 
 const NAME: &str = "ctltest";
 const ID: u8 = 45;
-const SYSTEM_NS: &str = "ambit-system";
 const APP_NS: &str = "shop";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,55 +37,6 @@ async fn controller_against_the_real_apiserver() -> Result<()> {
     let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(2)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;
     tb.up_run_down(checks).await
-}
-
-async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
-    Ok(eventually(
-        &format!("pod {name} running with an IP"),
-        Duration::from_secs(60),
-        || async {
-            pods.get(name).await.ok().filter(|p| {
-                p.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
-            })
-        },
-    )
-    .await?)
-}
-
-async fn token(
-    client: &kube::Client,
-    sa: &str,
-    pod: Option<(&str, &str)>,
-    audience: &str,
-) -> Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
-    let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
-    if let Some((name, uid)) = pod {
-        spec["boundObjectRef"] =
-            json!({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid});
-    }
-    let body =
-        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
-    let tr: serde_json::Value = api
-        .create_subresource("token", sa, &PostParams::default(), &body)
-        .await?;
-    Ok(tr["status"]["token"]
-        .as_str()
-        .context("token in TokenRequest status")?
-        .to_string())
-}
-
-fn pod_json(name: &str, sa: &str, node: &str) -> Pod {
-    obj(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "nodeName": node, "serviceAccountName": sa, "terminationGracePeriodSeconds": 2,
-            "containers": [{"name": "main", "image": "ghcr.io/ambit/ambit-echo-server:dev", "args": ["8080"]}],
-        },
-    }))
 }
 
 async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {

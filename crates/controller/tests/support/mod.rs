@@ -5,8 +5,12 @@
 use ambit_identity::{CertificateHandle, SpiffeId, TrustBundle};
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +20,70 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use ambit_testbed::eventually;
 
+/// Where ambit runs in these tests: the CA Secret, the Lease, the tunnels' service account.
+pub const SYSTEM_NS: &str = "ambit-system";
+
 /// A Kubernetes object from JSON.
 pub fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Creates every CRD the chart ships (ambit's and the Gateway API's, so every cache the
+/// controller waits for at start has its CRD), and waits until they are served.
+pub async fn install_crds(client: &kube::Client) -> Result<()> {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/ambit/files");
+    let mut files = Vec::new();
+    for dir in ["crds", "gateway-api"] {
+        let dir = format!("{chart}/{dir}");
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|x| x == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut crds = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let crd: Option<CustomResourceDefinition> = serde::Deserialize::deserialize(doc)
+                .with_context(|| format!("a CRD in {}", file.display()))?;
+            crds.extend(crd);
+        }
+    }
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in &crds {
+        api.create(&PostParams::default(), crd).await?;
+    }
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || async {
+                api.get(&name).await.ok().filter(|c| {
+                    c.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                })
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// A channel to the controller over TLS, accepting only `controller` chained to `root_pem`.
@@ -193,4 +258,56 @@ impl Subscription {
             }
         }
     }
+}
+
+/// Waits for pod `name` to run with an IP.
+pub async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
+    Ok(eventually(
+        &format!("pod {name} running with an IP"),
+        Duration::from_secs(60),
+        || async {
+            pods.get(name).await.ok().filter(|p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+            })
+        },
+    )
+    .await?)
+}
+
+/// A projected-style token of `SYSTEM_NS/sa`, bound to a pod when given.
+pub async fn token(
+    client: &kube::Client,
+    sa: &str,
+    pod: Option<(&str, &str)>,
+    audience: &str,
+) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
+    if let Some((name, uid)) = pod {
+        spec["boundObjectRef"] =
+            json!({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid});
+    }
+    let body =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let tr: serde_json::Value = api
+        .create_subresource("token", sa, &PostParams::default(), &body)
+        .await?;
+    Ok(tr["status"]["token"]
+        .as_str()
+        .context("token in TokenRequest status")?
+        .to_string())
+}
+
+/// A pod of the testbed's echo server, labeled `app: <name>`, on `node`.
+pub fn pod_json(name: &str, sa: &str, node: &str) -> Pod {
+    obj(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node, "serviceAccountName": sa, "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "main", "image": "ghcr.io/ambit/ambit-echo-server:dev", "args": ["8080"]}],
+        },
+    }))
 }
