@@ -261,7 +261,6 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
     }
     let accounts: Vec<&str> = without_waypoint.into_iter().collect();
     if custom {
-        let accounts: Vec<&str> = without_waypoint.into_iter().collect();
         return Enforced {
             enforced: false,
             reason: "WaypointRequired",

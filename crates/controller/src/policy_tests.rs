@@ -74,6 +74,13 @@ fn snapshot() -> Snapshot {
                     ..Default::default()
                 }),
             ),
+            entry(
+                "extauthzprovider/authz",
+                Kind::ExtAuthzProvider(pb::ExtAuthzProvider {
+                    name: "authz".into(),
+                    ..Default::default()
+                }),
+            ),
         ]
         .into_iter()
         .collect(),
@@ -124,6 +131,27 @@ fn l7_rules_need_a_waypoint_for_every_selected_service_account() {
         "rules": [{"hosts": ["*"]}],
     }));
     assert!(nobody.enforced);
+}
+
+#[test]
+fn custom_policies_need_a_waypoint_and_a_declared_provider() {
+    let frontend = json!({"matchLabels": {"app": "frontend"}});
+    let e = decide_in_snapshot(json!({
+        "selector": frontend, "action": "CUSTOM", "provider": {"name": "authz"},
+        "rules": [{"ports": [8080]}],
+    }));
+    assert!(e.enforced, "{e:?}");
+    // Even with L4 rules only: a node tunnel cannot ask the provider.
+    let e = decide_in_snapshot(json!({
+        "action": "CUSTOM", "provider": {"name": "authz"}, "rules": [{"ports": [8080]}],
+    }));
+    assert_eq!(e.reason, "WaypointRequired");
+    assert!(e.message.contains("node tunnels deny"), "{}", e.message);
+    let e = decide_in_snapshot(json!({
+        "selector": frontend, "action": "CUSTOM", "provider": {"name": "opa"},
+    }));
+    assert_eq!(e.reason, "ProviderNotFound");
+    assert!(e.message.contains("opa"), "{}", e.message);
 }
 
 #[test]

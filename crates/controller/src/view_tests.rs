@@ -85,6 +85,29 @@ fn nodes_see_everything_but_other_nodes_policies() {
 }
 
 #[test]
+fn waypoints_and_never_node_tunnels_get_the_ext_authz_providers() {
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    c.apply(pod("shop", "b", "back", "n2", "10.0.0.2"));
+    let providers = crate::extauthz::parse(
+        r#"[{"name": "authz", "service": "authz.sec.svc.cluster.local", "port": 9000, "protocol": "grpc"}]"#,
+    )
+    .unwrap();
+    let mut index = Index::new(c.stores(), "cluster.local").with_ext_authz_providers(&providers);
+    let snap = index.update([Change::All]).unwrap();
+    let waypoint = Subscriber::Waypoint("shop".into(), "other".into());
+    assert!(visible_names(&waypoint, &snap).contains(&"extauthzprovider/authz".to_owned()));
+    assert!(
+        !visible_names(&node("n2"), &snap)
+            .iter()
+            .any(|n| n.starts_with("extauthzprovider/"))
+    );
+    // Kept across every later rebuild.
+    let snap = index.update([Change::All]);
+    assert!(snap.is_none(), "nothing changed");
+}
+
+#[test]
 fn a_resuming_client_gets_only_the_difference() {
     let (_, _, snap) = shop();
     let sub = node("n1");
