@@ -3,6 +3,7 @@
 
 use ambit_identity::{SpiffeId, TrustDomain};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const ENV_NAMESPACE: &str = "AMBIT_NAMESPACE";
@@ -17,6 +18,9 @@ pub const ENV_CONTROLLER_SERVICE_ACCOUNT: &str = "AMBIT_SERVICE_ACCOUNT";
 pub const ENV_CONTROLLER_ADDRESS: &str = "AMBIT_CONTROLLER_ADDRESS";
 /// JSON list of external authorization providers (the chart's `extAuthz.providers`).
 pub const ENV_EXT_AUTHZ_PROVIDERS: &str = "AMBIT_EXT_AUTHZ_PROVIDERS";
+/// A PEM file of CA certificates trusted, besides the system's, for RequestAuthentication
+/// `jwksUri` fetches (an issuer under a private CA).
+pub const ENV_JWKS_CA_BUNDLE: &str = "AMBIT_JWKS_CA_BUNDLE";
 
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -51,6 +55,8 @@ pub struct Config {
     pub controller_address: String,
     /// Delivered to every waypoint; CUSTOM policies name them.
     pub ext_authz_providers: Vec<ambit_policy::ExtAuthzProvider>,
+    /// CA certificates (PEM file) trusted for `jwksUri` fetches besides the system's.
+    pub jwks_ca_bundle: Option<PathBuf>,
 }
 
 impl Config {
@@ -119,7 +125,11 @@ impl Config {
                 value: providers.clone(),
                 reason: e.to_string(),
             })?;
+        let jwks_ca_bundle = get(ENV_JWKS_CA_BUNDLE)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         Ok(Self {
+            jwks_ca_bundle,
             ext_authz_providers,
             namespace,
             pod_name,
@@ -209,6 +219,12 @@ mod tests {
         assert_eq!(c.controller_address, "ambit-controller.mesh.svc:15012");
         let c = parse(&[(ENV_CONTROLLER_ADDRESS, "[fd00::1]:15012")]).unwrap();
         assert_eq!(c.controller_address, "[fd00::1]:15012");
+        assert_eq!(c.jwks_ca_bundle, None);
+        let c = parse(&[(ENV_JWKS_CA_BUNDLE, "/etc/ambit/jwks-ca.pem")]).unwrap();
+        assert_eq!(
+            c.jwks_ca_bundle.as_deref(),
+            Some(std::path::Path::new("/etc/ambit/jwks-ca.pem"))
+        );
         assert_eq!(
             c.controller_identity().unwrap().to_uri(),
             "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"

@@ -256,6 +256,11 @@ pub fn decide(ra: &RequestAuthentication, sources: &KeySources) -> (bool, &'stat
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
+    #[error("reading the JWKS CA bundle {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the JWKS CA bundle holds no certificate")]
     EmptyBundle,
     #[error("the JWKS CA bundle: {0}")]
@@ -290,6 +295,21 @@ pub fn client_tls(bundle: Option<&str>) -> Result<Arc<rustls::ClientConfig>, Tls
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// [`client_tls`] with the bundle read from `path` (`AMBIT_JWKS_CA_BUNDLE`).
+pub fn client_tls_file(
+    path: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let bundle = path
+        .map(|p| {
+            std::fs::read_to_string(p).map_err(|source| TlsSetupError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        })
+        .transpose()?;
+    client_tls(bundle.as_deref())
 }
 
 /// `GET uri` over HTTPS (HTTP/1.1), the body if 200 and at most [`MAX_JWKS_BYTES`].

@@ -255,4 +255,6 @@ async fn jwks_uris_are_fetched_over_https_under_the_ca_bundle() {
         client_tls(Some("not a certificate")),
         Err(TlsSetupError::EmptyBundle)
     ));
+    let err = client_tls_file(Some(std::path::Path::new("/nonexistent/ca.pem"))).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
