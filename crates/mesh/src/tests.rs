@@ -286,3 +286,15 @@ fn routes_are_tabled_per_service_port_and_a_broken_one_is_left_out_alone() {
         MeshConfig::from_yaml(&config.to_yaml().unwrap()).unwrap()
     );
 }
+
+#[test]
+fn ext_authz_providers_are_checked_and_found_by_name() {
+    let providers =
+        "extAuthzProviders:\n  - {name: authz, service: 127.0.0.1, port: 9000, protocol: grpc}\n";
+    let m = Mesh::new(MeshConfig::from_yaml(&format!("{YAML}{providers}")).unwrap()).unwrap();
+    assert_eq!(m.ext_authz_provider("authz").map(|p| p.port), Some(9000));
+    assert!(m.ext_authz_provider("other").is_none());
+    let bad = providers.replace("port: 9000", "port: 0");
+    let err = Mesh::new(MeshConfig::from_yaml(&format!("{YAML}{bad}")).unwrap()).unwrap_err();
+    assert_eq!(err.to_string(), "ext_authz provider authz: port 0 is not a port");
+}
