@@ -296,5 +296,8 @@ fn ext_authz_providers_are_checked_and_found_by_name() {
     assert!(m.ext_authz_provider("other").is_none());
     let bad = providers.replace("port: 9000", "port: 0");
     let err = Mesh::new(MeshConfig::from_yaml(&format!("{YAML}{bad}")).unwrap()).unwrap_err();
-    assert_eq!(err.to_string(), "ext_authz provider authz: port 0 is not a port");
+    assert_eq!(
+        err.to_string(),
+        "ext_authz provider authz: port 0 is not a port"
+    );
 }
