@@ -213,7 +213,11 @@ fn manifests_match_the_chart() -> Result<()> {
         crd_kinds.iter().all(|k| k == "CustomResourceDefinition"),
         "{crd_kinds:?}"
     );
-    assert_eq!(crd_kinds.len(), 6, "ambit's CRD and five Gateway API CRDs");
+    assert_eq!(
+        crd_kinds.len(),
+        7,
+        "ambit's two CRDs and five Gateway API CRDs"
+    );
     let rest = docs(&rest)?;
     assert!(
         rest.iter()
@@ -231,11 +235,11 @@ fn manifests_match_the_chart() -> Result<()> {
 #[test]
 fn chart_crd_is_the_generated_one() -> Result<()> {
     let charts = repo().join("charts/ambit");
-    let generated = std::fs::read_to_string(charts.join("crds/authorizationpolicies.yaml"))?;
-    check_file(
-        &charts.join("files/crds/authorizationpolicies.yaml"),
-        &generated,
-    )
+    for file in ["authorizationpolicies.yaml", "requestauthentications.yaml"] {
+        let generated = std::fs::read_to_string(charts.join("crds").join(file))?;
+        check_file(&charts.join("files/crds").join(file), &generated)?;
+    }
+    Ok(())
 }
 
 #[test]
