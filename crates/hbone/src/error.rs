@@ -25,6 +25,12 @@ pub enum HboneError {
         peer: SocketAddr,
         reason: std::sync::Arc<str>,
     },
+    #[error("{identity} at {peer} already holds {max} connections, the most one client may")]
+    PeerConnectionLimit {
+        peer: SocketAddr,
+        identity: SpiffeId,
+        max: usize,
+    },
     #[error("no certificate is available for local identity {0}")]
     NoCertificate(SpiffeId),
     #[error(transparent)]

@@ -11,10 +11,12 @@ use ambit_identity::{SpiffeId, peer_identity};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -125,6 +127,73 @@ pub struct HboneServer<H> {
     acceptor: TlsAcceptor,
     settings: Arc<ServerSettings>,
     handler: Arc<H>,
+    peers: Arc<PeerConnections>,
+}
+
+/// A client, as the per-peer connection limit counts them: a verified identity at one address.
+type Peer = (SpiffeId, IpAddr);
+
+/// Open connections per client.
+#[derive(Debug, Default)]
+struct PeerConnections(Mutex<HashMap<Peer, usize>>);
+
+impl PeerConnections {
+    /// Counts a connection of `peer`, unless it already holds `max`.
+    fn enter(self: &Arc<Self>, peer: Peer, max: usize) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(peer.clone()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+struct PeerSlot {
+    peers: Arc<PeerConnections>,
+    peer: Peer,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The tunnels open on one connection, and a wake-up when the last one ends.
+#[derive(Debug, Default)]
+struct OpenTunnels {
+    count: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+/// One open tunnel, counted while its task runs.
+struct TunnelSlot(Arc<OpenTunnels>);
+
+impl TunnelSlot {
+    fn new(tunnels: &Arc<OpenTunnels>) -> Self {
+        tunnels.count.fetch_add(1, Ordering::AcqRel);
+        Self(tunnels.clone())
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_one();
+        }
+    }
 }
 
 impl<H> fmt::Debug for HboneServer<H> {
@@ -141,6 +210,7 @@ impl<H> Clone for HboneServer<H> {
             acceptor: self.acceptor.clone(),
             settings: self.settings.clone(),
             handler: self.handler.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -152,6 +222,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             settings: Arc::new(settings),
             handler: Arc::new(handler),
+            peers: Arc::default(),
         }
     }
 
@@ -197,7 +268,8 @@ impl<H: ConnectHandler> HboneServer<H> {
         }
     }
 
-    /// Runs one client connection: TLS, identity, then every CONNECT stream on it.
+    /// Runs one client connection: TLS, identity, then every CONNECT stream on it, until the
+    /// client closes it or it has had no open tunnel for the idle timeout.
     pub async fn serve_connection(
         &self,
         tcp: TcpStream,
@@ -217,14 +289,52 @@ impl<H: ConnectHandler> HboneServer<H> {
             .map_err(|source| HboneError::Tls { peer, source })?;
         let identity = peer_identity(tls.get_ref().1.peer_certificates())
             .map_err(|source| HboneError::PeerIdentity { peer, source })?;
+        let max = self.settings.max_connections_per_peer;
+        let Some(_counted) = self.peers.enter((identity.clone(), peer.ip()), max) else {
+            tracing::warn!(%peer, %identity, max, "HBONE client at its connection limit; closing its new connection");
+            return Err(HboneError::PeerConnectionLimit {
+                peer,
+                identity,
+                max,
+            });
+        };
         let mut connection = tokio::time::timeout_at(deadline, self.h2_builder().handshake(tls))
             .await
             .map_err(timed_out)??;
-        while let Some(accepted) = connection.accept().await {
-            let (request, respond) = accepted?;
-            if let Some((request, tunnel)) = parse_connect(request, respond, identity.clone(), peer)
-            {
-                tokio::spawn(self.handler.handle(request, tunnel));
+        let tunnels = Arc::new(OpenTunnels::default());
+        let idle_timeout = self.settings.idle_timeout;
+        // When the connection last had no open tunnel; `None` while one is open.
+        let mut idle_since = Some(tokio::time::Instant::now());
+        loop {
+            let idle_until = idle_since.map(|since| since + idle_timeout);
+            tokio::select! {
+                accepted = connection.accept() => {
+                    let Some(accepted) = accepted else { break };
+                    let (request, respond) = accepted?;
+                    if let Some((request, tunnel)) =
+                        parse_connect(request, respond, identity.clone(), peer)
+                    {
+                        idle_since = None;
+                        let open = TunnelSlot::new(&tunnels);
+                        let task = self.handler.handle(request, tunnel);
+                        tokio::spawn(async move {
+                            task.await;
+                            drop(open);
+                        });
+                    }
+                }
+                () = tunnels.none_left.notified(), if idle_since.is_none() => {
+                    if tunnels.count.load(Ordering::Acquire) == 0 {
+                        idle_since = Some(tokio::time::Instant::now());
+                    }
+                }
+                () = sleep_until(idle_until), if idle_until.is_some() => {
+                    tracing::debug!(%peer, %identity, "HBONE connection idle; closing it");
+                    // GOAWAY: tunnels the client opened meanwhile are still served; the
+                    // loop runs until the connection is closed.
+                    connection.graceful_shutdown();
+                    idle_since = None;
+                }
             }
         }
         Ok(())
@@ -243,6 +353,14 @@ impl<H: ConnectHandler> HboneServer<H> {
             .max_pending_accept_reset_streams(s.max_pending_accept_reset_streams)
             .max_local_error_reset_streams(Some(s.max_local_error_reset_streams));
         builder
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

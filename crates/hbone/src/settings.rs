@@ -39,6 +39,17 @@ pub struct ServerSettings {
     /// Client connections served at once; past this the server stops accepting until one
     /// closes, leaving the rest waiting in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections one client may hold at once, a client being a verified identity at one
+    /// source address (a pod); past this a new one is closed right after its TLS handshake.
+    /// Any pod can get a certificate for its own service account, so an authenticated peer is
+    /// not a trusted one: without this bound one pod could hold every slot. Not per identity
+    /// alone: the pods of one service account on every node legitimately connect at once. A
+    /// pool opens one connection per 1,000 concurrent tunnels.
+    pub max_connections_per_peer: usize,
+    /// A connection without an open tunnel for this long is closed (GOAWAY), so idle
+    /// connections do not hold slots. Longer than the pool's idle timeout, so that clients
+    /// normally close theirs first.
+    pub idle_timeout: Duration,
     /// Concurrent tunnels one client connection may hold open.
     pub max_concurrent_streams: u32,
     /// A TLS handshake slower than this is dropped (slowloris).
@@ -54,6 +65,8 @@ impl Default for ServerSettings {
         Self {
             h2: H2Settings::default(),
             max_connections: 4096,
+            max_connections_per_peer: 16,
+            idle_timeout: Duration::from_secs(90),
             max_concurrent_streams: 1024,
             handshake_timeout: Duration::from_secs(10),
             max_pending_accept_reset_streams: 50,
