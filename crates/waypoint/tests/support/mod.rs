@@ -206,7 +206,10 @@ async fn app(
         ("x-seen-authorization", header("authorization")),
         ("x-seen-jwt-sub", header("x-jwt-sub")),
         ("x-seen-ext-authz", header("x-ext-authz-check-result")),
-        ("x-seen-ext-authz-received", header("x-ext-authz-check-received")),
+        (
+            "x-seen-ext-authz-received",
+            header("x-ext-authz-check-received"),
+        ),
         (
             "x-seen-query",
             request.uri().query().unwrap_or("").to_owned(),
