@@ -45,10 +45,12 @@ pub struct Outcome {
     pub latencies: Vec<Duration>,
 }
 
-/// Runs `load` against `url` from `cpus`, calling `during` about every 200 ms while it runs
-/// (to sample the processes under test). Fails if any request failed or was not a 2xx.
+/// Runs `load` against `url` from `cpus`, each request with `headers` (`name: value`), calling
+/// `during` about every 200 ms while it runs (to sample the processes under test). Fails if any
+/// request failed or was not a 2xx.
 pub fn run(
     url: &str,
+    headers: &[String],
     load: &Load,
     cpus: &str,
     log_file: &Path,
@@ -62,6 +64,7 @@ pub fn run(
         .arg(format!("--duration={}", load.duration.as_secs_f64()))
         .arg("--log-file")
         .arg(log_file)
+        .args(headers.iter().flat_map(|h| ["--header", h.as_str()]))
         .arg(url)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

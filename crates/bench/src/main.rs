@@ -17,9 +17,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("hbone") => hbone::run(),
-        Some("waypoint") => waypoint::run(),
+        Some("waypoint") => waypoint::run(&args[1..]),
         Some("route") => route::run(&args[1..]),
         Some("role") => roles::run(&args[1..]),
-        _ => bail!("usage: ambit-bench hbone|waypoint|route [--quick]"),
+        _ => bail!("usage: ambit-bench hbone|waypoint [--quick]|route [--quick]"),
     }
 }

@@ -57,6 +57,12 @@ impl Process {
         self.child.id()
     }
 
+    /// Its stderr, when spawned with it piped: the reader must keep reading, or the process
+    /// blocks once the pipe is full.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
     fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         let status = self.child.try_wait()?;
         self.exited |= status.is_some();

@@ -12,6 +12,13 @@
 //! nginx B logs each request to a file too. Measured per protocol (HTTP/1.1 keep-alive, HTTP/2
 //! prior knowledge): latency at a fixed 1,000 requests per second with each proxy's CPU time,
 //! context switches and RSS, then saturation throughput, each in interleaved rounds.
+//!
+//! Then the waypoint with one feature on at a time ([`variants`]): JWT validation and external
+//! authorization, against the plain waypoint at the same fixed rate.
+//!
+//! `ambit-bench waypoint --quick` runs every measurement briefly, to check that it works.
+
+mod variants;
 
 use crate::h2load::{self, Load, Protocol};
 use crate::measure::{Percentiles, percentiles};
@@ -20,7 +27,7 @@ use crate::process::{Process, RoleProcess, command};
 use crate::report::{against, round, write_json};
 use crate::roles::{TRUST_DOMAIN, client_id, server_id};
 use ambit_identity::{CertificateAuthority, SpiffeId};
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,12 +41,37 @@ const LOAD_CPUS: &str = "0";
 const PROXY_CPUS: &str = "1";
 
 const RATE: u32 = 1_000;
-/// Latency rounds: long enough that the connections each run opens are a small part of it.
-const RATE_ROUNDS: usize = 2;
-const RATE_ROUND_DURATION: Duration = Duration::from_secs(4);
-const SATURATION_ROUNDS: usize = 3;
-const SATURATION_DURATION: Duration = Duration::from_secs(4);
-const WARMUP_DURATION: Duration = Duration::from_secs(1);
+
+/// How many rounds of each measurement, and how long each runs.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    quick: bool,
+    /// Latency rounds: long enough that the connections each run opens are a small part of it.
+    rate_rounds: usize,
+    rate_round_duration: Duration,
+    saturation_rounds: usize,
+    saturation_duration: Duration,
+    warmup_duration: Duration,
+}
+
+const FULL: Plan = Plan {
+    quick: false,
+    rate_rounds: 2,
+    rate_round_duration: Duration::from_secs(4),
+    saturation_rounds: 3,
+    saturation_duration: Duration::from_secs(4),
+    warmup_duration: Duration::from_secs(1),
+};
+
+/// Enough to see every part work, too short to mean anything.
+const QUICK: Plan = Plan {
+    quick: true,
+    rate_rounds: 1,
+    rate_round_duration: Duration::from_secs(1),
+    saturation_rounds: 1,
+    saturation_duration: Duration::from_secs(1),
+    warmup_duration: Duration::from_millis(500),
+};
 const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::H2];
 const PATHS: [&str; 3] = ["direct", "nginx", "waypoint"];
 
@@ -59,8 +91,9 @@ const POD_HOST: u8 = 11;
 const APP_PORT: u16 = 8080;
 const WAYPOINT_HOST: u8 = 1;
 
-/// The waypoint's mesh: the app's pod behind the Service, on an HTTP port.
-fn mesh_yaml() -> String {
+/// The waypoint's mesh: the app's pod behind the Service, on an HTTP port; `extra` adds
+/// sections (a variant's features).
+fn mesh_yaml(extra: &str) -> String {
     let pod = at(POD_HOST, APP_PORT).ip();
     let (vip, port) = VIP.split_once(':').unwrap_or((VIP, "80"));
     format!(
@@ -69,13 +102,14 @@ fn mesh_yaml() -> String {
          - {{uid: app-1, name: app-1, namespace: {NAMESPACE}, serviceAccount: server, node: n1, ips: [\"{pod}\"], labels: {{app: app}}}}\n\
          services:\n\
          - name: app\n  namespace: {NAMESPACE}\n  vips: [\"{vip}\"]\n\
-         \x20 ports: [{{port: {port}, targetPort: {APP_PORT}, name: http}}]\n  endpoints: [app-1]\n"
+         \x20 ports: [{{port: {port}, targetPort: {APP_PORT}, name: http}}]\n  endpoints: [app-1]\n\
+         {extra}"
     )
 }
 
 /// Full speed: enough requests in flight to keep one proxy core busy, no more than the
 /// upstream keep-alive pools hold (64) so neither path churns connections.
-fn saturation(protocol: Protocol) -> Load {
+fn saturation(protocol: Protocol, duration: Duration) -> Load {
     let (connections, streams) = match protocol {
         Protocol::Http1 => (32, 1),
         Protocol::H2 => (8, 8),
@@ -84,7 +118,7 @@ fn saturation(protocol: Protocol) -> Load {
         protocol,
         connections,
         streams,
-        duration: SATURATION_DURATION,
+        duration,
         rate_per_connection: None,
     }
 }
@@ -113,6 +147,8 @@ struct PathUnderTest<'a> {
     name: &'static str,
     http1_url: String,
     h2_url: String,
+    /// Sent with every request (`name: value`).
+    headers: Vec<String>,
     /// (label, process); the first is the one the path is named for (B, the waypoint).
     proxies: Vec<(&'static str, &'a Process)>,
 }
@@ -188,12 +224,19 @@ fn measure(path: &PathUnderTest, load: &Load, log: &Path) -> Result<Measured> {
     };
     let before = counters(path)?;
     let mut rss_max = vec![0u64; path.proxies.len()];
-    let outcome = h2load::run(path.url(load.protocol), load, LOAD_CPUS, log, || {
-        for ((_, process), max) in path.proxies.iter().zip(rss_max.iter_mut()) {
-            *max = (*max).max(process.rss_bytes()?);
-        }
-        Ok(())
-    })
+    let outcome = h2load::run(
+        path.url(load.protocol),
+        &path.headers,
+        load,
+        LOAD_CPUS,
+        log,
+        || {
+            for ((_, process), max) in path.proxies.iter().zip(rss_max.iter_mut()) {
+                *max = (*max).max(process.rss_bytes()?);
+            }
+            Ok(())
+        },
+    )
     .with_context(|| format!("{} path, {}", path.name, load.protocol.name()))?;
     let (cpu_s, switches) = counters(path)?
         .into_iter()
@@ -216,12 +259,14 @@ fn measure(path: &PathUnderTest, load: &Load, log: &Path) -> Result<Measured> {
 type Runs = Vec<Vec<Vec<Measured>>>;
 
 /// Runs `load(protocol)` against every path `rounds` times. Each round goes through every
-/// protocol and path, so a busy moment of the machine lands on each alike.
+/// protocol and path, so a busy moment of the machine lands on each alike; `after_round` runs
+/// after each.
 fn interleaved(
     paths: &[PathUnderTest],
     rounds: usize,
     load: impl Fn(Protocol) -> Load,
     log: &Path,
+    mut after_round: impl FnMut() -> Result<()>,
 ) -> Result<Runs> {
     let mut runs: Runs = PROTOCOLS
         .iter()
@@ -233,6 +278,7 @@ fn interleaved(
                 rounds.push(measure(path, &load(protocol), log)?);
             }
         }
+        after_round()?;
     }
     Ok(runs)
 }
@@ -388,9 +434,15 @@ fn check_machine() -> Result<()> {
     nginx::check_installed()
 }
 
-pub fn run() -> Result<()> {
+pub fn run(args: &[String]) -> Result<()> {
+    let plan = match args {
+        [] => FULL,
+        [quick] if quick == "--quick" => QUICK,
+        _ => bail!("usage: ambit-bench waypoint [--quick]"),
+    };
     check_machine()?;
     let waypoint_exe = waypoint_binary()?;
+    let extauthz_exe = variants::extauthz_binary()?;
     let scratch =
         Scratch(std::env::temp_dir().join(format!("ambit-bench-waypoint-{}", std::process::id())));
     let dir = scratch.0.as_path();
@@ -409,25 +461,21 @@ pub fn run() -> Result<()> {
     let app = RoleProcess::start("http-app", &[app_addr.to_string()], "", Some(LOAD_CPUS))?;
 
     // The waypoint path, from the far end.
-    let waypoint_addr = at(WAYPOINT_HOST, ambit_hbone::HBONE_PORT);
     let tunnel_in = RoleProcess::start(
         "hbone-in",
         &[at(POD_HOST, ambit_hbone::HBONE_PORT).to_string()],
         &ca_pem,
         Some(PROXY_CPUS),
     )?;
-    let mut waypoint = start_waypoint(&waypoint_exe, dir, &ca_cert, &ca_key, waypoint_addr)?;
-    let tunnel_out = RoleProcess::start(
-        "hbone-out",
-        &[
-            waypoint_addr.to_string(),
-            VIP.to_string(),
-            waypoint_id.to_string(),
-        ],
-        &ca_pem,
-        Some(PROXY_CPUS),
-    )?;
-    waypoint.wait_listening(waypoint_addr)?;
+    let setup = WaypointSetup {
+        exe: &waypoint_exe,
+        dir,
+        ca_cert: &ca_cert,
+        ca_key: &ca_key,
+        ca_pem: &ca_pem,
+        id: &waypoint_id,
+    };
+    let main = setup.start("waypoint", WAYPOINT_HOST, "")?;
 
     // The nginx path, each with the identity of the part it stands for.
     let identity = |id: &SpiffeId, stem: &str| PemIdentity::write(&ca, id, dir, stem);
@@ -451,49 +499,60 @@ pub fn run() -> Result<()> {
             name: "direct",
             http1_url: format!("http://{app_addr}/"),
             h2_url: format!("http://{app_addr}/"),
+            headers: Vec::new(),
             proxies: vec![],
         },
         PathUnderTest {
             name: "nginx",
             http1_url: format!("http://{}/", chain.a_http1),
             h2_url: format!("http://{}/", chain.a_h2),
+            headers: Vec::new(),
             proxies: vec![
                 ("nginx B", &nginx_b),
                 ("nginx A", &nginx_a),
                 ("nginx C", &nginx_c),
             ],
         },
-        PathUnderTest {
-            name: "waypoint",
-            http1_url: format!("http://{}/", tunnel_out.addr),
-            h2_url: format!("http://{}/", tunnel_out.addr),
-            proxies: vec![
-                ("waypoint", &waypoint),
-                ("hbone-out", &tunnel_out.process),
-                ("hbone-in", &tunnel_in.process),
-            ],
-        },
+        main.path("waypoint", Vec::new(), &tunnel_in),
     ];
     let log = dir.join("h2load.log");
-    let rss_idle = waypoint.rss_bytes()?;
+    let rss_idle = main.waypoint.rss_bytes()?;
 
-    eprintln!("warm-up: {WARMUP_DURATION:?} at 100 rps per path and protocol");
-    interleaved(&paths, 1, |p| fixed_rate(p, 100, WARMUP_DURATION), &log)?;
     eprintln!(
-        "latency: {RATE_ROUNDS} rounds of {RATE_ROUND_DURATION:?} at {RATE} rps per path and protocol, interleaved"
+        "warm-up: {:?} at 100 rps per path and protocol",
+        plan.warmup_duration
+    );
+    interleaved(
+        &paths,
+        1,
+        |p| fixed_rate(p, 100, plan.warmup_duration),
+        &log,
+        || Ok(()),
+    )?;
+    eprintln!(
+        "latency: {} rounds of {:?} at {RATE} rps per path and protocol, interleaved",
+        plan.rate_rounds, plan.rate_round_duration
     );
     let at_rate = interleaved(
         &paths,
-        RATE_ROUNDS,
-        |p| fixed_rate(p, RATE, RATE_ROUND_DURATION),
+        plan.rate_rounds,
+        |p| fixed_rate(p, RATE, plan.rate_round_duration),
         &log,
+        || Ok(()),
     )?;
     eprintln!(
-        "saturation: {SATURATION_ROUNDS} rounds of {SATURATION_DURATION:?} per path and protocol, interleaved"
+        "saturation: {} rounds of {:?} per path and protocol, interleaved",
+        plan.saturation_rounds, plan.saturation_duration
     );
-    let saturated = interleaved(&paths, SATURATION_ROUNDS, saturation, &log)?;
-    let rss_after = waypoint.rss_bytes()?;
-    let rss_peak = waypoint.peak_rss_bytes()?;
+    let saturated = interleaved(
+        &paths,
+        plan.saturation_rounds,
+        |p| saturation(p, plan.saturation_duration),
+        &log,
+        || Ok(()),
+    )?;
+    let rss_after = main.waypoint.rss_bytes()?;
+    let rss_peak = main.waypoint.peak_rss_bytes()?;
 
     let results: Vec<ProtocolResult> = PROTOCOLS
         .into_iter()
@@ -523,48 +582,109 @@ pub fn run() -> Result<()> {
         idle_after_load: rss_after,
         peak: rss_peak,
     };
+
+    let variants = variants::Variants::start(&setup, &extauthz_exe)?;
+    let variant_results = variants.measure(&plan, &main, &tunnel_in, &log)?;
+
     print_table(&results, &paths, &rss);
-    let path = write_json("waypoint", &report(&results, &rss))?;
+    variant_results.print_table();
+    let mut json = report(&results, &rss, &plan);
+    variant_results.add_to_report(&mut json);
+    let path = write_json("waypoint", &json)?;
     println!("\nwrote {}", path.display());
-    drop((app, tunnel_in, tunnel_out, waypoint));
+    drop((app, tunnel_in, main, variants));
     drop((nginx_a, nginx_b, nginx_c));
     Ok(())
 }
 
-fn start_waypoint(
-    exe: &Path,
-    dir: &Path,
-    ca_cert: &Path,
-    ca_key: &Path,
-    listen: SocketAddr,
-) -> Result<Process> {
-    let mesh = dir.join("mesh.yaml");
-    std::fs::write(&mesh, mesh_yaml())?;
-    // Its JSON log, one access line per request, goes to a file as a container's would.
-    let log = File::create(dir.join("waypoint.log"))?;
-    let admin = |port: u16| SocketAddr::new(listen.ip(), port).to_string();
-    Process::spawn(
-        "ambit-waypoint",
-        command(exe, Some(PROXY_CPUS))
-            .args(["--namespace", NAMESPACE])
-            .args(["--for-service-account", "server"])
-            .args(["--service-account", WAYPOINT_SA])
-            .arg("--mesh")
-            .arg(&mesh)
-            .arg("--ca-cert")
-            .arg(ca_cert)
-            .arg("--ca-key")
-            .arg(ca_key)
-            .args(["--listen", &listen.to_string()])
-            .args(["--admin", &admin(15000)])
-            .args(["--metrics", &admin(15020)])
-            .args(["--readiness", &admin(15021)])
-            .args(["--drain-secs", "1"])
-            .env("AMBIT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
+/// What every waypoint of the run starts with.
+struct WaypointSetup<'a> {
+    exe: &'a Path,
+    dir: &'a Path,
+    ca_cert: &'a Path,
+    ca_key: &'a Path,
+    /// The CA's certificate and key, as roles read them on stdin.
+    ca_pem: &'a str,
+    id: &'a SpiffeId,
+}
+
+/// A waypoint and the client tunnel that leads to it.
+struct WaypointPath {
+    waypoint: Process,
+    tunnel_out: RoleProcess,
+    /// Where it serves `/metrics`.
+    metrics: SocketAddr,
+}
+
+impl WaypointSetup<'_> {
+    /// Starts waypoint `name` on `127.201.0.host`, with `extra` in its mesh, and a client
+    /// tunnel in front of it.
+    fn start(&self, name: &str, host: u8, extra: &str) -> Result<WaypointPath> {
+        let listen = at(host, ambit_hbone::HBONE_PORT);
+        let mesh = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&mesh, mesh_yaml(extra))?;
+        // Its JSON log, one access line per request, goes to a file as a container's would.
+        let log = File::create(self.dir.join(format!("{name}.log")))?;
+        let admin = |port: u16| at(host, port).to_string();
+        let mut waypoint = Process::spawn(
+            name,
+            command(self.exe, Some(PROXY_CPUS))
+                .args(["--namespace", NAMESPACE])
+                .args(["--for-service-account", "server"])
+                .args(["--service-account", WAYPOINT_SA])
+                .arg("--mesh")
+                .arg(&mesh)
+                .arg("--ca-cert")
+                .arg(self.ca_cert)
+                .arg("--ca-key")
+                .arg(self.ca_key)
+                .args(["--listen", &listen.to_string()])
+                .args(["--admin", &admin(15000)])
+                .args(["--metrics", &admin(15020)])
+                .args(["--readiness", &admin(15021)])
+                .args(["--drain-secs", "1"])
+                .env("AMBIT_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?;
+        let tunnel_out = RoleProcess::start(
+            "hbone-out",
+            &[listen.to_string(), VIP.to_string(), self.id.to_string()],
+            self.ca_pem,
+            Some(PROXY_CPUS),
+        )?;
+        waypoint.wait_listening(listen)?;
+        Ok(WaypointPath {
+            waypoint,
+            tunnel_out,
+            metrics: at(host, 15020),
+        })
+    }
+}
+
+impl WaypointPath {
+    /// The path through this waypoint to the app behind `tunnel_in`, requests sent with
+    /// `headers`.
+    fn path<'a>(
+        &'a self,
+        name: &'static str,
+        headers: Vec<String>,
+        tunnel_in: &'a RoleProcess,
+    ) -> PathUnderTest<'a> {
+        let url = format!("http://{}/", self.tunnel_out.addr);
+        PathUnderTest {
+            name,
+            http1_url: url.clone(),
+            h2_url: url,
+            headers,
+            proxies: vec![
+                ("waypoint", &self.waypoint),
+                ("hbone-out", &self.tunnel_out.process),
+                ("hbone-in", &tunnel_in.process),
+            ],
+        }
+    }
 }
 
 /// The waypoint's resident memory.
@@ -585,7 +705,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 const RSS_TARGET_MIB: f64 = 30.0;
 const CPU_TARGET_US: f64 = 100.0;
 
-fn report(results: &[ProtocolResult], rss: &Rss) -> Value {
+fn report(results: &[ProtocolResult], rss: &Rss, plan: &Plan) -> Value {
     // The headline keys are HTTP/1.1 keep-alive's; `by_protocol` has both.
     let headline = results.first().map(ProtocolResult::json);
     let pick = |key: &str| headline.as_ref().map_or(Value::Null, |h| h[key].clone());
@@ -595,6 +715,7 @@ fn report(results: &[ProtocolResult], rss: &Rss) -> Value {
         .collect();
     let cpu = pick("cpu_us_per_request_at_1000rps");
     json!({
+        "quick": plan.quick,
         "headline_protocol": "http1",
         "rps": pick("rps"),
         "ratios": pick("ratios"),
@@ -619,13 +740,13 @@ fn report(results: &[ProtocolResult], rss: &Rss) -> Value {
             "proxy_cpus": PROXY_CPUS,
             "body_bytes": crate::roles::HTTP_BODY_SIZE,
             "rate_rps": RATE,
-            "rate_rounds": RATE_ROUNDS,
-            "rate_round_duration_s": RATE_ROUND_DURATION.as_secs(),
-            "saturation_rounds": SATURATION_ROUNDS,
-            "saturation_duration_s": SATURATION_DURATION.as_secs(),
+            "rate_rounds": plan.rate_rounds,
+            "rate_round_duration_s": plan.rate_round_duration.as_secs_f64(),
+            "saturation_rounds": plan.saturation_rounds,
+            "saturation_duration_s": plan.saturation_duration.as_secs_f64(),
             "saturation_in_flight": {
-                "http1": in_flight(&saturation(Protocol::Http1)),
-                "h2": in_flight(&saturation(Protocol::H2)),
+                "http1": in_flight(&saturation(Protocol::Http1, plan.saturation_duration)),
+                "h2": in_flight(&saturation(Protocol::H2, plan.saturation_duration)),
             },
         },
         "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()) },

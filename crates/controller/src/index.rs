@@ -7,6 +7,7 @@
 //! tests fill stores by hand.
 
 use crate::crd::{AuthorizationPolicy, Gateway, RequestAuthentication};
+use crate::ratelimit::RateLimitPolicy;
 use crate::request_authn::KeySources;
 use crate::route::{Lookup, RouteKind};
 use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
@@ -141,6 +142,7 @@ pub struct Stores {
     pub grpc_routes: Store<GRPCRoute>,
     pub grants: Store<ReferenceGrant>,
     pub request_authns: Store<RequestAuthentication>,
+    pub rate_limits: Store<RateLimitPolicy>,
     /// Where RequestAuthentications' key sets come from (labelled Secrets, fetched URIs).
     pub key_sources: KeySources,
 }
@@ -203,6 +205,7 @@ pub enum Change {
     RequestAuthn(ObjectKey),
     /// A JWKS Secret or fetched key set changed: every RequestAuthentication may change.
     KeySets,
+    RateLimit(ObjectKey),
 }
 
 /// Changes waiting for the index, as a set: many events about one object are one change, and
@@ -502,6 +505,7 @@ impl Index {
                         let kind = ra.and_then(|ra| self.request_authn(&ra));
                         out.put(&format!("requestauthentication/{}/{}", k.0, k.1), kind);
                     }
+                    Change::RateLimit(k) => self.update_rate_limit(k, &mut out),
                     Change::KeySets => {
                         for ra in self.stores.request_authns.state() {
                             let (ns, name) = key(&ra.metadata);
@@ -604,6 +608,9 @@ impl Index {
                 desired.insert(format!("requestauthentication/{ns}/{name}"), kind);
             }
         }
+        for p in self.stores.rate_limits.state() {
+            desired.extend(self.rate_limits(&p));
+        }
         self.services_of_route.clear();
         self.routes_of_service.clear();
         for (kind, k) in self.stores.route_keys() {
@@ -688,6 +695,33 @@ impl Index {
             .collect();
         for (kind, route) in routes {
             self.update_route(kind, &route, out);
+        }
+    }
+
+    fn update_rate_limit(&self, k: &ObjectKey, out: &mut Writer<'_>) {
+        let desired: BTreeMap<String, pb::resource::Kind> = self
+            .stores
+            .rate_limits
+            .get(&object_ref(k))
+            .map(|p| self.rate_limits(&p))
+            .unwrap_or_default();
+        let prefix = crate::ratelimit::resource_prefix(&k.0, &k.1);
+        // Targets dropped from the policy, or the whole policy.
+        let gone: Vec<Name> = out
+            .resources
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(name, _)| name.clone())
+            .take_while(|name| name.starts_with(&prefix))
+            .filter(|name| !desired.contains_key(&**name))
+            .collect();
+        for name in gone {
+            out.put(&name, None);
+        }
+        for (name, kind) in desired {
+            out.put(&name, Some(kind));
         }
     }
 
@@ -914,6 +948,14 @@ impl Index {
     fn policy(&self, p: &AuthorizationPolicy) -> Option<pb::AuthorizationPolicy> {
         let (namespace, _) = key(&p.metadata);
         self.enrolled(&namespace).then(|| crate::policy::config(p))
+    }
+
+    fn rate_limits(&self, p: &RateLimitPolicy) -> BTreeMap<String, pb::resource::Kind> {
+        let (namespace, _) = key(&p.metadata);
+        if !self.enrolled(&namespace) {
+            return BTreeMap::new();
+        }
+        crate::ratelimit::resources(p).into_iter().collect()
     }
 
     fn request_authn(&self, ra: &RequestAuthentication) -> Option<pb::resource::Kind> {
