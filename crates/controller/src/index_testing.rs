@@ -3,6 +3,7 @@
 
 use super::{Change, Stores, Watched};
 use crate::crd::{AuthorizationPolicy, Gateway, RequestAuthentication};
+use crate::ratelimit::RateLimitPolicy;
 use crate::request_authn::{Fetched, KeySources};
 use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
@@ -22,6 +23,7 @@ pub struct Cluster {
     grpc_routes: Writer<GRPCRoute>,
     grants: Writer<ReferenceGrant>,
     request_authns: Writer<RequestAuthentication>,
+    rate_limits: Writer<RateLimitPolicy>,
     secrets: Writer<Secret>,
     pub fetched: Fetched,
 }
@@ -42,7 +44,8 @@ macro_rules! object {
 object!(Namespace => namespaces, Pod => pods, Service => services,
     EndpointSlice => endpoint_slices, Gateway => gateways, AuthorizationPolicy => policies,
     HTTPRoute => http_routes, GRPCRoute => grpc_routes, ReferenceGrant => grants,
-    RequestAuthentication => request_authns, Secret => secrets);
+    RequestAuthentication => request_authns, Secret => secrets,
+    RateLimitPolicy => rate_limits);
 
 impl Cluster {
     pub fn new() -> Self {
@@ -57,6 +60,7 @@ impl Cluster {
             grpc_routes: Writer::default(),
             grants: Writer::default(),
             request_authns: Writer::default(),
+            rate_limits: Writer::default(),
             secrets: Writer::default(),
             fetched: Fetched::default(),
         }
@@ -74,6 +78,7 @@ impl Cluster {
             grpc_routes: self.grpc_routes.as_reader(),
             grants: self.grants.as_reader(),
             request_authns: self.request_authns.as_reader(),
+            rate_limits: self.rate_limits.as_reader(),
             key_sources: KeySources {
                 secrets: self.secrets.as_reader(),
                 fetched: self.fetched.clone(),

@@ -1,7 +1,7 @@
 //! ambit-controller: watches the cluster, streams config to node tunnels and waypoints over
 //! `ambit.config.v1`, runs the mesh CA (`ambit.ca.v1`) with node authorization, deploys
 //! waypoints for Gateways of class `ambit-waypoint`, delivers HTTPRoutes and GRPCRoutes with Service
-//! parents to waypoints, and writes the status of Gateways, policies and routes as Lease holder.
+//! parents and RateLimitPolicies to waypoints, and writes the status of Gateways, policies and routes as Lease holder.
 //!
 //! See docs/controller.md.
 
@@ -16,6 +16,7 @@ pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod policy;
+pub mod ratelimit;
 pub mod request_authn;
 pub mod route;
 pub mod route_crd;

@@ -9,7 +9,7 @@ use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
-use crate::{grpc, lease, policy, route_status, waypoint};
+use crate::{grpc, lease, policy, ratelimit, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
@@ -156,6 +156,7 @@ async fn wait_synced(stores: &Stores) -> Result<(), StartError> {
         grpc_routes,
         grants,
         request_authns,
+        rate_limits,
         // Not waited for: reading JWKS Secrets is an opt-in grant (docs/policies.md), and a
         // rule whose Secret is not there yet only refuses its own tokens.
         key_sources: _,
@@ -171,6 +172,7 @@ async fn wait_synced(stores: &Stores) -> Result<(), StartError> {
         synced(grpc_routes),
         synced(grants),
         synced(request_authns),
+        synced(rate_limits),
     ]
     .into_iter()
     .collect();
@@ -276,6 +278,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         grpc_routes: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         grants: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         request_authns: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
+        rate_limits: spawn_reflector(&mut tasks, Api::all(client.clone()), changes.clone()),
         key_sources: KeySources {
             secrets: spawn_reflector_with(
                 &mut tasks,
@@ -293,6 +296,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let policy_store = stores.policies.clone();
     let route_stores = stores.clone();
     let jwt_stores = stores.clone();
+    let rate_limit_stores = stores.clone();
     tasks.spawn(request_authn::run_fetcher(
         stores.request_authns.clone(),
         stores.key_sources.fetched.clone(),
@@ -338,6 +342,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         snapshots: snapshots.clone(),
         resources: jwt_stores.request_authns,
         sources: jwt_stores.key_sources,
+    }));
+    tasks.spawn(ratelimit::run_status(ratelimit::StatusContext {
+        client: client.clone(),
+        leader: leader.clone(),
+        snapshots: snapshots.clone(),
+        stores: rate_limit_stores,
     }));
     tasks.spawn(route_status::run(route_status::StatusContext {
         client: client.clone(),

@@ -30,3 +30,12 @@ fn checked_in_request_authentication_crd_matches_the_rust_type() {
         "requestauthentications",
     );
 }
+
+#[test]
+fn checked_in_rate_limit_policy_crd_matches_the_rust_type() {
+    check(
+        "ratelimitpolicies.yaml",
+        ambit_controller::ratelimit::crd_yaml().unwrap(),
+        "ratelimitpolicies",
+    );
+}

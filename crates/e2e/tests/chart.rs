@@ -215,8 +215,8 @@ fn manifests_match_the_chart() -> Result<()> {
     );
     assert_eq!(
         crd_kinds.len(),
-        7,
-        "ambit's two CRDs and five Gateway API CRDs"
+        8,
+        "ambit's three CRDs and five Gateway API CRDs"
     );
     let rest = docs(&rest)?;
     assert!(
@@ -235,7 +235,11 @@ fn manifests_match_the_chart() -> Result<()> {
 #[test]
 fn chart_crd_is_the_generated_one() -> Result<()> {
     let charts = repo().join("charts/ambit");
-    for file in ["authorizationpolicies.yaml", "requestauthentications.yaml"] {
+    for file in [
+        "authorizationpolicies.yaml",
+        "requestauthentications.yaml",
+        "ratelimitpolicies.yaml",
+    ] {
         let generated = std::fs::read_to_string(charts.join("crds").join(file))?;
         check_file(&charts.join("files/crds").join(file), &generated)?;
     }

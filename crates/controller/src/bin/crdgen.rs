@@ -1,6 +1,7 @@
 //! Prints one of ambit's CRDs, generated from its Rust type:
 //! `cargo run -p ambit-controller --bin crdgen > charts/ambit/crds/authorizationpolicies.yaml`
 //! `cargo run -p ambit-controller --bin crdgen requestauthentications > charts/ambit/crds/requestauthentications.yaml`
+//! `cargo run -p ambit-controller --bin crdgen ratelimitpolicies > charts/ambit/crds/ratelimitpolicies.yaml`
 
 fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1);
@@ -9,9 +10,10 @@ fn main() -> anyhow::Result<()> {
             ambit_controller::crd::authorization_policy_crd_yaml()?
         }
         Some("requestauthentications") => ambit_controller::crd::request_authentication_crd_yaml()?,
-        Some(other) => {
-            anyhow::bail!("unknown CRD {other:?}: authorizationpolicies or requestauthentications")
-        }
+        Some("ratelimitpolicies") => ambit_controller::ratelimit::crd_yaml()?,
+        Some(other) => anyhow::bail!(
+            "unknown CRD {other:?}: authorizationpolicies, requestauthentications or ratelimitpolicies"
+        ),
     };
     print!("{yaml}");
     Ok(())

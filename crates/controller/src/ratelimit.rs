@@ -1,0 +1,415 @@
+//! RateLimitPolicy (`ambit.dev/v1alpha1`): a local rate limit attached Gateway-API style to
+//! Services and routes of its namespace. The index turns each target ref into one `RateLimit`
+//! resource, `ratelimit/<ns>/<policy>/<kind>/<target>`, which the waypoints serving that target
+//! get (crates/controller/src/view.rs) and enforce per replica. The Lease holder writes the
+//! `Accepted` condition: `False`/`TargetNotFound` names the targets that do not exist.
+
+use crate::crd::Condition;
+use crate::index::{Change, Stores, Watched};
+use crate::route::RouteKind;
+use crate::waypoint::FIELD_MANAGER;
+use ambit_proto::config::v1 as pb;
+use kube::CustomResource;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The condition type the controller writes.
+pub const ACCEPTED: &str = "Accepted";
+
+/// A local rate limit on Services and routes of this namespace: each waypoint replica serving
+/// a target lets `local.requests` per `local.unit` through (bursts of up to `local.burst`) and
+/// answers the rest 429 (gRPC RESOURCE_EXHAUSTED). Each target has a quota of its own.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ambit.dev",
+    version = "v1alpha1",
+    kind = "RateLimitPolicy",
+    namespaced,
+    shortname = "rlp",
+    status = "RateLimitPolicyStatus",
+    printcolumn = r#"{"name":"Requests","type":"integer","jsonPath":".spec.local.requests"}"#,
+    printcolumn = r#"{"name":"Unit","type":"string","jsonPath":".spec.local.unit"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// What the limit is attached to, in this namespace; each target gets the whole quota.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["group", "kind", "name"]
+    ))]
+    pub target_refs: Vec<TargetRef>,
+    pub local: LocalRateLimit,
+}
+
+/// Gateway API's `LocalPolicyTargetReference`: a Service (group `""`) or an HTTPRoute or
+/// GRPCRoute (group `gateway.networking.k8s.io`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.kind == 'Service' ? self.group == '' : self.group == 'gateway.networking.k8s.io'",
+    "message": "a Service is in group \"\", HTTPRoute and GRPCRoute in gateway.networking.k8s.io"
+}]))]
+pub struct TargetRef {
+    #[schemars(regex(pattern = r"^(gateway\.networking\.k8s\.io)?$"))]
+    pub group: String,
+    pub kind: TargetKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TargetKind {
+    Service,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "Service",
+            Self::HttpRoute => "HTTPRoute",
+            Self::GrpcRoute => "GRPCRoute",
+        }
+    }
+}
+
+/// A quota per waypoint replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRateLimit {
+    /// Requests let through per `unit`.
+    #[schemars(range(min = 1))]
+    pub requests: u32,
+    pub unit: RateUnit,
+    /// Requests let through at once after a quiet spell; at least (and by default) `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RateUnit {
+    pub fn millis(self) -> u64 {
+        match self {
+            Self::Second => 1_000,
+            Self::Minute => 60_000,
+            Self::Hour => 3_600_000,
+        }
+    }
+}
+
+/// What the controller reports about a RateLimitPolicy (the Lease holder writes it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct RateLimitPolicyStatus {
+    /// `Accepted`: `True`, or `False` with reason `TargetNotFound` (the targets that exist
+    /// are limited all the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The checked-in CRD manifest of `RateLimitPolicy`, as YAML.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let header = "# Generated by `cargo run -p ambit-controller --bin crdgen ratelimitpolicies`; do not edit.\n";
+    Ok(format!(
+        "{header}{}",
+        serde_yaml::to_string(&RateLimitPolicy::crd())?
+    ))
+}
+
+impl Watched for RateLimitPolicy {
+    fn change(&self) -> Change {
+        Change::RateLimit((self.namespace().unwrap_or_default(), self.name_any()))
+    }
+}
+
+/// The prefix of every resource name of policy `namespace/name`.
+pub fn resource_prefix(namespace: &str, name: &str) -> String {
+    format!("ratelimit/{namespace}/{name}/")
+}
+
+/// The `RateLimit` resources of `policy`, by resource name: one per target ref.
+pub fn resources(policy: &RateLimitPolicy) -> Vec<(String, pb::resource::Kind)> {
+    let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let local = &policy.spec.local;
+    policy
+        .spec
+        .target_refs
+        .iter()
+        .map(|t| {
+            let kind = t.kind.as_str();
+            let suffix = format!("{kind}/{}", t.name);
+            let limit = pb::RateLimit {
+                // The waypoint keeps one quota per `namespace/name`: one per target.
+                name: format!("{name}/{suffix}"),
+                namespace: namespace.clone(),
+                target_kind: kind.into(),
+                target_name: t.name.clone(),
+                requests: local.requests,
+                interval_ms: local.unit.millis(),
+                burst: local.burst.unwrap_or(0),
+            };
+            (
+                format!("{}{suffix}", resource_prefix(&namespace, &name)),
+                pb::resource::Kind::RateLimit(limit),
+            )
+        })
+        .collect()
+}
+
+/// The target refs of `policy` naming nothing that exists, as `Kind namespace/name`.
+pub fn missing_targets(policy: &RateLimitPolicy, stores: &Stores) -> Vec<String> {
+    let namespace = policy.namespace().unwrap_or_default();
+    policy
+        .spec
+        .target_refs
+        .iter()
+        .filter(|t| {
+            let key = (namespace.clone(), t.name.clone());
+            match t.kind {
+                TargetKind::Service => stores
+                    .services
+                    .get(&ObjectRef::new(&t.name).within(&namespace))
+                    .is_none(),
+                TargetKind::HttpRoute => stores.resolve_route(RouteKind::Http, &key).is_none(),
+                TargetKind::GrpcRoute => stores.resolve_route(RouteKind::Grpc, &key).is_none(),
+            }
+        })
+        .map(|t| format!("{} {namespace}/{}", t.kind.as_str(), t.name))
+        .collect()
+}
+
+/// `Accepted`'s status, reason and message for `policy`.
+pub fn decide(policy: &RateLimitPolicy, stores: &Stores) -> (bool, &'static str, String) {
+    let missing = missing_targets(policy, stores);
+    if missing.is_empty() {
+        let l = &policy.spec.local;
+        let message = format!(
+            "{} requests per {:?} per waypoint replica, on {} target(s)",
+            l.requests,
+            l.unit,
+            policy.spec.target_refs.len()
+        );
+        (true, "Accepted", message)
+    } else {
+        let message = format!(
+            "no such target: {}; the others are limited",
+            missing.join(", ")
+        );
+        (false, "TargetNotFound", message)
+    }
+}
+
+/// Inputs of the status writer.
+#[derive(Clone)]
+pub struct StatusContext {
+    pub client: kube::Client,
+    pub leader: watch::Receiver<bool>,
+    pub snapshots: watch::Receiver<Arc<crate::index::Snapshot>>,
+    pub stores: Stores,
+}
+
+impl std::fmt::Debug for StatusContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusContext").finish_non_exhaustive()
+    }
+}
+
+/// Writes every RateLimitPolicy's `Accepted` condition while this replica holds the Lease.
+pub async fn run_status(ctx: StatusContext) {
+    crate::policy::paced(ctx.leader.clone(), ctx.snapshots.clone(), |_| {
+        let ctx = ctx.clone();
+        async move { write_statuses(&ctx).await }
+    })
+    .await;
+}
+
+fn status(accepted: bool) -> &'static str {
+    if accepted { "True" } else { "False" }
+}
+
+async fn write_statuses(ctx: &StatusContext) {
+    for p in ctx.stores.rate_limits.state() {
+        let (accepted, reason, message) = decide(&p, &ctx.stores);
+        let previous = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == ACCEPTED));
+        if previous.is_some_and(|c| {
+            c.status == status(accepted)
+                && c.reason == reason
+                && c.message == message
+                && c.observed_generation == p.metadata.generation
+        }) {
+            continue;
+        }
+        let (Some(ns), name) = (p.namespace(), p.name_any()) else {
+            continue;
+        };
+        let condition = Condition {
+            type_: ACCEPTED.into(),
+            status: status(accepted).into(),
+            reason: reason.into(),
+            message,
+            observed_generation: p.metadata.generation,
+            last_transition_time: previous
+                .filter(|c| c.status == status(accepted))
+                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
+        };
+        let body = serde_json::json!({
+            "apiVersion": "ambit.dev/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "status": {"conditions": [condition]},
+        });
+        let result = Api::<RateLimitPolicy>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(namespace = %ns, name = %name, accepted, reason, "rate limit policy status")
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, name = %name, error = %e, "writing rate limit policy status")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::index::testing::Cluster;
+    use serde_json::json;
+
+    const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+    fn policy(targets: serde_json::Value, local: serde_json::Value) -> RateLimitPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "ambit.dev/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": "limit", "namespace": "shop"},
+            "spec": {"targetRefs": targets, "local": local},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn one_resource_per_target_with_the_quota_in_milliseconds() {
+        let p = policy(
+            json!([{"group": "", "kind": "Service", "name": "back"},
+                   {"group": GATEWAY_GROUP, "kind": "GRPCRoute", "name": "rpc"}]),
+            json!({"requests": 5, "unit": "Minute", "burst": 8}),
+        );
+        let out = resources(&p);
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ratelimit/shop/limit/Service/back",
+                "ratelimit/shop/limit/GRPCRoute/rpc"
+            ]
+        );
+        let pb::resource::Kind::RateLimit(l) = &out[1].1 else {
+            panic!("{:?}", out[1].1)
+        };
+        assert_eq!(
+            (
+                l.name.as_str(),
+                l.target_kind.as_str(),
+                l.target_name.as_str()
+            ),
+            ("limit/GRPCRoute/rpc", "GRPCRoute", "rpc")
+        );
+        assert_eq!((l.requests, l.interval_ms, l.burst), (5, 60_000, 8));
+        assert!(
+            out.iter()
+                .all(|(n, _)| n.starts_with(&resource_prefix("shop", "limit")))
+        );
+    }
+
+    #[test]
+    fn a_missing_target_is_named() {
+        let mut cluster = Cluster::new();
+        cluster.apply(crate::index::testing::service(
+            "shop",
+            "back",
+            "10.96.0.9",
+            80,
+        ));
+        let p = policy(
+            json!([{"group": "", "kind": "Service", "name": "back"},
+                   {"group": GATEWAY_GROUP, "kind": "HTTPRoute", "name": "gone"}]),
+            json!({"requests": 1, "unit": "Second"}),
+        );
+        let (accepted, reason, message) = decide(&p, &cluster.stores());
+        assert!(!accepted);
+        assert_eq!(reason, "TargetNotFound");
+        assert!(message.contains("HTTPRoute shop/gone"), "{message}");
+        assert!(!message.contains("back"), "{message}");
+        let only_back = policy(
+            json!([{"group": "", "kind": "Service", "name": "back"}]),
+            json!({"requests": 1, "unit": "Second"}),
+        );
+        assert!(decide(&only_back, &cluster.stores()).0);
+    }
+
+    #[test]
+    fn the_index_follows_a_policy_target_by_target_and_drops_it_on_delete() {
+        use crate::index::Index;
+        use crate::index::testing::ns;
+        let mut cluster = Cluster::new();
+        cluster.apply(ns("shop", true));
+        cluster.apply(ns("off", false));
+        let mut index = Index::new(cluster.stores(), "cluster.local");
+        index.update([Change::All]);
+        let limits = |s: &crate::index::Snapshot| -> Vec<String> {
+            s.of_kind("ratelimit").map(|(k, _)| k.to_string()).collect()
+        };
+        let two = policy(
+            json!([{"group": "", "kind": "Service", "name": "a"},
+                   {"group": "", "kind": "Service", "name": "b"}]),
+            json!({"requests": 1, "unit": "Hour"}),
+        );
+        let change = cluster.apply(two.clone());
+        let snap = index.update([change]).unwrap();
+        assert_eq!(
+            limits(&snap),
+            [
+                "ratelimit/shop/limit/Service/a",
+                "ratelimit/shop/limit/Service/b"
+            ]
+        );
+        let mut one = two.clone();
+        one.spec.target_refs.truncate(1);
+        let change = cluster.apply(one.clone());
+        let snap = index.update([change]).unwrap();
+        assert_eq!(limits(&snap), ["ratelimit/shop/limit/Service/a"]);
+        // A namespace that is not enrolled gets none.
+        let mut elsewhere = one.clone();
+        elsewhere.metadata.namespace = Some("off".into());
+        let change = cluster.apply(elsewhere);
+        assert!(index.update([change]).is_none());
+        let change = cluster.delete(one);
+        let snap = index.update([change]).unwrap();
+        assert!(limits(&snap).is_empty());
+    }
+}
