@@ -11,15 +11,12 @@
 
 mod support;
 
-use ambit_controller::crd::{AuthorizationPolicy, Gateway};
 use ambit_identity::SpiffeId;
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use prost::Message;
 use serde_json::json;
@@ -271,17 +268,9 @@ async fn controller_scale() -> Result<()> {
             )
             .await?;
     }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for mut crd in [AuthorizationPolicy::crd(), Gateway::crd()] {
-        crd.metadata.annotations = Some(
-            [(
-                "api-approved.kubernetes.io".to_string(),
-                "https://github.com/kubernetes-sigs/gateway-api/pull/2466".to_string(),
-            )]
-            .into(),
-        );
-        crds.create(&pp, &crd).await?;
-    }
+    // Every CRD the chart ships: the controller serves nothing until each of its caches has
+    // synced.
+    support::install_crds(&client).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))

@@ -14,14 +14,13 @@ use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::{
-    SYSTEM_NS, channel, eventually, obj, pod_json, pod_running, subscribe, token, with_token,
+    SYSTEM_NS, channel, eventually, install_crds, obj, pod_json, pod_running, subscribe, token,
+    with_token,
 };
 
 const NAME: &str = "ctltest";
@@ -45,42 +44,9 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     let node1 = tb.config.node_name(1);
     let node2 = tb.config.node_name(2);
 
-    // CRDs: ambit's, and minimal Gateway API ones generated from the controller's types.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for mut crd in [
-        AuthorizationPolicy::crd(),
-        Gateway::crd(),
-        GatewayClass::crd(),
-    ] {
-        // *.k8s.io groups need this annotation; the real Gateway API CRDs carry it.
-        crd.metadata.annotations = Some(BTreeMap::from([(
-            "api-approved.kubernetes.io".to_string(),
-            "https://github.com/kubernetes-sigs/gateway-api/pull/2466".to_string(),
-        )]));
-        crds.create(&pp, &crd).await?;
-    }
-    for name in [
-        "authorizationpolicies.ambit.dev",
-        "gateways.gateway.networking.k8s.io",
-        "gatewayclasses.gateway.networking.k8s.io",
-    ] {
-        eventually(
-            &format!("CRD {name} established"),
-            Duration::from_secs(30),
-            || async {
-                crds.get(name).await.ok().filter(|c| {
-                    c.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter()
-                                .any(|c| c.type_ == "Established" && c.status == "True")
-                        })
-                })
-            },
-        )
-        .await?;
-    }
+    // Every CRD the chart ships: the controller serves nothing until each of its caches has
+    // synced.
+    install_crds(&client).await?;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in [SYSTEM_NS, APP_NS] {
@@ -485,7 +451,8 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             .get("broken")
             .await
             .ok()
-            .filter(|g| cond(g, "Accepted").is_some())
+            // The CRD's default condition (Unknown, "Waiting for controller") has no generation.
+            .filter(|g| cond(g, "Accepted").is_some_and(|c| c.observed_generation.is_some()))
     })
     .await?;
     let accepted = cond(&broken, "Accepted").unwrap();
