@@ -32,7 +32,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{SYSTEM_NS, eventually, free_port, install_crds, obj, pod_json, pod_running, token};
+use support::{
+    CONTROLLER_GROUPS, CONTROLLER_USER, SYSTEM_NS, as_controller, eventually, free_port,
+    install_crds, obj, pod_json, pod_running, token,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -135,21 +138,6 @@ async fn bind(client: &kube::Client, role: &str) -> Result<()> {
         .create(&PostParams::default(), &binding)
         .await?;
     Ok(())
-}
-
-/// The controller's account, impersonated by the admin.
-const CONTROLLER_USER: &str = "system:serviceaccount:ambit-system:ambit-controller";
-const CONTROLLER_GROUPS: &str =
-    "system:serviceaccounts,system:serviceaccounts:ambit-system,system:authenticated";
-
-/// A client acting as the controller's service account.
-async fn as_controller(tb: &ambit_testbed::Testbed) -> Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(tb.config.kubeconfig())?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    config.auth_info.impersonate = Some(CONTROLLER_USER.into());
-    config.auth_info.impersonate_groups =
-        Some(CONTROLLER_GROUPS.split(',').map(String::from).collect());
-    Ok(kube::Client::try_from(config)?)
 }
 
 /// The controller binary as its own service account; killed when dropped, as a crash or an

@@ -23,6 +23,21 @@ pub use ambit_testbed::eventually;
 /// Where ambit runs in these tests: the CA Secret, the Lease, the tunnels' service account.
 pub const SYSTEM_NS: &str = "ambit-system";
 
+/// The controller's account, impersonated by the admin.
+pub const CONTROLLER_USER: &str = "system:serviceaccount:ambit-system:ambit-controller";
+pub const CONTROLLER_GROUPS: &str =
+    "system:serviceaccounts,system:serviceaccounts:ambit-system,system:authenticated";
+
+/// A client acting as the controller's service account.
+pub async fn as_controller(tb: &ambit_testbed::Testbed) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(tb.config.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info.impersonate = Some(CONTROLLER_USER.into());
+    config.auth_info.impersonate_groups =
+        Some(CONTROLLER_GROUPS.split(',').map(String::from).collect());
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// A Kubernetes object from JSON.
 pub fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
