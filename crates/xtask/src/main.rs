@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod conformance;
 mod test;
 mod testbed;
 
@@ -14,6 +15,8 @@ usage: cargo xtask <command>
 commands:
   test          install what the tests need, then fmt, clippy -D warnings and every test tier
   demo          the whole mesh on the local testbed, narrated (root); leaves it up to poke around
+  conformance   Gateway API's conformance suite (mesh profiles) on its own testbed (root);
+                report to docs/conformance/ [--run-test NAME] [--keep]
   bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, waypoint, tunnel, controller, route)
   testbed CMD   local Kubernetes testbed: setup | up [--nodes N] | down | status | env
 ";
@@ -25,6 +28,7 @@ fn main() -> Result<()> {
         ["test"] => test::run(),
         ["demo"] => testbed::demo(),
         ["bench", name] => bench::run(name),
+        ["conformance", rest @ ..] => conformance::run(rest),
         ["testbed", rest @ ..] => testbed::run(rest),
         ["help" | "--help" | "-h"] | [] => {
             print!("{USAGE}");
