@@ -392,12 +392,31 @@ fn resolve(
             accepted: verdict,
         });
     }
+    let placeholder = accepted_parents.first().map(|p| {
+        let port = match p.port {
+            0 => lookup
+                .service(&(p.namespace.clone(), p.name.clone()))
+                .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|sp| sp.port))
+                .and_then(|port| u32::try_from(port).ok())
+                .unwrap_or(0),
+            port => port,
+        };
+        pb::RouteBackend {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            port,
+            weight: 1,
+            invalid: true,
+            ..Default::default()
+        }
+    });
     let mut resolver = Resolver {
         kind,
         namespace: &namespace,
         lookup,
         problems: &mut problems,
         services: &mut services,
+        placeholder,
     };
     let rules: Vec<pb::RouteRule> = rules
         .into_iter()
@@ -458,6 +477,11 @@ struct Resolver<'a, 'p> {
     lookup: Lookup<'a>,
     problems: &'p mut Problems,
     services: &'p mut BTreeSet<ObjectKey>,
+    /// An invalid backend standing for the first accepted parent: the data plane checks the
+    /// names and port of every backend, even of one it never dials, so an unresolved backend
+    /// without a Service name and port of its own is sent as this one (its status message
+    /// names the real reference).
+    placeholder: Option<pb::RouteBackend>,
 }
 
 impl Resolver<'_, '_> {
@@ -484,11 +508,7 @@ impl Resolver<'_, '_> {
                 b.invalid = true;
             }
             if backends.is_empty() {
-                backends.push(pb::RouteBackend {
-                    weight: 1,
-                    invalid: true,
-                    ..Default::default()
-                });
+                backends.extend(self.placeholder.clone());
             }
         }
         let timeouts = r.timeouts.cloned().unwrap_or_default();
@@ -664,8 +684,16 @@ impl Resolver<'_, '_> {
             self.service_problem(&key, b.port, at)
         };
         if let Some(p) = problem {
-            out.invalid = true;
             self.problems.refs.push(p);
+            let compiles = out.port != 0
+                && ambit_identity::is_kubernetes_name(&out.namespace)
+                && ambit_identity::is_kubernetes_name(&out.name);
+            if let (false, Some(stand_in)) = (compiles, &self.placeholder) {
+                out.namespace.clone_from(&stand_in.namespace);
+                out.name.clone_from(&stand_in.name);
+                out.port = stand_in.port;
+            }
+            out.invalid = true;
         }
         out
     }

@@ -265,11 +265,24 @@ fn unresolved_backends_stay_invalid_with_the_first_reason() {
     route.spec.rules[0].backend_refs.push(obj(
         json!({"group": "example.com", "kind": "Bucket", "name": "b"}),
     ));
+    route.spec.rules[0]
+        .backend_refs
+        .push(obj(json!({"name": "Not-A-Name", "port": 80})));
     let r = resolve(&c, &route);
     let backends = &r.route.as_ref().unwrap().rules[0].backends;
     assert_eq!(
-        backends.iter().map(|b| b.invalid).collect::<Vec<_>>(),
-        [true, true, false, true]
+        backends
+            .iter()
+            .map(|b| (b.namespace.as_str(), b.name.as_str(), b.port, b.invalid))
+            .collect::<Vec<_>>(),
+        [
+            ("shop", "missing", 80, true),
+            ("shop", "api", 1234, true),
+            ("shop", "api", 8080, false),
+            // No Service name or port to send: the parent stands in, never dialed.
+            ("shop", "web", 80, true),
+            ("shop", "web", 80, true),
+        ]
     );
     assert_eq!(
         (r.resolved_refs.ok, r.resolved_refs.reason),
@@ -404,8 +417,22 @@ fn an_extension_ref_filter_fails_its_rule_closed() {
     );
     let rules = &r.route.unwrap().rules;
     assert!(!rules[0].backends[0].invalid);
-    assert_eq!(rules[1].backends.len(), 1);
-    assert!(rules[1].backends[0].invalid, "the rule answers 500");
+    let stand_in = &rules[1].backends;
+    assert_eq!(
+        stand_in
+            .iter()
+            .map(|b| (
+                b.namespace.as_str(),
+                b.name.as_str(),
+                b.port,
+                b.weight,
+                b.invalid
+            ))
+            .collect::<Vec<_>>(),
+        // The parent names no port: its Service's first stands in.
+        [("shop", "web", 80, 1, true)],
+        "the rule answers 500"
+    );
     assert!(rules[1].filters.is_empty());
 }
 
