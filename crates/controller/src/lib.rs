@@ -1,11 +1,13 @@
 //! ambit-controller: watches the cluster, streams config to node tunnels and waypoints over
 //! `ambit.config.v1`, runs the mesh CA (`ambit.ca.v1`) with node authorization, deploys
-//! waypoints for Gateways of class `ambit-waypoint`, delivers HTTPRoutes and GRPCRoutes with Service
+//! waypoints for Gateways of class `ambit-waypoint` (and creates those Gateways in namespaces
+//! labelled `ambit.dev/waypoint=auto`), delivers HTTPRoutes and GRPCRoutes with Service
 //! parents and RateLimitPolicies to waypoints, and writes the status of Gateways, policies and routes as Lease holder.
 //!
 //! See docs/controller.md.
 
 pub mod auth;
+pub mod auto_waypoint;
 pub mod ca;
 pub mod config;
 pub mod config_service;

@@ -9,7 +9,7 @@ use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
-use crate::{grpc, lease, policy, ratelimit, route_status, waypoint};
+use crate::{auto_waypoint, grpc, lease, policy, ratelimit, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
@@ -297,6 +297,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let route_stores = stores.clone();
     let jwt_stores = stores.clone();
     let rate_limit_stores = stores.clone();
+    let auto_waypoint_stores = stores.clone();
     tasks.spawn(request_authn::run_fetcher(
         stores.request_authns.clone(),
         stores.key_sources.fetched.clone(),
@@ -348,6 +349,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         stores: rate_limit_stores,
+    }));
+    tasks.spawn(auto_waypoint::run(auto_waypoint::Context {
+        client: client.clone(),
+        leader: leader.clone(),
+        snapshots: snapshots.clone(),
+        stores: auto_waypoint_stores,
     }));
     tasks.spawn(route_status::run(route_status::StatusContext {
         client: client.clone(),
