@@ -59,7 +59,12 @@ pub fn wanted(snapshot: &Snapshot, stores: &Stores) -> BTreeSet<Account> {
     let workloads: Vec<&pb::Workload> = snapshot
         .of_kind("workload")
         .filter_map(|(_, e)| match e.kind() {
-            Some(pb::resource::Kind::Workload(w)) if auto.contains(&w.namespace) => Some(w),
+            // An opted-out pod's traffic never goes through a waypoint.
+            Some(pb::resource::Kind::Workload(w))
+                if auto.contains(&w.namespace) && !w.opted_out =>
+            {
+                Some(w)
+            }
             _ => None,
         })
         .collect();

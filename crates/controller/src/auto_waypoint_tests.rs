@@ -63,6 +63,24 @@ fn route_parents_and_l7_policies_want_waypoints_in_auto_namespaces_only() {
     ));
     assert_eq!(wanted_now(&c), BTreeSet::from([account("shop", "back")]));
 
+    // An opted-out pod's account needs none.
+    let mut opted_out = pod("shop", "batch", "batch", "n1", "10.0.0.5");
+    opted_out
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(crate::index::DATAPLANE_MODE_LABEL.into(), "none".into());
+    c.apply(opted_out);
+    c.apply(service("shop", "batch", "10.96.0.2", 80));
+    c.apply(slice("shop", "batch", &["batch"]));
+    c.apply(http_route(
+        "shop",
+        "b",
+        &["shop/batch"],
+        &[("shop/batch", 80, 1)],
+    ));
+    assert_eq!(wanted_now(&c), BTreeSet::from([account("shop", "back")]));
+
     // An L4-only policy needs no waypoint; one with paths does, for the pods it selects.
     c.apply(policy("shop", "l4", "front"));
     assert_eq!(wanted_now(&c), BTreeSet::from([account("shop", "back")]));
