@@ -122,13 +122,21 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
                 config.policies.push(policy(name, p)?);
             }
             // Checked by `Mesh::new`, which leaves a route that does not compile out alone.
-            pb::resource::Kind::Route(r) => config.routes.push(route(name, r)?),
+            // One route or rate limit this data plane cannot read is left out alone (and
+            // logged): it never costs the rest of the delta (issue 14, no poison pills).
+            pb::resource::Kind::Route(r) => match route(name, r) {
+                Ok(route) => config.routes.push(route),
+                Err(error) => tracing::warn!(%error, "route left out"),
+            },
             pb::resource::Kind::RequestAuthentication(r) => {
                 config
                     .request_authentications
                     .push(request_authentication(r));
             }
-            pb::resource::Kind::RateLimit(r) => config.rate_limits.push(rate_limit(name, r)?),
+            pb::resource::Kind::RateLimit(r) => match rate_limit(name, r) {
+                Ok(limit) => config.rate_limits.push(limit),
+                Err(error) => tracing::warn!(%error, "rate limit left out"),
+            },
             pb::resource::Kind::ExtAuthzProvider(p) => config
                 .ext_authz_providers
                 .push(ext_authz_provider(name, p)?),
@@ -1019,5 +1027,18 @@ mod tests {
             route("route/demo/r", &bad),
             Err(ConvertError::Range { value: 70_000, .. })
         ));
+        // ... and left out alone: the rest of the resources still make a mesh.
+        let mut resources = sample();
+        resources.insert(
+            "httproute/demo/r".into(),
+            pb::Resource {
+                name: "httproute/demo/r".into(),
+                version: "1".into(),
+                kind: Some(pb::resource::Kind::Route(bad)),
+            },
+        );
+        let config = mesh_config("cluster.local", &resources).unwrap();
+        assert!(config.routes.is_empty());
+        assert_eq!(config.workloads.len(), 3);
     }
 }
