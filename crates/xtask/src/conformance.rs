@@ -175,6 +175,8 @@ fn install_and_run(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Re
         format!("-report-output={}", report.display()),
         "-organization=ambit".to_owned(),
         "-project=ambit".to_owned(),
+        // The suite requires one; ambit's label and API domain.
+        "-url=https://ambit.dev".to_owned(),
         format!("-version=v{version}"),
         "-contact=ambit maintainers".to_owned(),
         "-mode=default".to_owned(),
@@ -227,7 +229,11 @@ fn install_and_run(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Re
     let status = child.wait()?;
     if summary.passed.is_empty() && summary.failed.is_empty() {
         bail!(
-            "the suite ran no test ({status}); see {}",
+            "the suite ran no test ({status}): {}; see {}",
+            summary
+                .suite_failure
+                .as_deref()
+                .unwrap_or("no failure message"),
             log_path.display()
         );
     }
@@ -245,6 +251,9 @@ struct Summary {
     output: BTreeMap<String, Vec<String>>,
     /// The first failure among each running test's subtests.
     first_failure: BTreeMap<String, String>,
+    /// Why `TestConformance` itself failed, when it did before running any test (bad flags,
+    /// an unreachable cluster).
+    suite_failure: Option<String>,
 }
 
 impl Summary {
@@ -254,10 +263,6 @@ impl Summary {
         let Some(name) = event["Test"].as_str() else {
             return;
         };
-        let Some(test) = name.split('/').nth(1).map(str::to_owned) else {
-            return;
-        };
-        let is_test = name.matches('/').count() == 1;
         let action = event["Action"].as_str().unwrap_or_default();
         if action == "output" {
             self.output
@@ -270,6 +275,13 @@ impl Summary {
             return;
         }
         let lines = self.output.remove(name).unwrap_or_default();
+        let Some(test) = name.split('/').nth(1).map(str::to_owned) else {
+            if action == "fail" {
+                self.suite_failure = Some(failure_of(&lines));
+            }
+            return;
+        };
+        let is_test = name.matches('/').count() == 1;
         match (action, is_test) {
             ("fail", false) => {
                 self.first_failure
@@ -404,6 +416,25 @@ mod tests {
                     "Error: Received unexpected error: connection refused".to_owned()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn says_why_the_suite_ran_no_test() {
+        let mut s = Summary::default();
+        for line in [
+            "    conformance.go:109: \n",
+            "        \tError:      \tReceived unexpected error:\n",
+            "        \t            \timplementation's url cannot be empty\n",
+            "        \tTest:       \tTestConformance\n",
+        ] {
+            s.read(&json!({"Action": "output", "Test": "TestConformance", "Output": line}));
+        }
+        s.read(&json!({"Action": "fail", "Test": "TestConformance"}));
+        assert!(s.passed.is_empty() && s.failed.is_empty());
+        assert_eq!(
+            s.suite_failure.as_deref(),
+            Some("Error: Received unexpected error: implementation's url cannot be empty")
         );
     }
 }
