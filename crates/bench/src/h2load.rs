@@ -61,7 +61,7 @@ pub fn run(
         .args(["--threads", "1"])
         .arg(format!("--clients={}", load.connections))
         .arg(format!("--max-concurrent-streams={}", load.streams))
-        .arg(format!("--duration={}", load.duration.as_secs_f64()))
+        .arg(format!("--duration={}ms", load.duration.as_millis()))
         .arg("--log-file")
         .arg(log_file)
         .args(headers.iter().flat_map(|h| ["--header", h.as_str()]))

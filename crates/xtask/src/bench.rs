@@ -1,8 +1,9 @@
 //! `cargo xtask bench NAME`: benchmarks run in release mode and print ratios against a
 //! baseline measured in the same run.
 
-use crate::cmd::{self, cargo};
+use crate::cmd::{self, cargo, workspace_root};
 use anyhow::{Result, bail};
+use std::process::Command;
 
 const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller", "route"];
 
@@ -10,8 +11,11 @@ pub fn run(name: &str) -> Result<()> {
     match name {
         // In-process: hbone starts its own tunnels, route times lookups in one thread.
         "hbone" | "route" => bench_binary(name),
-        // Runs ambit-waypoint as a process of its own, from the same target directory.
+        // Runs ambit-waypoint as a process of its own, from the same target directory; its
+        // ext_authz variant asks Istio's ext_authz sample, built (or found cached) by setup.sh.
         "waypoint" => {
+            let setup = workspace_root().join("crates/testbed/setup.sh");
+            cmd::run(Command::new("bash").arg(setup).arg("istio-extauthz"))?;
             cmd::run(&mut cargo([
                 "build",
                 "--release",
