@@ -124,7 +124,7 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
             // Checked by `Mesh::new`, which leaves a route that does not compile out alone.
             // One route or rate limit this data plane cannot read is left out alone (and
             // logged): it never costs the rest of the delta (issue 14, no poison pills).
-            pb::resource::Kind::Route(r) => match route(name, r) {
+            pb::resource::Kind::Route(r) => match route_model(name, r) {
                 Ok(route) => config.routes.push(route),
                 Err(error) => tracing::warn!(%error, "route left out"),
             },
@@ -341,7 +341,9 @@ fn ext_authz_provider(
 /// A route, field for field; what the route's own types cannot say (an unknown match type, a
 /// port out of range) is an error naming the resource. The rest is `Route::compile`'s to
 /// check, in `Mesh::new`, which leaves a route that does not compile out alone.
-fn route(resource: &str, r: &pb::Route) -> Result<rt::Route, ConvertError> {
+/// The route model of a `Route` resource named `resource`: what a data plane compiles. The
+/// controller uses it to check a route as the waypoints will before it says `Accepted`.
+pub fn route_model(resource: &str, r: &pb::Route) -> Result<rt::Route, ConvertError> {
     let c = RouteConvert { resource };
     let kind = match r.kind.as_str() {
         "HTTPRoute" => rt::RouteKind::Http,
@@ -959,7 +961,7 @@ mod tests {
             }],
             created_unix_ms: 7,
         };
-        let converted = route("route/demo/r", &r).unwrap();
+        let converted = route_model("route/demo/r", &r).unwrap();
         assert_eq!(converted.kind, rt::RouteKind::Http);
         assert_eq!(converted.parents[0].port, Some(80));
         let rule = &converted.rules[0];
@@ -1005,7 +1007,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let grpc = route("route/demo/g", &g).unwrap();
+        let grpc = route_model("route/demo/g", &g).unwrap();
         assert_eq!(
             grpc.rules[0].matches[0].grpc,
             Some(rt::GrpcMethodMatch {
@@ -1018,13 +1020,13 @@ mod tests {
         let mut bad = r.clone();
         bad.rules[0].matches[0].path = Some(sm("Suffix", "/x"));
         assert_eq!(
-            route("route/demo/r", &bad).unwrap_err().to_string(),
+            route_model("route/demo/r", &bad).unwrap_err().to_string(),
             "route/demo/r: path match type \"Suffix\" is not one this data plane knows"
         );
         let mut bad = r;
         bad.rules[0].backends[0].port = 70_000;
         assert!(matches!(
-            route("route/demo/r", &bad),
+            route_model("route/demo/r", &bad),
             Err(ConvertError::Range { value: 70_000, .. })
         ));
         // ... and left out alone: the rest of the resources still make a mesh.

@@ -17,7 +17,7 @@ pub mod source;
 mod stream;
 
 pub use ca::ControllerIssuer;
-pub use convert::{ConvertError, mesh_config};
+pub use convert::{ConvertError, mesh_config, route_model};
 pub use endpoint::{ControllerEndpoint, EndpointError};
 pub use source::{Feed, Issuer, Source, SourceError, Start};
 pub use stream::{Resources, StreamState, subscribe};

@@ -450,7 +450,7 @@ fn resolve(
             ),
         ),
     };
-    let route = (!accepted_parents.is_empty()).then(|| pb::Route {
+    let mut route = (!accepted_parents.is_empty()).then(|| pb::Route {
         name,
         namespace,
         kind: kind.kind().into(),
@@ -462,12 +462,36 @@ fn resolve(
             .as_ref()
             .map_or(0, |t| t.0.as_millisecond()),
     });
+    // The waypoints compile what they get (regexes and their size, header names and values,
+    // paths, rewrites) and leave out a route that does not compile: check it the same way
+    // here, so its status says so instead of `Accepted`.
+    if let Some(why) = route.as_ref().and_then(|r| compile_error(kind, r)) {
+        for p in &mut parents {
+            if p.accepted.ok {
+                p.accepted = Verdict::failed(UNSUPPORTED_VALUE, why.clone());
+            }
+        }
+        route = None;
+    }
     Resolution {
         route,
         parents,
         resolved_refs,
         services,
     }
+}
+
+/// Why the waypoints would leave `route` out, if they would.
+fn compile_error(kind: RouteKind, route: &pb::Route) -> Option<String> {
+    let name = format!("{}/{}/{}", kind.kind(), route.namespace, route.name);
+    let model = match ambit_controller_client::route_model(&name, route) {
+        Ok(model) => model,
+        Err(error) => return Some(error.to_string()),
+    };
+    model
+        .compile()
+        .err()
+        .map(|error| format!("the waypoints cannot apply it: {error}"))
 }
 
 /// Resolves the rules of one route.

@@ -84,7 +84,7 @@ fn a_full_http_route_converts_field_by_field() {
                     {"type": "RequestHeaderModifier", "requestHeaderModifier": {
                         "set": [{"name": "x-a", "value": "1"}], "add": [{"name": "x-b", "value": "2"}], "remove": ["x-c"]}},
                     {"type": "URLRewrite", "urlRewrite": {"hostname": "api.local",
-                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v1"}}},
+                        "path": {"type": "ReplaceFullPath", "replaceFullPath": "/v1"}}},
                     {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "api", "port": 8080}, "percent": 25}},
                 ],
                 "backendRefs": [
@@ -173,7 +173,7 @@ fn a_full_http_route_converts_field_by_field() {
                     kind: Some(pb::route_filter::Kind::UrlRewrite(pb::UrlRewrite {
                         hostname: "api.local".into(),
                         path: Some(pb::PathModifier {
-                            r#type: "ReplacePrefixMatch".into(),
+                            r#type: "ReplaceFullPath".into(),
                             value: "/v1".into(),
                         }),
                     })),
@@ -397,6 +397,23 @@ fn values_ambit_does_not_implement_reject_the_route() {
             && message.contains("rules[0].matches[0].path.type: \"Glob\""),
         "{message}"
     );
+}
+
+#[test]
+fn a_route_the_waypoints_cannot_compile_is_not_accepted() {
+    let c = cluster();
+    let mut route = http_route("shop", "r", &["shop/web"], &[("shop/api", 8080, 1)]);
+    route.spec.rules[0].matches = vec![obj(
+        json!({"path": {"type": "RegularExpression", "value": "/(unclosed"}}),
+    )];
+    let r = resolve(&c, &route);
+    assert_eq!(accepted(&r), [verdict(false, "UnsupportedValue")]);
+    let message = &r.parents[0].accepted.message;
+    assert!(
+        message.contains("cannot apply") && message.contains("rules[0].matches[0].path"),
+        "{message}"
+    );
+    assert_eq!(r.route, None);
 }
 
 #[test]
