@@ -26,13 +26,21 @@ use http::uri::{PathAndQuery, Uri};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 /// Allowed difference between our clock and the issuer's, for `exp` and `nbf`.
 pub const CLOCK_SKEW_SECS: u64 = 60;
 
 /// A token longer than this is refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Tokens whose signature each provider remembers having verified. A signature check is the
+/// cost of JWT (an ES256 verify is tens of µs; a client sends the same token for minutes), so
+/// a token seen before skips it, as Envoy's JWT cache does; its times are still checked on
+/// every request. Bounded: at most this many tokens, each at most [`MAX_CACHED_TOKEN_LEN`].
+pub const VERIFIED_CACHE_ENTRIES: usize = 1024;
+const MAX_CACHED_TOKEN_LEN: usize = 4096;
 
 /// Why a presented token is refused (a 401 for the client).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +94,9 @@ struct Provider {
     /// One per accepted algorithm: `iss`, `aud` and the algorithm (checked against the
     /// token's header), built once.
     validations: Vec<(Algorithm, Validation)>,
+    /// Tokens verified against these keys and this rule, with their claims. Dropped with the
+    /// provider, so a change of keys or rule forgets them.
+    verified: Mutex<HashMap<Box<str>, Map<String, Value>>>,
 }
 
 impl Provider {
@@ -118,6 +129,7 @@ impl Provider {
             headers: rule.headers(),
             keys,
             validations,
+            verified: Mutex::default(),
         };
         (provider, error)
     }
@@ -136,6 +148,10 @@ impl Provider {
         header: &jsonwebtoken::Header,
         now: u64,
     ) -> Result<Map<String, Value>, AuthnError> {
+        if let Some(claims) = self.cached(token) {
+            check_time(&claims, now)?;
+            return Ok(claims);
+        }
         let alg = header.alg;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return Err(AuthnError::Algorithm(format!("{alg:?}")));
@@ -146,6 +162,7 @@ impl Provider {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
                 Ok(data) => {
                     check_time(&data.claims, now)?;
+                    self.remember(token, &data.claims, now);
                     return Ok(data.claims);
                 }
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature => continue,
@@ -157,6 +174,34 @@ impl Provider {
         } else {
             AuthnError::UnknownKey(header.kid.clone())
         })
+    }
+}
+
+impl Provider {
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Map<String, Value>>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The claims of `token` if its signature was verified before.
+    fn cached(&self, token: &str) -> Option<Map<String, Value>> {
+        self.verified().get(token).cloned()
+    }
+
+    /// Remembers a verified token; when full, forgets the expired ones, or all of them.
+    fn remember(&self, token: &str, claims: &Map<String, Value>, now: u64) {
+        if token.len() > MAX_CACHED_TOKEN_LEN {
+            return;
+        }
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_CACHE_ENTRIES {
+            verified.retain(|_, claims| check_time(claims, now).is_ok());
+            if verified.len() >= VERIFIED_CACHE_ENTRIES {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), claims.clone());
     }
 }
 

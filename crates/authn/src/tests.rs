@@ -424,3 +424,43 @@ fn key_sets_are_parsed_once_and_bad_ones_refuse_every_token() {
     );
     assert_eq!(out, Err(AuthnError::UnknownKey(Some("es256".into()))));
 }
+
+#[test]
+fn a_verified_token_skips_its_signature_check_but_never_its_times() {
+    let (a, _) = Authenticator::new(&[resource(vec![rule()])]);
+    let labels: BTreeMap<String, String> = [("app".into(), "backend".into())].into();
+    let target = Target {
+        namespace: "shop",
+        labels: &labels,
+        port: 8080,
+    };
+    let rules = a.rules_for(&target);
+    let at = |token: &str, now: u64| {
+        rules.authenticate(&mut bearer(token), &mut Uri::from_static("/"), now)
+    };
+    let token = key("es256").sign(&claims());
+    assert!(at(&token, NOW).unwrap().is_some());
+    let provider = rules.providers[0];
+    assert!(
+        provider.cached(&token).is_some(),
+        "remembered once verified"
+    );
+    // Served from the cache, its expiry still counts.
+    assert!(at(&token, NOW + 200).unwrap().is_some());
+    assert!(matches!(
+        at(&token, NOW + 300 + CLOCK_SKEW_SECS + 1),
+        Err(AuthnError::Expired)
+    ));
+    // A token whose signature was altered is a different token: checked, and refused.
+    let (head, signature) = token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{head}.{flipped}{}", &signature[1..]);
+    assert!(matches!(at(&forged, NOW), Err(AuthnError::Signature)));
+    assert!(provider.cached(&forged).is_none());
+    // Bounded: past the limit the expired ones go, then all.
+    for i in 0..VERIFIED_CACHE_ENTRIES + 10 {
+        let t = key("ed").sign(&with(|c| c["sub"] = json!(format!("user-{i}"))));
+        assert!(at(&t, NOW).unwrap().is_some());
+    }
+    assert!(provider.verified().len() <= VERIFIED_CACHE_ENTRIES);
+}
