@@ -3,8 +3,8 @@
 //! waypoint Gateway of that Service's account (the shape `kubectl ambit waypoint apply`
 //! writes, marked automatic), which the waypoint deployer then programs; deleting the route
 //! deletes it. An explicit Gateway for another account that a route also asks for is never
-//! touched, and no automatic one is made beside it. Needs root (the testbed); skips loudly
-//! otherwise.
+//! touched, and no automatic one is made beside it. The controller runs with exactly the
+//! chart's RBAC. Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -20,7 +20,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use std::time::Duration;
-use support::{SYSTEM_NS, eventually, install_crds, obj, pod_json, pod_running};
+use support::{
+    SYSTEM_NS, as_controller, chart_rbac, eventually, install_crds, obj, pod_json, pod_running,
+};
 
 const NAME: &str = "ctlauto";
 const ID: u8 = 76;
@@ -94,6 +96,8 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     }));
     let explicit = gateways.create(&pp, &explicit).await?;
 
+    // The controller runs as its service account with exactly the chart's RBAC.
+    chart_rbac(&client).await?;
     let config = Config::from_lookup(|k| match k {
         "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
         "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
@@ -101,10 +105,12 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     })?;
     let running = tokio::time::timeout(
         Duration::from_secs(60),
-        ambit_controller::runtime::start(client.clone(), config.clone()),
+        ambit_controller::runtime::start(as_controller(tb).await?, config.clone()),
     )
     .await
-    .context("the controller did not start within 60 s: is a CRD it watches missing?")??;
+    .context(
+        "the controller did not start within 60 s: is a CRD it watches missing, or RBAC to list it?",
+    )??;
 
     let routes: Api<HTTPRoute> = Api::namespaced(client.clone(), APP_NS);
     // A route on `api` first: its account has a waypoint already, so nothing is made.

@@ -2,7 +2,8 @@
 //! a Service reaches the stream of the waypoint of that Service's account as a RateLimit with
 //! the policy's numbers and is `Accepted`; one naming a Service that does not exist says
 //! `TargetNotFound`; the apiserver refuses a Service ref in Gateway API's group (CEL) and a zero
-//! quota; a deleted policy leaves the stream. Needs root (the testbed); skips loudly otherwise.
+//! quota; a deleted policy leaves the stream. The controller runs with exactly the chart's
+//! RBAC. Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -18,7 +19,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, channel, eventually, install_crds, obj, pod_json, pod_running, subscribe,
+    SYSTEM_NS, as_controller, channel, chart_rbac, eventually, install_crds, obj, pod_json,
+    pod_running, subscribe,
 };
 
 const NAME: &str = "ctlrl";
@@ -110,6 +112,8 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         .create(&pp, &gateway)
         .await?;
 
+    // The controller runs as its service account with exactly the chart's RBAC.
+    chart_rbac(&client).await?;
     let config = Config::from_lookup(|k| match k {
         "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
         "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
@@ -117,10 +121,12 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     })?;
     let running = tokio::time::timeout(
         Duration::from_secs(60),
-        ambit_controller::runtime::start(client.clone(), config.clone()),
+        ambit_controller::runtime::start(as_controller(tb).await?, config.clone()),
     )
     .await
-    .context("the controller did not start within 60 s: is a CRD it watches missing?")??;
+    .context(
+        "the controller did not start within 60 s: is a CRD it watches missing, or RBAC to list it?",
+    )??;
     let ch = channel(
         running.grpc_addr,
         &running.root_pem,

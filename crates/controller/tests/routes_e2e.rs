@@ -16,14 +16,13 @@ use ambit_controller::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant, RoutePar
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, as_controller, channel, eventually, install_crds, obj, pod_json, pod_running,
-    subscribe,
+    SYSTEM_NS, as_controller, channel, chart_rbac, eventually, install_crds, obj, pod_json,
+    pod_running, subscribe,
 };
 
 const NAME: &str = "ctlroute";
@@ -41,43 +40,6 @@ async fn routes_against_the_real_apiserver() -> Result<()> {
     let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;
     tb.up_run_down(checks).await
-}
-
-async fn create<K>(api: Api<K>, v: serde_json::Value) -> Result<()>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
-{
-    api.create(&PostParams::default(), &obj(v)).await?;
-    Ok(())
-}
-
-/// The controller's RBAC as the chart renders it: its ClusterRole, Role and their bindings.
-async fn chart_rbac(client: &kube::Client) -> Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/ambit.yaml");
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    let mut created = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
-        if v["metadata"]["name"] != "ambit-controller" {
-            continue;
-        }
-        let kind = v["kind"].as_str().unwrap_or_default().to_owned();
-        let c = client.clone();
-        match kind.as_str() {
-            "ClusterRole" => create(Api::<ClusterRole>::all(c), v).await?,
-            "ClusterRoleBinding" => create(Api::<ClusterRoleBinding>::all(c), v).await?,
-            "Role" => create(Api::<Role>::namespaced(c, SYSTEM_NS), v).await?,
-            "RoleBinding" => create(Api::<RoleBinding>::namespaced(c, SYSTEM_NS), v).await?,
-            _ => continue,
-        }
-        created.push(kind);
-    }
-    created.sort();
-    anyhow::ensure!(
-        created == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"],
-        "the controller's RBAC in {path}: {created:?}"
-    );
-    Ok(())
 }
 
 /// A token of `ns/sa` for the controller's audience.

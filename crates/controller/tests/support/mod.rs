@@ -6,6 +6,7 @@ use ambit_identity::{CertificateHandle, SpiffeId, TrustBundle};
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use rustls_pki_types::CertificateDer;
@@ -325,4 +326,41 @@ pub fn pod_json(name: &str, sa: &str, node: &str) -> Pod {
             "containers": [{"name": "main", "image": "ghcr.io/ambit/ambit-echo-server:dev", "args": ["8080"]}],
         },
     }))
+}
+
+async fn create<K>(api: Api<K>, v: serde_json::Value) -> Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    api.create(&PostParams::default(), &obj(v)).await?;
+    Ok(())
+}
+
+/// The controller's RBAC as the chart renders it: its ClusterRole, Role and their bindings.
+pub async fn chart_rbac(client: &kube::Client) -> Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/ambit.yaml");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut created = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if v["metadata"]["name"] != "ambit-controller" {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+        let c = client.clone();
+        match kind.as_str() {
+            "ClusterRole" => create(Api::<ClusterRole>::all(c), v).await?,
+            "ClusterRoleBinding" => create(Api::<ClusterRoleBinding>::all(c), v).await?,
+            "Role" => create(Api::<Role>::namespaced(c, SYSTEM_NS), v).await?,
+            "RoleBinding" => create(Api::<RoleBinding>::namespaced(c, SYSTEM_NS), v).await?,
+            _ => continue,
+        }
+        created.push(kind);
+    }
+    created.sort();
+    anyhow::ensure!(
+        created == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"],
+        "the controller's RBAC in {path}: {created:?}"
+    );
+    Ok(())
 }
