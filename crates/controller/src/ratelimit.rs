@@ -116,8 +116,8 @@ impl RateUnit {
 /// What the controller reports about a RateLimitPolicy (the Lease holder writes it).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct RateLimitPolicyStatus {
-    /// `Accepted`: `True`, or `False` with reason `TargetNotFound` (the targets that exist
-    /// are limited all the same).
+    /// `Accepted`: `True`, or `False` with reason `NamespaceNotEnrolled` or `TargetNotFound`
+    /// (the targets that exist are limited all the same).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -196,6 +196,20 @@ pub fn missing_targets(policy: &RateLimitPolicy, stores: &Stores) -> Vec<String>
 
 /// `Accepted`'s status, reason and message for `policy`.
 pub fn decide(policy: &RateLimitPolicy, stores: &Stores) -> (bool, &'static str, String) {
+    let namespace = policy.namespace().unwrap_or_default();
+    let enrolled = stores
+        .namespaces
+        .get(&ObjectRef::new(&namespace))
+        .is_some_and(|ns| crate::index::enrolled(&ns));
+    if !enrolled {
+        return (
+            false,
+            "NamespaceNotEnrolled",
+            format!(
+                "namespace {namespace} is not enrolled, so no waypoint limits its targets (kubectl label namespace {namespace} ambit.dev/dataplane-mode=ambient)"
+            ),
+        );
+    }
     let missing = missing_targets(policy, stores);
     if missing.is_empty() {
         let l = &policy.spec.local;
@@ -349,6 +363,7 @@ mod tests {
     #[test]
     fn a_missing_target_is_named() {
         let mut cluster = Cluster::new();
+        cluster.apply(crate::index::testing::ns("shop", true));
         cluster.apply(crate::index::testing::service(
             "shop",
             "back",
@@ -370,6 +385,9 @@ mod tests {
             json!({"requests": 1, "unit": "Second"}),
         );
         assert!(decide(&only_back, &cluster.stores()).0);
+        cluster.apply(crate::index::testing::ns("shop", false));
+        let (accepted, reason, _) = decide(&only_back, &cluster.stores());
+        assert_eq!((accepted, reason), (false, "NamespaceNotEnrolled"));
     }
 
     #[test]
