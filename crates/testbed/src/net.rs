@@ -5,6 +5,7 @@
 use crate::Error;
 use crate::config::Config;
 use crate::sys::{self, ip};
+use std::time::{Duration, Instant};
 
 /// Creates the bridge, the host address on it, and every node netns with its routes.
 pub fn create(config: &Config) -> Result<(), Error> {
@@ -104,6 +105,19 @@ pub fn destroy(config: &Config) -> Vec<String> {
     for ns in pods.iter().chain(nodes.iter()) {
         if let Err(e) = sys::netns_destroy(ns) {
             left.push(format!("netns {ns}: {e}"));
+        }
+    }
+    // The kernel frees a deleted netns, and the veths in it, once its last reference is gone,
+    // a moment after `ip netns del`: an `up` right after a `down` would find the node veths'
+    // host ends still there.
+    let veths: Vec<String> = (1..=config.nodes).map(|k| config.node_veth(k)).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while veths.iter().any(|v| sys::link_exists(v)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for v in veths.iter().filter(|v| sys::link_exists(v)) {
+        if let Err(e) = ip(&["link", "del", v]) {
+            left.push(format!("veth {v}: {e}"));
         }
     }
     let br = config.bridge();
