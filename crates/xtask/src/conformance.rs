@@ -43,8 +43,10 @@ const SUPPORTED_FEATURES: &[&str] = &[
     "MeshHTTPRouteRewritePath",
 ];
 const USAGE: &str = "usage: cargo xtask conformance [--run-test NAME] [--keep]
-  --run-test NAME  only this test (its ShortName, e.g. MeshBasic)
-  --keep           leave the testbed up afterwards (KUBECONFIG=/run/ambit-testbed/conform/kubeconfig)";
+  --run-test NAME  only this test (its ShortName, e.g. MeshBasic); its report goes to
+                   target/ambit-conformance/, not docs/conformance/
+  --keep           leave the testbed up afterwards with the suite's echo apps
+                   (KUBECONFIG=/run/ambit-testbed/conform/kubeconfig)";
 
 pub fn run(args: &[&str]) -> Result<()> {
     let mut run_test = None;
@@ -72,7 +74,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             .args(instance)
             .args(["--nodes", NODES]),
     )?;
-    let result = install_and_run(&env, run_test);
+    let result = install_and_run(&env, run_test, keep);
     if keep {
         eprintln!(
             "\n--keep: the testbed stays up; export KUBECONFIG={}; `cargo xtask testbed down --name {NAME} --id {ID}` when done",
@@ -83,12 +85,12 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     let summary = result?;
     println!(
-        "\nconformance: {} passed, {} failed, {} skipped in {:.0} s (testbed up to down); report: {}",
+        "\nconformance: {} passed, {} failed, {} skipped in {:.0} s from testbed up; report: {}",
         summary.passed.len(),
         summary.failed.len(),
         summary.skipped,
         started.elapsed().as_secs_f64(),
-        report_path(&env)?.display()
+        report_path(&env, run_test)?.display()
     );
     for (test, reason) in &summary.failed {
         println!("  FAIL {test}: {reason}");
@@ -125,15 +127,26 @@ fn var<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str> {
         .with_context(|| format!("the setup's env file has no {key}: rerun setup.sh"))
 }
 
-fn report_path(env: &BTreeMap<String, String>) -> Result<PathBuf> {
+/// The whole suite's report is the project's; one test's is scratch.
+fn report_path(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Result<PathBuf> {
     let version = var(env, "AMBIT_GATEWAY_API_VERSION")?;
-    Ok(workspace_root()
-        .join("docs/conformance")
-        .join(format!("gateway-api-{version}-mesh-report.yaml")))
+    let dir = match run_test {
+        None => workspace_root().join("docs/conformance"),
+        Some(_) => log_dir(),
+    };
+    Ok(dir.join(format!("gateway-api-{version}-mesh-report.yaml")))
+}
+
+fn log_dir() -> PathBuf {
+    workspace_root().join("target/ambit-conformance")
 }
 
 /// `helm install` as a user does, then the suite.
-fn install_and_run(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Result<Summary> {
+fn install_and_run(
+    env: &BTreeMap<String, String>,
+    run_test: Option<&str>,
+    keep: bool,
+) -> Result<Summary> {
     let kubeconfig = kubeconfig();
     let state_dir = kubeconfig.parent().context("state dir")?;
     cmd::run(
@@ -159,9 +172,9 @@ fn install_and_run(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Re
             )),
     )?;
 
-    let report = report_path(env)?;
+    let report = report_path(env, run_test)?;
     std::fs::create_dir_all(report.parent().context("report dir")?)?;
-    let log_dir = workspace_root().join("target/ambit-conformance");
+    let log_dir = log_dir();
     std::fs::create_dir_all(&log_dir)?;
     let log_path = log_dir.join("conformance.log");
     let version = env!("CARGO_PKG_VERSION");
@@ -183,6 +196,9 @@ fn install_and_run(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Re
     ];
     if let Some(t) = run_test {
         args.push(format!("-run-test={t}"));
+    }
+    if keep {
+        args.push("-cleanup-base-resources=false".to_owned());
     }
     let suite = var(env, "AMBIT_CONFORMANCE_TEST")?;
     eprintln!(
