@@ -10,18 +10,19 @@
 mod support;
 
 use ambit_controller::auto_waypoint::AUTO_GATEWAY_LABEL;
-use ambit_controller::config::Config;
 use ambit_controller::crd::Gateway;
 use ambit_controller::route_crd::HTTPRoute;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, as_controller, chart_rbac, eventually, install_crds, obj, pod_json, pod_running,
+    SYSTEM_NS, chart_rbac, controller_config, create_namespace, create_service_accounts,
+    echo_service, eventually, install_crds, obj, pod_json, pod_running, start_as_controller,
+    waypoint_gateway,
 };
 
 const NAME: &str = "ctlauto";
@@ -32,13 +33,15 @@ const WAIT: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_waypoints_against_the_real_apiserver() -> Result<()> {
-    if ambit_testbed::skip_without_root("automatic_waypoints_against_the_real_apiserver") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
-    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(checks).await
+    support::on_testbed(
+        "automatic_waypoints_against_the_real_apiserver",
+        NAME,
+        ID,
+        1,
+        &["ambit-testbed", "ambit-samples"],
+        checks,
+    )
+    .await
 }
 
 fn route(name: &str, service: &str) -> HTTPRoute {
@@ -57,31 +60,14 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     let pp = PostParams::default();
     let node = tb.config.node_name(1);
     install_crds(&client).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
-        .await?;
-    namespaces
-        .create(
-            &pp,
-            &obj(json!({"metadata": {"name": APP_NS, "labels": {
-                "ambit.dev/dataplane-mode": "ambient", "ambit.dev/waypoint": "auto"}}})),
-        )
-        .await?;
+    create_namespace(&client, SYSTEM_NS, json!({})).await?;
+    let labels = json!({"ambit.dev/dataplane-mode": "ambient", "ambit.dev/waypoint": "auto"});
+    create_namespace(&client, APP_NS, labels).await?;
+    create_service_accounts(&client, &[(APP_NS, "back"), (APP_NS, "api")], WAIT).await?;
     for sa in ["back", "api"] {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), APP_NS);
-        eventually("a service account", WAIT, || async {
-            api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
-                .await
-                .ok()
-        })
-        .await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
         pods.create(&pp, &pod_json(sa, sa, &node)).await?;
-        let svc: Service = obj(json!({
-            "metadata": {"name": sa},
-            "spec": {"selector": {"app": sa}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-        }));
+        let svc = echo_service(sa);
         Api::<Service>::namespaced(client.clone(), APP_NS)
             .create(&pp, &svc)
             .await?;
@@ -89,28 +75,13 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     }
     // `api` has an explicit waypoint, as `kubectl ambit waypoint apply --name api-wp` writes.
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), APP_NS);
-    let explicit: Gateway = obj(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "api-wp", "annotations": {"ambit.dev/for-service-account": "api"}},
-        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-    }));
+    let explicit = waypoint_gateway("api-wp", "api");
     let explicit = gateways.create(&pp, &explicit).await?;
 
     // The controller runs as its service account with exactly the chart's RBAC.
     chart_rbac(&client).await?;
-    let config = Config::from_lookup(|k| match k {
-        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
-        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
-        _ => None,
-    })?;
-    let running = tokio::time::timeout(
-        Duration::from_secs(60),
-        ambit_controller::runtime::start(as_controller(tb).await?, config.clone()),
-    )
-    .await
-    .context(
-        "the controller did not start within 60 s: is a CRD it watches missing, or RBAC to list it?",
-    )??;
+    let config = controller_config()?;
+    let running = start_as_controller(tb, &config).await?;
 
     let routes: Api<HTTPRoute> = Api::namespaced(client.clone(), APP_NS);
     // A route on `api` first: its account has a waypoint already, so nothing is made.

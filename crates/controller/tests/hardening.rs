@@ -24,7 +24,7 @@ use ambit_mesh::Mesh;
 use ambit_policy::Decision;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -33,8 +33,9 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    CONTROLLER_GROUPS, CONTROLLER_USER, SYSTEM_NS, as_controller, eventually, free_port,
-    install_crds, obj, pod_json, pod_running, token,
+    CONTROLLER_GROUPS, CONTROLLER_USER, SYSTEM_NS, as_controller, create_namespace,
+    create_service_accounts, eventually, free_port, install_crds, obj, pod_json, pod_running,
+    token, waypoint_gateway,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -52,13 +53,15 @@ const WITHHELD: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hardening_on_the_real_apiserver() -> Result<()> {
-    if ambit_testbed::skip_without_root("hardening_on_the_real_apiserver") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples", "ambit-controller"])?;
-    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(checks).await
+    support::on_testbed(
+        "hardening_on_the_real_apiserver",
+        NAME,
+        ID,
+        1,
+        &["ambit-testbed", "ambit-samples", "ambit-controller"],
+        checks,
+    )
+    .await
 }
 
 fn spiffe(sa: &str) -> SpiffeId {
@@ -189,33 +192,23 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     let node = tb.config.node_name(1);
     install_crds(&admin).await?;
 
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
-        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
-        .await?;
-    namespaces
-        .create(
-            &pp,
-            &obj(json!({"metadata": {"name": APP_NS, "labels": {"ambit.dev/dataplane-mode": "ambient"}}})),
-        )
-        .await?;
-    for (ns, sa) in [
-        (SYSTEM_NS, "ambit-tunnel"),
-        (SYSTEM_NS, CONTROLLER_SA),
-        (APP_NS, "back"),
-    ] {
-        let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
-        eventually(
-            "namespace ready for service accounts",
-            Duration::from_secs(10),
-            || async {
-                api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
-                    .await
-                    .ok()
-            },
-        )
-        .await?;
-    }
+    create_namespace(&admin, SYSTEM_NS, json!({})).await?;
+    create_namespace(
+        &admin,
+        APP_NS,
+        json!({"ambit.dev/dataplane-mode": "ambient"}),
+    )
+    .await?;
+    create_service_accounts(
+        &admin,
+        &[
+            (SYSTEM_NS, "ambit-tunnel"),
+            (SYSTEM_NS, CONTROLLER_SA),
+            (APP_NS, "back"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await?;
     grant_controller(&admin).await?;
     let sys_pods: Api<Pod> = Api::namespaced(admin.clone(), SYSTEM_NS);
     sys_pods
@@ -366,11 +359,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
 
     // --- A waypoint Gateway named like the app's ServiceAccount: refused, nothing taken. ---
     let gateways: Api<Gateway> = Api::namespaced(admin.clone(), APP_NS);
-    let colliding: Gateway = obj(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "back", "annotations": {"ambit.dev/for-service-account": "back"}},
-        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-    }));
+    let colliding = waypoint_gateway("back", "back");
     gateways.create(&pp, &colliding).await?;
     let accepted = eventually(
         "the colliding Gateway's status",

@@ -9,17 +9,17 @@
 mod support;
 
 use ambit_authn::testing::{Algorithm, TestKey, jwks};
-use ambit_controller::config::Config;
 use ambit_controller::crd::{Gateway, RequestAuthentication};
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, channel, eventually, install_crds, obj, pod_json, pod_running, subscribe,
+    SYSTEM_NS, channel, condition_reads, controller_config, create_namespace,
+    create_service_accounts, install_crds, obj, pod_json, pod_running, subscribe_as_waypoint,
+    waypoint_gateway, waypoint_token,
 };
 
 const NAME: &str = "ctljwt";
@@ -29,26 +29,15 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_authentication_against_the_real_apiserver() -> Result<()> {
-    if ambit_testbed::skip_without_root("request_authentication_against_the_real_apiserver") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
-    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(checks).await
-}
-
-/// A token of `ns/sa` for the controller's audience (the waypoint's).
-async fn token_of(client: &kube::Client, ns: &str, sa: &str) -> Result<String> {
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [ambit_proto::TOKEN_AUDIENCE], "expirationSeconds": 3600}});
-    let tr: serde_json::Value = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_subresource("token", sa, &PostParams::default(), &body)
-        .await?;
-    Ok(tr["status"]["token"]
-        .as_str()
-        .context("token in TokenRequest status")?
-        .to_string())
+    support::on_testbed(
+        "request_authentication_against_the_real_apiserver",
+        NAME,
+        ID,
+        1,
+        &["ambit-testbed", "ambit-samples"],
+        checks,
+    )
+    .await
 }
 
 fn delivered(v: &support::View, name: &str) -> Option<pb::RequestAuthentication> {
@@ -70,34 +59,23 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     let pp = PostParams::default();
     let node = tb.config.node_name(1);
     install_crds(&client).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
-        .await?;
-    namespaces
-        .create(
-            &pp,
-            &obj(json!({"metadata": {"name": APP_NS,
-                "labels": {"ambit.dev/dataplane-mode": "ambient"}}})),
-        )
-        .await?;
-    for sa in ["back", "back-waypoint"] {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), APP_NS);
-        eventually("a service account", WAIT, || async {
-            api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
-                .await
-                .ok()
-        })
-        .await?;
-    }
+    create_namespace(&client, SYSTEM_NS, json!({})).await?;
+    create_namespace(
+        &client,
+        APP_NS,
+        json!({"ambit.dev/dataplane-mode": "ambient"}),
+    )
+    .await?;
+    create_service_accounts(
+        &client,
+        &[(APP_NS, "back"), (APP_NS, "back-waypoint")],
+        WAIT,
+    )
+    .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
     pods.create(&pp, &pod_json("back", "back", &node)).await?;
     pod_running(&pods, "back").await?;
-    let gateway: Gateway = obj(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "back-waypoint", "annotations": {"ambit.dev/for-service-account": "back"}},
-        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-    }));
+    let gateway = waypoint_gateway("back-waypoint", "back");
     Api::<Gateway>::namespaced(client.clone(), APP_NS)
         .create(&pp, &gateway)
         .await?;
@@ -106,11 +84,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), APP_NS);
     secrets.create(&pp, &key_secret(&first_keys)).await?;
 
-    let config = Config::from_lookup(|k| match k {
-        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
-        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
-        _ => None,
-    })?;
+    let config = controller_config()?;
     let running = ambit_controller::runtime::start(client.clone(), config.clone()).await?;
     let ch = channel(
         running.grpc_addr,
@@ -118,25 +92,8 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         &config.controller_identity()?,
     )
     .await?;
-    let waypoint_token = token_of(&client, APP_NS, "back-waypoint").await?;
-    let mut sub = eventually("subscribed as back's waypoint", WAIT, || {
-        let (ch, token) = (ch.clone(), waypoint_token.clone());
-        async move {
-            subscribe(
-                ch,
-                &token,
-                pb::subscribe::Subscriber::Waypoint(pb::ServiceAccountRef {
-                    namespace: APP_NS.into(),
-                    name: "back".into(),
-                }),
-                BTreeMap::new(),
-                false,
-            )
-            .await
-            .ok()
-        }
-    })
-    .await?;
+    let token = waypoint_token(&client, APP_NS, "back-waypoint").await?;
+    let mut sub = subscribe_as_waypoint(&ch, &token, APP_NS, "back", WAIT).await?;
 
     let resources: Api<RequestAuthentication> = Api::namespaced(client.clone(), APP_NS);
     let ra = |name: &str, source: serde_json::Value| -> RequestAuthentication {
@@ -183,29 +140,14 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         .context("the rule without keys is delivered too")?;
     assert_eq!(missing.jwt_rules[0].jwks, "", "delivered without keys");
 
-    let condition = |name: &'static str| {
-        let resources = resources.clone();
-        async move {
-            let r = resources.get(name).await.ok()?;
-            let c = r
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            Some((c.status, c.reason, c.message))
-        }
-    };
-    eventually("idp Ready", WAIT, || async {
-        condition("idp")
-            .await
-            .filter(|(s, r, _)| s == "True" && r == "Resolved")
-    })
-    .await?;
-    let (_, _, message) = eventually("missing not Ready", WAIT, || async {
-        condition("missing")
-            .await
-            .filter(|(s, r, _)| s == "False" && r == "KeysUnavailable")
-    })
+    condition_reads(&resources, "idp", "Ready", ("True", "Resolved"), WAIT).await?;
+    let message = condition_reads(
+        &resources,
+        "missing",
+        "Ready",
+        ("False", "KeysUnavailable"),
+        WAIT,
+    )
     .await?;
     assert!(message.contains("shop/nowhere"), "{message}");
 

@@ -8,19 +8,18 @@
 
 mod support;
 
-use ambit_controller::config::Config;
 use ambit_controller::crd::Gateway;
 use ambit_controller::ratelimit::RateLimitPolicy;
 use ambit_proto::config::v1 as pb;
-use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use anyhow::Result;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, as_controller, channel, chart_rbac, eventually, install_crds, obj, pod_json,
-    pod_running, subscribe,
+    SYSTEM_NS, channel, chart_rbac, condition_reads, controller_config, create_namespace,
+    create_service_accounts, echo_service, install_crds, obj, pod_json, pod_running,
+    start_as_controller, subscribe_as_waypoint, waypoint_gateway, waypoint_token,
 };
 
 const NAME: &str = "ctlrl";
@@ -31,26 +30,15 @@ const LIMIT: &str = "ratelimit/shop/back-limit/Service/back";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_policy_against_the_real_apiserver() -> Result<()> {
-    if ambit_testbed::skip_without_root("rate_limit_policy_against_the_real_apiserver") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
-    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(checks).await
-}
-
-/// A token of `ns/sa` for the controller's audience (the waypoint's).
-async fn token_of(client: &kube::Client, ns: &str, sa: &str) -> Result<String> {
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [ambit_proto::TOKEN_AUDIENCE], "expirationSeconds": 3600}});
-    let tr: serde_json::Value = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_subresource("token", sa, &PostParams::default(), &body)
-        .await?;
-    Ok(tr["status"]["token"]
-        .as_str()
-        .context("token in TokenRequest status")?
-        .to_string())
+    support::on_testbed(
+        "rate_limit_policy_against_the_real_apiserver",
+        NAME,
+        ID,
+        1,
+        &["ambit-testbed", "ambit-samples"],
+        checks,
+    )
+    .await
 }
 
 fn delivered(v: &support::View, name: &str) -> Option<pb::RateLimit> {
@@ -73,85 +61,43 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     let pp = PostParams::default();
     let node = tb.config.node_name(1);
     install_crds(&client).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
-        .await?;
-    namespaces
-        .create(
-            &pp,
-            &obj(json!({"metadata": {"name": APP_NS,
-                "labels": {"ambit.dev/dataplane-mode": "ambient"}}})),
-        )
-        .await?;
-    for sa in ["back", "back-waypoint"] {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), APP_NS);
-        eventually("a service account", WAIT, || async {
-            api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
-                .await
-                .ok()
-        })
-        .await?;
-    }
+    create_namespace(&client, SYSTEM_NS, json!({})).await?;
+    create_namespace(
+        &client,
+        APP_NS,
+        json!({"ambit.dev/dataplane-mode": "ambient"}),
+    )
+    .await?;
+    create_service_accounts(
+        &client,
+        &[(APP_NS, "back"), (APP_NS, "back-waypoint")],
+        WAIT,
+    )
+    .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
     pods.create(&pp, &pod_json("back", "back", &node)).await?;
-    let svc: Service = obj(json!({
-        "metadata": {"name": "back"},
-        "spec": {"selector": {"app": "back"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }));
+    let svc = echo_service("back");
     Api::<Service>::namespaced(client.clone(), APP_NS)
         .create(&pp, &svc)
         .await?;
     pod_running(&pods, "back").await?;
-    let gateway: Gateway = obj(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "back-waypoint", "annotations": {"ambit.dev/for-service-account": "back"}},
-        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-    }));
+    let gateway = waypoint_gateway("back-waypoint", "back");
     Api::<Gateway>::namespaced(client.clone(), APP_NS)
         .create(&pp, &gateway)
         .await?;
 
     // The controller runs as its service account with exactly the chart's RBAC.
     chart_rbac(&client).await?;
-    let config = Config::from_lookup(|k| match k {
-        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
-        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
-        _ => None,
-    })?;
-    let running = tokio::time::timeout(
-        Duration::from_secs(60),
-        ambit_controller::runtime::start(as_controller(tb).await?, config.clone()),
-    )
-    .await
-    .context(
-        "the controller did not start within 60 s: is a CRD it watches missing, or RBAC to list it?",
-    )??;
+    let config = controller_config()?;
+    let running = start_as_controller(tb, &config).await?;
     let ch = channel(
         running.grpc_addr,
         &running.root_pem,
         &config.controller_identity()?,
     )
     .await?;
-    let waypoint_token = token_of(&client, APP_NS, "back-waypoint").await?;
-    let mut sub = eventually("subscribed as back's waypoint", WAIT, || {
-        let (ch, token) = (ch.clone(), waypoint_token.clone());
-        async move {
-            subscribe(
-                ch,
-                &token,
-                pb::subscribe::Subscriber::Waypoint(pb::ServiceAccountRef {
-                    namespace: APP_NS.into(),
-                    name: "back".into(),
-                }),
-                BTreeMap::new(),
-                false,
-            )
-            .await
-            .ok()
-        }
-    })
-    .await?;
+    let token = waypoint_token(&client, APP_NS, "back-waypoint").await?;
+    let mut sub = subscribe_as_waypoint(&ch, &token, APP_NS, "back", WAIT).await?;
     sub.wait("back's Service in the waypoint's view", WAIT, |v| {
         v.resources.contains_key("service/shop/back")
     })
@@ -224,29 +170,15 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         v.resources.keys().collect::<Vec<_>>()
     );
 
-    let condition = |name: &'static str| {
-        let policies = policies.clone();
-        async move {
-            let p = policies.get(name).await.ok()?;
-            let c = p
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Accepted")?;
-            Some((c.status, c.reason, c.message))
-        }
-    };
-    eventually("back-limit Accepted", WAIT, || async {
-        condition("back-limit")
-            .await
-            .filter(|(s, r, _)| s == "True" && r == "Accepted")
-    })
-    .await?;
-    let (_, _, message) = eventually("nowhere not Accepted", WAIT, || async {
-        condition("nowhere")
-            .await
-            .filter(|(s, r, _)| s == "False" && r == "TargetNotFound")
-    })
+    let accepted = ("True", "Accepted");
+    condition_reads(&policies, "back-limit", "Accepted", accepted, WAIT).await?;
+    let message = condition_reads(
+        &policies,
+        "nowhere",
+        "Accepted",
+        ("False", "TargetNotFound"),
+        WAIT,
+    )
     .await?;
     assert!(message.contains("Service shop/nowhere"), "{message}");
 

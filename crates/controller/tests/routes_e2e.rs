@@ -10,19 +10,19 @@
 
 mod support;
 
-use ambit_controller::config::Config;
 use ambit_controller::crd::Gateway;
 use ambit_controller::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant, RouteParentStatus};
 use ambit_proto::config::v1 as pb;
-use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use anyhow::Result;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, as_controller, channel, chart_rbac, eventually, install_crds, obj, pod_json,
-    pod_running, subscribe,
+    SYSTEM_NS, channel, chart_rbac, controller_config, create_namespace, create_service_accounts,
+    echo_service, eventually, install_crds, obj, pod_json, pod_running, start_as_controller,
+    subscribe_as_waypoint, waypoint_gateway, waypoint_token,
 };
 
 const NAME: &str = "ctlroute";
@@ -33,26 +33,15 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_against_the_real_apiserver() -> Result<()> {
-    if ambit_testbed::skip_without_root("routes_against_the_real_apiserver") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
-    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(checks).await
-}
-
-/// A token of `ns/sa` for the controller's audience.
-async fn token_of(client: &kube::Client, ns: &str, sa: &str) -> Result<String> {
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [ambit_proto::TOKEN_AUDIENCE], "expirationSeconds": 3600}});
-    let tr: serde_json::Value = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_subresource("token", sa, &PostParams::default(), &body)
-        .await?;
-    Ok(tr["status"]["token"]
-        .as_str()
-        .context("token in TokenRequest status")?
-        .to_string())
+    support::on_testbed(
+        "routes_against_the_real_apiserver",
+        NAME,
+        ID,
+        1,
+        &["ambit-testbed", "ambit-samples"],
+        checks,
+    )
+    .await
 }
 
 fn route_of(v: &support::View, name: &str) -> Option<pb::Route> {
@@ -98,40 +87,26 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     install_crds(&client).await?;
 
     let enrolled = json!({"ambit.dev/dataplane-mode": "ambient"});
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&pp, &obj(json!({"metadata": {"name": SYSTEM_NS}})))
-        .await?;
+    create_namespace(&client, SYSTEM_NS, json!({})).await?;
     for ns in [APP_NS, OTHER_NS] {
-        namespaces
-            .create(
-                &pp,
-                &obj(json!({"metadata": {"name": ns, "labels": enrolled}})),
-            )
-            .await?;
+        create_namespace(&client, ns, enrolled.clone()).await?;
     }
     // `back` is the parent's account, with a waypoint; `api` and `remote` are backends.
-    for (ns, sa) in [
-        (APP_NS, "back"),
-        (APP_NS, "api"),
-        (APP_NS, "back-waypoint"),
-        (OTHER_NS, "remote"),
-    ] {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        eventually("a service account", WAIT, || async {
-            api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
-                .await
-                .ok()
-        })
-        .await?;
-    }
+    create_service_accounts(
+        &client,
+        &[
+            (APP_NS, "back"),
+            (APP_NS, "api"),
+            (APP_NS, "back-waypoint"),
+            (OTHER_NS, "remote"),
+        ],
+        WAIT,
+    )
+    .await?;
     for (ns, name) in [(APP_NS, "back"), (APP_NS, "api"), (OTHER_NS, "remote")] {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         pods.create(&pp, &pod_json(name, name, &node)).await?;
-        let svc: Service = obj(json!({
-            "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-        }));
+        let svc = echo_service(name);
         Api::<Service>::namespaced(client.clone(), ns)
             .create(&pp, &svc)
             .await?;
@@ -139,54 +114,21 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     }
     chart_rbac(&client).await?;
     // The v1.6.3 Gateway schema still reads as a waypoint.
-    let gateway: Gateway = obj(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "back-waypoint", "annotations": {"ambit.dev/for-service-account": "back"}},
-        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-    }));
+    let gateway = waypoint_gateway("back-waypoint", "back");
     Api::<Gateway>::namespaced(client.clone(), APP_NS)
         .create(&pp, &gateway)
         .await?;
 
-    let config = Config::from_lookup(|k| match k {
-        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
-        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
-        _ => None,
-    })?;
-    // `start` waits for every cache; a CRD missing here would make it wait for good.
-    let running = tokio::time::timeout(
-        Duration::from_secs(60),
-        ambit_controller::runtime::start(as_controller(tb).await?, config.clone()),
-    )
-    .await
-    .context(
-        "the controller did not start within 60 s: is a CRD it watches missing, or RBAC to list it?",
-    )??;
+    let config = controller_config()?;
+    let running = start_as_controller(tb, &config).await?;
     let ch = channel(
         running.grpc_addr,
         &running.root_pem,
         &config.controller_identity()?,
     )
     .await?;
-    let waypoint_token = token_of(&client, APP_NS, "back-waypoint").await?;
-    let mut sub = eventually("subscribed as back's waypoint", WAIT, || {
-        let (ch, token) = (ch.clone(), waypoint_token.clone());
-        async move {
-            subscribe(
-                ch,
-                &token,
-                pb::subscribe::Subscriber::Waypoint(pb::ServiceAccountRef {
-                    namespace: APP_NS.into(),
-                    name: "back".into(),
-                }),
-                BTreeMap::new(),
-                false,
-            )
-            .await
-            .ok()
-        }
-    })
-    .await?;
+    let token = waypoint_token(&client, APP_NS, "back-waypoint").await?;
+    let mut sub = subscribe_as_waypoint(&ch, &token, APP_NS, "back", WAIT).await?;
     sub.wait("back's own service and workload", WAIT, |v| {
         v.resources.contains_key("service/shop/back") && v.workload_names() == ["shop/back"]
     })

@@ -6,7 +6,6 @@
 
 mod support;
 
-use ambit_controller::config::Config;
 use ambit_controller::crd::{AuthorizationPolicy, Gateway, GatewayClass};
 use ambit_identity::{CertificateRequest, SpiffeId};
 use ambit_proto::ca::v1 as ca;
@@ -19,8 +18,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::{
-    SYSTEM_NS, channel, eventually, install_crds, obj, pod_json, pod_running, subscribe, token,
-    with_token,
+    SYSTEM_NS, channel, controller_config, create_service_accounts, eventually, install_crds, obj,
+    pod_json, pod_running, subscribe, token, with_token,
 };
 
 const NAME: &str = "ctltest";
@@ -29,13 +28,15 @@ const APP_NS: &str = "shop";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_against_the_real_apiserver() -> Result<()> {
-    if ambit_testbed::skip_without_root("controller_against_the_real_apiserver") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(&["ambit-testbed", "ambit-samples"])?;
-    let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(2)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(checks).await
+    support::on_testbed(
+        "controller_against_the_real_apiserver",
+        NAME,
+        ID,
+        2,
+        &["ambit-testbed", "ambit-samples"],
+        checks,
+    )
+    .await
 }
 
 async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
@@ -54,24 +55,17 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             .create(&pp, &obj(json!({"metadata": {"name": ns}})))
             .await?;
     }
-    for (ns, sa) in [
-        (SYSTEM_NS, "ambit-tunnel"),
-        (SYSTEM_NS, "intruder"),
-        (APP_NS, "front"),
-        (APP_NS, "back"),
-    ] {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        eventually(
-            "namespace ready for service accounts",
-            Duration::from_secs(10),
-            || async {
-                api.create(&pp, &obj(json!({"metadata": {"name": sa}})))
-                    .await
-                    .ok()
-            },
-        )
-        .await?;
-    }
+    create_service_accounts(
+        &client,
+        &[
+            (SYSTEM_NS, "ambit-tunnel"),
+            (SYSTEM_NS, "intruder"),
+            (APP_NS, "front"),
+            (APP_NS, "back"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await?;
     let sys_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
     sys_pods
         .create(&pp, &pod_json("tunnel-1", "ambit-tunnel", &node1))
@@ -88,11 +82,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     pod_running(&app_pods, "back").await?;
 
     // The controller, in process, on loopback ports.
-    let config = Config::from_lookup(|k| match k {
-        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
-        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
-        _ => None,
-    })?;
+    let config = controller_config()?;
     let controller_id = config.controller_identity()?;
     let started = Instant::now();
     let running = ambit_controller::runtime::start(client.clone(), config.clone()).await?;

@@ -2,10 +2,13 @@
 //! SPIFFE id, and a config subscription that applies deltas and ACKs (or NACKs) them.
 #![allow(dead_code)]
 
+use ambit_controller::config::Config;
+use ambit_controller::crd::Gateway;
+use ambit_controller::runtime::Running;
 use ambit_identity::{CertificateHandle, SpiffeId, TrustBundle};
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -37,6 +40,125 @@ pub async fn as_controller(tb: &ambit_testbed::Testbed) -> Result<kube::Client> 
     config.auth_info.impersonate_groups =
         Some(CONTROLLER_GROUPS.split(',').map(String::from).collect());
     Ok(kube::Client::try_from(config)?)
+}
+
+/// The controller's config in process: loopback ports, ambit in `SYSTEM_NS`.
+pub fn controller_config() -> Result<Config> {
+    Ok(Config::from_lookup(|k| match k {
+        "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
+        "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
+        _ => None,
+    })?)
+}
+
+/// The controller in process, acting as its service account (see `as_controller`).
+pub async fn start_as_controller(tb: &ambit_testbed::Testbed, config: &Config) -> Result<Running> {
+    // `start` waits for every cache; a CRD or a grant missing here would make it wait for good.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        ambit_controller::runtime::start(as_controller(tb).await?, config.clone()),
+    )
+    .await
+    .context(
+        "the controller did not start within 60 s: is a CRD it watches missing, or RBAC to list it?",
+    )?
+    .map_err(Into::into)
+}
+
+/// Runs `checks` on the testbed `name`/`id` with `nodes` nodes, once `binaries` are built;
+/// skips, loudly, when not root.
+pub async fn on_testbed(
+    test: &str,
+    name: &str,
+    id: u8,
+    nodes: u8,
+    binaries: &[&str],
+    checks: impl AsyncFnOnce(&ambit_testbed::Testbed) -> Result<()>,
+) -> Result<()> {
+    if ambit_testbed::skip_without_root(test) {
+        return Ok(());
+    }
+    ambit_testbed::build_binaries(binaries)?;
+    ambit_testbed::Testbed::new(ambit_testbed::Config::new(name, id)?.with_nodes(nodes)?)
+        .context("is the testbed set up? run `cargo xtask testbed setup`")?
+        .up_run_down(checks)
+        .await
+}
+
+/// Creates namespace `name` with `labels` (a JSON object).
+pub async fn create_namespace(
+    client: &kube::Client,
+    name: &str,
+    labels: serde_json::Value,
+) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": name, "labels": labels}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits until the status condition `type_` of `name` reads `status` for `reason`; its message.
+pub async fn condition_reads<K>(
+    api: &Api<K>,
+    name: &str,
+    type_: &str,
+    (status, reason): (&str, &str),
+    timeout: Duration,
+) -> Result<String>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let what = format!("{name}'s {type_} condition {status} for {reason}");
+    Ok(eventually(&what, timeout, || async {
+        let object = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+        let conditions = object["status"]["conditions"].as_array()?;
+        let c = conditions.iter().find(|c| c["type"] == type_)?;
+        (c["status"] == status && c["reason"] == reason)
+            .then(|| c["message"].as_str().unwrap_or_default().to_owned())
+    })
+    .await?)
+}
+
+/// A waypoint Gateway `name` for the account `sa`, as `kubectl ambit waypoint apply` writes it.
+pub fn waypoint_gateway(name: &str, sa: &str) -> Gateway {
+    obj(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "annotations": {"ambit.dev/for-service-account": sa}},
+        "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }))
+}
+
+/// A Service `name` on port 80 (`http`) to 8080 of the pods labelled `app: <name>`.
+pub fn echo_service(name: &str) -> Service {
+    obj(json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }))
+}
+
+/// Creates each `(namespace, name)` service account, retrying while a new namespace is not
+/// ready for them yet.
+pub async fn create_service_accounts(
+    client: &kube::Client,
+    accounts: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<()> {
+    for &(ns, sa) in accounts {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        eventually(&format!("service account {ns}/{sa}"), timeout, || async {
+            api.create(
+                &PostParams::default(),
+                &obj(json!({"metadata": {"name": sa}})),
+            )
+            .await
+            .ok()
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// A Kubernetes object from JSON.
@@ -276,6 +398,36 @@ impl Subscription {
     }
 }
 
+/// Subscribes as the waypoint of `ns/sa` with its `token`, retrying until the controller
+/// knows that waypoint.
+pub async fn subscribe_as_waypoint(
+    channel: &Channel,
+    token: &str,
+    ns: &str,
+    sa: &str,
+    timeout: Duration,
+) -> Result<Subscription> {
+    Ok(eventually(
+        &format!("subscribed as {sa}'s waypoint"),
+        timeout,
+        || async {
+            subscribe(
+                channel.clone(),
+                token,
+                pb::subscribe::Subscriber::Waypoint(pb::ServiceAccountRef {
+                    namespace: ns.into(),
+                    name: sa.into(),
+                }),
+                BTreeMap::new(),
+                false,
+            )
+            .await
+            .ok()
+        },
+    )
+    .await?)
+}
+
 /// Waits for pod `name` to run with an IP.
 pub async fn pod_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
     Ok(eventually(
@@ -299,7 +451,22 @@ pub async fn token(
     pod: Option<(&str, &str)>,
     audience: &str,
 ) -> Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    token_in(client, SYSTEM_NS, sa, pod, audience).await
+}
+
+/// A token of `ns/sa` for the controller's audience, as a waypoint of that account holds.
+pub async fn waypoint_token(client: &kube::Client, ns: &str, sa: &str) -> Result<String> {
+    token_in(client, ns, sa, None, ambit_proto::TOKEN_AUDIENCE).await
+}
+
+async fn token_in(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    pod: Option<(&str, &str)>,
+    audience: &str,
+) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
     if let Some((name, uid)) = pod {
         spec["boundObjectRef"] =
