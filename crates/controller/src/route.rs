@@ -7,7 +7,6 @@
 //! ambit does not implement (a filter type, a match type) rejects the whole route: it is not
 //! delivered, and its status says why. Pure apart from reading the stores.
 
-use crate::crd::Condition;
 use crate::index::ObjectKey;
 use crate::route_crd::{
     BackendObjectReference, BackendRef, GRPCRoute, HTTPRoute, HTTPRouteRetry, HTTPRouteTimeouts,
@@ -87,52 +86,7 @@ impl Lookup<'_> {
     }
 }
 
-/// A condition's outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub ok: bool,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Verdict {
-    fn ok(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            ok: true,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    fn failed(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// As a condition of `type_` for `generation`, keeping `previous`'s transition time when
-    /// the status did not change.
-    pub fn condition(
-        &self,
-        type_: &str,
-        generation: Option<i64>,
-        previous: Option<&Condition>,
-    ) -> Condition {
-        let status = if self.ok { "True" } else { "False" };
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: self.reason.into(),
-            message: self.message.clone(),
-            observed_generation: generation,
-            last_transition_time: previous
-                .filter(|c| c.status == status)
-                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
-        }
-    }
-}
+pub use crate::status::Verdict;
 
 /// A parent of ours (a Service) and whether it accepted the route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,11 +325,13 @@ fn resolve(
     let mut services = BTreeSet::new();
     let mut parents = Vec::new();
     let mut accepted_parents = Vec::new();
+    let mut parent_services = BTreeSet::new();
     for p in parent_refs {
         let Some(key) = service_parent(p, &namespace) else {
             continue;
         };
         services.insert(key.clone());
+        parent_services.insert(key.clone());
         let verdict = match parent_port(p, &key, lookup) {
             Ok(port) => {
                 accepted_parents.push(pb::RouteParent {
@@ -413,6 +369,7 @@ fn resolve(
     let mut resolver = Resolver {
         kind,
         namespace: &namespace,
+        parents: &parent_services,
         lookup,
         problems: &mut problems,
         services: &mut services,
@@ -498,6 +455,9 @@ fn compile_error(kind: RouteKind, route: &pb::Route) -> Option<String> {
 struct Resolver<'a, 'p> {
     kind: RouteKind,
     namespace: &'a str,
+    /// The route's Service parents: a consumer route may send to its parent Service in another
+    /// namespace without a ReferenceGrant (GAMMA).
+    parents: &'a BTreeSet<ObjectKey>,
     lookup: Lookup<'a>,
     problems: &'p mut Problems,
     services: &'p mut BTreeSet<ObjectKey>,
@@ -729,7 +689,10 @@ impl Resolver<'_, '_> {
         at: &str,
     ) -> Option<(&'static str, String)> {
         let (ns, name) = key;
-        if ns != self.namespace && !self.lookup.permits(self.kind, self.namespace, key) {
+        if ns != self.namespace
+            && !self.parents.contains(key)
+            && !self.lookup.permits(self.kind, self.namespace, key)
+        {
             return Some((
                 REF_NOT_PERMITTED,
                 format!(

@@ -250,6 +250,28 @@ fn cross_namespace_backends_need_a_reference_grant() {
 }
 
 #[test]
+fn a_consumer_route_may_send_to_its_parent_without_a_grant() {
+    let c = cluster();
+    // In `client`, for `shop/web`, sending to `shop/web` itself: no ReferenceGrant needed
+    // (GAMMA; Gateway API's MeshConsumerRoute); any other Service of `shop` still needs one.
+    let route = http_route(
+        "client",
+        "consumer",
+        &["shop/web"],
+        &[("shop/web", 80, 1), ("shop/api", 8080, 1)],
+    );
+    let r = resolve(&c, &route);
+    assert_eq!(accepted(&r), [verdict(true, "Accepted")]);
+    let invalid: Vec<bool> = r.route.as_ref().unwrap().rules[0]
+        .backends
+        .iter()
+        .map(|b| b.invalid)
+        .collect();
+    assert_eq!(invalid, [false, true]);
+    assert_eq!(r.resolved_refs.reason, "RefNotPermitted");
+}
+
+#[test]
 fn unresolved_backends_stay_invalid_with_the_first_reason() {
     let c = cluster();
     let mut route = http_route(
