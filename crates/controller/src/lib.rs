@@ -24,5 +24,6 @@ pub mod route;
 pub mod route_crd;
 pub mod route_status;
 pub mod runtime;
+pub mod status;
 pub mod view;
 pub mod waypoint;

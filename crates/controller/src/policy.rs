@@ -3,12 +3,12 @@
 //! config), and its `Enforced` status condition, which says what enforces it, or why nothing
 //! enforces it as written. Only the Lease holder writes status.
 
-use crate::crd::{AuthorizationPolicy, Condition};
+use crate::crd::AuthorizationPolicy;
 use crate::index::Snapshot;
+use crate::status::{self, Verdict};
 use ambit_policy::{Action, Condition as ClaimCondition, HeaderMatch, Policy, PolicyScope, Rule};
 use ambit_proto::config::v1 as pb;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use tokio::sync::watch;
 
 /// The condition type the controller writes.
 pub const ENFORCED: &str = "Enforced";
-const FIELD_MANAGER: &str = crate::waypoint::FIELD_MANAGER;
 /// At most one status pass this often: a busy cluster publishes many snapshots a second.
 const PACE: Duration = Duration::from_secs(1);
 /// A pass at least this often: edits that change no config (a policy in a namespace not
@@ -282,26 +281,6 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
     }
 }
 
-/// Whether `p` already carries `want` for its current generation.
-fn up_to_date(p: &AuthorizationPolicy, want: &Enforced) -> bool {
-    current(p).is_some_and(|c| {
-        c.status == status(want.enforced)
-            && c.reason == want.reason
-            && c.message == want.message
-            && c.observed_generation == p.metadata.generation
-    })
-}
-
-fn current(p: &AuthorizationPolicy) -> Option<&Condition> {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == ENFORCED))
-}
-
-fn status(enforced: bool) -> &'static str {
-    if enforced { "True" } else { "False" }
-}
-
 /// Inputs of the status writer.
 #[derive(Clone)]
 pub struct StatusContext {
@@ -364,43 +343,16 @@ async fn write_statuses(
     let facts = MeshFacts::new(snapshot);
     for p in policies {
         let want = decide(&p, &facts);
-        if up_to_date(&p, &want) {
-            continue;
-        }
-        let (Some(ns), name) = (p.namespace(), p.name_any()) else {
-            continue;
+        let previous = p
+            .status
+            .as_ref()
+            .and_then(|s| status::find(&s.conditions, ENFORCED));
+        let verdict = Verdict {
+            ok: want.enforced,
+            reason: want.reason,
+            message: want.message,
         };
-        let previous = current(&p).filter(|c| c.status == status(want.enforced));
-        let condition = Condition {
-            type_: ENFORCED.into(),
-            status: status(want.enforced).into(),
-            reason: want.reason.into(),
-            message: want.message.clone(),
-            observed_generation: p.metadata.generation,
-            // Kept while the status does not flip, as Kubernetes conditions do.
-            last_transition_time: previous
-                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
-        };
-        let body = serde_json::json!({
-            "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
-            "metadata": {"name": name, "namespace": ns},
-            "status": {"conditions": [condition]},
-        });
-        let result = Api::<AuthorizationPolicy>::namespaced(client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await;
-        match result {
-            Ok(_) => {
-                tracing::info!(namespace = %ns, policy = %name, enforced = want.enforced, reason = want.reason, "policy status")
-            }
-            Err(e) => {
-                tracing::warn!(namespace = %ns, policy = %name, error = %e, "writing policy status")
-            }
-        }
+        status::apply_condition(client, &*p, previous, ENFORCED, &verdict, "policy").await;
     }
 }
 

@@ -219,33 +219,3 @@ fn config_carries_every_field_and_the_fail_safe_form_of_a_broken_policy() {
     assert!(deny.rules[0].ip_blocks.is_empty());
     assert_eq!(deny.rules[0].ports, [22]);
 }
-
-#[test]
-fn status_is_patched_only_when_the_condition_changes() {
-    let mut p = ap(json!({}));
-    let want = Enforced {
-        enforced: true,
-        reason: "Enforced",
-        message: "m".into(),
-    };
-    assert!(!up_to_date(&p, &want));
-    p.status = Some(crate::crd::AuthorizationPolicyStatus {
-        conditions: vec![Condition {
-            type_: ENFORCED.into(),
-            status: "True".into(),
-            reason: "Enforced".into(),
-            message: "m".into(),
-            observed_generation: Some(3),
-            last_transition_time: "2026-01-01T00:00:00Z".into(),
-        }],
-    });
-    assert!(up_to_date(&p, &want));
-    p.metadata.generation = Some(4);
-    assert!(!up_to_date(&p, &want), "a new generation is observed");
-    p.metadata.generation = Some(3);
-    let other = Enforced {
-        message: "n".into(),
-        ..want
-    };
-    assert!(!up_to_date(&p, &other));
-}

@@ -7,11 +7,10 @@
 use crate::crd::Condition;
 use crate::index::{Change, Stores, Watched};
 use crate::route::RouteKind;
-use crate::waypoint::FIELD_MANAGER;
+use crate::status::{self, Verdict};
 use ambit_proto::config::v1 as pb;
 use kube::CustomResource;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -253,58 +252,27 @@ pub async fn run_status(ctx: StatusContext) {
     .await;
 }
 
-fn status(accepted: bool) -> &'static str {
-    if accepted { "True" } else { "False" }
-}
-
 async fn write_statuses(ctx: &StatusContext) {
     for p in ctx.stores.rate_limits.state() {
-        let (accepted, reason, message) = decide(&p, &ctx.stores);
+        let (ok, reason, message) = decide(&p, &ctx.stores);
         let previous = p
             .status
             .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == ACCEPTED));
-        if previous.is_some_and(|c| {
-            c.status == status(accepted)
-                && c.reason == reason
-                && c.message == message
-                && c.observed_generation == p.metadata.generation
-        }) {
-            continue;
-        }
-        let (Some(ns), name) = (p.namespace(), p.name_any()) else {
-            continue;
-        };
-        let condition = Condition {
-            type_: ACCEPTED.into(),
-            status: status(accepted).into(),
-            reason: reason.into(),
+            .and_then(|s| status::find(&s.conditions, ACCEPTED));
+        let verdict = Verdict {
+            ok,
+            reason,
             message,
-            observed_generation: p.metadata.generation,
-            last_transition_time: previous
-                .filter(|c| c.status == status(accepted))
-                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
         };
-        let body = serde_json::json!({
-            "apiVersion": "ambit.dev/v1alpha1", "kind": "RateLimitPolicy",
-            "metadata": {"name": name, "namespace": ns},
-            "status": {"conditions": [condition]},
-        });
-        let result = Api::<RateLimitPolicy>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await;
-        match result {
-            Ok(_) => {
-                tracing::info!(namespace = %ns, name = %name, accepted, reason, "rate limit policy status")
-            }
-            Err(e) => {
-                tracing::warn!(namespace = %ns, name = %name, error = %e, "writing rate limit policy status")
-            }
-        }
+        status::apply_condition(
+            &ctx.client,
+            &*p,
+            previous,
+            ACCEPTED,
+            &verdict,
+            "rate limit policy",
+        )
+        .await;
     }
 }
 

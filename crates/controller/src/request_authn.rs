@@ -7,8 +7,9 @@
 //! (`ambit_policy::RequestAuthentication::fail_safe`), so one tenant's mistake never makes a
 //! waypoint refuse everyone's config.
 
-use crate::crd::{Condition, JwtRuleSpec, RequestAuthentication};
+use crate::crd::{JwtRuleSpec, RequestAuthentication};
 use crate::index::{Change, ChangeQueue, Snapshot};
+use crate::status::{self, Verdict};
 use ambit_authn::Jwks;
 use ambit_policy::{ClaimToHeader, JwtHeader, JwtRule, PolicyScope};
 use ambit_proto::config::v1 as pb;
@@ -16,7 +17,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -39,7 +39,6 @@ const POLL: Duration = Duration::from_secs(2);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A key set is a few KiB; anything much larger is not one.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
-const FIELD_MANAGER: &str = crate::waypoint::FIELD_MANAGER;
 
 /// One `jwksUri`'s key set: the last good document, and the last error.
 #[derive(Debug, Clone, Default)]
@@ -434,61 +433,27 @@ pub async fn run_status(ctx: StatusContext) {
     .await;
 }
 
-fn current(ra: &RequestAuthentication) -> Option<&Condition> {
-    ra.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
-}
-
-fn status(ready: bool) -> &'static str {
-    if ready { "True" } else { "False" }
-}
-
 async fn write_statuses(ctx: &StatusContext) {
     for ra in ctx.resources.state() {
-        let (ready, reason, message) = decide(&ra, &ctx.sources);
-        let previous = current(&ra);
-        if previous.is_some_and(|c| {
-            c.status == status(ready)
-                && c.reason == reason
-                && c.message == message
-                && c.observed_generation == ra.metadata.generation
-        }) {
-            continue;
-        }
-        let (Some(ns), name) = (ra.namespace(), ra.name_any()) else {
-            continue;
-        };
-        let condition = Condition {
-            type_: READY.into(),
-            status: status(ready).into(),
-            reason: reason.into(),
+        let (ok, reason, message) = decide(&ra, &ctx.sources);
+        let previous = ra
+            .status
+            .as_ref()
+            .and_then(|s| status::find(&s.conditions, READY));
+        let verdict = Verdict {
+            ok,
+            reason,
             message,
-            observed_generation: ra.metadata.generation,
-            last_transition_time: previous
-                .filter(|c| c.status == status(ready))
-                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
         };
-        let body = serde_json::json!({
-            "apiVersion": "ambit.dev/v1alpha1", "kind": "RequestAuthentication",
-            "metadata": {"name": name, "namespace": ns},
-            "status": {"conditions": [condition]},
-        });
-        let result = Api::<RequestAuthentication>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await;
-        match result {
-            Ok(_) => {
-                tracing::info!(namespace = %ns, name = %name, ready, reason, "request authentication status")
-            }
-            Err(e) => {
-                tracing::warn!(namespace = %ns, name = %name, error = %e, "writing request authentication status")
-            }
-        }
+        status::apply_condition(
+            &ctx.client,
+            &*ra,
+            previous,
+            READY,
+            &verdict,
+            "request authentication",
+        )
+        .await;
     }
 }
 

@@ -1,0 +1,157 @@
+//! Status conditions the Lease holder writes: what a condition says (`Verdict`), the condition
+//! it makes (its transition time kept while the status does not flip, as Kubernetes conditions
+//! do), and the write of ambit's own resources' one condition (AuthorizationPolicy `Enforced`,
+//! RequestAuthentication `Ready`, RateLimitPolicy `Accepted`), made only when it changed.
+
+use crate::crd::Condition;
+use crate::waypoint::FIELD_MANAGER;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
+use kube::{Resource, ResourceExt};
+
+/// A condition's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub(crate) fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// As a condition of `type_` for `generation`, keeping `previous`'s transition time when
+    /// the status did not change.
+    pub fn condition(
+        &self,
+        type_: &str,
+        generation: Option<i64>,
+        previous: Option<&Condition>,
+    ) -> Condition {
+        let status = if self.ok { "True" } else { "False" };
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: self.reason.into(),
+            message: self.message.clone(),
+            observed_generation: generation,
+            last_transition_time: previous
+                .filter(|c| c.status == status)
+                .map_or_else(crate::waypoint::now, |c| c.last_transition_time.clone()),
+        }
+    }
+}
+
+/// The condition of `type_` among `conditions`.
+pub(crate) fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The condition `type_` saying `verdict` for `generation`, unless `previous` says so already.
+fn changed(
+    previous: Option<&Condition>,
+    type_: &str,
+    verdict: &Verdict,
+    generation: Option<i64>,
+) -> Option<Condition> {
+    let condition = verdict.condition(type_, generation, previous);
+    (previous != Some(&condition)).then_some(condition)
+}
+
+/// Makes `verdict` the condition `type_` of `object`, whose current one is `previous`: unless
+/// it already says so for the object's generation, applies it as the status's only condition
+/// (server-side, forced, ambit's field manager) and logs the outcome as `what`'s status.
+pub(crate) async fn apply_condition<K>(
+    client: &kube::Client,
+    object: &K,
+    previous: Option<&Condition>,
+    type_: &str,
+    verdict: &Verdict,
+    what: &str,
+) where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let Some(condition) = changed(previous, type_, verdict, object.meta().generation) else {
+        return;
+    };
+    let (Some(ns), name) = (object.namespace(), object.name_any()) else {
+        return;
+    };
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": {"name": name, "namespace": ns},
+        "status": {"conditions": [condition]},
+    });
+    let result = Api::<K>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(namespace = %ns, name = %name, condition = type_, ok = verdict.ok, reason = verdict.reason, "{what} status")
+        }
+        Err(e) => {
+            tracing::warn!(namespace = %ns, name = %name, error = %e, "writing {what} status")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_is_written_only_when_it_changes() {
+        let want = Verdict::ok("Enforced", "m");
+        let fresh = changed(None, "Enforced", &want, Some(3));
+        assert!(fresh.is_some(), "no condition yet");
+        let previous = Condition {
+            type_: "Enforced".into(),
+            status: "True".into(),
+            reason: "Enforced".into(),
+            message: "m".into(),
+            observed_generation: Some(3),
+            last_transition_time: "2026-01-01T00:00:00Z".into(),
+        };
+        assert_eq!(changed(Some(&previous), "Enforced", &want, Some(3)), None);
+        let newer = changed(Some(&previous), "Enforced", &want, Some(4));
+        assert_eq!(
+            newer.map(|c| (c.observed_generation, c.last_transition_time)),
+            Some((Some(4), previous.last_transition_time.clone())),
+            "a new generation is observed; the status did not flip, so its time stays"
+        );
+        let other = Verdict::ok("Enforced", "n");
+        assert!(changed(Some(&previous), "Enforced", &other, Some(3)).is_some());
+        let flipped = changed(
+            Some(&previous),
+            "Enforced",
+            &Verdict::failed("Invalid", "m"),
+            Some(3),
+        );
+        assert_ne!(
+            flipped.map(|c| c.last_transition_time),
+            Some(previous.last_transition_time),
+            "a flip is a transition"
+        );
+    }
+}
