@@ -9,8 +9,9 @@
 
 use crate::index::ObjectKey;
 use crate::route_crd::{
-    BackendObjectReference, BackendRef, GRPCRoute, HTTPRoute, HTTPRouteRetry, HTTPRouteTimeouts,
-    NameMatch, ParentReference, PathModifier, ReferenceGrant, RouteFilter,
+    BackendObjectReference, BackendRef, GRPCRoute, GRPCRouteMatch, GRPCRouteRule, HTTPRoute,
+    HTTPRouteMatch, HTTPRouteRetry, HTTPRouteRule, HTTPRouteTimeouts, NameMatch, ParentReference,
+    PathModifier, ReferenceGrant, RouteFilter,
 };
 use ambit_proto::config::v1 as pb;
 use k8s_openapi::api::core::v1::Service;
@@ -128,115 +129,118 @@ struct Problems {
 }
 
 pub fn resolve_http(route: &HTTPRoute, lookup: Lookup<'_>) -> Resolution {
-    let mut problems = Problems::default();
-    let rules = route
-        .spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RuleIn {
-            name: r.name.as_deref(),
-            matches: r
-                .matches
-                .iter()
-                .enumerate()
-                .map(|(j, m)| pb::RouteMatch {
-                    path: m.path.as_ref().map(|p| pb::StringMatch {
-                        r#type: one_of(
-                            p.type_.as_deref().unwrap_or("PathPrefix"),
-                            &["Exact", "PathPrefix", "RegularExpression"],
-                            || format!("rules[{i}].matches[{j}].path.type"),
-                            &mut problems,
-                        ),
-                        value: p.value.clone().unwrap_or_else(|| "/".into()),
-                    }),
-                    headers: name_matches(
-                        &m.headers,
-                        || format!("rules[{i}].matches[{j}].headers"),
-                        &mut problems,
-                    ),
-                    query_params: name_matches(
-                        &m.query_params,
-                        || format!("rules[{i}].matches[{j}].queryParams"),
-                        &mut problems,
-                    ),
-                    method: m.method.clone().unwrap_or_default(),
-                    grpc_service: None,
-                    grpc_method: None,
-                })
-                .collect(),
-            filters: &r.filters,
-            backends: &r.backend_refs,
-            timeouts: r.timeouts.as_ref(),
-            retry: r.retry.as_ref(),
-        })
-        .collect();
+    let spec = &route.spec;
     resolve(
         RouteKind::Http,
         &route.metadata,
-        &route.spec.parent_refs,
-        &route.spec.hostnames,
-        rules,
-        problems,
+        &spec.parent_refs,
+        &spec.hostnames,
+        &spec.rules,
         lookup,
     )
 }
 
 pub fn resolve_grpc(route: &GRPCRoute, lookup: Lookup<'_>) -> Resolution {
-    let mut problems = Problems::default();
-    let rules = route
-        .spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RuleIn {
-            name: r.name.as_deref(),
-            matches: r
-                .matches
-                .iter()
-                .enumerate()
-                .map(|(j, m)| {
-                    let method = m.method.as_ref().map(|mm| {
-                        let type_ = one_of(
-                            mm.type_.as_deref().unwrap_or("Exact"),
-                            &["Exact", "RegularExpression"],
-                            || format!("rules[{i}].matches[{j}].method.type"),
-                            &mut problems,
-                        );
-                        let of = |v: &Option<String>| pb::StringMatch {
-                            r#type: type_.clone(),
-                            value: v.clone().unwrap_or_default(),
-                        };
-                        (of(&mm.service), of(&mm.method))
-                    });
-                    let (grpc_service, grpc_method) = method.unzip();
-                    pb::RouteMatch {
-                        headers: name_matches(
-                            &m.headers,
-                            || format!("rules[{i}].matches[{j}].headers"),
-                            &mut problems,
-                        ),
-                        grpc_service,
-                        grpc_method,
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-            filters: &r.filters,
-            backends: &r.backend_refs,
-            timeouts: None,
-            retry: None,
-        })
-        .collect();
+    let spec = &route.spec;
     resolve(
         RouteKind::Grpc,
         &route.metadata,
-        &route.spec.parent_refs,
-        &route.spec.hostnames,
-        rules,
-        problems,
+        &spec.parent_refs,
+        &spec.hostnames,
+        &spec.rules,
         lookup,
     )
+}
+
+/// A rule of an HTTPRoute or a GRPCRoute: the fields both kinds have, and its own matches.
+trait RouteRule {
+    type Match;
+    /// The rule with its matches left to convert, and those matches.
+    fn parts(&self) -> (RuleIn<'_>, &[Self::Match]);
+    /// `m`, match `j` of rule `i`, converted; what ambit does not implement is noted.
+    fn convert(m: &Self::Match, i: usize, j: usize, problems: &mut Problems) -> pb::RouteMatch;
+}
+
+impl RouteRule for HTTPRouteRule {
+    type Match = HTTPRouteMatch;
+    fn parts(&self) -> (RuleIn<'_>, &[HTTPRouteMatch]) {
+        let rule = RuleIn {
+            name: self.name.as_deref(),
+            matches: Vec::new(),
+            filters: &self.filters,
+            backends: &self.backend_refs,
+            timeouts: self.timeouts.as_ref(),
+            retry: self.retry.as_ref(),
+        };
+        (rule, &self.matches)
+    }
+    fn convert(m: &HTTPRouteMatch, i: usize, j: usize, problems: &mut Problems) -> pb::RouteMatch {
+        pb::RouteMatch {
+            path: m.path.as_ref().map(|p| pb::StringMatch {
+                r#type: one_of(
+                    p.type_.as_deref().unwrap_or("PathPrefix"),
+                    &["Exact", "PathPrefix", "RegularExpression"],
+                    || format!("rules[{i}].matches[{j}].path.type"),
+                    problems,
+                ),
+                value: p.value.clone().unwrap_or_else(|| "/".into()),
+            }),
+            headers: name_matches(
+                &m.headers,
+                || format!("rules[{i}].matches[{j}].headers"),
+                problems,
+            ),
+            query_params: name_matches(
+                &m.query_params,
+                || format!("rules[{i}].matches[{j}].queryParams"),
+                problems,
+            ),
+            method: m.method.clone().unwrap_or_default(),
+            grpc_service: None,
+            grpc_method: None,
+        }
+    }
+}
+
+impl RouteRule for GRPCRouteRule {
+    type Match = GRPCRouteMatch;
+    fn parts(&self) -> (RuleIn<'_>, &[GRPCRouteMatch]) {
+        let rule = RuleIn {
+            name: self.name.as_deref(),
+            matches: Vec::new(),
+            filters: &self.filters,
+            backends: &self.backend_refs,
+            timeouts: None,
+            retry: None,
+        };
+        (rule, &self.matches)
+    }
+    fn convert(m: &GRPCRouteMatch, i: usize, j: usize, problems: &mut Problems) -> pb::RouteMatch {
+        let method = m.method.as_ref().map(|mm| {
+            let type_ = one_of(
+                mm.type_.as_deref().unwrap_or("Exact"),
+                &["Exact", "RegularExpression"],
+                || format!("rules[{i}].matches[{j}].method.type"),
+                problems,
+            );
+            let of = |v: &Option<String>| pb::StringMatch {
+                r#type: type_.clone(),
+                value: v.clone().unwrap_or_default(),
+            };
+            (of(&mm.service), of(&mm.method))
+        });
+        let (grpc_service, grpc_method) = method.unzip();
+        pb::RouteMatch {
+            headers: name_matches(
+                &m.headers,
+                || format!("rules[{i}].matches[{j}].headers"),
+                problems,
+            ),
+            grpc_service,
+            grpc_method,
+            ..Default::default()
+        }
+    }
 }
 
 /// `value` when it is one of `known`; otherwise noted as unsupported at `at`.
@@ -311,15 +315,28 @@ fn parent_port(p: &ParentReference, key: &ObjectKey, lookup: Lookup<'_>) -> Resu
         .ok_or_else(|| format!("Service {ns}/{name} has no port {wanted}"))
 }
 
-fn resolve(
+fn resolve<R: RouteRule>(
     kind: RouteKind,
     meta: &ObjectMeta,
     parent_refs: &[ParentReference],
     hostnames: &[String],
-    rules: Vec<RuleIn<'_>>,
-    mut problems: Problems,
+    rules: &[R],
     lookup: Lookup<'_>,
 ) -> Resolution {
+    let mut problems = Problems::default();
+    let rules: Vec<RuleIn<'_>> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (mut rule, matches) = r.parts();
+            rule.matches = matches
+                .iter()
+                .enumerate()
+                .map(|(j, m)| R::convert(m, i, j, &mut problems))
+                .collect();
+            rule
+        })
+        .collect();
     let namespace = meta.namespace.clone().unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
     let mut services = BTreeSet::new();
