@@ -10,7 +10,7 @@
 #   clients and baselines the tests and benchmarks drive (curl, nghttp2-client for h2load, nginx
 #   with its stream module).
 #   `setup.sh conformance` also builds Gateway API's conformance suite as a test binary (not
-#   part of `all`: only `cargo xtask conformance` needs it).
+#   part of `all`: `cargo xtask conformance` and `cargo xtask test` build it when they run it).
 #
 # Idempotent. A warm rerun checks a stamp per component and does no network work.
 # Prints the pinned versions and, last, the path of the env file the testbed reads.

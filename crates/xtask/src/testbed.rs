@@ -12,7 +12,7 @@ pub fn setup() -> Result<()> {
     cmd::run(Command::new("bash").arg(script))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
