@@ -182,6 +182,9 @@ impl<'a> User<'a> {
             "node.cni.pluginRoot={}/nodes/$(NODE_NAME)/root",
             self.tb.config.state_dir.display()
         );
+        // --wait: on a first install the chart creates Gateway API's CRDs, and helm maps the
+        // GatewayClass of its post-install hook only once the apiserver serves them (v1.6.3's
+        // large CRDs take a moment); waiting for the release's objects gives them that moment.
         self.helm(&[
             "install",
             "ambit",
@@ -189,6 +192,9 @@ impl<'a> User<'a> {
             "-n",
             SYSTEM_NS,
             "--create-namespace",
+            "--wait",
+            "--timeout",
+            "5m",
             "--set",
             &plugin_root,
         ])?;
