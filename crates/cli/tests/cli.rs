@@ -652,6 +652,9 @@ async fn real_chart(
         .args(["install", "ambit"])
         .arg(&chart)
         .args(["-n", SYSTEM_NS])
+        // A first install creates Gateway API's CRDs; helm maps the post-install GatewayClass
+        // hook only once the apiserver serves them (docs/install.md).
+        .args(["--wait", "--timeout", "5m"])
         .output()?;
     ensure!(out.status.success(), "helm install: {out:?}");
     let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
