@@ -4,6 +4,7 @@
 //! same steps.
 
 pub mod attacker;
+pub mod authn;
 pub mod waypoint;
 
 use anyhow::{Context, Result, bail};

@@ -166,7 +166,7 @@ impl User<'_> {
     }
 
     /// One request that must succeed: its reply.
-    fn curl_one(&self, from: &Pod, args: &[&str]) -> Result<Reply, String> {
+    pub(crate) fn curl_one(&self, from: &Pod, args: &[&str]) -> Result<Reply, String> {
         let mut replies = self.curl(from, args)?;
         match (replies.pop(), replies.is_empty()) {
             (Some(reply), true) => Ok(reply),
@@ -301,6 +301,7 @@ impl User<'_> {
         self.http_route().await?;
         self.pod_ip_through_waypoint().await?;
         self.bypass_refused().await?;
+        self.authn_steps().await?;
         self.waypoint_scaled_to_zero().await?;
         self.waypoint_delete().await
     }
