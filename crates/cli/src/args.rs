@@ -1,15 +1,22 @@
-//! The command line, kubectl style: flags anywhere, `--flag value` or `--flag=value`, short
-//! forms `-n NS`/`-nNS`, booleans as `--wait` or `--wait=false`. Parsed once into a typed
-//! [`Invocation`]; an error names the flag or word at fault.
+//! The command line, kubectl style, declared with clap: global flags anywhere
+//! (`kubectl ambit -n shop waypoint list`), a command's own flags after the command,
+//! `--flag value` or `--flag=value`, short forms `-n NS`/`-nNS`, booleans as `--wait` or
+//! `--wait=false`, the last of a repeated flag wins. Parsed once into a typed [`Request`]; a
+//! usage error is worded as kubectl words them ([`usage_error`]).
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a command prints its result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Output {
     /// The command's readable form: a table, or JSON for `config dump`.
     #[default]
+    #[value(skip)]
     Default,
     Json,
     Yaml,
@@ -28,7 +35,6 @@ pub struct Global {
 }
 
 pub const DEFAULT_AMBIT_NAMESPACE: &str = "ambit-system";
-pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A waypoint named directly, or found by the service account it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +43,9 @@ pub enum WaypointRef {
     ServiceAccount(String),
 }
 
+/// A command against the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Help(Topic),
     WaypointApply {
         service_account: String,
         name: Option<String>,
@@ -64,369 +70,386 @@ pub struct Invocation {
     pub command: Command,
 }
 
-/// What `--help` is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Topic {
-    Main,
-    Waypoint,
-    WaypointApply,
-    WaypointList,
-    WaypointDelete,
-    WaypointStatus,
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Run(Invocation),
+    /// Print the completion script of a shell; needs no cluster.
+    Completion(Shell),
+}
+
+/// `kubectl ambit`: its flags and commands, as clap declares them. [`Cli::command`] is what
+/// completion scripts and candidates are made from; [`command`] what parses and prints help.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-ambit",
+    version,
+    about = "kubectl ambit: manage the ambit service mesh.",
+    after_help = "Run `kubectl ambit COMMAND --help` for a command's flags.\n\
+                  Enroll a namespace with `kubectl label namespace NS ambit.dev/dataplane-mode=ambient`.",
+    args_override_self = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global flags")]
+struct GlobalArgs {
+    /// kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)
+    #[arg(long, global = true, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    kubeconfig: Option<PathBuf>,
+    /// kubeconfig context (default: the current context)
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+    /// namespace (default: the context's namespace, else default)
+    #[arg(short, long, global = true, value_name = "NS")]
+    namespace: Option<String>,
+    /// print objects instead of a table
+    #[arg(short, long, global = true, value_name = "FORMAT")]
+    output: Option<Output>,
+    /// where ambit runs
+    #[arg(long, global = true, value_name = "NS", default_value = DEFAULT_AMBIT_NAMESPACE)]
+    ambit_namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    /// L7 proxies, one per service account (Gateway API Gateways of class ambit-waypoint)
+    #[command(subcommand, subcommand_required = true, arg_required_else_help = true)]
+    Waypoint(WaypointCommand),
+    /// Is every part of ambit healthy, which namespaces are enrolled
+    ///
+    /// Checks every part of ambit: the controller Deployment ambit-controller, the node DaemonSet
+    /// ambit-node (and which nodes' pods are not ready), the CRDs, the GatewayClass
+    /// ambit-waypoint; lists the enrolled namespaces (label ambit.dev/dataplane-mode=ambient) with
+    /// their pods and opted-out pods (ambit.dev/dataplane-mode=none). Exits 1 when something is
+    /// unhealthy.
     Status,
-    Config,
-    ConfigDump,
-}
-
-impl Topic {
-    /// The command words, as typed after `kubectl ambit`.
-    pub fn words(self) -> &'static str {
-        match self {
-            Topic::Main => "",
-            Topic::Waypoint => "waypoint",
-            Topic::WaypointApply => "waypoint apply",
-            Topic::WaypointList => "waypoint list",
-            Topic::WaypointDelete => "waypoint delete",
-            Topic::WaypointStatus => "waypoint status",
-            Topic::Status => "status",
-            Topic::Config => "config",
-            Topic::ConfigDump => "config dump",
-        }
-    }
-
-    /// `kubectl ambit [words]`, for messages.
-    pub fn command(self) -> String {
-        match self.words() {
-            "" => "kubectl ambit".into(),
-            w => format!("kubectl ambit {w}"),
-        }
-    }
-
-    /// Flags of this command beyond the global ones.
-    fn flags(self) -> &'static [&'static str] {
-        match self {
-            Topic::WaypointApply => &[
-                "service-account",
-                "name",
-                "wait",
-                "timeout",
-                "force-conflicts",
-            ],
-            Topic::WaypointList => &["all-namespaces"],
-            Topic::WaypointDelete | Topic::WaypointStatus => &["service-account"],
-            Topic::ConfigDump => &["node"],
-            _ => &[],
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ArgsError {
-    #[error("unknown flag {0}")]
-    UnknownFlag(String),
-    #[error("flag {0} needs a value")]
-    NoValue(String),
-    #[error("flag --{flag}: {value:?} is not valid (expected {expected})")]
-    Invalid {
-        flag: &'static str,
-        value: String,
-        expected: &'static str,
+    /// What ambit's data plane is running with
+    #[command(subcommand, subcommand_required = true, arg_required_else_help = true)]
+    Config(ConfigCommand),
+    /// Print a shell completion script for kubectl-ambit (docs/cli.md says how to install it)
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
     },
-    #[error("flag --{flag} does not apply to `{}`", topic.command())]
-    NotHere { flag: &'static str, topic: Topic },
-    #[error("unknown command {word:?} for `{}`", topic.command())]
-    UnknownCommand { word: String, topic: Topic },
-    #[error("unexpected argument {word:?} for `{}`", topic.command())]
-    Extra { word: String, topic: Topic },
-    #[error("`{}` needs {what}", topic.command())]
-    Missing { what: &'static str, topic: Topic },
 }
 
-impl ArgsError {
-    /// The command whose `--help` tells the right usage.
-    pub fn topic(&self) -> Topic {
-        match self {
-            ArgsError::NotHere { topic, .. }
-            | ArgsError::UnknownCommand { topic, .. }
-            | ArgsError::Extra { topic, .. }
-            | ArgsError::Missing { topic, .. } => *topic,
-            _ => Topic::Main,
+#[derive(Debug, Subcommand)]
+enum WaypointCommand {
+    /// Create or update the waypoint of a service account
+    ///
+    /// Writes (server-side apply, field manager kubectl-ambit) a Gateway of class ambit-waypoint
+    /// with one listener mesh 15008/HBONE and the annotation ambit.dev/for-service-account=SA.
+    /// ambit's controller then creates the waypoint's Deployment, Service and ServiceAccount (all
+    /// named NAME) and marks the Gateway Programmed.
+    #[command(
+        override_usage = "kubectl ambit waypoint apply -n NS --service-account SA [--name NAME] [--wait[=false]] [--timeout DURATION]"
+    )]
+    Apply(ApplyArgs),
+    /// List waypoints: namespace, name, service account, Programmed, address
+    #[command(
+        visible_alias = "ls",
+        override_usage = "kubectl ambit waypoint list [-n NS | -A]"
+    )]
+    List {
+        /// every namespace
+        #[arg(
+            short = 'A',
+            long,
+            value_name = "BOOL",
+            default_value_t = false,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            action = ArgAction::Set
+        )]
+        all_namespaces: bool,
+    },
+    /// Delete a waypoint
+    ///
+    /// Deletes the waypoint Gateway; the controller's children (Deployment, Service,
+    /// ServiceAccount) go with it.
+    #[command(
+        visible_alias = "rm",
+        override_usage = "kubectl ambit waypoint delete -n NS (NAME | --service-account SA)"
+    )]
+    Delete(WaypointRefArgs),
+    /// A waypoint's conditions and its Deployment's readiness
+    #[command(override_usage = "kubectl ambit waypoint status -n NS (NAME | --service-account SA)")]
+    Status(WaypointRefArgs),
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    /// the service account whose traffic the waypoint handles
+    #[arg(long, value_name = "SA")]
+    service_account: String,
+    /// the Gateway's name (default: waypoint-SA)
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// wait until the Gateway is Programmed
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    wait: bool,
+    /// how long to wait (90s, 2m, 1m30s)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    timeout: Duration,
+    /// take over fields another field manager owns
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = false,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    force_conflicts: bool,
+}
+
+/// Exactly one of a name and `--service-account`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct WaypointRefArgs {
+    /// the waypoint's name
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
+    /// the waypoint serving this service account
+    #[arg(long, value_name = "SA")]
+    service_account: Option<String>,
+}
+
+impl WaypointRefArgs {
+    fn into_ref(self) -> WaypointRef {
+        match (self.service_account, self.name) {
+            (Some(sa), _) => WaypointRef::ServiceAccount(sa),
+            // The group makes the name present when the service account is not.
+            (None, name) => WaypointRef::Name(name.unwrap_or_default()),
         }
     }
 }
 
-#[derive(Clone, Copy)]
-struct Spec {
-    long: &'static str,
-    short: Option<char>,
-    takes_value: bool,
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// A node tunnel's configuration (its admin /config_dump)
+    ///
+    /// Fetches the /config_dump of the node tunnel on NODE (the ambit-node pod there). Prints
+    /// JSON unless -o yaml.
+    #[command(override_usage = "kubectl ambit config dump --node NODE [-o json|yaml]")]
+    Dump {
+        /// the node whose tunnel to ask
+        #[arg(long, value_name = "NODE")]
+        node: String,
+    },
 }
 
-const fn value(long: &'static str, short: Option<char>) -> Spec {
-    Spec {
-        long,
-        short,
-        takes_value: true,
+impl From<Cli> for Request {
+    fn from(cli: Cli) -> Self {
+        let g = cli.global;
+        let global = Global {
+            kubeconfig: g.kubeconfig,
+            context: g.context,
+            namespace: g.namespace,
+            output: g.output.unwrap_or_default(),
+            ambit_namespace: g.ambit_namespace,
+        };
+        let command = match cli.command {
+            TopCommand::Completion { shell } => return Request::Completion(shell),
+            TopCommand::Waypoint(WaypointCommand::Apply(a)) => Command::WaypointApply {
+                service_account: a.service_account,
+                name: a.name,
+                wait: a.wait,
+                timeout: a.timeout,
+                force_conflicts: a.force_conflicts,
+            },
+            TopCommand::Waypoint(WaypointCommand::List { all_namespaces }) => {
+                Command::WaypointList { all_namespaces }
+            }
+            TopCommand::Waypoint(WaypointCommand::Delete(r)) => {
+                Command::WaypointDelete(r.into_ref())
+            }
+            TopCommand::Waypoint(WaypointCommand::Status(r)) => {
+                Command::WaypointStatus(r.into_ref())
+            }
+            TopCommand::Status => Command::Status,
+            TopCommand::Config(ConfigCommand::Dump { node }) => Command::ConfigDump { node },
+        };
+        Request::Run(Invocation { global, command })
     }
 }
 
-const fn boolean(long: &'static str, short: Option<char>) -> Spec {
-    Spec {
-        long,
-        short,
-        takes_value: false,
-    }
+/// The command as kubectl users call it: usage lines say `kubectl ambit ...`. (Not in the
+/// declaration: completion scripts want the program's own name, `kubectl-ambit`.)
+pub fn command() -> clap::Command {
+    Cli::command().bin_name("kubectl ambit")
 }
 
-const GLOBAL_FLAGS: [&str; 6] = [
-    "kubeconfig",
-    "context",
-    "namespace",
-    "output",
-    "ambit-namespace",
-    "help",
-];
-
-const SPECS: [Spec; 13] = [
-    value("kubeconfig", None),
-    value("context", None),
-    value("namespace", Some('n')),
-    value("output", Some('o')),
-    value("ambit-namespace", None),
-    boolean("help", Some('h')),
-    boolean("all-namespaces", Some('A')),
-    value("service-account", None),
-    value("name", None),
-    boolean("wait", None),
-    value("timeout", None),
-    boolean("force-conflicts", None),
-    value("node", None),
-];
-
-/// Flags as given (last one wins), and the other words in order.
-struct Raw {
-    flags: Vec<(&'static str, String)>,
-    words: Vec<String>,
+/// Parses a whole command line, program name first. The error is clap's: help and version
+/// requests come back as errors too ([`is_help`]).
+pub fn parse<I, T>(args: I) -> Result<Request, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches).map(Request::from)
 }
 
-impl Raw {
-    fn get(&self, flag: &str) -> Option<&str> {
-        self.flags
-            .iter()
-            .rev()
-            .find(|(f, _)| *f == flag)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn bool(&self, flag: &'static str, default: bool) -> Result<bool, ArgsError> {
-        match self.get(flag) {
-            None => Ok(default),
-            Some("true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(v) => Err(ArgsError::Invalid {
-                flag,
-                value: v.into(),
-                expected: "true or false",
-            }),
-        }
-    }
+/// Help or version asked for, or a command group given without its command (`kubectl ambit
+/// waypoint`): print [`clap::Error::render`] on stdout and exit 0, as kubectl does.
+pub fn is_help(e: &clap::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    )
 }
 
-fn split(args: impl IntoIterator<Item = String>) -> Result<Raw, ArgsError> {
-    let mut raw = Raw {
-        flags: Vec::new(),
-        words: Vec::new(),
+/// A usage error as kubectl words it: what is wrong, naming the flag or word at fault, then
+/// which `--help` to read. `args` is the command line the error came from.
+pub fn usage_error(args: &[OsString], e: &clap::Error) -> String {
+    let command = command_words(args);
+    let context = |kind| e.get(kind).map(plain).unwrap_or_default();
+    let flag = flag_name(&context(ContextKind::InvalidArg));
+    let suggestion = match e
+        .get(ContextKind::SuggestedArg)
+        .or(e.get(ContextKind::SuggestedSubcommand))
+    {
+        Some(s) => format!(" (did you mean {}?)", plain(s)),
+        None => String::new(),
     };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        if arg == "--" {
-            raw.words.extend(args.by_ref());
-            break;
-        }
-        let (spec, inline, shown) = if let Some(long) = arg.strip_prefix("--") {
-            let (name, inline) = match long.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (long, None),
+    let (message, help) = match e.kind() {
+        ErrorKind::UnknownArgument if !flag.starts_with('-') => (
+            format!("unexpected argument {flag:?} for `{command}`"),
+            command.clone(),
+        ),
+        ErrorKind::UnknownArgument if defined_elsewhere(&flag) => (
+            format!("flag {flag} does not apply to `{command}`"),
+            command.clone(),
+        ),
+        // Not a flag of any command: perhaps a global one mistyped.
+        ErrorKind::UnknownArgument => (
+            format!("unknown flag {flag}{suggestion}"),
+            "kubectl ambit".to_owned(),
+        ),
+        ErrorKind::InvalidSubcommand => (
+            format!(
+                "unknown command {:?} for `{command}`{suggestion}",
+                context(ContextKind::InvalidSubcommand)
+            ),
+            command.clone(),
+        ),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let expected = match e.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(valid)) => one_of(valid),
+                _ => std::error::Error::source(e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             };
-            let spec = SPECS.iter().find(|s| s.long == name);
-            (spec, inline, format!("--{name}"))
-        } else if let Some(short) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
-            let mut chars = short.chars();
-            let c = chars.next();
-            let rest = chars.as_str().trim_start_matches('=');
-            let spec = SPECS.iter().find(|s| s.short.is_some() && s.short == c);
-            let inline = (!rest.is_empty()).then(|| rest.to_owned());
-            (spec, inline, format!("-{}", c.unwrap_or('-')))
-        } else {
-            raw.words.push(arg);
-            continue;
-        };
-        let Some(spec) = spec else {
-            return Err(ArgsError::UnknownFlag(arg));
-        };
-        let value = if spec.takes_value {
-            match inline {
-                Some(v) => v,
-                None => args.next().ok_or(ArgsError::NoValue(shown))?,
-            }
-        } else {
-            inline.unwrap_or_else(|| "true".into())
-        };
-        raw.flags.push((spec.long, value));
-    }
-    Ok(raw)
+            (
+                format!(
+                    "flag {flag}: {:?} is not valid (expected {expected})",
+                    context(ContextKind::InvalidValue)
+                ),
+                command.clone(),
+            )
+        }
+        ErrorKind::MissingRequiredArgument => (
+            format!("`{command}` needs {}", context(ContextKind::InvalidArg)),
+            command.clone(),
+        ),
+        ErrorKind::ArgumentConflict => (
+            format!(
+                "{} and {} do not go together in `{command}`",
+                context(ContextKind::InvalidArg),
+                context(ContextKind::PriorArg)
+            ),
+            command.clone(),
+        ),
+        // Rarer shapes (a value where none is taken, ...): clap's own first line.
+        _ => (
+            e.render()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned(),
+            command.clone(),
+        ),
+    };
+    format!("{message}\nSee '{help} --help' for usage.")
 }
 
-/// Parses the arguments after `kubectl-ambit` (what kubectl passes a plugin).
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation, ArgsError> {
-    let raw = split(args)?;
-    let mut words = raw.words.iter().map(String::as_str);
-    let topic = match (words.next(), words.next()) {
-        (None, _) => Topic::Main,
-        (Some("waypoint"), None) => Topic::Waypoint,
-        (Some("waypoint"), Some("apply")) => Topic::WaypointApply,
-        (Some("waypoint"), Some("list" | "ls")) => Topic::WaypointList,
-        (Some("waypoint"), Some("delete" | "rm")) => Topic::WaypointDelete,
-        (Some("waypoint"), Some("status")) => Topic::WaypointStatus,
-        (Some("waypoint"), Some(w)) => {
-            return Err(ArgsError::UnknownCommand {
-                word: w.into(),
-                topic: Topic::Waypoint,
-            });
-        }
-        (Some("status"), w) => {
-            if let Some(w) = w {
-                return Err(ArgsError::Extra {
-                    word: w.into(),
-                    topic: Topic::Status,
-                });
-            }
-            Topic::Status
-        }
-        (Some("config"), None) => Topic::Config,
-        (Some("config"), Some("dump")) => Topic::ConfigDump,
-        (Some("config"), Some(w)) => {
-            return Err(ArgsError::UnknownCommand {
-                word: w.into(),
-                topic: Topic::Config,
-            });
-        }
-        (Some("help"), _) => Topic::Main,
-        (Some(w), _) => {
-            return Err(ArgsError::UnknownCommand {
-                word: w.into(),
-                topic: Topic::Main,
-            });
-        }
+/// Context as a user types it: `--service-account SA`, not `--service-account <SA>`.
+fn plain(value: &ContextValue) -> String {
+    let text = match value {
+        ContextValue::Strings(items) => items.join(", "),
+        other => other.to_string(),
     };
-    // What is left are the command's own positional arguments.
-    let positional: Vec<&str> = words.collect();
-    let help = raw.bool("help", false)?;
-    for (flag, _) in &raw.flags {
-        if !GLOBAL_FLAGS.contains(flag) && !topic.flags().contains(flag) && !help {
-            return Err(ArgsError::NotHere { flag, topic });
+    text.replace(['<', '>'], "")
+}
+
+/// `--wait[=BOOL]`, `--output FORMAT` or `--node=x` to the flag alone.
+fn flag_name(arg: &str) -> String {
+    arg.split([' ', '[', '='])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn one_of(values: &[String]) -> String {
+    match values {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// `kubectl ambit waypoint list`: the commands a (possibly wrong) command line names, as far
+/// as clap can tell.
+fn command_words(args: &[OsString]) -> String {
+    let mut words = vec!["kubectl ambit".to_owned()];
+    if let Ok(matches) = command().ignore_errors(true).try_get_matches_from(args) {
+        let mut at = &matches;
+        while let Some((name, sub)) = at.subcommand() {
+            words.push(name.to_owned());
+            at = sub;
         }
     }
-    let global = Global {
-        kubeconfig: raw.get("kubeconfig").map(PathBuf::from),
-        context: raw.get("context").map(str::to_owned),
-        namespace: raw.get("namespace").map(str::to_owned),
-        output: match raw.get("output") {
-            None => Output::Default,
-            Some("json") => Output::Json,
-            Some("yaml") => Output::Yaml,
-            Some(v) => {
-                return Err(ArgsError::Invalid {
-                    flag: "output",
-                    value: v.into(),
-                    expected: "json or yaml",
-                });
-            }
-        },
-        ambit_namespace: raw
-            .get("ambit-namespace")
-            .unwrap_or(DEFAULT_AMBIT_NAMESPACE)
-            .to_owned(),
-    };
-    let groups = [Topic::Main, Topic::Waypoint, Topic::Config];
-    if help || groups.contains(&topic) {
-        return Ok(Invocation {
-            global,
-            command: Command::Help(topic),
-        });
+    words.join(" ")
+}
+
+/// Whether some command takes this flag (`--node` is `config dump`'s, not `waypoint list`'s).
+fn defined_elsewhere(flag: &str) -> bool {
+    fn walk(cmd: &clap::Command, flag: &str) -> bool {
+        cmd.get_arguments().any(|a| {
+            a.get_long()
+                .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+                || a.get_short()
+                    .is_some_and(|s| flag.strip_prefix('-') == Some(s.encode_utf8(&mut [0; 4])))
+        }) || cmd.get_subcommands().any(|c| walk(c, flag))
     }
-    let no_more = |from: usize| match positional.get(from) {
-        Some(w) => Err(ArgsError::Extra {
-            word: (*w).into(),
-            topic,
-        }),
-        None => Ok(()),
-    };
-    let waypoint_ref = || -> Result<WaypointRef, ArgsError> {
-        match (positional.first(), raw.get("service-account")) {
-            (Some(name), None) => {
-                no_more(1)?;
-                Ok(WaypointRef::Name((*name).into()))
-            }
-            (None, Some(sa)) => Ok(WaypointRef::ServiceAccount(sa.into())),
-            (Some(_), Some(_)) => Err(ArgsError::Extra {
-                word: positional.first().map_or("", |w| w).into(),
-                topic,
-            }),
-            (None, None) => Err(ArgsError::Missing {
-                what: "a waypoint NAME or --service-account SA",
-                topic,
-            }),
-        }
-    };
-    let command = match topic {
-        Topic::WaypointApply => {
-            no_more(0)?;
-            Command::WaypointApply {
-                service_account: raw
-                    .get("service-account")
-                    .ok_or(ArgsError::Missing {
-                        what: "--service-account SA",
-                        topic,
-                    })?
-                    .into(),
-                name: raw.get("name").map(str::to_owned),
-                wait: raw.bool("wait", true)?,
-                timeout: match raw.get("timeout") {
-                    None => DEFAULT_WAIT_TIMEOUT,
-                    Some(v) => parse_duration(v).ok_or_else(|| ArgsError::Invalid {
-                        flag: "timeout",
-                        value: v.into(),
-                        expected: "a duration such as 90s, 2m or 1m30s",
-                    })?,
-                },
-                force_conflicts: raw.bool("force-conflicts", false)?,
-            }
-        }
-        Topic::WaypointList => {
-            no_more(0)?;
-            Command::WaypointList {
-                all_namespaces: raw.bool("all-namespaces", false)?,
-            }
-        }
-        Topic::WaypointDelete => Command::WaypointDelete(waypoint_ref()?),
-        Topic::WaypointStatus => Command::WaypointStatus(waypoint_ref()?),
-        Topic::Status => Command::Status,
-        Topic::ConfigDump => {
-            no_more(0)?;
-            Command::ConfigDump {
-                node: raw
-                    .get("node")
-                    .ok_or(ArgsError::Missing {
-                        what: "--node NODE",
-                        topic,
-                    })?
-                    .into(),
-            }
-        }
-        Topic::Main | Topic::Waypoint | Topic::Config => Command::Help(topic),
-    };
-    Ok(Invocation { global, command })
+    walk(&Cli::command(), flag)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| "a duration such as 90s, 2m or 1m30s".to_owned())
 }
 
 /// A Go-style duration (`90s`, `2m`, `1h30m`, `500ms`), or a bare number of seconds.
@@ -459,139 +482,40 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(total)
 }
 
-const GLOBAL_HELP: &str = "\
-Global flags:
-  --kubeconfig PATH        kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)
-  --context NAME           kubeconfig context (default: the current context)
-  -n, --namespace NS       namespace (default: the context's namespace, else default)
-  -o, --output json|yaml   print objects instead of a table
-  --ambit-namespace NS     where ambit runs (default: ambit-system)
-  -h, --help               this help
-";
-
-/// The help text of a command.
-pub fn usage(topic: Topic) -> String {
-    let body = match topic {
-        Topic::Main => {
-            "\
-kubectl ambit: manage the ambit service mesh.
-
-Commands:
-  waypoint apply    create or update the waypoint of a service account
-  waypoint list     list waypoints
-  waypoint delete   delete a waypoint
-  waypoint status   a waypoint's conditions and its Deployment's readiness
-  status            is every part of ambit healthy, which namespaces are enrolled
-  config dump       a node tunnel's configuration (its admin /config_dump)
-
-Run `kubectl ambit COMMAND --help` for a command's flags.
-Enroll a namespace with `kubectl label namespace NS ambit.dev/dataplane-mode=ambient`.
-"
-        }
-        Topic::Waypoint => {
-            "\
-kubectl ambit waypoint: L7 proxies, one per service account (Gateway API Gateways of class
-ambit-waypoint).
-
-Commands:
-  apply -n NS --service-account SA [--name NAME]
-  list [-n NS | -A]
-  delete -n NS (NAME | --service-account SA)
-  status -n NS (NAME | --service-account SA)
-"
-        }
-        Topic::WaypointApply => {
-            "\
-kubectl ambit waypoint apply -n NS --service-account SA [--name NAME]
-
-Writes (server-side apply, field manager kubectl-ambit) a Gateway of class ambit-waypoint with
-one listener mesh 15008/HBONE and the annotation ambit.dev/for-service-account=SA. ambit's
-controller then creates the waypoint's Deployment, Service and ServiceAccount (all named NAME)
-and marks the Gateway Programmed.
-
-Flags:
-  --service-account SA     the service account whose traffic the waypoint handles (required)
-  --name NAME              the Gateway's name (default: waypoint-SA)
-  --wait[=false]           wait until the Gateway is Programmed (default: true)
-  --timeout DURATION       how long to wait (default: 60s)
-  --force-conflicts        take over fields another manager owns
-"
-        }
-        Topic::WaypointList => {
-            "\
-kubectl ambit waypoint list [-n NS | -A]
-
-Lists waypoint Gateways: namespace, name, service account, Programmed, address.
-
-Flags:
-  -A, --all-namespaces     every namespace
-"
-        }
-        Topic::WaypointDelete => {
-            "\
-kubectl ambit waypoint delete -n NS (NAME | --service-account SA)
-
-Deletes the waypoint Gateway; the controller's children (Deployment, Service, ServiceAccount)
-go with it.
-
-Flags:
-  --service-account SA     delete the waypoint(s) serving SA
-"
-        }
-        Topic::WaypointStatus => {
-            "\
-kubectl ambit waypoint status -n NS (NAME | --service-account SA)
-
-Shows the Gateway's conditions and addresses and its waypoint Deployment's readiness.
-
-Flags:
-  --service-account SA     the waypoint serving SA
-"
-        }
-        Topic::Status => {
-            "\
-kubectl ambit status
-
-Checks every part of ambit: the controller Deployment ambit-controller, the node DaemonSet
-ambit-node (and which nodes' pods are not ready), the CRDs, the GatewayClass ambit-waypoint;
-lists the enrolled namespaces (label ambit.dev/dataplane-mode=ambient) with their pods and
-opted-out pods (ambit.dev/dataplane-mode=none). Exits 1 when something is unhealthy.
-"
-        }
-        Topic::Config => {
-            "\
-kubectl ambit config: what ambit's data plane is running with.
-
-Commands:
-  dump --node NODE
-"
-        }
-        Topic::ConfigDump => {
-            "\
-kubectl ambit config dump --node NODE [-o json|yaml]
-
-Fetches the node tunnel's /config_dump (admin port 15000) from the ambit-node pod on NODE,
-through the apiserver's pod proxy. Prints JSON unless -o yaml.
-
-Flags:
-  --node NODE              the node whose tunnel to ask (required)
-"
-        }
-    };
-    format!("{body}\n{GLOBAL_HELP}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<Invocation, ArgsError> {
-        parse(s.split_whitespace().map(str::to_owned))
+    fn argv(s: &str) -> Vec<OsString> {
+        std::iter::once("kubectl-ambit")
+            .chain(s.split_whitespace())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn p(s: &str) -> Invocation {
+        match parse(argv(s)) {
+            Ok(Request::Run(i)) => i,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    /// The usage error of a bad command line, as the user reads it.
+    fn err(s: &str) -> String {
+        let args = argv(s);
+        let e = parse(args.clone()).expect_err(s);
+        assert!(!is_help(&e), "{s}: {e}");
+        usage_error(&args, &e)
+    }
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        command().debug_assert();
     }
 
     #[test]
     fn waypoint_apply_with_kubectl_flag_forms() {
-        let inv = p("waypoint apply -n shop --service-account=back --wait=false -oyaml").unwrap();
+        let inv = p("waypoint apply -n shop --service-account=back --wait=false -oyaml");
         assert_eq!(inv.global.namespace.as_deref(), Some("shop"));
         assert_eq!(inv.global.output, Output::Yaml);
         assert_eq!(inv.global.ambit_namespace, "ambit-system");
@@ -601,110 +525,157 @@ mod tests {
                 service_account: "back".into(),
                 name: None,
                 wait: false,
-                timeout: DEFAULT_WAIT_TIMEOUT,
+                timeout: Duration::from_secs(60),
                 force_conflicts: false,
             }
         );
-        // Flags before the command, `-nNS`, last one wins.
-        let inv = p("-nfoo --context c --kubeconfig /k waypoint apply --service-account s --name w --timeout 2m -n bar").unwrap();
+        // Global flags before the command, `-nNS`, last one wins (own flags too).
+        let inv = p(
+            "-nfoo --context c --kubeconfig /k waypoint apply --service-account s \
+                     --name v --name w --timeout 2m -n bar --force-conflicts",
+        );
         assert_eq!(inv.global.namespace.as_deref(), Some("bar"));
         assert_eq!(inv.global.context.as_deref(), Some("c"));
         assert_eq!(inv.global.kubeconfig, Some(PathBuf::from("/k")));
-        let Command::WaypointApply {
-            name,
-            timeout,
-            wait,
-            ..
-        } = inv.command
-        else {
-            panic!("{:?}", inv.command)
-        };
-        assert_eq!(name.as_deref(), Some("w"));
-        assert_eq!(timeout, Duration::from_secs(120));
-        assert!(wait);
+        assert_eq!(
+            inv.command,
+            Command::WaypointApply {
+                service_account: "s".into(),
+                name: Some("w".into()),
+                wait: true,
+                timeout: Duration::from_secs(120),
+                force_conflicts: true,
+            }
+        );
     }
 
     #[test]
     fn other_commands() {
         assert_eq!(
-            p("waypoint list -A").unwrap().command,
+            p("waypoint list -A").command,
             Command::WaypointList {
                 all_namespaces: true
             }
         );
         assert_eq!(
-            p("waypoint delete w1").unwrap().command,
+            p("waypoint ls --all-namespaces=false").command,
+            Command::WaypointList {
+                all_namespaces: false
+            }
+        );
+        assert_eq!(
+            p("waypoint rm w1").command,
             Command::WaypointDelete(WaypointRef::Name("w1".into()))
         );
         assert_eq!(
-            p("waypoint status --service-account sa").unwrap().command,
+            p("waypoint status --service-account sa").command,
             Command::WaypointStatus(WaypointRef::ServiceAccount("sa".into()))
         );
-        let inv = p("status --ambit-namespace mesh -o json").unwrap();
+        let inv = p("status --ambit-namespace mesh -o json");
         assert_eq!(inv.command, Command::Status);
         assert_eq!(inv.global.ambit_namespace, "mesh");
         assert_eq!(inv.global.output, Output::Json);
+        assert_eq!(inv.global.namespace, None);
         assert_eq!(
-            p("config dump --node n1").unwrap().command,
+            p("config dump --node n1").command,
             Command::ConfigDump { node: "n1".into() }
+        );
+        assert_eq!(
+            parse(argv("completion bash")).unwrap(),
+            Request::Completion(Shell::Bash)
         );
     }
 
     #[test]
     fn help_anywhere() {
-        assert_eq!(p("").unwrap().command, Command::Help(Topic::Main));
-        assert_eq!(p("--help").unwrap().command, Command::Help(Topic::Main));
-        assert_eq!(
-            p("waypoint").unwrap().command,
-            Command::Help(Topic::Waypoint)
-        );
-        assert_eq!(
-            p("waypoint apply -h").unwrap().command,
-            Command::Help(Topic::WaypointApply)
-        );
-        // Help wins over missing or misplaced flags.
-        assert_eq!(
-            p("config dump --help --service-account x").unwrap().command,
-            Command::Help(Topic::ConfigDump)
-        );
-        for t in [Topic::Main, Topic::WaypointApply, Topic::ConfigDump] {
-            assert!(usage(t).contains("--kubeconfig"));
+        for line in [
+            "",
+            "--help",
+            "help",
+            "waypoint",
+            "waypoint apply -h",
+            "config",
+            "help waypoint list",
+            // Help before a missing or misplaced flag wins.
+            "config dump --help --service-account x",
+            "--version",
+        ] {
+            let e = parse(argv(line)).expect_err(line);
+            assert!(is_help(&e), "{line:?}: {:?} {e}", e.kind());
+        }
+        let help = parse(argv("waypoint apply --help"))
+            .unwrap_err()
+            .render()
+            .to_string();
+        for has in [
+            "--service-account SA",
+            "Global flags",
+            "--kubeconfig",
+            "[default: 60s]",
+        ] {
+            assert!(help.contains(has), "{has}: {help}");
         }
     }
 
     #[test]
     fn errors_name_the_culprit() {
-        let e = p("waypoint apply --service-acount x").unwrap_err();
-        assert_eq!(e, ArgsError::UnknownFlag("--service-acount".into()));
-        let e = p("waypoint apply").unwrap_err();
-        assert!(e.to_string().contains("--service-account SA"), "{e}");
-        assert_eq!(e.topic(), Topic::WaypointApply);
-        let e = p("waypoint list --node n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "flag --node does not apply to `kubectl ambit waypoint list`"
+        let e = err("waypoint apply --service-acount x");
+        assert!(
+            e.starts_with("unknown flag --service-acount (did you mean --service-account?)"),
+            "{e}"
         );
-        let e = p("waypoint frobnicate").unwrap_err();
-        assert!(e.to_string().contains("\"frobnicate\""), "{e}");
-        let e = p("status -o xml").unwrap_err();
-        assert!(e.to_string().contains("json or yaml"), "{e}");
-        let e = p("waypoint apply --service-account s --timeout soon").unwrap_err();
-        assert!(e.to_string().contains("--timeout"), "{e}");
-        let e = p("waypoint apply --service-account s --wait=maybe").unwrap_err();
-        assert!(e.to_string().contains("true or false"), "{e}");
-        assert_eq!(p("-n").unwrap_err(), ArgsError::NoValue("-n".into()));
-        assert!(matches!(
-            p("waypoint delete a b").unwrap_err(),
-            ArgsError::Extra { .. }
-        ));
-        assert!(matches!(
-            p("waypoint delete").unwrap_err(),
-            ArgsError::Missing { .. }
-        ));
-        assert!(matches!(
-            p("status now").unwrap_err(),
-            ArgsError::Extra { .. }
-        ));
+        assert!(e.ends_with("See 'kubectl ambit --help' for usage."), "{e}");
+        assert_eq!(
+            err("waypoint apply"),
+            "`kubectl ambit waypoint apply` needs --service-account SA\n\
+             See 'kubectl ambit waypoint apply --help' for usage."
+        );
+        let e = err("waypoint list --node n");
+        assert!(
+            e.starts_with("flag --node does not apply to `kubectl ambit waypoint list`"),
+            "{e}"
+        );
+        let e = err("waypoint frobnicate");
+        assert!(
+            e.starts_with("unknown command \"frobnicate\" for `kubectl ambit waypoint`"),
+            "{e}"
+        );
+        let e = err("status -o xml");
+        assert!(
+            e.starts_with("flag --output: \"xml\" is not valid (expected json or yaml)"),
+            "{e}"
+        );
+        let e = err("waypoint apply --service-account s --timeout soon");
+        assert!(
+            e.starts_with("flag --timeout: \"soon\" is not valid (expected a duration such as 90s"),
+            "{e}"
+        );
+        let e = err("waypoint apply --service-account s --wait=maybe");
+        assert!(
+            e.contains("--wait: \"maybe\" is not valid (expected true or false)"),
+            "{e}"
+        );
+        let e = err("-n");
+        assert!(e.contains("--namespace"), "{e}");
+        let e = err("waypoint delete a b");
+        assert!(
+            e.starts_with("unexpected argument \"b\" for `kubectl ambit waypoint delete`"),
+            "{e}"
+        );
+        let e = err("waypoint delete");
+        assert!(e.contains("needs NAME|--service-account SA"), "{e}");
+        let e = err("waypoint delete a --service-account b");
+        assert!(e.contains("do not go together"), "{e}");
+        let e = err("status now");
+        assert!(
+            e.starts_with("unexpected argument \"now\" for `kubectl ambit status`"),
+            "{e}"
+        );
+        let e = err("completion tcsh");
+        assert!(
+            e.contains("expected bash, elvish, fish, powershell or zsh"),
+            "{e}"
+        );
     }
 
     #[test]

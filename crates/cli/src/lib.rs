@@ -1,7 +1,8 @@
 //! `kubectl-ambit`, the kubectl plugin for ambit. The logic lives here; `main.rs` only parses
 //! arguments, connects and prints.
 //!
-//! - [`args`]: the command line, kubectl style, into a typed [`args::Invocation`];
+//! - [`args`]: the command line, kubectl style (clap), into a typed [`args::Request`];
+//! - [`complete`]: completion scripts and the candidates kubectl asks `kubectl_complete-ambit` for;
 //! - [`client`]: kubeconfig (`--kubeconfig`, `KUBECONFIG`, `--context`) to a client, and
 //!   readable kube errors;
 //! - [`waypoint`]: the Gateway `waypoint apply` writes, name rules, how Gateway status reads;
@@ -13,6 +14,7 @@
 pub mod args;
 pub mod client;
 pub mod commands;
+pub mod complete;
 pub mod health;
 pub mod output;
 pub mod table;

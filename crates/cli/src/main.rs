@@ -3,26 +3,36 @@
 //! `status`, 2 on a usage error.
 
 use anyhow::Context as _;
-use kubectl_ambit::args::{self, Command};
-use kubectl_ambit::{client, commands};
+use kubectl_ambit::args::{self, Request};
+use kubectl_ambit::{client, commands, complete};
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let invocation = match args::parse(std::env::args().skip(1)) {
-        Ok(i) => i,
+    complete::answer_shell_request();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let invocation = match args::parse(argv.clone()) {
+        Ok(Request::Run(i)) => i,
+        Ok(Request::Completion(shell)) => {
+            let script = complete::script(shell);
+            return match script.and_then(|s| std::io::stdout().write_all(&s)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: writing the completion script: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Err(e) if args::is_help(&e) => {
+            print!("{}", e.render());
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!(
-                "error: {e}\nSee '{} --help' for usage.",
-                e.topic().command()
-            );
+            eprintln!("error: {}", args::usage_error(&argv, &e));
             return ExitCode::from(2);
         }
     };
-    if let Command::Help(topic) = invocation.command {
-        print!("{}", args::usage(topic));
-        return ExitCode::SUCCESS;
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -3,8 +3,8 @@
 //! by the test, standing in for the controller), list/status/delete, `status` before and after
 //! stand-ins for ambit's parts, enrollment counts, `config dump` through the apiserver's pod
 //! proxy (a stand-in admin endpoint, then the real tunnel of `helm install charts/ambit`),
-//! `-o json|yaml`, usage errors, and `kubectl ambit` as a real kubectl plugin. Needs root (the
-//! testbed); skips loudly otherwise.
+//! `-o json|yaml`, usage errors, and `kubectl ambit` as a real kubectl plugin, completion
+//! included. Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ambit_testbed::eventually;
@@ -542,6 +542,21 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         .output()?;
     let run = finish(out).ok()?;
     assert!(run.stdout.contains("waypoint-back"), "{run:?}");
+    // kubectl's own completion of `kubectl ambit waypoint <TAB>` asks kubectl_complete-ambit.
+    let out = tb
+        .kubectl()
+        .env("PATH", &path)
+        .args(["__complete", "ambit", "waypoint", ""])
+        .output()?;
+    let run = finish(out).ok()?;
+    let candidates: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    for c in ["apply", "list", "delete", "status"] {
+        assert!(candidates.contains(&c), "{c}: {run:?}");
+    }
 
     // delete, by name and by service account.
     ambit(tb, "waypoint delete -n shop waypoint-back")?.ok()?;

@@ -156,7 +156,6 @@ pub async fn run(
     note: &mut dyn FnMut(&str),
 ) -> Result<Outcome, Error> {
     match command {
-        Command::Help(topic) => Ok(Outcome::ok(crate::args::usage(*topic))),
         Command::WaypointApply {
             service_account,
             name,
