@@ -1,5 +1,5 @@
 //! Config-stream resources into an [`ambit_mesh::MeshConfig`]. Pure: a malformed resource is
-//! an error naming it, which the subscription turns into a NACK.
+//! rejected alone, named with the reason, which the subscription reports in its ACK.
 
 use crate::stream::Resources;
 use ambit_mesh::{MeshConfig, Service, ServicePort};
@@ -9,11 +9,13 @@ use ambit_policy::{
 };
 use ambit_proto::config::v1 as pb;
 use ambit_route as rt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
+    #[error("{resource}: {what} is claimed by another workload")]
+    Claimed { resource: String, what: String },
     #[error("{resource}: {value:?} is not an IP address")]
     Ip { resource: String, value: String },
     #[error("{resource}: port {port} is out of range")]
@@ -63,84 +65,117 @@ fn port(resource: &str, port: u32) -> Result<u16, ConvertError> {
 /// A service's endpoint: the workload uid and its service port -> target port map.
 type Member<'a> = (&'a str, &'a BTreeMap<u32, u32>);
 
-/// The mesh model the resources describe.
+/// The model the resources describe, and the resources it leaves out or holds fail-safe.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub config: MeshConfig,
+    /// Each left out (or, for an AuthorizationPolicy or RequestAuthentication, held in its
+    /// fail-safe form), with the reason.
+    pub rejected: Vec<pb::RejectedResource>,
+}
+
+/// The mesh model the resources describe. One resource that cannot be read never costs the
+/// others (issue 14, no poison pills): it is rejected alone, and
 ///
+/// - an AuthorizationPolicy that does not validate is kept in its fail-safe form
+///   ([`ambit_policy::Policy::fail_safe`]: a DENY's broken field matches anything, an
+///   ALLOW's broken value matches nothing); one whose action is unknown denies everything to
+///   the workloads it selects; a RequestAuthentication likewise ([`fail_safe`]);
+/// - a workload claiming an IP (or uid) an earlier workload claims (by resource name) is left
+///   out, so the index stays unambiguous;
+/// - any other resource is left out.
+///
+/// Further:
 /// - A waypoint with no address yet is left out (its Service has no cluster IP); the
 ///   workloads bound to it keep their binding, so tunnels refuse their traffic meanwhile.
 /// - A service port whose target is named (0 on the wire) takes the target its endpoints
 ///   report.
 /// - Policies keep their L7 rules: `ambit_policy::authorize` evaluates them fail-safe at L4,
 ///   and in full at a waypoint.
-pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConfig, ConvertError> {
+///
+/// [`fail_safe`]: ambit_policy::RequestAuthentication::fail_safe
+pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Converted {
     let mut config = MeshConfig {
         trust_domain: trust_domain.to_owned(),
         ..MeshConfig::default()
     };
+    let td: Option<ambit_identity::TrustDomain> = trust_domain.parse().ok();
+    let mut rejected = Vec::new();
+    let mut reject = |resource: &pb::Resource, error: String| {
+        tracing::warn!(resource = resource.name, %error, "config resource rejected");
+        rejected.push(pb::RejectedResource {
+            name: resource.name.clone(),
+            version: resource.version.clone(),
+            error,
+        });
+    };
     let mut members: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
+    let mut claimed_ips: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    let mut claimed_uids: BTreeSet<&str> = BTreeSet::new();
     for (name, resource) in resources {
         let Some(kind) = &resource.kind else { continue };
         match kind {
             pb::resource::Kind::Namespace(n) => config.namespaces.push(n.name.clone()),
             pb::resource::Kind::Workload(w) => {
-                for (service, ports) in &w.services {
-                    members
-                        .entry(service.as_str())
-                        .or_default()
-                        .push((w.uid.as_str(), &ports.ports));
+                match workload(name, td.as_ref(), w, &claimed_ips, &claimed_uids) {
+                    Ok(model) => {
+                        claimed_uids.insert(&w.uid);
+                        for ip in &model.ips {
+                            claimed_ips.insert(*ip, name);
+                        }
+                        for (service, ports) in &w.services {
+                            members
+                                .entry(service.as_str())
+                                .or_default()
+                                .push((w.uid.as_str(), &ports.ports));
+                        }
+                        config.workloads.push(model);
+                    }
+                    Err(e) => reject(resource, e.to_string()),
                 }
-                config.workloads.push(ambit_mesh::Workload {
-                    uid: w.uid.clone(),
-                    name: w.name.clone(),
-                    namespace: w.namespace.clone(),
-                    service_account: w.service_account.clone(),
-                    node: w.node.clone(),
-                    ips: ips(name, &w.ips)?,
-                    hbone: !w.opted_out,
-                    ready: !w.not_ready,
-                    labels: w.labels.clone().into_iter().collect(),
-                    waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),
-                });
             }
-            pb::resource::Kind::Waypoint(w) => {
-                let Some(vip) = ips(name, &w.vips)?.into_iter().next() else {
-                    continue;
-                };
-                let identity: ambit_identity::SpiffeId =
-                    w.identity.parse().map_err(|_| ConvertError::Identity {
-                        resource: name.clone(),
-                        identity: w.identity.clone(),
-                    })?;
-                config.waypoints.push(ambit_mesh::Waypoint {
-                    name: w.name.clone(),
-                    namespace: w.namespace.clone(),
-                    for_service_account: w.for_service_account.clone(),
-                    service_account: identity.service_account().to_owned(),
-                    address: SocketAddr::new(vip, ambit_hbone::HBONE_PORT),
-                });
-            }
+            pb::resource::Kind::Waypoint(w) => match waypoint(name, w) {
+                Ok(Some(model)) => config.waypoints.push(model),
+                Ok(None) => {}
+                Err(e) => reject(resource, e.to_string()),
+            },
             pb::resource::Kind::AuthorizationPolicy(p) => {
-                config.policies.push(policy(name, p)?);
+                let (model, error) = policy(name, p);
+                if let Some(error) = error {
+                    reject(resource, format!("{error}; enforced fail-safe"));
+                }
+                config.policies.push(model);
             }
-            // Checked by `Mesh::new`, which leaves a route that does not compile out alone.
-            // One route or rate limit this data plane cannot read is left out alone (and
-            // logged): it never costs the rest of the delta (issue 14, no poison pills).
+            // `Mesh::new` also leaves out a route that does not compile, alone.
             pb::resource::Kind::Route(r) => match route_model(name, r) {
                 Ok(route) => config.routes.push(route),
-                Err(error) => tracing::warn!(%error, "route left out"),
+                Err(e) => reject(resource, e.to_string()),
             },
             pb::resource::Kind::RequestAuthentication(r) => {
-                config
-                    .request_authentications
-                    .push(request_authentication(r));
+                let model = request_authentication(r);
+                match model.validate() {
+                    Ok(()) => config.request_authentications.push(model),
+                    Err(e) => {
+                        reject(resource, format!("{name}: {e}; enforced fail-safe"));
+                        config.request_authentications.push(model.fail_safe());
+                    }
+                }
             }
             pb::resource::Kind::RateLimit(r) => match rate_limit(name, r) {
                 Ok(limit) => config.rate_limits.push(limit),
-                Err(error) => tracing::warn!(%error, "rate limit left out"),
+                Err(e) => reject(resource, e.to_string()),
             },
-            pb::resource::Kind::ExtAuthzProvider(p) => config
-                .ext_authz_providers
-                .push(ext_authz_provider(name, p)?),
-            // Services are read in a second pass.
+            pb::resource::Kind::ExtAuthzProvider(p) => {
+                let checked = ext_authz_provider(name, p).map_err(|e| e.to_string());
+                match checked.and_then(|p| match p.validate() {
+                    Ok(()) => Ok(p),
+                    Err(e) => Err(format!("{name}: {e}")),
+                }) {
+                    Ok(provider) => config.ext_authz_providers.push(provider),
+                    Err(e) => reject(resource, e),
+                }
+            }
+            // Services are read in a second pass, once their endpoints are known.
             pb::resource::Kind::Service(_) => {}
         }
     }
@@ -150,31 +185,99 @@ pub fn mesh_config(trust_domain: &str, resources: &Resources) -> Result<MeshConf
         };
         let key = format!("{}/{}", s.namespace, s.name);
         let endpoints = members.get(key.as_str()).map_or(&[][..], Vec::as_slice);
-        let mut ports = Vec::with_capacity(s.ports.len());
-        for p in &s.ports {
-            let target = match p.target_port {
-                0 => endpoints
-                    .iter()
-                    .find_map(|(_, map)| map.get(&p.port).copied())
-                    .unwrap_or(p.port),
-                t => t,
-            };
-            ports.push(ServicePort {
-                port: port(name, p.port)?,
-                target_port: port(name, target)?,
-                name: p.name.clone(),
-                app_protocol: p.app_protocol.clone(),
-            });
+        match service(name, s, endpoints) {
+            Ok(model) => config.services.push(model),
+            Err(e) => reject(resource, e.to_string()),
         }
-        config.services.push(Service {
-            name: s.name.clone(),
-            namespace: s.namespace.clone(),
-            vips: ips(name, &s.vips)?,
-            ports,
-            endpoints: endpoints.iter().map(|(uid, _)| (*uid).to_owned()).collect(),
+    }
+    Converted { config, rejected }
+}
+
+fn workload(
+    name: &str,
+    trust_domain: Option<&ambit_identity::TrustDomain>,
+    w: &pb::Workload,
+    claimed_ips: &BTreeMap<IpAddr, &str>,
+    claimed_uids: &BTreeSet<&str>,
+) -> Result<ambit_mesh::Workload, ConvertError> {
+    let ips = ips(name, &w.ips)?;
+    if let Some(td) = trust_domain {
+        ambit_identity::SpiffeId::new(td.clone(), &w.namespace, &w.service_account).map_err(
+            |_| ConvertError::Identity {
+                resource: name.to_owned(),
+                identity: format!("{}/{}", w.namespace, w.service_account),
+            },
+        )?;
+    }
+    if claimed_uids.contains(w.uid.as_str()) {
+        return Err(ConvertError::Claimed {
+            resource: name.to_owned(),
+            what: format!("uid {}", w.uid),
         });
     }
-    Ok(config)
+    if let Some(ip) = ips.iter().find(|ip| claimed_ips.contains_key(ip)) {
+        return Err(ConvertError::Claimed {
+            resource: name.to_owned(),
+            what: format!("IP {ip}, which {} holds", claimed_ips[ip]),
+        });
+    }
+    Ok(ambit_mesh::Workload {
+        uid: w.uid.clone(),
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service_account: w.service_account.clone(),
+        node: w.node.clone(),
+        ips,
+        hbone: !w.opted_out,
+        ready: !w.not_ready,
+        labels: w.labels.clone().into_iter().collect(),
+        waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),
+    })
+}
+
+/// `None` while the waypoint has no address.
+fn waypoint(name: &str, w: &pb::Waypoint) -> Result<Option<ambit_mesh::Waypoint>, ConvertError> {
+    let Some(vip) = ips(name, &w.vips)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let identity: ambit_identity::SpiffeId =
+        w.identity.parse().map_err(|_| ConvertError::Identity {
+            resource: name.to_owned(),
+            identity: w.identity.clone(),
+        })?;
+    Ok(Some(ambit_mesh::Waypoint {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        for_service_account: w.for_service_account.clone(),
+        service_account: identity.service_account().to_owned(),
+        address: SocketAddr::new(vip, ambit_hbone::HBONE_PORT),
+    }))
+}
+
+fn service(name: &str, s: &pb::Service, endpoints: &[Member<'_>]) -> Result<Service, ConvertError> {
+    let mut ports = Vec::with_capacity(s.ports.len());
+    for p in &s.ports {
+        let target = match p.target_port {
+            0 => endpoints
+                .iter()
+                .find_map(|(_, map)| map.get(&p.port).copied())
+                .unwrap_or(p.port),
+            t => t,
+        };
+        ports.push(ServicePort {
+            port: port(name, p.port)?,
+            target_port: port(name, target)?,
+            name: p.name.clone(),
+            app_protocol: p.app_protocol.clone(),
+        });
+    }
+    Ok(Service {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        vips: ips(name, &s.vips)?,
+        ports,
+        endpoints: endpoints.iter().map(|(uid, _)| (*uid).to_owned()).collect(),
+    })
 }
 
 fn request_authentication(r: &pb::RequestAuthentication) -> RequestAuthentication {
@@ -238,30 +341,55 @@ fn rate_limit(name: &str, r: &pb::RateLimit) -> Result<ambit_mesh::RateLimit, Co
     })
 }
 
-fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertError> {
+/// The policy, and why it is not enforced as sent, if it is not: one that does not validate
+/// is its fail-safe form; one whose action is unknown denies everything to the workloads it
+/// selects (it may be a DENY: denying more is the safe side).
+fn policy(name: &str, p: &pb::AuthorizationPolicy) -> (Policy, Option<String>) {
+    let selector = (!p.match_labels.is_empty()).then(|| PolicyScope {
+        match_labels: p.match_labels.clone().into_iter().collect(),
+    });
     let action = match p.action.as_str() {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
         "AUDIT" => Action::Audit,
         "CUSTOM" => Action::Custom,
         other => {
-            return Err(ConvertError::Action {
+            let deny_all = Policy {
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                action: Action::Deny,
+                selector,
+                // An empty rule matches everything.
+                rules: vec![Rule::default()],
+                provider: None,
+            };
+            let error = ConvertError::Action {
                 resource: name.to_owned(),
                 action: other.to_owned(),
-            });
+            };
+            return (deny_all, Some(error.to_string()));
         }
     };
-    let mut rules = Vec::with_capacity(p.rules.len());
-    for r in &p.rules {
-        rules.push(Rule {
+    let mut out_of_range = None;
+    let rules = p
+        .rules
+        .iter()
+        .map(|r| Rule {
             principals: r.principals.clone(),
             namespaces: r.namespaces.clone(),
             ip_blocks: r.ip_blocks.iter().map(|b| b.as_str().into()).collect(),
+            // A port past 65535 becomes 0, which is no port either: `fail_safe` treats both
+            // alike (a DENY's field matches any port, an ALLOW's value none).
             ports: r
                 .ports
                 .iter()
-                .map(|p| port(name, *p))
-                .collect::<Result<_, _>>()?,
+                .map(|p| {
+                    port(name, *p).unwrap_or_else(|e| {
+                        out_of_range.get_or_insert(e);
+                        0
+                    })
+                })
+                .collect(),
             methods: r.methods.clone(),
             paths: r.paths.clone(),
             hosts: r.hosts.clone(),
@@ -284,18 +412,22 @@ fn policy(name: &str, p: &pb::AuthorizationPolicy) -> Result<Policy, ConvertErro
                     not_values: c.not_values.clone(),
                 })
                 .collect(),
-        });
-    }
-    Ok(Policy {
+        })
+        .collect();
+    let policy = Policy {
         name: p.name.clone(),
         namespace: p.namespace.clone(),
         action,
-        selector: (!p.match_labels.is_empty()).then(|| PolicyScope {
-            match_labels: p.match_labels.clone().into_iter().collect(),
-        }),
+        selector,
         rules,
         provider: (!p.provider.is_empty()).then(|| p.provider.clone()),
-    })
+    };
+    let error = match (out_of_range, policy.validate()) {
+        (Some(e), _) => e.to_string(),
+        (None, Err(e)) => format!("{name}: {e}"),
+        (None, Ok(())) => return (policy, None),
+    };
+    (policy.fail_safe(), Some(error))
 }
 
 fn ext_authz_provider(
@@ -704,7 +836,8 @@ mod tests {
 
     #[test]
     fn builds_a_valid_mesh() {
-        let config = mesh_config("cluster.local", &sample()).unwrap();
+        let Converted { config, rejected } = mesh_config("cluster.local", &sample());
+        assert_eq!(rejected, []);
         assert_eq!(config.namespaces, ["demo"]);
         let hbone: Vec<_> = config
             .workloads
@@ -765,7 +898,8 @@ mod tests {
             }],
             provider: String::new(),
         };
-        let converted = policy("authorizationpolicy/demo/p", &p).unwrap();
+        let (converted, error) = policy("authorizationpolicy/demo/p", &p);
+        assert_eq!(error, None);
         assert_eq!(
             converted.rules[0].request_principals,
             ["https://idp.example/*"]
@@ -781,10 +915,12 @@ mod tests {
         converted.validate().unwrap();
         let mut bad_port = p;
         bad_port.rules[0].ports = vec![70000];
-        assert!(matches!(
-            policy("x", &bad_port),
-            Err(ConvertError::Port { port: 70000, .. })
-        ));
+        let (audit, error) = policy("x", &bad_port);
+        assert_eq!(error.as_deref(), Some("x: port 70000 is out of range"));
+        assert!(
+            audit.rules.is_empty(),
+            "an AUDIT rule left without ports is dropped"
+        );
     }
 
     #[test]
@@ -796,7 +932,8 @@ mod tests {
             provider: "authz".into(),
             ..Default::default()
         };
-        let converted = policy("authorizationpolicy/demo/ext", &p).unwrap();
+        let (converted, error) = policy("authorizationpolicy/demo/ext", &p);
+        assert_eq!(error, None);
         assert_eq!(converted.action, Action::Custom);
         assert_eq!(converted.provider.as_deref(), Some("authz"));
         let pb_provider = pb::ExtAuthzProvider {
@@ -871,7 +1008,7 @@ mod tests {
                 kind: Some(pb::resource::Kind::RequestAuthentication(r)),
             },
         );
-        let config = mesh_config("cluster.local", &resources).unwrap();
+        let config = mesh_config("cluster.local", &resources).config;
         let ra = &config.request_authentications[0];
         assert_eq!(ra.selector.as_ref().unwrap().match_labels["app"], "echo");
         let j = &ra.jwt_rules[0];
@@ -883,26 +1020,142 @@ mod tests {
         ambit_mesh::Mesh::new(config).unwrap();
     }
 
+    fn with(
+        mut resources: Resources,
+        name: &str,
+        edit: impl FnOnce(&mut pb::resource::Kind),
+    ) -> Resources {
+        edit(resources.get_mut(name).unwrap().kind.as_mut().unwrap());
+        resources
+    }
+
+    fn rejected_names(c: &Converted) -> Vec<&str> {
+        c.rejected.iter().map(|r| r.name.as_str()).collect()
+    }
+
     #[test]
-    fn malformed_resources_are_named() {
-        let mut r = sample();
-        if let Some(pb::resource::Kind::Workload(w)) = &mut r.get_mut("workload/a").unwrap().kind {
-            w.ips = vec!["not-an-ip".into()];
-        }
-        let e = mesh_config("cluster.local", &r).unwrap_err();
+    fn a_malformed_resource_is_left_out_alone_and_named() {
+        let r = with(sample(), "workload/a", |k| {
+            if let pb::resource::Kind::Workload(w) = k {
+                w.ips = vec!["not-an-ip".into()];
+            }
+        });
+        let c = mesh_config("cluster.local", &r);
         assert_eq!(
-            e.to_string(),
+            c.rejected[0].error,
             "workload/a: \"not-an-ip\" is not an IP address"
         );
+        assert_eq!(rejected_names(&c), ["workload/a"]);
+        // The rest is a valid mesh, its service without the left-out endpoint.
+        let mesh = ambit_mesh::Mesh::new(c.config).unwrap();
+        assert!(mesh.workload_by_uid("a").is_none());
+        assert!(mesh.workload_by_uid("b").is_some());
+
+        let r = with(sample(), "service/demo/echo", |k| {
+            if let pb::resource::Kind::Service(s) = k {
+                s.ports[0].port = 70_000;
+            }
+        });
+        let c = mesh_config("cluster.local", &r);
+        assert_eq!(rejected_names(&c), ["service/demo/echo"]);
+        assert!(c.config.services.is_empty());
+        ambit_mesh::Mesh::new(c.config).unwrap();
+
+        let r = with(sample(), "waypoint/demo/w", |k| {
+            if let pb::resource::Kind::Waypoint(w) = k {
+                w.identity = "not a spiffe id".into();
+            }
+        });
+        let c = mesh_config("cluster.local", &r);
+        assert_eq!(rejected_names(&c), ["waypoint/demo/w"]);
+        ambit_mesh::Mesh::new(c.config).unwrap();
+    }
+
+    #[test]
+    fn a_workload_claiming_a_held_ip_or_uid_is_left_out() {
         let mut r = sample();
-        if let Some(pb::resource::Kind::AuthorizationPolicy(p)) =
-            &mut r.get_mut("authorizationpolicy/demo/p").unwrap().kind
-        {
-            p.action = "LOG".into();
+        let (name, mut clash) = resource(
+            "workload/z",
+            Kind::Workload(workload("z", "10.0.0.1", false)),
+        );
+        r.insert(name, clash.clone());
+        let c = mesh_config("cluster.local", &r);
+        assert_eq!(rejected_names(&c), ["workload/z"]);
+        assert!(
+            c.rejected[0]
+                .error
+                .contains("IP 10.0.0.1, which workload/a holds")
+        );
+        let mesh = ambit_mesh::Mesh::new(c.config).unwrap();
+        assert_eq!(mesh.workload_by_uid("a").unwrap().ips.len(), 1);
+
+        if let Some(Kind::Workload(w)) = &mut clash.kind {
+            w.uid = "a".into();
+            w.ips.clear();
         }
+        r.insert("workload/z".into(), clash);
+        let c = mesh_config("cluster.local", &r);
+        assert_eq!(rejected_names(&c), ["workload/z"]);
+        ambit_mesh::Mesh::new(c.config).unwrap();
+    }
+    use ambit_policy::Decision;
+    use pb::resource::Kind;
+
+    #[test]
+    fn a_broken_policy_is_enforced_fail_safe_and_named() {
+        let src = |ip: &str| ambit_policy::Source {
+            identity: None,
+            ip: ip.parse().unwrap(),
+        };
+        let policy_of = |action: &str, ip_blocks: Vec<String>| {
+            let r = with(sample(), "authorizationpolicy/demo/p", |k| {
+                if let Kind::AuthorizationPolicy(p) = k {
+                    p.action = action.into();
+                    p.rules = vec![pb::Rule {
+                        ip_blocks,
+                        ..Default::default()
+                    }];
+                }
+            });
+            let c = mesh_config("cluster.local", &r);
+            assert_eq!(rejected_names(&c), ["authorizationpolicy/demo/p"]);
+            (
+                ambit_mesh::Mesh::new(c.config).unwrap(),
+                c.rejected[0].error.clone(),
+            )
+        };
+        // A DENY with an unreadable ipBlock denies every source.
+        let (mesh, error) = policy_of("DENY", vec!["office".into()]);
+        assert!(error.contains("rules[0].ipBlocks"), "{error}");
+        assert!(error.ends_with("enforced fail-safe"), "{error}");
+        let a = mesh.workload_by_uid("a").unwrap();
         assert!(matches!(
-            mesh_config("cluster.local", &r),
-            Err(ConvertError::Action { .. })
+            mesh.authorize(a, 8080, &src("192.0.2.7")),
+            Decision::Deny(_)
+        ));
+        // An unknown action denies every source to the workloads it selects.
+        let (mesh, error) = policy_of("LOG", vec![]);
+        assert!(error.contains("\"LOG\""), "{error}");
+        let a = mesh.workload_by_uid("a").unwrap();
+        assert!(matches!(
+            mesh.authorize(a, 8080, &src("192.0.2.7")),
+            Decision::Deny(_)
+        ));
+        // An ALLOW whose only block is unreadable allows nothing (not everything, as no
+        // ALLOW policy at all would).
+        let (mesh, _) = policy_of("ALLOW", vec!["office".into()]);
+        let a = mesh.workload_by_uid("a").unwrap();
+        assert!(matches!(
+            mesh.authorize(a, 8080, &src("10.1.2.3")),
+            Decision::Deny(_)
+        ));
+        // Its valid blocks still allow.
+        let (mesh, _) = policy_of("ALLOW", vec!["office".into(), "10.0.0.0/8".into()]);
+        let a = mesh.workload_by_uid("a").unwrap();
+        assert_eq!(mesh.authorize(a, 8080, &src("10.1.2.3")), Decision::Allow);
+        assert!(matches!(
+            mesh.authorize(a, 8080, &src("192.0.2.7")),
+            Decision::Deny(_)
         ));
     }
 
@@ -992,8 +1245,7 @@ mod tests {
                 kind: Some(pb::resource::Kind::Route(r.clone())),
             },
         );
-        let mesh =
-            ambit_mesh::Mesh::new(mesh_config("cluster.local", &resources).unwrap()).unwrap();
+        let mesh = ambit_mesh::Mesh::new(mesh_config("cluster.local", &resources).config).unwrap();
         assert!(mesh.route_table("demo", "echo", 80).is_some());
         assert!(mesh.route_errors().is_empty());
         // GRPCRoute: service and method travel apart, with one type.
@@ -1039,8 +1291,9 @@ mod tests {
                 kind: Some(pb::resource::Kind::Route(bad)),
             },
         );
-        let config = mesh_config("cluster.local", &resources).unwrap();
+        let Converted { config, rejected } = mesh_config("cluster.local", &resources);
         assert!(config.routes.is_empty());
+        assert_eq!(rejected[0].name, "httproute/demo/r");
         assert_eq!(config.workloads.len(), 3);
     }
 }

@@ -4,9 +4,9 @@
 //!   roots it chains to, and the projected token callers authenticate with;
 //! - [`ControllerIssuer`]: the CA API as an [`ambit_identity::CertificateIssuer`];
 //! - [`subscribe`]: the delta config stream, applied into a resource set that a caller turns
-//!   into its model ([`mesh_config`] for an [`ambit_mesh::Mesh`]); ACKs, NACKs with the
-//!   reason and keeps the last good set, reconnects with backoff and resumes from what it
-//!   holds;
+//!   into its model ([`mesh_config`] for an [`ambit_mesh::Mesh`]); ACKs naming the resources
+//!   it could not read (left out alone), NACKs a delta it cannot use at all with the reason and
+//!   keeps the last good set, reconnects with backoff and resumes from what it holds;
 //! - [`source::start`]: how a data plane starts, from the controller or from files
 //!   standalone, and [`source::spawn_feed`] for the models that follow.
 
@@ -17,7 +17,7 @@ pub mod source;
 mod stream;
 
 pub use ca::ControllerIssuer;
-pub use convert::{ConvertError, mesh_config, route_model};
+pub use convert::{ConvertError, Converted, mesh_config, route_model};
 pub use endpoint::{ControllerEndpoint, EndpointError};
 pub use source::{Feed, Issuer, Source, SourceError, Start};
 pub use stream::{Resources, StreamState, subscribe};

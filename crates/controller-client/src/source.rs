@@ -189,11 +189,10 @@ where
                 subscriber,
                 state_tx,
                 move |resources| {
-                    let mesh = mesh_config(&trust_domain, resources)
-                        .map_err(|e| e.to_string())
-                        .and_then(|c| Mesh::new(c).map_err(|e| e.to_string()))?;
+                    let converted = mesh_config(&trust_domain, resources);
+                    let mesh = Mesh::new(converted.config).map_err(|e| e.to_string())?;
                     updated(mesh);
-                    Ok(())
+                    Ok(converted.rejected)
                 },
             ));
             Some(state)
@@ -235,5 +234,10 @@ pub fn stream_json(s: &StreamState) -> serde_json::Value {
         "accepted": s.accepted,
         "rejected": s.rejected,
         "lastError": s.last_error,
+        "rejectedResources": s
+            .rejected_resources
+            .iter()
+            .map(|r| serde_json::json!({"name": r.name, "version": r.version, "error": r.error}))
+            .collect::<Vec<_>>(),
     })
 }

@@ -26,7 +26,11 @@ pub struct StreamState {
     /// Some delta has been accepted since the start: the held state came from the controller.
     pub synced: bool,
     pub accepted: u64,
+    /// Deltas rejected whole (NACKed).
     pub rejected: u64,
+    /// The held resources left out of the model (or held fail-safe), with why: one bad
+    /// resource is rejected alone, the rest of its delta applied.
+    pub rejected_resources: Vec<pb::RejectedResource>,
     /// Why the last connection or delta failed.
     pub last_error: Option<String>,
 }
@@ -42,8 +46,10 @@ enum StreamError {
 }
 
 /// Subscribes as `subscriber` and runs until dropped: each delta is applied to a copy of the
-/// held resources and handed to `apply`; `Ok` keeps the copy and ACKs, `Err(reason)` NACKs
-/// with the reason and keeps the last good set. Connection failures are retried with backoff;
+/// held resources and handed to `apply`; `Ok(rejected)` keeps the copy and ACKs, naming the
+/// resources `apply` left out (those new to this delta, or newly left out); `Err(reason)`
+/// NACKs with the reason and keeps the last good set. A resource without a name, version or
+/// kind is left out of the copy and named in the ACK too. Connection failures are retried with backoff;
 /// a reconnect states the held versions, so only the difference is sent. `state` reports
 /// progress.
 pub async fn subscribe<F>(
@@ -52,7 +58,7 @@ pub async fn subscribe<F>(
     state: watch::Sender<StreamState>,
     mut apply: F,
 ) where
-    F: FnMut(&Resources) -> Result<(), String>,
+    F: FnMut(&Resources) -> Result<Vec<pb::RejectedResource>, String>,
 {
     let mut client =
         ConfigServiceClient::new(endpoint.channel()).max_decoding_message_size(MAX_DELTA_BYTES);
@@ -100,7 +106,7 @@ async fn run_stream<F>(
     apply: &mut F,
 ) -> Result<(), StreamError>
 where
-    F: FnMut(&Resources) -> Result<(), String>,
+    F: FnMut(&Resources) -> Result<Vec<pb::RejectedResource>, String>,
 {
     let (tx, rx) = mpsc::channel(4);
     let subscribe = pb::ClientMessage {
@@ -125,23 +131,33 @@ where
             continue;
         };
         let mut candidate = held.clone();
-        let outcome = apply_delta(&mut candidate, &delta).and_then(|()| apply(&candidate));
-        let error = match outcome {
-            Ok(()) => {
+        let malformed = apply_delta(&mut candidate, &delta);
+        let (error, rejected) = match apply(&candidate) {
+            Ok(left_out) => {
                 *held = candidate;
+                let rejected = newly_rejected(&delta, malformed, &left_out, state);
+                for r in &rejected {
+                    tracing::warn!(
+                        resource = r.name,
+                        error = r.error,
+                        "config resource rejected alone; the rest of the delta is applied"
+                    );
+                }
                 state.send_modify(|s| {
                     s.connected = true;
                     s.synced = true;
                     s.accepted += 1;
                     s.last_error = None;
+                    s.rejected_resources = left_out;
                 });
                 tracing::debug!(
                     upserts = delta.upserts.len(),
                     removals = delta.removals.len(),
                     held = held.len(),
+                    rejected = rejected.len(),
                     "config delta applied"
                 );
-                String::new()
+                (String::new(), rejected)
             }
             Err(reason) => {
                 state.send_modify(|s| {
@@ -150,13 +166,14 @@ where
                     s.last_error = Some(reason.clone());
                 });
                 tracing::warn!(%reason, "config delta rejected (NACK); keeping the last good config");
-                reason
+                (reason, Vec::new())
             }
         };
         let ack = pb::ClientMessage {
             kind: Some(pb::client_message::Kind::Ack(pb::Ack {
                 nonce: delta.nonce,
                 error,
+                rejected,
             })),
         };
         if tx.send(ack).await.is_err() {
@@ -186,21 +203,50 @@ fn gather(parts: &mut Option<pb::Delta>, part: pb::Delta) -> Option<pb::Delta> {
     }
 }
 
-/// Removals, then upserts. A resource without a name, a version or a kind is malformed.
-fn apply_delta(resources: &mut Resources, delta: &pb::Delta) -> Result<(), String> {
+/// Removals, then upserts. A resource without a name, a version or a kind is malformed: it
+/// is left out (and what was held under its name goes), and returned.
+fn apply_delta(resources: &mut Resources, delta: &pb::Delta) -> Vec<pb::RejectedResource> {
+    let mut malformed = Vec::new();
     for name in &delta.removals {
         resources.remove(name);
     }
     for r in &delta.upserts {
         if r.name.is_empty() || r.version.is_empty() || r.kind.is_none() {
-            return Err(format!(
-                "malformed resource {:?}: name, version and kind are required",
-                r.name
-            ));
+            resources.remove(&r.name);
+            malformed.push(pb::RejectedResource {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                error: format!(
+                    "malformed resource {:?}: name, version and kind are required",
+                    r.name
+                ),
+            });
+            continue;
         }
         resources.insert(r.name.clone(), r.clone());
     }
-    Ok(())
+    malformed
+}
+
+/// What the ACK names: the malformed upserts, and of the resources left out of the model
+/// those this delta sent or that were not left out before (another resource's change can
+/// leave one out, e.g. a workload whose IP a new one claims). Told once, not every delta.
+fn newly_rejected(
+    delta: &pb::Delta,
+    mut malformed: Vec<pb::RejectedResource>,
+    left_out: &[pb::RejectedResource],
+    state: &watch::Sender<StreamState>,
+) -> Vec<pb::RejectedResource> {
+    let before = state.borrow();
+    let sent = |name: &str| delta.upserts.iter().any(|u| u.name == name);
+    let known = |name: &str| before.rejected_resources.iter().any(|r| r.name == name);
+    malformed.extend(
+        left_out
+            .iter()
+            .filter(|r| sent(&r.name) || !known(&r.name))
+            .cloned(),
+    );
+    malformed
 }
 
 #[cfg(test)]
@@ -252,34 +298,68 @@ mod tests {
     }
 
     #[test]
-    fn deltas_remove_then_upsert_and_refuse_malformed_resources() {
+    fn deltas_remove_then_upsert_and_leave_out_malformed_resources_alone() {
         let mut held = Resources::new();
         let delta = pb::Delta {
             nonce: "1".into(),
             upserts: vec![ns("a", "v1"), ns("b", "v1")],
             ..Default::default()
         };
-        apply_delta(&mut held, &delta).unwrap();
+        assert!(apply_delta(&mut held, &delta).is_empty());
         let delta = pb::Delta {
             nonce: "2".into(),
             upserts: vec![ns("a", "v2")],
             removals: vec!["namespace/b".into(), "never/held".into()],
             more: false,
         };
-        apply_delta(&mut held, &delta).unwrap();
+        assert!(apply_delta(&mut held, &delta).is_empty());
         assert_eq!(held.len(), 1);
         assert_eq!(held["namespace/a"].version, "v2");
-        let mut bad = ns("c", "v1");
+        // A malformed upsert is left out alone (what was held under its name goes with it),
+        // and the rest of the delta is applied.
+        let mut bad = ns("a", "v3");
         bad.kind = None;
         let delta = pb::Delta {
             nonce: "3".into(),
-            upserts: vec![bad],
+            upserts: vec![bad, ns("d", "v1")],
             ..Default::default()
         };
-        assert!(
-            apply_delta(&mut held, &delta)
-                .unwrap_err()
-                .contains("namespace/c")
+        let malformed = apply_delta(&mut held, &delta);
+        assert_eq!(malformed.len(), 1);
+        assert_eq!(malformed[0].name, "namespace/a");
+        assert!(malformed[0].error.contains("kind are required"));
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["namespace/d"]);
+    }
+
+    #[test]
+    fn an_ack_names_each_rejected_resource_once() {
+        let rejected = |name: &str| pb::RejectedResource {
+            name: name.into(),
+            version: "v1".into(),
+            error: "bad".into(),
+        };
+        let (state, _) = watch::channel(StreamState::default());
+        let delta = |upserts| pb::Delta {
+            nonce: "1".into(),
+            upserts,
+            ..Default::default()
+        };
+        let left_out = vec![rejected("namespace/x")];
+        let named = newly_rejected(&delta(vec![ns("x", "v1")]), vec![], &left_out, &state);
+        assert_eq!(named, left_out);
+        state.send_modify(|s| s.rejected_resources = left_out.clone());
+        // Still left out, but not sent again: not named again.
+        assert!(newly_rejected(&delta(vec![ns("y", "v1")]), vec![], &left_out, &state).is_empty());
+        // Sent again (a new version, still bad): named again.
+        assert_eq!(
+            newly_rejected(&delta(vec![ns("x", "v2")]), vec![], &left_out, &state),
+            left_out
+        );
+        // Left out because of another resource's change: named.
+        let both = vec![rejected("namespace/x"), rejected("workload/w")];
+        assert_eq!(
+            newly_rejected(&delta(vec![]), vec![], &both, &state),
+            [rejected("workload/w")]
         );
     }
 }

@@ -110,6 +110,25 @@ pub fn authorize(
     }
 }
 
+/// The kind part of a resource name (`<kind>/...`), bounded for a metric label: a client's
+/// report is not trusted to name a kind the controller sends.
+fn resource_kind(name: &str) -> &'static str {
+    const KINDS: [&str; 10] = [
+        "namespace",
+        "workload",
+        "service",
+        "waypoint",
+        "authorizationpolicy",
+        "requestauthentication",
+        "ratelimit",
+        "extauthzprovider",
+        "httproute",
+        "grpcroute",
+    ];
+    let kind = name.split('/').next().unwrap_or_default();
+    KINDS.into_iter().find(|k| *k == kind).unwrap_or("other")
+}
+
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<EncodedDelta, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -266,6 +285,12 @@ impl Session {
                             pending.retain(|(p, _)| *p > n);
                             e
                         });
+                        // Rejected alone, the rest applied: resending would be rejected
+                        // again, so it is reported, and its next version is sent as usual.
+                        for r in &ack.rejected {
+                            tracing::warn!(subscriber = %name, resource = r.name, version = r.version, error = r.error, "config: resource rejected by the client; the rest of the delta is applied");
+                            self.metrics.config_rejected(resource_kind(&r.name));
+                        }
                         if ack.error.is_empty() {
                             tracing::trace!(subscriber = %name, nonce = n, "config: ACK");
                         } else {

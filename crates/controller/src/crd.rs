@@ -81,18 +81,35 @@ impl PolicyAction {
     }
 }
 
+/// `*`, or `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`. The controller checks the
+/// rest (`.` and `..` segments).
+const PRINCIPAL_PATTERN: &str =
+    r"^(\*|spiffe://[a-z0-9._-]+/ns/[A-Za-z0-9._-]+/sa/[A-Za-z0-9._-]+)$";
+/// An IPv4 address with an optional prefix length 0-32, exactly; or the shape of an IPv6 one
+/// with an optional prefix length 0-128 (a pattern cannot say an IPv6 address whole, and CEL's
+/// `isCIDR` needs Kubernetes 1.31, past the chart's 1.30): the controller checks the rest,
+/// reports a policy that fails on it, and enforces it fail-safe.
+const IP_BLOCK_PATTERN: &str = concat!(
+    r"^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?",
+    r"|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
+);
+
 /// Every non-empty field must match (each field matches if any of its values does).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRule {
-    /// Peer SPIFFE ids, e.g. `spiffe://cluster.local/ns/shop/sa/frontend`.
+    /// Peer SPIFFE ids, e.g. `spiffe://cluster.local/ns/shop/sa/frontend`, or `*` (any
+    /// authenticated peer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(max = 2048), regex(pattern = PRINCIPAL_PATTERN)))]
     pub principals: Vec<String>,
     /// Peer namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(max = 253), regex(pattern = r"^[A-Za-z0-9._-]+$")))]
     pub namespaces: Vec<String>,
-    /// Peer address ranges (CIDR).
+    /// Peer addresses or address ranges: `10.1.2.3`, `10.0.0.0/8`, `fd00::/8`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(max = 64), regex(pattern = IP_BLOCK_PATTERN)))]
     pub ip_blocks: Vec<String>,
     /// Destination ports, on the pod (the container port, not the Service port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -150,6 +167,7 @@ pub struct PolicyCondition {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct HeaderMatch {
     /// Header name, case-insensitive.
+    #[schemars(regex(pattern = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"))]
     pub name: String,
     /// `exact`, `prefix*`, `*suffix`, or `*` (present with any value).
     pub value: String,

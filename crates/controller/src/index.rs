@@ -363,6 +363,11 @@ impl Watched for Secret {
     }
 }
 
+/// Ranks pods claiming one IP (see [`crate::ip_claims`]).
+fn created(pod: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
+    pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
+}
+
 /// An object's `(namespace, name)`.
 fn key(m: &ObjectMeta) -> ObjectKey {
     (
@@ -401,6 +406,8 @@ pub struct Index {
     waypoint_of_sa: BTreeMap<ObjectKey, String>,
     uid_of_pod: HashMap<ObjectKey, String>,
     pod_of_uid: HashMap<String, ObjectKey>,
+    /// Which pod holds an IP two pods claim (IP reuse).
+    ip_claims: crate::ip_claims::IpClaims,
     slice_members: HashMap<ObjectKey, SliceMembers>,
     slices_of_uid: HashMap<String, BTreeSet<ObjectKey>>,
     slices_of_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -448,6 +455,7 @@ impl Index {
             waypoint_of_sa: BTreeMap::new(),
             uid_of_pod: HashMap::new(),
             pod_of_uid: HashMap::new(),
+            ip_claims: Default::default(),
             slice_members: HashMap::new(),
             slices_of_uid: HashMap::new(),
             slices_of_service: HashMap::new(),
@@ -555,6 +563,7 @@ impl Index {
         }
         self.uid_of_pod.clear();
         self.pod_of_uid.clear();
+        self.ip_claims.clear();
 
         let mut desired: BTreeMap<String, pb::resource::Kind> = BTreeMap::new();
         for ns in self.stores.namespaces.state() {
@@ -574,6 +583,7 @@ impl Index {
                 );
             }
         }
+        let mut workloads = Vec::new();
         for pod in self.stores.pods.state() {
             let Some(uid) = pod.metadata.uid.clone() else {
                 continue;
@@ -582,8 +592,16 @@ impl Index {
             self.pod_of_uid.insert(uid.clone(), k.clone());
             self.uid_of_pod.insert(k, uid.clone());
             if let Some(w) = self.workload(&pod) {
-                desired.insert(format!("workload/{uid}"), pb::resource::Kind::Workload(w));
+                self.ip_claims.claim(&uid, created(&pod), &w.ips);
+                workloads.push(w);
             }
+        }
+        for mut w in workloads {
+            self.ip_claims.keep_held(&w.uid, &mut w.ips);
+            desired.insert(
+                format!("workload/{}", w.uid),
+                pb::resource::Kind::Workload(w),
+            );
         }
         for svc in self.stores.services.state() {
             if let Some(s) = self.service(&svc) {
@@ -641,17 +659,40 @@ impl Index {
             .get(k)
             .filter(|old| Some(*old) != uid.as_ref())
         {
+            let old = old.clone();
             out.put(&format!("workload/{old}"), None);
-            self.pod_of_uid.remove(old);
+            self.pod_of_uid.remove(&old);
             self.uid_of_pod.remove(k);
+            self.claim_ips(&old, None, &[], out);
         }
         let (Some(pod), Some(uid)) = (pod, uid) else {
             return;
         };
         self.uid_of_pod.insert(k.clone(), uid.clone());
         self.pod_of_uid.insert(uid.clone(), k.clone());
-        let kind = self.workload(&pod).map(pb::resource::Kind::Workload);
-        out.put(&format!("workload/{uid}"), kind);
+        let mut workload = self.workload(&pod);
+        let claimed = workload.as_ref().map(|w| w.ips.clone()).unwrap_or_default();
+        self.claim_ips(&uid, created(&pod), &claimed, out);
+        if let Some(w) = &mut workload {
+            self.ip_claims.keep_held(&uid, &mut w.ips);
+        }
+        out.put(
+            &format!("workload/{uid}"),
+            workload.map(pb::resource::Kind::Workload),
+        );
+    }
+
+    /// Records `uid`'s IP claims, and recomputes the workloads of the pods whose share changed.
+    fn claim_ips(
+        &mut self,
+        uid: &str,
+        created: Option<k8s_openapi::jiff::Timestamp>,
+        ips: &[String],
+        out: &mut Writer<'_>,
+    ) {
+        for other in self.ip_claims.claim(uid, created, ips) {
+            self.update_uid(&other, out);
+        }
     }
 
     /// A pod's service membership changed: recompute its workload, once the pod is known.

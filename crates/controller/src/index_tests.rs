@@ -363,3 +363,50 @@ async fn queued_changes_are_a_set_and_wait_for_nothing() {
     let (taken, ()) = tokio::join!(taken, pushed);
     assert_eq!(taken, [later]);
 }
+
+/// IP reuse: a pod whose status still shows an address (not yet updated) and the new pod the
+/// address went to. Data planes refuse two workloads with one IP, so the newest holds it, the
+/// same whether built at once or event by event, and gets it back when the other goes.
+#[test]
+fn a_reused_ip_is_held_by_the_newest_pod_only() {
+    let created = |mut p: Pod, second: i64| {
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
+        ));
+        p
+    };
+    let ips = |s: &Snapshot, name: &str| workload(s, name).ips;
+    let mut c = Cluster::new();
+    c.apply(ns("shop", true));
+    let stale = created(pod("shop", "stale", "sa", "n1", "10.0.0.9"), 100);
+    c.apply(stale.clone());
+    let mut index = Index::new(c.stores(), "cluster.local");
+    let first = index.update([Change::All]).unwrap();
+    assert_eq!(ips(&first, "workload/uid-stale"), ["10.0.0.9"]);
+    let change = c.apply(created(pod("shop", "fresh", "sa", "n1", "10.0.0.9"), 200));
+    let next = index.update([change]).unwrap();
+    assert_eq!(ips(&next, "workload/uid-fresh"), ["10.0.0.9"]);
+    assert!(ips(&next, "workload/uid-stale").is_empty());
+    assert_eq!(
+        next.changed_since(&first)
+            .iter()
+            .map(|k| &**k)
+            .collect::<Vec<_>>(),
+        ["workload/uid-fresh", "workload/uid-stale"]
+    );
+    // Built at once: the same.
+    let rebuilt = built(&c);
+    assert_eq!(
+        rebuilt.resources["workload/uid-stale"].version,
+        next.resources["workload/uid-stale"].version
+    );
+    assert_eq!(
+        rebuilt.resources["workload/uid-fresh"].version,
+        next.resources["workload/uid-fresh"].version
+    );
+    // The new pod goes: the other holds the address again.
+    let change = c.delete(created(pod("shop", "fresh", "sa", "n1", "10.0.0.9"), 200));
+    let last = index.update([change]).unwrap();
+    assert_eq!(ips(&last, "workload/uid-stale"), ["10.0.0.9"]);
+    assert!(!last.resources.contains_key("workload/uid-fresh"));
+}

@@ -15,6 +15,7 @@ pub mod crd;
 pub mod extauthz;
 pub mod grpc;
 pub mod index;
+mod ip_claims;
 pub mod lease;
 pub mod metrics;
 pub mod policy;

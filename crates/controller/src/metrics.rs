@@ -34,6 +34,14 @@ impl Metrics {
         );
     }
 
+    /// A resource a client rejected alone (and applied the rest of its delta), by kind.
+    pub fn config_rejected(&self, kind: &str) {
+        self.inc(
+            "ambit_config_rejected_resources_total",
+            format!("kind=\"{kind}\""),
+        );
+    }
+
     pub fn config_push(&self, kind: &str) {
         self.inc("ambit_config_pushes_total", format!("kind=\"{kind}\""));
     }

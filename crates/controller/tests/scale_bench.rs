@@ -184,7 +184,7 @@ async fn subscribe<D: DeltaMessage>(
         }
         let ack = pb::Ack {
             nonce,
-            error: String::new(),
+            ..Default::default()
         };
         let _ = tx
             .send(pb::ClientMessage {

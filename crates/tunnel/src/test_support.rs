@@ -83,7 +83,7 @@ pub fn unaddressed_waypoint_mesh() -> Mesh {
     ]
     .into_iter()
     .collect();
-    Mesh::new(ambit_controller_client::mesh_config("cluster.local", &resources).unwrap()).unwrap()
+    Mesh::new(ambit_controller_client::mesh_config("cluster.local", &resources).config).unwrap()
 }
 
 pub fn context(uid: &str, mode: Mode) -> Arc<PodContext> {

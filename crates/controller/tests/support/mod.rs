@@ -352,6 +352,7 @@ pub async fn subscribe(
                 } else {
                     String::new()
                 },
+                rejected: Vec::new(),
             };
             if tx
                 .send(pb::ClientMessage {
