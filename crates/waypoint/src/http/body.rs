@@ -1,13 +1,19 @@
-//! A response body that tells when it is over: at its last frame, or when it is dropped
-//! unfinished (the client went away). Layers use it to hold per-request state (an outstanding
-//! request's slot, the telemetry record) exactly as long as the response streams.
+//! Bodies that watch what streams through them:
+//!
+//! - [`Observed`]: a response body that tells when it is over, at its last frame or when it is
+//!   dropped unfinished (the client went away). Layers use it to hold per-request state (an
+//!   outstanding request's slot, the telemetry record) exactly as long as the response streams.
+//! - [`tee`]: a request body that streams on unchanged while a bounded copy is kept, for a
+//!   retry or a mirror once the body has ended.
 
 use super::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use tokio::sync::oneshot;
 
 /// Called once with the trailers, if the body ended with some, and whether it ended cleanly.
 pub type OnEnd = Box<dyn FnOnce(Option<&HeaderMap>, bool) + Send + Sync>;
@@ -87,6 +93,159 @@ impl Drop for Observed {
     }
 }
 
+/// A whole request body, kept to be sent again.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Kept {
+    /// A fresh body with the same data and trailers.
+    pub fn body(&self) -> Body {
+        let data = super::full(self.data.clone());
+        match self.trailers.clone() {
+            Some(trailers) => data
+                .with_trailers(std::future::ready(Some(Ok(trailers))))
+                .boxed(),
+            None => data,
+        }
+    }
+}
+
+/// The copy of a teed body: the whole body once it has ended within the limit; `None` if it
+/// was larger, failed, or was dropped unfinished (never sent whole, so never to be repeated).
+pub type KeptBody = oneshot::Receiver<Option<Kept>>;
+
+/// `body`, unchanged, and its copy if it ends within `limit` bytes. Nothing waits for the copy:
+/// the body streams at its own pace, and the copy stops (freeing what it held) at the limit.
+pub fn tee(body: Body, limit: usize) -> (Body, KeptBody) {
+    let (done, kept) = oneshot::channel();
+    let mut tee = Tee {
+        inner: body,
+        data: Some(BytesMut::new()),
+        trailers: None,
+        limit,
+        done: Some(done),
+    };
+    if tee.inner.is_end_stream() {
+        tee.finish();
+    }
+    (tee.boxed(), kept)
+}
+
+struct Tee {
+    inner: Body,
+    /// `None` once over the limit.
+    data: Option<BytesMut>,
+    trailers: Option<HeaderMap>,
+    limit: usize,
+    done: Option<oneshot::Sender<Option<Kept>>>,
+}
+
+impl Tee {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let kept = self.data.take().map(|data| Kept {
+                data: data.freeze(),
+                trailers: self.trailers.take(),
+            });
+            let _ = done.send(kept);
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.data = None;
+        self.finish();
+    }
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.finish(),
+            Some(Err(_)) => self.give_up(),
+            Some(Ok(f)) => {
+                if let Some(chunk) = f.data_ref() {
+                    let limit = self.limit;
+                    let fits = self
+                        .data
+                        .as_mut()
+                        .filter(|data| data.len() + chunk.len() <= limit)
+                        .map(|data| data.extend_from_slice(chunk))
+                        .is_some();
+                    if !fits {
+                        self.give_up();
+                    }
+                } else if let Some(trailers) = f.trailers_ref() {
+                    self.trailers = Some(trailers.clone());
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if self.done.is_some() && !self.inner.is_end_stream() {
+            self.give_up();
+        }
+        self.finish();
+    }
+}
+
+/// `rest` with `first`, a frame already read from it, put back in front.
+pub fn prepend(first: Result<Frame<Bytes>, hyper::Error>, rest: Body) -> Body {
+    Prepended {
+        first: Some(first),
+        rest,
+    }
+    .boxed()
+}
+
+struct Prepended {
+    first: Option<Result<Frame<Bytes>, hyper::Error>>,
+    rest: Body,
+}
+
+impl http_body::Body for Prepended {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.first.take() {
+            Some(first) => Poll::Ready(Some(first)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -138,5 +297,38 @@ mod tests {
         frames: Vec<Frame<Bytes>>,
     ) -> impl futures::Stream<Item = Result<Frame<Bytes>, hyper::Error>> {
         futures::stream::iter(frames.into_iter().map(Ok))
+    }
+
+    #[tokio::test]
+    async fn a_tee_passes_the_body_on_and_keeps_it_whole_only_within_its_limit() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "7".parse().unwrap());
+        let frames = || {
+            http_body_util::StreamBody::new(futures_stream(vec![
+                Frame::data(Bytes::from_static(b"abc")),
+                Frame::data(Bytes::from_static(b"def")),
+                Frame::trailers(trailers.clone()),
+            ]))
+            .boxed()
+        };
+        let (body, kept) = tee(frames(), 6);
+        let passed = body.collect().await.unwrap();
+        assert_eq!(passed.trailers().unwrap()["x-sum"], "7");
+        assert_eq!(&passed.to_bytes()[..], b"abcdef");
+        let again = kept.await.unwrap().unwrap().body().collect().await.unwrap();
+        assert_eq!(again.trailers().unwrap()["x-sum"], "7");
+        assert_eq!(&again.to_bytes()[..], b"abcdef");
+
+        // One byte over: passed on whole, not kept.
+        let (body, kept) = tee(frames(), 5);
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
+        assert!(kept.await.unwrap().is_none());
+
+        // Dropped unfinished: not kept; an empty body is kept at once.
+        let (body, kept) = tee(frames(), 100);
+        drop(body);
+        assert!(kept.await.unwrap().is_none());
+        let (_body, kept) = tee(super::super::empty(), 0);
+        assert!(kept.await.unwrap().is_some());
     }
 }

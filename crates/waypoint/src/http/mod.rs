@@ -135,12 +135,29 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// gRPC status codes the waypoint answers with itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrpcCode {
+    Unknown = 2,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
+    Internal = 13,
     Unavailable = 14,
     Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The status a gRPC client reads from an HTTP status (gRPC's
+    /// `doc/http-grpc-status-mapping.md`).
+    pub fn from_http(status: u16) -> Self {
+        match status {
+            400 => Self::Internal,
+            401 => Self::Unauthenticated,
+            403 => Self::PermissionDenied,
+            404 => Self::Unimplemented,
+            429 | 502 | 503 | 504 => Self::Unavailable,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// An answer of the waypoint's own: for gRPC a trailers-only response with the status (HTTP

@@ -107,7 +107,7 @@ pub async fn pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> See
 
 /// The pod's "node tunnel" on `ip:15008`, presenting `sa`'s identity; who connects goes to
 /// `seen`.
-async fn pod_tunnel(pki: &TestPki, ip: IpAddr, sa: &str, seen: Seen) {
+pub async fn pod_tunnel(pki: &TestPki, ip: IpAddr, sa: &str, seen: Seen) {
     let tls = server_config(pki.handle(NS, sa), &pki.bundle()).unwrap();
     let listener = TcpListener::bind(SocketAddr::new(ip, 15008)).await.unwrap();
     let server = HboneServer::new(tls, ServerSettings::default(), PodTunnel { seen });
