@@ -1,7 +1,10 @@
-//! The controller's settings: one constant per environment variable, parsed once into
-//! [`Config`]; a bad value is named in the error.
+//! The controller's settings: flags, each with the environment variable the chart sets (one
+//! constant per variable), parsed by clap and validated once into [`Config`]; a bad value is
+//! named by its flag and variable.
 
 use ambit_identity::{SpiffeId, TrustDomain};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,14 +28,69 @@ pub const ENV_JWKS_CA_BUNDLE: &str = "AMBIT_JWKS_CA_BUNDLE";
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// The command line. Values stay text here: [`Config::from_args`] checks them, naming the
+/// environment variable too, since that is how the chart sets them.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ambit-controller",
+    version,
+    about = "ambit's control plane: the mesh model, the CA, waypoints, route and policy status"
+)]
+pub struct Args {
+    /// Namespace the controller runs in: CA Secret, root ConfigMap, Lease.
+    #[arg(long, env = ENV_NAMESPACE, default_value = "ambit-system")]
+    pub namespace: String,
+    /// Holder identity in the Lease.
+    #[arg(long, env = ENV_POD_NAME, default_value = "ambit-controller")]
+    pub pod_name: String,
+    /// The controller's own service account (its serving certificate's identity).
+    #[arg(long, env = ENV_CONTROLLER_SERVICE_ACCOUNT, default_value = "ambit-controller")]
+    pub service_account: String,
+    #[arg(long, env = ENV_TRUST_DOMAIN, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// gRPC: config stream and CA.
+    #[arg(long, env = ENV_GRPC_ADDR, value_name = "ADDR", default_value = "0.0.0.0:15012")]
+    pub grpc_addr: String,
+    /// Prometheus metrics, /readyz and /healthz.
+    #[arg(long, env = ENV_METRICS_ADDR, value_name = "ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: String,
+    /// The node tunnels' service account: the only one that may subscribe as a node.
+    #[arg(
+        long,
+        env = ENV_TUNNEL_SERVICE_ACCOUNT,
+        value_name = "NAMESPACE/NAME",
+        default_value = "ambit-system/ambit-tunnel"
+    )]
+    pub tunnel_service_account: String,
+    /// Leaf certificate lifetime, 60..=86400.
+    #[arg(long, env = ENV_CERT_LIFETIME_SECS, value_name = "SECS", default_value = "3600")]
+    pub cert_lifetime_secs: String,
+    /// The image of the waypoints the controller deploys.
+    #[arg(long, env = ENV_WAYPOINT_IMAGE, default_value = "ghcr.io/ambit/ambit-waypoint:dev")]
+    pub waypoint_image: String,
+    /// HOST:PORT at which waypoints reach this controller's gRPC (default: the chart's Service,
+    /// ambit-controller.NAMESPACE.svc:15012).
+    #[arg(long, env = ENV_CONTROLLER_ADDRESS, value_name = "HOST:PORT")]
+    pub controller_address: Option<String>,
+    /// JSON list of external authorization providers.
+    #[arg(long, env = ENV_EXT_AUTHZ_PROVIDERS, value_name = "JSON")]
+    pub ext_authz_providers: Option<String>,
+    /// PEM file of CA certificates trusted for `jwksUri` fetches besides the system's.
+    #[arg(long, env = ENV_JWKS_CA_BUNDLE, value_name = "FILE")]
+    pub jwks_ca_bundle: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name}={value:?}: {reason}")]
     Invalid {
+        /// The environment variable (the flag is its lowercase, `--grpc-addr`).
         name: &'static str,
         value: String,
         reason: String,
     },
+    #[error(transparent)]
+    Args(#[from] clap::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -60,86 +118,94 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+    /// Settings from the variables `get` returns (flags are not read, nor is the process
+    /// environment), so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut argv = vec![OsString::from("ambit-controller")];
+        let command = Args::command().mut_args(|arg| {
+            if let (Some(long), Some(value)) = (
+                arg.get_long(),
+                arg.get_env().and_then(|e| e.to_str()).and_then(&get),
+            ) {
+                argv.push(format!("--{long}={value}").into());
+            }
+            arg.env(None)
+        });
+        let matches = command.try_get_matches_from(argv)?;
+        Self::from_args(Args::from_arg_matches(&matches)?)
     }
 
-    /// Parses from any lookup, so tests need not touch the process environment.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let namespace = get(ENV_NAMESPACE).unwrap_or_else(|| "ambit-system".into());
-        let pod_name = get(ENV_POD_NAME).unwrap_or_else(|| "ambit-controller".into());
-        let service_account =
-            get(ENV_CONTROLLER_SERVICE_ACCOUNT).unwrap_or_else(|| "ambit-controller".into());
-        let td = get(ENV_TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into());
-        let trust_domain = td
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let invalid = |name, value: &str, reason: String| ConfigError::Invalid {
+            name,
+            value: value.to_owned(),
+            reason,
+        };
+        let trust_domain = args
+            .trust_domain
             .parse::<TrustDomain>()
-            .map_err(|e| ConfigError::Invalid {
-                name: ENV_TRUST_DOMAIN,
-                value: td.clone(),
-                reason: e.to_string(),
-            })?;
-        let grpc_addr = addr(&get, ENV_GRPC_ADDR, "0.0.0.0:15012")?;
-        let metrics_addr = addr(&get, ENV_METRICS_ADDR, "0.0.0.0:15014")?;
-        let tsa =
-            get(ENV_TUNNEL_SERVICE_ACCOUNT).unwrap_or_else(|| "ambit-system/ambit-tunnel".into());
+            .map_err(|e| invalid(ENV_TRUST_DOMAIN, &args.trust_domain, e.to_string()))?;
+        let addr = |name, v: &str| {
+            v.parse::<SocketAddr>()
+                .map_err(|e| invalid(name, v, e.to_string()))
+        };
+        let grpc_addr = addr(ENV_GRPC_ADDR, &args.grpc_addr)?;
+        let metrics_addr = addr(ENV_METRICS_ADDR, &args.metrics_addr)?;
+        let tsa = &args.tunnel_service_account;
         let tunnel_service_account = match tsa.split_once('/') {
             Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
                 (ns.to_string(), sa.to_string())
             }
             _ => {
-                return Err(ConfigError::Invalid {
-                    name: ENV_TUNNEL_SERVICE_ACCOUNT,
-                    value: tsa,
-                    reason: "expected <namespace>/<service-account>".into(),
-                });
+                return Err(invalid(
+                    ENV_TUNNEL_SERVICE_ACCOUNT,
+                    tsa,
+                    "expected <namespace>/<service-account>".into(),
+                ));
             }
         };
-        let secs = get(ENV_CERT_LIFETIME_SECS).unwrap_or_else(|| "3600".into());
+        let secs = &args.cert_lifetime_secs;
         let cert_lifetime = match secs.parse::<u64>() {
             Ok(s) if (60..=MAX_CERT_LIFETIME.as_secs()).contains(&s) => Duration::from_secs(s),
             _ => {
-                return Err(ConfigError::Invalid {
-                    name: ENV_CERT_LIFETIME_SECS,
-                    value: secs,
-                    reason: format!("expected seconds in 60..={}", MAX_CERT_LIFETIME.as_secs()),
-                });
+                return Err(invalid(
+                    ENV_CERT_LIFETIME_SECS,
+                    secs,
+                    format!("expected seconds in 60..={}", MAX_CERT_LIFETIME.as_secs()),
+                ));
             }
         };
-        let waypoint_image =
-            get(ENV_WAYPOINT_IMAGE).unwrap_or_else(|| "ghcr.io/ambit/ambit-waypoint:dev".into());
         // The chart's Service in front of the controller; waypoints run in other namespaces,
         // so the name is qualified.
-        let controller_address = get(ENV_CONTROLLER_ADDRESS)
-            .unwrap_or_else(|| format!("ambit-controller.{namespace}.svc:15012"));
+        let controller_address = args
+            .controller_address
+            .unwrap_or_else(|| format!("ambit-controller.{}.svc:15012", args.namespace));
         if !host_port(&controller_address) {
-            return Err(ConfigError::Invalid {
-                name: ENV_CONTROLLER_ADDRESS,
-                value: controller_address,
-                reason: "expected HOST:PORT (a DNS name or IP and a port 1..=65535)".into(),
-            });
+            return Err(invalid(
+                ENV_CONTROLLER_ADDRESS,
+                &controller_address,
+                "expected HOST:PORT (a DNS name or IP and a port 1..=65535)".into(),
+            ));
         }
-        let providers = get(ENV_EXT_AUTHZ_PROVIDERS).unwrap_or_default();
-        let ext_authz_providers =
-            crate::extauthz::parse(&providers).map_err(|e| ConfigError::Invalid {
-                name: ENV_EXT_AUTHZ_PROVIDERS,
-                value: providers.clone(),
-                reason: e.to_string(),
-            })?;
-        let jwks_ca_bundle = get(ENV_JWKS_CA_BUNDLE)
+        let providers = args.ext_authz_providers.unwrap_or_default();
+        let ext_authz_providers = crate::extauthz::parse(&providers)
+            .map_err(|e| invalid(ENV_EXT_AUTHZ_PROVIDERS, &providers, e.to_string()))?;
+        let jwks_ca_bundle = args
+            .jwks_ca_bundle
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         Ok(Self {
             jwks_ca_bundle,
             ext_authz_providers,
-            namespace,
-            pod_name,
-            service_account,
+            namespace: args.namespace,
+            pod_name: args.pod_name,
+            service_account: args.service_account,
             trust_domain,
             grpc_addr,
             metrics_addr,
             tunnel_service_account,
             cert_lifetime,
-            waypoint_image,
+            waypoint_image: args.waypoint_image,
             controller_address,
         })
     }
@@ -170,20 +236,6 @@ fn host_port(v: &str) -> bool {
         }
     };
     host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
-}
-
-fn addr(
-    get: &impl Fn(&str) -> Option<String>,
-    name: &'static str,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
-    let v = get(name).unwrap_or_else(|| default.into());
-    v.parse()
-        .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-            name,
-            value: v.clone(),
-            reason: e.to_string(),
-        })
 }
 
 #[cfg(test)]
@@ -246,6 +298,47 @@ mod tests {
         ] {
             let e = parse(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_and_the_charts_variables() {
+        let c = Config::from_args(
+            Args::try_parse_from([
+                "ambit-controller",
+                "--namespace",
+                "mesh",
+                "--grpc-addr=127.0.0.1:1",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:1");
+        assert_eq!(c.controller_address, "ambit-controller.mesh.svc:15012");
+        // Every AMBIT_ variable the chart gives the controller is one of its flags' (AMBIT_LOG
+        // is the log filter's).
+        let declared: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let chart = include_str!("../../../charts/ambit/templates/controller.yaml");
+        let set: Vec<&str> = chart
+            .split("- name: ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter(|name| name.starts_with("AMBIT_") && *name != "AMBIT_LOG")
+            .collect();
+        assert!(set.len() >= 10, "{set:?}");
+        for name in set {
+            assert!(
+                declared.iter().any(|d| d == name),
+                "{name} not declared: {declared:?}"
+            );
         }
     }
 }

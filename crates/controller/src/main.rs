@@ -1,9 +1,14 @@
-//! ambit-controller: thin shell over the library.
+//! ambit-controller: thin shell over the library; see `--help` (every flag has an environment
+//! variable, which is how the chart sets them).
 
+use ambit_controller::config::{Args, Config};
 use anyhow::Context as _;
+use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before the log: `--help` and a usage error print as clap prints them.
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -11,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = ambit_controller::config::Config::from_env()?;
+    let config = Config::from_args(args)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the apiserver")?;
