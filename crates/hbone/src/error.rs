@@ -31,6 +31,12 @@ pub enum HboneError {
         identity: SpiffeId,
         max: usize,
     },
+    #[error("handshake with {peer} cut: {scope} already has {max} handshakes in progress")]
+    HandshakeBudget {
+        peer: SocketAddr,
+        scope: &'static str,
+        max: usize,
+    },
     #[error("no certificate is available for local identity {0}")]
     NoCertificate(SpiffeId),
     #[error(transparent)]

@@ -23,7 +23,8 @@ pub use error::HboneError;
 pub use headers::TunnelHeaders;
 pub use pool::{HbonePool, LocalIdentities, PoolKey, PoolStats};
 pub use server::{
-    ConnectHandler, ConnectRequest, HboneServer, PendingTunnel, Refusal, forward_to_target,
+    ConnectHandler, ConnectRequest, HboneServer, PendingTunnel, Refusal, ServerBudget,
+    forward_to_target,
 };
 pub use settings::{H2Settings, PoolSettings, ServerSettings};
 pub use stream::H2Stream;

@@ -11,13 +11,15 @@ use ambit_identity::{SpiffeId, peer_identity};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// A verified CONNECT request.
@@ -125,47 +127,177 @@ const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1
 
 pub struct HboneServer<H> {
     acceptor: TlsAcceptor,
-    settings: Arc<ServerSettings>,
+    budget: ServerBudget,
     handler: Arc<H>,
-    peers: Arc<PeerConnections>,
 }
 
 /// A client, as the per-peer connection limit counts them: a verified identity at one address.
 type Peer = (SpiffeId, IpAddr);
 
-/// Open connections per client.
-#[derive(Debug, Default)]
-struct PeerConnections(Mutex<HashMap<Peer, usize>>);
+/// The counted limits of [`ServerSettings`]: connections, handshakes, tunnels, and the caps per
+/// peer and per source address. Servers built with clones of one budget share them, so the
+/// node tunnel's per-pod servers are bounded together (and [`ServerSettings::memory_bound`]
+/// holds for the node).
+#[derive(Debug, Clone)]
+pub struct ServerBudget(Arc<Budget>);
 
-impl PeerConnections {
-    /// Counts a connection of `peer`, unless it already holds `max`.
-    fn enter(self: &Arc<Self>, peer: Peer, max: usize) -> Option<PeerSlot> {
-        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(peer.clone()).or_default();
-        if *count >= max {
-            return None;
+#[derive(Debug)]
+struct Budget {
+    settings: ServerSettings,
+    connections: Arc<Semaphore>,
+    handshakes: Mutex<Handshakes>,
+    tunnels: Arc<Semaphore>,
+    handshakes_per_address: Arc<Counts<IpAddr>>,
+    connections_per_peer: Arc<Counts<Peer>>,
+}
+
+impl ServerBudget {
+    pub fn new(settings: ServerSettings) -> Self {
+        Self(Arc::new(Budget {
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            handshakes: Mutex::default(),
+            tunnels: Arc::new(Semaphore::new(settings.max_tunnels)),
+            handshakes_per_address: Arc::default(),
+            connections_per_peer: Arc::default(),
+            settings,
+        }))
+    }
+
+    pub fn settings(&self) -> &ServerSettings {
+        &self.0.settings
+    }
+
+    /// A handshake slot for a connection from `peer`, unless its address already has as many
+    /// handshakes in progress as allowed. When the server has, the oldest handshake is cut to
+    /// make room: a stalled one has had the longest to finish, while a client's completes in
+    /// milliseconds, so a flood must outpace every handshake to keep clients out.
+    fn admit_handshake(&self, peer: SocketAddr) -> Result<HandshakeSlot, HboneError> {
+        let budget = &self.0;
+        let max = budget.settings.max_handshakes_per_address;
+        let Some(per_address) = budget.handshakes_per_address.enter(peer.ip(), max) else {
+            return Err(HboneError::HandshakeBudget {
+                peer,
+                scope: "its address",
+                max,
+            });
+        };
+        let mut handshakes = budget
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if handshakes.in_flight.len() >= budget.settings.max_handshakes
+            && let Some((_, oldest)) = handshakes.in_flight.pop_front()
+        {
+            oldest.notify_one();
         }
-        *count += 1;
-        Some(PeerSlot {
-            peers: self.clone(),
-            peer,
+        let id = handshakes.next;
+        handshakes.next += 1;
+        let cut = Arc::new(Notify::new());
+        handshakes.in_flight.push_back((id, cut.clone()));
+        Ok(HandshakeSlot {
+            budget: self.clone(),
+            id,
+            cut,
+            _per_address: per_address,
         })
     }
 }
 
-/// One counted connection; uncounted when dropped.
-struct PeerSlot {
-    peers: Arc<PeerConnections>,
-    peer: Peer,
+/// The handshakes in progress, oldest first, each with its signal to give up.
+#[derive(Debug, Default)]
+struct Handshakes {
+    next: u64,
+    in_flight: VecDeque<(u64, Arc<Notify>)>,
 }
 
-impl Drop for PeerSlot {
+/// A handshake in progress, counted until dropped.
+struct HandshakeSlot {
+    budget: ServerBudget,
+    id: u64,
+    cut: Arc<Notify>,
+    _per_address: Counted<IpAddr>,
+}
+
+impl HandshakeSlot {
+    /// Runs a step of the handshake until `deadline`, or until the slot is taken for a newer
+    /// handshake.
+    async fn bound<T>(
+        &self,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+        step: impl Future<Output = T>,
+    ) -> Result<T, HboneError> {
+        let settings = self.budget.settings();
+        tokio::select! {
+            done = tokio::time::timeout_at(deadline, step) => {
+                done.map_err(|_| HboneError::HandshakeTimeout {
+                    peer,
+                    timeout_ms: settings.handshake_timeout.as_millis(),
+                })
+            }
+            () = self.cut.notified() => Err(HboneError::HandshakeBudget {
+                peer,
+                scope: "the server",
+                max: settings.max_handshakes,
+            }),
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let mut open = self.peers.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.peer) {
+        let mut handshakes = self
+            .budget
+            .0
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        handshakes.in_flight.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Open entries per key.
+#[derive(Debug)]
+struct Counts<K>(Mutex<HashMap<K, usize>>);
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash + Clone> Counts<K> {
+    /// Counts an entry of `key`, unless it already has `max`.
+    fn enter(self: &Arc<Self>, key: K, max: usize) -> Option<Counted<K>> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key.clone()).or_default();
+        if *count >= max {
+            if *count == 0 {
+                open.remove(&key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One counted entry; uncounted when dropped.
+struct Counted<K: Eq + Hash> {
+    counts: Arc<Counts<K>>,
+    key: K,
+}
+
+impl<K: Eq + Hash> Drop for Counted<K> {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.peer);
+                open.remove(&self.key);
             }
         }
     }
@@ -178,20 +310,26 @@ struct OpenTunnels {
     none_left: tokio::sync::Notify,
 }
 
-/// One open tunnel, counted while its task runs.
-struct TunnelSlot(Arc<OpenTunnels>);
+/// One open tunnel, counted on its connection and in the budget while its task runs.
+struct TunnelSlot {
+    tunnels: Arc<OpenTunnels>,
+    _permit: OwnedSemaphorePermit,
+}
 
 impl TunnelSlot {
-    fn new(tunnels: &Arc<OpenTunnels>) -> Self {
+    fn new(tunnels: &Arc<OpenTunnels>, permit: OwnedSemaphorePermit) -> Self {
         tunnels.count.fetch_add(1, Ordering::AcqRel);
-        Self(tunnels.clone())
+        Self {
+            tunnels: tunnels.clone(),
+            _permit: permit,
+        }
     }
 }
 
 impl Drop for TunnelSlot {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_one();
+        if self.tunnels.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tunnels.none_left.notify_one();
         }
     }
 }
@@ -199,7 +337,7 @@ impl Drop for TunnelSlot {
 impl<H> fmt::Debug for HboneServer<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HboneServer")
-            .field("settings", &self.settings)
+            .field("settings", self.budget.settings())
             .finish_non_exhaustive()
     }
 }
@@ -208,9 +346,8 @@ impl<H> Clone for HboneServer<H> {
     fn clone(&self) -> Self {
         Self {
             acceptor: self.acceptor.clone(),
-            settings: self.settings.clone(),
+            budget: self.budget.clone(),
             handler: self.handler.clone(),
-            peers: self.peers.clone(),
         }
     }
 }
@@ -218,26 +355,34 @@ impl<H> Clone for HboneServer<H> {
 impl<H: ConnectHandler> HboneServer<H> {
     /// `tls` comes from [`ambit_identity::server_config`].
     pub fn new(tls: rustls::ServerConfig, settings: ServerSettings, handler: H) -> Self {
+        Self::with_budget(tls, ServerBudget::new(settings), handler)
+    }
+
+    /// A server counted in `budget`, together with every other server built with it.
+    pub fn with_budget(tls: rustls::ServerConfig, budget: ServerBudget, handler: H) -> Self {
         Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
-            settings: Arc::new(settings),
+            budget,
             handler: Arc::new(handler),
-            peers: Arc::default(),
         }
+    }
+
+    fn settings(&self) -> &ServerSettings {
+        self.budget.settings()
     }
 
     /// Accepts connections forever; each connection runs in its own task. Accept errors (such
     /// as running out of file descriptors) are logged and retried with backoff: the listener
     /// keeps serving once the pressure is gone.
     pub async fn serve(self, listener: TcpListener) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
+        let slots = self.budget.0.connections.clone();
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let slot = match slots.clone().try_acquire_owned() {
                 Ok(slot) => slot,
                 Err(_) => {
                     tracing::warn!(
-                        max_connections = self.settings.max_connections,
+                        max_connections = self.settings().max_connections,
                         "HBONE server at its connection limit; new connections wait"
                     );
                     match slots.clone().acquire_owned().await {
@@ -269,28 +414,26 @@ impl<H: ConnectHandler> HboneServer<H> {
     }
 
     /// Runs one client connection: TLS, identity, then every CONNECT stream on it, until the
-    /// client closes it or it has had no open tunnel for the idle timeout.
+    /// client closes it or it has had no open tunnel for the idle timeout. A connection that
+    /// finds the handshake budget spent is closed at once.
     pub async fn serve_connection(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Result<(), HboneError> {
+        let handshaking = self.budget.admit_handshake(peer)?;
         tcp.set_nodelay(true)?;
-        let timeout = self.settings.handshake_timeout;
-        let timed_out = |_| HboneError::HandshakeTimeout {
-            peer,
-            timeout_ms: timeout.as_millis(),
-        };
         // One deadline for TLS and the HTTP/2 preface: a client that stalls in either is cut.
-        let deadline = tokio::time::Instant::now() + timeout;
-        let tls = tokio::time::timeout_at(deadline, self.acceptor.accept(ReadBuffered::new(tcp)))
-            .await
-            .map_err(timed_out)?
+        let deadline = tokio::time::Instant::now() + self.settings().handshake_timeout;
+        let tls = handshaking
+            .bound(peer, deadline, self.acceptor.accept(ReadBuffered::new(tcp)))
+            .await?
             .map_err(|source| HboneError::Tls { peer, source })?;
         let identity = peer_identity(tls.get_ref().1.peer_certificates())
             .map_err(|source| HboneError::PeerIdentity { peer, source })?;
-        let max = self.settings.max_connections_per_peer;
-        let Some(_counted) = self.peers.enter((identity.clone(), peer.ip()), max) else {
+        let max = self.settings().max_connections_per_peer;
+        let peers = &self.budget.0.connections_per_peer;
+        let Some(_counted) = peers.enter((identity.clone(), peer.ip()), max) else {
             tracing::warn!(%peer, %identity, max, "HBONE client at its connection limit; closing its new connection");
             return Err(HboneError::PeerConnectionLimit {
                 peer,
@@ -298,11 +441,12 @@ impl<H: ConnectHandler> HboneServer<H> {
                 max,
             });
         };
-        let mut connection = tokio::time::timeout_at(deadline, self.h2_builder().handshake(tls))
-            .await
-            .map_err(timed_out)??;
+        let mut connection = handshaking
+            .bound(peer, deadline, self.h2_builder().handshake(tls))
+            .await??;
+        drop(handshaking);
         let tunnels = Arc::new(OpenTunnels::default());
-        let idle_timeout = self.settings.idle_timeout;
+        let idle_timeout = self.settings().idle_timeout;
         // When the connection last had no open tunnel; `None` while one is open.
         let mut idle_since = Some(tokio::time::Instant::now());
         loop {
@@ -311,11 +455,16 @@ impl<H: ConnectHandler> HboneServer<H> {
                 accepted = connection.accept() => {
                     let Some(accepted) = accepted else { break };
                     let (request, respond) = accepted?;
+                    let Ok(permit) = self.budget.0.tunnels.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, %identity, max_tunnels = self.settings().max_tunnels, "HBONE server at its tunnel limit; answering 503");
+                        respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);
+                        continue;
+                    };
                     if let Some((request, tunnel)) =
                         parse_connect(request, respond, identity.clone(), peer)
                     {
                         idle_since = None;
-                        let open = TunnelSlot::new(&tunnels);
+                        let open = TunnelSlot::new(&tunnels, permit);
                         let task = self.handler.handle(request, tunnel);
                         tokio::spawn(async move {
                             task.await;
@@ -341,7 +490,7 @@ impl<H: ConnectHandler> HboneServer<H> {
     }
 
     fn h2_builder(&self) -> h2::server::Builder {
-        let s = &self.settings;
+        let s = self.settings();
         let mut builder = h2::server::Builder::new();
         builder
             .initial_window_size(s.h2.stream_window)

@@ -32,12 +32,18 @@ impl Default for H2Settings {
     }
 }
 
-/// Limits of an HBONE server (inbound, port 15008).
+/// Limits of an HBONE server (inbound, port 15008). Servers built with one
+/// [`ServerBudget`](crate::ServerBudget) share the counted limits (connections, handshakes,
+/// tunnels, per-peer and per-address caps), so in the node tunnel they hold for the whole node,
+/// not per pod.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// Receive windows, frame size and send buffer of the server's connections: small, because
+    /// each is paid by every connection or tunnel a hostile peer can open (see
+    /// [`ServerSettings::memory_bound`]).
     pub h2: H2Settings,
-    /// Client connections served at once; past this the server stops accepting until one
-    /// closes, leaving the rest waiting in the kernel's backlog.
+    /// Client connections served at once, handshakes included; past this the server stops
+    /// accepting until one closes, leaving the rest waiting in the kernel's backlog.
     pub max_connections: usize,
     /// Connections one client may hold at once, a client being a verified identity at one
     /// source address (a pod); past this a new one is closed right after its TLS handshake.
@@ -52,23 +58,85 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Concurrent tunnels one client connection may hold open.
     pub max_concurrent_streams: u32,
-    /// A TLS handshake slower than this is dropped (slowloris).
+    /// Tunnels open at once over all connections; past this a CONNECT is answered 503.
+    pub max_tunnels: usize,
+    /// One deadline for the TLS handshake and the HTTP/2 preface; a slower client is cut
+    /// (slowloris).
     pub handshake_timeout: Duration,
+    /// Connections still in their handshake at once, unauthenticated; past this a new
+    /// connection is closed at once, so stalled handshakes can hold only this many of the
+    /// `max_connections` slots.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from one source address; past this its new connections are
+    /// closed at once, so one address cannot take the whole handshake budget.
+    pub max_handshakes_per_address: usize,
     /// Streams a client may open and reset before we accept them (rapid-reset flood bound).
     pub max_pending_accept_reset_streams: usize,
     /// Streams we may reset for protocol errors before the connection is closed.
     pub max_local_error_reset_streams: usize,
 }
 
+/// What one server connection may hold besides its receive window, at most: rustls's record
+/// buffers both ways (2 x 18 KiB), the 64 KiB `ReadBuffered`, h2's frame reader (one
+/// `max_frame_size` frame) and writer (16 KiB), HPACK tables and the task (~16 KiB).
+const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024 + 64 * 1024 + 16 * 1024 + 16 * 1024;
+
+/// What one open tunnel may hold besides its send buffer: the copy engine's read chunk waiting
+/// for send capacity (64 KiB at most), the splice task, h2's stream state and the socket to
+/// the target.
+const TUNNEL_OVERHEAD: u64 = 64 * 1024 + 4 * 1024;
+
+impl ServerSettings {
+    /// The most memory, in bytes, that clients can make the servers sharing these limits hold,
+    /// whatever they send or leave unread:
+    ///
+    /// `max_connections x (connection_window + max_frame_size + connection overhead)
+    ///  + max_tunnels x (max_send_buffer + tunnel overhead)`
+    ///
+    /// A connection buffers at most its receive window of data the target has not taken yet
+    /// (data is released to the peer only as it is handed on); a tunnel buffers at most its
+    /// send buffer of data the client has not read (the client's windows do not matter), plus
+    /// one read chunk. Kernel socket buffers are not counted: they are not the process's.
+    pub fn memory_bound(&self) -> u64 {
+        let per_connection = u64::from(self.h2.connection_window)
+            + u64::from(self.h2.max_frame_size)
+            + CONNECTION_OVERHEAD;
+        let per_tunnel = self.h2.max_send_buffer as u64 + TUNNEL_OVERHEAD;
+        self.max_connections as u64 * per_connection + self.max_tunnels as u64 * per_tunnel
+    }
+
+    /// [`Self::memory_bound`] of `tunnels` tunnels on one connection.
+    pub fn connection_memory_bound(&self, tunnels: usize) -> u64 {
+        Self {
+            max_connections: 1,
+            max_tunnels: tunnels,
+            ..self.clone()
+        }
+        .memory_bound()
+    }
+}
+
 impl Default for ServerSettings {
+    /// Sized so that [`Self::memory_bound`] (358 MiB) fits the node tunnel's 512 MiB
+    /// container limit with room for its pools and config: 512 connections with 256 KiB
+    /// windows, 1,024 tunnels with 64 KiB send buffers.
     fn default() -> Self {
         Self {
-            h2: H2Settings::default(),
-            max_connections: 4096,
+            h2: H2Settings {
+                stream_window: 256 * 1024,
+                connection_window: 256 * 1024,
+                max_frame_size: 64 * 1024,
+                max_header_list_size: 16 * 1024,
+                max_send_buffer: 64 * 1024,
+            },
+            max_connections: 512,
             max_connections_per_peer: 16,
             idle_timeout: Duration::from_secs(90),
             max_concurrent_streams: 1024,
-            handshake_timeout: Duration::from_secs(10),
+            max_tunnels: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 128,
+            max_handshakes_per_address: 8,
             max_pending_accept_reset_streams: 50,
             max_local_error_reset_streams: 256,
         }
@@ -103,5 +171,21 @@ impl Default for PoolSettings {
             keepalive_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_server_bound_fits_the_node_tunnels_limit_with_room() {
+        const TUNNEL_CONTAINER_LIMIT: u64 = 512 * 1024 * 1024;
+        let bound = ServerSettings::default().memory_bound();
+        assert!(
+            bound <= TUNNEL_CONTAINER_LIMIT * 3 / 4,
+            "{} MiB",
+            bound >> 20
+        );
     }
 }

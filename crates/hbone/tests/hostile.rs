@@ -1,19 +1,31 @@
-//! Authenticated but hostile clients: any pod can get a certificate for its own service
-//! account, so the server's bounds must hold against clients it has verified (issue 14 item 3).
+//! Hostile clients: any pod can get a certificate for its own service account, so the server's
+//! bounds must hold against clients it has verified as well as ones that never finish a
+//! handshake (issue 14 item 3). The tests run one at a time: one measures the process's memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure
 
 mod support;
 
 use ambit_hbone::{Dialer, HboneError, ServerSettings};
 use ambit_identity::testing::TestPki;
+use ambit_identity::{client_config, server_name};
 use bytes::Bytes;
 use h2::client::SendRequest;
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// Held by each test for its whole run.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// A raw authenticated connection as `demo/<sa>`, kept open and idle while this lives.
 struct Held {
@@ -68,6 +80,7 @@ const PER_PEER: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_of_one_peer_are_capped_and_others_are_still_served() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let pki = TestPki::new("cluster.local");
     let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
     let settings = ServerSettings {
@@ -129,6 +142,7 @@ async fn idle_connections_of_one_peer_are_capped_and_others_are_still_served() {
 
 #[tokio::test]
 async fn a_connection_without_tunnels_is_closed_after_the_idle_timeout() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let pki = TestPki::new("cluster.local");
     let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
     let idle_timeout = Duration::from_millis(300);
@@ -162,5 +176,249 @@ async fn a_connection_without_tunnels_is_closed_after_the_idle_timeout() {
     assert_eq!(
         &back, b"busy",
         "the connection with a tunnel was closed too"
+    );
+}
+
+/// A TCP connection from `source` that never sends a byte.
+async fn stall_from(source: IpAddr, server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Whether the server has closed `stalled` (EOF or reset), within `wait`.
+async fn closed_by_server(stalled: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stalled.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+const STALLED: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_handshakes_cannot_keep_a_client_out() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let pki = TestPki::new("cluster.local");
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let settings = ServerSettings {
+        // Fewer slots than stalled connections, and a timeout longer than the test's deadline:
+        // without a handshake budget the flood holds every slot for the whole test.
+        max_connections: 256,
+        handshake_timeout: Duration::from_secs(30),
+        max_handshakes: 64,
+        max_handshakes_per_address: 8,
+        ..Default::default()
+    };
+    let server = start_server_with(&pki, Forward { seen }, settings).await;
+    let echo = start_echo().await;
+
+    // Half the flood from one address: all but its 8 are closed at once.
+    let one_address = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut from_one = Vec::new();
+    for _ in 0..STALLED / 2 {
+        from_one.push(stall_from(one_address, server).await);
+    }
+    let mut still_open = 0;
+    for stalled in &mut from_one {
+        if !closed_by_server(stalled, Duration::from_millis(20)).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(
+        still_open, 8,
+        "stalled handshakes left open from one address"
+    );
+
+    // The other half from 125 addresses, 8 each: within every per-address cap, over the
+    // server's budget of 64, so the oldest stalled handshakes make way for new ones.
+    let mut spread = Vec::new();
+    for i in 0..STALLED / 2 {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i / 8 + 1) as u8));
+        spread.push(stall_from(source, server).await);
+    }
+
+    let started = Instant::now();
+    echoes(&client(&pki, server), echo).await;
+    let served_in = started.elapsed();
+    eprintln!("served in {served_in:?} behind {STALLED} stalled handshakes");
+    assert!(
+        served_in < Duration::from_secs(2),
+        "served in {served_in:?}"
+    );
+}
+
+/// A socket that stops reading when told to: the client of a peer that never reads what it
+/// asked for.
+struct StopsReading {
+    tcp: TcpStream,
+    stopped: Arc<AtomicBool>,
+}
+
+impl AsyncRead for StopsReading {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StopsReading {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// This process's resident set, and its peak since [`reset_peak_rss`], in bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()
+            .unwrap();
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+/// A TCP app that, once a client has sent a byte, sends it data for as long as it takes it,
+/// counting what it sent: a download.
+async fn start_counting_source(sent: Arc<AtomicU64>) -> SocketAddr {
+    let listener = listen().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1];
+                if socket.read_exact(&mut request).await.is_err() {
+                    return;
+                }
+                let chunk = vec![7u8; 16 * 1024];
+                while socket.write_all(&chunk).await.is_ok() {
+                    sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    addr
+}
+
+const UNREAD_STREAMS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_cannot_make_the_server_buffer_without_bound() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let pki = TestPki::new("cluster.local");
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let settings = ServerSettings::default();
+    let bound = settings.connection_memory_bound(UNREAD_STREAMS);
+    let server = start_server_with(&pki, Forward { seen }, settings).await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let source = start_counting_source(sent.clone()).await;
+
+    // The attacker: the largest windows HTTP/2 allows, so only the server's own limits bound
+    // what it queues for a client that does not read.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let io = StopsReading {
+        tcp,
+        stopped: stopped.clone(),
+    };
+    let tls = client_config(
+        pki.handle("demo", "greedy"),
+        &pki.bundle(),
+        vec![pki.id(SERVER_NS, SERVER_SA)],
+    )
+    .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(server_name(server.ip()), io)
+        .await
+        .unwrap();
+    let (mut send, connection) = h2::client::Builder::new()
+        .initial_window_size(i32::MAX as u32)
+        .initial_connection_window_size(i32::MAX as u32)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut streams = Vec::new();
+    for _ in 0..UNREAD_STREAMS {
+        let request = http::Request::connect(source.to_string()).body(()).unwrap();
+        send = send.ready().await.unwrap();
+        let (response, stream) = send.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        streams.push((stream, response.into_body()));
+    }
+    let (baseline, _) = rss();
+    reset_peak_rss();
+    stopped.store(true, Ordering::Release);
+    // Every stream asks for a download it will never read.
+    for (stream, _) in &mut streams {
+        stream.send_data(Bytes::from_static(b"?"), false).unwrap();
+    }
+
+    // The downloads stall once the server's buffers (and the kernel's) are full: wait until
+    // the source has sent nothing more for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Instant::now());
+    loop {
+        let now = sent.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the downloads never stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Others are served meanwhile.
+    echoes(&client(&pki, server), start_echo().await).await;
+    let (_, peak) = rss();
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "sent {} MiB towards a client that reads nothing; RSS grew {} KiB, bound {} KiB",
+        last.0 >> 20,
+        grown >> 10,
+        bound >> 10
+    );
+    assert!(
+        last.0 >= (UNREAD_STREAMS * 64 * 1024) as u64,
+        "the attack never got going"
+    );
+    // The bound is the server's; the source's and the other client's buffers come on top.
+    let others = 4 * 1024 * 1024;
+    assert!(
+        grown <= bound + others,
+        "RSS grew {} KiB, over the bound of {} KiB",
+        grown >> 10,
+        (bound + others) >> 10
     );
 }

@@ -9,18 +9,23 @@ use crate::node::Shared;
 use crate::outbound;
 use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use ambit_handoff::TUNNEL_MARK;
-use ambit_hbone::{Dialer, HbonePool, HboneServer, PoolSettings, ServerSettings};
+use ambit_hbone::{Dialer, HbonePool, HboneServer, PoolSettings, ServerBudget, ServerSettings};
 use ambit_identity::{CertificateHandle, SpiffeId, server_config};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+/// One HBONE budget for every pod's server: the connection, handshake and tunnel limits, and
+/// so the memory bound of `ServerSettings`, hold for the whole node (one tunnel per node).
+static HBONE_BUDGET: LazyLock<ServerBudget> =
+    LazyLock::new(|| ServerBudget::new(ServerSettings::default()));
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -170,9 +175,9 @@ fn run(
             pool,
             active: active.clone(),
         });
-        let hbone = HboneServer::new(
+        let hbone = HboneServer::with_budget(
             tls,
-            ServerSettings::default(),
+            HBONE_BUDGET.clone(),
             InboundHandler { ctx: ctx.clone() },
         );
         let _ = ready.send(Ok(()));
