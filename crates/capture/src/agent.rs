@@ -38,6 +38,10 @@ pub const FLAG_CNI_SOCKET: &str = "cni-tunnel-socket";
 pub const FLAG_CNI_STATE: &str = "cni-state-dir";
 pub const FLAG_DAEMONSET: &str = "daemonset";
 pub const FLAG_TICK_MS: &str = "tick-ms";
+/// `on`: keep the node's probe rules ([`crate::rules::install_node`]) in the agent's own netns,
+/// which must be the node's (the chart runs the agent with `hostNetwork`). `off` (default): a
+/// test or tool running the agent elsewhere does not touch its host.
+pub const FLAG_PROBE_RULES: &str = "probe-rules";
 /// The namespace the chart installs into (downward API); with it, the DaemonSet defaults to
 /// `$AMBIT_NAMESPACE/ambit-node`.
 pub const ENV_NAMESPACE: &str = "AMBIT_NAMESPACE";
@@ -59,6 +63,8 @@ pub struct AgentConfig {
     /// Set: tell uninstall from upgrade at SIGTERM; unset: always keep the rules.
     pub daemonset: Option<DaemonSetRef>,
     pub tick: Duration,
+    /// Keep the node's probe rules in place (and remove them at uninstall).
+    pub probe_rules: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +81,7 @@ impl AgentConfig {
         flags: &HashMap<String, String>,
         namespace_env: Option<&str>,
     ) -> Result<Self, ConfigError> {
-        const KNOWN: [&str; 9] = [
+        const KNOWN: [&str; 10] = [
             FLAG_SOCKET,
             FLAG_STATE,
             FLAG_NETNS_DIR,
@@ -85,6 +91,7 @@ impl AgentConfig {
             FLAG_CNI_STATE,
             FLAG_DAEMONSET,
             FLAG_TICK_MS,
+            FLAG_PROBE_RULES,
         ];
         if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(ConfigError::Unknown(unknown.clone()));
@@ -136,6 +143,16 @@ impl AgentConfig {
             },
             None => DEFAULT_TICK,
         };
+        let probe_rules = match flags.get(FLAG_PROBE_RULES).map(String::as_str) {
+            Some("on") => true,
+            Some("off") | None => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    flag: FLAG_PROBE_RULES,
+                    reason: format!("{other:?} is not on or off"),
+                });
+            }
+        };
         Ok(Self {
             socket,
             state,
@@ -143,6 +160,7 @@ impl AgentConfig {
             cni,
             daemonset,
             tick,
+            probe_rules,
         })
     }
 }
@@ -271,6 +289,12 @@ fn uninstall(config: &AgentConfig) {
             Err(e) => log(format_args!("CNI uninstall: {e}")),
         }
     }
+    if config.probe_rules {
+        match crate::rules::remove_node() {
+            Ok(()) => log("removed the node's probe rules"),
+            Err(e) => log(format_args!("node probe rules: {e}")),
+        }
+    }
     let records = match state::records(&config.state) {
         Ok((records, _)) => records,
         Err(e) => {
@@ -348,6 +372,7 @@ impl Reconciler {
 
     fn tick(&mut self) {
         self.check_install();
+        self.check_probe_rules();
         let view = self.view();
         let (records, bad) = match state::records(&self.config.state) {
             Ok(found) => found,
@@ -408,6 +433,26 @@ impl Reconciler {
                 )),
                 Err(e) => self.once("binary", e),
             }
+        }
+    }
+
+    /// The node's probe rules are in place (a firewall reload may have flushed them).
+    fn check_probe_rules(&mut self) {
+        if !self.config.probe_rules {
+            return;
+        }
+        match crate::rules::node_installed().and_then(|installed| {
+            if !installed {
+                crate::rules::install_node()?;
+            }
+            Ok(!installed)
+        }) {
+            Ok(true) => {
+                log("installed the node's probe rules");
+                self.last.remove("probe-rules");
+            }
+            Ok(false) => {}
+            Err(e) => self.once("probe-rules", format!("node probe rules: {e}")),
         }
     }
 
@@ -509,11 +554,11 @@ impl Reconciler {
             Ok(false) => return,
             Err(e) => return self.once(&r.uid, e.to_string()),
         }
-        let result = pod::hand_over(&self.config.socket, r).and_then(|capture| {
-            if capture {
-                pod::install(state_dir, r)?;
+        let result = pod::hand_over(&self.config.socket, r).and_then(|decision| {
+            if let Some(mode) = decision {
+                pod::install(state_dir, r, mode)?;
             }
-            Ok(capture)
+            Ok(decision.is_some())
         });
         let how = match why {
             Why::Replay => "replayed to the current tunnel".to_owned(),
@@ -561,6 +606,12 @@ mod tests {
         assert_eq!(c.cni, None);
         assert_eq!(c.daemonset, None, "no namespace: no uninstall detection");
         assert_eq!(c.tick, Duration::from_millis(500));
+        assert!(
+            !c.probe_rules,
+            "the host's netns is left alone unless asked"
+        );
+        let c = AgentConfig::parse(&flags(&[("probe-rules", "on")]), None).unwrap();
+        assert!(c.probe_rules);
         let c = AgentConfig::parse(&flags(&[]), Some("ambit-system")).unwrap();
         assert_eq!(c.daemonset.unwrap().to_string(), "ambit-system/ambit-node");
     }
@@ -609,6 +660,7 @@ mod tests {
             (vec![("daemonset", "nope")], "--daemonset"),
             (vec![("tick-ms", "fast")], "--tick-ms"),
             (vec![("tick-ms", "0")], "--tick-ms"),
+            (vec![("probe-rules", "yes")], "--probe-rules"),
             (vec![("sockt", "/x")], "--sockt"),
         ] {
             let err = AgentConfig::parse(&flags(&pairs), None).unwrap_err();

@@ -3,7 +3,8 @@
 //! - As a CNI plugin (`CNI_COMMAND` set): reads the network config on stdin, see `cni`.
 //! - `ambit-capture agent [--socket PATH] [--state DIR] [--netns-dir DIR]
 //!   [--cni-bin-dir DIR --cni-conf-dir DIR [--cni-tunnel-socket PATH] [--cni-state-dir DIR]]
-//!   [--daemonset NAMESPACE/NAME] [--tick-ms N]`: the node agent, see `agent`.
+//!   [--daemonset NAMESPACE/NAME] [--tick-ms N] [--probe-rules on|off]`: the node agent, see
+//!   `agent`.
 //! - `ambit-capture enroll --netns PATH --uid UID --name NAME --namespace NS [--socket PATH] [--state DIR]`:
 //!   asks the tunnel and applies its answer (rules or none).
 //! - `ambit-capture release --netns PATH --uid UID [--socket PATH] [--state DIR]`

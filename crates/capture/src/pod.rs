@@ -13,7 +13,7 @@
 
 use crate::rules::{self, RulesError};
 use crate::state::{self, PodRecord, StateError};
-use ambit_handoff::{self as handoff, HandoffError, Request};
+use ambit_handoff::{self as handoff, HandoffError, Mode, Request};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -43,8 +43,9 @@ impl PodError {
     }
 }
 
-/// Hands the pod's netns to the tunnel; returns the tunnel's decision (`true`: capture).
-pub fn hand_over(socket: &Path, record: &PodRecord) -> Result<bool, PodError> {
+/// Hands the pod's netns to the tunnel; returns the tunnel's decision: capture, in its mode
+/// (`Some`), or not.
+pub fn hand_over(socket: &Path, record: &PodRecord) -> Result<Option<Mode>, PodError> {
     let fd: OwnedFd = std::fs::File::open(&record.netns)
         .map_err(|source| PodError::Netns {
             path: record.netns.display().to_string(),
@@ -56,13 +57,14 @@ pub fn hand_over(socket: &Path, record: &PodRecord) -> Result<bool, PodError> {
         name: record.name.clone(),
         namespace: record.namespace.clone(),
     };
-    Ok(handoff::send(socket, &request, Some(&fd))?.capture)
+    let reply = handoff::send(socket, &request, Some(&fd))?;
+    Ok(reply.capture.then_some(reply.mode))
 }
 
-/// Records the pod as captured, then installs (or replaces) its rules.
-pub fn install(state: &Path, record: &PodRecord) -> Result<(), PodError> {
+/// Records the pod as captured, then installs (or replaces) its rules for `mode`.
+pub fn install(state: &Path, record: &PodRecord, mode: Mode) -> Result<(), PodError> {
     state::remember(state, &record.with_captured(true))?;
-    rules::install(&record.netns)?;
+    rules::install(&record.netns, mode)?;
     Ok(())
 }
 
@@ -76,13 +78,12 @@ pub fn uninstall(state: &Path, record: &PodRecord) -> Result<(), PodError> {
 /// Asks the tunnel and applies its answer both ways: rules for a captured pod, none for
 /// another (CNI ADD, `enroll`). Returns the decision.
 pub fn enroll(state: &Path, socket: &Path, record: &PodRecord) -> Result<bool, PodError> {
-    let capture = hand_over(socket, record)?;
-    if capture {
-        install(state, record)?;
-    } else {
-        uninstall(state, record)?;
+    let decision = hand_over(socket, record)?;
+    match decision {
+        Some(mode) => install(state, record, mode)?,
+        None => uninstall(state, record)?,
     }
-    Ok(capture)
+    Ok(decision.is_some())
 }
 
 /// Releases a captured pod: rules out, recorded as not captured, then the tunnel lets go. The

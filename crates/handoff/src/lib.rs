@@ -31,6 +31,36 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
 /// Default path of the tunnel's handoff socket (shared hostPath in the DaemonSet).
 pub const DEFAULT_SOCKET: &str = "/var/run/ambit/tunnel.sock";
+/// The source address the node's probe traffic (kubelet's httpGet and tcpSocket probes) is
+/// rewritten to on its way into a pod, as Istio does; the capture rules let it reach the app.
+pub const PROBE_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 7, 127);
+
+/// What the node tunnel does with plaintext to enrolled pods; the capture rules follow it for
+/// what the tunnel never sees (UDP, ICMP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse it: enrolled pods take only mutual-TLS traffic (and the node's probes).
+    #[default]
+    Strict,
+    /// Let it in with no identity (L4 policy still applies).
+    Permissive,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a mode (expected strict or permissive)")]
+pub struct UnknownMode(pub String);
+
+impl std::str::FromStr for Mode {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Mode::Strict),
+            "permissive" => Ok(Mode::Permissive),
+            _ => Err(UnknownMode(s.into())),
+        }
+    }
+}
 
 const MAX_MESSAGE: usize = 64 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +90,10 @@ pub struct Reply {
     /// view has its addresses). `false`: the pod is not enrolled and the tunnel kept no fd.
     #[serde(default)]
     pub capture: bool,
+    /// For a captured pod: the tunnel's mode. Absent (an older tunnel): strict, which fails
+    /// closed.
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<Enrollment>,
 }

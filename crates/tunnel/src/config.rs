@@ -3,33 +3,10 @@
 use ambit_controller_client::Source;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-/// What the inbound plaintext port does with traffic that did not come over HBONE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Refuse it: enrolled pods take only mutual-TLS traffic.
-    Strict,
-    /// Let it in with no identity (L4 policy still applies).
-    Permissive,
-}
-
-impl FromStr for Mode {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "strict" => Ok(Mode::Strict),
-            "permissive" => Ok(Mode::Permissive),
-            _ => Err(ConfigError::Invalid {
-                flag: "--mode",
-                value: s.into(),
-                expected: "strict or permissive",
-            }),
-        }
-    }
-}
+/// The mode is in the handoff crate: the capture rules follow it too.
+pub use ambit_handoff::Mode;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -161,9 +138,13 @@ impl Config {
                 .get("--socket")
                 .map_or(ambit_handoff::DEFAULT_SOCKET, String::as_str)
                 .into(),
-            mode: values
-                .get("--mode")
-                .map_or(Ok(Mode::Strict), |m| m.parse())?,
+            mode: values.get("--mode").map_or(Ok(Mode::Strict), |m| {
+                m.parse().map_err(|_| ConfigError::Invalid {
+                    flag: "--mode",
+                    value: m.clone(),
+                    expected: "strict or permissive",
+                })
+            })?,
             admin: addr("--admin", "127.0.0.1:15000")?,
             metrics: addr("--metrics", "0.0.0.0:15020")?,
             readiness: addr("--readiness", "0.0.0.0:15021")?,

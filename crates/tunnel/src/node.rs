@@ -359,6 +359,7 @@ impl<I: CertificateIssuer> Node<I> {
                     tracing::info!(%uid, %name, %namespace, capture, "pod handed over");
                     Reply {
                         capture,
+                        mode: self.shared.mode,
                         ..Reply::ok()
                     }
                 }
