@@ -39,6 +39,12 @@ struct RetryLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    /// `sent`, or `skipped` (body over 64 KiB or unfinished, or too many in flight).
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JwtLabels {
     /// `authenticated`, `no_token` or `invalid`.
     result: &'static str,
@@ -82,6 +88,7 @@ pub struct Metrics {
     config_deltas: Family<DeltaLabels, Counter>,
     access_log_dropped: Counter,
     retries: Family<RetryLabels, Counter>,
+    mirrors: Family<MirrorLabels, Counter>,
     jwt: Family<JwtLabels, Counter>,
     ext_authz: Family<ExtAuthzLabels, Counter>,
     ext_authz_duration: HistogramFamily<ExtAuthzDurationLabels>,
@@ -148,6 +155,12 @@ impl Default for Metrics {
             "Retries of route rules, and retries the retry budget refused",
             retries.clone(),
         );
+        let mirrors = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirrors",
+            "Copies of requests for RequestMirror backends, sent or skipped",
+            mirrors.clone(),
+        );
         let jwt = Family::<JwtLabels, Counter>::default();
         registry.register(
             "jwt",
@@ -174,6 +187,7 @@ impl Default for Metrics {
             registry,
             access_log_dropped,
             retries,
+            mirrors,
             jwt,
             requests,
             request_duration,
@@ -226,6 +240,17 @@ impl Metrics {
             crate::http::retry::RetryOutcome::BudgetExhausted => "budget_exhausted",
         };
         self.retries.get_or_create(&RetryLabels { outcome }).inc();
+    }
+
+    /// `count` mirror copies of one request, sent or skipped.
+    pub fn mirrors(&self, outcome: crate::http::route::MirrorOutcome, count: usize) {
+        let outcome = match outcome {
+            crate::http::route::MirrorOutcome::Sent => "sent",
+            crate::http::route::MirrorOutcome::Skipped => "skipped",
+        };
+        self.mirrors
+            .get_or_create(&MirrorLabels { outcome })
+            .inc_by(count as u64);
     }
 
     /// A request authentication outcome: `reason` is the refusal's label, or empty.

@@ -1,7 +1,8 @@
 //! Routes on the waypoint, on loopback over real TLS: an HTTPRoute attached to Service `back`
 //! sends requests to the backend Services `back-v1` (pod back-1) and `back-v2` (pod back-2) by
 //! header and by weight, redirects, rewrites, answers 404 when no rule matches, and holds a
-//! request to its timeout; a rate limit on `back-v1` answers 429 past its quota.
+//! request to its timeout; a rate limit on `back-v1` answers 429 past its quota; mirrors get
+//! request bodies up to 64 KiB without holding the request up.
 
 mod support;
 
@@ -176,4 +177,120 @@ async fn a_rate_limited_service_answers_429_past_its_quota() {
         let (status, _, _) = text(http.send_request(get("/split", "back")).await.unwrap()).await;
         assert_eq!(status, 200);
     }
+}
+
+/// Route `back` (pod back-1) mirrors `/mirror` to `copy` (a recording pod) and to `hole` (a
+/// pod whose tunnel accepts connections and never answers).
+fn mirror_mesh(net: u8) -> String {
+    format!(
+        r#"
+workloads:
+{back_pods}  - {{uid: m1, name: copy-1, namespace: shop, serviceAccount: back, node: n2, ips: ["127.{net}.0.12"]}}
+  - {{uid: h1, name: hole-1, namespace: shop, serviceAccount: back, node: n3, ips: ["127.{net}.0.13"]}}
+services:
+{back_service}  - name: copy
+    namespace: shop
+    vips: ["10.96.{net}.12"]
+    ports: [{{port: 80, targetPort: 8080, name: http}}]
+    endpoints: [m1]
+  - name: hole
+    namespace: shop
+    vips: ["10.96.{net}.13"]
+    ports: [{{port: 80, targetPort: 8080, name: http}}]
+    endpoints: [h1]
+routes:
+  - name: back
+    namespace: shop
+    parents: [{{namespace: shop, name: back, port: 80}}]
+    rules:
+      - matches: [{{path: {{type: PathPrefix, value: /mirror}}}}]
+        filters:
+          - requestMirror: {{backend: {{namespace: shop, name: copy, port: 80}}}}
+          - requestMirror: {{backend: {{namespace: shop, name: hole, port: 80}}}}
+"#,
+        back_pods = back_pods(net, 1),
+        back_service = back_service(net, 1),
+    )
+}
+
+#[tokio::test]
+async fn mirrors_get_bodies_up_to_64_kib_and_never_hold_the_request_up() {
+    const NET: u8 = 65;
+    let pki = TestPki::new("cluster.local");
+    pod(&pki, ip(NET, 11), SERVED_SA, "back-1").await;
+    let copies = recording_pod(&pki, ip(NET, 12), SERVED_SA, "copy-1").await;
+    // A black hole where the `hole` pod's tunnel should be: TLS never starts.
+    let hole = tokio::net::TcpListener::bind((ip(NET, 13), 15008))
+        .await
+        .unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holding = held.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = hole.accept().await {
+            holding.lock().unwrap().push(tcp);
+        }
+    });
+    let waypoint = waypoint(&pki, NET, &mirror_mesh(NET)).await;
+    assert!(waypoint.shared.mesh().route_errors().is_empty());
+    let mut http = Client::new(&pki, NS, "front", waypoint.hbone_addr)
+        .http1(&format!("10.96.{NET}.1:80"))
+        .await;
+    let post = |path: &str, size: usize| {
+        let mut request = get(path, "back");
+        *request.method_mut() = hyper::Method::POST;
+        *request.body_mut() = body(vec![b'm'; size]);
+        request
+    };
+
+    // 10 KiB: the request is answered at once, the copy gets it whole.
+    let started = Instant::now();
+    let (status, _, answer) = text(
+        http.send_request(post("/mirror/a", 10 * 1024))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, answer.as_str()), (200, "back-1 POST /mirror/a"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "answered after {took:?}");
+    eventually("the copy of /mirror/a", || {
+        copies.lock().unwrap().len() == 1
+    })
+    .await;
+    let copy = copies.lock().unwrap()[0].clone();
+    assert_eq!(
+        (copy.method.as_str(), copy.path.as_str()),
+        ("POST", "/mirror/a")
+    );
+    assert_eq!(copy.body.len(), 10 * 1024);
+    assert!(copy.body.iter().all(|&b| b == b'm'));
+    eventually("the hole mirror dialed", || {
+        !held.lock().unwrap().is_empty()
+    })
+    .await;
+
+    // 100 KiB: answered, not mirrored (both mirrors counted as skipped).
+    let (status, _, _) = text(
+        http.send_request(post("/mirror/b", 100 * 1024))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metrics = || waypoint.shared.metrics.render(None);
+    eventually("the skipped mirrors counted", || {
+        metrics().contains(r#"ambit_waypoint_mirrors_total{outcome="skipped"} 2"#)
+    })
+    .await;
+    assert!(metrics().contains(r#"ambit_waypoint_mirrors_total{outcome="sent"} 2"#));
+
+    // Without a body, as before; the next copy the recorder sees is this one.
+    let (status, _, _) = text(http.send_request(get("/mirror/c", "back")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    eventually("the copy of /mirror/c", || {
+        copies.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(copies.lock().unwrap()[1].path, "/mirror/c");
+    drop(held);
 }

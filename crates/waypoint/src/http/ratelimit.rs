@@ -7,7 +7,7 @@
 //! `interval / requests`). A limiter lives as long as its policy keeps the same quota, so a
 //! config delta that changes nothing about it does not refill it.
 
-use super::route::RouteRef;
+use super::route::{Mirrored, RouteRef};
 use super::{
     Downstream, GrpcCode, Inner, Request, Response, ResponseFuture, is_grpc, local_response,
 };
@@ -148,6 +148,10 @@ impl<S: Inner> Service<Request> for RateLimited<S> {
         let Some(downstream) = request.extensions().get::<Downstream>() else {
             return Box::pin(self.inner.call(request));
         };
+        if request.extensions().get::<Mirrored>().is_some() {
+            // A copy: it must not spend the quota of the requests it copies.
+            return Box::pin(self.inner.call(request));
+        }
         let route = request.extensions().get::<RouteRef>();
         let target = &downstream.destination.target;
         for policy in policies.iter().filter(|p| applies(p, target, route)) {

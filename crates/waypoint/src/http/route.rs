@@ -3,10 +3,16 @@
 //! the way in and out, a redirect answered here, mirrors, and the rule's timeouts and retries
 //! for the layers below ([`Resilience`]).
 //!
+//! A mirror gets a copy of the request, body included when the body ends within 64 KiB (a copy
+//! is kept as it streams to the backend); a larger body is not mirrored, and counted
+//! (`ambit_waypoint_mirrors_total{outcome="skipped"}`). Mirrors run on their own: the request
+//! is neither delayed nor changed by them, and their answers are dropped.
+//!
 //! A Service with no route for this client is served as before: its own endpoints. A Service
 //! with routes answers 404 (gRPC UNIMPLEMENTED) to a request no rule matched, and 500 (gRPC
 //! UNAVAILABLE) to one whose chosen backend did not resolve, as the spec says.
 
+use super::body::tee;
 use super::retry::{Resilience, RetryRule};
 use super::{
     Downstream, GrpcCode, Inner, Request, Response, ResponseFuture, empty, is_grpc, local_response,
@@ -17,10 +23,11 @@ use ambit_mesh::Mesh;
 use ambit_route::{BackendChoice, Filters, HeaderEdits, Lookup, Matched, RedirectFrom, Scheme};
 use http::StatusCode;
 use http::header::LOCATION;
-use http_body::Body as _;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
 /// Where a routed request goes: in its extensions when a rule chose a backend other than the
@@ -41,14 +48,26 @@ pub struct RouteRef {
     pub grpc: bool,
 }
 
+/// The largest request body mirrored: a copy is kept while the body streams to its backend.
+pub const MIRROR_MAX_BODY: usize = 64 * 1024;
+/// Requests being mirrored at once, each holding its kept body: past that, mirrors are
+/// skipped, so a slow mirror backend costs at most this many copies.
+const MIRRORS_IN_FLIGHT: usize = 256;
+/// A mirror that has not answered by then is dropped.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct RouteLayer {
     shared: Arc<Shared>,
+    mirrors_in_flight: Arc<Semaphore>,
 }
 
 impl RouteLayer {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            mirrors_in_flight: Arc::new(Semaphore::new(MIRRORS_IN_FLIGHT)),
+        }
     }
 }
 
@@ -58,6 +77,7 @@ impl<S> Layer<S> for RouteLayer {
         Route {
             inner,
             shared: self.shared.clone(),
+            mirrors_in_flight: self.mirrors_in_flight.clone(),
         }
     }
 }
@@ -66,6 +86,7 @@ impl<S> Layer<S> for RouteLayer {
 pub struct Route<S> {
     inner: S,
     shared: Arc<Shared>,
+    mirrors_in_flight: Arc<Semaphore>,
 }
 
 impl<S: Inner> Service<Request> for Route<S> {
@@ -119,11 +140,8 @@ impl<S: Inner> Service<Request> for Route<S> {
             Ok(decided) => decided,
             Err(response) => return Box::pin(async { Ok(*response) }),
         };
-        let mirrors = decided.mirrors;
         let mut request = Request::from_parts(parts, body);
-        for mirror in mirrors {
-            self.mirror(&request, mirror);
-        }
+        self.mirror(&mut request, decided.mirrors);
         request
             .extensions_mut()
             .insert(Arc::new(decided.resilience));
@@ -144,25 +162,87 @@ impl<S: Inner> Service<Request> for Route<S> {
 }
 
 impl<S: Inner> Route<S> {
-    /// Sends a copy of a request without a body to `to`; its answer is dropped. Requests with a
-    /// body are not mirrored: the body streams once, to the real backend.
-    fn mirror(&self, request: &Request, to: Routed) {
-        if !request.body().is_end_stream() {
+    /// Sends copies of `request` to `mirrors` once its body has ended, if it ended within
+    /// [`MIRROR_MAX_BODY`]; their answers are dropped. The request goes on at once, its body
+    /// unchanged: a mirror never delays or alters it.
+    fn mirror(&self, request: &mut Request, mirrors: Vec<Routed>) {
+        if mirrors.is_empty() {
             return;
         }
-        let mut copy = http::Request::new(empty());
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.version_mut() = request.version();
-        *copy.headers_mut() = request.headers().clone();
-        if let Some(downstream) = request.extensions().get::<Downstream>() {
-            copy.extensions_mut().insert(downstream.clone());
-        }
-        copy.extensions_mut().insert(to);
+        let metrics = self.shared.metrics.clone();
+        let Ok(in_flight) = self.mirrors_in_flight.clone().try_acquire_owned() else {
+            metrics.mirrors(MirrorOutcome::Skipped, mirrors.len());
+            return;
+        };
+        let body = std::mem::replace(request.body_mut(), empty());
+        let (body, kept) = tee(body, MIRROR_MAX_BODY);
+        *request.body_mut() = body;
+        let head = head_of(request);
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let _ = inner.oneshot(copy).await;
+            let Some(kept) = kept.await.ok().flatten() else {
+                metrics.mirrors(MirrorOutcome::Skipped, mirrors.len());
+                return;
+            };
+            metrics.mirrors(MirrorOutcome::Sent, mirrors.len());
+            let in_flight = Arc::new(in_flight);
+            for to in mirrors {
+                let mut copy = http::Request::from_parts(head.clone_head(), kept.body());
+                copy.extensions_mut().insert(to);
+                copy.extensions_mut().insert(Mirrored);
+                let call = inner.clone().oneshot(copy);
+                let in_flight = in_flight.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(MIRROR_TIMEOUT, call).await;
+                    drop(in_flight);
+                });
+            }
         });
+    }
+}
+
+/// A mirrored copy of a request, in its extensions: it counts against no rate limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Mirrored;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorOutcome {
+    Sent,
+    /// Its body was larger than [`MIRROR_MAX_BODY`] (or never ended), or too many mirrors were
+    /// in flight.
+    Skipped,
+}
+
+/// What a mirror copies of a request besides its body.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    downstream: Option<Downstream>,
+}
+
+fn head_of(request: &Request) -> Head {
+    Head {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        version: request.version(),
+        headers: request.headers().clone(),
+        downstream: request.extensions().get::<Downstream>().cloned(),
+    }
+}
+
+impl Head {
+    fn clone_head(&self) -> http::request::Parts {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.version = self.version;
+        parts.headers = self.headers.clone();
+        if let Some(downstream) = &self.downstream {
+            parts.extensions.insert(downstream.clone());
+        }
+        parts
     }
 }
 
