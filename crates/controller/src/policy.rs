@@ -8,8 +8,9 @@ use crate::index::Snapshot;
 use crate::status::{self, Verdict};
 use ambit_policy::{Action, Condition as ClaimCondition, HeaderMatch, Policy, PolicyScope, Rule};
 use ambit_proto::config::v1 as pb;
-use kube::ResourceExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use tokio::sync::watch;
 
 /// The condition type the controller writes.
 pub const ENFORCED: &str = "Enforced";
+/// Its reason (and the Event's) when a value cannot be evaluated.
+pub const INVALID: &str = "Invalid";
 /// At most one status pass this often: a busy cluster publishes many snapshots a second.
 const PACE: Duration = Duration::from_secs(1);
 /// A pass at least this often: edits that change no config (a policy in a namespace not
@@ -198,7 +201,7 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
         };
         return Enforced {
             enforced: false,
-            reason: "Invalid",
+            reason: INVALID,
             message: format!("{e}. Until it is fixed the policy is enforced fail-safe: {effect}"),
         };
     }
@@ -285,6 +288,8 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
 #[derive(Clone)]
 pub struct StatusContext {
     pub client: kube::Client,
+    /// Warns on the policy (an Event) when it turns `Invalid`.
+    pub recorder: Recorder,
     pub leader: watch::Receiver<bool>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub policies: Store<AuthorizationPolicy>,
@@ -301,7 +306,8 @@ impl std::fmt::Debug for StatusContext {
 pub async fn run_status(ctx: StatusContext) {
     paced(ctx.leader, ctx.snapshots, |snapshot| {
         let (client, policies) = (ctx.client.clone(), ctx.policies.clone());
-        async move { write_statuses(&client, &policies, &snapshot).await }
+        let recorder = ctx.recorder.clone();
+        async move { write_statuses(&client, &recorder, &policies, &snapshot).await }
     })
     .await;
 }
@@ -333,6 +339,7 @@ pub(crate) async fn paced<F, Fut>(
 
 async fn write_statuses(
     client: &kube::Client,
+    recorder: &Recorder,
     policies: &Store<AuthorizationPolicy>,
     snapshot: &Snapshot,
 ) {
@@ -347,12 +354,44 @@ async fn write_statuses(
             .status
             .as_ref()
             .and_then(|s| status::find(&s.conditions, ENFORCED));
+        if newly_invalid(previous, &want) {
+            warn_invalid(recorder, &p, &want.message).await;
+        }
         let verdict = Verdict {
             ok: want.enforced,
             reason: want.reason,
             message: want.message,
         };
         status::apply_condition(client, &*p, previous, ENFORCED, &verdict, "policy").await;
+    }
+}
+
+/// Whether `want` says `Invalid` where the condition written so far does not (or says it for
+/// another reason): then the owner is also told by an Event, once, not every pass.
+fn newly_invalid(previous: Option<&crate::crd::Condition>, want: &Enforced) -> bool {
+    want.reason == INVALID
+        && previous.is_none_or(|c| c.reason != INVALID || c.message != want.message)
+}
+
+/// A Warning Event on `p` (events.k8s.io/v1), as `kubectl describe` and `kubectl events` show.
+async fn warn_invalid(recorder: &Recorder, p: &AuthorizationPolicy, message: &str) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: INVALID.into(),
+        note: Some(message.to_owned()),
+        action: "Validate".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &p.object_ref(&())).await {
+        tracing::warn!(policy = %p.name_any(), %error, "cannot record the Invalid event");
+    }
+}
+
+/// Who the controller's Events say reported them.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "ambit-controller".into(),
+        instance: None,
     }
 }
 

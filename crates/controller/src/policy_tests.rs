@@ -219,3 +219,36 @@ fn config_carries_every_field_and_the_fail_safe_form_of_a_broken_policy() {
     assert!(deny.rules[0].ip_blocks.is_empty());
     assert_eq!(deny.rules[0].ports, [22]);
 }
+
+#[test]
+fn an_invalid_policy_is_told_by_an_event_once() {
+    let invalid = Enforced {
+        enforced: false,
+        reason: INVALID,
+        message: "rules[0].ipBlocks: bad".into(),
+    };
+    let written = |reason: &str, message: &str| crate::crd::Condition {
+        type_: ENFORCED.into(),
+        status: "False".into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: Some(1),
+        last_transition_time: String::new(),
+    };
+    assert!(newly_invalid(None, &invalid));
+    assert!(newly_invalid(Some(&written("Enforced", "")), &invalid));
+    assert!(newly_invalid(
+        Some(&written(INVALID, "rules[1].ports: 0")),
+        &invalid
+    ));
+    assert!(!newly_invalid(
+        Some(&written(INVALID, &invalid.message)),
+        &invalid
+    ));
+    let enforced = Enforced {
+        enforced: true,
+        reason: "Enforced",
+        message: String::new(),
+    };
+    assert!(!newly_invalid(None, &enforced));
+}

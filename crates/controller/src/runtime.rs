@@ -333,6 +333,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     }));
     tasks.spawn(policy::run_status(policy::StatusContext {
         client: client.clone(),
+        recorder: kube::runtime::events::Recorder::new(client.clone(), policy::reporter()),
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         policies: policy_store,
