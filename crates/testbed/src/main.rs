@@ -1,60 +1,67 @@
-//! `ambit-testbed up|down|status|env|agent`: see `docs/testbed.md`.
+//! `ambit-testbed up|down|status|env|agent`: see `--help` and `docs/testbed.md`.
 
 use ambit_testbed::{Config, Testbed, config};
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 
-const USAGE: &str = "\
-usage: ambit-testbed <command> [options]
+#[derive(Debug, Parser)]
+#[command(
+    name = "ambit-testbed",
+    version,
+    about = "A local Kubernetes cluster for ambit: a real control plane, nodes in network namespaces",
+    after_help = "See docs/testbed.md.",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// instance name, 1-8 of [a-z0-9]
+    #[arg(long, global = true, default_value = config::DEFAULT_NAME)]
+    name: String,
+    /// instance id 1..=99, picks addresses and ports
+    #[arg(long, global = true, default_value_t = config::DEFAULT_ID)]
+    id: u8,
+    /// node count for `up`
+    #[arg(long, global = true, default_value_t = config::DEFAULT_NODES)]
+    nodes: u8,
+    /// map an image (without tag) to a binary; repeatable
+    #[arg(long = "image", global = true, value_name = "IMAGE=PATH", value_parser = image_path)]
+    images: Vec<(String, PathBuf)>,
+}
 
-commands:
-  up       start the control plane and N nodes (removes leftovers of an earlier run first)
-  down     stop everything and remove every netns, process and mount it made
-  status   what runs, and what the apiserver says about nodes and pods
-  env      print `export KUBECONFIG=...` for this testbed
-  agent    (internal) the node agent; `up` starts one per node
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// start the control plane and N nodes (removes leftovers of an earlier run first)
+    Up,
+    /// stop everything and remove every netns, process and mount it made
+    Down,
+    /// what runs, and what the apiserver says about nodes and pods (exit 3: down)
+    Status,
+    /// print `export KUBECONFIG=...` for this testbed
+    Env,
+    /// the node agent; `up` starts one per node
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        node: u8,
+    },
+}
 
-options:
-  --name NAME       instance name, 1-8 of [a-z0-9] (default ambit)
-  --id ID           instance id 1..=99, picks addresses and ports (default 1)
-  --nodes N         node count for `up` (default 2)
-  --image IMG=PATH  map an image (without tag) to a binary; repeatable
-";
+fn image_path(s: &str) -> Result<(String, PathBuf), String> {
+    let (image, path) = s.split_once('=').ok_or("want IMAGE=PATH")?;
+    Ok((image.to_owned(), PathBuf::from(path)))
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        print!("{USAGE}");
-        return Ok(());
-    };
-    let mut name = config::DEFAULT_NAME.to_owned();
-    let mut id = config::DEFAULT_ID;
-    let mut nodes = config::DEFAULT_NODES;
-    let mut images = Vec::new();
-    let mut state_dir: Option<PathBuf> = None;
-    let mut node: Option<u8> = None;
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--name" => name = val()?.clone(),
-            "--id" => id = val()?.parse().context("--id")?,
-            "--nodes" => nodes = val()?.parse().context("--nodes")?,
-            "--image" => images.push(val()?.clone()),
-            "--state-dir" => state_dir = Some(PathBuf::from(val()?)),
-            "--node" => node = Some(val()?.parse().context("--node")?),
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(());
-            }
-            _ => bail!("unknown option {a:?}\n{USAGE}"),
-        }
-    }
+    let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| {
         // `up` polls the apiserver while it starts; kube-client logs every refused poll.
-        if command == "agent" {
+        if matches!(cli.command, Cmd::Agent { .. }) {
             "info"
         } else {
             "info,kube_client=off"
@@ -66,22 +73,16 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    if command == "agent" {
-        let state_dir = state_dir.context("agent needs --state-dir")?;
-        let node = node.context("agent needs --node")?;
-        ambit_testbed::node::run_agent(&state_dir, node).await?;
+    if let Cmd::Agent { state_dir, node } = &cli.command {
+        ambit_testbed::node::run_agent(state_dir, *node).await?;
         return Ok(());
     }
-
-    let mut cfg = Config::new(&name, id)?.with_nodes(nodes)?;
-    for m in images {
-        let (image, path) = m
-            .split_once('=')
-            .with_context(|| format!("--image {m}: want IMAGE=PATH"))?;
-        cfg.images.insert(image.to_owned(), PathBuf::from(path));
-    }
-    match command.as_str() {
-        "up" => {
+    let mut cfg = Config::new(&cli.name, cli.id)?.with_nodes(cli.nodes)?;
+    cfg.images.extend(cli.images);
+    match cli.command {
+        // Answered above.
+        Cmd::Agent { .. } => {}
+        Cmd::Up => {
             let tb = Testbed::new(cfg)?;
             let t = &tb.tools;
             println!(
@@ -98,7 +99,7 @@ async fn main() -> Result<()> {
             println!("export KUBECONFIG={}", tb.config.kubeconfig().display());
             println!("logs: {}", tb.config.log_dir().display());
         }
-        "down" => {
+        Cmd::Down => {
             let tb = attach_or(cfg)?;
             let start = Instant::now();
             tb.down()?;
@@ -108,7 +109,7 @@ async fn main() -> Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        "status" => {
+        Cmd::Status => {
             let tb = attach_or(cfg)?;
             let st = tb.status().await;
             print!("{st}");
@@ -116,11 +117,10 @@ async fn main() -> Result<()> {
                 std::process::exit(if st.is_down() { 3 } else { 1 });
             }
         }
-        "env" => {
+        Cmd::Env => {
             let tb = attach_or(cfg)?;
             println!("export KUBECONFIG={}", tb.config.kubeconfig().display());
         }
-        other => bail!("unknown command {other:?}\n{USAGE}"),
     }
     Ok(())
 }
@@ -130,5 +130,16 @@ fn attach_or(cfg: Config) -> Result<Testbed> {
     match Config::load(&cfg.state_dir) {
         Ok(saved) => Ok(Testbed::new(saved)?),
         Err(_) => Ok(Testbed::new(cfg)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Cli::command().debug_assert();
     }
 }
