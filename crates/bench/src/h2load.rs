@@ -56,6 +56,14 @@ pub fn run(
     log_file: &Path,
     mut during: impl FnMut() -> Result<()>,
 ) -> Result<Outcome> {
+    // h2load appends to its log: without this, a run would read every earlier run's
+    // latencies too, and after a saturation run its own would drown in those.
+    match std::fs::remove_file(log_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", log_file.display()));
+        }
+        _ => {}
+    }
     let mut h2load = command("h2load", Some(cpus));
     h2load
         .args(["--threads", "1"])
@@ -99,6 +107,13 @@ pub fn run(
         summary.not_ok
     );
     let latencies = read_latencies(log_file)?;
+    ensure!(
+        latencies.len() as u64 == summary.succeeded,
+        "h2load's log {} holds {} requests, its summary says {} succeeded",
+        log_file.display(),
+        latencies.len(),
+        summary.succeeded
+    );
     Ok(Outcome {
         ok: summary.succeeded,
         rps: summary.rps,
@@ -186,5 +201,64 @@ mod tests {
             }
         );
         assert!(Summary::parse("finished in 1s").is_err());
+    }
+
+    /// An HTTP/1.1 keep-alive server answering every request `200 ok`; its port.
+    fn ok_server() -> u16 {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if writer.write_all(answer).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Each run's latencies are its own: h2load appends to its log file, so a second run
+    /// into the same file read both runs' before `run` removed it first.
+    #[test]
+    fn each_run_reads_only_its_own_latencies() {
+        if command("h2load", None).arg("--version").output().is_err() {
+            eprintln!(
+                "\n!!!!! SKIPPED each_run_reads_only_its_own_latencies: no h2load (apt-get install nghttp2-client) !!!!!\n"
+            );
+            return;
+        }
+        let url = format!("http://127.0.0.1:{}/", ok_server());
+        let log =
+            std::env::temp_dir().join(format!("ambit-h2load-test-{}.log", std::process::id()));
+        let load = Load {
+            protocol: Protocol::Http1,
+            connections: 1,
+            streams: 1,
+            duration: Duration::from_millis(300),
+            rate_per_connection: Some(200),
+        };
+        for _ in 0..2 {
+            let outcome = run(&url, &[], &load, "0", &log, || Ok(())).unwrap();
+            assert!(outcome.ok > 10, "{outcome:?}");
+            assert_eq!(outcome.latencies.len() as u64, outcome.ok);
+        }
+        let _ = std::fs::remove_file(&log);
     }
 }
