@@ -5,7 +5,7 @@ use crate::cmd::{self, cargo, workspace_root};
 use anyhow::{Result, bail};
 use std::process::Command;
 
-const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller", "route"];
+pub const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller", "route"];
 
 pub fn run(name: &str) -> Result<()> {
     match name {

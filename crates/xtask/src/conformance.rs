@@ -42,12 +42,6 @@ const SUPPORTED_FEATURES: &[&str] = &[
     "MeshHTTPRouteSchemeRedirect",
     "MeshHTTPRouteRewritePath",
 ];
-const USAGE: &str = "usage: cargo xtask conformance [--run-test NAME] [--keep]
-  --run-test NAME  only this test (its ShortName, e.g. MeshBasic); its report goes to
-                   target/ambit-conformance/, not docs/conformance/
-  --keep           leave the testbed up afterwards with the suite's echo apps
-                   (KUBECONFIG=/run/ambit-testbed/conform/kubeconfig)";
-
 /// What `cargo xtask test` leaves out of the suite, and why (docs/conformance/README.md):
 /// MeshGRPCRouteWeight runs first, while the automatic waypoint its route asks for is still
 /// starting, and the tunnels refuse the account's traffic until it is ready; it passes on its
@@ -81,17 +75,8 @@ impl Options<'_> {
     }
 }
 
-pub fn run(args: &[&str]) -> Result<()> {
-    let mut run_test = None;
-    let mut keep = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match *a {
-            "--run-test" => run_test = Some(*it.next().context("--run-test needs a name")?),
-            "--keep" => keep = true,
-            _ => bail!("unknown option {a:?}\n{USAGE}"),
-        }
-    }
+/// `cargo xtask conformance [--run-test NAME] [--keep]`.
+pub fn run(run_test: Option<&str>, keep: bool) -> Result<()> {
     run_suite(&Options {
         run_test,
         keep,

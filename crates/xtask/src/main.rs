@@ -7,33 +7,70 @@ mod conformance;
 mod test;
 mod testbed;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: cargo xtask <command>
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "Project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Chore,
+}
 
-commands:
-  test          install what the tests need, then fmt, clippy -D warnings and every test tier
-  demo          the whole mesh on the local testbed, narrated (root); leaves it up to poke around
-  conformance   Gateway API's conformance suite (mesh profiles) on its own testbed (root);
-                report to docs/conformance/ [--run-test NAME] [--keep]
-  bench NAME    run a benchmark and write target/ambit-bench/NAME.json (names: hbone, waypoint, tunnel, controller, route)
-  testbed CMD   local Kubernetes testbed: setup | up [--nodes N] | down | status | env
-";
+#[derive(Debug, Subcommand)]
+enum Chore {
+    /// install what the tests need, then fmt, clippy -D warnings and every test tier
+    Test,
+    /// the whole mesh on the local testbed, narrated (root); leaves it up to poke around
+    Demo,
+    /// Gateway API's conformance suite (mesh profiles) on its own testbed (root); report to
+    /// docs/conformance/
+    Conformance {
+        /// only this test (its ShortName, e.g. MeshBasic); its report goes to
+        /// target/ambit-conformance/, not docs/conformance/
+        #[arg(long, value_name = "NAME")]
+        run_test: Option<String>,
+        /// leave the testbed up afterwards with the suite's echo apps
+        /// (KUBECONFIG=/run/ambit-testbed/conform/kubeconfig)
+        #[arg(long)]
+        keep: bool,
+    },
+    /// run a benchmark and write target/ambit-bench/NAME.json
+    Bench {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bench::BENCHES))]
+        name: String,
+    },
+    /// local Kubernetes testbed; the options after the command go to ambit-testbed
+    /// (`--nodes N`, `--name NAME --id ID`: `cargo xtask testbed up --help`)
+    Testbed {
+        #[arg(value_parser = ["setup", "up", "down", "status", "env"])]
+        command: String,
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "OPTIONS"
+        )]
+        options: Vec<String>,
+    },
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        ["test"] => test::run(),
-        ["demo"] => testbed::demo(),
-        ["bench", name] => bench::run(name),
-        ["conformance", rest @ ..] => conformance::run(rest),
-        ["testbed", rest @ ..] => testbed::run(rest),
-        ["help" | "--help" | "-h"] | [] => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        _ => bail!("unknown command {args:?}\n{USAGE}"),
+    match Cli::parse().command {
+        Chore::Test => test::run(),
+        Chore::Demo => testbed::demo(),
+        Chore::Bench { name } => bench::run(&name),
+        Chore::Conformance { run_test, keep } => conformance::run(run_test.as_deref(), keep),
+        Chore::Testbed { command, options } => testbed::run(&command, &options),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

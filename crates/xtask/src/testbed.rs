@@ -47,12 +47,9 @@ pub fn demo() -> Result<()> {
     ))
 }
 
-pub fn run(args: &[&str]) -> Result<()> {
-    let Some((&command, rest)) = args.split_first() else {
-        bail!(
-            "usage: cargo xtask testbed setup|up|down|status|env [--nodes N] [--name NAME --id ID]"
-        );
-    };
+/// `cargo xtask testbed COMMAND [OPTIONS]`: builds what the command needs, then runs
+/// `ambit-testbed COMMAND OPTIONS`.
+pub fn run(command: &str, options: &[String]) -> Result<()> {
     match command {
         "setup" => return setup(),
         "up" => {
@@ -64,7 +61,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         other => bail!("unknown testbed command {other:?} (setup|up|down|status|env)"),
     }
     let bin = workspace_root().join("target/debug/ambit-testbed");
-    let status = Command::new(bin).arg(command).args(rest).status()?;
+    let status = Command::new(bin).arg(command).args(options).status()?;
     match status.code() {
         Some(0) => Ok(()),
         // `status` answers "down" with exit code 3: an answer, not a failure to report.
