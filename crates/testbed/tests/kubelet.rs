@@ -94,7 +94,63 @@ async fn checks(tb: &Testbed) -> Result<()> {
     assert_eq!(out.status.code(), Some(127), "a missing command");
 
     port_forward(tb).await?;
+    probes(tb).await?;
     only_the_apiserver_gets_in(tb)
+}
+
+/// Startup, liveness and readiness probes as kubelet runs them: a live app's pass (started,
+/// Ready, never restarted); a liveness probe that fails restarts the container; a startup
+/// probe that fails restarts it too, and it is never started nor Ready meanwhile.
+async fn probes(tb: &Testbed) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(tb.client().await?, "default");
+    let live = json!({"httpGet": {"path": "/live", "port": 8080}, "periodSeconds": 1});
+    let dead = json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2});
+    let ready = json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1});
+    for (name, probes) in [
+        (
+            "probed-live",
+            json!({"startupProbe": live, "livenessProbe": live, "readinessProbe": ready}),
+        ),
+        ("liveness-dead", json!({"livenessProbe": dead})),
+        (
+            "startup-dead",
+            json!({"startupProbe": dead, "readinessProbe": ready}),
+        ),
+    ] {
+        let mut container = json!({"name": "echo", "image": "registry.k8s.io/gateway-api/echo-advanced:v1.5.1", "args": ["--port=8080"]});
+        for (k, v) in probes.as_object().into_iter().flatten() {
+            container[k] = v.clone();
+        }
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]},
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    let status = |p: Pod| {
+        p.status
+            .and_then(|s| s.container_statuses?.into_iter().next())
+    };
+    for name in ["liveness-dead", "startup-dead"] {
+        let restarted = eventually(&format!("{name} restarted by its probe"), WAIT, || async {
+            status(pods.get(name).await.ok()?).filter(|s| s.restart_count >= 1)
+        })
+        .await?;
+        if name == "startup-dead" {
+            ensure!(
+                restarted.started != Some(true) && !restarted.ready,
+                "never started nor ready: {restarted:?}"
+            );
+        }
+    }
+    let live = status(pods.get("probed-live").await?);
+    ensure!(
+        live.as_ref()
+            .is_some_and(|s| s.restart_count == 0 && s.started == Some(true) && s.ready),
+        "a live app's probes keep passing: {live:?}"
+    );
+    Ok(())
 }
 
 /// `kubectl port-forward` to the pod's port carries an HTTP request to its server.

@@ -32,6 +32,8 @@ struct CState {
     image: String,
     ready: bool,
     running_since: Option<Timestamp>,
+    /// Running and past its startup probe (if any): liveness and readiness probes run.
+    started: bool,
     terminated: Option<Terminated>,
     last_terminated: Option<Terminated>,
     restart_count: i32,
@@ -46,6 +48,7 @@ impl CState {
             image: c.image.clone().unwrap_or_default(),
             ready: false,
             running_since: None,
+            started: false,
             terminated: None,
             last_terminated: None,
             restart_count: 0,
@@ -71,7 +74,7 @@ impl CState {
             "imageID": format!("ambit-testbed://{}", self.image),
             "containerID": self.pid.map(|p| format!("ambit-testbed://{p}")),
             "ready": self.ready,
-            "started": self.running_since.is_some(),
+            "started": self.started,
             "restartCount": self.restart_count,
             "state": state,
             "lastState": self.last_terminated.as_ref().map(term).unwrap_or_else(|| json!({})),
@@ -376,13 +379,21 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
                 policy,
                 shutdown_rx.clone(),
             )));
-            if let Some(p) = &c.readiness_probe {
-                tasks.push(tokio::spawn(rt.clone().readiness(
-                    c.clone(),
-                    i,
-                    p.clone(),
-                    shutdown_rx.clone(),
-                )));
+            let probes = [
+                (ProbeKind::Startup, &c.startup_probe),
+                (ProbeKind::Liveness, &c.liveness_probe),
+                (ProbeKind::Readiness, &c.readiness_probe),
+            ];
+            for (kind, p) in probes {
+                if let Some(p) = p {
+                    tasks.push(tokio::spawn(rt.clone().probe(
+                        kind,
+                        c.clone(),
+                        i,
+                        p.clone(),
+                        shutdown_rx.clone(),
+                    )));
+                }
             }
         }
         let _ = stop.recv().await;
@@ -715,19 +726,22 @@ impl Runtime {
         };
         let started = Timestamp::now();
         let pid = child.id();
-        let has_probe = c.readiness_probe.is_some();
+        // Without a startup probe a container is started when it runs; without a readiness
+        // probe it is ready once started.
+        let has_startup = c.startup_probe.is_some();
+        let has_readiness = c.readiness_probe.is_some();
         self.update(i, init, |s| {
             s.pid = pid;
             s.running_since = Some(started);
+            s.started = !has_startup;
             s.waiting = None;
-            s.ready = !init && !has_probe;
+            s.ready = !init && !has_startup && !has_readiness;
         });
         let status = tokio::select! {
             st = child.wait() => st.ok(),
             _ = shutdown.changed() => {
                 if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                    let grace = self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
-                    let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0)).min(MAX_GRACE);
+                    let grace = self.grace();
                     crate::sys::signal_group(pid, rustix::process::Signal::TERM);
                     if tokio::time::timeout(grace, child.wait()).await.is_err() {
                         crate::sys::signal_group(pid, rustix::process::Signal::KILL);
@@ -745,6 +759,7 @@ impl Runtime {
         let finished = Timestamp::now();
         self.update(i, init, |s| {
             s.running_since = None;
+            s.started = false;
             s.ready = false;
             s.pid = None;
             let t = Terminated {
@@ -812,8 +827,13 @@ impl Runtime {
         }
     }
 
-    async fn readiness(
+    /// One probe of one container, as kubelet's probe workers run it: from the node's netns,
+    /// every period after the initial delay of each (re)start. Startup gates the other two
+    /// and, like liveness, restarts the container after `failureThreshold` failures in a row;
+    /// readiness flips `ready`.
+    async fn probe(
         self: Arc<Self>,
+        kind: ProbeKind,
         c: Container,
         i: usize,
         p: k8s_openapi::api::core::v1::Probe,
@@ -824,15 +844,25 @@ impl Runtime {
         };
         let period = secs(p.period_seconds, 10).max(Duration::from_secs(1));
         let failure_threshold = p.failure_threshold.unwrap_or(3).max(1);
-        let success_threshold = p.success_threshold.unwrap_or(1).max(1);
+        // Kubernetes requires 1 for liveness and startup probes.
+        let success_threshold = match kind {
+            ProbeKind::Readiness => p.success_threshold.unwrap_or(1).max(1),
+            ProbeKind::Startup | ProbeKind::Liveness => 1,
+        };
         let mut started_at: Option<Timestamp> = None;
         let (mut ok_run, mut fail_run) = (0, 0);
         loop {
-            let running = lock(&self.state)
+            let (running, started, ready) = lock(&self.state)
                 .containers
                 .get(i)
-                .and_then(|s| s.running_since);
-            let ready = lock(&self.state).containers.get(i).is_some_and(|s| s.ready);
+                .map_or((None, false, false), |s| {
+                    (s.running_since, s.started, s.ready)
+                });
+            // Whether this probe has nothing left to find out for the current run.
+            let idle = match kind {
+                ProbeKind::Startup => started,
+                ProbeKind::Liveness | ProbeKind::Readiness => !started,
+            };
             let mut next = period;
             if running.is_none() {
                 (ok_run, fail_run) = (0, 0);
@@ -842,6 +872,8 @@ impl Runtime {
                 started_at = running;
                 (ok_run, fail_run) = (0, 0);
                 next = secs(p.initial_delay_seconds, 0);
+            } else if idle {
+                next = Duration::from_millis(200);
             } else if let Some(ip) = self.pod_ip() {
                 let ok = probe::check(&c, &p, &ip, self.netns.as_deref()).await;
                 if ok {
@@ -851,14 +883,34 @@ impl Runtime {
                     fail_run += 1;
                     ok_run = 0;
                 }
-                if !ready && ok_run >= success_threshold {
-                    self.update(i, false, |s| s.ready = s.running_since.is_some());
-                } else if ready && fail_run >= failure_threshold {
-                    self.update(i, false, |s| s.ready = false);
+                let passed = ok_run >= success_threshold;
+                let failed = fail_run >= failure_threshold;
+                match kind {
+                    ProbeKind::Readiness if !ready && passed => {
+                        self.update(i, false, |s| s.ready = s.started);
+                    }
+                    ProbeKind::Readiness if ready && failed => {
+                        self.update(i, false, |s| s.ready = false);
+                    }
+                    ProbeKind::Startup if passed => {
+                        let no_readiness = c.readiness_probe.is_none();
+                        self.update(i, false, |s| {
+                            s.started = s.running_since.is_some();
+                            s.ready = s.started && no_readiness;
+                        });
+                    }
+                    ProbeKind::Startup | ProbeKind::Liveness if failed => {
+                        tracing::info!(container = %c.name, ?kind, "probe failed {fail_run} times: restarting the container");
+                        (ok_run, fail_run) = (0, 0);
+                        self.kill(i).await;
+                    }
+                    _ => {}
                 }
-                // Until first ready, probe every second (kubelet waits a whole period; tests
+                // Until a verdict, probe every second (kubelet waits a whole period; tests
                 // and `up` would otherwise wait 10 s per pod for nothing).
-                if !ready && !ok {
+                if kind == ProbeKind::Readiness && !ready && !ok
+                    || kind == ProbeKind::Startup && !ok
+                {
                     next = next.min(Duration::from_secs(1));
                 }
             }
@@ -868,6 +920,52 @@ impl Runtime {
             }
         }
     }
+
+    /// Stops a running container as kubelet does for a failed probe: SIGTERM, SIGKILL after
+    /// the grace period; `supervise` restarts it by the pod's restart policy.
+    async fn kill(&self, i: usize) {
+        let Some(pid) = lock(&self.state)
+            .containers
+            .get(i)
+            .and_then(|s| s.pid)
+            .and_then(|p| i32::try_from(p).ok())
+        else {
+            return;
+        };
+        crate::sys::signal_group(pid, rustix::process::Signal::TERM);
+        let deadline = tokio::time::Instant::now() + self.grace();
+        while tokio::time::Instant::now() < deadline {
+            let same = lock(&self.state)
+                .containers
+                .get(i)
+                .and_then(|s| s.pid)
+                .and_then(|p| i32::try_from(p).ok())
+                == Some(pid);
+            if !same {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        crate::sys::signal_group(pid, rustix::process::Signal::KILL);
+    }
+
+    /// The pod's termination grace period, capped for tests.
+    fn grace(&self) -> Duration {
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(grace).unwrap_or(0)).min(MAX_GRACE)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    Startup,
+    Liveness,
+    Readiness,
 }
 
 /// Runs in the container's fresh mount + UTS namespaces: sets the hostname, bind-mounts the

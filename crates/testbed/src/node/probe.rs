@@ -1,4 +1,5 @@
-//! Readiness probes, run from the node's netns as kubelet runs them from the host's.
+//! Probes (startup, liveness, readiness), run from the node's netns as kubelet runs them from
+//! the host's: httpGet and tcpSocket connect from there, exec enters the pod's netns.
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
