@@ -11,15 +11,50 @@ mod roles;
 mod route;
 mod waypoint;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ambit-bench",
+    about = "ambit's benchmarks (cargo xtask bench NAME runs them)"
+)]
+enum Cli {
+    /// the tunnel's HBONE paths side by side on loopback
+    Hbone,
+    /// the waypoint against nginx and Istio's ext_authz sample
+    Waypoint {
+        /// every measurement briefly, to check that it works
+        #[arg(long)]
+        quick: bool,
+    },
+    /// route table lookups with 10 and 10,000 rules
+    Route {
+        /// a few iterations only, to check that it works
+        #[arg(long)]
+        quick: bool,
+    },
+    /// one process of a benchmark (a server or a proxy), started by the benchmark itself
+    #[command(subcommand, hide = true)]
+    Role(roles::Role),
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("hbone") => hbone::run(),
-        Some("waypoint") => waypoint::run(&args[1..]),
-        Some("route") => route::run(&args[1..]),
-        Some("role") => roles::run(&args[1..]),
-        _ => bail!("usage: ambit-bench hbone|waypoint [--quick]|route [--quick]"),
+    match Cli::parse() {
+        Cli::Hbone => hbone::run(),
+        Cli::Waypoint { quick } => waypoint::run(quick),
+        Cli::Route { quick } => route::run(quick),
+        Cli::Role(role) => roles::run(role),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

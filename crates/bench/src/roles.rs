@@ -10,7 +10,7 @@ use ambit_identity::{
     CertificateAuthority, CertificateHandle, CertificateRequest, SpiffeId, TrustBundle,
     server_config,
 };
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,11 +29,32 @@ pub const TRUST_DOMAIN: &str = "bench.local";
 pub const MODE_ECHO: u8 = b'E';
 pub const MODE_SINK: u8 = b'S';
 
-pub fn run(args: &[String]) -> Result<()> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let runtime = match (args.first(), proxy_workers()) {
+/// `ambit-bench role ...`: what [`crate::process`] starts.
+#[derive(Debug, clap::Subcommand)]
+pub enum Role {
+    /// The HTTP/1 and TCP echo application behind every path.
+    Server,
+    HttpApp {
+        at: SocketAddr,
+    },
+    TcpProxy {
+        to: SocketAddr,
+    },
+    HboneOut {
+        peer: SocketAddr,
+        target: SocketAddr,
+        /// The identity the peer must present (default: the benchmark's server's).
+        peer_id: Option<SpiffeId>,
+    },
+    HboneIn {
+        at: Option<SocketAddr>,
+    },
+}
+
+pub fn run(role: Role) -> Result<()> {
+    let runtime = match (&role, proxy_workers()) {
         // The application is the baseline, not under test: give it the fastest setup.
-        (Some(&"server" | &"http-app"), _) | (_, 1) => {
+        (Role::Server | Role::HttpApp { .. }, _) | (_, 1) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
@@ -47,19 +68,22 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let role = async {
-            match args.as_slice() {
-                ["server"] => server().await,
-                ["http-app", at] => http_app(at.parse()?).await,
-                ["tcp-proxy", to] => tcp_proxy(to.parse()?).await,
-                ["hbone-out", peer, target] => {
-                    hbone_out(peer.parse()?, target.parse()?, server_id()?).await
+            match role {
+                Role::Server => server().await,
+                Role::HttpApp { at } => http_app(at).await,
+                Role::TcpProxy { to } => tcp_proxy(to).await,
+                Role::HboneOut {
+                    peer,
+                    target,
+                    peer_id,
+                } => {
+                    let peer_id = match peer_id {
+                        Some(id) => id,
+                        None => server_id()?,
+                    };
+                    hbone_out(peer, target, peer_id).await
                 }
-                ["hbone-out", peer, target, peer_id] => {
-                    hbone_out(peer.parse()?, target.parse()?, peer_id.parse()?).await
-                }
-                ["hbone-in"] => hbone_in(ANY_LOOPBACK_PORT).await,
-                ["hbone-in", at] => hbone_in(at.parse()?).await,
-                _ => bail!("unknown role {args:?}"),
+                Role::HboneIn { at } => hbone_in(at.unwrap_or(ANY_LOOPBACK_PORT)).await,
             }
         };
         // Exiting normally on SIGTERM lets profilers and sanitizers write their reports.

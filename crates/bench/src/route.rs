@@ -26,8 +26,7 @@ const PATHS: usize = 1_024;
 
 const KINDS: [&str; 3] = ["exact", "prefix", "miss"];
 
-pub fn run(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
+pub fn run(quick: bool) -> Result<()> {
     let lookups = if quick {
         QUICK_LOOKUPS_PER_ROUND
     } else {

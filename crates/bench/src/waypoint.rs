@@ -27,7 +27,7 @@ use crate::process::{Process, RoleProcess, command};
 use crate::report::{against, round, write_json};
 use crate::roles::{TRUST_DOMAIN, client_id, server_id};
 use ambit_identity::{CertificateAuthority, SpiffeId};
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -434,12 +434,8 @@ fn check_machine() -> Result<()> {
     nginx::check_installed()
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let plan = match args {
-        [] => FULL,
-        [quick] if quick == "--quick" => QUICK,
-        _ => bail!("usage: ambit-bench waypoint [--quick]"),
-    };
+pub fn run(quick: bool) -> Result<()> {
+    let plan = if quick { QUICK } else { FULL };
     check_machine()?;
     let waypoint_exe = waypoint_binary()?;
     let extauthz_exe = variants::extauthz_binary()?;
