@@ -7,7 +7,7 @@
 //! (401): a waypoint is never an open relay into the mesh.
 
 use ambit_identity::SpiffeId;
-use ambit_mesh::{Mesh, ServicePort, Workload};
+use ambit_mesh::{Mesh, ServicePort, Waypoint, Workload};
 use std::net::SocketAddr;
 
 /// Ports of the node tunnel inside every pod: never a destination.
@@ -183,13 +183,28 @@ pub fn resolve(
     })
 }
 
-/// A pod to send to: where, and the identity its tunnel must present.
+/// Where to send: a pod, over HBONE to its node tunnel, or, for a backend whose pods are
+/// behind a waypoint of their own, that waypoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The pod's uid; for a hop through a waypoint, `waypoint:<namespace>/<name>`.
     pub uid: String,
-    /// Pod IP and target port.
+    /// The CONNECT target: the pod IP and target port; through a waypoint, the backend
+    /// Service's VIP and port (the pod's address for a Service without a VIP), as a node
+    /// tunnel sends it, so that waypoint routes and applies its policy.
     pub addr: SocketAddr,
+    /// The identity the HBONE peer must present: the pod's, or its waypoint's.
     pub identity: SpiffeId,
+    /// The backend's own waypoint, when the request goes through it.
+    pub waypoint: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Where the HBONE connection goes: the pod's node tunnel, or the waypoint.
+    pub fn hbone_peer(&self) -> SocketAddr {
+        self.waypoint
+            .unwrap_or_else(|| SocketAddr::new(self.addr.ip(), ambit_hbone::HBONE_PORT))
+    }
 }
 
 /// Where a destination's requests may go now: for a Service, its ready, enrolled endpoints of
@@ -202,7 +217,7 @@ pub fn endpoints(mesh: &Mesh, served: (&str, &str), target: &Target) -> Vec<Endp
             name,
             port,
         } => service_endpoints(mesh, svc_ns, name, *port, |w| {
-            w.namespace == namespace && w.service_account == service_account
+            (w.namespace == namespace && w.service_account == service_account).then_some(Hop::Pod)
         }),
         Target::Workload { uid, port } => mesh
             .workload_by_uid(uid)
@@ -213,8 +228,10 @@ pub fn endpoints(mesh: &Mesh, served: (&str, &str), target: &Target) -> Vec<Endp
 }
 
 /// Where requests a route sent to a backend Service may go: its ready, enrolled endpoints of
-/// any service account this waypoint may reach directly — the served one, or one without a
-/// waypoint of its own (a pod behind another waypoint takes traffic from that waypoint only).
+/// the served account or of an account without a waypoint, directly; and for pods behind a
+/// waypoint of their own, that waypoint, once for all of them (it picks the pod and applies
+/// their policy). Never around a waypoint: pods bound to one that has no address yet are left
+/// out.
 pub fn backend_endpoints(mesh: &Mesh, served: (&str, &str), target: &Target) -> Vec<Endpoint> {
     let Target::Service {
         namespace,
@@ -225,20 +242,31 @@ pub fn backend_endpoints(mesh: &Mesh, served: (&str, &str), target: &Target) -> 
         return endpoints(mesh, served, target);
     };
     service_endpoints(mesh, namespace, name, *port, |w| {
-        (w.namespace == served.0 && w.service_account == served.1)
-            || mesh
-                .waypoint_for(&w.namespace, &w.service_account)
-                .is_none()
+        if w.namespace == served.0 && w.service_account == served.1 {
+            return Some(Hop::Pod);
+        }
+        match mesh.waypoint_of(w) {
+            Ok(None) => Some(Hop::Pod),
+            Ok(Some(waypoint)) => Some(Hop::Waypoint(waypoint)),
+            Err(_) => None,
+        }
     })
 }
 
-/// The ready, enrolled endpoints of a Service port that `reachable` accepts.
-fn service_endpoints(
-    mesh: &Mesh,
+/// How a pod of a Service is reached.
+enum Hop<'a> {
+    Pod,
+    Waypoint(&'a Waypoint),
+}
+
+/// The ready, enrolled endpoints of a Service port, each reached as `hop` says (not at all
+/// when it says `None`). Pods behind one waypoint make one endpoint.
+fn service_endpoints<'a>(
+    mesh: &'a Mesh,
     namespace: &str,
     name: &str,
     port: u16,
-    reachable: impl Fn(&Workload) -> bool,
+    hop: impl Fn(&'a Workload) -> Option<Hop<'a>>,
 ) -> Vec<Endpoint> {
     let Some(service) = mesh
         .config()
@@ -256,13 +284,40 @@ fn service_endpoints(
     else {
         return Vec::new();
     };
-    service
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for w in service
         .endpoints
         .iter()
         .filter_map(|uid| mesh.workload_by_uid(uid))
-        .filter(|w| w.hbone && w.ready && reachable(w))
-        .filter_map(|w| endpoint(mesh, w, target_port))
-        .collect()
+        .filter(|w| w.hbone && w.ready)
+    {
+        let found = match hop(w) {
+            None => None,
+            Some(Hop::Pod) => endpoint(mesh, w, target_port),
+            Some(Hop::Waypoint(waypoint)) => {
+                let uid = format!("waypoint:{}/{}", waypoint.namespace, waypoint.name);
+                let target = match service.vips.first() {
+                    Some(&vip) => SocketAddr::new(vip, port),
+                    None => match w.ips.first() {
+                        Some(&ip) => SocketAddr::new(ip, target_port),
+                        None => continue,
+                    },
+                };
+                let known = |e: &Endpoint| e.uid == uid && e.addr == target;
+                if endpoints.iter().any(known) {
+                    continue;
+                }
+                mesh.waypoint_identity(waypoint).map(|identity| Endpoint {
+                    uid,
+                    addr: target,
+                    identity,
+                    waypoint: Some(waypoint.address),
+                })
+            }
+        };
+        endpoints.extend(found);
+    }
+    endpoints
 }
 
 fn endpoint(mesh: &Mesh, w: &Workload, port: u16) -> Option<Endpoint> {
@@ -272,6 +327,7 @@ fn endpoint(mesh: &Mesh, w: &Workload, port: u16) -> Option<Endpoint> {
         uid: w.uid.clone(),
         addr: SocketAddr::new(ip, port),
         identity,
+        waypoint: None,
     })
 }
 

@@ -135,3 +135,54 @@ fn protocols_by_name_prefix_or_app_protocol() {
     assert_eq!(Protocol::of(&port("", "")), Protocol::Tcp);
     assert_eq!(Protocol::of(&port("redis", "")), Protocol::Tcp);
 }
+
+#[test]
+fn backend_pods_behind_their_own_waypoint_are_reached_through_it_never_around_it() {
+    let mesh = Mesh::new(
+        MeshConfig::from_yaml(
+            r#"
+workloads:
+  - {uid: p1, name: pay-1, namespace: bank, serviceAccount: pay, node: n1, ips: [10.1.1.1]}
+  - {uid: p2, name: pay-2, namespace: bank, serviceAccount: pay, node: n2, ips: [10.1.1.2]}
+  - {uid: l1, name: ledger-1, namespace: bank, serviceAccount: ledger, node: n1, ips: [10.1.1.3], waypoint: bank/ledger-wp}
+  - {uid: o1, name: open-1, namespace: bank, serviceAccount: open, node: n1, ips: [10.1.1.4]}
+services:
+  - {name: pay, namespace: bank, vips: [10.96.1.1], ports: [{port: 80, targetPort: 8080}], endpoints: [p1, p2, o1]}
+  - {name: ledger, namespace: bank, vips: [10.96.1.2], ports: [{port: 80, targetPort: 8080}], endpoints: [l1]}
+  - {name: pay-pods, namespace: bank, ports: [{port: 80, targetPort: 8080}], endpoints: [p1]}
+waypoints:
+  - {name: pay-wp, namespace: bank, forServiceAccount: pay, serviceAccount: pay-wp, address: "10.1.9.9:15008"}
+"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let backend = |name: &str| {
+        let target = Target::Service {
+            namespace: "bank".into(),
+            name: name.into(),
+            port: 80,
+        };
+        backend_endpoints(&mesh, SERVED, &target)
+    };
+    // Two pods behind pay-wp: one hop, to the waypoint, CONNECT to the Service VIP; the pod
+    // without a waypoint directly.
+    let pay = backend("pay");
+    assert_eq!(pay.len(), 2, "{pay:?}");
+    assert_eq!(pay[0].uid, "waypoint:bank/pay-wp");
+    assert_eq!(pay[0].addr, addr("10.96.1.1:80"));
+    assert_eq!(pay[0].hbone_peer(), addr("10.1.9.9:15008"));
+    assert_eq!(
+        pay[0].identity.to_string(),
+        "spiffe://cluster.local/ns/bank/sa/pay-wp"
+    );
+    assert_eq!(pay[1].uid, "o1");
+    assert_eq!(pay[1].hbone_peer(), addr("10.1.1.4:15008"));
+    // Bound to a waypoint without an address: not reachable at all.
+    assert!(backend("ledger").is_empty());
+    // No VIP: the pod's address, through its waypoint.
+    let pods = backend("pay-pods");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].addr, addr("10.1.1.1:8080"));
+    assert_eq!(pods[0].hbone_peer(), addr("10.1.9.9:15008"));
+}

@@ -251,6 +251,7 @@ mod tests {
             uid: format!("p{i}"),
             addr: SocketAddr::from(([10, 0, 0, i], 8080)),
             identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
+            waypoint: None,
         }
     }
 

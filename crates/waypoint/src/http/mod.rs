@@ -4,7 +4,8 @@
 //! 1. [`telemetry`]: `traceparent`, the request metrics and the access log line;
 //! 2. [`route`]: the HTTPRoute/GRPCRoute rule: backend Service, filters, redirect, mirrors;
 //! 3. [`retry`]: the rule's timeouts and retries, under a retry budget;
-//! 4. [`balance`]: the endpoint (power of two choices, least outstanding requests);
+//! 4. [`balance`]: the endpoint (power of two choices, least outstanding requests), or the
+//!    backend's own waypoint when a route sends to pods behind one;
 //! 5. [`authn`]: the end user's JWT, under the rules of the endpoint's workload;
 //! 6. [`authz`]: L4 and L7 authorization with the client's identity and the end user,
 //!    against that endpoint;

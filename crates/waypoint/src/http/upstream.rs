@@ -1,6 +1,8 @@
 //! HTTP to endpoints over HBONE, pooled. Each upstream HTTP connection is one CONNECT tunnel to
 //! the pod's `IP:15008`, multiplexed with others on the waypoint's pooled TLS connections to
-//! that pod's node tunnel, as the waypoint's own identity, expecting the pod's.
+//! that pod's node tunnel, as the waypoint's own identity, expecting the pod's; or, for a
+//! backend behind its own waypoint, to that waypoint, expecting its identity, with the backend
+//! Service's address as the target.
 //!
 //! - HTTP/2 (h2c, gRPC): one HTTP/2 connection per endpoint, shared by all requests.
 //! - HTTP/1.1: idle keep-alive connections per endpoint, each reused once its response has
@@ -126,7 +128,7 @@ impl Upstreams {
     ) -> Result<TokioIo<ambit_hbone::H2Stream>, UpstreamError> {
         let key = PoolKey::new(
             self.local.clone(),
-            SocketAddr::new(endpoint.addr.ip(), ambit_hbone::HBONE_PORT),
+            endpoint.hbone_peer(),
             vec![endpoint.identity.clone()],
         );
         let stream = self

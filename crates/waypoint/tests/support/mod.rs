@@ -238,9 +238,15 @@ async fn app(
 
 /// A waypoint for `shop/back` serving `mesh` (YAML), listening on `127.net.0.1`.
 pub async fn waypoint(pki: &TestPki, net: u8, mesh: &str) -> Running {
+    waypoint_for(pki, net, mesh, (SERVED_SA, WAYPOINT_SA)).await
+}
+
+/// A waypoint for `shop/SERVED` running as `shop/OWN` (`accounts`), serving `mesh` (YAML),
+/// listening on `127.net.0.1`.
+pub async fn waypoint_for(pki: &TestPki, net: u8, mesh: &str, accounts: (&str, &str)) -> Running {
     let dir =
         std::env::temp_dir().join(format!("ambit-waypoint-test-{}-{net}", std::process::id()));
-    let flags = standalone_flags(pki, &dir, net, mesh, [0; 4]);
+    let flags = standalone_flags(pki, &dir, net, mesh, [0; 4], accounts);
     let args =
         Args::try_parse_from(["ambit-waypoint".to_owned()].into_iter().chain(flags)).unwrap();
     ambit_waypoint::run::start(Config::from_args(args).unwrap())
@@ -248,14 +254,16 @@ pub async fn waypoint(pki: &TestPki, net: u8, mesh: &str) -> Running {
         .unwrap()
 }
 
-/// The flags of a standalone waypoint for `shop/back`: `mesh` (YAML) and the local CA written
-/// into `dir`; HBONE, admin, metrics and readiness on `ports` of `127.net.0.1`.
+/// The flags of a standalone waypoint for `shop/SERVED` running as `shop/OWN` (`accounts`):
+/// `mesh` (YAML) and the local CA written into `dir`; HBONE, admin, metrics and readiness on
+/// `ports` of `127.net.0.1`.
 fn standalone_flags(
     pki: &TestPki,
     dir: &Path,
     net: u8,
     mesh: &str,
     ports: [u16; 4],
+    (served, own): (&str, &str),
 ) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
     let material = pki.ca.to_material();
@@ -268,8 +276,8 @@ fn standalone_flags(
     let [listen, admin, metrics, readiness] = ports;
     [
         ("--namespace", NS.to_owned()),
-        ("--for-service-account", SERVED_SA.to_owned()),
-        ("--service-account", WAYPOINT_SA.to_owned()),
+        ("--for-service-account", served.to_owned()),
+        ("--service-account", own.to_owned()),
         ("--mesh", file("mesh.yaml", mesh)),
         ("--ca-cert", file("ca.crt", &material.certificate_pem)),
         ("--ca-key", file("ca.key", &material.key_pem)),
@@ -450,7 +458,14 @@ impl ChildWaypoint {
     pub async fn start(pki: &TestPki, net: u8, mesh: &str, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("ambit-waypoint-child-{}-{net}", std::process::id()));
-        let flags = standalone_flags(pki, &dir, net, mesh, [15008, 15000, 15020, 15021]);
+        let flags = standalone_flags(
+            pki,
+            &dir,
+            net,
+            mesh,
+            [15008, 15000, 15020, 15021],
+            (SERVED_SA, WAYPOINT_SA),
+        );
         let log = dir.join("waypoint.log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ambit-waypoint"))
             .args(flags)
