@@ -1,11 +1,14 @@
 //! The real `kubectl-ambit` binary against the testbed's real kube-apiserver (one node): the
 //! exact Gateway `waypoint apply` writes, idempotence, `--wait` on Programmed (status patched
 //! by the test, standing in for the controller), list/status/delete, `status` before and after
-//! stand-ins for ambit's parts, enrollment counts, `config dump` through the apiserver's pod
-//! proxy (a stand-in admin endpoint, then the real tunnel of `helm install charts/ambit`),
+//! stand-ins for ambit's parts, enrollment counts, `config dump` through a port-forward (a
+//! stand-in admin endpoint, then the real tunnel of `helm install charts/ambit`, whose admin
+//! port is on the node's loopback), kubelet probes and plaintext in strict mode (`strict`),
 //! `-o json|yaml`, usage errors, and `kubectl ambit` as a real kubectl plugin, completion
 //! included. Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod strict;
 
 use ambit_testbed::eventually;
 use anyhow::{Context, Result, ensure};
@@ -699,6 +702,13 @@ async fn real_chart(
     )
     .await?;
     assert_eq!(dump["node"], node, "{dump}");
+    if Path::new(PYTHON).exists() {
+        strict::probes_and_plaintext(tb, client, NS, PYTHON).await?;
+    } else {
+        eprintln!(
+            "\n!!!!! SKIPPED probes and plaintext in strict mode: no {PYTHON} for the outsider pod !!!!!\n"
+        );
+    }
     let run = eventually(
         "status: controller and GatewayClass of the real chart",
         Duration::from_secs(60),

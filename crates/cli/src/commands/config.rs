@@ -1,15 +1,40 @@
-//! `config dump`: a node tunnel's admin `/config_dump`, through the apiserver's pod proxy.
+//! `config dump`: a node tunnel's admin `/config_dump`, through a port-forward to its pod, as
+//! `kubectl port-forward` does it. The admin port listens on the node's loopback only (the
+//! chart's default): the apiserver's pod proxy, which dials the pod IP, cannot reach it, and
+//! neither can anything else on the node's network. A port-forward needs the caller's
+//! `pods/portforward` right in the ambit namespace, checked by the apiserver.
 
 use super::{Error, Outcome, kube_error};
 use crate::args::{Global, Output};
-use crate::client::Connection;
+use crate::client::{Connection, describe};
 use crate::health;
 use crate::output;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 
 /// Port of the node tunnel's admin endpoint (`/config_dump`).
 pub const TUNNEL_ADMIN_PORT: u16 = 15000;
+pub const CONFIG_DUMP_PATH: &str = "/config_dump";
+
+/// Why `/config_dump` could not be read through the port-forward.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("{}", describe(.0))]
+    PortForward(kube::Error),
+    #[error("the port-forward opened no stream for port {TUNNEL_ADMIN_PORT}")]
+    NoStream,
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
+    #[error("HTTP over the port-forward (is the tunnel running on that node?): {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the admin endpoint answered {status}: {body}")]
+    Status {
+        status: http::StatusCode,
+        body: String,
+    },
+}
 
 /// The pod to ask on a node: a running one if there is one.
 pub fn pick_node_pod(pods: &[Pod]) -> Option<&Pod> {
@@ -20,9 +45,41 @@ pub fn pick_node_pod(pods: &[Pod]) -> Option<&Pod> {
     pods.iter().find(running).or_else(|| pods.first())
 }
 
-/// The apiserver's pod proxy to the tunnel's admin endpoint.
-pub fn config_dump_path(namespace: &str, pod: &str) -> String {
-    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{TUNNEL_ADMIN_PORT}/proxy/config_dump")
+/// GET `/config_dump` from `pod`'s port [`TUNNEL_ADMIN_PORT`] over a port-forward.
+async fn fetch_dump(client: &kube::Client, namespace: &str, pod: &str) -> Result<Bytes, DumpError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut forwarder = pods
+        .portforward(pod, &[TUNNEL_ADMIN_PORT])
+        .await
+        .map_err(DumpError::PortForward)?;
+    let stream = forwarder
+        .take_stream(TUNNEL_ADMIN_PORT)
+        .ok_or(DumpError::NoStream)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(CONFIG_DUMP_PATH)
+        .header(http::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await;
+    let result = match response {
+        Ok(response) => {
+            let status = response.status();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes());
+            match body {
+                Ok(body) if status.is_success() => Ok(body),
+                Ok(body) => Err(DumpError::Status {
+                    status,
+                    body: String::from_utf8_lossy(&body).trim().to_owned(),
+                }),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    };
+    connection.abort();
+    forwarder.abort();
+    result
 }
 
 pub(super) async fn dump(conn: &Connection, global: &Global, node: &str) -> Result<Outcome, Error> {
@@ -62,15 +119,7 @@ pub(super) async fn dump(conn: &Connection, global: &Global, node: &str) -> Resu
             phase,
         });
     }
-    let request = http::Request::get(config_dump_path(ns, &pod_name))
-        .body(Vec::new())
-        .map_err(|e| Error::Dump {
-            namespace: ns.into(),
-            pod: pod_name.clone(),
-            error: kube::Error::HttpError(e),
-        })?;
-    let text = client
-        .request_text(request)
+    let body = fetch_dump(client, ns, &pod_name)
         .await
         .map_err(|error| Error::Dump {
             namespace: ns.into(),
@@ -78,7 +127,7 @@ pub(super) async fn dump(conn: &Connection, global: &Global, node: &str) -> Resu
             error,
         })?;
     let dump: serde_json::Value =
-        serde_json::from_str(&text).map_err(|error| Error::DumpNotJson {
+        serde_json::from_slice(&body).map_err(|error| Error::DumpNotJson {
             pod: pod_name.clone(),
             error,
         })?;
@@ -110,9 +159,5 @@ mod tests {
             Some("old")
         );
         assert!(pick_node_pod(&[]).is_none());
-        assert_eq!(
-            config_dump_path("ambit-system", "ambit-node-x"),
-            "/api/v1/namespaces/ambit-system/pods/ambit-node-x:15000/proxy/config_dump"
-        );
     }
 }

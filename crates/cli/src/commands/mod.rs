@@ -5,7 +5,7 @@ mod config;
 mod status;
 mod waypoints;
 
-pub use config::{TUNNEL_ADMIN_PORT, config_dump_path, pick_node_pod};
+pub use config::{CONFIG_DUMP_PATH, DumpError, TUNNEL_ADMIN_PORT, pick_node_pod};
 
 use crate::args::{Command, Global, Output};
 use crate::client::{Connection, describe, is_status};
@@ -85,13 +85,12 @@ pub enum Error {
         phase: String,
     },
     #[error(
-        "fetching /config_dump from {namespace}/{pod} port {TUNNEL_ADMIN_PORT} through the apiserver's pod proxy: {}; the tunnel's admin port must listen on the pod IP for the apiserver to reach it",
-        describe(error)
+        "fetching /config_dump from {namespace}/{pod} port {TUNNEL_ADMIN_PORT} through a port-forward: {error}"
     )]
     Dump {
         namespace: String,
         pod: String,
-        error: kube::Error,
+        error: config::DumpError,
     },
     #[error("/config_dump of {pod} is not JSON: {error}")]
     DumpNotJson {
@@ -106,9 +105,11 @@ impl Error {
     /// The apiserver was not reached at all (as opposed to answering with an error).
     pub fn is_transport(&self) -> bool {
         match self {
-            Error::Kube { error, .. } | Error::Dump { error, .. } => {
-                matches!(error, kube::Error::HyperError(_) | kube::Error::Service(_))
-            }
+            Error::Kube { error, .. }
+            | Error::Dump {
+                error: config::DumpError::PortForward(error),
+                ..
+            } => matches!(error, kube::Error::HyperError(_) | kube::Error::Service(_)),
             _ => false,
         }
     }

@@ -1,0 +1,141 @@
+//! On the real chart (strict mode by default): the kubelet stand-in's startup, liveness and
+//! readiness probes of enrolled pods reach their app from the node (a live app passes, a
+//! dead one gets its container restarted), while a pod outside the mesh gets no plaintext
+//! answer from an enrolled pod (an opted-out pod answers it: the control), and nothing on the
+//! node's network reaches the tunnel's admin port (its metrics port it does reach).
+
+use ambit_testbed::{Testbed, eventually};
+use anyhow::{Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn container_status(p: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status.as_ref()?.container_statuses.as_ref()?.first()
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// What a pod outside the mesh finds: `{"enrolled": ..., "optedOut": ..., "admin": ...,
+/// "metrics": ...}` as the first line of its log, each "answered", "refused", "reset" or
+/// "no answer".
+const OUTSIDER: &str = r#"
+import json, socket, sys
+def http(host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        s.settimeout(3)
+        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        return "answered" if s.recv(16).startswith(b"HTTP/1.1") else "no answer"
+    except ConnectionRefusedError:
+        return "refused"
+    except ConnectionResetError:
+        return "reset"
+    except OSError as e:
+        return "no answer: %s" % e
+enrolled, opted_out, node = sys.argv[1:4]
+print(json.dumps({"enrolled": http(enrolled, 8080), "optedOut": http(opted_out, 8080),
+                  "admin": http(node, 15000), "metrics": http(node, 15020)}), flush=True)
+"#;
+
+pub async fn probes_and_plaintext(
+    tb: &Testbed,
+    client: &kube::Client,
+    namespace: &str,
+    python: &str,
+) -> Result<()> {
+    let pp = PostParams::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let echo = |name: &str, probes: serde_json::Value| {
+        let mut container = json!({"name": "app", "image": "ambit-echo-server", "args": ["8080"]});
+        for (k, v) in probes.as_object().into_iter().flatten() {
+            container[k] = v.clone();
+        }
+        serde_json::from_value::<Pod>(json!({
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]},
+        }))
+    };
+    let http = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1});
+    let tcp = json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1});
+    let dead = json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2});
+    pods.create(
+        &pp,
+        &echo(
+            "probed",
+            json!({"startupProbe": tcp, "livenessProbe": http, "readinessProbe": http}),
+        )?,
+    )
+    .await?;
+    pods.create(&pp, &echo("dead-liveness", json!({"livenessProbe": dead}))?)
+        .await?;
+
+    let probed = eventually("probed Ready in strict mode", WAIT, || async {
+        pods.get("probed").await.ok().filter(ready)
+    })
+    .await?;
+    eventually(
+        "dead-liveness restarted by its liveness probe",
+        WAIT,
+        || async {
+            let p = pods.get("dead-liveness").await.ok()?;
+            (container_status(&p)?.restart_count >= 1).then_some(())
+        },
+    )
+    .await?;
+    let probed = pods.get("probed").await.unwrap_or(probed);
+    let status = container_status(&probed);
+    ensure!(
+        status.is_some_and(|s| s.restart_count == 0 && s.started == Some(true)),
+        "a live app's probes passed and it was never restarted: {status:?}"
+    );
+
+    // The pod outside the mesh.
+    let ip = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default()
+    };
+    let opted_out = pods.get("app-2").await?;
+    let node_ip = tb.config.node_ip(1).to_string();
+    let outsider: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "outsider"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "probe", "image": "debian",
+            "command": [python, "-c", OUTSIDER, ip(&probed), ip(&opted_out), node_ip]}]},
+    }))?;
+    let default: Api<Pod> = Api::namespaced(client.clone(), "default");
+    default.create(&pp, &outsider).await?;
+    eventually("the outsider done", WAIT, || async {
+        let p = default.get("outsider").await.ok()?;
+        matches!(p.status?.phase.as_deref(), Some("Succeeded" | "Failed")).then_some(())
+    })
+    .await?;
+    let out = tb
+        .kubectl()
+        .args(["logs", "-n", "default", "outsider"])
+        .output()?;
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("outsider's log: {e}: {out:?}"))?;
+    ensure!(
+        found["optedOut"] == "answered" && found["metrics"] == "answered",
+        "the controls: {found}"
+    );
+    ensure!(
+        found["enrolled"] != "answered",
+        "plaintext from outside the mesh reached an enrolled pod in strict mode: {found}"
+    );
+    ensure!(
+        found["admin"] == "refused",
+        "the tunnel's admin port is on the node's network: {found}"
+    );
+    Ok(())
+}
