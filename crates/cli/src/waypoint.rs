@@ -1,20 +1,12 @@
-//! Waypoint Gateways: the object `waypoint apply` writes, the names it accepts, and how a
-//! Gateway's status reads. The shape matches what ambit-controller validates
-//! (`crates/controller/src/waypoint.rs`): class `ambit-waypoint`, exactly one listener
-//! 15008/HBONE, annotation `ambit.dev/for-service-account`.
+//! Waypoint Gateways: the names `waypoint apply` accepts, and how a Gateway's status reads. The
+//! Gateway's shape is ambit-k8s's, the one ambit-controller validates and deploys.
 
 use kube::api::{ApiResource, DynamicObject};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
-/// `spec.controllerName` of the `ambit-waypoint` GatewayClass.
-pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
-pub const FOR_SERVICE_ACCOUNT: &str = "ambit.dev/for-service-account";
-pub const LISTENER_NAME: &str = "mesh";
-pub const HBONE_PORT: u16 = 15008;
+pub use ambit_k8s::waypoint::{CONTROLLER_NAME, FOR_SERVICE_ACCOUNT, WAYPOINT_CLASS, gateway};
+use ambit_k8s::waypoint::{NAME_PREFIX, SERVING_SINCE, is_dns_label};
 pub const FIELD_MANAGER: &str = "kubectl-ambit";
-pub const NAME_PREFIX: &str = "waypoint-";
 
 /// Gateway API `Gateway`, v1.
 pub fn gateway_resource() -> ApiResource {
@@ -76,16 +68,6 @@ pub fn check_service_account(sa: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// RFC 1035 label, what a Service name must be.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 /// The Gateway name for a waypoint of `sa`: `--name`, or `waypoint-<sa>`.
 pub fn waypoint_name(sa: &str, name: Option<&str>) -> Result<String, NameError> {
     check_service_account(sa)?;
@@ -102,23 +84,6 @@ pub fn waypoint_name(sa: &str, name: Option<&str>) -> Result<String, NameError> 
             }
         }
     }
-}
-
-/// The whole Gateway `waypoint apply` owns (server-side apply body).
-pub fn gateway(namespace: &str, name: &str, sa: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {FOR_SERVICE_ACCOUNT: sa},
-        },
-        "spec": {
-            "gatewayClassName": WAYPOINT_CLASS,
-            "listeners": [{"name": LISTENER_NAME, "port": HBONE_PORT, "protocol": "HBONE"}],
-        },
-    })
 }
 
 /// `metav1.Condition`, leniently: a half-written status still reads.
@@ -178,6 +143,10 @@ pub struct Waypoint {
     pub generation: Option<i64>,
     pub conditions: Vec<Condition>,
     pub addresses: Vec<String>,
+    /// Since when its service account is bound to it (a pod of it has been Ready); `None`:
+    /// not yet, the account's traffic goes as without a waypoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving_since: Option<String>,
 }
 
 impl Waypoint {
@@ -211,6 +180,11 @@ impl Waypoint {
             generation: meta.generation,
             conditions: status.conditions,
             addresses: status.addresses.into_iter().map(|a| a.value).collect(),
+            serving_since: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SERVING_SINCE))
+                .cloned(),
         }
     }
 
@@ -279,7 +253,7 @@ impl StatusReport {
     pub fn render(&self) -> String {
         let w = &self.waypoint;
         let mut out = format!(
-            "Waypoint:        {}/{}\nService account: {}\nAddresses:       {}\n\n",
+            "Waypoint:        {}/{}\nService account: {}\nAddresses:       {}\nBound:           {}\n\n",
             w.namespace,
             w.name,
             w.service_account.as_deref().unwrap_or("-"),
@@ -287,6 +261,10 @@ impl StatusReport {
                 "-".into()
             } else {
                 w.addresses.join(", ")
+            },
+            match &w.serving_since {
+                Some(since) => format!("since {since} (its traffic goes only through the waypoint)"),
+                None => "not yet: until a waypoint pod has been ready, its traffic goes direct (L4 policy only)".into(),
             },
         );
         if w.conditions.is_empty() {
@@ -320,7 +298,7 @@ impl StatusReport {
                 ));
                 // Traffic to the service account goes only through ready waypoint pods: say so
                 // when there are fewer than asked for, and where to look.
-                if d.replicas == 0 {
+                if d.replicas == 0 && w.serving_since.is_some() {
                     out.push_str(
                         "                 scaled to 0: mesh traffic to the service account fails (closed) until it is scaled up\n",
                     );
@@ -343,6 +321,7 @@ impl StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn obj(v: serde_json::Value) -> DynamicObject {
         serde_json::from_value(v).unwrap()
@@ -495,18 +474,30 @@ mod tests {
             ),
             "{text}"
         );
-        let scaled_down = StatusReport {
-            waypoint: w.clone(),
+        // Not bound yet: scaled to 0, the account's traffic still goes direct.
+        assert!(text.contains("Bound:           not yet"), "{text}");
+        let scaled_down = |waypoint: Waypoint| StatusReport {
+            waypoint,
             deployment: Some(Readiness {
                 name: "waypoint-back".into(),
                 replicas: 0,
                 ready_replicas: 0,
             }),
         };
+        let text = scaled_down(w.clone()).render();
+        assert!(!text.contains("scaled to 0"), "{text}");
+        let bound = Waypoint {
+            serving_since: Some("2026-12-01T17:40:02Z".into()),
+            ..w.clone()
+        };
+        let text = scaled_down(bound).render();
         assert!(
-            scaled_down
-                .render()
-                .contains("0/0 ready\n                 scaled to 0")
+            text.contains("Bound:           since 2026-12-01T17:40:02Z"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0/0 ready\n                 scaled to 0"),
+            "{text}"
         );
         let none = StatusReport {
             waypoint: w,

@@ -12,9 +12,8 @@
 
 use crate::crd::{AuthorizationPolicy, Gateway, PolicyAction};
 use crate::index::{Snapshot, Stores};
-use crate::waypoint::{
-    FIELD_MANAGER, FOR_SERVICE_ACCOUNT, HBONE_PORT, WAYPOINT_CLASS, waypoint_for,
-};
+use crate::waypoint::{FIELD_MANAGER, WAYPOINT_CLASS, waypoint_for};
+use ambit_k8s::waypoint::{NAME_PREFIX, is_dns_label};
 use ambit_proto::config::v1 as pb;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
@@ -28,8 +27,6 @@ pub const WAYPOINT_LABEL: &str = "ambit.dev/waypoint";
 pub const WAYPOINT_AUTO: &str = "auto";
 /// The label on the Gateways made here: the only ones this module ever deletes.
 pub const AUTO_GATEWAY_LABEL: &str = "ambit.dev/auto-waypoint";
-/// The name `kubectl ambit waypoint apply` gives a waypoint by default.
-const NAME_PREFIX: &str = "waypoint-";
 
 /// `(namespace, service account)`.
 pub type Account = (String, String);
@@ -174,31 +171,11 @@ pub fn plan(wanted: &BTreeSet<Account>, gateways: &[Arc<Gateway>]) -> Plan {
     out
 }
 
-/// RFC 1035 label: what the waypoint's Service, named after the Gateway, must be.
-fn is_dns_label(s: &str) -> bool {
-    s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 /// The Gateway `kubectl ambit waypoint apply` writes, marked as automatic.
 fn gateway(namespace: &str, name: &str, sa: &str) -> Result<Gateway, serde_json::Error> {
-    serde_json::from_value(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {FOR_SERVICE_ACCOUNT: sa},
-            "labels": {AUTO_GATEWAY_LABEL: "true"},
-        },
-        "spec": {
-            "gatewayClassName": WAYPOINT_CLASS,
-            "listeners": [{"name": "mesh", "port": HBONE_PORT, "protocol": "HBONE"}],
-        },
-    }))
+    let mut gw = ambit_k8s::waypoint::gateway(namespace, name, sa);
+    gw["metadata"]["labels"] = json!({AUTO_GATEWAY_LABEL: "true"});
+    serde_json::from_value(gw)
 }
 
 /// Inputs of the automatic waypoint task.

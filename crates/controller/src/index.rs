@@ -11,7 +11,7 @@ use crate::ratelimit::RateLimitPolicy;
 use crate::request_authn::KeySources;
 use crate::route::{Lookup, RouteKind};
 use crate::route_crd::{GRPCRoute, HTTPRoute, ReferenceGrant};
-use crate::waypoint::{WAYPOINT_CLASS, waypoint_for};
+use crate::waypoint::{WAYPOINT_CLASS, is_serving, waypoint_for};
 use ambit_proto::config::v1 as pb;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -549,7 +549,8 @@ impl Index {
             if gw.spec.gateway_class_name != WAYPOINT_CLASS {
                 continue;
             }
-            if let Ok(sa) = waypoint_for(gw) {
+            // A waypoint binds its account only once it has served (`SERVING_SINCE`).
+            if let (Ok(sa), true) = (waypoint_for(gw), is_serving(gw)) {
                 let (ns, name) = key(&gw.metadata);
                 self.waypoint_of_sa
                     .insert((ns.clone(), sa), format!("{ns}/{name}"));

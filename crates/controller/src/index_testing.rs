@@ -163,7 +163,18 @@ pub fn policy(ns: &str, name: &str, app: &str) -> AuthorizationPolicy {
     }))
 }
 
+/// A waypoint Gateway that has served (its account is bound to it).
 pub fn waypoint(ns: &str, name: &str, for_sa: &str) -> Gateway {
+    let mut gw = new_waypoint(ns, name, for_sa);
+    gw.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        crate::waypoint::SERVING_SINCE.to_owned(),
+        "2026-01-01T00:00:00Z".to_owned(),
+    )]));
+    gw
+}
+
+/// A waypoint Gateway none of whose pods has been ready yet.
+pub fn new_waypoint(ns: &str, name: &str, for_sa: &str) -> Gateway {
     obj(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"namespace": ns, "name": name, "labels": {"ambit.dev/for-service-account": for_sa}},

@@ -13,21 +13,31 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
-/// `spec.controllerName` of the `ambit-waypoint` GatewayClass.
-pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
-pub const FOR_SERVICE_ACCOUNT: &str = "ambit.dev/for-service-account";
+/// The mark of a waypoint that has served, which binds its service account to it.
+///
+/// Binding is what makes tunnels send the account's traffic through the waypoint and refuse
+/// any that bypasses it, so binding a waypoint that has never served would refuse the
+/// account's traffic until its first pod is ready (an outage on every waypoint creation).
+/// Until the mark, the account's traffic flows as it did without a waypoint (direct, with L4
+/// policy). Once marked, no later state of the pods unbinds it (scaled to zero or crashing:
+/// refused, never around the waypoint; TR-10). The mark is an annotation, not a status
+/// condition: every reconcile rewrites the Gateway's status in whole (a forced apply of its
+/// conditions), so a condition would have to be carried through every status write, and any
+/// status writer (or a status wipe) dropping it would unbind the account; metadata is written
+/// by this one patch only. Deleting the Gateway (or the annotation) starts over.
+pub use ambit_k8s::waypoint::SERVING_SINCE;
+pub use ambit_k8s::waypoint::{CONTROLLER_NAME, FOR_SERVICE_ACCOUNT, WAYPOINT_CLASS};
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Label on a waypoint's children and pods naming the service account it serves.
 pub const WAYPOINT_FOR_LABEL: &str = "ambit.dev/waypoint-for";
-pub const HBONE_PORT: i32 = 15008;
+pub const HBONE_PORT: i32 = ambit_k8s::waypoint::HBONE_PORT as i32;
 /// The waypoint's metrics (`/metrics`) and readiness (`/healthz/ready`) ports.
 pub const METRICS_PORT: i32 = 15020;
 pub const READINESS_PORT: i32 = 15021;
@@ -87,6 +97,11 @@ pub fn waypoint_for(gw: &Gateway) -> Result<String, InvalidGateway> {
     }
 }
 
+/// Whether `gw`'s service account is bound to it (see [`SERVING_SINCE`]).
+pub fn is_serving(gw: &Gateway) -> bool {
+    gw.annotations().contains_key(SERVING_SINCE)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("kube API: {0}")]
@@ -141,7 +156,91 @@ pub async fn run(ctx: Context) {
             tracing::debug!(error = %e, "GatewayClass reconcile");
         }
     });
-    futures::join!(classes, run_gateways(ctx));
+    futures::join!(classes, keep_class(ctx.clone()), run_gateways(ctx));
+}
+
+/// Keeps the `ambit-waypoint` GatewayClass in existence: applied when this replica starts
+/// watching and finds it missing, and again whenever it is deleted. The controller makes it,
+/// not the chart, because a first `helm install` that also brings the Gateway API CRDs
+/// cannot create an object of a kind whose CRD is not served yet. It is owned by the install's
+/// anchor (`ca::install_owner`), so it goes with the install. Any replica may apply it: the
+/// apply is the same from each, and not forced, so a class of that name with another
+/// `controllerName` (its owner's) is never taken over; the conflict is logged.
+async fn keep_class(ctx: Context) {
+    let api = Api::<GatewayClass>::all(ctx.client.clone());
+    let by_name = watcher::Config::default().fields(&format!("metadata.name={WAYPOINT_CLASS}"));
+    let mut events = std::pin::pin!(watcher::watcher(api.clone(), by_name).default_backoff());
+    let mut present = false;
+    while let Some(event) = events.next().await {
+        let missing = match event {
+            Ok(watcher::Event::Init) => {
+                present = false;
+                false
+            }
+            Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => {
+                present = true;
+                false
+            }
+            Ok(watcher::Event::InitDone) => !present,
+            Ok(watcher::Event::Delete(_)) => {
+                present = false;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, class = WAYPOINT_CLASS, "watching the waypoint GatewayClass (are the Gateway API CRDs installed?)");
+                false
+            }
+        };
+        if missing {
+            apply_class(&api, ctx.install_owner.as_ref()).await;
+        }
+    }
+}
+
+/// Applies the `ambit-waypoint` GatewayClass, retrying until it is applied or refused.
+async fn apply_class(api: &Api<GatewayClass>, owner: Option<&OwnerReference>) {
+    let body = class(owner);
+    loop {
+        match api
+            .patch(
+                WAYPOINT_CLASS,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(class = WAYPOINT_CLASS, "GatewayClass applied");
+                return;
+            }
+            // Another manager's value (a class of that name for another controller): ours
+            // is not forced on it.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => {
+                tracing::error!(class = WAYPOINT_CLASS, error = %e, "GatewayClass not applied: a class of that name exists for another controller; waypoint Gateways will not be handled");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, class = WAYPOINT_CLASS, "applying the GatewayClass; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// The `ambit-waypoint` GatewayClass.
+fn class(owner: Option<&OwnerReference>) -> serde_json::Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {
+            "name": WAYPOINT_CLASS,
+            "labels": {"app.kubernetes.io/part-of": "ambit", "app.kubernetes.io/managed-by": "ambit-controller"},
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            "controllerName": CONTROLLER_NAME,
+            "description": "ambit waypoints, one per service account",
+        },
+    })
 }
 
 fn error_policy_class(_c: Arc<GatewayClass>, e: &Error, _ctx: Arc<Context>) -> Action {
@@ -312,9 +411,10 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         .patch(&name, &pp, &Patch::Apply(sa))
         .await?;
     let deploy = deployment(&ns, &name, &for_sa, &ctx.waypoint, &owner);
-    Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+    let deploy = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(deploy))
         .await?;
+    let ready_pods = deploy.status.and_then(|s| s.ready_replicas).unwrap_or(0);
     let svc = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": owner},
@@ -338,23 +438,20 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         &format!("waypoint for service account {for_sa}"),
         generation,
     );
-    let (programmed, addresses, action) = match ip {
-        Some(ip) => (
-            condition(
-                &gw,
-                "Programmed",
-                true,
-                "Programmed",
-                &format!("Deployment, Service {name} ({ip}:15008) and ServiceAccount applied"),
-                generation,
-            ),
-            vec![GatewayAddress {
-                type_: "IPAddress".into(),
-                value: ip,
-            }],
-            Action::requeue(Duration::from_secs(300)),
-        ),
-        None => (
+    let serving = is_serving(&gw);
+    if !serving && ready_pods > 0 {
+        mark_serving(&gateways, &gw).await?;
+        tracing::info!(namespace = %ns, gateway = %name, service_account = %for_sa, "waypoint ready: its service account is bound to it from now on");
+    }
+    let addresses = ip
+        .iter()
+        .map(|ip| GatewayAddress {
+            type_: "IPAddress".into(),
+            value: ip.clone(),
+        })
+        .collect();
+    let (programmed, action) = match (ip, serving || ready_pods > 0) {
+        (None, _) => (
             condition(
                 &gw,
                 "Programmed",
@@ -363,8 +460,41 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
                 "waiting for the Service's cluster IP",
                 generation,
             ),
-            Vec::new(),
             Action::requeue(Duration::from_secs(2)),
+        ),
+        // The Deployment's status changes bring the next reconcile (`owns`); the requeue is
+        // a backstop.
+        (Some(_), false) => (
+            condition(
+                &gw,
+                "Programmed",
+                false,
+                "Pending",
+                &format!(
+                    "waiting for a ready waypoint pod: until one has been ready, service account {for_sa}'s traffic goes as without a waypoint (direct, L4 policy only)"
+                ),
+                generation,
+            ),
+            Action::requeue(Duration::from_secs(30)),
+        ),
+        (Some(ip), true) => (
+            condition(
+                &gw,
+                "Programmed",
+                true,
+                "Programmed",
+                &if ready_pods > 0 {
+                    format!(
+                        "Deployment, Service {name} ({ip}:15008) and ServiceAccount applied; service account {for_sa} is bound to this waypoint"
+                    )
+                } else {
+                    format!(
+                        "Deployment, Service {name} ({ip}:15008) and ServiceAccount applied; service account {for_sa} is bound to this waypoint, which has no ready pod: its traffic is refused until one is"
+                    )
+                },
+                generation,
+            ),
+            Action::requeue(Duration::from_secs(300)),
         ),
     };
     apply_status(
@@ -450,6 +580,20 @@ async fn taken_names(
     Ok(found)
 }
 
+/// Puts [`SERVING_SINCE`] on `gw`. A merge patch of that one annotation: it leaves every
+/// other field to whoever wrote it (`kubectl ambit waypoint apply`'s server-side apply keeps
+/// owning the rest). The patch carries the uid read, which an update cannot change, so a
+/// Gateway deleted and re-created meanwhile is not marked for its predecessor's pod.
+async fn mark_serving(api: &Api<Gateway>, gw: &Gateway) -> Result<(), kube::Error> {
+    let body = json!({"metadata": {"uid": gw.uid(), "annotations": {SERVING_SINCE: now()}}});
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&gw.name_any(), &pp, &Patch::Merge(body)).await?;
+    Ok(())
+}
+
 async fn apply_status(
     api: &Api<Gateway>,
     name: &str,
@@ -491,11 +635,7 @@ fn condition(
         reason: reason.into(),
         message: message.into(),
         observed_generation: generation,
-        last_transition_time: previous.unwrap_or_else(|| {
-            k8s_openapi::jiff::Timestamp::now()
-                .strftime("%Y-%m-%dT%H:%M:%SZ")
-                .to_string()
-        }),
+        last_transition_time: previous.unwrap_or_else(now),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The user's path on the testbed, step by step: `helm install`, sample apps, enrolling a
-//! namespace, a deny policy, a waypoint ([`waypoint`]), `helm uninstall`. Each step checks what
+//! namespace, a deny policy, a waypoint ([`waypoint`]) with end-user JWTs and external
+//! authorization at it ([`authn`]), `helm uninstall`. Each step checks what
 //! it claims and says what it saw; the e2e test (`tests/user.rs`) and `cargo xtask demo` run the
 //! same steps.
 
@@ -183,9 +184,8 @@ impl<'a> User<'a> {
             "node.cni.pluginRoot={}/nodes/$(NODE_NAME)/root",
             self.tb.config.state_dir.display()
         );
-        // --wait: on a first install the chart creates Gateway API's CRDs, and helm maps the
-        // GatewayClass of its post-install hook only once the apiserver serves them (v1.6.3's
-        // large CRDs take a moment); waiting for the release's objects gives them that moment.
+        // Without --wait (the docs suggest it; a first install must not need it): the chart
+        // has no object of a kind it brings, the controller makes the GatewayClass.
         self.helm(&[
             "install",
             "ambit",
@@ -193,9 +193,6 @@ impl<'a> User<'a> {
             "-n",
             SYSTEM_NS,
             "--create-namespace",
-            "--wait",
-            "--timeout",
-            "5m",
             "--set",
             &plugin_root,
         ])?;
@@ -213,8 +210,18 @@ impl<'a> User<'a> {
                 .then_some(s.number_ready)
         })
         .await?;
+        eventually(
+            "the controller's GatewayClass ambit-waypoint Accepted",
+            WAIT,
+            || async {
+                let accepted = "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}";
+                let get = ["get", "gatewayclass", "ambit-waypoint", "-o", accepted];
+                (run(self.tb.kubectl().args(get)).ok()?.trim() == "True").then_some(())
+            },
+        )
+        .await?;
         self.say.say(format!(
-            "controller Ready (2 replicas), node tunnel Ready on {ready} node(s)"
+            "controller Ready (2 replicas), node tunnel Ready on {ready} node(s), GatewayClass ambit-waypoint Accepted"
         ));
         Ok(())
     }

@@ -320,6 +320,17 @@ impl User<'_> {
             (ready.unwrap_or(0) >= 1).then_some(())
         })
         .await?;
+        // Echo's account is bound (its traffic goes through the waypoint) once a pod of it
+        // has been ready: the controller marks the Gateway then (docs/waypoints.md).
+        let since = eventually("echo's account bound to the waypoint", WAIT, || async {
+            let jsonpath = "jsonpath={.metadata.annotations.ambit\\.dev/serving-since}";
+            let get = ["get", "gateway", "-n", NS, WAYPOINT, "-o", jsonpath];
+            let since = run(self.tb.kubectl().args(get)).ok()?;
+            (!since.trim().is_empty()).then(|| since.trim().to_owned())
+        })
+        .await?;
+        self.say
+            .say(format!("Gateway {WAYPOINT} marked ambit.dev/serving-since={since}: echo's account is bound to it"));
         let pod = self.waypoint_pod().await?;
         let out = self.waypoint_command("status")?;
         for line in out.lines() {

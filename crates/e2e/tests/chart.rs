@@ -17,8 +17,6 @@ const NAMESPACE: &str = "ambit-system";
 /// The testbed's helm is built without the version stamps a release build has, so it would
 /// render for Kubernetes v1.20; the chart needs 1.30+.
 const KUBE_VERSION: &str = "1.35.0";
-/// With this API present the GatewayClass is an ordinary release object, as kubectl users want it.
-const GATEWAY_CLASS_API: &str = "gateway.networking.k8s.io/v1/GatewayClass";
 const BLESS: &str = "AMBIT_BLESS";
 const REGENERATE: &str = "AMBIT_BLESS=1 cargo test -p ambit-e2e --test chart";
 
@@ -157,8 +155,7 @@ const HEADER: &str = "\
 # Generated from charts/ambit; do not edit. Regenerate with
 #   AMBIT_BLESS=1 cargo test -p ambit-e2e --test chart
 # which runs
-#   helm template ambit charts/ambit --namespace ambit-system --kube-version 1.35.0 \\
-#     --api-versions gateway.networking.k8s.io/v1/GatewayClass --no-hooks
+#   helm template ambit charts/ambit --namespace ambit-system --kube-version 1.35.0 --no-hooks
 # and splits the CRDs (crds.yaml) from the rest (ambit.yaml). docs/install.md tells how to apply.
 ";
 
@@ -175,7 +172,7 @@ metadata:
 
 /// The rendered chart split into (crds.yaml, ambit.yaml), as `manifests/` holds them.
 fn manifests(helm: &Path) -> Result<(String, String)> {
-    let rendered = render(helm, &["--api-versions", GATEWAY_CLASS_API, "--no-hooks"])?;
+    let rendered = render(helm, &["--no-hooks"])?;
     let mut crds = String::from(HEADER);
     let mut rest = format!("{HEADER}---\n{NAMESPACE_OBJECT}");
     for doc in rendered.split("\n---\n") {
@@ -224,11 +221,6 @@ fn manifests_match_the_chart() -> Result<()> {
             .all(|d| text(d, &["kind"]) != "CustomResourceDefinition")
     );
     object(&rest, "Namespace", NAMESPACE)?;
-    let class = object(&rest, "GatewayClass", "ambit-waypoint")?;
-    assert!(
-        at(class, &["metadata", "annotations", "helm.sh/hook"]).is_null(),
-        "{class:?}"
-    );
     Ok(())
 }
 
@@ -434,34 +426,31 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
         assert_eq!(text(labels, &["app.kubernetes.io/name"]), name);
     }
 
-    // A first install: the Gateway API CRDs come with the release, so the class is a hook.
-    let class = object(&objects, "GatewayClass", "ambit-waypoint")?;
-    assert_eq!(
-        text(class, &["spec", "controllerName"]),
-        "ambit.dev/waypoint-controller"
+    // No GatewayClass and no hook: the controller applies `ambit-waypoint` itself (a first
+    // install that brings the Gateway API CRDs could not create it), and may apply and
+    // create no other class.
+    assert!(
+        objects.iter().all(|o| text(o, &["kind"]) != "GatewayClass"),
+        "the chart renders a GatewayClass"
     );
-    assert_eq!(
-        text(class, &["metadata", "annotations", "helm.sh/hook"]),
-        "post-install,post-upgrade"
+    assert!(
+        objects
+            .iter()
+            .all(|o| at(o, &["metadata", "annotations", "helm.sh/hook"]).is_null()),
+        "the chart has hooks"
     );
-    // Whichever way it was made, uninstall deletes it (a pre-delete hook that replaces it).
-    let hooks: Vec<&str> = objects
-        .iter()
-        .filter(|o| text(o, &["kind"]) == "GatewayClass")
-        .map(|o| {
-            text(
-                o,
-                &["metadata", "annotations", "helm.sh/hook-delete-policy"],
-            )
-        })
-        .collect();
-    assert_eq!(
-        hooks,
-        [
-            "before-hook-creation",
-            "before-hook-creation,hook-succeeded"
-        ]
-    );
+    for rule in list(cluster_role, &["rules"]) {
+        if strings(rule, &["resources"]) == ["gatewayclasses"]
+            && strings(rule, &["verbs"]) != ["list", "watch"]
+        {
+            assert_eq!(
+                strings(rule, &["resourceNames"]),
+                ["ambit-waypoint"],
+                "{rule:?}"
+            );
+            assert_eq!(strings(rule, &["verbs"]), ["create", "patch"], "{rule:?}");
+        }
+    }
     let gateway_crds: Vec<&Value> = objects
         .iter()
         .filter(|o| text(o, &["spec", "group"]) == "gateway.networking.k8s.io")
@@ -495,5 +484,53 @@ fn gateway_api_values_take_effect() -> Result<()> {
             .is_null()
         );
     }
+    Ok(())
+}
+
+#[test]
+fn the_experimental_channel_installs_crds_that_keep_httproute_retry() -> Result<()> {
+    let Some(helm) = helm("the_experimental_channel_installs_crds_that_keep_httproute_retry")?
+    else {
+        return Ok(());
+    };
+    // HTTPRoute's CRD of each channel: its channel annotation, and whether the v1 schema of a
+    // rule has `retry` (the standard one prunes it).
+    let httproute = |extra: &[&str]| -> Result<(String, bool)> {
+        let objects = docs(&render(&helm, extra)?)?;
+        let crd = object(
+            &objects,
+            "CustomResourceDefinition",
+            "httproutes.gateway.networking.k8s.io",
+        )?;
+        let channel = text(
+            crd,
+            &["metadata", "annotations", "gateway.networking.k8s.io/channel"],
+        );
+        let v1 = list(crd, &["spec", "versions"])
+            .iter()
+            .find(|v| text(v, &["name"]) == "v1")
+            .context("no v1 in the HTTPRoute CRD")?;
+        let rule = at(
+            v1,
+            &[
+                "schema", "openAPIV3Schema", "properties", "spec", "properties", "rules", "items",
+                "properties",
+            ],
+        );
+        Ok((channel.to_owned(), !at(rule, &["retry"]).is_null()))
+    };
+    assert_eq!(httproute(&[])?, ("standard".to_owned(), false));
+    assert_eq!(
+        httproute(&["--set", "gatewayAPI.channel=experimental"])?,
+        ("experimental".to_owned(), true)
+    );
+    let refused = run(
+        &helm,
+        &["lint", "charts/ambit", "--set", "gatewayAPI.channel=beta"],
+    )?;
+    assert!(
+        refused.is_err_and(|out| out.contains("channel")),
+        "an unknown channel is refused"
+    );
     Ok(())
 }

@@ -44,10 +44,18 @@ pub async fn as_controller(tb: &ambit_testbed::Testbed) -> Result<kube::Client> 
 
 /// The controller's config in process: loopback ports, ambit in `SYSTEM_NS`.
 pub fn controller_config() -> Result<Config> {
+    controller_config_with(&[])
+}
+
+/// [`controller_config`] with more settings (`(variable, value)`).
+pub fn controller_config_with(settings: &[(&str, &str)]) -> Result<Config> {
     Ok(Config::from_lookup(|k| match k {
         "AMBIT_GRPC_ADDR" | "AMBIT_METRICS_ADDR" => Some("127.0.0.1:0".into()),
         "AMBIT_NAMESPACE" => Some(SYSTEM_NS.into()),
-        _ => None,
+        _ => settings
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| (*v).to_owned()),
     })?)
 }
 
@@ -75,11 +83,31 @@ pub async fn on_testbed(
     binaries: &[&str],
     checks: impl AsyncFnOnce(&ambit_testbed::Testbed) -> Result<()>,
 ) -> Result<()> {
+    on_testbed_with_images(test, name, id, nodes, binaries, &[], checks).await
+}
+
+/// [`on_testbed`], with `images` (image reference, binary or image directory) added to the
+/// nodes' image map.
+pub async fn on_testbed_with_images(
+    test: &str,
+    name: &str,
+    id: u8,
+    nodes: u8,
+    binaries: &[&str],
+    images: &[(&str, &std::path::Path)],
+    checks: impl AsyncFnOnce(&ambit_testbed::Testbed) -> Result<()>,
+) -> Result<()> {
     if ambit_testbed::skip_without_root(test) {
         return Ok(());
     }
     ambit_testbed::build_binaries(binaries)?;
-    ambit_testbed::Testbed::new(ambit_testbed::Config::new(name, id)?.with_nodes(nodes)?)
+    let mut config = ambit_testbed::Config::new(name, id)?.with_nodes(nodes)?;
+    config.images.extend(
+        images
+            .iter()
+            .map(|(image, path)| ((*image).to_owned(), path.to_path_buf())),
+    );
+    ambit_testbed::Testbed::new(config)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?
         .up_run_down(checks)
         .await
