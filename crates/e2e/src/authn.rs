@@ -344,21 +344,22 @@ impl User<'_> {
             self.say.say(format!("{what}: {}", reply.code));
         }
         let metrics = self.waypoint_metrics().await?;
-        let invalid = count(&metrics, JWT_TOTAL, &[("result", "invalid")]);
-        ensure!(
-            invalid >= 3,
-            "the waypoint counted {invalid} invalid tokens:\n{metrics}"
-        );
+        for reason in ["expired", "unknown_issuer", "signature"] {
+            let labels = [("result", "invalid"), ("reason", reason)];
+            ensure!(
+                count(&metrics, JWT_TOTAL, &labels) >= 1,
+                "the waypoint should count an invalid token for {reason}:\n{metrics}"
+            );
+        }
         self.say.say(format!(
-            "{JWT_TOTAL}{{result=\"invalid\"}}: {invalid}, by reason: expired, unknown_issuer, signature"
+            "{JWT_TOTAL}{{result=\"invalid\"}} counted with reason expired, unknown_issuer and signature"
         ));
         self.kubectl(&[
             "delete",
-            "authorizationpolicy,requestauthentication",
             "-n",
             NS,
-            JWT_POLICY,
-            REQUEST_AUTHN,
+            &format!("authorizationpolicy/{JWT_POLICY}"),
+            &format!("requestauthentication/{REQUEST_AUTHN}"),
         ])?;
         Ok(())
     }
