@@ -1,8 +1,32 @@
 //! Caller authentication: the projected service-account token in `authorization: Bearer`,
-//! checked by the apiserver (TokenReview) for the `ambit-ca` audience.
+//! checked by the apiserver (TokenReview) for the `ambit-ca` audience. Answers are remembered
+//! briefly per token and reviews are rate-limited, so callers cannot turn the controller into a
+//! TokenReview flood against the apiserver.
 
+use crate::metrics::Metrics;
+use aws_lc_rs::digest::{SHA256, digest};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long an authenticated token's review is reused. Short, because the apiserver's answer
+/// can change (the bound pod deleted, the token revoked): this is how long a dead token may
+/// still be honored.
+pub const REVIEW_TTL: Duration = Duration::from_secs(10);
+/// Tokens remembered at once; past it expired answers are dropped, then the oldest.
+const REVIEW_CACHE_ENTRIES: usize = 4096;
+/// TokenReviews sent to the apiserver per second, sustained; and at once after a quiet spell
+/// (all tunnels and waypoints reconnecting after a controller restart).
+const REVIEWS_PER_SECOND: u32 = 50;
+const REVIEW_BURST: u32 = 200;
+/// How long a call waits for its turn at the rate limit before it is turned away.
+const REVIEW_WAIT: Duration = Duration::from_secs(5);
 
 /// `authentication.kubernetes.io/node-name` extra of pod-bound tokens.
 const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
@@ -25,6 +49,19 @@ pub enum AuthError {
     NotAServiceAccount(String),
     #[error("TokenReview failed: {0}")]
     Review(#[from] kube::Error),
+    #[error("too many token reviews at once (over {REVIEWS_PER_SECOND}/s); retry shortly")]
+    Busy,
+}
+
+impl AuthError {
+    /// The gRPC status for a caller turned away: unavailable (retry) when the controller is
+    /// busy or the apiserver failed, unauthenticated otherwise.
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            AuthError::Busy | AuthError::Review(_) => tonic::Status::unavailable(self.to_string()),
+            _ => tonic::Status::unauthenticated(self.to_string()),
+        }
+    }
 }
 
 /// Who called, as the apiserver vouched for it.
@@ -42,6 +79,18 @@ pub struct Caller {
 pub struct Authenticator {
     client: kube::Client,
     audience: &'static str,
+    reviewed: Arc<Mutex<HashMap<TokenHash, (Instant, Caller)>>>,
+    limit: Arc<DefaultDirectRateLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+/// SHA-256 of a token: what the cache keeps instead of the token.
+type TokenHash = [u8; 32];
+
+fn token_hash(token: &str) -> TokenHash {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    hash
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -53,8 +102,16 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(client: kube::Client, audience: &'static str) -> Self {
-        Self { client, audience }
+    pub fn new(client: kube::Client, audience: &'static str, metrics: Arc<Metrics>) -> Self {
+        let quota = Quota::per_second(NonZeroU32::MIN.saturating_add(REVIEWS_PER_SECOND - 1))
+            .allow_burst(NonZeroU32::MIN.saturating_add(REVIEW_BURST - 1));
+        Self {
+            client,
+            audience,
+            reviewed: Arc::default(),
+            limit: Arc::new(RateLimiter::direct(quota)),
+            metrics,
+        }
     }
 
     pub async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
@@ -62,7 +119,69 @@ impl Authenticator {
         self.review(token).await
     }
 
+    /// The caller `token` belongs to: remembered for [`REVIEW_TTL`] once authenticated,
+    /// otherwise a TokenReview, when the rate limit lets one through within [`REVIEW_WAIT`].
+    /// Refusals are not remembered: a forged token costs a review, so the limit bounds them.
     pub async fn review(&self, token: &str) -> Result<Caller, AuthError> {
+        let hash = token_hash(token);
+        if let Some(caller) = self.remembered(&hash) {
+            self.metrics.token_review("cached");
+            return Ok(caller);
+        }
+        self.wait_for_turn().await?;
+        let result = self.review_now(token).await;
+        self.metrics.token_review(match &result {
+            Ok(_) => "authenticated",
+            Err(AuthError::Review(_)) => "error",
+            Err(_) => "refused",
+        });
+        if let Ok(caller) = &result {
+            self.remember(hash, caller.clone());
+        }
+        result
+    }
+
+    fn remembered(&self, hash: &TokenHash) -> Option<Caller> {
+        let reviewed = self.reviewed.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, caller) = reviewed.get(hash)?;
+        (at.elapsed() < REVIEW_TTL).then(|| caller.clone())
+    }
+
+    fn remember(&self, hash: TokenHash, caller: Caller) {
+        let mut reviewed = self.reviewed.lock().unwrap_or_else(PoisonError::into_inner);
+        if reviewed.len() >= REVIEW_CACHE_ENTRIES {
+            reviewed.retain(|_, (at, _)| at.elapsed() < REVIEW_TTL);
+        }
+        if reviewed.len() >= REVIEW_CACHE_ENTRIES
+            && let Some(oldest) = reviewed
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| *k)
+        {
+            reviewed.remove(&oldest);
+        }
+        reviewed.insert(hash, (Instant::now(), caller));
+    }
+
+    async fn wait_for_turn(&self) -> Result<(), AuthError> {
+        let give_up = Instant::now() + REVIEW_WAIT;
+        loop {
+            let Err(not_until) = self.limit.check() else {
+                return Ok(());
+            };
+            let turn = Instant::now() + not_until.wait_time_from(DefaultClock::default().now());
+            if turn > give_up {
+                tracing::warn!(
+                    per_second = REVIEWS_PER_SECOND,
+                    "token reviews over their rate limit; turning a caller away"
+                );
+                return Err(AuthError::Busy);
+            }
+            tokio::time::sleep_until(turn).await;
+        }
+    }
+
+    async fn review_now(&self, token: &str) -> Result<Caller, AuthError> {
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {

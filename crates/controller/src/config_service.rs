@@ -66,9 +66,10 @@ impl std::fmt::Debug for ConfigServer {
     }
 }
 
-/// Who may subscribe as what: only the tunnel's service account as a node (and, when its token
-/// names its node, only as that node); a waypoint only with the service account of a waypoint
-/// Gateway for the account it asks about.
+/// Who may subscribe as what: only the tunnel's service account as a node, and only as the node
+/// its token is bound to (a token bound to no pod on a node subscribes as no node: it could be
+/// any node's); a waypoint only with the service account of a waypoint Gateway for the account
+/// it asks about.
 pub fn authorize(
     caller: &Caller,
     subscriber: &Subscriber,
@@ -86,10 +87,13 @@ pub fn authorize(
                 ));
             }
             match &caller.node {
-                Some(own) if own != node => Err(format!(
+                Some(own) if own == node => Ok(()),
+                Some(own) => Err(format!(
                     "a tunnel on node {own} may not subscribe as node {node}"
                 )),
-                _ => Ok(()),
+                None => Err(format!(
+                    "the token is not bound to a pod on a node, so it may not subscribe as node {node}: use the tunnel pod's projected service-account token"
+                )),
             }
         }
         Subscriber::Waypoint(ns, sa) => {
@@ -141,7 +145,7 @@ impl ConfigService for ConfigServer {
     ) -> Result<Response<DeltaStream>, Status> {
         let caller = self.auth.authenticate(&request).await.map_err(|e| {
             tracing::warn!(error = %e, "config: caller not authenticated");
-            Status::unauthenticated(e.to_string())
+            e.status()
         })?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?;

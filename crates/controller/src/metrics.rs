@@ -26,6 +26,12 @@ impl Metrics {
         self.inc("ambit_ca_requests_total", format!("result=\"{result}\""));
     }
 
+    /// A caller's token, by outcome: authenticated, refused or error (a TokenReview each), or
+    /// cached (none).
+    pub fn token_review(&self, result: &str) {
+        self.inc("ambit_token_reviews_total", format!("result=\"{result}\""));
+    }
+
     /// A config delta the client rejected.
     pub fn config_nack(&self, subscriber: &str) {
         self.inc(

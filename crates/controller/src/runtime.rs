@@ -11,8 +11,6 @@ use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
 use crate::{auto_waypoint, grpc, lease, policy, ratelimit, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
-use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
-use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -364,7 +362,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         stores: route_stores,
     }));
 
-    let auth = Authenticator::new(client.clone(), ambit_proto::TOKEN_AUDIENCE);
+    let auth = Authenticator::new(client.clone(), ambit_proto::TOKEN_AUDIENCE, metrics.clone());
     let ca_service = CaService {
         ca: ca.clone(),
         auth: auth.clone(),
@@ -396,11 +394,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         // Keeps the serving certificate's lease (and its rotation task) alive.
         let _serving = serving;
         let _store = store;
-        let result = tonic::transport::Server::builder()
-            .add_service(CertificateServiceServer::new(ca_service))
-            .add_service(ConfigServiceServer::new(config_service))
-            .serve_with_incoming(incoming)
-            .await;
+        let result = grpc::serve(incoming, ca_service, config_service).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "gRPC server");
         }

@@ -22,7 +22,7 @@ use prost::Message;
 use serde_json::json;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use support::{channel, eventually, obj, with_token};
+use support::{channel, eventually, obj, token, with_token};
 use tokio::sync::mpsc;
 
 const NAME: &str = "ctlbench";
@@ -374,13 +374,25 @@ async fn controller_scale() -> Result<()> {
         .data
         .and_then(|d| d.get("root.crt").cloned())
         .context("root.crt")?;
-    let token = {
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": ["ambit-ca"]}});
-        let tr: serde_json::Value = sas
-            .create_subresource("token", "ambit-tunnel", &pp, &body)
-            .await?;
-        tr["status"]["token"].as_str().context("token")?.to_string()
-    };
+    // Each subscriber as the tunnel of its node: a token bound to a tunnel pod there (the
+    // controller serves a node's view only to such a token).
+    let tunnel_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let tokens: Vec<String> = futures::stream::iter(0..SUBSCRIBERS)
+        .map(|i| {
+            let (client, tunnel_pods) = (client.clone(), tunnel_pods.clone());
+            async move {
+                let name = format!("tunnel-{i}");
+                let p: Pod = obj(json!({"metadata": {"name": name},
+                    "spec": {"nodeName": format!("bench-{i}"), "serviceAccountName": "ambit-tunnel",
+                        "containers": [{"name": "c", "image": "none"}]}}));
+                let p = tunnel_pods.create(&PostParams::default(), &p).await?;
+                let uid = p.metadata.uid.context("pod uid")?;
+                token(&client, "ambit-tunnel", Some((&name, &uid)), "ambit-ca").await
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
     let controller: SpiffeId =
         "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller".parse()?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
@@ -393,9 +405,9 @@ async fn controller_scale() -> Result<()> {
     let (events_tx, mut events) = mpsc::unbounded_channel::<Received>();
     let t0 = Instant::now();
     // All connect at once, as the tunnels of a cluster do when the controller comes up.
-    for i in 0..SUBSCRIBERS {
+    for (i, token) in tokens.into_iter().enumerate() {
         let (root_pem, controller) = (root_pem.clone(), controller.clone());
-        let (token, events_tx) = (token.clone(), events_tx.clone());
+        let events_tx = events_tx.clone();
         tokio::spawn(async move {
             let ch = match channel(addr, &root_pem, &controller).await {
                 Ok(ch) => ch,
