@@ -76,9 +76,9 @@ pub struct ServerSettings {
     pub max_local_error_reset_streams: usize,
 }
 
-/// What one server connection may hold besides its receive window, at most: rustls's record
-/// buffers both ways (2 x 18 KiB), the 64 KiB `ReadBuffered`, h2's frame reader (one
-/// `max_frame_size` frame) and writer (16 KiB), HPACK tables and the task (~16 KiB).
+/// What one server connection may hold besides its receive window and the frame being read
+/// (`max_frame_size`), at most: rustls's record buffers both ways (2 x 18 KiB), the 64 KiB
+/// `ReadBuffered`, h2's writer (16 KiB), HPACK tables and the task (~16 KiB).
 const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024 + 64 * 1024 + 16 * 1024 + 16 * 1024;
 
 /// What one open tunnel may hold besides its send buffer: the copy engine's read chunk waiting
