@@ -486,3 +486,61 @@ fn gateway_api_values_take_effect() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_experimental_channel_installs_crds_that_keep_httproute_retry() -> Result<()> {
+    let Some(helm) = helm("the_experimental_channel_installs_crds_that_keep_httproute_retry")?
+    else {
+        return Ok(());
+    };
+    // HTTPRoute's CRD of each channel: its channel annotation, and whether the v1 schema of a
+    // rule has `retry` (the standard one prunes it).
+    let httproute = |extra: &[&str]| -> Result<(String, bool)> {
+        let objects = docs(&render(&helm, extra)?)?;
+        let crd = object(
+            &objects,
+            "CustomResourceDefinition",
+            "httproutes.gateway.networking.k8s.io",
+        )?;
+        let channel = text(
+            crd,
+            &[
+                "metadata",
+                "annotations",
+                "gateway.networking.k8s.io/channel",
+            ],
+        );
+        let v1 = list(crd, &["spec", "versions"])
+            .iter()
+            .find(|v| text(v, &["name"]) == "v1")
+            .context("no v1 in the HTTPRoute CRD")?;
+        let rule = at(
+            v1,
+            &[
+                "schema",
+                "openAPIV3Schema",
+                "properties",
+                "spec",
+                "properties",
+                "rules",
+                "items",
+                "properties",
+            ],
+        );
+        Ok((channel.to_owned(), !at(rule, &["retry"]).is_null()))
+    };
+    assert_eq!(httproute(&[])?, ("standard".to_owned(), false));
+    assert_eq!(
+        httproute(&["--set", "gatewayAPI.channel=experimental"])?,
+        ("experimental".to_owned(), true)
+    );
+    let refused = run(
+        &helm,
+        &["lint", "charts/ambit", "--set", "gatewayAPI.channel=beta"],
+    )?;
+    assert!(
+        refused.is_err_and(|out| out.contains("channel")),
+        "an unknown channel is refused"
+    );
+    Ok(())
+}
