@@ -271,7 +271,13 @@ impl ConnectHandler for Forward {
 async fn hbone_in(at: SocketAddr) -> Result<()> {
     let ca = read_ca()?;
     let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
-    let server = HboneServer::new(tls, ServerSettings::default(), Forward);
+    // The idle-memory run holds 10,000 tunnels, past the node tunnel's default of 1,024 (which
+    // bounds the worst case, not what an idle tunnel costs).
+    let settings = ServerSettings {
+        max_tunnels: 20_000,
+        ..ServerSettings::default()
+    };
+    let server = HboneServer::new(tls, settings, Forward);
     let listener = listen(at).await?;
     server.serve(listener).await;
     Ok(())

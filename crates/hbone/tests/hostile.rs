@@ -5,9 +5,9 @@
 
 mod support;
 
-use ambit_hbone::{Dialer, HboneError, ServerSettings};
+use ambit_hbone::{Dialer, HboneError, HboneServer, ServerBudget, ServerSettings};
 use ambit_identity::testing::TestPki;
-use ambit_identity::{client_config, server_name};
+use ambit_identity::{client_config, server_config, server_name};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use std::io;
@@ -421,4 +421,52 @@ async fn a_peer_that_never_reads_cannot_make_the_server_buffer_without_bound() {
         grown >> 10,
         (bound + others) >> 10
     );
+}
+
+/// An HBONE server presenting `demo/server`, counted in `budget`.
+async fn start_server_in(pki: &TestPki, budget: &ServerBudget) -> SocketAddr {
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &pki.bundle()).unwrap();
+    let server = HboneServer::with_budget(tls, budget.clone(), Forward { seen });
+    let listener = listen().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener));
+    addr
+}
+
+#[tokio::test]
+async fn servers_sharing_a_budget_share_its_tunnel_limit() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let pki = TestPki::new("cluster.local");
+    // Two pods' servers on one node.
+    let budget = ServerBudget::new(ServerSettings {
+        max_tunnels: 2,
+        ..Default::default()
+    });
+    let (first, second) = (
+        start_server_in(&pki, &budget).await,
+        start_server_in(&pki, &budget).await,
+    );
+    let echo = start_echo().await;
+    let (to_first, to_second) = (client(&pki, first), client(&pki, second));
+    let mut held = vec![
+        to_first.open(echo).await.unwrap(),
+        to_first.open(echo).await.unwrap(),
+    ];
+    match to_second.open(echo).await {
+        Err(HboneError::Refused { status, .. }) => {
+            assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("a third tunnel on the node: {other:?}"),
+    }
+    // A closed tunnel gives its place back.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while to_second.open(echo).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed tunnel was never uncounted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
