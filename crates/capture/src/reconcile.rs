@@ -5,8 +5,8 @@
 
 use crate::state::PodRecord;
 use ambit_handoff::Enrollment;
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 /// What the tunnel told about enrollment this tick.
@@ -76,6 +76,27 @@ pub struct Facts {
 
 /// The enrolled pods of the view that have no record but have addresses: the agent scans
 /// the node's netns only when this is not empty.
+/// The addresses the node's probes are rewritten for ([`crate::rules::set_probe_targets`]):
+/// the IPv4 addresses the view gives the pods recorded as captured. A pod not captured keeps
+/// seeing the node's own address; so does any pod of another node.
+pub fn probe_targets(records: &[PodRecord], enrollment: &Enrollment) -> BTreeSet<Ipv4Addr> {
+    let captured: HashSet<&str> = records
+        .iter()
+        .filter(|r| r.captured)
+        .map(|r| r.uid.as_str())
+        .collect();
+    enrollment
+        .pods
+        .iter()
+        .filter(|p| captured.contains(p.uid.as_str()))
+        .flat_map(|p| &p.ips)
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
 pub fn unrecorded<'e>(
     records: &[PodRecord],
     enrollment: &'e Enrollment,
@@ -162,6 +183,40 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use ambit_handoff::EnrolledPod;
+
+    #[test]
+    fn probe_targets_are_the_captured_pods_ipv4_addresses() {
+        let pod = |uid: &str, ips: &[&str]| EnrolledPod {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "demo".into(),
+            ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+        };
+        let view = Enrollment {
+            synced: true,
+            namespaces: vec!["demo".into()],
+            pods: vec![
+                pod("a", &["10.1.0.2", "fd00::2"]),
+                pod("b", &["10.1.0.3"]),
+                pod("c", &[]),
+            ],
+            opted_out: vec![],
+        };
+        let records = [
+            rec("a", "demo", true),
+            rec("b", "demo", false),
+            rec("c", "demo", true),
+        ];
+        let targets: Vec<String> = probe_targets(&records, &view)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            targets,
+            ["10.1.0.2"],
+            "b is not captured, c has no address yet"
+        );
+    }
 
     fn rec(uid: &str, namespace: &str, captured: bool) -> PodRecord {
         PodRecord {

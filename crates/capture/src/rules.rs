@@ -12,6 +12,8 @@ const TABLE: &str = "ambit";
 /// In the node's netns, one table per family: `inet` (SNAT of the node's own connections,
 /// anti-spoofing for routed packets) and `bridge` (anti-spoofing for bridged ones).
 const NODE_TABLE: &str = "ambit_node";
+/// The set of captured pods' addresses the node's probes are rewritten for.
+const PROBE_TARGETS: &str = "probe_targets";
 /// DNS, the one non-TCP protocol an enrolled pod may send in strict mode.
 const DNS_PORT: u16 = 53;
 
@@ -93,14 +95,16 @@ table inet {TABLE} {{
     )
 }
 
-/// The node's ruleset: the node's own TCP connections to the pods it hosts (kubelet's probes)
+/// The node's ruleset: the node's own TCP connections to its captured pods (kubelet's probes)
 /// leave with [`PROBE_SOURCE`] as their source, which the pods' rules let through to the app;
 /// no packet the node forwards or bridges may carry that source, so no pod (on this node or
 /// another) can pass for a probe.
 ///
 /// "The node's own": packets of a local socket (`meta skuid` exists only for those, never for
-/// forwarded packets), leaving through a bridge or a veth (the pods of this node, for bridge
-/// and routed-veth CNIs). Replies come back through this netns, so conntrack undoes the SNAT.
+/// forwarded packets). "Its captured pods": the set `probe_targets`, which the agent keeps to
+/// the addresses of the node's captured pods ([`set_probe_targets`]); any other destination (a
+/// pod of another node, through an uplink that may be a veth too) keeps the node's address.
+/// Replies come back through this netns, so conntrack undoes the SNAT.
 pub fn node_ruleset() -> String {
     format!(
         "table inet {NODE_TABLE}
@@ -108,9 +112,12 @@ delete table inet {NODE_TABLE}
 table bridge {NODE_TABLE}
 delete table bridge {NODE_TABLE}
 table inet {NODE_TABLE} {{
+  set {PROBE_TARGETS} {{
+    type ipv4_addr;
+  }}
   chain probes {{
     type nat hook postrouting priority srcnat; policy accept;
-    meta nfproto ipv4 meta l4proto tcp meta skuid >= 0 meta oifkind {{ \"bridge\", \"veth\" }} snat ip to {PROBE_SOURCE}
+    meta l4proto tcp meta skuid >= 0 ip daddr @{PROBE_TARGETS} snat ip to {PROBE_SOURCE}
   }}
   chain spoofed {{
     type filter hook forward priority filter; policy accept;
@@ -215,6 +222,26 @@ pub fn install_node() -> Result<(), RulesError> {
     nft(None, Some(&node_ruleset()), &["-f", "-"]).map(|_| ())
 }
 
+/// The script that makes `probe_targets` exactly `targets`, in one transaction.
+fn probe_targets_script(targets: &std::collections::BTreeSet<std::net::Ipv4Addr>) -> String {
+    let mut script = format!("flush set inet {NODE_TABLE} {PROBE_TARGETS}\n");
+    if !targets.is_empty() {
+        let elements: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        script += &format!(
+            "add element inet {NODE_TABLE} {PROBE_TARGETS} {{ {} }}\n",
+            elements.join(", ")
+        );
+    }
+    script
+}
+
+/// Sets the addresses the node's probes are rewritten for: the node's captured pods.
+pub fn set_probe_targets(
+    targets: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+) -> Result<(), RulesError> {
+    nft(None, Some(&probe_targets_script(targets)), &["-f", "-"]).map(|_| ())
+}
+
 /// Removes the node's probe rules; absent rules are not an error.
 pub fn remove_node() -> Result<(), RulesError> {
     nft(None, Some(&removal(&NODE_TABLES)), &["-f", "-"]).map(|_| ())
@@ -271,9 +298,23 @@ mod tests {
     }
 
     #[test]
+    fn probe_targets_are_replaced_whole() {
+        let none = probe_targets_script(&Default::default());
+        assert_eq!(none, "flush set inet ambit_node probe_targets\n");
+        let two = ["10.1.0.9".parse().unwrap(), "10.1.0.3".parse().unwrap()]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            probe_targets_script(&two),
+            "flush set inet ambit_node probe_targets\nadd element inet ambit_node probe_targets { 10.1.0.3, 10.1.0.9 }\n"
+        );
+    }
+
+    #[test]
     fn node_rules_snat_only_local_sockets_and_drop_the_source_elsewhere() {
         let r = node_ruleset();
         assert!(r.contains("meta skuid >= 0"), "{r}");
+        assert!(r.contains("ip daddr @probe_targets"), "{r}");
         assert!(r.contains("snat ip to 169.254.7.127"), "{r}");
         assert_eq!(
             r.matches("hook forward").count(),

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{require_root, sh};
+use support::{Agent, FakeApiserver, poll, require_root, sh};
 
 const APP_PORT: u16 = 8080;
 const DEAD_PORT: u16 = 8081;
@@ -63,7 +63,8 @@ impl Node {
              && ip -n {n} addr add fd79::1/64 dev br0 nodad && ip -n {n} link set br0 up \
              && ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"
         ));
-        nft_in(n, &rules::node_ruleset());
+        // The agent's own functions, run from a thread in the node's netns (nft inherits it).
+        in_netns(n, rules::install_node).unwrap();
         node
     }
 
@@ -85,6 +86,20 @@ impl Node {
              && ip -n {pod} link set eth0 up && ip -n {pod} route add default via {s}.1"
         ));
         (pod, format!("{s}.{host}").parse().unwrap())
+    }
+}
+
+impl Node {
+    /// The node's captured pods, as the agent sets them.
+    fn probe_targets(&self, ips: &[IpAddr]) {
+        let targets = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        in_netns(&self.name, move || rules::set_probe_targets(&targets)).unwrap();
     }
 }
 
@@ -245,6 +260,7 @@ fn node_probes_reach_the_app_in_both_modes_and_nothing_else_passes_for_them() {
     let (srv, srv_ip) = node.pod("s", 2);
     let (other, _) = node.pod("o", 3);
     serve_app(&srv);
+    node.probe_targets(&[srv_ip]);
     let app = v4(srv_ip, APP_PORT);
     // Without capture, everyone reaches the app: what follows is the rules' doing.
     assert_eq!(get(&other, app, None).as_deref(), Ok("HTTP/1.1 200 OK"));
@@ -355,4 +371,74 @@ fn strict_mode_drops_udp_and_icmp_but_dns_and_ipv6_is_refused() {
     // that proves the packet was not dropped: a drop would time out).
     let tcp = get(&srv, v4(other_ip, APP_PORT), None).unwrap_err();
     assert!(tcp.contains("refused"), "{tcp}");
+}
+
+#[test]
+fn the_agent_keeps_the_node_rules_and_removes_them_at_uninstall() {
+    if !require_root("the_agent_keeps_the_node_rules_and_removes_them_at_uninstall") {
+        return;
+    }
+    let node = Node::new(&format!("pra{}", std::process::id() % 100_000));
+    let dir = std::env::temp_dir().join(format!("ambit-probe-rules-{}", node.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("netns")).unwrap();
+    nft_in(
+        &node.name,
+        "delete table inet ambit_node\ndelete table bridge ambit_node\n",
+    );
+    // The agent's apiserver on the node's loopback, where the agent runs.
+    let apiserver = in_netns(&node.name, || FakeApiserver::start("ambit", "ambit-node"));
+    let kubeconfig = apiserver.kubeconfig(&dir);
+    let args: Vec<String> = [
+        "--socket",
+        dir.join("tunnel.sock").to_str().unwrap(),
+        "--state",
+        dir.join("pods").to_str().unwrap(),
+        "--netns-dir",
+        dir.join("netns").to_str().unwrap(),
+        "--daemonset",
+        "ambit/ambit-node",
+        "--tick-ms",
+        "50",
+        "--probe-rules",
+        "on",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start_in(Some(&node.name), &args, &kubeconfig, &dir.join("agent.log"));
+    let listed = |family: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.name,
+                "nft",
+                "list",
+                "table",
+                family,
+                "ambit_node",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    poll("the node's probe rules", || {
+        (listed("inet") && listed("bridge")).then_some(())
+    });
+    // A firewall reload that flushes them: back within a tick or two.
+    nft_in(&node.name, "flush ruleset\n");
+    poll("the node's probe rules back", || {
+        (listed("inet") && listed("bridge")).then_some(())
+    });
+    agent.wait_log("uninstall detection ready");
+    apiserver.answer(404);
+    let status = agent.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        !listed("inet") && !listed("bridge"),
+        "node rules left after uninstall"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

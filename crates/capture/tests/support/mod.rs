@@ -289,12 +289,27 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[String], kubeconfig: &Path, log: &Path) -> Self {
+        Self::start_in(None, args, kubeconfig, log)
+    }
+
+    /// The agent in network namespace `netns` (`ip netns exec`), as the chart runs it in the
+    /// node's; `None`: the test's own.
+    pub fn start_in(netns: Option<&str>, args: &[String], kubeconfig: &Path, log: &Path) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ambit-capture"))
+        let binary = env!("CARGO_BIN_EXE_ambit-capture");
+        let mut command = match netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, binary]);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("agent")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
