@@ -22,32 +22,17 @@ use crate::reconcile::{self, Action, Facts, View, Why};
 use crate::state::{self, PodRecord};
 use crate::uninstall::{Apiserver, DaemonSetRef, Ending, Observation};
 use ambit_handoff::{self as handoff, Enrollment, Reply, Request};
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-// Flag names of `ambit-capture agent`.
-pub const FLAG_SOCKET: &str = "socket";
-pub const FLAG_STATE: &str = "state";
-pub const FLAG_NETNS_DIR: &str = "netns-dir";
-pub const FLAG_CNI_BIN_DIR: &str = "cni-bin-dir";
-pub const FLAG_CNI_CONF_DIR: &str = "cni-conf-dir";
-pub const FLAG_CNI_SOCKET: &str = "cni-tunnel-socket";
-pub const FLAG_CNI_STATE: &str = "cni-state-dir";
-pub const FLAG_DAEMONSET: &str = "daemonset";
-pub const FLAG_TICK_MS: &str = "tick-ms";
-/// `on`: keep the node's probe rules ([`crate::rules::install_node`]) in the agent's own netns,
-/// which must be the node's (the chart runs the agent with `hostNetwork`). `off` (default): a
-/// test or tool running the agent elsewhere does not touch its host.
-pub const FLAG_PROBE_RULES: &str = "probe-rules";
 /// The namespace the chart installs into (downward API); with it, the DaemonSet defaults to
 /// `$AMBIT_NAMESPACE/ambit-node`.
 pub const ENV_NAMESPACE: &str = "AMBIT_NAMESPACE";
 pub const DEFAULT_DAEMONSET_NAME: &str = "ambit-node";
-const DEFAULT_TICK: Duration = Duration::from_millis(500);
+const DEFAULT_TICK_MS: u64 = 500;
 /// Per tick: pods handed over or released, and netns read afresh by the scan.
 const ACTIONS_PER_TICK: usize = 16;
 const NETNS_PER_TICK: usize = 64;
@@ -68,101 +53,88 @@ pub struct AgentConfig {
     pub probe_rules: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("--{flag}: {reason}")]
-    Invalid { flag: &'static str, reason: String },
-    #[error("unknown flag --{0}")]
-    Unknown(String),
+/// `ambit-capture agent`'s flags, each with an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// The tunnel's handoff socket.
+    #[arg(long, env = "AMBIT_SOCKET", default_value = ambit_handoff::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Where the pods' records are kept.
+    #[arg(long, env = "AMBIT_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+    /// The node's named network namespaces.
+    #[arg(long, env = "AMBIT_NETNS_DIR", default_value = netns::DEFAULT_NETNS_DIR)]
+    pub netns_dir: PathBuf,
+    /// Install the CNI plugin binary here (with --cni-conf-dir).
+    #[arg(long, env = "AMBIT_CNI_BIN_DIR", requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// Chain the plugin into the conflist here (with --cni-bin-dir).
+    #[arg(long, env = "AMBIT_CNI_CONF_DIR", requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The handoff socket as the plugin, on the host, sees it (default: --socket).
+    #[arg(long, env = "AMBIT_CNI_TUNNEL_SOCKET")]
+    pub cni_tunnel_socket: Option<PathBuf>,
+    /// The state directory as the plugin, on the host, sees it (default: --state).
+    #[arg(long, env = "AMBIT_CNI_STATE_DIR")]
+    pub cni_state_dir: Option<PathBuf>,
+    /// The agent's DaemonSet, read at SIGTERM to tell an uninstall from an upgrade (default:
+    /// NAMESPACE/ambit-node with --namespace; neither: every rule is kept).
+    #[arg(long, env = "AMBIT_DAEMONSET", value_name = "NAMESPACE/NAME")]
+    pub daemonset: Option<DaemonSetRef>,
+    /// The namespace ambit runs in (the chart sets it from the downward API).
+    #[arg(long, env = ENV_NAMESPACE)]
+    pub namespace: Option<String>,
+    /// Between reconciliations.
+    #[arg(
+        long,
+        env = "AMBIT_TICK_MS",
+        default_value_t = DEFAULT_TICK_MS,
+        value_parser = clap::value_parser!(u64).range(10..=60_000)
+    )]
+    pub tick_ms: u64,
+    /// on: keep the node's probe rules in the agent's own netns, which must be the node's (the
+    /// chart runs the agent with hostNetwork); off: leave the host alone (tests, tools).
+    #[arg(long, env = "AMBIT_PROBE_RULES", value_enum, default_value_t = Switch::Off)]
+    pub probe_rules: Switch,
 }
 
-impl AgentConfig {
-    /// From the agent's flags (name → value) and the `AMBIT_NAMESPACE` environment value.
-    pub fn parse(
-        flags: &HashMap<String, String>,
-        namespace_env: Option<&str>,
-    ) -> Result<Self, ConfigError> {
-        const KNOWN: [&str; 10] = [
-            FLAG_SOCKET,
-            FLAG_STATE,
-            FLAG_NETNS_DIR,
-            FLAG_CNI_BIN_DIR,
-            FLAG_CNI_CONF_DIR,
-            FLAG_CNI_SOCKET,
-            FLAG_CNI_STATE,
-            FLAG_DAEMONSET,
-            FLAG_TICK_MS,
-            FLAG_PROBE_RULES,
-        ];
-        if let Some(unknown) = flags.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(ConfigError::Unknown(unknown.clone()));
-        }
-        let path = |flag: &str, default: &str| {
-            PathBuf::from(flags.get(flag).map_or(default, String::as_str))
-        };
-        let socket = path(FLAG_SOCKET, ambit_handoff::DEFAULT_SOCKET);
-        let state = path(FLAG_STATE, state::DEFAULT_STATE_DIR);
-        let cni = match (flags.get(FLAG_CNI_BIN_DIR), flags.get(FLAG_CNI_CONF_DIR)) {
-            (Some(bin), Some(conf)) => Some(CniInstall {
-                bin_dir: bin.into(),
-                conf_dir: conf.into(),
-                tunnel_socket: flags
-                    .get(FLAG_CNI_SOCKET)
-                    .map_or_else(|| socket.clone(), PathBuf::from),
-                state_dir: flags
-                    .get(FLAG_CNI_STATE)
-                    .map_or_else(|| state.clone(), PathBuf::from),
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl From<AgentArgs> for AgentConfig {
+    fn from(args: AgentArgs) -> Self {
+        // clap makes the two CNI directories come together.
+        let cni = match (args.cni_bin_dir, args.cni_conf_dir) {
+            (Some(bin_dir), Some(conf_dir)) => Some(CniInstall {
+                bin_dir,
+                conf_dir,
+                tunnel_socket: args
+                    .cni_tunnel_socket
+                    .unwrap_or_else(|| args.socket.clone()),
+                state_dir: args.cni_state_dir.unwrap_or_else(|| args.state.clone()),
             }),
-            (None, None) => None,
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    flag: FLAG_CNI_BIN_DIR,
-                    reason: format!("--{FLAG_CNI_BIN_DIR} and --{FLAG_CNI_CONF_DIR} go together"),
-                });
-            }
+            _ => None,
         };
-        let daemonset = match (flags.get(FLAG_DAEMONSET), namespace_env) {
-            (Some(v), _) => Some(v.parse().map_err(|reason| ConfigError::Invalid {
-                flag: FLAG_DAEMONSET,
-                reason,
-            })?),
-            (None, Some(ns)) if !ns.is_empty() => Some(DaemonSetRef {
-                namespace: ns.into(),
-                name: DEFAULT_DAEMONSET_NAME.into(),
-            }),
-            (None, _) => None,
-        };
-        let tick = match flags.get(FLAG_TICK_MS) {
-            Some(v) => match v.parse::<u64>() {
-                Ok(ms) if (10..=60_000).contains(&ms) => Duration::from_millis(ms),
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        flag: FLAG_TICK_MS,
-                        reason: format!("{v:?} is not a number of milliseconds in 10..=60000"),
-                    });
-                }
-            },
-            None => DEFAULT_TICK,
-        };
-        let probe_rules = match flags.get(FLAG_PROBE_RULES).map(String::as_str) {
-            Some("on") => true,
-            Some("off") | None => false,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    flag: FLAG_PROBE_RULES,
-                    reason: format!("{other:?} is not on or off"),
-                });
-            }
-        };
-        Ok(Self {
-            socket,
-            state,
-            netns_dir: path(FLAG_NETNS_DIR, netns::DEFAULT_NETNS_DIR),
+        let daemonset = args.daemonset.or_else(|| {
+            args.namespace
+                .filter(|ns| !ns.is_empty())
+                .map(|namespace| DaemonSetRef {
+                    namespace,
+                    name: DEFAULT_DAEMONSET_NAME.into(),
+                })
+        });
+        Self {
+            socket: args.socket,
+            state: args.state,
+            netns_dir: args.netns_dir,
             cni,
             daemonset,
-            tick,
-            probe_rules,
-        })
+            tick: Duration::from_millis(args.tick_ms),
+            probe_rules: args.probe_rules == Switch::On,
+        }
     }
 }
 
@@ -339,8 +311,6 @@ struct Reconciler {
     saved: Option<Enrollment>,
     /// Last line logged per subject, so a condition lasting many ticks is logged once.
     last: HashMap<String, String>,
-    /// The probe targets last set in the node's rules (`None`: to be set).
-    probe_targets: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl Reconciler {
@@ -352,7 +322,6 @@ impl Reconciler {
             scanner: Scanner::default(),
             saved: None,
             last: HashMap::new(),
-            probe_targets: None,
         }
     }
 
@@ -403,9 +372,6 @@ impl Reconciler {
             }
             _ => HashMap::new(),
         };
-        if let View::Synced(e) = &view {
-            self.update_probe_targets(reconcile::probe_targets(&records, e));
-        }
         let facts = Facts {
             records,
             gone,
@@ -457,25 +423,9 @@ impl Reconciler {
             Ok(true) => {
                 log("installed the node's probe rules");
                 self.last.remove("probe-rules");
-                self.probe_targets = None;
             }
             Ok(false) => {}
             Err(e) => self.once("probe-rules", format!("node probe rules: {e}")),
-        }
-    }
-
-    /// Keeps the node's probe targets to the captured pods' addresses (a tick behind a
-    /// capture: until then the pod's probes are refused, and the kubelet retries).
-    fn update_probe_targets(&mut self, targets: BTreeSet<Ipv4Addr>) {
-        if !self.config.probe_rules || self.probe_targets.as_ref() == Some(&targets) {
-            return;
-        }
-        match crate::rules::set_probe_targets(&targets) {
-            Ok(()) => {
-                self.last.remove("probe-targets");
-                self.probe_targets = Some(targets);
-            }
-            Err(e) => self.once("probe-targets", format!("node probe targets: {e}")),
         }
     }
 
@@ -613,16 +563,31 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn flags(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    /// The agent's config from flags alone (the process environment left out).
+    fn parse(line: &str) -> Result<AgentConfig, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let argv = std::iter::once("agent").chain(line.split_whitespace());
+        let matches = Cli::command()
+            .mut_args(|a| a.env(None))
+            .try_get_matches_from(argv)?;
+        Ok(Cli::from_arg_matches(&matches)?.agent.into())
+    }
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn defaults() {
-        let c = AgentConfig::parse(&flags(&[]), None).unwrap();
+        let c = parse("").unwrap();
         assert_eq!(c.socket, PathBuf::from(ambit_handoff::DEFAULT_SOCKET));
         assert_eq!(c.state, PathBuf::from(state::DEFAULT_STATE_DIR));
         assert_eq!(c.netns_dir, PathBuf::from("/var/run/netns"));
@@ -633,23 +598,26 @@ mod tests {
             !c.probe_rules,
             "the host's netns is left alone unless asked"
         );
-        let c = AgentConfig::parse(&flags(&[("probe-rules", "on")]), None).unwrap();
-        assert!(c.probe_rules);
-        let c = AgentConfig::parse(&flags(&[]), Some("ambit-system")).unwrap();
+        assert!(parse("--probe-rules on").unwrap().probe_rules);
+        let c = parse("--namespace ambit-system").unwrap();
         assert_eq!(c.daemonset.unwrap().to_string(), "ambit-system/ambit-node");
+        // In the chart, the namespace comes as the variable.
+        let namespace_env = {
+            use clap::CommandFactory;
+            Cli::command()
+                .get_arguments()
+                .find(|a| a.get_long() == Some("namespace"))
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(namespace_env.as_deref(), Some(ENV_NAMESPACE));
     }
 
     #[test]
     fn cni_paths_default_to_the_agents_own() {
-        let c = AgentConfig::parse(
-            &flags(&[
-                ("cni-bin-dir", "/host/opt/cni/bin"),
-                ("cni-conf-dir", "/host/etc/cni/net.d"),
-                ("state", "/s"),
-                ("daemonset", "ns/ds"),
-                ("tick-ms", "100"),
-            ]),
-            Some("ignored"),
+        let c = parse(
+            "--cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d --state /s \
+             --daemonset ns/ds --tick-ms 100 --namespace ignored",
         )
         .unwrap();
         let cni = c.cni.unwrap();
@@ -661,14 +629,9 @@ mod tests {
         );
         assert_eq!(c.daemonset.unwrap().to_string(), "ns/ds");
         assert_eq!(c.tick, Duration::from_millis(100));
-        let c = AgentConfig::parse(
-            &flags(&[
-                ("cni-bin-dir", "/b"),
-                ("cni-conf-dir", "/c"),
-                ("cni-tunnel-socket", "/host/t.sock"),
-                ("cni-state-dir", "/host/pods"),
-            ]),
-            None,
+        let c = parse(
+            "--cni-bin-dir /b --cni-conf-dir /c --cni-tunnel-socket /host/t.sock \
+             --cni-state-dir /host/pods",
         )
         .unwrap();
         let cni = c.cni.unwrap();
@@ -678,16 +641,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        for (pairs, named) in [
-            (vec![("cni-bin-dir", "/b")], "--cni-bin-dir"),
-            (vec![("daemonset", "nope")], "--daemonset"),
-            (vec![("tick-ms", "fast")], "--tick-ms"),
-            (vec![("tick-ms", "0")], "--tick-ms"),
-            (vec![("probe-rules", "yes")], "--probe-rules"),
-            (vec![("sockt", "/x")], "--sockt"),
+        for (line, named) in [
+            ("--cni-bin-dir /b", "--cni-conf-dir"),
+            ("--daemonset nope", "--daemonset"),
+            ("--tick-ms fast", "--tick-ms"),
+            ("--tick-ms 0", "--tick-ms"),
+            ("--probe-rules yes", "--probe-rules"),
+            ("--sockt /x", "--sockt"),
         ] {
-            let err = AgentConfig::parse(&flags(&pairs), None).unwrap_err();
-            assert!(err.to_string().contains(named), "{err}");
+            let err = parse(line).unwrap_err().to_string();
+            assert!(err.contains(named), "{line}: {err}");
         }
     }
 

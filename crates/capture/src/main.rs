@@ -1,22 +1,66 @@
 //! `ambit-capture`: the capture agent and chained CNI plugin.
 //!
 //! - As a CNI plugin (`CNI_COMMAND` set): reads the network config on stdin, see `cni`.
-//! - `ambit-capture agent [--socket PATH] [--state DIR] [--netns-dir DIR]
-//!   [--cni-bin-dir DIR --cni-conf-dir DIR [--cni-tunnel-socket PATH] [--cni-state-dir DIR]]
-//!   [--daemonset NAMESPACE/NAME] [--tick-ms N] [--probe-rules on|off]`: the node agent, see
-//!   `agent`.
-//! - `ambit-capture enroll --netns PATH --uid UID --name NAME --namespace NS [--socket PATH] [--state DIR]`:
-//!   asks the tunnel and applies its answer (rules or none).
-//! - `ambit-capture release --netns PATH --uid UID [--socket PATH] [--state DIR]`
-//! - `ambit-capture check --netns PATH`
+//! - Otherwise a command, see `--help`: `agent` (the node agent, see `agent`), and `enroll`,
+//!   `release`, `check` for one pod.
 
+use ambit_capture::agent::{self, AgentArgs};
 use ambit_capture::state::{self, PodRecord};
-use ambit_capture::{agent, cni, pod, rules};
+use ambit_capture::{cni, pod, rules};
 use ambit_handoff::DEFAULT_SOCKET;
-use anyhow::{Context, Result, bail};
-use std::collections::HashMap;
+use anyhow::{Result, bail};
+use clap::Parser;
 use std::io::Read;
 use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ambit-capture",
+    version,
+    about = "ambit's capture agent and chained CNI plugin",
+    after_help = "Run with CNI_COMMAND set, it is the CNI plugin: the network config on stdin."
+)]
+enum Cli {
+    /// the node agent: installs the CNI plugin, keeps pods' capture in step with the tunnel
+    Agent(AgentArgs),
+    /// ask the tunnel about a pod and apply its answer (rules or none)
+    Enroll {
+        #[command(flatten)]
+        pod: PodArgs,
+        /// the pod's name
+        #[arg(long)]
+        name: String,
+        /// the pod's namespace
+        #[arg(long)]
+        namespace: String,
+    },
+    /// remove a pod's capture and tell the tunnel
+    Release {
+        #[command(flatten)]
+        pod: PodArgs,
+    },
+    /// fail unless the capture rules are in a network namespace
+    Check {
+        #[arg(long)]
+        netns: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct PodArgs {
+    /// the pod's network namespace
+    #[arg(long)]
+    netns: PathBuf,
+    /// the pod's uid
+    #[arg(long)]
+    uid: String,
+    /// the tunnel's handoff socket
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// where the pods' records are kept
+    #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
+    state: PathBuf,
+}
 
 fn main() -> Result<()> {
     if std::env::var_os("CNI_COMMAND").is_some() {
@@ -34,72 +78,60 @@ fn main() -> Result<()> {
             }
         }
     }
-    let mut args = std::env::args().skip(1);
-    let command = args
-        .next()
-        .context("usage: ambit-capture agent|enroll|release|check ...")?;
-    let mut flags = HashMap::new();
-    while let Some(flag) = args.next() {
-        let Some(name) = flag.strip_prefix("--") else {
-            bail!("unexpected argument {flag:?}");
-        };
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        flags.insert(name.to_owned(), value);
-    }
-    if command == "agent" {
-        let namespace = std::env::var(agent::ENV_NAMESPACE).ok();
-        let config = agent::AgentConfig::parse(&flags, namespace.as_deref())?;
-        agent::run(config)?;
-        return Ok(());
-    }
-    let get = |name: &str| {
-        flags
-            .get(name)
-            .cloned()
-            .with_context(|| format!("--{name} is required"))
-    };
-    let socket = PathBuf::from(flags.get("socket").map_or(DEFAULT_SOCKET, String::as_str));
-    let state = PathBuf::from(
-        flags
-            .get("state")
-            .map_or(state::DEFAULT_STATE_DIR, String::as_str),
-    );
-    let netns = PathBuf::from(get("netns")?);
-    match command.as_str() {
-        "enroll" => {
+    match Cli::parse() {
+        Cli::Agent(args) => agent::run(args.into())?,
+        Cli::Enroll {
+            pod: p,
+            name,
+            namespace,
+        } => {
             let record = PodRecord {
-                uid: get("uid")?,
-                name: get("name")?,
-                namespace: get("namespace")?,
-                netns,
+                uid: p.uid,
+                name,
+                namespace,
+                netns: p.netns,
                 captured: false,
             };
-            if !pod::enroll(&state, &socket, &record)? {
+            if !pod::enroll(&p.state, &p.socket, &record)? {
                 eprintln!(
                     "the tunnel says pod {} is not enrolled: no rules",
                     record.label()
                 );
             }
         }
-        "release" => {
-            let uid = get("uid")?;
-            let record = state::load(&state, &uid)?.unwrap_or(PodRecord {
-                uid,
+        Cli::Release { pod: p } => {
+            let record = state::load(&p.state, &p.uid)?.unwrap_or(PodRecord {
+                uid: p.uid,
                 name: String::new(),
                 namespace: String::new(),
-                netns: netns.clone(),
+                netns: p.netns.clone(),
                 captured: true,
             });
-            pod::release(&state, &socket, &PodRecord { netns, ..record })?;
+            pod::release(
+                &p.state,
+                &p.socket,
+                &PodRecord {
+                    netns: p.netns,
+                    ..record
+                },
+            )?;
         }
-        "check" => {
+        Cli::Check { netns } => {
             if !rules::installed(&netns)? {
                 bail!("capture rules missing in {}", netns.display());
             }
         }
-        other => bail!("unknown command {other:?}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
