@@ -1,6 +1,8 @@
-//! Command-line configuration, parsed once into a typed [`Config`].
+//! The tunnel's settings: flags, each with an environment variable, parsed by clap and
+//! checked once into a typed [`Config`].
 
 use ambit_controller_client::Source;
+use ambit_identity::SpiffeId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,131 +26,102 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{flag}: {value:?} is not valid (expected {expected})")]
-    Invalid {
-        flag: &'static str,
-        value: String,
-        expected: &'static str,
-    },
-    #[error("{0} is required")]
-    Missing(&'static str),
-    #[error(
-        "say where the mesh comes from: --controller HOST:PORT (in a cluster) or --mesh FILE with --ca-cert and --ca-key (standalone), not both"
-    )]
-    Source,
-    #[error("{0} needs a value")]
-    NoValue(String),
-    #[error("unknown argument {0:?}")]
-    Unknown(String),
-}
-
-const USAGE_FLAGS: [&str; 15] = [
-    "--node",
-    "--controller",
-    "--controller-identity",
-    "--root-cert",
-    "--token",
-    "--mesh",
-    "--ca-cert",
-    "--ca-key",
-    "--cert-lifetime-secs",
-    "--socket",
-    "--mode",
-    "--admin",
-    "--metrics",
-    "--readiness",
-    "--drain-secs",
-];
-
 /// Where the chart mounts them.
 pub const DEFAULT_CONTROLLER_IDENTITY: &str =
     "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller";
 pub const DEFAULT_ROOT_CERT: &str = "/var/run/ambit-root/root-cert.pem";
 pub const DEFAULT_TOKEN: &str = "/var/run/secrets/tokens/ambit-ca";
 
+/// The command line; every flag has an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ambit-tunnel",
+    version,
+    about = "ambit's node tunnel: the node's workload identities, their traffic over HBONE"
+)]
+pub struct Args {
+    /// This node's name: only its workloads get certificates.
+    #[arg(long, env = "AMBIT_NODE")]
+    pub node: String,
+    /// `host:port` of the controller (config stream and CA). In a cluster.
+    #[arg(long, env = "AMBIT_CONTROLLER", conflicts_with = "mesh")]
+    pub controller: Option<String>,
+    /// The SPIFFE id the controller must present.
+    #[arg(long, env = "AMBIT_CONTROLLER_IDENTITY", default_value = DEFAULT_CONTROLLER_IDENTITY)]
+    pub controller_identity: SpiffeId,
+    /// The mesh root certificate (PEM).
+    #[arg(long, env = "AMBIT_ROOT_CERT", default_value = DEFAULT_ROOT_CERT)]
+    pub root_cert: PathBuf,
+    /// The projected service-account token (audience `ambit-ca`).
+    #[arg(long, env = "AMBIT_TOKEN", default_value = DEFAULT_TOKEN)]
+    pub token: PathBuf,
+    /// Standalone (tests, benchmarks): a mesh file, reloaded when it changes.
+    #[arg(long, env = "AMBIT_MESH", requires_all = ["ca_cert", "ca_key"])]
+    pub mesh: Option<PathBuf>,
+    /// Standalone: the local CA's certificate (PEM).
+    #[arg(long, requires = "mesh")]
+    pub ca_cert: Option<PathBuf>,
+    /// Standalone: the local CA's key (PEM).
+    #[arg(long, requires = "mesh")]
+    pub ca_key: Option<PathBuf>,
+    /// Certificate lifetime to ask for; the CA's default when absent.
+    #[arg(long, env = "AMBIT_CERT_LIFETIME_SECS")]
+    pub cert_lifetime_secs: Option<u64>,
+    /// The unix socket the capture agent hands pods to.
+    #[arg(long, env = "AMBIT_SOCKET", default_value = ambit_handoff::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What the inbound plaintext port does with traffic that did not come over HBONE:
+    /// strict or permissive.
+    #[arg(long, env = "AMBIT_MODE", default_value = "strict")]
+    pub mode: Mode,
+    /// Config dump (`/config_dump`).
+    #[arg(long, env = "AMBIT_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, env = "AMBIT_METRICS", default_value = "0.0.0.0:15020")]
+    pub metrics: SocketAddr,
+    /// Readiness (`/healthz/ready`).
+    #[arg(long, env = "AMBIT_READINESS", default_value = "0.0.0.0:15021")]
+    pub readiness: SocketAddr,
+    /// On SIGTERM, how long open connections may finish.
+    #[arg(long, env = "AMBIT_DRAIN_SECS", default_value_t = 5)]
+    pub drain_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "say where the mesh comes from: --controller HOST:PORT (in a cluster) or --mesh FILE with --ca-cert and --ca-key (standalone)"
+    )]
+    Source,
+}
+
 impl Config {
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
-        let mut values = std::collections::HashMap::new();
-        let mut args = args.into_iter();
-        while let Some(flag) = args.next() {
-            let Some(known) = USAGE_FLAGS.iter().find(|f| **f == flag) else {
-                return Err(ConfigError::Unknown(flag));
-            };
-            let value = args.next().ok_or(ConfigError::NoValue(flag))?;
-            values.insert(*known, value);
-        }
-        let required =
-            |flag: &'static str| values.get(flag).cloned().ok_or(ConfigError::Missing(flag));
-        let addr = |flag: &'static str, default: &str| {
-            let v = values.get(flag).map_or(default, String::as_str);
-            v.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
-                flag,
-                value: v.into(),
-                expected: "ip:port",
-            })
-        };
-        let secs = |flag: &'static str, default: u64| {
-            values.get(flag).map_or(Ok(default), |v| {
-                v.parse::<u64>().map_err(|_| ConfigError::Invalid {
-                    flag,
-                    value: v.clone(),
-                    expected: "seconds",
-                })
-            })
-        };
-        let source = match (values.get("--controller"), values.get("--mesh")) {
-            (Some(address), None) => {
-                let identity = values
-                    .get("--controller-identity")
-                    .map_or(DEFAULT_CONTROLLER_IDENTITY, String::as_str);
-                Source::Controller {
-                    address: address.clone(),
-                    identity: identity.parse().map_err(|_| ConfigError::Invalid {
-                        flag: "--controller-identity",
-                        value: identity.into(),
-                        expected: "a SPIFFE id spiffe://TRUST-DOMAIN/ns/NS/sa/SA",
-                    })?,
-                    root_cert: values
-                        .get("--root-cert")
-                        .map_or(DEFAULT_ROOT_CERT, String::as_str)
-                        .into(),
-                    token: values
-                        .get("--token")
-                        .map_or(DEFAULT_TOKEN, String::as_str)
-                        .into(),
-                }
-            }
-            (None, Some(mesh)) => Source::File {
-                mesh: mesh.into(),
-                ca_cert: required("--ca-cert")?.into(),
-                ca_key: required("--ca-key")?.into(),
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let source = match (args.controller, args.mesh, args.ca_cert, args.ca_key) {
+            (Some(address), None, _, _) => Source::Controller {
+                address,
+                identity: args.controller_identity,
+                root_cert: args.root_cert,
+                token: args.token,
+            },
+            (None, Some(mesh), Some(ca_cert), Some(ca_key)) => Source::File {
+                mesh,
+                ca_cert,
+                ca_key,
             },
             _ => return Err(ConfigError::Source),
         };
         Ok(Self {
-            node: required("--node")?,
+            node: args.node,
             source,
-            cert_lifetime: values
-                .contains_key("--cert-lifetime-secs")
-                .then(|| secs("--cert-lifetime-secs", 0).map(Duration::from_secs))
-                .transpose()?,
-            socket: values
-                .get("--socket")
-                .map_or(ambit_handoff::DEFAULT_SOCKET, String::as_str)
-                .into(),
-            mode: values.get("--mode").map_or(Ok(Mode::Strict), |m| {
-                m.parse().map_err(|_| ConfigError::Invalid {
-                    flag: "--mode",
-                    value: m.clone(),
-                    expected: "strict or permissive",
-                })
-            })?,
-            admin: addr("--admin", "127.0.0.1:15000")?,
-            metrics: addr("--metrics", "0.0.0.0:15020")?,
-            readiness: addr("--readiness", "0.0.0.0:15021")?,
-            drain_timeout: Duration::from_secs(secs("--drain-secs", 5)?),
+            cert_lifetime: args.cert_lifetime_secs.map(Duration::from_secs),
+            socket: args.socket,
+            mode: args.mode,
+            admin: args.admin,
+            metrics: args.metrics,
+            readiness: args.readiness,
+            drain_timeout: Duration::from_secs(args.drain_secs),
         })
     }
 }
@@ -157,34 +130,44 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+    /// From flags alone (the process environment left out).
+    fn parse(line: &str) -> Result<Config, String> {
+        let argv = std::iter::once("ambit-tunnel").chain(line.split_whitespace());
+        let matches = Args::command()
+            .mut_args(|a| a.env(None))
+            .try_get_matches_from(argv)
+            .map_err(|e| e.to_string())?;
+        let args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Args::command().debug_assert();
     }
 
     #[test]
     fn parses_and_names_bad_values() {
         let base = "--node n1 --mesh m.yaml --ca-cert c --ca-key k";
-        let c = Config::parse(args(base)).unwrap();
+        let c = parse(base).unwrap();
         assert_eq!(c.mode, Mode::Strict);
         assert_eq!(c.admin.to_string(), "127.0.0.1:15000");
-        let c = Config::parse(args(&format!("{base} --mode permissive"))).unwrap();
+        let c = parse(&format!("{base} --mode permissive")).unwrap();
         assert_eq!(c.mode, Mode::Permissive);
-        let e = Config::parse(args(&format!("{base} --mode loose"))).unwrap_err();
-        assert!(e.to_string().contains("\"loose\""), "{e}");
-        let e = Config::parse(args(&format!("{base} --admin nowhere"))).unwrap_err();
-        assert!(e.to_string().contains("--admin"), "{e}");
-        let e = Config::parse(args("--mesh m.yaml --ca-cert c --ca-key k")).unwrap_err();
-        assert!(e.to_string().contains("--node"), "{e}");
-        assert!(Config::parse(args("--bogus 1")).is_err());
+        let e = parse(&format!("{base} --mode loose")).unwrap_err();
+        assert!(e.contains("'loose'") && e.contains("--mode"), "{e}");
+        let e = parse(&format!("{base} --admin nowhere")).unwrap_err();
+        assert!(e.contains("--admin"), "{e}");
+        let e = parse("--mesh m.yaml --ca-cert c --ca-key k").unwrap_err();
+        assert!(e.contains("--node"), "{e}");
+        assert!(parse("--bogus 1").is_err());
     }
 
     #[test]
     fn the_source_is_the_controller_or_files_never_both() {
-        let c = Config::parse(args(
-            "--node n1 --controller ambit-controller.ambit-system.svc:15012",
-        ))
-        .unwrap();
+        let c = parse("--node n1 --controller ambit-controller.ambit-system.svc:15012").unwrap();
         let Source::Controller {
             address,
             identity,
@@ -198,15 +181,14 @@ mod tests {
         assert_eq!(identity.to_string(), DEFAULT_CONTROLLER_IDENTITY);
         assert_eq!(token, std::path::Path::new(DEFAULT_TOKEN));
         assert_eq!(c.cert_lifetime, None);
-        for bad in [
-            "--node n1",
-            "--node n1 --controller c:1 --mesh m.yaml --ca-cert c --ca-key k",
-        ] {
-            let e = Config::parse(args(bad)).unwrap_err();
-            assert!(matches!(e, ConfigError::Source), "{bad}: {e}");
-        }
-        let e = Config::parse(args("--node n1 --controller c:1 --controller-identity bob"))
-            .unwrap_err();
-        assert!(e.to_string().contains("--controller-identity"), "{e}");
+        let e = parse("--node n1").unwrap_err();
+        assert!(e.contains("--controller HOST:PORT"), "{e}");
+        let e =
+            parse("--node n1 --controller c:1 --mesh m.yaml --ca-cert c --ca-key k").unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = parse("--node n1 --mesh m.yaml").unwrap_err();
+        assert!(e.contains("--ca-cert"), "{e}");
+        let e = parse("--node n1 --controller c:1 --controller-identity bob").unwrap_err();
+        assert!(e.contains("--controller-identity"), "{e}");
     }
 }

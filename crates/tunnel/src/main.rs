@@ -1,6 +1,4 @@
-//! `ambit-tunnel --node NAME (--controller HOST:PORT [--controller-identity ID] [--root-cert PEM]
-//! [--token FILE] | --mesh FILE --ca-cert PEM --ca-key PEM) [--socket PATH]
-//! [--mode strict|permissive] [--admin ADDR] [--metrics ADDR] [--readiness ADDR]`
+//! `ambit-tunnel`: see `--help`. Every flag has an environment variable.
 
 use ambit_controller_client::source::{self, spawn_feed, stream_json};
 use ambit_controller_client::{StreamState, Subscriber};
@@ -8,10 +6,13 @@ use ambit_identity::{CertificateStore, RetryPolicy};
 use ambit_mesh::Mesh;
 use ambit_tunnel::{Config, Issuer, Node, admin, metrics, node::Shared};
 use anyhow::{Context, Result};
+use clap::Parser as _;
 use std::sync::Arc;
 use tokio::sync::watch;
 
 fn main() -> Result<()> {
+    // Before the log: `--help` and a usage error print as clap prints them.
+    let args = ambit_tunnel::config::Args::parse();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -21,7 +22,7 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::parse(std::env::args().skip(1))?;
+    let config = Config::from_args(args)?;
     // The node-wide runtime does rotation, admin and the mesh feed; pods get their own.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
