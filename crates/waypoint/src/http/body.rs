@@ -113,25 +113,70 @@ impl Kept {
     }
 }
 
-/// The copy of a teed body: the whole body once it has ended within the limit; `None` if it
-/// was larger, failed, or was dropped unfinished (never sent whole, so never to be repeated).
-pub type KeptBody = oneshot::Receiver<Option<Kept>>;
+/// The copy of a teed body, to be awaited once the body's first reader is done with it.
+#[derive(Debug)]
+pub struct KeptBody {
+    outcome: oneshot::Receiver<Outcome>,
+}
+
+impl KeptBody {
+    /// The whole body, if it is at most the limit: at once if the first reader read it to its
+    /// end; if that reader stopped early (an upstream that failed before reading it all),
+    /// reading the rest here. `None` if it is larger, or failed.
+    pub async fn whole(self) -> Option<Kept> {
+        match self.outcome.await.ok()? {
+            Outcome::Whole(kept) => Some(kept),
+            Outcome::Lost => None,
+            Outcome::Unfinished { mut tee } => {
+                // The tee keeps its copy of each frame read, and `kept` once the body ends.
+                while tee.kept.is_none() {
+                    tee.data.as_ref()?;
+                    if tee.frame().await.is_none() && tee.kept.is_none() {
+                        return None;
+                    }
+                }
+                tee.kept.take()
+            }
+        }
+    }
+}
+
+/// What the tee hands over when its first reader is done with it.
+enum Outcome {
+    Whole(Kept),
+    /// Dropped before the end: the tee itself, with what it kept so far and the rest unread.
+    Unfinished {
+        tee: Box<Tee>,
+    },
+    Lost,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Whole(_) => "Whole",
+            Self::Unfinished { .. } => "Unfinished",
+            Self::Lost => "Lost",
+        })
+    }
+}
 
 /// `body`, unchanged, and its copy if it ends within `limit` bytes. Nothing waits for the copy:
 /// the body streams at its own pace, and the copy stops (freeing what it held) at the limit.
 pub fn tee(body: Body, limit: usize) -> (Body, KeptBody) {
-    let (done, kept) = oneshot::channel();
+    let (done, outcome) = oneshot::channel();
     let mut tee = Tee {
         inner: body,
         data: Some(BytesMut::new()),
         trailers: None,
         limit,
         done: Some(done),
+        kept: None,
     };
     if tee.inner.is_end_stream() {
         tee.finish();
     }
-    (tee.boxed(), kept)
+    (tee.boxed(), KeptBody { outcome })
 }
 
 struct Tee {
@@ -140,23 +185,35 @@ struct Tee {
     data: Option<BytesMut>,
     trailers: Option<HeaderMap>,
     limit: usize,
-    done: Option<oneshot::Sender<Option<Kept>>>,
+    /// Where the outcome goes; `None` once it went.
+    done: Option<oneshot::Sender<Outcome>>,
+    /// The whole body, once a tee handed over unfinished has been read to its end.
+    kept: Option<Kept>,
 }
 
 impl Tee {
+    /// The body has ended: the copy is whole, unless it went over the limit.
     fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
-            let kept = self.data.take().map(|data| Kept {
-                data: data.freeze(),
-                trailers: self.trailers.take(),
-            });
-            let _ = done.send(kept);
+        let Some(data) = self.data.take() else {
+            return self.give_up();
+        };
+        let kept = Kept {
+            data: data.freeze(),
+            trailers: self.trailers.take(),
+        };
+        match self.done.take() {
+            Some(done) => {
+                let _ = done.send(Outcome::Whole(kept));
+            }
+            None => self.kept = Some(kept),
         }
     }
 
     fn give_up(&mut self) {
         self.data = None;
-        self.finish();
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Outcome::Lost);
+        }
     }
 }
 
@@ -206,10 +263,23 @@ impl http_body::Body for Tee {
 
 impl Drop for Tee {
     fn drop(&mut self) {
-        if self.done.is_some() && !self.inner.is_end_stream() {
-            self.give_up();
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        if self.data.is_none() {
+            let _ = done.send(Outcome::Lost);
+            return;
         }
-        self.finish();
+        // Dropped unfinished, within the limit so far: whoever awaits the copy reads the rest.
+        let tee = Tee {
+            inner: std::mem::replace(&mut self.inner, super::empty()),
+            data: self.data.take(),
+            trailers: self.trailers.take(),
+            limit: self.limit,
+            done: None,
+            kept: None,
+        };
+        let _ = done.send(Outcome::Unfinished { tee: Box::new(tee) });
     }
 }
 
@@ -315,20 +385,28 @@ mod tests {
         let passed = body.collect().await.unwrap();
         assert_eq!(passed.trailers().unwrap()["x-sum"], "7");
         assert_eq!(&passed.to_bytes()[..], b"abcdef");
-        let again = kept.await.unwrap().unwrap().body().collect().await.unwrap();
+        let again = kept.whole().await.unwrap().body().collect().await.unwrap();
         assert_eq!(again.trailers().unwrap()["x-sum"], "7");
         assert_eq!(&again.to_bytes()[..], b"abcdef");
 
         // One byte over: passed on whole, not kept.
         let (body, kept) = tee(frames(), 5);
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
-        assert!(kept.await.unwrap().is_none());
+        assert!(kept.whole().await.is_none());
 
-        // Dropped unfinished: not kept; an empty body is kept at once.
-        let (body, kept) = tee(frames(), 100);
+        // Dropped after one frame: the rest is read into the copy.
+        let (mut body, kept) = tee(frames(), 6);
+        body.frame().await.unwrap().unwrap();
         drop(body);
-        assert!(kept.await.unwrap().is_none());
+        let again = kept.whole().await.unwrap().body().collect().await.unwrap();
+        assert_eq!(again.trailers().unwrap()["x-sum"], "7");
+        assert_eq!(&again.to_bytes()[..], b"abcdef");
+        // ... but not past the limit.
+        let (body, kept) = tee(frames(), 5);
+        drop(body);
+        assert!(kept.whole().await.is_none());
+        // An empty body is kept at once.
         let (_body, kept) = tee(super::super::empty(), 0);
-        assert!(kept.await.unwrap().is_some());
+        assert!(kept.whole().await.is_some());
     }
 }

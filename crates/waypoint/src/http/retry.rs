@@ -7,8 +7,8 @@
 //! backend sees at most 1.2x its load, never attempts-times-load (a retry storm).
 //!
 //! The first attempt streams the request body as it comes; a copy of up to 64 KiB is kept
-//! meanwhile ([`tee`]), and only a body that ended within it is sent again. A larger body and
-//! an upgrade get one attempt.
+//! meanwhile ([`tee`]) and sent again (what the attempt left unread, e.g. when the endpoint could
+//! not be reached, is read into the copy first). A larger body and an upgrade get one attempt.
 //!
 //! gRPC: a call's status is in `grpc-status`, in the headers of a trailers-only response or in
 //! the trailers. A rule with a retry retries UNAVAILABLE, and the statuses its HTTP codes map to
@@ -196,12 +196,15 @@ impl<S: Inner> Attempts<S> {
         let mut response = self.attempt(copy(&parts, body)).await;
         let mut left = retry.attempts;
         loop {
+            if left == 0 {
+                return response;
+            }
             let (answer, grpc_status) = if self.grpc {
                 grpc_status(response).await
             } else {
                 (response, None)
             };
-            if left == 0 || !retry.retries(answer.status(), grpc_status) {
+            if !retry.retries(answer.status(), grpc_status) {
                 return answer;
             }
             let Some(body) = kept.whole().await else {
@@ -255,8 +258,11 @@ enum Pending {
 impl Pending {
     /// A fresh copy of the whole body, if it was kept.
     async fn whole(&mut self) -> Option<Body> {
-        if let Self::Waiting(receiver) = self {
-            *self = Self::Done(receiver.await.ok().flatten());
+        if let Self::Waiting(_) = self {
+            let Self::Waiting(kept) = std::mem::replace(self, Self::Done(None)) else {
+                return None;
+            };
+            *self = Self::Done(kept.whole().await);
         }
         match self {
             Self::Done(kept) => kept.as_ref().map(Kept::body),
@@ -528,6 +534,38 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(service.attempts(), 1);
         assert_eq!(service.bodies()[0].len(), 80 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_body_the_failed_attempt_never_read_is_sent_whole_on_the_retry() {
+        // The first attempt fails without reading the body (an endpoint that cannot be
+        // reached); the second reads it.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let service = tower::service_fn(move |request: Request| {
+            let seen = recorded.clone();
+            async move {
+                let first = seen.lock().unwrap().is_empty();
+                let body = if first {
+                    Bytes::new()
+                } else {
+                    request.into_body().collect().await.unwrap().to_bytes()
+                };
+                seen.lock().unwrap().push(body);
+                Ok::<_, Infallible>(flaky::<1>(if first { 0 } else { 1 }))
+            }
+        });
+        let mut request = http::Request::new(streaming(vec![
+            Bytes::from_static(b"pay"),
+            Bytes::from_static(b"load"),
+        ]));
+        request.extensions_mut().insert(Arc::new(retrying(1)));
+        let response = layer().layer(service).call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Bytes::new(), Bytes::from_static(b"payload")]
+        );
     }
 
     fn grpc_request(policy: Resilience, timeout: &str) -> Request {

@@ -180,7 +180,8 @@ impl<S: Inner> Route<S> {
         let head = head_of(request);
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let Some(kept) = kept.await.ok().flatten() else {
+            let whole = tokio::time::timeout(MIRROR_TIMEOUT, kept.whole()).await;
+            let Some(kept) = whole.ok().flatten() else {
                 metrics.mirrors(MirrorOutcome::Skipped, mirrors.len());
                 return;
             };
@@ -208,8 +209,8 @@ pub struct Mirrored;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MirrorOutcome {
     Sent,
-    /// Its body was larger than [`MIRROR_MAX_BODY`] (or never ended), or too many mirrors were
-    /// in flight.
+    /// Its body was larger than [`MIRROR_MAX_BODY`] (or failed, or did not end within the
+    /// mirror's time), or too many mirrors were in flight.
     Skipped,
 }
 
