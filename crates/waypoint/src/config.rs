@@ -253,4 +253,29 @@ mod tests {
         let e = parse(&format!("{BASE} --controller c:1 --metrics nowhere")).unwrap_err();
         assert!(e.contains("nowhere"), "{e}");
     }
+
+    #[test]
+    fn the_declaration_takes_what_the_controller_sets() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let declared: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        // The waypoint Deployment the controller writes (AMBIT_LOG is the log filter's).
+        let deployment = include_str!("../../controller/src/waypoint.rs");
+        let set: Vec<&str> = deployment
+            .split("{\"name\": \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| name.starts_with("AMBIT_") && *name != "AMBIT_LOG")
+            .collect();
+        assert!(set.len() >= 7, "{set:?}");
+        for name in set {
+            assert!(
+                declared.iter().any(|d| d == name),
+                "{name} not declared: {declared:?}"
+            );
+        }
+    }
 }
