@@ -211,7 +211,8 @@ impl User<'_> {
     /// A RequestAuthentication whose keys the controller fetches from nginx over HTTPS, and a
     /// DENY policy on `/secure/*` for requests without a principal of the issuer: a valid
     /// token is answered 200 (the app gets its subject, not the token), none 403, an expired
-    /// one, one of another issuer and one with a bad signature 401.
+    /// one, one of another issuer, one with a bad signature and one whose kid the key set
+    /// lacks 401.
     async fn jwt_from_https_jwks(&self, idp: &IdentityProvider) -> Result<()> {
         self.say
             .step("JWT at the waypoint, keys fetched by the controller from the JWKS over HTTPS");
@@ -286,6 +287,9 @@ impl User<'_> {
             .say("200: the app saw x-user: alice (the token's sub) and no Authorization header");
 
         let other_key = TestKey::generate(Algorithm::ES256, &idp.key.kid);
+        // The issuer's next key, not published yet: refused until a refresh delivers it
+        // (docs/policies.md, "A token whose kid is not in the delivered key set").
+        let next_key = TestKey::generate(Algorithm::ES256, "idp-next");
         let cases = [
             ("no token", None, 403),
             (
@@ -304,6 +308,11 @@ impl User<'_> {
             (
                 "bad signature (the same kid, another key)",
                 Some(other_key.sign(&idp.claims(ISSUER, now() + 3600))),
+                401,
+            ),
+            (
+                "a kid not in the key set (the issuer's next key)",
+                Some(next_key.sign(&idp.claims(ISSUER, now() + 3600))),
                 401,
             ),
         ];
@@ -344,7 +353,7 @@ impl User<'_> {
             self.say.say(format!("{what}: {}", reply.code));
         }
         let metrics = self.waypoint_metrics().await?;
-        for reason in ["expired", "unknown_issuer", "signature"] {
+        for reason in ["expired", "unknown_issuer", "signature", "unknown_key"] {
             let labels = [("result", "invalid"), ("reason", reason)];
             ensure!(
                 count(&metrics, JWT_TOTAL, &labels) >= 1,
@@ -352,7 +361,7 @@ impl User<'_> {
             );
         }
         self.say.say(format!(
-            "{JWT_TOTAL}{{result=\"invalid\"}} counted with reason expired, unknown_issuer and signature"
+            "{JWT_TOTAL}{{result=\"invalid\"}} counted with reason expired, unknown_issuer, signature and unknown_key"
         ));
         self.kubectl(&[
             "delete",
