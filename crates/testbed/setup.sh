@@ -5,10 +5,11 @@
 #   kubelet's own streaming server code from the same release), helm (built from its Go module),
 #   Istio's echo app (server and client, the app behind Gateway API's conformance suite: real
 #   HTTP/1.1, h2c and gRPC peers for the end-to-end tests, and the suite's `echo-advanced`
-#   image), Istio's ext_authz sample (the waypoint's external authorization tests' server),
-#   and from Debian: the standard CNI plugins, nftables, iproute2, tcpdump, and the real
-#   clients and baselines the tests and benchmarks drive (curl, nghttp2-client for h2load, nginx
-#   with its stream module).
+#   image), Istio's ext_authz sample (the external authorization tests' server, and a pod on
+#   the user's path), and from Debian: the standard CNI plugins, nftables, iproute2, tcpdump,
+#   and the real clients and servers the tests and benchmarks drive (curl, nghttp2-client for
+#   h2load, nginx with its stream module: the benchmark's baseline and, run as a pod, the
+#   user's path's JWKS server over HTTPS).
 #   `setup.sh conformance` also builds Gateway API's conformance suite as a test binary (not
 #   part of `all`: `cargo xtask conformance` and `cargo xtask test` build it when they run it).
 #
