@@ -180,7 +180,7 @@ async fn a_rate_limited_service_answers_429_past_its_quota() {
 }
 
 /// Route `back` (pod back-1) mirrors `/mirror` to `copy` (a recording pod) and to `hole` (a
-/// pod whose tunnel accepts connections and never answers).
+/// pod whose tunnel accepts connections and never answers); `back` takes 3 requests a minute.
 fn mirror_mesh(net: u8) -> String {
     format!(
         r#"
@@ -207,6 +207,12 @@ routes:
         filters:
           - requestMirror: {{backend: {{namespace: shop, name: copy, port: 80}}}}
           - requestMirror: {{backend: {{namespace: shop, name: hole, port: 80}}}}
+rateLimits:
+  - name: three
+    namespace: shop
+    target: {{kind: Service, name: back}}
+    requests: 3
+    intervalMs: 60000
 "#,
         back_pods = back_pods(net, 1),
         back_service = back_service(net, 1),
@@ -284,7 +290,8 @@ async fn mirrors_get_bodies_up_to_64_kib_and_never_hold_the_request_up() {
     .await;
     assert!(metrics().contains(r#"ambit_waypoint_mirrors_total{outcome="sent"} 2"#));
 
-    // Without a body, as before; the next copy the recorder sees is this one.
+    // Without a body, as before; the next copy the recorder sees is this one. The third request
+    // within `back`'s quota of three: the copies spent none of it.
     let (status, _, _) = text(http.send_request(get("/mirror/c", "back")).await.unwrap()).await;
     assert_eq!(status, 200);
     eventually("the copy of /mirror/c", || {
