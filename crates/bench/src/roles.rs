@@ -271,7 +271,7 @@ impl ConnectHandler for Forward {
 async fn hbone_in(at: SocketAddr) -> Result<()> {
     let ca = read_ca()?;
     let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
-    // The idle-memory run holds 10,000 tunnels, past the node tunnel's default of 1,024 (which
+    // The idle-memory run holds 10,000 tunnels, past the node tunnel's default of 1,280 (which
     // bounds the worst case, not what an idle tunnel costs).
     let settings = ServerSettings {
         max_tunnels: 20_000,

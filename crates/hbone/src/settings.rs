@@ -90,19 +90,22 @@ impl ServerSettings {
     /// The most memory, in bytes, that clients can make the servers sharing these limits hold,
     /// whatever they send or leave unread:
     ///
-    /// `max_connections x (connection_window + max_frame_size + connection overhead)
+    /// `min(max_connections x connection_window, max_tunnels x stream_window)
+    ///  + max_connections x (max_frame_size + connection overhead)
     ///  + max_tunnels x (max_send_buffer + tunnel overhead)`
     ///
-    /// A connection buffers at most its receive window of data the target has not taken yet
-    /// (data is released to the peer only as it is handed on); a tunnel buffers at most its
-    /// send buffer of data the client has not read (the client's windows do not matter), plus
-    /// one read chunk. Kernel socket buffers are not counted: they are not the process's.
+    /// Received data the targets have not taken yet is held within the receive windows (it is
+    /// released to the peer only as it is handed on): a stream's at most, and a connection's
+    /// for all its streams. A tunnel holds at most its send buffer of data the client has not
+    /// read (the client's windows do not matter), plus one read chunk. Kernel socket buffers
+    /// are not counted: they are not the process's.
     pub fn memory_bound(&self) -> u64 {
-        let per_connection = u64::from(self.h2.connection_window)
-            + u64::from(self.h2.max_frame_size)
-            + CONNECTION_OVERHEAD;
+        let (connections, tunnels) = (self.max_connections as u64, self.max_tunnels as u64);
+        let received = (connections * u64::from(self.h2.connection_window))
+            .min(tunnels * u64::from(self.h2.stream_window));
+        let per_connection = u64::from(self.h2.max_frame_size) + CONNECTION_OVERHEAD;
         let per_tunnel = self.h2.max_send_buffer as u64 + TUNNEL_OVERHEAD;
-        self.max_connections as u64 * per_connection + self.max_tunnels as u64 * per_tunnel
+        received + connections * per_connection + tunnels * per_tunnel
     }
 
     /// [`Self::memory_bound`] of `tunnels` tunnels on one connection.
@@ -117,23 +120,26 @@ impl ServerSettings {
 }
 
 impl Default for ServerSettings {
-    /// Sized so that [`Self::memory_bound`] (358 MiB) fits the node tunnel's 512 MiB
-    /// container limit with room for its pools and config: 512 connections with 256 KiB
-    /// windows, 1,024 tunnels with 64 KiB send buffers.
+    /// Sized so that [`Self::memory_bound`] (334 MiB) fits the node tunnel's 512 MiB
+    /// container limit with room for its pools and config: 256 connections, 1,280 tunnels
+    /// (more than one connection's 1,024 streams, so one connection cannot take them all) with
+    /// 128 KiB receive windows and 32 KiB send buffers. What tunnels have received is bounded
+    /// by their stream windows, so the connection window stays large (16 MiB, as the pool's):
+    /// a few stalled streams must not stall the rest of their connection.
     fn default() -> Self {
         Self {
             h2: H2Settings {
-                stream_window: 256 * 1024,
-                connection_window: 256 * 1024,
+                stream_window: 128 * 1024,
+                connection_window: 16 * 1024 * 1024,
                 max_frame_size: 64 * 1024,
                 max_header_list_size: 16 * 1024,
-                max_send_buffer: 64 * 1024,
+                max_send_buffer: 32 * 1024,
             },
-            max_connections: 512,
+            max_connections: 256,
             max_connections_per_peer: 16,
             idle_timeout: Duration::from_secs(90),
             max_concurrent_streams: 1024,
-            max_tunnels: 1024,
+            max_tunnels: 1280,
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 128,
             max_handshakes_per_address: 8,
