@@ -8,7 +8,7 @@
 //! copy of the AuthorizationPolicy CRD instead of failing on a difference.
 
 use anyhow::{Context, Result, bail};
-use serde_yaml::Value;
+use serde_norway::Value;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,7 +83,7 @@ fn render(helm: &Path, extra: &[&str]) -> Result<String> {
 fn docs(yaml: &str) -> Result<Vec<Value>> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
+    for doc in serde_norway::Deserializer::from_str(yaml) {
         let v = Value::deserialize(doc)?;
         if !v.is_null() {
             out.push(v);
@@ -386,12 +386,12 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
     // creating it); the node pod may only read its own DaemonSet.
     for o in &objects {
         if ["ClusterRole", "Role"].contains(&text(o, &["kind"])) {
-            let rendered = serde_yaml::to_string(at(o, &["rules"]))?;
+            let rendered = serde_norway::to_string(at(o, &["rules"]))?;
             assert!(!rendered.contains('*'), "wildcard in {o:?}");
         }
     }
     let cluster_role = object(&objects, "ClusterRole", "ambit-controller")?;
-    assert!(!serde_yaml::to_string(cluster_role)?.contains("secrets"));
+    assert!(!serde_norway::to_string(cluster_role)?.contains("secrets"));
     // ConfigMaps cluster-wide: only the root certificate's (create cannot name it).
     for rule in list(cluster_role, &["rules"]) {
         if strings(rule, &["resources"])

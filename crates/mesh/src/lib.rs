@@ -32,7 +32,7 @@ pub enum MeshError {
     #[error("mesh file {path} is not valid: {source}")]
     Parse {
         path: String,
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("invalid trust domain {0:?}")]
     TrustDomain(String),

@@ -220,7 +220,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
     let mut crds = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let crd: Option<CustomResourceDefinition> = serde::Deserialize::deserialize(doc)
                 .with_context(|| format!("a CRD in {}", file.display()))?;
             crds.extend(crd);
@@ -537,7 +537,7 @@ pub async fn chart_rbac(client: &kube::Client) -> Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/ambit.yaml");
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let mut created = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_norway::Deserializer::from_str(&text) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
         if v["metadata"]["name"] != "ambit-controller" {
             continue;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// Routes from YAML (a list), each given `namespace: demo` and `parents: [demo/echo]` when it
 /// names none.
 fn routes(yaml: &str) -> Vec<Route> {
-    let mut values: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
+    let mut values: Vec<serde_norway::Value> = serde_norway::from_str(yaml).unwrap();
     for v in &mut values {
         let map = v.as_mapping_mut().unwrap();
         if !map.contains_key("namespace") {
@@ -21,13 +21,13 @@ fn routes(yaml: &str) -> Vec<Route> {
         if !map.contains_key("parents") {
             map.insert(
                 "parents".into(),
-                serde_yaml::from_str("[{namespace: demo, name: echo}]").unwrap(),
+                serde_norway::from_str("[{namespace: demo, name: echo}]").unwrap(),
             );
         }
     }
     values
         .into_iter()
-        .map(|v| serde_yaml::from_value(v).unwrap())
+        .map(|v| serde_norway::from_value(v).unwrap())
         .collect()
 }
 
