@@ -14,8 +14,12 @@ use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{resource}: {what} is claimed by another workload")]
-    Claimed { resource: String, what: String },
+    #[error("{resource}: {what} is already held by {holder}")]
+    Claimed {
+        resource: String,
+        what: String,
+        holder: String,
+    },
     #[error("{resource}: {value:?} is not an IP address")]
     Ip { resource: String, value: String },
     #[error("{resource}: port {port} is out of range")]
@@ -213,12 +217,14 @@ fn workload(
         return Err(ConvertError::Claimed {
             resource: name.to_owned(),
             what: format!("uid {}", w.uid),
+            holder: "another workload".into(),
         });
     }
     if let Some(ip) = ips.iter().find(|ip| claimed_ips.contains_key(ip)) {
         return Err(ConvertError::Claimed {
             resource: name.to_owned(),
-            what: format!("IP {ip}, which {} holds", claimed_ips[ip]),
+            what: format!("IP {ip}"),
+            holder: claimed_ips[ip].to_owned(),
         });
     }
     Ok(ambit_mesh::Workload {
@@ -1084,7 +1090,7 @@ mod tests {
         assert!(
             c.rejected[0]
                 .error
-                .contains("IP 10.0.0.1, which workload/a holds")
+                .ends_with("IP 10.0.0.1 is already held by workload/a")
         );
         let mesh = ambit_mesh::Mesh::new(c.config).unwrap();
         assert_eq!(mesh.workload_by_uid("a").unwrap().ips.len(), 1);
