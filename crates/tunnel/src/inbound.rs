@@ -81,8 +81,8 @@ impl ConnectHandler for InboundHandler {
             let _guard = ActiveGuard::new(&ctx.active);
             let labels = Labels {
                 direction: "inbound",
-                source: request.peer.to_string(),
-                destination: ctx.spec.identity.to_string(),
+                source_identity: request.peer.to_string(),
+                destination_identity: ctx.spec.identity.to_string(),
             };
             let source = Source {
                 identity: Some(request.peer.clone()),
@@ -91,7 +91,7 @@ impl ConnectHandler for InboundHandler {
             let audit = match authorize(&ctx, &source, request.target) {
                 Ok(audit) => audit,
                 Err(reason) => {
-                    ctx.shared.metrics.denied(labels.clone());
+                    ctx.shared.metrics.denied(&labels);
                     tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, reason, "connection denied");
                     tunnel.refuse(Refusal::Denied);
                     return;
@@ -108,11 +108,11 @@ impl ConnectHandler for InboundHandler {
             let Ok(stream) = tunnel.accept() else {
                 return;
             };
-            ctx.shared.metrics.opened(labels.clone());
+            let counted = ctx.shared.metrics.opened(&labels);
             let result = splice_tcp_h2(&mut upstream, stream).await;
             // `forward` is app -> tunnel here: the source received it.
             let (received, sent) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
-            ctx.shared.metrics.closed(labels, sent, received);
+            counted.closed(sent, received);
             tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, sent, received, audit, error = result.err().map(|e| e.to_string()), "connection complete");
         }
     }
@@ -141,8 +141,8 @@ async fn plaintext(
 ) {
     let labels = Labels {
         direction: "inbound_plaintext",
-        source: "unknown".into(),
-        destination: ctx.spec.identity.to_string(),
+        source_identity: "unknown".into(),
+        destination_identity: ctx.spec.identity.to_string(),
     };
     let target = match original_dst(&tcp) {
         Ok(target) => target,
@@ -164,7 +164,7 @@ async fn plaintext(
     let audit = match refusal {
         Ok(audit) => audit,
         Err(reason) => {
-            ctx.shared.metrics.denied(labels);
+            ctx.shared.metrics.denied(&labels);
             tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, reason, "connection denied");
             reset(tcp);
             return;
@@ -177,10 +177,10 @@ async fn plaintext(
             return;
         }
     };
-    ctx.shared.metrics.opened(labels.clone());
+    let counted = ctx.shared.metrics.opened(&labels);
     let result = splice_tcp_tcp(&mut tcp, &mut upstream).await;
     let (sent, received) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
-    ctx.shared.metrics.closed(labels, sent, received);
+    counted.closed(sent, received);
     tracing::info!(target: "access", direction = "inbound_plaintext", src = %peer, dst = %target, sent, received, audit, "connection complete");
 }
 

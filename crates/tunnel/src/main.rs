@@ -4,7 +4,7 @@ use ambit_controller_client::source::{self, spawn_feed, stream_json};
 use ambit_controller_client::{StreamState, Subscriber};
 use ambit_identity::{CertificateStore, RetryPolicy};
 use ambit_mesh::Mesh;
-use ambit_tunnel::{Config, Issuer, Node, admin, metrics, node::Shared};
+use ambit_tunnel::{Config, Issuer, Node, admin, node::Shared};
 use anyhow::{Context, Result};
 use clap::Parser as _;
 use std::sync::Arc;
@@ -121,11 +121,14 @@ async fn serve_admin(
     let m = node.shared().clone();
     tokio::spawn(admin::serve(metrics_listener, move |path| match path {
         "/metrics" | "/stats/prometheus" => {
-            let mut text = m.metrics.render();
-            if let Some(stream) = &stream_metrics {
-                text += &metrics::render_config_stream(&stream.borrow());
-            }
-            (200, "text/plain; version=0.0.4", text)
+            let state = stream_metrics
+                .as_ref()
+                .map(|stream| stream.borrow().clone());
+            (
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                m.metrics.render(state.as_ref()),
+            )
         }
         _ => (404, "text/plain", String::new()),
     }));

@@ -1,131 +1,159 @@
-//! L4 metrics with source/destination identity labels, rendered as Prometheus text.
+//! L4 metrics (prometheus-client) labelled with the source and destination identities, and the
+//! config stream's state. A connection resolves its series once, when it opens, and keeps their
+//! counters: what it counts later are atomic adds, with no lock shared with other connections.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use ambit_controller_client::StreamState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
 use std::sync::Mutex;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Labels {
     /// `outbound`, `inbound` or `inbound_plaintext`.
     pub direction: &'static str,
-    pub source: String,
-    pub destination: String,
+    pub source_identity: String,
+    pub destination_identity: String,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Counters {
-    opened: u64,
-    closed: u64,
-    sent: u64,
-    received: u64,
-    denied: u64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeltaLabels {
+    /// `accepted` or `rejected` (NACKed).
+    result: &'static str,
 }
 
-/// A metric family: name, help, and how to read it from the counters.
-type Family = (&'static str, &'static str, fn(&Counters) -> u64);
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    series: Mutex<BTreeMap<Labels, Counters>>,
+    registry: Registry,
+    opened: Family<Labels, Counter>,
+    closed: Family<Labels, Counter>,
+    sent: Family<Labels, Counter>,
+    received: Family<Labels, Counter>,
+    denied: Family<Labels, Counter>,
+    config_connected: Gauge,
+    config_deltas: Family<DeltaLabels, Counter>,
+    config_rejected_resources: Gauge,
+    /// Serializes scrapes while they copy the config stream's totals into the counters (two
+    /// at once would both add the same difference). Scrapes only: connections never take it.
+    render_lock: Mutex<()>,
+}
+
+/// One open connection's series, resolved when it opened.
+#[derive(Debug)]
+pub struct ConnectionMetrics {
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+}
+
+impl ConnectionMetrics {
+    /// `sent` is bytes from the source to the destination.
+    pub fn closed(self, sent: u64, received: u64) {
+        self.closed.inc();
+        self.sent.inc_by(sent);
+        self.received.inc_by(received);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ambit");
+        let mut connection_family = |name: &str, help: &str, unit: Option<Unit>| {
+            let family = Family::<Labels, Counter>::default();
+            match unit {
+                Some(unit) => registry.register_with_unit(name, help, unit, family.clone()),
+                None => registry.register(name, help, family.clone()),
+            }
+            family
+        };
+        let opened = connection_family("tcp_connections_opened", "TCP connections opened", None);
+        let closed = connection_family("tcp_connections_closed", "TCP connections closed", None);
+        let sent = connection_family(
+            "tcp_sent",
+            "Bytes from source to destination, counted when the connection closes",
+            Some(Unit::Bytes),
+        );
+        let received = connection_family(
+            "tcp_received",
+            "Bytes from destination to source, counted when the connection closes",
+            Some(Unit::Bytes),
+        );
+        let denied = connection_family(
+            "tcp_denied",
+            "Connections denied by L4 policy, strict mode or the waypoint check",
+            None,
+        );
+        let config_connected = Gauge::default();
+        registry.register(
+            "tunnel_config_connected",
+            "Whether the config stream from the controller is up (1) or the tunnel serves its last good config or a mesh file (0)",
+            config_connected.clone(),
+        );
+        let config_deltas = Family::<DeltaLabels, Counter>::default();
+        registry.register(
+            "tunnel_config_deltas",
+            "Config deltas from the controller, by result",
+            config_deltas.clone(),
+        );
+        let config_rejected_resources = Gauge::default();
+        registry.register(
+            "tunnel_config_rejected_resources",
+            "Resources held but left out of the model (or held fail-safe): rejected alone, the rest applied",
+            config_rejected_resources.clone(),
+        );
+        Self {
+            registry,
+            opened,
+            closed,
+            sent,
+            received,
+            denied,
+            config_connected,
+            config_deltas,
+            config_rejected_resources,
+            render_lock: Mutex::new(()),
+        }
+    }
 }
 
 impl Metrics {
-    fn with(&self, labels: Labels, f: impl FnOnce(&mut Counters)) {
-        let mut series = self
-            .series
+    /// Counts a connection opened and hands back its series for the rest of its life.
+    pub fn opened(&self, labels: &Labels) -> ConnectionMetrics {
+        self.opened.get_or_create(labels).inc();
+        ConnectionMetrics {
+            closed: self.closed.get_or_create(labels).clone(),
+            sent: self.sent.get_or_create(labels).clone(),
+            received: self.received.get_or_create(labels).clone(),
+        }
+    }
+
+    pub fn denied(&self, labels: &Labels) {
+        self.denied.get_or_create(labels).inc();
+    }
+
+    /// The exposition text (OpenMetrics), with the config stream's state as of now when the
+    /// tunnel has one.
+    pub fn render(&self, stream: Option<&StreamState>) -> String {
+        let _serialized = self
+            .render_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(series.entry(labels).or_default());
-    }
-
-    pub fn opened(&self, labels: Labels) {
-        self.with(labels, |c| c.opened += 1);
-    }
-
-    /// `sent` is bytes from the source to the destination.
-    pub fn closed(&self, labels: Labels, sent: u64, received: u64) {
-        self.with(labels, |c| {
-            c.closed += 1;
-            c.sent += sent;
-            c.received += received;
-        });
-    }
-
-    pub fn denied(&self, labels: Labels) {
-        self.with(labels, |c| c.denied += 1);
-    }
-
-    pub fn render(&self) -> String {
-        let series = self
-            .series
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let mut out = String::new();
-        let families: [Family; 5] = [
-            (
-                "ambit_tcp_connections_opened_total",
-                "TCP connections opened",
-                |c| c.opened,
-            ),
-            (
-                "ambit_tcp_connections_closed_total",
-                "TCP connections closed",
-                |c| c.closed,
-            ),
-            (
-                "ambit_tcp_sent_bytes_total",
-                "Bytes from source to destination",
-                |c| c.sent,
-            ),
-            (
-                "ambit_tcp_received_bytes_total",
-                "Bytes from destination to source",
-                |c| c.received,
-            ),
-            (
-                "ambit_tcp_denied_total",
-                "Connections denied by L4 policy or mode",
-                |c| c.denied,
-            ),
-        ];
-        for (name, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
-            for (labels, counters) in &series {
-                let _ = writeln!(
-                    out,
-                    "{name}{{direction=\"{}\",source_identity=\"{}\",destination_identity=\"{}\"}} {}",
-                    labels.direction,
-                    escape(&labels.source),
-                    escape(&labels.destination),
-                    value(counters)
-                );
+        if let Some(state) = stream {
+            self.config_connected.set(i64::from(state.connected));
+            for (result, total) in [("accepted", state.accepted), ("rejected", state.rejected)] {
+                let counter = self.config_deltas.get_or_create(&DeltaLabels { result });
+                counter.inc_by(total.saturating_sub(counter.get()));
             }
+            self.config_rejected_resources
+                .set(i64::try_from(state.rejected_resources.len()).unwrap_or(i64::MAX));
         }
-        out
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The config stream's health: whether it is up, and deltas accepted and rejected (NACKed).
-pub fn render_config_stream(state: &ambit_controller_client::StreamState) -> String {
-    format!(
-        "# HELP ambit_tunnel_config_connected Whether the config stream from the controller is up (1) or the tunnel serves its last good config (0).\n\
-         # TYPE ambit_tunnel_config_connected gauge\n\
-         ambit_tunnel_config_connected {}\n\
-         # HELP ambit_tunnel_config_deltas_total Config deltas from the controller, by result.\n\
-         # TYPE ambit_tunnel_config_deltas_total counter\n\
-         ambit_tunnel_config_deltas_total{{result=\"accepted\"}} {}\n\
-         ambit_tunnel_config_deltas_total{{result=\"rejected\"}} {}\n",
-        u8::from(state.connected),
-        state.accepted,
-        state.rejected
-    )
 }
 
 #[cfg(test)]
@@ -135,18 +163,48 @@ mod tests {
     #[test]
     fn renders_counters_with_identity_labels() {
         let m = Metrics::default();
-        let l = || Labels {
+        let labels = Labels {
             direction: "inbound",
-            source: "spiffe://td/ns/a/sa/b".into(),
-            destination: "spiffe://td/ns/c/sa/d".into(),
+            source_identity: "spiffe://td/ns/a/sa/b".into(),
+            destination_identity: "spiffe://td/ns/c/sa/d".into(),
         };
-        m.opened(l());
-        m.closed(l(), 10, 20);
-        m.denied(l());
-        let text = m.render();
-        assert!(text.contains("ambit_tcp_connections_opened_total{direction=\"inbound\",source_identity=\"spiffe://td/ns/a/sa/b\",destination_identity=\"spiffe://td/ns/c/sa/d\"} 1"), "{text}");
-        assert!(text.contains("ambit_tcp_sent_bytes_total{direction=\"inbound\",source_identity=\"spiffe://td/ns/a/sa/b\",destination_identity=\"spiffe://td/ns/c/sa/d\"} 10"));
-        assert!(text.contains("ambit_tcp_received_bytes_total{direction=\"inbound\",source_identity=\"spiffe://td/ns/a/sa/b\",destination_identity=\"spiffe://td/ns/c/sa/d\"} 20"));
-        assert!(text.contains("ambit_tcp_denied_total{direction=\"inbound\",source_identity=\"spiffe://td/ns/a/sa/b\",destination_identity=\"spiffe://td/ns/c/sa/d\"} 1"));
+        let first = m.opened(&labels);
+        let second = m.opened(&labels);
+        first.closed(10, 20);
+        second.closed(1, 2);
+        m.denied(&labels);
+        let text = m.render(None);
+        let series = r#"{direction="inbound",source_identity="spiffe://td/ns/a/sa/b",destination_identity="spiffe://td/ns/c/sa/d"}"#;
+        for expected in [
+            format!("ambit_tcp_connections_opened_total{series} 2"),
+            format!("ambit_tcp_connections_closed_total{series} 2"),
+            format!("ambit_tcp_sent_bytes_total{series} 11"),
+            format!("ambit_tcp_received_bytes_total{series} 22"),
+            format!("ambit_tcp_denied_total{series} 1"),
+            "ambit_tunnel_config_connected 0".to_owned(),
+        ] {
+            assert!(text.contains(&expected), "{expected} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn config_stream_totals_are_copied_not_added_again() {
+        let m = Metrics::default();
+        let state = StreamState {
+            connected: true,
+            accepted: 3,
+            rejected: 1,
+            ..Default::default()
+        };
+        m.render(Some(&state));
+        let text = m.render(Some(&state));
+        for expected in [
+            "ambit_tunnel_config_connected 1",
+            r#"ambit_tunnel_config_deltas_total{result="accepted"} 3"#,
+            r#"ambit_tunnel_config_deltas_total{result="rejected"} 1"#,
+            "ambit_tunnel_config_rejected_resources 0",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
     }
 }

@@ -46,27 +46,28 @@ async fn handle(ctx: Arc<PodContext>, mut tcp: TcpStream, peer: SocketAddr, _gua
             return;
         }
     };
-    let (result, labels, hbone) = match route {
+    let (result, labels, counted, hbone) = match route {
         Route::Hbone { tunnel, labels } => {
-            ctx.shared.metrics.opened(labels.clone());
-            (splice_tcp_h2(&mut tcp, tunnel).await, labels, true)
+            let counted = ctx.shared.metrics.opened(&labels);
+            (splice_tcp_h2(&mut tcp, tunnel).await, labels, counted, true)
         }
         Route::Plain {
             mut upstream,
             labels,
         } => {
-            ctx.shared.metrics.opened(labels.clone());
-            (splice_tcp_tcp(&mut tcp, &mut upstream).await, labels, false)
+            let counted = ctx.shared.metrics.opened(&labels);
+            let result = splice_tcp_tcp(&mut tcp, &mut upstream).await;
+            (result, labels, counted, false)
         }
     };
     let (sent, received) = result.as_ref().map_or((0, 0), |t| (t.forward, t.backward));
-    ctx.shared.metrics.closed(labels.clone(), sent, received);
+    counted.closed(sent, received);
     tracing::info!(
         target: "access",
         direction = "outbound",
         src = %peer,
-        src_identity = %labels.source,
-        dst_identity = %labels.destination,
+        src_identity = %labels.source_identity,
+        dst_identity = %labels.destination_identity,
         hbone,
         sent,
         received,
@@ -143,7 +144,7 @@ async fn setup(ctx: &PodContext, tcp: &TcpStream) -> Result<Route, (String, Stri
     let dst =
         original_dst(tcp).map_err(|e| ("?".to_owned(), format!("no original destination: {e}")))?;
     let fail = |e: String| (dst.to_string(), e);
-    let source = ctx.spec.identity.to_string();
+    let source_identity = ctx.spec.identity.to_string();
     let plan = plan(&ctx.shared.mesh(), &ctx.spec.ips, dst);
     let (peer, expected, target, destination) = match plan {
         Plan::Refuse(reason) => return Err(fail(reason.into())),
@@ -155,8 +156,8 @@ async fn setup(ctx: &PodContext, tcp: &TcpStream) -> Result<Route, (String, Stri
                 upstream,
                 labels: Labels {
                     direction: "outbound",
-                    source,
-                    destination: "unknown".into(),
+                    source_identity,
+                    destination_identity: "unknown".into(),
                 },
             });
         }
@@ -169,8 +170,8 @@ async fn setup(ctx: &PodContext, tcp: &TcpStream) -> Result<Route, (String, Stri
     };
     let labels = Labels {
         direction: "outbound",
-        source,
-        destination: destination.to_string(),
+        source_identity,
+        destination_identity: destination.to_string(),
     };
     let key = PoolKey::new(ctx.spec.identity.clone(), peer, vec![expected]);
     match ctx
@@ -183,7 +184,7 @@ async fn setup(ctx: &PodContext, tcp: &TcpStream) -> Result<Route, (String, Stri
             if let HboneError::Refused { status, .. } = &error
                 && status.as_u16() == 401
             {
-                ctx.shared.metrics.denied(labels);
+                ctx.shared.metrics.denied(&labels);
             }
             Err(fail(error.to_string()))
         }

@@ -2,6 +2,8 @@
 //! capture by the capture agent. Needs root; skips loudly otherwise (CI runs it as root).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/metrics_doc.rs"]
+mod metrics_doc;
 mod support;
 
 use ambit_identity::testing::TestPki;
@@ -492,6 +494,22 @@ fn node_tunnels_in_network_namespaces() {
     assert!(strict.to_lowercase().contains("reset"), "{strict}");
     let permissive = echo(&net, &bins, "p23", "10.77.2.21:8080", "hi").unwrap();
     assert!(permissive.contains("hello from p21"), "{permissive}");
+
+    step("// Metrics as docs/metrics.md lists them");
+    // Node 2 has seen every kind of connection by now: opened, closed, denied, plaintext.
+    let l4 = [
+        "ambit_tcp_connections_opened_total",
+        "ambit_tcp_connections_closed_total",
+        "ambit_tcp_sent_bytes_total",
+        "ambit_tcp_received_bytes_total",
+        "ambit_tcp_denied_total",
+    ];
+    poll("every L4 series of node 2 sampled", WAIT, || {
+        let scrape = metrics(&net, "n2");
+        let sampled = metrics_doc::check("tunnel", &scrape)
+            .unwrap_or_else(|problems| panic!("{problems}\n{scrape}"));
+        l4.iter().all(|s| sampled.contains(*s)).then_some(())
+    });
 
     step("// A Service VIP");
     // A Service VIP spreads over its endpoints (one per node).
