@@ -971,10 +971,14 @@ impl Index {
         }
         let for_service_account = waypoint_for(gw).ok()?;
         let k = key(&gw.metadata);
+        // Data planes send an account's traffic to the address of its waypoint: it has none
+        // until it has served (`SERVING_SINCE`). The resource itself is out at once: the
+        // waypoint subscribes as it.
         let vips = self
             .stores
             .services
             .get(&object_ref(&k))
+            .filter(|_| is_serving(gw))
             .map(|s| cluster_ips(&s))
             .unwrap_or_default();
         let (namespace, name) = k;

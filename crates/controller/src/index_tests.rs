@@ -106,12 +106,15 @@ fn services_waypoints_and_membership() {
     c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
     c.apply(service("shop", "web", "10.96.0.1", 80));
     c.apply(slice("shop", "web", &["a"]));
-    // Not bound before a pod of it has been ready, though its resource is out.
+    // Neither bound nor given an address before a pod of it has been ready.
     c.apply(new_waypoint("shop", "front-wp", "front"));
     c.apply(service("shop", "front-wp", "10.96.0.2", 15008));
     let snap = built(&c);
     assert_eq!(workload(&snap, "workload/uid-a").waypoint, "");
-    assert!(snap.resources.contains_key("waypoint/shop/front-wp"));
+    match snap.resources["waypoint/shop/front-wp"].kind() {
+        Some(pb::resource::Kind::Waypoint(w)) => assert!(w.vips.is_empty(), "{w:?}"),
+        other => panic!("{other:?}"),
+    }
     c.apply(waypoint("shop", "front-wp", "front"));
     let snap = built(&c);
     let a = workload(&snap, "workload/uid-a");

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -439,7 +440,14 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         generation,
     );
     let serving = is_serving(&gw);
-    if !serving && ready_pods > 0 {
+    // Reachable: a pod is ready and its Service lists it (the Service's proxies route by the
+    // EndpointSlices, which follow pod readiness a moment later; binding before would refuse
+    // the account's traffic for that moment).
+    let reachable = !serving
+        && ip.is_some()
+        && ready_pods > 0
+        && has_ready_endpoint(&ctx.client, &ns, &name).await?;
+    if reachable {
         mark_serving(&gateways, &gw).await?;
         tracing::info!(namespace = %ns, gateway = %name, service_account = %for_sa, "waypoint ready: its service account is bound to it from now on");
     }
@@ -450,7 +458,7 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
             value: ip.clone(),
         })
         .collect();
-    let (programmed, action) = match (ip, serving || ready_pods > 0) {
+    let (programmed, action) = match (ip, serving || reachable) {
         (None, _) => (
             condition(
                 &gw,
@@ -462,8 +470,8 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
             ),
             Action::requeue(Duration::from_secs(2)),
         ),
-        // The Deployment's status changes bring the next reconcile (`owns`); the requeue is
-        // a backstop.
+        // The Deployment's status changes bring the next reconcile (`owns`); its Service's
+        // EndpointSlices are not watched: a ready pod not listed yet is looked at again soon.
         (Some(_), false) => (
             condition(
                 &gw,
@@ -475,7 +483,7 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
                 ),
                 generation,
             ),
-            Action::requeue(Duration::from_secs(30)),
+            Action::requeue(Duration::from_secs(if ready_pods > 0 { 1 } else { 30 })),
         ),
         (Some(ip), true) => (
             condition(
@@ -578,6 +586,23 @@ async fn taken_names(
         found.push(format!("Service {ns}/{name}"));
     }
     Ok(found)
+}
+
+/// Whether an EndpointSlice of Service `ns/name` lists a ready endpoint (`ready` unset reads as
+/// ready, as the API says).
+async fn has_ready_endpoint(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<bool, kube::Error> {
+    let of_service = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+    Ok(Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&of_service)
+        .await?
+        .items
+        .iter()
+        .flat_map(|slice| &slice.endpoints)
+        .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false)))
 }
 
 /// Puts [`SERVING_SINCE`] on `gw`. A merge patch of that one annotation: it leaves every

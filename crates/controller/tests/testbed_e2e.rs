@@ -337,17 +337,8 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             "spec": {"gatewayClassName": "ambit-waypoint", "listeners": [{"name": "mesh", "port": port, "protocol": "HBONE"}]},
         }))
     };
+    // The controller applies its GatewayClass itself, and accepts it.
     let classes: Api<GatewayClass> = Api::all(client.clone());
-    classes
-        .create(
-            &pp,
-            &obj(json!({
-                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                "metadata": {"name": "ambit-waypoint"},
-                "spec": {"controllerName": ambit_controller::waypoint::CONTROLLER_NAME},
-            })),
-        )
-        .await?;
     eventually("GatewayClass Accepted", Duration::from_secs(30), || async {
         classes.get("ambit-waypoint").await.ok().filter(|c| {
             c.status.as_ref().is_some_and(|s| {
@@ -464,26 +455,24 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             .await?
             .is_none()
     );
-    // The waypoint reaches the node view; front's workload is not bound to it, as no pod of
-    // it has been ready.
+    // The waypoint's own pod is listed (opted out: it speaks HBONE itself); let it settle
+    // (addresses, Service membership) so the resume below compares a still view. No pod of
+    // the waypoint has been ready, so data planes are not given its address and front is not bound.
     let v = node_sub
-        .wait("the waypoint in the view", Duration::from_secs(5), |v| {
-            v.resources.contains_key("waypoint/shop/front-waypoint")
-        })
-        .await?;
-    assert!(
-        v.resources.values().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w)) if w.name == "front" && w.waypoint.is_empty())),
-        "front bound to a waypoint that never served"
-    );
-
-    // The waypoint's own pod is listed too (opted out: it speaks HBONE itself); let it settle
-    // (addresses, Service membership) so the resume below compares a still view.
-    node_sub
         .wait("the waypoint pod settled in the view", Duration::from_secs(30), |v| {
             v.resources.values().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w))
                 if w.name.starts_with("front-waypoint-") && w.opted_out && !w.ips.is_empty() && !w.services.is_empty()))
         })
         .await?;
+    assert!(
+        matches!(&v.resources["waypoint/shop/front-waypoint"].kind,
+            Some(pb::resource::Kind::Waypoint(w)) if w.vips.is_empty()),
+        "data planes were given the address of a waypoint that never served"
+    );
+    assert!(
+        v.resources.values().any(|r| matches!(&r.kind, Some(pb::resource::Kind::Workload(w)) if w.name == "front" && w.waypoint.is_empty())),
+        "front bound to a waypoint that never served"
+    );
 
     // --- Restart: a client resuming with what it holds gets no removals, only real changes. ---
     let held = node_sub.view.borrow().known();

@@ -92,6 +92,18 @@ fn back(v: &View) -> Option<&pb::Workload> {
     })
 }
 
+/// The addresses of the waypoint as the node's view has it.
+fn waypoint_vips(v: &View) -> Option<Vec<String>> {
+    match &v
+        .resources
+        .get(&format!("waypoint/{APP_NS}/{WAYPOINT}"))?
+        .kind
+    {
+        Some(pb::resource::Kind::Waypoint(w)) => Some(w.vips.clone()),
+        _ => None,
+    }
+}
+
 /// Whether the node's view lists a pod of the waypoint (with an address).
 fn waypoint_pod_listed(v: &View) -> bool {
     v.resources.values().any(|r| {
@@ -204,10 +216,12 @@ async fn checks(tb: &ambit_testbed::Testbed, image: &Path) -> Result<()> {
             waypoint_pod_listed,
         )
         .await?;
+    // Data planes route to the waypoint's address: it has none before it has served.
     assert_eq!(back(&v).unwrap().waypoint, "", "bound before it served");
-    assert!(
-        v.resources
-            .contains_key(&format!("waypoint/{APP_NS}/{WAYPOINT}"))
+    assert_eq!(
+        waypoint_vips(&v),
+        Some(Vec::new()),
+        "data planes were given the address of a waypoint that never served"
     );
     let waypoint_pods: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
     let by_gateway = ListParams::default().labels(&format!("{GATEWAY_NAME_LABEL}={WAYPOINT}"));
@@ -226,6 +240,7 @@ async fn checks(tb: &ambit_testbed::Testbed, image: &Path) -> Result<()> {
     node_sub
         .wait("back bound to its waypoint", BIND_WITHIN, |v| {
             back(v).is_some_and(|w| w.waypoint == format!("{APP_NS}/{WAYPOINT}"))
+                && waypoint_vips(v).is_some_and(|vips| !vips.is_empty())
         })
         .await?;
     eprintln!(
@@ -278,6 +293,10 @@ async fn checks(tb: &ambit_testbed::Testbed, image: &Path) -> Result<()> {
         back(&v).unwrap().waypoint,
         format!("{APP_NS}/{WAYPOINT}"),
         "the binding lapsed when the waypoint had no pod"
+    );
+    assert!(
+        waypoint_vips(&v).is_some_and(|vips| !vips.is_empty()),
+        "the waypoint's address was taken from data planes when it had no pod"
     );
     let msg = eventually("the Gateway says its account is refused", WAIT, || async {
         let gw = gateways.get(WAYPOINT).await.ok()?;

@@ -42,20 +42,14 @@ const SUPPORTED_FEATURES: &[&str] = &[
     "MeshHTTPRouteSchemeRedirect",
     "MeshHTTPRouteRewritePath",
 ];
-/// What `cargo xtask test` leaves out of the suite, and why (docs/conformance/README.md):
-/// MeshGRPCRouteWeight runs first, while the automatic waypoint its route asks for is still
-/// starting, and the tunnels refuse the account's traffic until it is ready; it passes on its
-/// own (`cargo xtask conformance --run-test MeshGRPCRouteWeight`) and in the full command.
-const CI_SKIPPED: &[&str] = &["MeshGRPCRouteWeight"];
-
-/// The part of the suite `cargo xtask test` runs: all of it but [`CI_SKIPPED`], capped in time
-/// so a routing regression (30 s per failing check) cannot take the run's budget. Its report
-/// goes to target/ambit-conformance/.
+/// The suite as `cargo xtask test` runs it: all of it, capped in time so a routing regression
+/// (30 s per failing check) cannot take the run's budget. Its report goes to
+/// target/ambit-conformance/.
 pub fn run_for_tests() -> Result<()> {
     run_suite(&Options {
         run_test: None,
         keep: false,
-        skip: CI_SKIPPED,
+        publish: false,
         timeout: "15m",
     })
 }
@@ -63,16 +57,10 @@ pub fn run_for_tests() -> Result<()> {
 struct Options<'a> {
     run_test: Option<&'a str>,
     keep: bool,
-    skip: &'a [&'a str],
+    /// The report is the project's (docs/conformance/): the whole suite, run by hand. Any
+    /// other run's report is scratch, under target/.
+    publish: bool,
     timeout: &'a str,
-}
-
-impl Options<'_> {
-    /// The whole suite's report is the project's (docs/conformance/); a partial run's is
-    /// scratch.
-    fn partial(&self) -> bool {
-        self.run_test.is_some() || !self.skip.is_empty()
-    }
 }
 
 /// `cargo xtask conformance [--run-test NAME] [--keep]`.
@@ -80,7 +68,7 @@ pub fn run(run_test: Option<&str>, keep: bool) -> Result<()> {
     run_suite(&Options {
         run_test,
         keep,
-        skip: &[],
+        publish: run_test.is_none(),
         timeout: "90m",
     })
 }
@@ -154,13 +142,12 @@ fn var<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str> {
         .with_context(|| format!("the setup's env file has no {key}: rerun setup.sh"))
 }
 
-/// The whole suite's report is the project's; a partial run's is scratch.
 fn report_path(env: &BTreeMap<String, String>, options: &Options<'_>) -> Result<PathBuf> {
     let version = var(env, "AMBIT_GATEWAY_API_VERSION")?;
-    let dir = if options.partial() {
-        log_dir()
-    } else {
+    let dir = if options.publish {
         workspace_root().join("docs/conformance")
+    } else {
+        log_dir()
     };
     Ok(dir.join(format!("gateway-api-{version}-mesh-report.yaml")))
 }
@@ -195,6 +182,16 @@ fn install_and_run(env: &BTreeMap<String, String>, options: &Options<'_>) -> Res
                 state_dir.display()
             )),
     )?;
+    // The controller applies the class the suite is pointed at, and accepts it, as it starts.
+    for condition in ["create", "condition=Accepted"] {
+        cmd::run(
+            Command::new(var(env, "AMBIT_KUBECTL")?)
+                .env("KUBECONFIG", &kubeconfig)
+                .args(["wait", "--timeout=60s"])
+                .arg(format!("--for={condition}"))
+                .arg(format!("gatewayclass/{GATEWAY_CLASS}")),
+        )?;
+    }
 
     let report = report_path(env, options)?;
     std::fs::create_dir_all(report.parent().context("report dir")?)?;
@@ -220,9 +217,6 @@ fn install_and_run(env: &BTreeMap<String, String>, options: &Options<'_>) -> Res
     ];
     if let Some(t) = options.run_test {
         args.push(format!("-run-test={t}"));
-    }
-    if !options.skip.is_empty() {
-        args.push(format!("-skip-tests={}", options.skip.join(",")));
     }
     if options.keep {
         args.push("-cleanup-base-resources=false".to_owned());
