@@ -670,6 +670,13 @@ async fn real_chart(
         .args(["install", "ambit"])
         .arg(&chart)
         .args(["-n", SYSTEM_NS])
+        // The testbed runs CNI plugins in the host's filesystem, each node's files under its
+        // own root: without this, a new pod of an enrolled namespace never starts.
+        .arg("--set")
+        .arg(format!(
+            "node.cni.pluginRoot={}/nodes/$(NODE_NAME)/root",
+            tb.config.state_dir.display()
+        ))
         // A first install creates Gateway API's CRDs; helm maps the post-install GatewayClass
         // hook only once the apiserver serves them (docs/install.md).
         .args(["--wait", "--timeout", "5m"])

@@ -46,6 +46,45 @@ print(json.dumps({"enrolled": http(enrolled, 8080), "optedOut": http(opted_out, 
                   "admin": http(node, 15000), "metrics": http(node, 15020)}), flush=True)
 "#;
 
+/// What a failed probe check needs to be understood: the node's and the agent's view.
+fn diagnose(tb: &Testbed) {
+    let node_netns = tb.config.node_netns(1);
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output();
+        out.map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_else(|e| e.to_string())
+    };
+    let ruleset = run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &node_netns,
+        "nft",
+        "list",
+        "ruleset",
+    ]));
+    let capture = run(tb.kubectl().args([
+        "logs",
+        "-n",
+        "ambit-system",
+        "-l",
+        "app.kubernetes.io/name=ambit-node",
+        "-c",
+        "capture",
+        "--tail",
+        "100",
+    ]));
+    let pods = run(tb.kubectl().args(["get", "pods", "-A", "-o", "wide"]));
+    eprintln!(
+        "---- node ruleset ----\n{ruleset}\n---- capture agent ----\n{capture}\n---- pods ----\n{pods}"
+    );
+}
+
 pub async fn probes_and_plaintext(
     tb: &Testbed,
     client: &kube::Client,
@@ -78,10 +117,17 @@ pub async fn probes_and_plaintext(
     pods.create(&pp, &echo("dead-liveness", json!({"livenessProbe": dead}))?)
         .await?;
 
-    let probed = eventually("probed Ready in strict mode", WAIT, || async {
+    let probed = match eventually("probed Ready in strict mode", WAIT, || async {
         pods.get("probed").await.ok().filter(ready)
     })
-    .await?;
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            diagnose(tb);
+            return Err(e.into());
+        }
+    };
     eventually(
         "dead-liveness restarted by its liveness probe",
         WAIT,
