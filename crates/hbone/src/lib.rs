@@ -8,6 +8,7 @@
 
 mod buffered;
 mod client;
+mod connect;
 mod copy;
 mod error;
 mod headers;
@@ -18,6 +19,7 @@ mod stream;
 
 pub use buffered::ReadBuffered;
 pub use client::{ClientConnection, Dialer, connect_marked};
+pub use connect::{BadConnect, check_connect};
 pub use copy::{Transferred, splice_tcp_h2, splice_tcp_tcp};
 pub use error::HboneError;
 pub use headers::TunnelHeaders;

@@ -2,6 +2,7 @@
 //! to a handler that decides it.
 
 use crate::buffered::ReadBuffered;
+use crate::connect::check_connect;
 use crate::copy::{Transferred, splice_tcp_h2};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
@@ -10,7 +11,7 @@ use crate::stream::H2Stream;
 use ambit_identity::{SpiffeId, peer_identity};
 use bytes::Bytes;
 use h2::server::SendResponse;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -513,28 +514,22 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Validates the request shape; answers 400 itself when it is not a CONNECT to `ip:port`.
+/// Validates the request shape ([`check_connect`]); answers 400 itself when it is not a
+/// CONNECT to `ip:port`.
 fn parse_connect(
     request: Request<h2::RecvStream>,
     respond: SendResponse<Bytes>,
     peer: SpiffeId,
     peer_addr: SocketAddr,
 ) -> Option<(ConnectRequest, PendingTunnel)> {
-    if request.method() != Method::CONNECT {
-        tracing::debug!(%peer, method = %request.method(), "refusing a non-CONNECT request");
-        respond_and_end(respond, StatusCode::BAD_REQUEST);
-        return None;
-    }
-    let target = request
-        .uri()
-        .authority()
-        .and_then(|authority| authority.as_str().parse::<SocketAddr>().ok());
-    let Some(target) = target else {
-        tracing::debug!(%peer, uri = %request.uri(), "refusing a CONNECT whose authority is not ip:port");
-        respond_and_end(respond, StatusCode::BAD_REQUEST);
-        return None;
+    let (target, headers) = match check_connect(&request) {
+        Ok(checked) => checked,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "refusing a request that is not a tunnel");
+            respond_and_end(respond, StatusCode::BAD_REQUEST);
+            return None;
+        }
     };
-    let headers = TunnelHeaders::from_headers(request.headers());
     let recv = request.into_body();
     Some((
         ConnectRequest {

@@ -38,3 +38,21 @@ pub fn run(command: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where downloads and tools built for the tests are kept between runs (as the testbed's Go
+/// binaries): `AMBIT_CACHE_DIR`, else /var/cache/ambit.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("AMBIT_CACHE_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/ambit"), PathBuf::from)
+}
+
+/// The binary `name` of the crate of that name at `version`, installed (from crates.io, with
+/// its own lock file) into the cache on first use, so a fresh machine needs nothing else.
+pub fn cargo_tool(name: &str, version: &str) -> Result<PathBuf> {
+    let root = cache_dir().join(format!("{name}-{version}"));
+    let binary = root.join("bin").join(name);
+    if !binary.exists() {
+        run(cargo(["install", "--locked", "--version", version, name, "--root"]).arg(&root))?;
+    }
+    Ok(binary)
+}

@@ -4,6 +4,8 @@
 mod bench;
 mod cmd;
 mod conformance;
+mod deny;
+mod fuzz;
 mod test;
 mod testbed;
 
@@ -21,6 +23,14 @@ struct Cli {
 enum Chore {
     /// install what the tests need, then fmt, clippy -D warnings and every test tier
     Test,
+    /// fuzz one target (else each in turn) from its seed corpus; a crash's input is saved
+    /// under fuzz/regressions/ (docs/fuzzing.md)
+    Fuzz {
+        /// e.g. spiffe_id (fuzz/fuzz_targets/ lists them)
+        target: Option<String>,
+        #[arg(long, default_value_t = 60, value_name = "N")]
+        seconds: u64,
+    },
     /// the whole mesh on the local testbed, narrated (root); leaves it up to poke around
     Demo,
     /// Gateway API's conformance suite (mesh profiles) on its own testbed (root); report to
@@ -57,6 +67,7 @@ enum Chore {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Chore::Test => test::run(),
+        Chore::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Chore::Demo => testbed::demo(),
         Chore::Bench { name } => bench::run(&name),
         Chore::Conformance { run_test, keep } => conformance::run(run_test.as_deref(), keep),

@@ -16,6 +16,8 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Dependencies: licenses, one version of each crate, sources, advisories (deny.toml).
+    crate::deny::run()?;
     // Tier 3 (end to end over the testbed) needs etcd, Kubernetes, helm and the CNI plugins.
     crate::testbed::setup_for_tests()?;
     // Tier 1 (unit) and tier 2 (loopback integration over real TLS) live in each crate's tests;
@@ -30,6 +32,9 @@ pub fn run() -> Result<()> {
     if totals.failed > 0 || totals.passed == 0 {
         bail!("the test suite did not pass");
     }
+    // Fuzzing: every target for a bounded time (6 targets x 20 s); a crash fails the run and
+    // its input becomes a regression test (docs/fuzzing.md).
+    crate::fuzz::run(None, crate::fuzz::SECONDS_IN_TESTS)?;
     // Tier 4: Gateway API's own conformance suite (MESH-HTTP, MESH-GRPC), unmodified, on a
     // testbed of its own; what it leaves out and why is in docs/conformance/README.md.
     if crate::testbed::is_root() {
