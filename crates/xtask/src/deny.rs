@@ -22,13 +22,13 @@ pub fn run() -> Result<()> {
     // fetched earlier still serves; with none at all, advisories are skipped, loudly.
     let fetched = check(&["fetch", "db"]).is_ok();
     if fetched || advisory_db_cached() {
-        check(&["check", "--disable-fetch"])
+        check(&["--offline", "check"])
     } else {
         eprintln!(
             "\n!!!!! the RustSec advisory database could not be fetched and none is cached: \
              advisories are not checked (docs/fuzzing.md says how to provide one) !!!!!\n"
         );
-        check(&["check", "--disable-fetch", "licenses", "bans", "sources"])
+        check(&["--offline", "check", "licenses", "bans", "sources"])
     }
 }
 
