@@ -22,6 +22,8 @@ const PROFILES: &str = "MESH-HTTP,MESH-GRPC";
 /// The suite's namespaces are enrolled as a user enrolls one, and get waypoints where routes
 /// need them (issue 12).
 const NAMESPACE_LABELS: &str = "ambit.dev/dataplane-mode=ambient,ambit.dev/waypoint=auto";
+/// The suite's mesh namespace, where its echo apps run as service account `default`.
+const MESH_NS: &str = "gateway-conformance-mesh";
 /// What ambit claims: the profiles' core features and the extended features issue 12 targets. Stating them (instead of letting the suite read a Mesh object's status) keeps the
 /// claim in this repository.
 const SUPPORTED_FEATURES: &[&str] = &[
@@ -182,16 +184,39 @@ fn install_and_run(env: &BTreeMap<String, String>, options: &Options<'_>) -> Res
                 state_dir.display()
             )),
     )?;
-    // The controller applies the class the suite is pointed at, and accepts it, as it starts.
-    for condition in ["create", "condition=Accepted"] {
+    let kubectl = |args: &[&str]| -> Result<()> {
         cmd::run(
             Command::new(var(env, "AMBIT_KUBECTL")?)
                 .env("KUBECONFIG", &kubeconfig)
-                .args(["wait", "--timeout=60s"])
-                .arg(format!("--for={condition}"))
-                .arg(format!("gatewayclass/{GATEWAY_CLASS}")),
-        )?;
+                .args(args),
+        )
+    };
+    // The controller applies the class the suite is pointed at, and accepts it, as it starts.
+    let class = format!("gatewayclass/{GATEWAY_CLASS}");
+    for condition in ["--for=create", "--for=condition=Accepted"] {
+        kubectl(&["wait", "--timeout=60s", condition, &class])?;
     }
+    // The mesh namespace's waypoint, made before the suite as a user makes one: a waypoint
+    // that the suite's first route would have made on demand takes seconds to serve (until
+    // then its account's traffic goes direct, unrouted), and MeshGRPCRouteWeight's batches
+    // are over within two seconds of that route. The suite's other accounts still get theirs
+    // automatically (NAMESPACE_LABELS).
+    kubectl(&["create", "namespace", MESH_NS])?;
+    let labels: Vec<&str> = NAMESPACE_LABELS.split(',').collect();
+    kubectl(&[&["label", "namespace", MESH_NS][..], &labels].concat())?;
+    cmd::run(
+        Command::new(workspace_root().join("target/debug/kubectl-ambit"))
+            .env("KUBECONFIG", &kubeconfig)
+            .args([
+                "waypoint",
+                "apply",
+                "-n",
+                MESH_NS,
+                "--service-account",
+                "default",
+            ])
+            .args(["--timeout", "120s"]),
+    )?;
 
     let report = report_path(env, options)?;
     std::fs::create_dir_all(report.parent().context("report dir")?)?;
