@@ -99,8 +99,17 @@ pub fn waypoint_for(gw: &Gateway) -> Result<String, InvalidGateway> {
 }
 
 /// Whether `gw`'s service account is bound to it (see [`SERVING_SINCE`]).
+///
+/// A Gateway that a controller before the mark existed already programmed (`Programmed=True`,
+/// which this controller writes only once the mark is on) counts as serving too: a controller
+/// upgraded in place must not unbind its accounts until its first reconcile, which marks it.
 pub fn is_serving(gw: &Gateway) -> bool {
     gw.annotations().contains_key(SERVING_SINCE)
+        || gw.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Programmed" && c.status == "True")
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -447,7 +456,8 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         && ip.is_some()
         && ready_pods > 0
         && has_ready_endpoint(&ctx.client, &ns, &name).await?;
-    if reachable {
+    let unmarked = !gw.annotations().contains_key(SERVING_SINCE);
+    if unmarked && (serving || reachable) {
         mark_serving(&gateways, &gw).await?;
         tracing::info!(namespace = %ns, gateway = %name, service_account = %for_sa, "waypoint ready: its service account is bound to it from now on");
     }
@@ -925,6 +935,24 @@ mod tests {
             Some("g1")
         ));
         assert!(!controlled_by(&meta(json!([owner("g1", true)])), None));
+    }
+
+    #[test]
+    fn serving_is_the_mark_or_an_earlier_controllers_programmed() {
+        let base = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "w", "namespace": "n"},
+            "spec": {"gatewayClassName": WAYPOINT_CLASS, "listeners": []}});
+        let programmed = |status: &str| {
+            let mut v = base.clone();
+            v["status"] = json!({"conditions": [{"type": "Programmed", "status": status, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+            gw(v)
+        };
+        assert!(!is_serving(&gw(base.clone())));
+        assert!(!is_serving(&programmed("False")));
+        assert!(is_serving(&programmed("True")));
+        let mut marked = base.clone();
+        marked["metadata"]["annotations"] = json!({SERVING_SINCE: "2026-01-01T00:00:00Z"});
+        assert!(is_serving(&gw(marked)));
     }
 
     #[test]
