@@ -1,6 +1,6 @@
 //! docs/metrics.md's series table, and a scrape checked against it: every `ambit_` sample a part
 //! exposes is documented for that part with its labels, and every series documented for the
-//! part is declared by its endpoint. Included by each part's tests with
+//! part is exposed by its endpoint (but those the test's traffic cannot produce, named). Included by each part's tests with
 //! `#[path = "../../../tests/metrics_doc.rs"] mod metrics_doc;` (std only, so any test can).
 #![allow(dead_code)]
 
@@ -148,21 +148,34 @@ fn label_names(mut rest: &str) -> BTreeSet<String> {
     names
 }
 
-/// Checks a scrape of `part`'s /metrics against docs/metrics.md. `Ok` holds the documented
-/// series that have at least one sample; `Err` lists every disagreement.
-pub fn check(part: &str, scrape: &str) -> Result<BTreeSet<String>, String> {
+/// Checks a scrape of `part`'s /metrics against docs/metrics.md. A series whose labels are
+/// open-ended is exposed only once something was counted: `not_produced` names the documented
+/// series the caller's traffic does not produce, and must name exactly those (so the list
+/// cannot go stale). `Ok` holds the documented series that have at least one sample; `Err`
+/// lists every disagreement.
+pub fn check(part: &str, scrape: &str, not_produced: &[&str]) -> Result<BTreeSet<String>, String> {
     let series = documented_for(part);
     let scrape = parse(scrape);
     let mut problems = Vec::new();
     let mut sampled = BTreeSet::new();
+    for name in not_produced {
+        if !series.iter().any(|s| s.name == *name) {
+            problems.push(format!("{name} is not documented for {part}"));
+        }
+    }
     for s in &series {
+        let expected = !not_produced.contains(&s.name.as_str());
         match scrape.declared.get(s.family()) {
-            Some(kind) if *kind == s.kind => {}
-            Some(kind) => problems.push(format!(
+            Some(kind) if *kind != s.kind => problems.push(format!(
                 "{} is documented as a {} but exposed as a {kind}",
                 s.name, s.kind
             )),
-            None => problems.push(format!("{} is documented but not exposed", s.name)),
+            Some(_) if !expected => problems.push(format!(
+                "{} is exposed: take it out of the series this test does not produce",
+                s.name
+            )),
+            None if expected => problems.push(format!("{} is documented but not exposed", s.name)),
+            _ => {}
         }
     }
     for family in scrape.declared.keys() {
@@ -209,4 +222,47 @@ fn the_doc_table_parses_and_names_each_series_once() {
         parse("ambit_x_total{a=\"q\\\"},b=\\\"\",b=\"\"} 1\n").samples["ambit_x_total"]
             == BTreeSet::from([BTreeSet::from(["a".to_owned(), "b".to_owned()])])
     );
+}
+
+/// The `ambit_` names in a PromQL expression.
+fn series_in(expr: &str) -> Vec<&str> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    expr.match_indices("ambit_")
+        .filter(|&(at, _)| !expr[..at].ends_with(is_name))
+        .map(|(at, _)| {
+            let rest = &expr[at..];
+            &rest[..rest.find(|c| !is_name(c)).unwrap_or(rest.len())]
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_query_names_documented_series() {
+    let documented = documented();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/ambit/dashboards");
+    let mut queries = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let json = std::fs::read_to_string(&path).unwrap();
+        for line in json.lines() {
+            let Some(expr) = line.trim().strip_prefix("\"expr\": \"") else {
+                continue;
+            };
+            queries += 1;
+            let names = series_in(expr);
+            assert!(
+                !names.is_empty(),
+                "{}: {expr} names no ambit series",
+                path.display()
+            );
+            for name in names {
+                assert!(
+                    documented.iter().any(|s| s.sample_labels(name).is_some()),
+                    "{}: {name} is not in docs/metrics.md",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(queries >= 3, "no dashboard queries found in {dir}");
 }

@@ -1,70 +1,172 @@
-//! Prometheus metrics (text exposition, hand-rolled: a handful of counters and gauges) and
-//! the health endpoints, served on 15014.
+//! Prometheus metrics (prometheus-client: a few counters and gauges, each an atomic) and the
+//! health endpoints, served on 15014.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Metric, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByResult {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByKind {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BySubscriber {
+    subscriber: String,
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
-    subscribers: AtomicI64,
-    leader: AtomicBool,
+    registry: Registry,
+    ca_requests: Family<ByResult, Counter>,
+    token_reviews: Family<ByResult, Counter>,
+    config_nacks: Family<BySubscriber, Counter>,
+    config_rejected: Family<ByKind, Counter>,
+    config_pushes: Family<ByKind, Counter>,
+    reconciles: Family<ByResult, Counter>,
+    subscribers: Gauge,
+    leader: Gauge,
     ready: AtomicBool,
 }
 
-impl Metrics {
-    fn inc(&self, name: &'static str, labels: String) {
-        if let Ok(mut m) = self.counters.lock() {
-            *m.entry((name, labels)).or_default() += 1;
-        }
-    }
+/// Registers `metric` under `name` and hands it back.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("ambit");
+        let metrics = Self {
+            ca_requests: registered(
+                &mut r,
+                "ca_requests",
+                "Certificate requests, by result",
+                Family::default(),
+            ),
+            token_reviews: registered(
+                &mut r,
+                "token_reviews",
+                "Callers' tokens, by outcome: a TokenReview each, or cached",
+                Family::default(),
+            ),
+            config_nacks: registered(
+                &mut r,
+                "config_nacks",
+                "Config deltas a subscriber rejected",
+                Family::default(),
+            ),
+            config_rejected: registered(
+                &mut r,
+                "config_rejected_resources",
+                "Resources a subscriber rejected alone (applying the rest of its delta), by kind",
+                Family::default(),
+            ),
+            config_pushes: registered(
+                &mut r,
+                "config_pushes",
+                "Config deltas pushed to subscribers, initial or change",
+                Family::default(),
+            ),
+            reconciles: registered(
+                &mut r,
+                "waypoint_reconciles",
+                "Waypoint Gateway reconciles, by result",
+                Family::default(),
+            ),
+            subscribers: registered(
+                &mut r,
+                "config_subscribers",
+                "Config streams connected now",
+                Gauge::default(),
+            ),
+            leader: registered(
+                &mut r,
+                "leader",
+                "1 while this replica holds the leader Lease",
+                Gauge::default(),
+            ),
+            registry: r,
+            ready: AtomicBool::new(false),
+        };
+        // The results known in advance start at 0, so a rate over them needs no first event.
+        for result in ["signed", "denied", "unauthenticated", "invalid", "error"] {
+            let _ = metrics.ca_requests.get_or_create(&ByResult {
+                result: result.into(),
+            });
+        }
+        for result in ["authenticated", "refused", "error", "cached"] {
+            let _ = metrics.token_reviews.get_or_create(&ByResult {
+                result: result.into(),
+            });
+        }
+        for kind in ["initial", "change"] {
+            let _ = metrics
+                .config_pushes
+                .get_or_create(&ByKind { kind: kind.into() });
+        }
+        for result in ["applied", "invalid", "conflict", "error"] {
+            let _ = metrics.reconciles.get_or_create(&ByResult {
+                result: result.into(),
+            });
+        }
+        metrics
+    }
+}
+
+impl Metrics {
     /// CA requests by result: signed, denied, unauthenticated, invalid, error.
     pub fn ca_request(&self, result: &str) {
-        self.inc("ambit_ca_requests_total", format!("result=\"{result}\""));
+        let result = result.to_owned();
+        self.ca_requests.get_or_create(&ByResult { result }).inc();
     }
 
     /// A caller's token, by outcome: authenticated, refused or error (a TokenReview each), or
     /// cached (none).
     pub fn token_review(&self, result: &str) {
-        self.inc("ambit_token_reviews_total", format!("result=\"{result}\""));
+        let result = result.to_owned();
+        self.token_reviews.get_or_create(&ByResult { result }).inc();
     }
 
     /// A config delta the client rejected.
     pub fn config_nack(&self, subscriber: &str) {
-        self.inc(
-            "ambit_config_nacks_total",
-            format!("subscriber=\"{subscriber}\""),
-        );
+        let subscriber = subscriber.to_owned();
+        self.config_nacks
+            .get_or_create(&BySubscriber { subscriber })
+            .inc();
     }
 
     /// A resource a client rejected alone (and applied the rest of its delta), by kind.
     pub fn config_rejected(&self, kind: &str) {
-        self.inc(
-            "ambit_config_rejected_resources_total",
-            format!("kind=\"{kind}\""),
-        );
+        let kind = kind.to_owned();
+        self.config_rejected.get_or_create(&ByKind { kind }).inc();
     }
 
     pub fn config_push(&self, kind: &str) {
-        self.inc("ambit_config_pushes_total", format!("kind=\"{kind}\""));
+        let kind = kind.to_owned();
+        self.config_pushes.get_or_create(&ByKind { kind }).inc();
     }
 
     pub fn reconcile(&self, result: &str) {
-        self.inc(
-            "ambit_waypoint_reconciles_total",
-            format!("result=\"{result}\""),
-        );
+        let result = result.to_owned();
+        self.reconciles.get_or_create(&ByResult { result }).inc();
     }
 
     pub fn subscriber_connected(&self, delta: i64) {
-        self.subscribers.fetch_add(delta, Ordering::Relaxed);
+        self.subscribers.inc_by(delta);
     }
 
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::Relaxed);
+        self.leader.set(i64::from(leader));
     }
 
     pub fn set_ready(&self) {
@@ -75,42 +177,33 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Prometheus text format.
+    /// The exposition text (OpenMetrics).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Ok(m) = self.counters.lock() {
-            let mut last = "";
-            for ((name, labels), v) in m.iter() {
-                if *name != last {
-                    let _ = writeln!(out, "# TYPE {name} counter");
-                    last = name;
-                }
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        }
-        let _ = writeln!(out, "# TYPE ambit_config_subscribers gauge");
-        let _ = writeln!(
-            out,
-            "ambit_config_subscribers {}",
-            self.subscribers.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE ambit_leader gauge");
-        let _ = writeln!(
-            out,
-            "ambit_leader {}",
-            u8::from(self.leader.load(Ordering::Relaxed))
-        );
-        out
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
     }
 }
 
 /// `/metrics`, `/healthz` (process up), `/readyz` (caches synced, CA loaded).
 pub fn router(metrics: std::sync::Arc<Metrics>) -> axum::Router {
-    use axum::http::StatusCode;
+    use axum::http::{StatusCode, header};
     use axum::routing::get;
     let m = metrics.clone();
     axum::Router::new()
-        .route("/metrics", get(move || async move { m.render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -134,16 +227,18 @@ mod tests {
         m.config_nack("node/n1");
         m.config_nack("node/n1");
         m.ca_request("denied");
+        m.subscriber_connected(1);
+        m.subscriber_connected(1);
+        m.subscriber_connected(-1);
         m.set_leader(true);
         let text = m.render();
-        assert!(
-            text.contains("ambit_config_nacks_total{subscriber=\"node/n1\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ambit_ca_requests_total{result=\"denied\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("ambit_leader 1"), "{text}");
+        for expected in [
+            "ambit_config_nacks_total{subscriber=\"node/n1\"} 2",
+            "ambit_ca_requests_total{result=\"denied\"} 1",
+            "ambit_config_subscribers 1",
+            "ambit_leader 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
     }
 }

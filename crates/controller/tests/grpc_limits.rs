@@ -4,6 +4,8 @@
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/metrics_doc.rs"]
+mod metrics_doc;
 mod support;
 
 use ambit_proto::config::v1 as pb;
@@ -150,5 +152,35 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             unbound_denied.message()
         );
     }
+
+    // The real /metrics after this traffic, against docs/metrics.md.
+    let scrape = get_metrics(running.metrics_addr).await?;
+    // Nothing NACKed or rejected here (testbed_e2e does).
+    let not_produced = [
+        "ambit_config_nacks_total",
+        "ambit_config_rejected_resources_total",
+    ];
+    let sampled = metrics_doc::check("controller", &scrape, &not_produced)
+        .map_err(|problems| anyhow::anyhow!("{problems}\n{scrape}"))?;
+    for series in [
+        "ambit_token_reviews_total",
+        "ambit_config_subscribers",
+        "ambit_leader",
+    ] {
+        assert!(sampled.contains(series), "{series} not sampled:\n{scrape}");
+    }
     Ok(())
+}
+
+/// `GET /metrics` over plain HTTP/1.1: the body of a 200.
+async fn get_metrics(addr: std::net::SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: controller\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("no HTTP head")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    Ok(body.to_owned())
 }

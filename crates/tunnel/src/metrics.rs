@@ -92,6 +92,9 @@ impl Default for Metrics {
             config_connected.clone(),
         );
         let config_deltas = Family::<DeltaLabels, Counter>::default();
+        for result in ["accepted", "rejected"] {
+            let _ = config_deltas.get_or_create(&DeltaLabels { result });
+        }
         registry.register(
             "tunnel_config_deltas",
             "Config deltas from the controller, by result",

@@ -506,7 +506,7 @@ fn node_tunnels_in_network_namespaces() {
     ];
     poll("every L4 series of node 2 sampled", WAIT, || {
         let scrape = metrics(&net, "n2");
-        let sampled = metrics_doc::check("tunnel", &scrape)
+        let sampled = metrics_doc::check("tunnel", &scrape, &[])
             .unwrap_or_else(|problems| panic!("{problems}\n{scrape}"));
         l4.iter().all(|s| sampled.contains(*s)).then_some(())
     });
