@@ -544,3 +544,61 @@ fn the_experimental_channel_installs_crds_that_keep_httproute_retry() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn monitoring_objects_and_dashboards_render_only_when_enabled() -> Result<()> {
+    let Some(helm) = helm("monitoring_objects_and_dashboards_render_only_when_enabled")? else {
+        return Ok(());
+    };
+    let monitoring = |o: &Value| {
+        text(o, &["apiVersion"]) == "monitoring.coreos.com/v1"
+            || text(o, &["metadata", "name"]) == "ambit-dashboards"
+    };
+    assert!(!docs(&render(&helm, &[])?)?.iter().any(monitoring));
+    let objects = docs(&render(
+        &helm,
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.labels.release=prometheus",
+            "--set",
+            "metrics.dashboards.enabled=true",
+        ],
+    )?)?;
+    let controller = object(&objects, "ServiceMonitor", "ambit-controller")?;
+    assert_eq!(
+        text(controller, &["metadata", "labels", "release"]),
+        "prometheus"
+    );
+    assert_eq!(
+        text(
+            controller,
+            &["spec", "selector", "matchLabels", "app.kubernetes.io/name"]
+        ),
+        "ambit-controller"
+    );
+    for name in ["ambit-node", "ambit-waypoints"] {
+        let monitor = object(&objects, "PodMonitor", name)?;
+        let endpoints = list(monitor, &["spec", "podMetricsEndpoints"]);
+        assert_eq!(text(&endpoints[0], &["port"]), "metrics", "{name}");
+    }
+    let dashboards = object(&objects, "ConfigMap", "ambit-dashboards")?;
+    assert_eq!(
+        text(dashboards, &["metadata", "labels", "grafana_dashboard"]),
+        "1"
+    );
+    let data = at(dashboards, &["data"]).as_mapping().context("no data")?;
+    assert_eq!(data.len(), 3, "{data:?}");
+    for (file, json) in data {
+        let dashboard: serde_json::Value = serde_json::from_str(json.as_str().unwrap_or_default())
+            .with_context(|| format!("{file:?} is not JSON"))?;
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty()),
+            "{file:?}"
+        );
+    }
+    Ok(())
+}
