@@ -22,7 +22,8 @@ use crate::reconcile::{self, Action, Facts, View, Why};
 use crate::state::{self, PodRecord};
 use crate::uninstall::{Apiserver, DaemonSetRef, Ending, Observation};
 use ambit_handoff::{self as handoff, Enrollment, Reply, Request};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -311,6 +312,8 @@ struct Reconciler {
     saved: Option<Enrollment>,
     /// Last line logged per subject, so a condition lasting many ticks is logged once.
     last: HashMap<String, String>,
+    /// The probe targets last set in the node's rules (`None`: to be set).
+    probe_targets: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl Reconciler {
@@ -322,6 +325,7 @@ impl Reconciler {
             scanner: Scanner::default(),
             saved: None,
             last: HashMap::new(),
+            probe_targets: None,
         }
     }
 
@@ -372,6 +376,9 @@ impl Reconciler {
             }
             _ => HashMap::new(),
         };
+        if let View::Synced(e) = &view {
+            self.update_probe_targets(reconcile::probe_targets(&records, e));
+        }
         let facts = Facts {
             records,
             gone,
@@ -423,9 +430,25 @@ impl Reconciler {
             Ok(true) => {
                 log("installed the node's probe rules");
                 self.last.remove("probe-rules");
+                self.probe_targets = None;
             }
             Ok(false) => {}
             Err(e) => self.once("probe-rules", format!("node probe rules: {e}")),
+        }
+    }
+
+    /// Keeps the node's probe targets to the captured pods' addresses (a tick behind a
+    /// capture: until then the pod's probes are refused, and the kubelet retries).
+    fn update_probe_targets(&mut self, targets: BTreeSet<Ipv4Addr>) {
+        if !self.config.probe_rules || self.probe_targets.as_ref() == Some(&targets) {
+            return;
+        }
+        match crate::rules::set_probe_targets(&targets) {
+            Ok(()) => {
+                self.last.remove("probe-targets");
+                self.probe_targets = Some(targets);
+            }
+            Err(e) => self.once("probe-targets", format!("node probe targets: {e}")),
         }
     }
 
