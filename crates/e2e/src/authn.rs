@@ -73,6 +73,11 @@ impl IdentityProvider {
     }
 }
 
+/// The header carrying `token`.
+fn bearer(token: &str) -> String {
+    format!("authorization: Bearer {token}")
+}
+
 /// A YAML/JSON string literal.
 fn quoted(s: &str) -> String {
     Value::from(s).to_string()
@@ -102,13 +107,14 @@ impl User<'_> {
     pub async fn authn_steps(&self) -> Result<()> {
         let idp = IdentityProvider::new()?;
         self.auth_servers(&idp).await?;
+        self.jwt_before_the_ca_is_trusted(&idp).await?;
+        self.trust_the_idp_and_declare_ext_authz(&idp).await?;
         self.jwt_from_https_jwks(&idp).await?;
         self.ext_authz().await
     }
 
     /// Namespace `idp`: nginx serving the JWKS over HTTPS and Istio's ext_authz sample, each
-    /// behind a Service; then `helm upgrade` trusting the provider's CA and declaring the
-    /// ext_authz provider.
+    /// behind a Service.
     async fn auth_servers(&self, idp: &IdentityProvider) -> Result<()> {
         self.say.step(
             "An identity provider's JWKS over HTTPS (nginx) and an ext_authz server (Istio's sample), in namespace idp",
@@ -161,7 +167,14 @@ impl User<'_> {
         self.say.say(format!(
             "nginx serves {JWKS_URI} with a certificate of a test CA; ext-authz.{IDP_NS} answers Envoy ext_authz v3 gRPC on {EXT_AUTHZ_GRPC_PORT}"
         ));
+        Ok(())
+    }
 
+    /// `helm upgrade` trusting the identity provider's CA for `jwksUri` fetches and declaring
+    /// the ext_authz sample as a provider; the controller rolls.
+    async fn trust_the_idp_and_declare_ext_authz(&self, idp: &IdentityProvider) -> Result<()> {
+        self.say
+            .step("helm upgrade: trust the identity provider's CA, declare the ext_authz provider");
         let ca_file = self.tb.config.state_dir.join("idp-ca.pem");
         std::fs::write(&ca_file, &idp.ca_pem)?;
         let providers = json!([{
@@ -177,7 +190,7 @@ impl User<'_> {
             "charts/ambit",
             "-n",
             SYSTEM_NS,
-            "--reuse-values",
+            "--reset-then-reuse-values",
             "--wait",
             "--timeout",
             "3m",
@@ -208,14 +221,14 @@ impl User<'_> {
         Ok(())
     }
 
-    /// A RequestAuthentication whose keys the controller fetches from nginx over HTTPS, and a
-    /// DENY policy on `/secure/*` for requests without a principal of the issuer: a valid
-    /// token is answered 200 (the app gets its subject, not the token), none 403, an expired
-    /// one, one of another issuer, one with a bad signature and one whose kid the key set
-    /// lacks 401.
-    async fn jwt_from_https_jwks(&self, idp: &IdentityProvider) -> Result<()> {
-        self.say
-            .step("JWT at the waypoint, keys fetched by the controller from the JWKS over HTTPS");
+    /// A RequestAuthentication whose keys are at the `jwksUri` nginx serves, and a DENY
+    /// policy on `/secure/*` for requests without a principal of the issuer, while the
+    /// controller trusts only the system's roots: the fetch fails on the certificate, the
+    /// resource says `KeysUnavailable`, and even a valid token is refused (401).
+    async fn jwt_before_the_ca_is_trusted(&self, idp: &IdentityProvider) -> Result<()> {
+        self.say.step(
+            "A RequestAuthentication with a jwksUri under a CA the controller does not trust yet",
+        );
         self.apply(
             "RequestAuthentication idp and AuthorizationPolicy secure-needs-a-user",
             &format!(
@@ -230,7 +243,53 @@ impl User<'_> {
                  rules: [{{paths: [\"/secure/*\"], notRequestPrincipals: [\"{ISSUER}/*\"], ports: [{HTTP_PORT}]}}]\n"
             ),
         )?;
-        let ready = until("RequestAuthentication idp Ready", || async {
+        let untrusted = self
+            .ready_condition(
+                "the fetch refused for the certificate",
+                |status, reason, message| {
+                    status == "False" && reason == "KeysUnavailable" && message.contains("TLS")
+                },
+            )
+            .await?;
+        self.say.say(format!(
+            "kubectl get ra -n {NS} {REQUEST_AUTHN}: Ready {untrusted}"
+        ));
+        let (client, url) = self.secure_url().await?;
+        let valid = bearer(&idp.valid());
+        // Once the waypoint has the rule (without keys), the issuer's tokens are refused.
+        let reply = until(
+            "a valid token refused while the keys are unavailable",
+            || async {
+                let reply = self.curl_one(&client, &["-H", &valid, &url])?;
+                if reply.code == 401 {
+                    Ok(reply)
+                } else {
+                    Err(format!("{reply:?}"))
+                }
+            },
+        )
+        .await?;
+        self.say
+            .command(&format!("curl -H 'Authorization: Bearer <valid>' {url}"));
+        self.say.say(format!(
+            "{}: no keys, so no token of this issuer is accepted",
+            reply.code
+        ));
+        Ok(())
+    }
+
+    /// The `Ready` condition of the RequestAuthentication once `accept(status, reason,
+    /// message)` takes it: `status reason: message`.
+    async fn ready_condition(
+        &self,
+        what: &str,
+        accept: impl Fn(&str, &str, &str) -> bool,
+    ) -> Result<String> {
+        let condition = "{.status.conditions[?(@.type==\"Ready\")]";
+        let jsonpath =
+            format!("jsonpath={condition}.status}}|{condition}.reason}}|{condition}.message}}");
+        let accept = &accept;
+        until(what, || async {
             let out = self
                 .tb_kubectl(&[
                     "get",
@@ -239,27 +298,45 @@ impl User<'_> {
                     NS,
                     REQUEST_AUTHN,
                     "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].reason}",
+                    &jsonpath,
                 ])
                 .map_err(|e| e.to_string())?;
-            if out.trim() == "True Resolved" {
-                Ok(out)
-            } else {
-                Err(out)
+            match out.splitn(3, '|').collect::<Vec<_>>().as_slice() {
+                [status, reason, message] if accept(status, reason, message) => {
+                    Ok(format!("{status} {reason}: {message}"))
+                }
+                _ => Err(out),
             }
         })
-        .await?;
-        self.say.say(format!(
-            "kubectl get ra -n {NS} {REQUEST_AUTHN}: Ready {}",
-            ready.trim()
-        ));
+        .await
+    }
 
+    /// The client pod and the URL of echo's `/secure/profile` on its HTTP Service port.
+    async fn secure_url(&self) -> Result<(k8s_openapi::api::core::v1::Pod, String)> {
         let Samples { client, svc, .. } = self.samples().await?;
         let url = format!(
             "http://{}/secure/profile",
             SocketAddr::new(svc.ip(), HTTP_SVC_PORT)
         );
-        let bearer = |token: &str| format!("authorization: Bearer {token}");
+        Ok((client, url))
+    }
+
+    /// With the CA trusted, the controller fetches the keys: the RequestAuthentication is
+    /// `Ready`, a valid token is answered 200 (the app gets its subject, not the token), none
+    /// 403 (the DENY policy), an expired one, one of another issuer, one with a bad signature
+    /// and one whose kid the key set lacks 401.
+    async fn jwt_from_https_jwks(&self, idp: &IdentityProvider) -> Result<()> {
+        self.say
+            .step("JWT at the waypoint, keys fetched by the controller from the JWKS over HTTPS");
+        let ready = self
+            .ready_condition("RequestAuthentication idp Ready", |status, reason, _| {
+                status == "True" && reason == "Resolved"
+            })
+            .await?;
+        self.say.say(format!(
+            "kubectl get ra -n {NS} {REQUEST_AUTHN}: Ready {ready}"
+        ));
+        let (client, url) = self.secure_url().await?;
         let valid = bearer(&idp.valid());
         // The key is delivered once the waypoint has the fetched set: until then the token
         // is refused (401, unknown key).
