@@ -17,7 +17,7 @@ mod support;
 
 use ambit_controller::crd::{AuthorizationPolicy, Gateway};
 use ambit_controller::waypoint::NAME_CONFLICT;
-use ambit_controller_client::source::{self, Source};
+use ambit_controller_client::source;
 use ambit_controller_client::{StreamState, Subscriber};
 use ambit_identity::SpiffeId;
 use ambit_mesh::Mesh;
@@ -35,7 +35,7 @@ use std::time::Duration;
 use support::{
     CONTROLLER_GROUPS, CONTROLLER_USER, SYSTEM_NS, as_controller, create_namespace,
     create_service_accounts, eventually, free_port, install_crds, obj, pod_json, pod_running,
-    token, waypoint_gateway,
+    tunnel_source, waypoint_gateway,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -257,26 +257,15 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         .context("root.crt in ambit-root-cert")?;
 
     // The node's data plane: the tunnel's config client feeding its mesh model.
-    let dir = std::env::temp_dir().join(format!("ambit-{NAME}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let tunnel_uid = tunnel_pod.metadata.uid.clone().context("uid")?;
-    std::fs::write(dir.join("root.pem"), &root_pem)?;
-    std::fs::write(
-        dir.join("token"),
-        token(
-            &admin,
-            "ambit-tunnel",
-            Some(("tunnel-1", &tunnel_uid)),
-            ambit_proto::TOKEN_AUDIENCE,
-        )
-        .await?,
-    )?;
-    let source = Source::Controller {
-        address: grpc.to_string(),
-        identity: format!("spiffe://cluster.local/ns/{SYSTEM_NS}/sa/{CONTROLLER_SA}").parse()?,
-        root_cert: dir.join("root.pem"),
-        token: dir.join("token"),
-    };
+    let (source, dir) = tunnel_source(
+        &admin,
+        &tunnel_pod,
+        &root_pem,
+        grpc,
+        format!("spiffe://cluster.local/ns/{SYSTEM_NS}/sa/{CONTROLLER_SA}").parse()?,
+        NAME,
+    )
+    .await?;
     let start = source::start(&source, None)?;
     let trust_domain = start.mesh.trust_domain().clone();
     let (mesh_tx, mut mesh) = watch::channel(Arc::new(start.mesh));

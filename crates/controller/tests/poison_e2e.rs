@@ -32,7 +32,7 @@ use std::time::Duration;
 use support::{
     SYSTEM_NS, chart_rbac, condition_reads, controller_config, create_namespace,
     create_service_accounts, eventually, install_crds, obj, pod_json, pod_running,
-    start_as_controller, token, waypoint_gateway,
+    start_as_controller, tunnel_source, waypoint_gateway,
 };
 use tokio::sync::watch;
 
@@ -250,26 +250,15 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     ensure!(event.type_.as_deref() == Some("Warning"), "{event:?}");
     eprintln!("reported on the policy: {message}");
 
-    let dir = std::env::temp_dir().join(format!("ambit-{NAME}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("root.pem"), &running.root_pem)?;
-    let tunnel_uid = tunnel_pod.metadata.uid.clone().context("uid")?;
-    std::fs::write(
-        dir.join("token"),
-        token(
-            &admin,
-            "ambit-tunnel",
-            Some(("tunnel-1", &tunnel_uid)),
-            ambit_proto::TOKEN_AUDIENCE,
-        )
-        .await?,
-    )?;
-    let source = Source::Controller {
-        address: running.grpc_addr.to_string(),
-        identity: config.controller_identity()?,
-        root_cert: dir.join("root.pem"),
-        token: dir.join("token"),
-    };
+    let (source, dir) = tunnel_source(
+        &admin,
+        &tunnel_pod,
+        &running.root_pem,
+        running.grpc_addr,
+        config.controller_identity()?,
+        NAME,
+    )
+    .await?;
     let tunnel = DataPlane::start(&source, &node)?;
     tunnel
         .until(

@@ -483,6 +483,40 @@ pub async fn token(
     token_in(client, SYSTEM_NS, sa, pod, audience).await
 }
 
+/// The config source of the tunnel pod `tunnel-1` on the testbed: the mesh root and a token
+/// bound to that pod, written under a temporary directory named after `test` (returned for the
+/// test to remove).
+pub async fn tunnel_source(
+    client: &kube::Client,
+    tunnel_pod: &Pod,
+    root_pem: &str,
+    address: SocketAddr,
+    identity: SpiffeId,
+    test: &str,
+) -> Result<(ambit_controller_client::source::Source, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("ambit-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("root.pem"), root_pem)?;
+    let tunnel_uid = tunnel_pod.metadata.uid.clone().context("uid")?;
+    std::fs::write(
+        dir.join("token"),
+        token(
+            client,
+            "ambit-tunnel",
+            Some(("tunnel-1", &tunnel_uid)),
+            ambit_proto::TOKEN_AUDIENCE,
+        )
+        .await?,
+    )?;
+    let source = ambit_controller_client::source::Source::Controller {
+        address: address.to_string(),
+        identity,
+        root_cert: dir.join("root.pem"),
+        token: dir.join("token"),
+    };
+    Ok((source, dir))
+}
+
 /// A token of `ns/sa` for the controller's audience, as a waypoint of that account holds.
 pub async fn waypoint_token(client: &kube::Client, ns: &str, sa: &str) -> Result<String> {
     token_in(client, ns, sa, None, ambit_proto::TOKEN_AUDIENCE).await
