@@ -271,10 +271,11 @@ impl ConnectHandler for Forward {
 async fn hbone_in(at: SocketAddr) -> Result<()> {
     let ca = read_ca()?;
     let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
-    // The idle-memory run holds 10,000 tunnels, past the node tunnel's default of 1,280 (which
-    // bounds the worst case, not what an idle tunnel costs).
+    // The idle-memory run holds 10,000 tunnels from one client, past the node tunnel's defaults
+    // of 1,280 and 320 per client (which bound the worst case, not what an idle tunnel costs).
     let settings = ServerSettings {
         max_tunnels: 20_000,
+        max_tunnels_per_peer: 20_000,
         ..ServerSettings::default()
     };
     let server = HboneServer::new(tls, settings, Forward);

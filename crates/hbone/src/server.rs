@@ -132,7 +132,12 @@ pub struct HboneServer<H> {
     handler: Arc<H>,
 }
 
-/// A client, as the per-peer connection limit counts them: a verified identity at one address.
+/// A client, as the per-peer limits count them: a verified identity at one source address, which
+/// is one pod (the node tunnel dials from the pod's netns). Not the identity alone: any pod can
+/// get a certificate for its own service account, and one service account may have many pods
+/// on many nodes, all legitimately connecting at once, so a share per identity would let one
+/// busy workload starve its own other pods. Not the address alone: clients behind one address
+/// with different identities are different tenants.
 type Peer = (SpiffeId, IpAddr);
 
 /// The counted limits of [`ServerSettings`]: connections, handshakes, tunnels, and the caps per
@@ -150,6 +155,7 @@ struct Budget {
     tunnels: Arc<Semaphore>,
     handshakes_per_address: Arc<Counts<IpAddr>>,
     connections_per_peer: Arc<Counts<Peer>>,
+    tunnels_per_peer: Arc<Counts<Peer>>,
 }
 
 impl ServerBudget {
@@ -160,6 +166,7 @@ impl ServerBudget {
             tunnels: Arc::new(Semaphore::new(settings.max_tunnels)),
             handshakes_per_address: Arc::default(),
             connections_per_peer: Arc::default(),
+            tunnels_per_peer: Arc::default(),
             settings,
         }))
     }
@@ -311,18 +318,25 @@ struct OpenTunnels {
     none_left: tokio::sync::Notify,
 }
 
-/// One open tunnel, counted on its connection and in the budget while its task runs.
+/// One open tunnel, counted on its connection, in its client's share and in the budget while
+/// its task runs.
 struct TunnelSlot {
     tunnels: Arc<OpenTunnels>,
     _permit: OwnedSemaphorePermit,
+    _per_peer: Counted<Peer>,
 }
 
 impl TunnelSlot {
-    fn new(tunnels: &Arc<OpenTunnels>, permit: OwnedSemaphorePermit) -> Self {
+    fn new(
+        tunnels: &Arc<OpenTunnels>,
+        permit: OwnedSemaphorePermit,
+        per_peer: Counted<Peer>,
+    ) -> Self {
         tunnels.count.fetch_add(1, Ordering::AcqRel);
         Self {
             tunnels: tunnels.clone(),
             _permit: permit,
+            _per_peer: per_peer,
         }
     }
 }
@@ -432,9 +446,10 @@ impl<H: ConnectHandler> HboneServer<H> {
             .map_err(|source| HboneError::Tls { peer, source })?;
         let identity = peer_identity(tls.get_ref().1.peer_certificates())
             .map_err(|source| HboneError::PeerIdentity { peer, source })?;
+        let client: Peer = (identity.clone(), peer.ip());
         let max = self.settings().max_connections_per_peer;
         let peers = &self.budget.0.connections_per_peer;
-        let Some(_counted) = peers.enter((identity.clone(), peer.ip()), max) else {
+        let Some(_counted) = peers.enter(client.clone(), max) else {
             tracing::warn!(%peer, %identity, max, "HBONE client at its connection limit; closing its new connection");
             return Err(HboneError::PeerConnectionLimit {
                 peer,
@@ -456,6 +471,12 @@ impl<H: ConnectHandler> HboneServer<H> {
                 accepted = connection.accept() => {
                     let Some(accepted) = accepted else { break };
                     let (request, respond) = accepted?;
+                    let max_per_peer = self.settings().max_tunnels_per_peer;
+                    let Some(per_peer) = self.budget.0.tunnels_per_peer.enter(client.clone(), max_per_peer) else {
+                        tracing::debug!(%peer, %identity, max_tunnels_per_peer = max_per_peer, "HBONE client at its share of the tunnels; answering 503");
+                        respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);
+                        continue;
+                    };
                     let Ok(permit) = self.budget.0.tunnels.clone().try_acquire_owned() else {
                         tracing::debug!(%peer, %identity, max_tunnels = self.settings().max_tunnels, "HBONE server at its tunnel limit; answering 503");
                         respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);
@@ -465,7 +486,7 @@ impl<H: ConnectHandler> HboneServer<H> {
                         parse_connect(request, respond, identity.clone(), peer)
                     {
                         idle_since = None;
-                        let open = TunnelSlot::new(&tunnels, permit);
+                        let open = TunnelSlot::new(&tunnels, permit, per_peer);
                         let task = self.handler.handle(request, tunnel);
                         tokio::spawn(async move {
                             task.await;

@@ -60,6 +60,12 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Tunnels open at once over all connections; past this a CONNECT is answered 503.
     pub max_tunnels: usize,
+    /// Tunnels one client (a verified identity at one source address, as for
+    /// `max_connections_per_peer`) may hold open at once, over all its connections; past this
+    /// its CONNECT is answered 503, as at `max_tunnels`. A share well under `max_tunnels`, so
+    /// a few clients cannot take every tunnel and starve the rest: the per-connection
+    /// `max_concurrent_streams` does not bound a client, which may open several connections.
+    pub max_tunnels_per_peer: usize,
     /// One deadline for the TLS handshake and the HTTP/2 preface; a slower client is cut
     /// (slowloris).
     pub handshake_timeout: Duration,
@@ -122,7 +128,7 @@ impl ServerSettings {
 impl Default for ServerSettings {
     /// Sized so that [`Self::memory_bound`] (334 MiB) fits the node tunnel's 512 MiB
     /// container limit with room for its pools and config: 256 connections, 1,280 tunnels
-    /// (more than one connection's 1,024 streams, so one connection cannot take them all) with
+    /// (a client may hold a quarter of them, so it takes four clients to hold them all) with
     /// 128 KiB receive windows and 32 KiB send buffers. What tunnels have received is bounded
     /// by their stream windows, so the connection window stays large (16 MiB, as the pool's):
     /// a few stalled streams must not stall the rest of their connection.
@@ -140,6 +146,7 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(90),
             max_concurrent_streams: 1024,
             max_tunnels: 1280,
+            max_tunnels_per_peer: 320,
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 128,
             max_handshakes_per_address: 8,

@@ -304,6 +304,49 @@ fn reset_peak_rss() {
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
 }
 
+/// An HTTP/2 connection as `demo/<sa>` to `server` over `io`, driven in its own task.
+async fn h2_as<IO>(
+    pki: &TestPki,
+    sa: &str,
+    server: SocketAddr,
+    io: IO,
+    h2: &h2::client::Builder,
+) -> SendRequest<Bytes>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = client_config(
+        pki.handle("demo", sa),
+        &pki.bundle(),
+        vec![pki.id(SERVER_NS, SERVER_SA)],
+    )
+    .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(server_name(server.ip()), io)
+        .await
+        .unwrap();
+    let (send, connection) = h2.handshake::<_, Bytes>(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// A CONNECT to `target` on `send`: the server's answer and the stream, kept open while the
+/// halves live.
+async fn connect_raw(
+    send: &mut SendRequest<Bytes>,
+    target: SocketAddr,
+) -> (http::StatusCode, h2::SendStream<Bytes>, h2::RecvStream) {
+    std::future::poll_fn(|cx| send.poll_ready(cx))
+        .await
+        .unwrap();
+    let request = http::Request::connect(target.to_string()).body(()).unwrap();
+    let (response, stream) = send.send_request(request, false).unwrap();
+    let response = response.await.unwrap();
+    (response.status(), stream, response.into_body())
+}
+
 /// A TCP app that, once a client has sent a byte, sends it data for as long as it takes it,
 /// counting what it sent: a download.
 async fn start_counting_source(sent: Arc<AtomicU64>) -> SocketAddr {
@@ -349,33 +392,15 @@ async fn a_peer_that_never_reads_cannot_make_the_server_buffer_without_bound() {
         tcp,
         stopped: stopped.clone(),
     };
-    let tls = client_config(
-        pki.handle("demo", "greedy"),
-        &pki.bundle(),
-        vec![pki.id(SERVER_NS, SERVER_SA)],
-    )
-    .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(server_name(server.ip()), io)
-        .await
-        .unwrap();
-    let (mut send, connection) = h2::client::Builder::new()
-        .initial_window_size(i32::MAX as u32)
-        .initial_connection_window_size(i32::MAX as u32)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let mut h2 = h2::client::Builder::new();
+    h2.initial_window_size(i32::MAX as u32)
+        .initial_connection_window_size(i32::MAX as u32);
+    let mut send = h2_as(&pki, "greedy", server, io, &h2).await;
     let mut streams = Vec::new();
     for _ in 0..UNREAD_STREAMS {
-        let request = http::Request::connect(source.to_string()).body(()).unwrap();
-        send = send.ready().await.unwrap();
-        let (response, stream) = send.send_request(request, false).unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), http::StatusCode::OK);
-        streams.push((stream, response.into_body()));
+        let (status, stream, body) = connect_raw(&mut send, source).await;
+        assert_eq!(status, http::StatusCode::OK);
+        streams.push((stream, body));
     }
     let (baseline, _) = rss();
     reset_peak_rss();
@@ -463,6 +488,86 @@ async fn servers_sharing_a_budget_share_its_tunnel_limit() {
     held.pop();
     let deadline = Instant::now() + Duration::from_secs(5);
     while to_second.open(echo).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed tunnel was never uncounted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP/2 connection as `demo/<sa>` from `source`: one pod of that service account.
+async fn h2_from(
+    pki: &TestPki,
+    sa: &str,
+    source: IpAddr,
+    server: SocketAddr,
+) -> SendRequest<Bytes> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(server).await.unwrap();
+    h2_as(pki, sa, server, tcp, &h2::client::Builder::new()).await
+}
+
+/// Opens `attempts` tunnels to `target` on `send`; returns those the server opened (held open
+/// while the returned streams live) and asserts it refused the rest with 503.
+async fn open_many(
+    send: &mut SendRequest<Bytes>,
+    target: SocketAddr,
+    attempts: usize,
+) -> Vec<(h2::SendStream<Bytes>, h2::RecvStream)> {
+    let mut opened = Vec::new();
+    for _ in 0..attempts {
+        match connect_raw(send, target).await {
+            (http::StatusCode::OK, stream, body) => opened.push((stream, body)),
+            (status, _, _) => assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+    opened
+}
+
+#[tokio::test]
+async fn one_client_holds_at_most_its_share_of_the_tunnels() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let pki = TestPki::new("cluster.local");
+    const MAX_TUNNELS: usize = 12;
+    const SHARE: usize = 4;
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let settings = ServerSettings {
+        max_tunnels: MAX_TUNNELS,
+        max_tunnels_per_peer: SHARE,
+        ..Default::default()
+    };
+    let server = start_server_with(&pki, Forward { seen }, settings).await;
+    let echo = start_echo().await;
+    let pod = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    // Two greedy pods each ask for every tunnel of the node, over two connections each: the
+    // share counts the client, not its connection.
+    let mut held = Vec::new();
+    for sa in ["greedy-a", "greedy-b"] {
+        let (mut first, mut second) = (
+            h2_from(&pki, sa, pod, server).await,
+            h2_from(&pki, sa, pod, server).await,
+        );
+        let mut opened = open_many(&mut first, echo, MAX_TUNNELS / 2).await;
+        opened.extend(open_many(&mut second, echo, MAX_TUNNELS / 2).await);
+        assert_eq!(opened.len(), SHARE, "tunnels opened by {sa}");
+        held.push((first, opened));
+    }
+    // A third client is still served, and so is another pod of a greedy service account (a
+    // client is an identity at one address).
+    echoes(&client(&pki, server), echo).await;
+    let other_pod = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut same_sa_elsewhere = h2_from(&pki, "greedy-a", other_pod, server).await;
+    let (status, _stream, _body) = connect_raw(&mut same_sa_elsewhere, echo).await;
+    assert_eq!(status, http::StatusCode::OK, "another pod of greedy-a");
+
+    // A closed tunnel gives its client its place back.
+    let (send, opened) = &mut held[0];
+    opened.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect_raw(send, echo).await.0 != http::StatusCode::OK {
         assert!(
             Instant::now() < deadline,
             "the closed tunnel was never uncounted"
