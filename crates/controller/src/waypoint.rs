@@ -384,8 +384,12 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
             return Ok(Action::await_change());
         }
     };
-    let taken = taken_names(&ctx.client, &ns, &name, gw.uid().as_deref()).await?;
-    if !taken.is_empty() {
+    let claims = claims_on_names(&ctx.client, &ns, &name, gw.uid().as_deref()).await?;
+    let (foreign, going): (Vec<_>, Vec<_>) = claims
+        .into_iter()
+        .partition(|(_, claim)| *claim == Claim::Foreign);
+    if !foreign.is_empty() {
+        let taken: Vec<String> = foreign.into_iter().map(|(object, _)| object).collect();
         let msg = format!(
             "{} already exist{} and {} not owned by this Gateway; a waypoint's ServiceAccount, Deployment and Service take its Gateway's name, and ambit never takes over another object: rename the Gateway",
             taken.join(", "),
@@ -404,6 +408,33 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         ctx.metrics.reconcile("conflict");
         // The other object may go away or be renamed: look again now and then.
         return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if !going.is_empty() {
+        // A Gateway of this name was deleted and its children are being deleted: applying
+        // over them now would be undone by their deletion. Wait it out (seconds, at most a
+        // finalizer's time) instead of refusing a user who re-created a waypoint.
+        let going: Vec<String> = going.into_iter().map(|(object, _)| object).collect();
+        let msg = format!(
+            "waiting for the previous waypoint's {} to be deleted (its Gateway of the same name was deleted)",
+            going.join(", ")
+        );
+        let status = GatewayStatus {
+            addresses: Vec::new(),
+            conditions: vec![
+                condition(
+                    &gw,
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    &format!("waypoint for service account {for_sa}"),
+                    generation,
+                ),
+                condition(&gw, "Programmed", false, "Pending", &msg, generation),
+            ],
+        };
+        apply_status(&gateways, &name, status).await?;
+        ctx.metrics.reconcile("pending");
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let owner = gw
         .controller_owner_ref(&())
@@ -542,20 +573,59 @@ fn controlled_by(meta: &ObjectMeta, uid: Option<&str>) -> bool {
     })
 }
 
-/// The waypoint's children named `name` in `ns` that exist and are not the Gateway's: an app's
-/// ServiceAccount (whose identity a waypoint would then hold), Deployment or Service. Looked
-/// up by a name field selector: the controller may list these kinds, not get them.
-async fn taken_names(
+/// Why an existing object named like a waypoint's child keeps the waypoint from applying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Not a waypoint's child: an app's ServiceAccount (whose identity the waypoint would then
+    /// hold), Deployment or Service. Never taken over.
+    Foreign,
+    /// The child of a deleted Gateway of the same name, being deleted.
+    PreviousWaypointGoing,
+}
+
+/// The claim `meta` puts on a waypoint child's name for the Gateway `name` with `uid`; `None`
+/// when the Gateway may apply over it: its own child, or the child of a deleted Gateway of the
+/// same name that garbage collection has not reached yet (kube-controller-manager takes up to
+/// its discovery resync after an install). Applying over the latter replaces its owner
+/// reference (server-side apply keys them by uid), so a waypoint deleted and re-created keeps
+/// serving instead of being refused as a name conflict.
+fn claim(meta: &ObjectMeta, name: &str, uid: Option<&str>) -> Option<Claim> {
+    if controlled_by(meta, uid) {
+        return None;
+    }
+    let previous_waypoint = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(GATEWAY_NAME_LABEL))
+        .is_some_and(|n| n == name)
+        && meta.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Gateway"
+                && o.api_version.starts_with("gateway.networking.k8s.io/")
+                && o.name == name
+                && Some(o.uid.as_str()) != uid
+        });
+    match (previous_waypoint, meta.deletion_timestamp.is_some()) {
+        (false, _) => Some(Claim::Foreign),
+        (true, true) => Some(Claim::PreviousWaypointGoing),
+        (true, false) => None,
+    }
+}
+
+/// The waypoint's children named `name` in `ns` that exist and keep the Gateway with
+/// `gateway_uid` from applying them, with why ([`claim`]). Looked up by a name field selector:
+/// the controller may list these kinds, not get them.
+async fn claims_on_names(
     client: &kube::Client,
     ns: &str,
     name: &str,
     gateway_uid: Option<&str>,
-) -> Result<Vec<String>, kube::Error> {
-    async fn taken<K>(
+) -> Result<Vec<(String, Claim)>, kube::Error> {
+    async fn claimed<K>(
         api: Api<K>,
         name: &str,
         gateway_uid: Option<&str>,
-    ) -> Result<bool, kube::Error>
+    ) -> Result<Option<Claim>, kube::Error>
     where
         K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
     {
@@ -565,37 +635,41 @@ async fn taken_names(
             .await?
             .items
             .iter()
-            .any(|o| !controlled_by(o.meta(), gateway_uid)))
+            .find_map(|o| claim(o.meta(), name, gateway_uid)))
     }
-    let mut found = Vec::new();
-    if taken(
-        Api::<ServiceAccount>::namespaced(client.clone(), ns),
-        name,
-        gateway_uid,
-    )
-    .await?
-    {
-        found.push(format!("ServiceAccount {ns}/{name}"));
-    }
-    if taken(
-        Api::<Deployment>::namespaced(client.clone(), ns),
-        name,
-        gateway_uid,
-    )
-    .await?
-    {
-        found.push(format!("Deployment {ns}/{name}"));
-    }
-    if taken(
-        Api::<Service>::namespaced(client.clone(), ns),
-        name,
-        gateway_uid,
-    )
-    .await?
-    {
-        found.push(format!("Service {ns}/{name}"));
-    }
-    Ok(found)
+    let found = [
+        (
+            "ServiceAccount",
+            claimed(
+                Api::<ServiceAccount>::namespaced(client.clone(), ns),
+                name,
+                gateway_uid,
+            )
+            .await?,
+        ),
+        (
+            "Deployment",
+            claimed(
+                Api::<Deployment>::namespaced(client.clone(), ns),
+                name,
+                gateway_uid,
+            )
+            .await?,
+        ),
+        (
+            "Service",
+            claimed(
+                Api::<Service>::namespaced(client.clone(), ns),
+                name,
+                gateway_uid,
+            )
+            .await?,
+        ),
+    ];
+    Ok(found
+        .into_iter()
+        .filter_map(|(kind, claim)| claim.map(|c| (format!("{kind} {ns}/{name}"), c)))
+        .collect())
 }
 
 /// Whether an EndpointSlice of Service `ns/name` lists a ready endpoint (`ready` unset reads as
@@ -787,6 +861,63 @@ mod tests {
             controller_identity: "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
                 .into(),
         }
+    }
+
+    fn child(labels: serde_json::Value, owners: serde_json::Value, deleting: bool) -> ObjectMeta {
+        let mut meta =
+            json!({"name": "waypoint-back", "labels": labels, "ownerReferences": owners});
+        if deleting {
+            meta["deletionTimestamp"] = json!("2026-12-01T20:00:00Z");
+        }
+        serde_json::from_value(meta).unwrap()
+    }
+
+    fn gateway_owner(name: &str, uid: &str) -> serde_json::Value {
+        json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": name,
+                "uid": uid, "controller": true, "blockOwnerDeletion": true}])
+    }
+
+    #[test]
+    fn only_a_deleted_same_named_gateways_children_are_applied_over() {
+        let ours = json!({GATEWAY_NAME_LABEL: "waypoint-back"});
+        let name = "waypoint-back";
+        // Its own child.
+        let own = child(ours.clone(), gateway_owner(name, "new"), false);
+        assert_eq!(claim(&own, name, Some("new")), None);
+        // The previous Gateway's, not yet reached by garbage collection: adopted.
+        let previous = child(ours.clone(), gateway_owner(name, "old"), false);
+        assert_eq!(claim(&previous, name, Some("new")), None);
+        // ... being deleted: waited for.
+        let going = child(ours.clone(), gateway_owner(name, "old"), true);
+        assert_eq!(
+            claim(&going, name, Some("new")),
+            Some(Claim::PreviousWaypointGoing)
+        );
+        // An app's objects, and anything merely looking like a waypoint's, are never taken.
+        let app = child(json!({"app": "back"}), json!([]), false);
+        assert_eq!(claim(&app, name, Some("new")), Some(Claim::Foreign));
+        let unlabelled = child(json!({}), gateway_owner(name, "old"), false);
+        assert_eq!(claim(&unlabelled, name, Some("new")), Some(Claim::Foreign));
+        let other_gateway = child(ours.clone(), gateway_owner("other", "old"), false);
+        assert_eq!(
+            claim(&other_gateway, name, Some("new")),
+            Some(Claim::Foreign)
+        );
+        let mut not_controller = gateway_owner(name, "old");
+        not_controller[0]["controller"] = json!(false);
+        let not_controlled = child(ours.clone(), not_controller, false);
+        assert_eq!(
+            claim(&not_controlled, name, Some("new")),
+            Some(Claim::Foreign)
+        );
+        let mut deployment_owner = gateway_owner(name, "old");
+        deployment_owner[0]["kind"] = json!("Deployment");
+        deployment_owner[0]["apiVersion"] = json!("apps/v1");
+        let owned_otherwise = child(ours, deployment_owner, false);
+        assert_eq!(
+            claim(&owned_otherwise, name, Some("new")),
+            Some(Claim::Foreign)
+        );
     }
 
     #[test]

@@ -318,6 +318,76 @@ async fn checks(tb: &ambit_testbed::Testbed, image: &Path) -> Result<()> {
         Some(&since),
         "the mark is written once"
     );
+
+    // --- Deleted and re-created under the same name while the old children are still being
+    // deleted: the new Gateway waits for them, never refused as a name conflict. A finalizer
+    // holds the old Deployment in deletion for as long as the test needs. ---
+    const HOLD: &str = "test.ambit.dev/hold";
+    let old_uid = gateways.get(WAYPOINT).await?.uid().context("uid")?;
+    deployments
+        .patch(
+            WAYPOINT,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": [HOLD]}})),
+        )
+        .await?;
+    gateways.delete(WAYPOINT, &Default::default()).await?;
+    eventually(
+        "garbage collection deletes the old waypoint's Deployment",
+        Duration::from_secs(90),
+        || async {
+            deployments
+                .get(WAYPOINT)
+                .await
+                .ok()
+                .filter(|d| d.metadata.deletion_timestamp.is_some())
+        },
+    )
+    .await?;
+    let gw = gateways
+        .create(&pp, &waypoint_gateway(WAYPOINT, "back"))
+        .await?;
+    assert_ne!(gw.uid(), Some(old_uid));
+    let why = condition_reads(
+        &gateways,
+        WAYPOINT,
+        "Programmed",
+        ("False", "Pending"),
+        WAIT,
+    )
+    .await?;
+    assert!(why.contains("previous waypoint's Deployment"), "{why}");
+    let accepted =
+        condition_reads(&gateways, WAYPOINT, "Accepted", ("True", "Accepted"), WAIT).await?;
+    assert!(accepted.contains("back"), "{accepted}");
+    deployments
+        .patch(
+            WAYPOINT,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+    // Its own Deployment (1 replica by default; the readiness file still exists): served,
+    // and every child is the new Gateway's.
+    condition_reads(
+        &gateways,
+        WAYPOINT,
+        "Programmed",
+        ("True", "Programmed"),
+        WAIT,
+    )
+    .await?;
+    let new_uid = gw.uid().context("uid")?;
+    let owned_by_new = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == new_uid && o.controller == Some(true))
+    };
+    assert!(owned_by_new(&deployments.get(WAYPOINT).await?.metadata));
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), APP_NS);
+    assert!(owned_by_new(&accounts.get(WAYPOINT).await?.metadata));
     drop(running);
     Ok(())
 }
