@@ -3,13 +3,18 @@
 //! (a) direct: client -> server
 //! (b) tcp_proxy: client -> plain TCP proxy -> plain TCP proxy -> server (same copy engine)
 //! (c) hbone: client -> HBONE client tunnel -> HBONE server tunnel -> server
+//!
+//! The paths are interleaved in rounds (`AMBIT_BENCH_ROUNDS`, default 3): each round measures
+//! every path's throughput, then every path's round trips, so a noisy moment of the machine
+//! lands on one round of every path. Ratios are taken within a round, then reported as the
+//! median and the min–max over rounds.
 
 use crate::measure::{
     EchoConnection, Percentiles, open_files_limit, open_idle_connections, percentiles,
     throughput_gbps,
 };
 use crate::process::RoleProcess;
-use crate::report::{against, median, round, write_json};
+use crate::report::{Spread, against, against_rounds, round, rounds, write_json};
 use crate::roles::{MODE_ECHO, TRUST_DOMAIN, bundle, client_id, mint, server_id};
 use ambit_hbone::{Dialer, PoolSettings, TunnelHeaders};
 use ambit_identity::CertificateAuthority;
@@ -21,38 +26,93 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const THROUGHPUT_ROUNDS: usize = 3;
-const THROUGHPUT_DURATION: Duration = Duration::from_secs(2);
-const RTT_WARMUP: usize = 2_000;
-/// Round trips are measured in rounds that alternate between paths, so a noisy moment of the
-/// machine lands on every path alike.
-const RTT_ROUNDS: usize = 10;
-const RTT_SAMPLES_PER_ROUND: usize = 2_000;
-const HANDSHAKE_DURATION: Duration = Duration::from_secs(3);
+/// What one run measures, and for how long.
+struct Settings {
+    rounds: usize,
+    throughput_duration: Duration,
+    rtt_warmup: usize,
+    rtt_samples_per_round: usize,
+    handshake_duration: Duration,
+    idle_connections: usize,
+}
+
+impl Settings {
+    fn new(quick: bool, rounds: usize) -> Self {
+        if quick {
+            Self {
+                rounds,
+                throughput_duration: Duration::from_millis(300),
+                rtt_warmup: 200,
+                rtt_samples_per_round: 500,
+                handshake_duration: Duration::from_millis(500),
+                idle_connections: 500,
+            }
+        } else {
+            Self {
+                rounds,
+                throughput_duration: Duration::from_secs(2),
+                rtt_warmup: 2_000,
+                rtt_samples_per_round: 5_000,
+                handshake_duration: Duration::from_secs(3),
+                idle_connections: 10_000,
+            }
+        }
+    }
+}
+
 const HANDSHAKE_CONCURRENCY: usize = 8;
-const IDLE_CONNECTIONS: usize = 10_000;
 
 const PATHS: [&str; 3] = ["direct", "tcp_proxy", "hbone"];
 
-struct PathResult {
-    throughput_gbps: f64,
-    rtt: Percentiles,
+/// One round: every path measured once, in the order of [`PATHS`].
+struct Round {
+    throughput_gbps: [f64; 3],
+    rtt: [Percentiles; 3],
 }
 
-pub fn run() -> Result<()> {
+impl Round {
+    fn throughput_hbone_vs_direct(&self) -> f64 {
+        self.throughput_gbps[2] / self.throughput_gbps[0]
+    }
+    fn throughput_hbone_vs_tcp_proxy(&self) -> f64 {
+        self.throughput_gbps[2] / self.throughput_gbps[1]
+    }
+    fn rtt_p50_hbone_vs_direct(&self) -> f64 {
+        self.rtt[2].p50_us / self.rtt[0].p50_us
+    }
+}
+
+/// A ratio as the report names it, and how to take it from one round.
+type Ratio = (&'static str, fn(&Round) -> f64);
+
+const RATIOS: [Ratio; 3] = [
+    (
+        "throughput_hbone_vs_direct",
+        Round::throughput_hbone_vs_direct,
+    ),
+    (
+        "throughput_hbone_vs_tcp_proxy",
+        Round::throughput_hbone_vs_tcp_proxy,
+    ),
+    ("rtt_p50_hbone_vs_direct", Round::rtt_p50_hbone_vs_direct),
+];
+
+pub fn run(quick: bool) -> Result<()> {
+    let settings = Settings::new(quick, rounds()?);
     // The driver is one thread: the load it generates is sequential, and the processes under
     // test get the rest of the machine.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run_async())
+        .block_on(run_async(&settings))
 }
 
-async fn run_async() -> Result<()> {
+async fn run_async(settings: &Settings) -> Result<()> {
     let limit = open_files_limit()?;
+    let idle_connections = settings.idle_connections;
     ensure!(
-        limit as usize > IDLE_CONNECTIONS + 1_000,
-        "the open-files limit is {limit}; this benchmark holds {IDLE_CONNECTIONS} connections per process: raise it with `ulimit -n 20000`"
+        limit as usize > idle_connections + 1_000,
+        "the open-files limit is {limit}; this benchmark holds {idle_connections} connections per process: raise it with `ulimit -n 20000`"
     );
     let ca = CertificateAuthority::generate(TRUST_DOMAIN.parse()?, Duration::from_secs(86_400))?;
     let material = ca.to_material();
@@ -64,85 +124,134 @@ async fn run_async() -> Result<()> {
     let (tunnel_in, tunnel_out) = start_tunnels(&ca_pem, server.addr)?;
     let entries = [server.addr, proxy_near.addr, tunnel_out.addr];
 
+    let rounds = measure_rounds(settings, entries).await?;
     eprintln!(
-        "throughput: {THROUGHPUT_ROUNDS} rounds of {THROUGHPUT_DURATION:?} per path, interleaved"
+        "new tunnels: {HANDSHAKE_CONCURRENCY} concurrent loops for {:?}",
+        settings.handshake_duration
     );
-    let mut rounds: [Vec<f64>; 3] = Default::default();
-    for _ in 0..THROUGHPUT_ROUNDS {
-        for (samples, entry) in rounds.iter_mut().zip(entries) {
-            samples.push(throughput_gbps(entry, THROUGHPUT_DURATION).await?);
-        }
-    }
-    eprintln!(
-        "round trips: {RTT_ROUNDS} rounds of {RTT_SAMPLES_PER_ROUND} x 1 KiB echo per path, interleaved, after {RTT_WARMUP} warm-up"
-    );
-    let mut connections = Vec::new();
-    for entry in entries {
-        connections.push(EchoConnection::open(entry, RTT_WARMUP).await?);
-    }
-    let mut rtts: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..RTT_ROUNDS {
-        for (connection, samples) in connections.iter_mut().zip(rtts.iter_mut()) {
-            connection.sample(RTT_SAMPLES_PER_ROUND, samples).await?;
-        }
-    }
-    drop(connections);
-    let mut results = Vec::new();
-    for (samples, rtt_samples) in rounds.iter_mut().zip(rtts.iter_mut()) {
-        results.push(PathResult {
-            throughput_gbps: median(samples),
-            rtt: percentiles(rtt_samples),
-        });
-    }
-    eprintln!("new tunnels: {HANDSHAKE_CONCURRENCY} concurrent loops for {HANDSHAKE_DURATION:?}");
-    let new_tunnels_per_s = new_tunnels_per_second(&ca, tunnel_in.addr, server.addr).await?;
+    let new_tunnels_per_s = new_tunnels_per_second(
+        &ca,
+        tunnel_in.addr,
+        server.addr,
+        settings.handshake_duration,
+    )
+    .await?;
     drop((tunnel_in, tunnel_out));
 
-    eprintln!("idle memory: {IDLE_CONNECTIONS} tunneled connections on fresh tunnel processes");
+    eprintln!("idle memory: {idle_connections} tunneled connections on fresh tunnel processes");
     let (fresh_in, fresh_out) = start_tunnels(&ca_pem, server.addr)?;
-    let idle = idle_rss(&fresh_in, &fresh_out).await?;
+    let idle = idle_rss(&fresh_in, &fresh_out, idle_connections).await?;
 
-    let [direct, proxy, hbone] = [&results[0], &results[1], &results[2]];
-    let ratios = (
-        hbone.throughput_gbps / direct.throughput_gbps,
-        hbone.throughput_gbps / proxy.throughput_gbps,
-        hbone.rtt.p50_us / direct.rtt.p50_us,
-    );
-    print_table(&results, ratios, new_tunnels_per_s, &idle);
+    print_table(&rounds, new_tunnels_per_s, &idle);
 
-    let path_json = |r: &PathResult| {
+    let per_path = |path: usize, of: fn(&Round, usize) -> f64| {
+        Spread::of(&rounds.iter().map(|r| of(r, path)).collect::<Vec<_>>())
+    };
+    let throughput = |r: &Round, path: usize| r.throughput_gbps[path];
+    let p50 = |r: &Round, path: usize| r.rtt[path].p50_us;
+    let p99 = |r: &Round, path: usize| r.rtt[path].p99_us;
+    let mut paths = serde_json::Map::new();
+    for (index, name) in PATHS.iter().enumerate() {
+        let (t, p50, p99) = (
+            per_path(index, throughput),
+            per_path(index, p50),
+            per_path(index, p99),
+        );
+        paths.insert(
+            (*name).to_owned(),
+            json!({
+                "throughput_gbps": round(t.median, 3),
+                "throughput_gbps_spread": t.range_json(3),
+                "rtt_p50_us": round(p50.median, 1),
+                "rtt_p50_us_spread": p50.range_json(1),
+                "rtt_p99_us": round(p99.median, 1),
+                "rtt_p99_us_spread": p99.range_json(1),
+            }),
+        );
+    }
+    let mut ratios = serde_json::Map::new();
+    for (name, of) in RATIOS {
+        let spread = Spread::of(&rounds.iter().map(of).collect::<Vec<_>>());
+        ratios.insert(name.to_owned(), json!(round(spread.median, 3)));
+        ratios.insert(format!("{name}_spread"), spread.range_json(3));
+    }
+    let by_path = |values: [f64; 3], digits: i32| {
         json!({
-            "throughput_gbps": round(r.throughput_gbps, 3),
-            "rtt_p50_us": round(r.rtt.p50_us, 1),
-            "rtt_p99_us": round(r.rtt.p99_us, 1),
+            "direct": round(values[0], digits),
+            "tcp_proxy": round(values[1], digits),
+            "hbone": round(values[2], digits),
         })
     };
+    let rounds_json: Vec<_> = rounds
+        .iter()
+        .map(|r| {
+            json!({
+                "throughput_gbps": by_path(r.throughput_gbps, 3),
+                "rtt_p50_us": by_path(r.rtt.map(|p| p.p50_us), 1),
+                "rtt_p99_us": by_path(r.rtt.map(|p| p.p99_us), 1),
+            })
+        })
+        .collect();
     let report = json!({
-        "paths": {
-            "direct": path_json(direct),
-            "tcp_proxy": path_json(proxy),
-            "hbone": path_json(hbone),
-        },
-        "ratios": {
-            "throughput_hbone_vs_direct": round(ratios.0, 3),
-            "throughput_hbone_vs_tcp_proxy": round(ratios.1, 3),
-            "rtt_p50_hbone_vs_direct": round(ratios.2, 3),
-        },
+        "paths": paths,
+        "ratios": ratios,
         "new_tunnels_per_s": round(new_tunnels_per_s, 0),
         "rss_bytes_per_idle_conn": idle.per_connection.round(),
         "rss_detail": {
-            "connections": IDLE_CONNECTIONS,
+            "connections": idle_connections,
             "client_tunnel_delta_bytes": idle.out_delta,
             "server_tunnel_delta_bytes": idle.in_delta,
         },
         "throughput_samples_gbps": {
-            "direct": rounds[0], "tcp_proxy": rounds[1], "hbone": rounds[2],
+            "direct": rounds.iter().map(|r| r.throughput_gbps[0]).collect::<Vec<_>>(),
+            "tcp_proxy": rounds.iter().map(|r| r.throughput_gbps[1]).collect::<Vec<_>>(),
+            "hbone": rounds.iter().map(|r| r.throughput_gbps[2]).collect::<Vec<_>>(),
         },
+        "rounds": rounds_json,
         "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()) },
     });
     let path = write_json("hbone", &report)?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Rounds that each measure every path: throughput of each, then round trips on each (on
+/// connections warmed once, kept across rounds).
+async fn measure_rounds(settings: &Settings, entries: [SocketAddr; 3]) -> Result<Vec<Round>> {
+    eprintln!(
+        "{} rounds, each: {:?} of throughput, then {} x 1 KiB echo, per path ({} warm-up first)",
+        settings.rounds,
+        settings.throughput_duration,
+        settings.rtt_samples_per_round,
+        settings.rtt_warmup
+    );
+    let mut connections = Vec::new();
+    for entry in entries {
+        connections.push(EchoConnection::open(entry, settings.rtt_warmup).await?);
+    }
+    let mut rounds = Vec::with_capacity(settings.rounds);
+    for _ in 0..settings.rounds {
+        let mut throughput = [0.0; 3];
+        for (sample, entry) in throughput.iter_mut().zip(entries) {
+            *sample = throughput_gbps(entry, settings.throughput_duration).await?;
+        }
+        let mut rtt = [Percentiles {
+            p50_us: 0.0,
+            p99_us: 0.0,
+        }; 3];
+        for (result, connection) in rtt.iter_mut().zip(connections.iter_mut()) {
+            let mut samples = Vec::with_capacity(settings.rtt_samples_per_round);
+            connection
+                .sample(settings.rtt_samples_per_round, &mut samples)
+                .await?;
+            *result = percentiles(&mut samples);
+        }
+        rounds.push(Round {
+            throughput_gbps: throughput,
+            rtt,
+        });
+    }
+    Ok(rounds)
 }
 
 fn start_tunnels(ca_pem: &str, target: SocketAddr) -> Result<(RoleProcess, RoleProcess)> {
@@ -162,6 +271,7 @@ async fn new_tunnels_per_second(
     ca: &CertificateAuthority,
     hbone_server: SocketAddr,
     target: SocketAddr,
+    duration: Duration,
 ) -> Result<f64> {
     let dialer = Arc::new(Dialer::new(bundle(ca)?, PoolSettings::default()));
     let certificate = mint(ca, &client_id()?)?;
@@ -177,7 +287,7 @@ async fn new_tunnels_per_second(
             completed.clone(),
         );
         loops.spawn(async move {
-            while start.elapsed() < HANDSHAKE_DURATION {
+            while start.elapsed() < duration {
                 let mut tunnel = dialer
                     .connect_unpooled(
                         certificate.clone(),
@@ -205,14 +315,19 @@ struct IdleRss {
     out_delta: u64,
     in_delta: u64,
     per_connection: f64,
+    connections: usize,
 }
 
 /// RSS growth of both tunnel processes for each idle tunneled connection.
-async fn idle_rss(tunnel_in: &RoleProcess, tunnel_out: &RoleProcess) -> Result<IdleRss> {
+async fn idle_rss(
+    tunnel_in: &RoleProcess,
+    tunnel_out: &RoleProcess,
+    connections: usize,
+) -> Result<IdleRss> {
     // One connection first, so the baseline includes connection-independent state.
     let warm = open_idle_connections(tunnel_out.addr, 1).await?;
     let (out_before, in_before) = (tunnel_out.rss_bytes()?, tunnel_in.rss_bytes()?);
-    let idle = open_idle_connections(tunnel_out.addr, IDLE_CONNECTIONS).await?;
+    let idle = open_idle_connections(tunnel_out.addr, connections).await?;
     let (out_after, in_after) = (tunnel_out.rss_bytes()?, tunnel_in.rss_bytes()?);
     drop((idle, warm));
     let out_delta = out_after.saturating_sub(out_before);
@@ -220,49 +335,50 @@ async fn idle_rss(tunnel_in: &RoleProcess, tunnel_out: &RoleProcess) -> Result<I
     Ok(IdleRss {
         out_delta,
         in_delta,
-        per_connection: (out_delta + in_delta) as f64 / IDLE_CONNECTIONS as f64,
+        per_connection: (out_delta + in_delta) as f64 / connections as f64,
+        connections,
     })
 }
 
-fn print_table(
-    results: &[PathResult],
-    ratios: (f64, f64, f64),
-    tunnels_per_s: f64,
-    idle: &IdleRss,
-) {
-    println!("\nHBONE transport benchmark (loopback, one run)\n");
+fn print_table(rounds: &[Round], tunnels_per_s: f64, idle: &IdleRss) {
     println!(
-        "{:<10} {:>16} {:>14} {:>14}",
-        "path", "throughput", "1KiB rtt p50", "1KiB rtt p99"
+        "\nHBONE transport benchmark (loopback, {} interleaved rounds; median and min–max over rounds)\n",
+        rounds.len()
     );
-    for (name, r) in PATHS.iter().zip(results) {
+    println!(
+        "{:<10} {:>26} {:>24} {:>24}",
+        "path", "throughput Gbit/s", "1KiB rtt p50 µs", "1KiB rtt p99 µs"
+    );
+    for (index, name) in PATHS.iter().enumerate() {
+        let cell = |of: fn(&Round) -> [f64; 3]| {
+            let s = Spread::of(&rounds.iter().map(|r| of(r)[index]).collect::<Vec<_>>());
+            format!("{:>8.2}  {:>6.2}–{:<6.2}", s.median, s.min, s.max)
+        };
         println!(
-            "{:<10} {:>10.2} Gbit/s {:>11.1} µs {:>11.1} µs",
-            name, r.throughput_gbps, r.rtt.p50_us, r.rtt.p99_us
+            "{:<10} {:>26} {:>24} {:>24}",
+            name,
+            cell(|r| r.throughput_gbps),
+            cell(|r| r.rtt.map(|p| p.p50_us)),
+            cell(|r| r.rtt.map(|p| p.p99_us)),
         );
+    }
+    println!("\n{:<28} {:>7}  {:<11}", "ratio", "median", "min–max");
+    let targets = [(0.45, true), (0.75, true), (2.1, false)];
+    for ((name, of), (target, higher)) in RATIOS.into_iter().zip(targets) {
+        let samples: Vec<f64> = rounds.iter().map(of).collect();
+        println!("{name:<28} {}", against_rounds(&samples, target, higher));
     }
     println!();
     println!(
-        "throughput hbone/direct     {}",
-        against(ratios.0, 0.45, true)
-    );
-    println!(
-        "throughput hbone/tcp_proxy  {}",
-        against(ratios.1, 0.75, true)
-    );
-    println!(
-        "rtt p50 hbone/direct        {}",
-        against(ratios.2, 2.1, false)
-    );
-    println!(
-        "new tunnels per second      {}",
+        "new tunnels per second       {}",
         against(tunnels_per_s, 1500.0, true)
     );
     println!(
-        "RSS per idle tunneled conn  {} bytes (client tunnel +{} B, server tunnel +{} B over {IDLE_CONNECTIONS}; target <= 4096, {})",
+        "RSS per idle tunneled conn   {} bytes (client tunnel +{} B, server tunnel +{} B over {}; target <= 4096, {})",
         idle.per_connection.round(),
         idle.out_delta,
         idle.in_delta,
+        idle.connections,
         if idle.per_connection <= 4096.0 {
             "met"
         } else {

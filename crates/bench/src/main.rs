@@ -21,7 +21,11 @@ use clap::Parser;
 )]
 enum Cli {
     /// the tunnel's HBONE paths side by side on loopback
-    Hbone,
+    Hbone {
+        /// every measurement briefly, to check that it works
+        #[arg(long)]
+        quick: bool,
+    },
     /// the waypoint against nginx and Istio's ext_authz sample
     Waypoint {
         /// every measurement briefly, to check that it works
@@ -41,7 +45,7 @@ enum Cli {
 
 fn main() -> Result<()> {
     match Cli::parse() {
-        Cli::Hbone => hbone::run(),
+        Cli::Hbone { quick } => hbone::run(quick),
         Cli::Waypoint { quick } => waypoint::run(quick),
         Cli::Route { quick } => route::run(quick),
         Cli::Role(role) => roles::run(role),
