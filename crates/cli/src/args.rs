@@ -62,6 +62,17 @@ pub enum Command {
     ConfigDump {
         node: String,
     },
+    Check(CheckOptions),
+}
+
+/// `kubectl ambit check`: before installing (`pre`) or of an installed mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckOptions {
+    pub pre: bool,
+    /// `[ok]`/`[warn]`/`[fail]` instead of symbols, even on a terminal.
+    pub no_color: bool,
+    /// How long each check may take.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +142,19 @@ enum TopCommand {
     /// their pods and opted-out pods (ambit.dev/dataplane-mode=none). Exits 1 when something is
     /// unhealthy.
     Status,
+    /// Pre-flight (--pre) or health checks, one line each: pass, warn or fail
+    ///
+    /// With --pre, before installing: the Kubernetes version against the chart's kubeVersion,
+    /// other meshes (Istio, Linkerd, Cilium's mesh), ambit's or Gateway API's CRDs already
+    /// present, NetworkPolicies that would block port 15008 in enrolled namespaces, your rights
+    /// to create what the chart creates, the nodes' OS and kernel. Without: the controller and
+    /// its Lease, the node DaemonSet, CRDs, GatewayClass, the mesh root's validity, every
+    /// tunnel's config stream, certificates and rejected config, waypoints Programmed,
+    /// AuthorizationPolicies Enforced. Exits 1 when a check fails (warnings pass).
+    #[command(
+        override_usage = "kubectl ambit check [--pre] [--timeout DURATION] [--no-color] [-o json|yaml]"
+    )]
+    Check(CheckArgs),
     /// What ambit's data plane is running with
     #[command(subcommand, subcommand_required = true, arg_required_else_help = true)]
     Config(ConfigCommand),
@@ -139,6 +163,19 @@ enum TopCommand {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// pre-install checks (the cluster, before `helm install`)
+    #[arg(long)]
+    pre: bool,
+    /// plain [ok] [warn] [fail] markers (the default when stdout is not a terminal)
+    #[arg(long)]
+    no_color: bool,
+    /// how long each check may take
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +324,11 @@ impl From<Cli> for Request {
             }
             TopCommand::Status => Command::Status,
             TopCommand::Config(ConfigCommand::Dump { node }) => Command::ConfigDump { node },
+            TopCommand::Check(c) => Command::Check(CheckOptions {
+                pre: c.pre,
+                no_color: c.no_color,
+                timeout: c.timeout,
+            }),
         };
         Request::Run(Invocation { global, command })
     }
@@ -579,6 +621,22 @@ mod tests {
         assert_eq!(
             p("config dump --node n1").command,
             Command::ConfigDump { node: "n1".into() }
+        );
+        assert_eq!(
+            p("check --pre --timeout 3s").command,
+            Command::Check(CheckOptions {
+                pre: true,
+                no_color: false,
+                timeout: Duration::from_secs(3),
+            })
+        );
+        assert_eq!(
+            p("check --no-color").command,
+            Command::Check(CheckOptions {
+                pre: false,
+                no_color: true,
+                timeout: Duration::from_secs(10),
+            })
         );
         assert_eq!(
             parse(argv("completion bash")).unwrap(),

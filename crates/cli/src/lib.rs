@@ -7,11 +7,13 @@
 //!   readable kube errors;
 //! - [`waypoint`]: the Gateway `waypoint apply` writes, name rules, how Gateway status reads;
 //! - [`health`]: `status` verdicts computed from objects;
+//! - [`check`]: `check` verdicts (pre-install and installed), one line each;
 //! - [`commands`]: each command against the apiserver;
 //! - [`table`], [`output`]: kubectl-style tables, `-o json|yaml`.
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod check;
 pub mod client;
 pub mod commands;
 pub mod complete;

@@ -23,8 +23,8 @@ pub const CONFIG_DUMP_PATH: &str = "/config_dump";
 pub enum DumpError {
     #[error("{}", describe(.0))]
     PortForward(kube::Error),
-    #[error("the port-forward opened no stream for port {TUNNEL_ADMIN_PORT}")]
-    NoStream,
+    #[error("the port-forward opened no stream for port {0}")]
+    NoStream(u16),
     #[error("building the request: {0}")]
     Request(#[from] http::Error),
     #[error("HTTP over the port-forward (is the tunnel running on that node?): {0}")]
@@ -45,20 +45,27 @@ pub fn pick_node_pod(pods: &[Pod]) -> Option<&Pod> {
     pods.iter().find(running).or_else(|| pods.first())
 }
 
-/// GET `/config_dump` from `pod`'s port [`TUNNEL_ADMIN_PORT`] over a port-forward.
-async fn fetch_dump(client: &kube::Client, namespace: &str, pod: &str) -> Result<Bytes, DumpError> {
+/// GET `path` from `pod`'s `port` over a port-forward (ports on the node's loopback too, for
+/// the tunnel runs in the node's network).
+pub(super) async fn fetch(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+    path: &str,
+) -> Result<Bytes, DumpError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut forwarder = pods
-        .portforward(pod, &[TUNNEL_ADMIN_PORT])
+        .portforward(pod, &[port])
         .await
         .map_err(DumpError::PortForward)?;
     let stream = forwarder
-        .take_stream(TUNNEL_ADMIN_PORT)
-        .ok_or(DumpError::NoStream)?;
+        .take_stream(port)
+        .ok_or(DumpError::NoStream(port))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     let connection = tokio::spawn(connection);
-    let request = http::Request::get(CONFIG_DUMP_PATH)
+    let request = http::Request::get(path)
         .header(http::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await;
@@ -119,7 +126,7 @@ pub(super) async fn dump(conn: &Connection, global: &Global, node: &str) -> Resu
             phase,
         });
     }
-    let body = fetch_dump(client, ns, &pod_name)
+    let body = fetch(client, ns, &pod_name, TUNNEL_ADMIN_PORT, CONFIG_DUMP_PATH)
         .await
         .map_err(|error| Error::Dump {
             namespace: ns.into(),

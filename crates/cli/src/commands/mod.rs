@@ -1,6 +1,7 @@
 //! Each command against the apiserver, one module a command group. What they compute lives in
 //! [`crate::waypoint`] and [`crate::health`]; here are the reads and writes, and what they print.
 
+mod check;
 mod config;
 mod status;
 mod waypoints;
@@ -180,6 +181,7 @@ pub async fn run(
         Command::WaypointStatus(r) => waypoints::status(conn, global.output, r).await,
         Command::Status => status::status(conn, global, note).await,
         Command::ConfigDump { node } => config::dump(conn, global, node).await,
+        Command::Check(options) => check::check(conn, global, options).await,
     }
 }
 

@@ -17,15 +17,7 @@ pub(super) async fn status(
 ) -> Result<Outcome, Error> {
     let ns = global.ambit_namespace.as_str();
     let client = &conn.client;
-    let controller = async {
-        match Api::<Deployment>::namespaced(client.clone(), ns)
-            .get_opt(health::CONTROLLER_DEPLOYMENT)
-            .await
-        {
-            Ok(d) => health::controller(ns, d.as_ref()),
-            Err(e) => Check::unreadable("controller", &describe(&e)),
-        }
-    };
+    let controller = controller(client, ns);
     let node = async {
         let ds = Api::<DaemonSet>::namespaced(client.clone(), ns)
             .get_opt(health::NODE_DAEMONSET)
@@ -38,27 +30,8 @@ pub(super) async fn status(
             (Err(e), _) | (_, Err(e)) => Check::unreadable("node", &describe(&e)),
         }
     };
-    let crds = async {
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let mut found = Vec::new();
-        for name in health::CRDS {
-            match api.get_opt(name).await {
-                Ok(c) => found.push(c),
-                Err(e) => return Check::unreadable("crds", &describe(&e)),
-            }
-        }
-        health::crds(&found)
-    };
-    let class = async {
-        let api: Api<DynamicObject> =
-            Api::all_with(client.clone(), &waypoint::gateway_class_resource());
-        match api.get_opt(WAYPOINT_CLASS).await {
-            Ok(c) => health::gateway_class(WAYPOINT_CLASS, c.as_ref()),
-            // No GatewayClass CRD: the crds check says so; here the class is simply absent.
-            Err(e) if is_status(&e, 404) => health::gateway_class(WAYPOINT_CLASS, None),
-            Err(e) => Check::unreadable("gatewayclass", &describe(&e)),
-        }
-    };
+    let crds = crds(client);
+    let class = gateway_class(client);
     let enrolled = enrolled_namespaces(client);
     let (controller, node, crds, class, enrolled) =
         tokio::join!(controller, node, crds, class, enrolled);
@@ -79,7 +52,42 @@ pub(super) async fn status(
     })
 }
 
-async fn enrolled_namespaces(client: &kube::Client) -> Result<Vec<health::Enrolled>, String> {
+/// The controller Deployment's readiness (`check` asks too).
+pub(super) async fn controller(client: &kube::Client, ns: &str) -> Check {
+    match Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(health::CONTROLLER_DEPLOYMENT)
+        .await
+    {
+        Ok(d) => health::controller(ns, d.as_ref()),
+        Err(e) => Check::unreadable("controller", &describe(&e)),
+    }
+}
+
+pub(super) async fn crds(client: &kube::Client) -> Check {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut found = Vec::new();
+    for name in health::CRDS {
+        match api.get_opt(name).await {
+            Ok(c) => found.push(c),
+            Err(e) => return Check::unreadable("crds", &describe(&e)),
+        }
+    }
+    health::crds(&found)
+}
+
+pub(super) async fn gateway_class(client: &kube::Client) -> Check {
+    let api: Api<DynamicObject> =
+        Api::all_with(client.clone(), &waypoint::gateway_class_resource());
+    match api.get_opt(WAYPOINT_CLASS).await {
+        Ok(c) => health::gateway_class(WAYPOINT_CLASS, c.as_ref()),
+        // No GatewayClass CRD: the crds check says so; here the class is simply absent.
+        Err(e) if is_status(&e, 404) => health::gateway_class(WAYPOINT_CLASS, None),
+        Err(e) => Check::unreadable("gatewayclass", &describe(&e)),
+    }
+}
+
+/// Names of the namespaces labelled for the mesh.
+pub(super) async fn enrolled_names(client: &kube::Client) -> Result<Vec<String>, String> {
     let namespaces = Api::<Namespace>::all(client.clone())
         .list_metadata(&ListParams::default().labels(health::ENROLLED_SELECTOR))
         .await
@@ -90,6 +98,11 @@ async fn enrolled_namespaces(client: &kube::Client) -> Result<Vec<health::Enroll
         .filter_map(|n| n.metadata.name)
         .collect();
     names.sort();
+    Ok(names)
+}
+
+async fn enrolled_namespaces(client: &kube::Client) -> Result<Vec<health::Enrolled>, String> {
+    let names = enrolled_names(client).await?;
     let counts = names.iter().map(|ns| async move {
         let pods = Api::<Pod>::namespaced(client.clone(), ns)
             .list_metadata(&ListParams::default())
