@@ -29,6 +29,10 @@ fn usage_errors_exit_2_and_name_the_culprit() {
         (&["status", "-o", "xml"], "expected json or yaml"),
         (&["frobnicate"], "unknown command \"frobnicate\""),
         (&["completion", "tcsh"], "\"tcsh\" is not valid"),
+        (
+            &["check", "--timeout", "soon"],
+            "flag --timeout: \"soon\" is not valid",
+        ),
     ] {
         let out = ambit(args);
         let stderr = text(&out.stderr);
@@ -71,6 +75,10 @@ fn every_command_has_help_on_stdout() {
             "kubectl ambit config dump --node NODE",
         ),
         (&["help", "completion"], "Usage: kubectl ambit completion"),
+        (
+            &["check", "--help"],
+            "kubectl ambit check [--pre] [--timeout DURATION] [--no-color]",
+        ),
     ] {
         let out = ambit(args);
         let stdout = text(&out.stdout);
@@ -86,6 +94,56 @@ fn every_command_has_help_on_stdout() {
             "{args:?}: global flags listed: {stdout}"
         );
     }
+}
+
+/// An apiserver that accepts connections and never answers: `check` gives one failure within
+/// its `--timeout`, not a hang, and tries nothing else.
+#[test]
+fn check_against_a_silent_apiserver_is_one_failure() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("https://{}", silent.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!("ambit-check-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n"
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["check", "--timeout", "1s"][..],
+        &["check", "--pre", "--timeout=1s"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-ambit"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            stdout,
+            format!(
+                "kubernetes-api\n--------------\n\
+                 [fail] can reach the apiserver: {server}/: no answer within 1s\n\
+                 \x20   hint: check the kubeconfig's server and credentials (kubectl cluster-info)\n\n\
+                 0 passed, 0 warnings, 1 failed\n"
+            ),
+            "{args:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
