@@ -602,3 +602,68 @@ fn monitoring_objects_and_dashboards_render_only_when_enabled() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_jwks_ca_bundle_reaches_the_controller_and_only_when_set() -> Result<()> {
+    let Some(helm) = helm("a_jwks_ca_bundle_reaches_the_controller_and_only_when_set")? else {
+        return Ok(());
+    };
+    const ENV: &str = "AMBIT_JWKS_CA_BUNDLE";
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBkTCB+wIJAKHHIG...\n-----END CERTIFICATE-----\n";
+    let file = std::env::temp_dir().join(format!("ambit-chart-jwks-ca-{}.pem", std::process::id()));
+    std::fs::write(&file, pem)?;
+    let set_file = format!("jwks.caBundle={}", file.display());
+    let rendered = render(&helm, &["--set-file", &set_file]);
+    std::fs::remove_file(&file)?;
+    let objects = docs(&rendered?)?;
+    let bundle = object(&objects, "ConfigMap", "ambit-jwks-ca")?;
+    assert_eq!(text(bundle, &["data", "ca.crt"]), pem);
+    let controller = object(&objects, "Deployment", "ambit-controller")?;
+    let c = container(controller, "controller")?;
+    let path = list(c, &["env"])
+        .iter()
+        .find(|e| text(e, &["name"]) == ENV)
+        .map(|e| text(e, &["value"]))
+        .context("the controller is not told where the bundle is")?;
+    let mount = list(c, &["volumeMounts"])
+        .iter()
+        .find(|m| path.starts_with(text(m, &["mountPath"])))
+        .context("the bundle's path is not mounted")?;
+    let volume = list(controller, &["spec", "template", "spec", "volumes"])
+        .iter()
+        .find(|v| text(v, &["name"]) == text(mount, &["name"]))
+        .context("the mount has no volume")?;
+    assert_eq!(text(volume, &["configMap", "name"]), "ambit-jwks-ca");
+    assert_eq!(path.rsplit('/').next(), Some("ca.crt"));
+    // A changed bundle rolls the controller: it reads the file once, at start.
+    assert!(
+        !at(
+            controller,
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "annotations",
+                "checksum/jwks-ca"
+            ]
+        )
+        .is_null()
+    );
+
+    // Unset: no ConfigMap, no variable (the system's roots only).
+    let objects = docs(&render(&helm, &[])?)?;
+    assert!(object(&objects, "ConfigMap", "ambit-jwks-ca").is_err());
+    let controller = object(&objects, "Deployment", "ambit-controller")?;
+    assert!(
+        list(container(controller, "controller")?, &["env"])
+            .iter()
+            .all(|e| text(e, &["name"]) != ENV)
+    );
+    // Not a certificate: refused by the schema, naming the value.
+    let refused = run(
+        &helm,
+        &["lint", "charts/ambit", "--set", "jwks.caBundle=not-a-pem"],
+    )?;
+    assert!(refused.is_err_and(|out| out.contains("caBundle")));
+    Ok(())
+}
