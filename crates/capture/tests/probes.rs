@@ -2,8 +2,8 @@
 //! rules in it, and pods on the bridge, one with the pod rules. The node's probes (TCP from
 //! the node's own sockets) reach the app in both modes, a dead app fails them; a plaintext
 //! connection from another pod is refused, and one spoofing the probe source is dropped at the
-//! node; in strict mode UDP (but DNS) and ICMP are dropped both ways; IPv6 is refused in both
-//! modes. No tunnel listens here: a connection redirected to the tunnel's ports is refused by
+//! node; in strict mode UDP (but DNS) and ICMP are dropped both ways, but for ICMP errors
+//! about an allowed connection (path MTU); IPv6 is refused in both modes. No tunnel listens here: a connection redirected to the tunnel's ports is refused by
 //! the kernel, as a strict tunnel refuses it. Needs root; skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +13,7 @@ use ambit_capture::rules;
 use ambit_handoff::{Mode, PROBE_SOURCE};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -215,14 +215,10 @@ fn ping(from: &str, to_ip: IpAddr) -> bool {
         )
         .unwrap();
         socket.set_read_timeout(Some(SILENCE)).unwrap();
-        // Echo request, seq 1; checksum over the 8-byte header.
+        // Echo request, seq 1.
         let mut echo = [8u8, 0, 0, 0, id[0], id[1], 0, 1];
-        let sum: u32 = echo
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
-        let folded = !(((sum & 0xffff) + (sum >> 16)) as u16);
-        echo[2..4].copy_from_slice(&folded.to_be_bytes());
+        let sum = checksum(&echo);
+        echo[2..4].copy_from_slice(&sum);
         if socket
             .send_to(&echo, &SocketAddr::new(to_ip, 0).into())
             .is_err()
@@ -241,6 +237,65 @@ fn ping(from: &str, to_ip: IpAddr) -> bool {
         }
         false
     })
+}
+
+/// The Internet checksum of `bytes` (even length).
+fn checksum(bytes: &[u8]) -> [u8; 2] {
+    let sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    (!((folded & 0xffff) + (folded >> 16)) as u16).to_be_bytes()
+}
+
+/// An ICMP "fragmentation needed" (next-hop MTU 1200), as a router on the path sends it about
+/// a TCP segment that went from `segment.0` to `segment.1`: the segment's IP header and the
+/// first 8 bytes of its TCP header follow the ICMP header.
+fn frag_needed(segment: (SocketAddrV4, SocketAddrV4)) -> Vec<u8> {
+    let (from, to) = segment;
+    // IPv4, 1500 bytes, don't fragment, TTL 64, TCP.
+    let mut inner = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    inner.extend(from.ip().octets());
+    inner.extend(to.ip().octets());
+    let sum = checksum(&inner);
+    inner[10..12].copy_from_slice(&sum);
+    inner.extend(from.port().to_be_bytes());
+    inner.extend(to.port().to_be_bytes());
+    inner.extend([0, 0, 0, 1]); // sequence number
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x04, 0xb0];
+    icmp.extend(inner);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum);
+    icmp
+}
+
+/// Whether a "fragmentation needed" about `segment`, sent from netns `from` to the segment's
+/// source in netns `to`, gets past `to`'s input rules (a raw socket sees only what they let in).
+fn frag_needed_arrives(from: &str, to: &str, segment: (SocketAddrV4, SocketAddrV4)) -> bool {
+    let raw_icmp = || {
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap()
+    };
+    let receiver = in_netns(to, raw_icmp);
+    receiver.set_read_timeout(Some(SILENCE)).unwrap();
+    let message = frag_needed(segment);
+    let destination = SocketAddr::from((*segment.0.ip(), 0));
+    let sender = in_netns(from, raw_icmp);
+    sender.send_to(&message, &destination.into()).unwrap();
+    let receiver: UdpSocket = receiver.into();
+    let mut buf = [0u8; 128];
+    while let Ok(n) = receiver.recv(&mut buf) {
+        let header = usize::from(buf[0] & 0x0f) * 4;
+        if buf.get(header..n) == Some(&message[..]) {
+            return true;
+        }
+    }
+    false
 }
 
 fn v4(ip: IpAddr, port: u16) -> SocketAddr {
@@ -441,4 +496,51 @@ fn the_agent_keeps_the_node_rules_and_removes_them_at_uninstall() {
         "node rules left after uninstall"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn strict_mode_lets_in_icmp_errors_about_allowed_connections_only() {
+    if !require_root("strict_mode_lets_in_icmp_errors_about_allowed_connections_only") {
+        return;
+    }
+    let mut node = Node::new(&format!("mtu{}", std::process::id() % 100_000));
+    let (srv, srv_ip) = node.pod("s", 2);
+    let (other, other_ip) = node.pod("o", 3);
+    let v4_of = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => unreachable!("pods have IPv4 addresses"),
+    };
+    let (srv_ip, other_ip) = (v4_of(srv_ip), v4_of(other_ip));
+    let hbone = SocketAddrV4::new(srv_ip, ambit_capture::HBONE_PORT);
+    // Control: uncaptured, an ICMP error about no connection arrives, so dropping it below is
+    // the rules' doing.
+    let unknown = (hbone, SocketAddrV4::new(other_ip, 40_000));
+    assert!(frag_needed_arrives(&other, &srv, unknown));
+    // An allowed connection into the strict pod: HBONE, which its rules let through (no
+    // tunnel here; this listener stands in for it).
+    let listener = in_netns(&srv, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, ambit_capture::HBONE_PORT))
+    })
+    .unwrap();
+    rules::install(format!("/run/netns/{srv}").as_ref(), Mode::Strict).unwrap();
+    let target = SocketAddr::from((srv_ip, ambit_capture::HBONE_PORT));
+    let client = in_netns(&other, move || TcpStream::connect_timeout(&target, SILENCE)).unwrap();
+    let _accepted = listener.accept().unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    assert_ne!(client_port, unknown.1.port());
+
+    // A router on the path (played by the other pod) says the pod's segments are too big.
+    assert!(
+        frag_needed_arrives(
+            &other,
+            &srv,
+            (hbone, SocketAddrV4::new(other_ip, client_port))
+        ),
+        "path MTU of an allowed connection"
+    );
+    // The same about a connection that does not exist is dropped, as any other ICMP.
+    assert!(
+        !frag_needed_arrives(&other, &srv, unknown),
+        "an ICMP error about no connection got into a strict pod"
+    );
 }
