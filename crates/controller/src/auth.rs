@@ -3,6 +3,7 @@
 //! briefly per token and reviews are rate-limited, so callers cannot turn the controller into a
 //! TokenReview flood against the apiserver.
 
+use crate::config::ReviewRate;
 use crate::metrics::Metrics;
 use aws_lc_rs::digest::{SHA256, digest};
 use governor::clock::{Clock, DefaultClock};
@@ -10,7 +11,6 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -21,10 +21,6 @@ use tokio::time::Instant;
 pub const REVIEW_TTL: Duration = Duration::from_secs(10);
 /// Tokens remembered at once; past it expired answers are dropped, then the oldest.
 const REVIEW_CACHE_ENTRIES: usize = 4096;
-/// TokenReviews sent to the apiserver per second, sustained; and at once after a quiet spell
-/// (all tunnels and waypoints reconnecting after a controller restart).
-const REVIEWS_PER_SECOND: u32 = 50;
-const REVIEW_BURST: u32 = 200;
 /// How long a call waits for its turn at the rate limit before it is turned away.
 const REVIEW_WAIT: Duration = Duration::from_secs(5);
 
@@ -49,8 +45,8 @@ pub enum AuthError {
     NotAServiceAccount(String),
     #[error("TokenReview failed: {0}")]
     Review(#[from] kube::Error),
-    #[error("too many token reviews at once (over {REVIEWS_PER_SECOND}/s); retry shortly")]
-    Busy,
+    #[error("too many token reviews at once (over {0}/s); retry shortly")]
+    Busy(u32),
 }
 
 impl AuthError {
@@ -58,7 +54,9 @@ impl AuthError {
     /// busy or the apiserver failed, unauthenticated otherwise.
     pub fn status(&self) -> tonic::Status {
         match self {
-            AuthError::Busy | AuthError::Review(_) => tonic::Status::unavailable(self.to_string()),
+            AuthError::Busy(_) | AuthError::Review(_) => {
+                tonic::Status::unavailable(self.to_string())
+            }
             _ => tonic::Status::unauthenticated(self.to_string()),
         }
     }
@@ -81,6 +79,7 @@ pub struct Authenticator {
     audience: &'static str,
     reviewed: Arc<Mutex<HashMap<TokenHash, (Instant, Caller)>>>,
     limit: Arc<DefaultDirectRateLimiter>,
+    rate: ReviewRate,
     metrics: Arc<Metrics>,
 }
 
@@ -102,14 +101,19 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(client: kube::Client, audience: &'static str, metrics: Arc<Metrics>) -> Self {
-        let quota = Quota::per_second(NonZeroU32::MIN.saturating_add(REVIEWS_PER_SECOND - 1))
-            .allow_burst(NonZeroU32::MIN.saturating_add(REVIEW_BURST - 1));
+    pub fn new(
+        client: kube::Client,
+        audience: &'static str,
+        rate: ReviewRate,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
         Self {
             client,
             audience,
             reviewed: Arc::default(),
             limit: Arc::new(RateLimiter::direct(quota)),
+            rate,
             metrics,
         }
     }
@@ -120,15 +124,19 @@ impl Authenticator {
     }
 
     /// The caller `token` belongs to: remembered for [`REVIEW_TTL`] once authenticated,
-    /// otherwise a TokenReview, when the rate limit lets one through within [`REVIEW_WAIT`].
-    /// Refusals are not remembered: a forged token costs a review, so the limit bounds them.
+    /// otherwise a TokenReview, when the rate limit lets one through within [`REVIEW_WAIT`]
+    /// (counted as `limited` when it does not). Refusals are not remembered: a forged token
+    /// costs a review, so the limit bounds them.
     pub async fn review(&self, token: &str) -> Result<Caller, AuthError> {
         let hash = token_hash(token);
         if let Some(caller) = self.remembered(&hash) {
             self.metrics.token_review("cached");
             return Ok(caller);
         }
-        self.wait_for_turn().await?;
+        if let Err(busy) = self.wait_for_turn().await {
+            self.metrics.token_review("limited");
+            return Err(busy);
+        }
         let result = self.review_now(token).await;
         self.metrics.token_review(match &result {
             Ok(_) => "authenticated",
@@ -171,11 +179,12 @@ impl Authenticator {
             };
             let turn = Instant::now() + not_until.wait_time_from(DefaultClock::default().now());
             if turn > give_up {
+                let per_second = self.rate.per_second.get();
                 tracing::warn!(
-                    per_second = REVIEWS_PER_SECOND,
+                    per_second,
                     "token reviews over their rate limit; turning a caller away"
                 );
-                return Err(AuthError::Busy);
+                return Err(AuthError::Busy(per_second));
             }
             tokio::time::sleep_until(turn).await;
         }

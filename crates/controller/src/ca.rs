@@ -458,7 +458,7 @@ impl CaService {
     ) -> Result<tonic::Response<CreateCertificateResponse>, tonic::Status> {
         let caller = self.auth.authenticate(&request).await.map_err(|e| {
             tracing::warn!(error = %e, "CA: caller not authenticated");
-            tonic::Status::unauthenticated(e.to_string())
+            e.status()
         })?;
         let req = request.into_inner();
         let identity: SpiffeId = req.identity.parse().map_err(|e| {

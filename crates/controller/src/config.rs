@@ -6,6 +6,7 @@ use ambit_identity::{SpiffeId, TrustDomain};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub const ENV_EXT_AUTHZ_PROVIDERS: &str = "AMBIT_EXT_AUTHZ_PROVIDERS";
 /// A PEM file of CA certificates trusted, besides the system's, for RequestAuthentication
 /// `jwksUri` fetches (an issuer under a private CA).
 pub const ENV_JWKS_CA_BUNDLE: &str = "AMBIT_JWKS_CA_BUNDLE";
+pub const ENV_GRPC_IDLE_TIMEOUT_SECS: &str = "AMBIT_GRPC_IDLE_TIMEOUT_SECS";
+pub const ENV_TOKEN_REVIEWS_PER_SECOND: &str = "AMBIT_TOKEN_REVIEWS_PER_SECOND";
+pub const ENV_TOKEN_REVIEW_BURST: &str = "AMBIT_TOKEN_REVIEW_BURST";
 
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -78,6 +82,15 @@ pub struct Args {
     /// PEM file of CA certificates trusted for `jwksUri` fetches besides the system's.
     #[arg(long, env = ENV_JWKS_CA_BUNDLE, value_name = "FILE")]
     pub jwks_ca_bundle: Option<String>,
+    /// Close a gRPC connection that has held no stream this long, 1..=86400.
+    #[arg(long, env = ENV_GRPC_IDLE_TIMEOUT_SECS, value_name = "SECS", default_value = "300")]
+    pub grpc_idle_timeout_secs: String,
+    /// TokenReviews sent to the apiserver per second, sustained, 1..=10000.
+    #[arg(long, env = ENV_TOKEN_REVIEWS_PER_SECOND, value_name = "N", default_value = "50")]
+    pub token_reviews_per_second: String,
+    /// TokenReviews sent at once after a quiet spell, 1..=10000.
+    #[arg(long, env = ENV_TOKEN_REVIEW_BURST, value_name = "N", default_value = "200")]
+    pub token_review_burst: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +128,17 @@ pub struct Config {
     pub ext_authz_providers: Vec<ambit_policy::ExtAuthzProvider>,
     /// CA certificates (PEM file) trusted for `jwksUri` fetches besides the system's.
     pub jwks_ca_bundle: Option<PathBuf>,
+    /// A gRPC connection holding no stream this long is closed.
+    pub grpc_idle_timeout: Duration,
+    pub token_reviews: ReviewRate,
+}
+
+/// The TokenReview rate limit: sustained per second, and at once after a quiet spell (all
+/// tunnels and waypoints reconnecting after a controller restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewRate {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
 }
 
 impl Config {
@@ -190,11 +214,36 @@ impl Config {
         let providers = args.ext_authz_providers.unwrap_or_default();
         let ext_authz_providers = crate::extauthz::parse(&providers)
             .map_err(|e| invalid(ENV_EXT_AUTHZ_PROVIDERS, &providers, e.to_string()))?;
+        let in_range = |name, v: &str, max: u32| match v.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                name,
+                v,
+                format!("expected a whole number in 1..={max}"),
+            )),
+        };
+        let grpc_idle_timeout = Duration::from_secs(
+            in_range(
+                ENV_GRPC_IDLE_TIMEOUT_SECS,
+                &args.grpc_idle_timeout_secs,
+                86_400,
+            )?
+            .into(),
+        );
+        let count = |name, v: &str| {
+            in_range(name, v, 10_000).map(|n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+        };
+        let token_reviews = ReviewRate {
+            per_second: count(ENV_TOKEN_REVIEWS_PER_SECOND, &args.token_reviews_per_second)?,
+            burst: count(ENV_TOKEN_REVIEW_BURST, &args.token_review_burst)?,
+        };
         let jwks_ca_bundle = args
             .jwks_ca_bundle
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         Ok(Self {
+            grpc_idle_timeout,
+            token_reviews,
             jwks_ca_bundle,
             ext_authz_providers,
             namespace: args.namespace,
@@ -272,6 +321,14 @@ mod tests {
         let c = parse(&[(ENV_CONTROLLER_ADDRESS, "[fd00::1]:15012")]).unwrap();
         assert_eq!(c.controller_address, "[fd00::1]:15012");
         assert_eq!(c.jwks_ca_bundle, None);
+        assert_eq!(c.grpc_idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            (
+                c.token_reviews.per_second.get(),
+                c.token_reviews.burst.get()
+            ),
+            (50, 200)
+        );
         let c = parse(&[(ENV_JWKS_CA_BUNDLE, "/etc/ambit/jwks-ca.pem")]).unwrap();
         assert_eq!(
             c.jwks_ca_bundle.as_deref(),
@@ -295,6 +352,10 @@ mod tests {
             (ENV_CONTROLLER_ADDRESS, "https://ambit-controller:15012"),
             (ENV_CONTROLLER_ADDRESS, "ambit-controller:0"),
             (ENV_CONTROLLER_ADDRESS, ":15012"),
+            (ENV_GRPC_IDLE_TIMEOUT_SECS, "0"),
+            (ENV_GRPC_IDLE_TIMEOUT_SECS, "5m"),
+            (ENV_TOKEN_REVIEWS_PER_SECOND, "0"),
+            (ENV_TOKEN_REVIEW_BURST, "100000"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v), "{e}");

@@ -1,8 +1,9 @@
 //! The gRPC server on 15012: TLS 1.3 with the controller's SPIFFE certificate (rotated by an
 //! `ambit_identity::CertificateStore` over the local CA), no client certificates (callers
 //! authenticate with tokens: they have no certificate before they ask the CA for one). Any pod
-//! can reach it, so every resource a caller can hold is bounded: connections, handshakes,
-//! streams and requests per connection, message sizes, and dead peers are found by keepalive.
+//! can reach it, so every resource a caller can hold is bounded: connections, handshakes (in
+//! all and per source address), streams and requests per connection, message sizes; dead peers
+//! are found by keepalive, and connections that hold no stream are closed after an idle time.
 
 use crate::ca::CaService;
 use crate::config_service::ConfigServer;
@@ -13,24 +14,38 @@ use futures::Stream;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// Connections served at once, handshakes included: one per tunnel and waypoint, and the CA
 /// calls of each. Past it the accept loop waits, leaving the rest in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 2048;
-/// TLS handshakes in progress at once; past this a new connection is closed at once, so
-/// stalled handshakes hold only this many of the connection slots.
+/// TLS handshakes in progress at once, so stalled handshakes hold only this many of the
+/// connection slots. Past it the oldest handshake is cut for the new one: a stalled handshake
+/// has had the longest to finish, while a client's completes in milliseconds, so a flood must
+/// outpace every handshake to keep clients out.
 pub const MAX_HANDSHAKES: usize = 64;
+/// TLS handshakes in progress at once from one source address (a node's tunnel, a pod); past
+/// it a new connection from that address is closed at once, so one address cannot take the
+/// whole handshake budget.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// How long a connection may hold no stream before it is closed (`AMBIT_GRPC_IDLE_TIMEOUT_SECS`):
+/// a tunnel or waypoint always holds its config stream, so only callers done with the CA, or
+/// connections never used, are idle.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A TLS handshake slower than this is dropped (slowloris).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 streams one connection may open: a tunnel or waypoint holds one config stream and
@@ -57,6 +72,7 @@ pub async fn serve(
     config: ConfigServer,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(CountStreams))
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -93,17 +109,56 @@ pub fn server_tls(certificate: CertificateHandle) -> Result<Arc<ServerConfig>, T
     Ok(Arc::new(config))
 }
 
-/// A server-side TLS connection tonic can serve, holding its connection slot.
+/// A server-side TLS connection tonic can serve, holding its connection slot, closed once it
+/// has held no stream for its idle timeout.
 #[derive(Debug)]
 pub struct TlsConn {
     tls: TlsStream<TcpStream>,
     _slot: OwnedSemaphorePermit,
+    streams: Arc<OpenStreams>,
+    idle_timeout: Duration,
+    /// When to look at the connection's streams next.
+    idle_check: Pin<Box<Sleep>>,
+}
+
+impl TlsConn {
+    fn new(tls: TlsStream<TcpStream>, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
+        Self {
+            tls,
+            _slot: slot,
+            streams: Arc::new(OpenStreams::new()),
+            idle_timeout,
+            idle_check: Box::pin(tokio::time::sleep(idle_timeout)),
+        }
+    }
+
+    /// Whether the connection has held no stream for its idle timeout; otherwise arms the
+    /// next look (the pending read polls it, so the timer wakes the connection).
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let next = match self.streams.idle_since() {
+                Some(since) if since.elapsed() >= self.idle_timeout => return true,
+                Some(since) => since + self.idle_timeout,
+                None => Instant::now() + self.idle_timeout,
+            };
+            self.idle_check.as_mut().reset(next);
+        }
+        false
+    }
+}
+
+/// What tonic puts in each request's extensions: its connection's stream count.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    streams: Arc<OpenStreams>,
 }
 
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = Option<SocketAddr>;
+    type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tls.get_ref().0.peer_addr().ok()
+        ConnInfo {
+            streams: self.streams.clone(),
+        }
     }
 }
 
@@ -113,6 +168,13 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.idle_expired(cx) {
+            tracing::debug!(peer = ?self.tls.get_ref().0.peer_addr().ok(), "gRPC: closing a connection that held no stream for its idle timeout");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no stream for the idle timeout",
+            )));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -134,16 +196,18 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TCP on `listener` and yields connections that completed the TLS handshake
-/// (each handshake in its own task, bounded by a deadline and by [`MAX_HANDSHAKES`], so a slow
-/// client stalls no one), at most [`MAX_CONNECTIONS`] at once.
+/// (each handshake in its own task, bounded by a deadline and by the [`Handshakes`] budget, so
+/// a slow client stalls no one), at most [`MAX_CONNECTIONS`] at once, each closed once it has
+/// held no stream for `idle_timeout`.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
+    idle_timeout: Duration,
 ) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + 'static {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Arc::new(Handshakes::default());
     tokio::spawn(async move {
         loop {
             let Ok(slot) = connections.clone().acquire_owned().await else {
@@ -157,18 +221,26 @@ pub fn incoming(
                     continue;
                 }
             };
-            let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, max = MAX_HANDSHAKES, "gRPC: too many TLS handshakes in progress; closing a new connection");
+            let Some(handshaking) = handshakes.admit(peer.ip()) else {
+                tracing::debug!(%peer, max = MAX_HANDSHAKES_PER_ADDRESS, "gRPC: too many TLS handshakes in progress from this address; closing a new connection");
                 continue;
             };
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let handshake = tokio::select! {
+                    done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
+                    () = handshaking.cut.notified() => {
+                        tracing::debug!(%peer, max = MAX_HANDSHAKES, "gRPC: TLS handshake cut for a newer one");
+                        return;
+                    }
+                };
                 drop(handshaking);
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok(TlsConn { tls, _slot: slot })).await;
+                        let _ = conn_tx
+                            .send(Ok(TlsConn::new(tls, slot, idle_timeout)))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
@@ -180,4 +252,155 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The TLS handshakes in progress: oldest first, each with its signal to give up, and counted
+/// per source address.
+#[derive(Debug, Default)]
+struct Handshakes(Mutex<InFlight>);
+
+#[derive(Debug, Default)]
+struct InFlight {
+    next: u64,
+    oldest_first: VecDeque<(u64, Arc<Notify>)>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl Handshakes {
+    /// A slot for a handshake from `address`, unless it has [`MAX_HANDSHAKES_PER_ADDRESS`] in
+    /// progress; when the server has [`MAX_HANDSHAKES`], the oldest is cut to make room.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<Handshaking> {
+        let mut in_flight = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_address = in_flight.per_address.entry(address).or_default();
+        if *from_address >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *from_address += 1;
+        if in_flight.oldest_first.len() >= MAX_HANDSHAKES
+            && let Some((_, oldest)) = in_flight.oldest_first.pop_front()
+        {
+            oldest.notify_one();
+        }
+        let id = in_flight.next;
+        in_flight.next += 1;
+        let cut = Arc::new(Notify::new());
+        in_flight.oldest_first.push_back((id, cut.clone()));
+        Some(Handshaking {
+            handshakes: self.clone(),
+            id,
+            address,
+            cut,
+        })
+    }
+}
+
+/// A handshake in progress, counted until dropped.
+struct Handshaking {
+    handshakes: Arc<Handshakes>,
+    id: u64,
+    address: IpAddr,
+    cut: Arc<Notify>,
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .handshakes
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_flight.oldest_first.retain(|(id, _)| *id != self.id);
+        if let Some(n) = in_flight.per_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.per_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The streams open on one connection, and since when it has had none.
+#[derive(Debug)]
+struct OpenStreams {
+    count: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl OpenStreams {
+    fn new() -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Since when no stream has been open; `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        let since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (self.count.load(Ordering::Acquire) == 0).then_some(since)
+    }
+
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        OpenStream(self.clone())
+    }
+}
+
+/// One request or stream, counted on its connection until its response body is dropped.
+struct OpenStream(Arc<OpenStreams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut since = self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// Counts each request on its connection ([`ConnInfo`]) from its call until its response body
+/// ends: a config stream's body lives as long as the stream.
+#[derive(Debug, Clone)]
+struct CountStreams<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for CountStreams<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let open = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| c.streams.open());
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let Some(open) = open else {
+                return Ok(response);
+            };
+            Ok(response.map(|body| {
+                use http_body_util::BodyExt;
+                tonic::body::Body::new(body.map_frame(move |frame| {
+                    let _counted = &open;
+                    frame
+                }))
+            }))
+        })
+    }
 }

@@ -104,7 +104,7 @@ impl Default for Metrics {
                 result: result.into(),
             });
         }
-        for result in ["authenticated", "refused", "error", "cached"] {
+        for result in ["authenticated", "refused", "error", "cached", "limited"] {
             let _ = metrics.token_reviews.get_or_create(&ByResult {
                 result: result.into(),
             });
@@ -130,8 +130,8 @@ impl Metrics {
         self.ca_requests.get_or_create(&ByResult { result }).inc();
     }
 
-    /// A caller's token, by outcome: authenticated, refused or error (a TokenReview each), or
-    /// cached (none).
+    /// A caller's token, by outcome: authenticated, refused or error (a TokenReview each),
+    /// cached (none), or limited (none: turned away by the rate limit).
     pub fn token_review(&self, result: &str) {
         let result = result.to_owned();
         self.token_reviews.get_or_create(&ByResult { result }).inc();

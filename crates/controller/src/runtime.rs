@@ -362,7 +362,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         stores: route_stores,
     }));
 
-    let auth = Authenticator::new(client.clone(), ambit_proto::TOKEN_AUDIENCE, metrics.clone());
+    let auth = Authenticator::new(
+        client.clone(),
+        ambit_proto::TOKEN_AUDIENCE,
+        config.token_reviews,
+        metrics.clone(),
+    );
     let ca_service = CaService {
         ca: ca.clone(),
         auth: auth.clone(),
@@ -389,7 +394,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
             addr: config.grpc_addr,
             source,
         })?;
-    let incoming = grpc::incoming(grpc_listener, tls);
+    let incoming = grpc::incoming(grpc_listener, tls, config.grpc_idle_timeout);
     tasks.spawn(async move {
         // Keeps the serving certificate's lease (and its rotation task) alive.
         let _serving = serving;

@@ -16,9 +16,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
@@ -254,26 +255,61 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
 
 /// A channel to the controller over TLS, accepting only `controller` chained to `root_pem`.
 pub async fn channel(addr: SocketAddr, root_pem: &str, controller: &SpiffeId) -> Result<Channel> {
-    let root = CertificateDer::from_pem_slice(root_pem.as_bytes())?;
-    let bundle = TrustBundle::new(controller.trust_domain().clone(), [root])?;
-    let tls = Arc::new(ambit_identity::client_config(
-        CertificateHandle::without_certificate(),
-        &bundle,
-        vec![controller.clone()],
-    )?);
+    channel_from(None, addr, root_pem, controller).await
+}
+
+/// [`channel`], its connections made from `source` (a loopback address other than 127.0.0.1
+/// stands for another client) when given.
+pub async fn channel_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    root_pem: &str,
+    controller: &SpiffeId,
+) -> Result<Channel> {
+    let tls = controller_tls(root_pem, controller)?;
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let tls = tls.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let tls = tokio_rustls::TlsConnector::from(tls)
-                .connect(ambit_identity::server_name(addr.ip()), tcp)
-                .await?;
+            let tls = tls_connect(source, addr, tls).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
     Ok(Endpoint::from_static("http://ambit-controller")
         .connect_with_connector(connector)
         .await?)
+}
+
+/// The TLS client config of a caller of the controller: no certificate, only `controller`
+/// chained to `root_pem` accepted.
+pub fn controller_tls(root_pem: &str, controller: &SpiffeId) -> Result<Arc<rustls::ClientConfig>> {
+    let root = CertificateDer::from_pem_slice(root_pem.as_bytes())?;
+    let bundle = TrustBundle::new(controller.trust_domain().clone(), [root])?;
+    Ok(Arc::new(ambit_identity::client_config(
+        CertificateHandle::without_certificate(),
+        &bundle,
+        vec![controller.clone()],
+    )?))
+}
+
+/// TCP from `source` (any when `None`) to `addr`, without a byte sent.
+pub async fn tcp_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+/// A TLS connection to the controller from `source`.
+pub async fn tls_connect(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(source, addr).await?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(ambit_identity::server_name(addr.ip()), tcp)
+        .await
 }
 
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
@@ -326,6 +362,31 @@ pub async fn subscribe(
     known: BTreeMap<String, String>,
     nack: bool,
 ) -> Result<Subscription, tonic::Status> {
+    let answer = if nack { Answer::Nack } else { Answer::Ack };
+    subscribe_answering(channel, token, subscriber, known, answer).await
+}
+
+/// How a test subscriber answers each delta.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Applies it whole.
+    Ack,
+    /// Rejects it whole.
+    Nack,
+    /// Rejects these resources alone (name -> error), as a data plane does a resource it
+    /// cannot use, and applies the rest.
+    Reject(BTreeMap<String, String>),
+}
+
+/// [`subscribe`], answering each delta as `answer` says.
+pub async fn subscribe_answering(
+    channel: Channel,
+    token: &str,
+    subscriber: pb::subscribe::Subscriber,
+    known: BTreeMap<String, String>,
+    answer: Answer,
+) -> Result<Subscription, tonic::Status> {
+    let nack = matches!(answer, Answer::Nack);
     let mut client = pb::config_service_client::ConfigServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let _ = tx
@@ -373,6 +434,20 @@ pub async fn subscribe(
             state.deltas += 1;
             state.last_delta = Some(delta.clone());
             view_tx.send_replace(state.clone());
+            let rejected = match &answer {
+                Answer::Reject(errors) => delta
+                    .upserts
+                    .iter()
+                    .filter_map(|r| {
+                        errors.get(&r.name).map(|error| pb::RejectedResource {
+                            name: r.name.clone(),
+                            version: r.version.clone(),
+                            error: error.clone(),
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             let ack = pb::Ack {
                 nonce: delta.nonce.clone(),
                 error: if nack {
@@ -380,7 +455,7 @@ pub async fn subscribe(
                 } else {
                     String::new()
                 },
-                rejected: Vec::new(),
+                rejected,
             };
             if tx
                 .send(pb::ClientMessage {
