@@ -123,11 +123,10 @@ fn saturation(protocol: Protocol, duration: Duration) -> Load {
     }
 }
 
-/// A fixed rate on one connection. h2load paces each connection from its own timer, and the
-/// timers of connections opened together fire together: over N connections the load arrives
-/// as bursts of N, and one stall of the machine delays N requests at once. One connection
-/// spreads requests evenly; HTTP/2 may keep several in flight, HTTP/1.1 sends the next when
-/// the last is answered (one that is due meanwhile waits, and counts that wait).
+/// A fixed rate on one connection, requests evenly spaced ([`h2load`]'s timing script). The
+/// timers of connections opened together fire together: over N connections the load would
+/// arrive as bursts of N. HTTP/2 may keep several in flight; HTTP/1.1 sends one that comes
+/// due while another is answered as soon as that one is.
 fn fixed_rate(protocol: Protocol, rate: u32, duration: Duration) -> Load {
     let (connections, streams) = match protocol {
         Protocol::Http1 => (1, 1),
