@@ -441,15 +441,15 @@ pub fn network_policies(namespaces: &[String], policies: &[NetworkPolicy]) -> Li
     const CHECK: &str = "NetworkPolicies admit HBONE (TCP 15008)";
     let blocking: Vec<String> = policies.iter().filter_map(blocks_hbone).collect();
     let scope = if namespaces.is_empty() {
-        "no namespace enrolled yet".to_owned()
+        "; no namespace enrolled yet".to_owned()
     } else {
-        format!("in {}", namespaces.join(", "))
+        format!(" in {}", namespaces.join(", "))
     };
     if blocking.is_empty() {
         Line::pass(
             CATEGORY,
             CHECK,
-            format!("{} policies {scope}", policies.len()),
+            format!("{} policies{scope}", policies.len()),
         )
     } else {
         Line::warn(
@@ -909,6 +909,14 @@ mod tests {
         assert_eq!(line.verdict, Verdict::Warn);
         assert_eq!(line.detail, "would block 15008: shop/p (ingress)");
         assert_eq!(network_policies(&[], &[]).verdict, Verdict::Pass);
+        assert_eq!(
+            network_policies(&[], &[]).detail,
+            "0 policies; no namespace enrolled yet"
+        );
+        assert_eq!(
+            network_policies(&["shop".into()], &[]).detail,
+            "0 policies in shop"
+        );
     }
 
     /// Every kind the chart's templates create is one `check --pre` asks about.
