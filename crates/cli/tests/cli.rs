@@ -3,7 +3,8 @@
 //! by the test, standing in for the controller), list/status/delete, `status` before and after
 //! stand-ins for ambit's parts, enrollment counts, `config dump` through a port-forward (a
 //! stand-in admin endpoint, then the real tunnel of `helm install charts/ambit`, whose admin
-//! port is on the node's loopback), kubelet probes and plaintext in strict mode (`strict`),
+//! port is on the node's loopback), kubelet probes and plaintext in strict mode, with and
+//! without a real waypoint (`strict`),
 //! `-o json|yaml`, usage errors, and `kubectl ambit` as a real kubectl plugin, completion
 //! included. Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,6 +40,7 @@ async fn kubectl_ambit_against_the_real_apiserver() -> Result<()> {
         "ambit-controller",
         "ambit-tunnel",
         "ambit-capture",
+        "ambit-waypoint",
     ])?;
     let tb = ambit_testbed::Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(1)?)
         .context("is the testbed set up? run `cargo xtask testbed setup`")?;

@@ -1,12 +1,13 @@
 //! On the real chart (strict mode by default): the kubelet stand-in's startup, liveness and
 //! readiness probes of enrolled pods reach their app from the node (a live app passes, a
-//! dead one gets its container restarted), while a pod outside the mesh gets no plaintext
-//! answer from an enrolled pod (an opted-out pod answers it: the control), and nothing on the
+//! dead one gets its container restarted), also for pods whose service account is bound to a
+//! real waypoint, while a pod outside the mesh gets no plaintext answer from an enrolled pod,
+//! with or without a waypoint (an opted-out pod answers it: the control), and nothing on the
 //! node's network reaches the tunnel's admin port (its metrics port it does reach).
 
 use ambit_testbed::{Testbed, eventually};
 use anyhow::{Result, ensure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;
@@ -24,9 +25,9 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// What a pod outside the mesh finds: `{"enrolled": ..., "optedOut": ..., "admin": ...,
-/// "metrics": ...}` as the first line of its log, each "answered", "refused", "reset" or
-/// "no answer".
+/// What a pod outside the mesh finds: `{"enrolled": ..., "behindWaypoint": ..., "optedOut": ...,
+/// "admin": ..., "metrics": ...}` as the first line of its log, each "answered", "refused",
+/// "reset" or "no answer".
 const OUTSIDER: &str = r#"
 import json, socket, sys
 def http(host, port):
@@ -41,9 +42,10 @@ def http(host, port):
         return "reset"
     except OSError as e:
         return "no answer: %s" % e
-enrolled, opted_out, node = sys.argv[1:4]
-print(json.dumps({"enrolled": http(enrolled, 8080), "optedOut": http(opted_out, 8080),
-                  "admin": http(node, 15000), "metrics": http(node, 15020)}), flush=True)
+enrolled, behind_waypoint, opted_out, node = sys.argv[1:5]
+print(json.dumps({"enrolled": http(enrolled, 8080), "behindWaypoint": http(behind_waypoint, 8080),
+                  "optedOut": http(opted_out, 8080), "admin": http(node, 15000),
+                  "metrics": http(node, 15020)}), flush=True)
 "#;
 
 /// What a failed probe check needs to be understood: the node's and the agent's view.
@@ -85,14 +87,17 @@ fn diagnose(tb: &Testbed) {
     );
 }
 
-pub async fn probes_and_plaintext(
+/// Two echo pods of `service_account` (the namespace's default when `None`), `<prefix>probed`
+/// with live startup (tcpSocket), liveness and readiness (httpGet) probes, and
+/// `<prefix>dead-liveness` whose liveness probe finds nothing: the first becomes Ready and is
+/// never restarted, the second is restarted. Returns the live one.
+async fn probed_pair(
     tb: &Testbed,
-    client: &kube::Client,
-    namespace: &str,
-    python: &str,
-) -> Result<()> {
+    pods: &Api<Pod>,
+    prefix: &str,
+    service_account: Option<&str>,
+) -> Result<Pod> {
     let pp = PostParams::default();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let echo = |name: &str, probes: serde_json::Value| {
         let mut container = json!({"name": "app", "image": "ambit-echo-server", "args": ["8080"]});
         for (k, v) in probes.as_object().into_iter().flatten() {
@@ -100,25 +105,27 @@ pub async fn probes_and_plaintext(
         }
         serde_json::from_value::<Pod>(json!({
             "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]},
+            "spec": {"terminationGracePeriodSeconds": 1, "serviceAccountName": service_account,
+                     "containers": [container]},
         }))
     };
     let http = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1});
     let tcp = json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1});
     let dead = json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2});
+    let (live, dead_name) = (format!("{prefix}probed"), format!("{prefix}dead-liveness"));
     pods.create(
         &pp,
         &echo(
-            "probed",
+            &live,
             json!({"startupProbe": tcp, "livenessProbe": http, "readinessProbe": http}),
         )?,
     )
     .await?;
-    pods.create(&pp, &echo("dead-liveness", json!({"livenessProbe": dead}))?)
+    pods.create(&pp, &echo(&dead_name, json!({"livenessProbe": dead}))?)
         .await?;
 
-    let probed = match eventually("probed Ready in strict mode", WAIT, || async {
-        pods.get("probed").await.ok().filter(ready)
+    let probed = match eventually(&format!("{live} Ready in strict mode"), WAIT, || async {
+        pods.get(&live).await.ok().filter(ready)
     })
     .await
     {
@@ -129,20 +136,78 @@ pub async fn probes_and_plaintext(
         }
     };
     eventually(
-        "dead-liveness restarted by its liveness probe",
+        &format!("{dead_name} restarted by its liveness probe"),
         WAIT,
         || async {
-            let p = pods.get("dead-liveness").await.ok()?;
+            let p = pods.get(&dead_name).await.ok()?;
             (container_status(&p)?.restart_count >= 1).then_some(())
         },
     )
     .await?;
-    let probed = pods.get("probed").await.unwrap_or(probed);
+    let probed = pods.get(&live).await.unwrap_or(probed);
     let status = container_status(&probed);
     ensure!(
         status.is_some_and(|s| s.restart_count == 0 && s.started == Some(true)),
-        "a live app's probes passed and it was never restarted: {status:?}"
+        "{live}: a live app's probes passed and it was never restarted: {status:?}"
     );
+    Ok(probed)
+}
+
+/// A new service account `sa` bound to a real waypoint (`kubectl ambit waypoint apply`): done
+/// once the controller marks the Gateway `ambit.dev/serving-since` (the waypoint's pod is
+/// Ready), so pods of `sa` created afterwards are behind the waypoint from their start.
+async fn waypoint_for(
+    tb: &Testbed,
+    client: &kube::Client,
+    namespace: &str,
+    sa: &str,
+) -> Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": sa}}))?,
+        )
+        .await?;
+    super::ambit(
+        tb,
+        &format!("waypoint apply -n {namespace} --service-account {sa} --timeout 90s"),
+    )?
+    .ok()?;
+    let gateway = format!("waypoint-{sa}");
+    let bound = eventually(&format!("{sa} bound to {gateway}"), WAIT, || async {
+        let gw = super::gateways(client).get(&gateway).await.ok()?;
+        gw.metadata
+            .annotations?
+            .get("ambit.dev/serving-since")
+            .cloned()
+    })
+    .await;
+    match bound {
+        Ok(since) => {
+            eprintln!("{namespace}/{sa} bound to waypoint {gateway} since {since}");
+            Ok(())
+        }
+        Err(e) => {
+            diagnose(tb);
+            Err(e.into())
+        }
+    }
+}
+
+pub async fn probes_and_plaintext(
+    tb: &Testbed,
+    client: &kube::Client,
+    namespace: &str,
+    python: &str,
+) -> Result<()> {
+    let pp = PostParams::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let probed = probed_pair(tb, &pods, "", None).await?;
+    // The destination tunnel takes a bound account's traffic only from its waypoint; the
+    // node's probes must still reach the app, and nothing else in plaintext.
+    waypoint_for(tb, client, namespace, "guarded").await?;
+    let guarded = probed_pair(tb, &pods, "guarded-", Some("guarded")).await?;
 
     // The pod outside the mesh.
     let ip = |p: &Pod| {
@@ -156,7 +221,8 @@ pub async fn probes_and_plaintext(
     let outsider: Pod = serde_json::from_value(json!({
         "metadata": {"name": "outsider"},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "probe", "image": "debian",
-            "command": [python, "-c", OUTSIDER, ip(&probed), ip(&opted_out), node_ip]}]},
+            "command": [python, "-c", OUTSIDER, ip(&probed), ip(&guarded), ip(&opted_out),
+                        node_ip]}]},
     }))?;
     let default: Api<Pod> = Api::namespaced(client.clone(), "default");
     default.create(&pp, &outsider).await?;
@@ -176,7 +242,7 @@ pub async fn probes_and_plaintext(
         "the controls: {found}"
     );
     ensure!(
-        found["enrolled"] != "answered",
+        found["enrolled"] != "answered" && found["behindWaypoint"] != "answered",
         "plaintext from outside the mesh reached an enrolled pod in strict mode: {found}"
     );
     ensure!(
