@@ -657,28 +657,45 @@ pub struct TunnelState {
     pub ready: bool,
     /// Identities whose leaf has expired.
     pub expired_leaves: Vec<String>,
+    /// Identities whose leaf is past three quarters of its lifetime: tunnels renew at half,
+    /// so renewal has been failing for a quarter of it.
+    pub unrenewed_leaves: Vec<String>,
     /// `ambit_tunnel_config_rejected_resources`, `None` when the metric was not read.
     pub rejected_resources: Option<u64>,
 }
 
 /// Reads what `check` needs from a tunnel's `/config_dump` (`now` in Unix seconds).
 pub fn tunnel_state(pod: &str, node: &str, dump: &serde_json::Value, now: i64) -> TunnelState {
-    let expired_leaves = dump["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["notAfter"].as_i64().is_some_and(|t| t <= now))
-        .filter_map(|c| c["identity"].as_str().map(str::to_owned))
-        .collect();
+    let leaves = |past: &dyn Fn(i64, i64) -> bool| -> Vec<String> {
+        dump["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(
+                |c| match (c["notBefore"].as_i64(), c["notAfter"].as_i64()) {
+                    (Some(from), Some(to)) => past(from, to),
+                    (None, Some(to)) => past(to, to),
+                    _ => false,
+                },
+            )
+            .filter_map(|c| c["identity"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let expired_leaves = leaves(&|_, to| to <= now);
+    let unrenewed_leaves = leaves(&|from, to| to > now && now >= from + (to - from) / 4 * 3);
     TunnelState {
         pod: pod.into(),
         node: node.into(),
         synced: dump["synced"].as_bool().unwrap_or(false),
         ready: dump["ready"].as_bool().unwrap_or(false),
         expired_leaves,
+        unrenewed_leaves,
         rejected_resources: None,
     }
 }
+
+/// The tunnel's count of resources it holds but rejected (NACKed).
+pub const REJECTED_METRIC: &str = "ambit_tunnel_config_rejected_resources";
 
 /// A Prometheus text exposition's value of an unlabelled gauge or counter.
 pub fn metric_value(exposition: &str, name: &str) -> Option<u64> {
@@ -728,19 +745,36 @@ pub fn tunnel(namespace: &str, state: Result<TunnelState, (String, String)>) -> 
     if let Some(n) = state.rejected_resources.filter(|n| *n > 0) {
         problems.push(format!("{n} resources rejected (NACKed) by the tunnel"));
     }
-    if problems.is_empty() {
-        let rejected = match state.rejected_resources {
-            Some(_) => "",
-            None => " (rejected resources not read)",
-        };
-        Line::pass(CATEGORY, &check, format!("pod {}{rejected}", state.pod))
-    } else {
-        Line::fail(
+    let mut doubts = Vec::new();
+    if !state.unrenewed_leaves.is_empty() {
+        doubts.push(format!(
+            "certificates past 3/4 of their lifetime, not renewed: {}",
+            state.unrenewed_leaves.join(", ")
+        ));
+    }
+    if state.rejected_resources.is_none() {
+        doubts.push(format!(
+            "its metrics (port 15020, {REJECTED_METRIC}) could not be read"
+        ));
+    }
+    let hint = format!("{logs} says why; the controller's logs name rejected resources");
+    match (problems.is_empty(), doubts.is_empty()) {
+        (true, true) => Line::pass(CATEGORY, &check, format!("pod {}", state.pod)),
+        (true, false) => Line::warn(
             CATEGORY,
             &check,
-            format!("pod {}: {}", state.pod, problems.join("; ")),
-            format!("{logs} says why; the controller's logs name rejected resources"),
-        )
+            format!("pod {}: {}", state.pod, doubts.join("; ")),
+            hint,
+        ),
+        (false, _) => {
+            problems.extend(doubts);
+            Line::fail(
+                CATEGORY,
+                &check,
+                format!("pod {}: {}", state.pod, problems.join("; ")),
+                hint,
+            )
+        }
     }
 }
 
@@ -1011,8 +1045,9 @@ mod tests {
     #[test]
     fn tunnels_from_their_dumps_and_metrics() {
         let dump = json!({"synced": true, "ready": true, "certificates": [
-            {"identity": "spiffe://cluster.local/ns/shop/sa/a", "notAfter": 2000},
-            {"identity": "spiffe://cluster.local/ns/shop/sa/b", "notAfter": 900},
+            {"identity": "spiffe://cluster.local/ns/shop/sa/a", "notBefore": 900, "notAfter": 2000},
+            {"identity": "spiffe://cluster.local/ns/shop/sa/b", "notBefore": 0, "notAfter": 900},
+            {"identity": "spiffe://cluster.local/ns/shop/sa/c", "notBefore": 0, "notAfter": 1200},
         ]});
         let mut state = tunnel_state("ambit-node-x", "n1", &dump, 1000);
         assert_eq!(
@@ -1020,10 +1055,23 @@ mod tests {
             ["spiffe://cluster.local/ns/shop/sa/b"]
         );
         assert_eq!(
+            state.unrenewed_leaves,
+            ["spiffe://cluster.local/ns/shop/sa/c"]
+        );
+        assert_eq!(
             tunnel("ambit-system", Ok(state.clone())).verdict,
             Verdict::Fail
         );
         state.expired_leaves.clear();
+        let not_read = tunnel("ambit-system", Ok(state.clone()));
+        assert_eq!(not_read.verdict, Verdict::Warn);
+        assert_eq!(
+            not_read.detail,
+            "pod ambit-node-x: certificates past 3/4 of their lifetime, not renewed: \
+             spiffe://cluster.local/ns/shop/sa/c; its metrics (port 15020, \
+             ambit_tunnel_config_rejected_resources) could not be read"
+        );
+        state.unrenewed_leaves.clear();
         state.rejected_resources = metric_value(
             "# TYPE ambit_tunnel_config_rejected_resources gauge\nambit_tunnel_config_rejected_resources 0\n",
             "ambit_tunnel_config_rejected_resources",

@@ -1,13 +1,14 @@
 //! `kubectl ambit check` against the testbed's real apiserver: `--pre` on a bare cluster
 //! passes, the real chart installed passes `check`, then one thing broken at a time (the
 //! controller scaled to 0, an Istio control plane appearing) fails with its exact line and
-//! exit 1. Needs root (the testbed); skips loudly otherwise.
+//! exit 1, and a NetworkPolicy without port 15008 in an enrolled namespace warns. Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ambit_testbed::eventually;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use std::process::Command;
@@ -185,6 +186,33 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         out.contains("    hint: two meshes capturing the same pods break each other's traffic: uninstall Istio"),
         "{out}"
     );
+
+    // An enrolled namespace whose policy admits only port 8080: HBONE would be blocked.
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &pp,
+            &obj(json!({"metadata": {"name": "shop", "labels": {"ambit.dev/dataplane-mode": "ambient"}}})),
+        )
+        .await?;
+    let policy = json!({
+        "metadata": {"name": "web-only"},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 8080}]}]},
+    });
+    eventually("shop ready for objects", WAIT, || async {
+        Api::<NetworkPolicy>::namespaced(client.clone(), "shop")
+            .create(&pp, &obj(policy.clone()))
+            .await
+            .ok()
+    })
+    .await?;
+    let out = until_line(
+        tb,
+        &[],
+        0,
+        "[warn] NetworkPolicies admit HBONE (TCP 15008): would block 15008: shop/web-only (ingress)",
+    )
+    .await?;
+    assert!(out.contains("    hint: add TCP port 15008"), "{out}");
 
     // The controller scaled to 0: check fails on it, and on its Lease once that expires.
     Api::<Deployment>::namespaced(client.clone(), "ambit-system")

@@ -27,7 +27,6 @@ const LEASE: &str = "ambit-controller";
 const ROOT_CONFIGMAP: &str = "ambit-root-cert";
 const ROOT_KEY: &str = "root.crt";
 const TUNNEL_METRICS_PORT: u16 = 15020;
-const REJECTED_METRIC: &str = "ambit_tunnel_config_rejected_resources";
 
 pub(super) async fn check(
     conn: &Connection,
@@ -104,7 +103,7 @@ async fn checks(conn: &Connection, global: &Global, options: &CheckOptions) -> V
     let checks = if options.pre {
         pre_install(client, global, &version.git_version, options.timeout)
     } else {
-        installed(client, &global.ambit_namespace, options.timeout)
+        installed(client, global, options.timeout)
     };
     lines.extend(join_all(checks).await.into_iter().flatten());
     lines
@@ -133,12 +132,7 @@ fn pre_install<'a>(
             "no other mesh",
             other_meshes(client),
         ),
-        timed(
-            timeout,
-            "network",
-            "NetworkPolicies admit HBONE (TCP 15008)",
-            network_policies(client, global.namespace.as_deref()),
-        ),
+        network(client, global, timeout),
         timed(
             timeout,
             "permissions",
@@ -152,6 +146,19 @@ fn pre_install<'a>(
             nodes(client),
         ),
     ]
+}
+
+fn network<'a>(
+    client: &'a kube::Client,
+    global: &'a Global,
+    timeout: Duration,
+) -> BoxFuture<'a, Vec<Line>> {
+    timed(
+        timeout,
+        "network",
+        "NetworkPolicies admit HBONE (TCP 15008)",
+        network_policies(client, global.namespace.as_deref()),
+    )
 }
 
 fn qualified(objects: Vec<kube::api::PartialObjectMeta<impl Send>>) -> Vec<String> {
@@ -330,10 +337,11 @@ async fn nodes(client: &kube::Client) -> Vec<Line> {
 
 fn installed<'a>(
     client: &'a kube::Client,
-    ns: &'a str,
+    global: &'a Global,
     timeout: Duration,
 ) -> Vec<BoxFuture<'a, Vec<Line>>> {
     const CONTROL: &str = "control plane";
+    let ns = global.ambit_namespace.as_str();
     let health_line = |check: &'static str, hint: String, part: BoxFuture<'a, health::Check>| {
         timed(timeout, CONTROL, check, async move {
             vec![check::from_health(CONTROL, check, &part.await, &hint)]
@@ -367,6 +375,7 @@ fn installed<'a>(
             rollout(client, ns),
         ),
         tunnels(client, ns, timeout).boxed(),
+        network(client, global, timeout),
         timed(
             timeout,
             "waypoints",
@@ -512,7 +521,7 @@ async fn tunnel_state(
     let mut state = check::tunnel_state(pod, node, &dump, now());
     state.rejected_resources = metrics
         .ok()
-        .and_then(|m| check::metric_value(&String::from_utf8_lossy(&m), REJECTED_METRIC));
+        .and_then(|m| check::metric_value(&String::from_utf8_lossy(&m), check::REJECTED_METRIC));
     Ok(state)
 }
 
