@@ -141,17 +141,14 @@ impl Provider {
         }
     }
 
-    /// The claims of a token of this provider's issuer, signature and claims checked.
+    /// The claims of a token of this provider's issuer, signature and claims checked, then
+    /// remembered.
     fn validate(
         &self,
         token: &str,
         header: &jsonwebtoken::Header,
         now: u64,
     ) -> Result<Map<String, Value>, AuthnError> {
-        if let Some(claims) = self.cached(token) {
-            check_time(&claims, now)?;
-            return Ok(claims);
-        }
         let alg = header.alg;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
             return Err(AuthnError::Algorithm(format!("{alg:?}")));
@@ -345,25 +342,8 @@ impl<'a> Rules<'a> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthnError::Malformed("too long"));
         }
-        // `alg: none` and other unknown algorithms fail here: the header does not parse.
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed("header"))?;
-        if !jwks::is_supported(header.alg) {
-            return Err(AuthnError::Algorithm(format!("{:?}", header.alg)));
-        }
-        #[derive(serde::Deserialize)]
-        struct Issuer {
-            iss: String,
-        }
-        let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
-            .map_err(|_| AuthnError::Claim("iss".into()))?
-            .iss;
-        let provider = self
-            .providers
-            .iter()
-            .find(|p| p.rule.issuer == issuer && p.reads(&found.location))
-            .ok_or_else(|| AuthnError::UnknownIssuer(issuer.clone()))?;
-        let claims = provider.validate(token, &header, now)?;
+        let (provider, claims) = self.verify(token, found.location, now)?;
+        let issuer = provider.rule.issuer.as_str();
         let subject = match claims.get("sub") {
             None => "",
             Some(Value::String(s)) => s.as_str(),
@@ -387,6 +367,47 @@ impl<'a> Rules<'a> {
             }
         }
         Ok(Some(RequestAuth { principal, claims }))
+    }
+
+    /// The provider of `token`, found at `location`, and its claims, signature and claims
+    /// checked.
+    fn verify(
+        &self,
+        token: &str,
+        location: Location<'_>,
+        now: u64,
+    ) -> Result<(&'a Provider, Map<String, Value>), AuthnError> {
+        // A token verified before is known by its exact bytes (any other token misses): the
+        // provider that remembered it verified its issuer, so neither its header nor its
+        // claims need decoding again. Its times count on every request all the same.
+        let remembered = self
+            .providers
+            .iter()
+            .filter(|p| p.reads(&location))
+            .find_map(|p| Some((*p, p.cached(token)?)));
+        if let Some((provider, claims)) = remembered {
+            check_time(&claims, now)?;
+            return Ok((provider, claims));
+        }
+        // `alg: none` and other unknown algorithms fail here: the header does not parse.
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed("header"))?;
+        if !jwks::is_supported(header.alg) {
+            return Err(AuthnError::Algorithm(format!("{:?}", header.alg)));
+        }
+        #[derive(serde::Deserialize)]
+        struct Issuer {
+            iss: String,
+        }
+        let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
+            .map_err(|_| AuthnError::Claim("iss".into()))?
+            .iss;
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.rule.issuer == issuer && p.reads(&location))
+            .ok_or(AuthnError::UnknownIssuer(issuer))?;
+        Ok((provider, provider.validate(token, &header, now)?))
     }
 
     /// The one token of the request among the rules' locations.
