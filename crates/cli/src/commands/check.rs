@@ -374,7 +374,13 @@ fn installed<'a>(
             "tunnel DaemonSet ready on every node",
             rollout(client, ns),
         ),
-        tunnels(client, ns, timeout).boxed(),
+        // Each tunnel within `timeout`; listing them too.
+        timed(
+            timeout * 2,
+            "data plane",
+            "tunnels",
+            tunnels(client, ns, timeout),
+        ),
         network(client, global, timeout),
         timed(
             timeout,
