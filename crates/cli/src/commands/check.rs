@@ -41,13 +41,15 @@ pub(super) async fn check(
     })
 }
 
+const READ_HINT: &str = "the check needs read access to these objects (kubectl auth can-i list ...; docs/cli.md, Who may do what)";
+
 /// One failure line for a check that could not read what it needs.
 fn unreadable(category: &str, check: &str, error: &kube::Error) -> Line {
     Line::fail(
         category,
         check,
         format!("cannot read: {}", describe(error)),
-        "the check needs read access to these objects (kubectl auth can-i list ...)",
+        READ_HINT,
     )
 }
 
@@ -247,7 +249,7 @@ async fn network_policies(client: &kube::Client, namespace: Option<&str>) -> Vec
                 CATEGORY,
                 CHECK,
                 format!("cannot list namespaces: {e}"),
-                "",
+                READ_HINT,
             )];
         }
     };
