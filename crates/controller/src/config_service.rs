@@ -3,6 +3,7 @@
 use crate::auth::{Authenticator, Caller};
 use crate::index::{Name, Snapshot};
 use crate::metrics::Metrics;
+use crate::rejections::{Rejection, Rejections};
 use crate::view::{Push, Subscriber, View};
 use ambit_proto::EncodedDelta;
 use ambit_proto::config::v1::{
@@ -38,6 +39,7 @@ pub struct ConfigServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     tunnel: (String, String),
     metrics: Arc<Metrics>,
+    rejections: Rejections,
     first_views: Arc<Semaphore>,
 }
 
@@ -47,12 +49,14 @@ impl ConfigServer {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         tunnel: (String, String),
         metrics: Arc<Metrics>,
+        rejections: Rejections,
     ) -> Self {
         Self {
             auth,
             snapshots,
             tunnel,
             metrics,
+            rejections,
             first_views: Arc::new(Semaphore::new(CONCURRENT_FIRST_VIEWS)),
         }
     }
@@ -183,6 +187,7 @@ impl ConfigService for ConfigServer {
             known: sub.known,
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
+            rejections: self.rejections.clone(),
             first_views: self.first_views.clone(),
         };
         tokio::spawn(session.run(inbound, tx));
@@ -200,6 +205,7 @@ struct Session {
     known: BTreeMap<String, String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    rejections: Rejections,
     first_views: Arc<Semaphore>,
 }
 
@@ -290,10 +296,18 @@ impl Session {
                             e
                         });
                         // Rejected alone, the rest applied: resending would be rejected
-                        // again, so it is reported, and its next version is sent as usual.
+                        // again, so it is reported (an Event on the object, for a resource
+                        // the acked delta carried), and its next version is sent as usual.
                         for r in &ack.rejected {
                             tracing::warn!(subscriber = %name, resource = r.name, version = r.version, error = r.error, "config: resource rejected by the client; the rest of the delta is applied");
                             self.metrics.config_rejected(resource_kind(&r.name));
+                            if touched.as_ref().is_some_and(|(_, names)| names.iter().any(|n| **n == *r.name)) {
+                                self.rejections.report(Rejection {
+                                    resource: r.name.clone(),
+                                    subscriber: name.clone(),
+                                    error: r.error.clone(),
+                                });
+                            }
                         }
                         if ack.error.is_empty() {
                             tracing::trace!(subscriber = %name, nonce = n, "config: ACK");

@@ -20,6 +20,7 @@ pub mod lease;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod rejections;
 pub mod request_authn;
 pub mod route;
 pub mod route_crd;

@@ -8,7 +8,6 @@ use crate::index::Snapshot;
 use crate::status::{self, Verdict};
 use ambit_policy::{Action, Condition as ClaimCondition, HeaderMatch, Policy, PolicyScope, Rule};
 use ambit_proto::config::v1 as pb;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeSet, HashMap};
@@ -289,7 +288,7 @@ pub fn decide(p: &AuthorizationPolicy, facts: &MeshFacts<'_>) -> Enforced {
 pub struct StatusContext {
     pub client: kube::Client,
     /// Warns on the policy (an Event) when it turns `Invalid`.
-    pub recorder: Recorder,
+    pub events: status::Events,
     pub leader: watch::Receiver<bool>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub policies: Store<AuthorizationPolicy>,
@@ -306,8 +305,8 @@ impl std::fmt::Debug for StatusContext {
 pub async fn run_status(ctx: StatusContext) {
     paced(ctx.leader, ctx.snapshots, |snapshot| {
         let (client, policies) = (ctx.client.clone(), ctx.policies.clone());
-        let recorder = ctx.recorder.clone();
-        async move { write_statuses(&client, &recorder, &policies, &snapshot).await }
+        let events = ctx.events.clone();
+        async move { write_statuses(&client, &events, &policies, &snapshot).await }
     })
     .await;
 }
@@ -339,7 +338,7 @@ pub(crate) async fn paced<F, Fut>(
 
 async fn write_statuses(
     client: &kube::Client,
-    recorder: &Recorder,
+    events: &status::Events,
     policies: &Store<AuthorizationPolicy>,
     snapshot: &Snapshot,
 ) {
@@ -355,7 +354,9 @@ async fn write_statuses(
             .as_ref()
             .and_then(|s| status::find(&s.conditions, ENFORCED));
         if newly_invalid(previous, &want) {
-            warn_invalid(recorder, &p, &want.message).await;
+            events
+                .warn(&p.object_ref(&()), INVALID, "Validate", &want.message)
+                .await;
         }
         let verdict = Verdict {
             ok: want.enforced,
@@ -371,28 +372,6 @@ async fn write_statuses(
 fn newly_invalid(previous: Option<&crate::crd::Condition>, want: &Enforced) -> bool {
     want.reason == INVALID
         && previous.is_none_or(|c| c.reason != INVALID || c.message != want.message)
-}
-
-/// A Warning Event on `p` (events.k8s.io/v1), as `kubectl describe` and `kubectl events` show.
-async fn warn_invalid(recorder: &Recorder, p: &AuthorizationPolicy, message: &str) {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: INVALID.into(),
-        note: Some(message.to_owned()),
-        action: "Validate".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, &p.object_ref(&())).await {
-        tracing::warn!(policy = %p.name_any(), %error, "cannot record the Invalid event");
-    }
-}
-
-/// Who the controller's Events say reported them.
-pub fn reporter() -> Reporter {
-    Reporter {
-        controller: "ambit-controller".into(),
-        instance: None,
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
-use crate::{auto_waypoint, grpc, lease, policy, ratelimit, route_status, waypoint};
+use crate::{auto_waypoint, grpc, lease, policy, ratelimit, rejections, route_status, waypoint};
 use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -329,9 +329,10 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         leader: leader.clone(),
         metrics: metrics.clone(),
     }));
+    let events = crate::status::Events::new(client.clone(), config.pod_name.clone());
     tasks.spawn(policy::run_status(policy::StatusContext {
         client: client.clone(),
-        recorder: kube::runtime::events::Recorder::new(client.clone(), policy::reporter()),
+        events: events.clone(),
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         policies: policy_store,
@@ -371,16 +372,19 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let ca_service = CaService {
         ca: ca.clone(),
         auth: auth.clone(),
-        stores: ca_stores,
+        stores: ca_stores.clone(),
         tunnel: config.tunnel_service_account.clone(),
         default_lifetime: config.cert_lifetime,
         metrics: metrics.clone(),
     };
+    let (rejections, reporting) = rejections::reporter(events, ca_stores);
+    tasks.spawn(reporting);
     let config_service = ConfigServer::new(
         auth,
         snapshots.clone(),
         config.tunnel_service_account.clone(),
         metrics.clone(),
+        rejections,
     );
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await

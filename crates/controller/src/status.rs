@@ -1,11 +1,16 @@
 //! Status conditions the Lease holder writes: what a condition says (`Verdict`), the condition
 //! it makes (its transition time kept while the status does not flip, as Kubernetes conditions
 //! do), and the write of ambit's own resources' one condition (AuthorizationPolicy `Enforced`,
-//! RequestAuthentication `Ready`, RateLimitPolicy `Accepted`), made only when it changed.
+//! RequestAuthentication `Ready`, RateLimitPolicy `Accepted`), made only when it changed; and
+//! the Warning Events that tell an object's owner what went wrong with it.
 
 use crate::crd::Condition;
 use crate::waypoint::FIELD_MANAGER;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams};
+use kube::api::{ObjectMeta, PostParams};
 use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 
@@ -115,6 +120,71 @@ pub(crate) async fn apply_condition<K>(
         }
     }
 }
+
+/// Writes Warning Events (events.k8s.io/v1), as `kubectl describe` and `kubectl events` show,
+/// as `ambit-controller` from this replica. Each call writes its own Event: callers tell each
+/// thing once (kube's `Recorder` would fold Events of one reason on one object into a series
+/// that keeps the first note, hiding a later, different message).
+#[derive(Clone)]
+pub struct Events {
+    client: kube::Client,
+    instance: String,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// `instance`: the replica (its pod name).
+    pub fn new(client: kube::Client, instance: String) -> Self {
+        Self { client, instance }
+    }
+
+    /// A Warning Event on `object`; a failure to write it is logged.
+    pub(crate) async fn warn(
+        &self,
+        object: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                // As kube's Recorder names them: unique per object and instant.
+                name: Some(format!(
+                    "{}.{:x}",
+                    object.name.as_deref().unwrap_or(REPORTING_CONTROLLER),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some("Warning".into()),
+            reason: Some(reason.into()),
+            action: Some(action.into()),
+            note: Some(note.into()),
+            regarding: Some(object.clone()),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(kind = ?object.kind, %namespace, name = ?object.name, reason, %error, "cannot write a Warning event");
+        }
+    }
+}
+
+/// Who the controller's Events say reported them.
+pub const REPORTING_CONTROLLER: &str = "ambit-controller";
 
 #[cfg(test)]
 mod tests {

@@ -390,10 +390,15 @@ async fn limits(tb: &ambit_testbed::Testbed) -> Result<()> {
     for _ in 0..FLOOD_TOKENS {
         tokens.push(token(&client, "ambit-tunnel", None, audience).await?);
     }
-    let ch = channel(addr, &root, &controller_id).await?;
+    // A connection each: calls sent on a new connection before its SETTINGS arrive may exceed
+    // its stream limit and be refused by HTTP/2 itself.
+    let mut channels = Vec::new();
+    for _ in 0..FLOOD_TOKENS {
+        channels.push(channel(addr, &root, &controller_id).await?);
+    }
     let started = tokio::time::Instant::now();
-    let calls = tokens.into_iter().map(|t| {
-        let (ch, node) = (ch.clone(), node.clone());
+    let calls = tokens.into_iter().zip(channels).map(|(t, ch)| {
+        let node = node.clone();
         async move {
             subscribe(
                 ch,

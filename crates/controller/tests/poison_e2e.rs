@@ -10,6 +10,8 @@
 //!   does not give the node two workloads with one IP, which the data plane would refuse.
 //! - After both, in another namespace, a new pod, a new DENY and a waypoint all reach the
 //!   node's model, and a tunnel that (re)starts meanwhile syncs.
+//! - A resource a data plane rejects alone (`Ack.rejected`) is told on its object by a Warning
+//!   Event, once per generation and error however many data planes reject it.
 //!
 //! The controller runs in process as its service account with the chart's RBAC; the node's
 //! data plane is the tunnel's own config client and mesh model. Needs root; skips loudly.
@@ -30,9 +32,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    SYSTEM_NS, chart_rbac, condition_reads, controller_config, create_namespace,
+    Answer, SYSTEM_NS, channel, chart_rbac, condition_reads, controller_config, create_namespace,
     create_service_accounts, eventually, install_crds, obj, pod_json, pod_running,
-    start_as_controller, tunnel_source, waypoint_gateway,
+    start_as_controller, subscribe_answering, tunnel_source, waypoint_gateway,
 };
 use tokio::sync::watch;
 
@@ -342,6 +344,79 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         })
         .await?;
     ensure!(restarted.stream.borrow().synced);
+
+    // --- A resource a data plane rejects alone is told on its object, once. ---
+    let token = std::fs::read_to_string(dir.join("token"))?;
+    let ch = channel(
+        running.grpc_addr,
+        &running.root_pem,
+        &config.controller_identity()?,
+    )
+    .await?;
+    let shop_events: Api<Event> = Api::namespaced(admin.clone(), SHOP);
+    let rejected_events = |error: &'static str| {
+        let shop_events = shop_events.clone();
+        async move {
+            let events = shop_events.list(&Default::default()).await.ok()?.items;
+            let told: Vec<Event> = events
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some(ambit_controller::rejections::REJECTED)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some("deny-front")
+                        && e.note.as_deref().is_some_and(|n| n.contains(error))
+                })
+                .collect();
+            (!told.is_empty()).then_some(told)
+        }
+    };
+    let reject = |error: &str| {
+        Answer::Reject(
+            [(
+                format!("authorizationpolicy/{SHOP}/deny-front"),
+                error.to_owned(),
+            )]
+            .into(),
+        )
+    };
+    let subscriber = || ambit_proto::config::v1::subscribe::Subscriber::Node(node.clone());
+    let first = "test: this data plane cannot use it";
+    let _rejecting = subscribe_answering(
+        ch.clone(),
+        &token,
+        subscriber(),
+        Default::default(),
+        reject(first),
+    )
+    .await?;
+    let told = eventually("the rejection's event on the policy", WAIT, || {
+        rejected_events(first)
+    })
+    .await?;
+    let event = &told[0];
+    ensure!(event.type_.as_deref() == Some("Warning"), "{event:?}");
+    let note = event.note.as_deref().unwrap_or_default();
+    ensure!(note.contains(&format!("node/{node}")), "{note}");
+    eprintln!("told on the policy: {note}");
+    // Another data plane, the same error: not told again. Then another error, which is: the
+    // reports are written in order, so once it shows, the repeat has been handled.
+    let _again = subscribe_answering(
+        ch.clone(),
+        &token,
+        subscriber(),
+        Default::default(),
+        reject(first),
+    )
+    .await?;
+    let second = "test: another reason";
+    let _other =
+        subscribe_answering(ch, &token, subscriber(), Default::default(), reject(second)).await?;
+    eventually("the second error's event", WAIT, || rejected_events(second)).await?;
+    let told = rejected_events(first).await.context("the first event")?;
+    ensure!(
+        told.len() == 1 && told[0].series.is_none(),
+        "the same rejection told twice: {told:?}"
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
