@@ -5,7 +5,15 @@ use crate::cmd::{self, cargo, workspace_root};
 use anyhow::{Result, bail};
 use std::process::Command;
 
-pub const BENCHES: &[&str] = &["hbone", "waypoint", "tunnel", "controller", "route"];
+pub const BENCHES: &[&str] = &[
+    "hbone",
+    "waypoint",
+    "tunnel",
+    "tunnel-scale",
+    "soak",
+    "controller",
+    "route",
+];
 
 pub fn run(name: &str) -> Result<()> {
     match name {
@@ -27,20 +35,10 @@ pub fn run(name: &str) -> Result<()> {
         }
         // The capture path needs network namespaces, which the tunnel's netns test harness
         // builds; the benchmark lives there as an ignored test (root).
-        "tunnel" => cmd::run(&mut cargo([
-            "test",
-            "--release",
-            "--locked",
-            "--package",
-            "ambit-tunnel",
-            "--test",
-            "netns",
-            "--",
-            "--ignored",
-            "--nocapture",
-            "--exact",
-            "bench::bench_tunnel",
-        ])),
+        "tunnel" => tunnel_bench("netns", "bench::bench_tunnel"),
+        "tunnel-scale" => tunnel_bench("netns", "scale::bench_tunnel_scale"),
+        // Minutes of connections and churn through one tunnel: a test target of its own.
+        "soak" => tunnel_bench("soak", "bench_soak"),
         // Needs a real apiserver with 10,000 pods: an ignored test over the testbed (root).
         "controller" => cmd::run(&mut cargo([
             "test",
@@ -56,6 +54,24 @@ pub fn run(name: &str) -> Result<()> {
         ])),
         _ => bail!("unknown benchmark {name:?}; known: {}", BENCHES.join(", ")),
     }
+}
+
+/// An ignored test of the tunnel's network-namespace harnesses.
+fn tunnel_bench(target: &str, test: &str) -> Result<()> {
+    cmd::run(&mut cargo([
+        "test",
+        "--release",
+        "--locked",
+        "--package",
+        "ambit-tunnel",
+        "--test",
+        target,
+        "--",
+        "--ignored",
+        "--nocapture",
+        "--exact",
+        test,
+    ]))
 }
 
 /// A benchmark of the `ambit-bench` binary.

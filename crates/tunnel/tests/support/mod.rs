@@ -213,3 +213,75 @@ impl Capture {
         )
     }
 }
+
+/// CPU time `pid` has run, in nanoseconds: the sum over its live threads of the scheduler's
+/// own accounting (`/proc/PID/task/TID/schedstat`), precise where `/proc/PID/stat`'s 10 ms
+/// ticks are not. Threads that ended are not counted.
+pub fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// A `/proc/PID/status` field in its unit (kB for memory).
+fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line[field.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+pub fn rss_bytes(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:") * 1024
+}
+
+/// Resident anonymous memory (heap, stacks): what grows with the work a process holds, where
+/// VmRSS also counts the pages of its own code it has touched so far.
+pub fn rss_anon_bytes(pid: u32) -> u64 {
+    status_field(pid, "RssAnon:") * 1024
+}
+
+pub fn threads(pid: u32) -> u64 {
+    status_field(pid, "Threads:")
+}
+
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// How many interleaved rounds a benchmark runs: `AMBIT_BENCH_ROUNDS`, default 3.
+pub fn bench_rounds() -> usize {
+    match std::env::var("AMBIT_BENCH_ROUNDS") {
+        Err(_) => 3,
+        Ok(text) => {
+            text.parse().ok().filter(|&n| n >= 1).unwrap_or_else(|| {
+                panic!("AMBIT_BENCH_ROUNDS={text:?}: expected a whole number >= 1")
+            })
+        }
+    }
+}
+
+/// Per-round values of one quantity: (median, min, max); the median is the upper middle of an
+/// even count.
+pub fn spread(samples: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
+}
