@@ -362,11 +362,11 @@ fn print_table(rounds: &[Round], tunnels_per_s: f64, idle: &IdleRss) {
             cell(|r| r.rtt.map(|p| p.p99_us)),
         );
     }
-    println!("\n{:<28} {:>7}  {:<11}", "ratio", "median", "min–max");
+    println!("\n{:<30} {:>7}  {:<11}", "ratio", "median", "min–max");
     let targets = [(0.45, true), (0.75, true), (2.1, false)];
     for ((name, of), (target, higher)) in RATIOS.into_iter().zip(targets) {
         let samples: Vec<f64> = rounds.iter().map(of).collect();
-        println!("{name:<28} {}", against_rounds(&samples, target, higher));
+        println!("{name:<30} {}", against_rounds(&samples, target, higher));
     }
     println!();
     println!(

@@ -63,11 +63,17 @@ const PODS: [Pod; 5] = [
 ];
 
 fn write_files(net: &Net) -> TestPki {
+    let pki = write_ca(net);
+    std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+    pki
+}
+
+/// The mesh CA the tunnels issue from, written to the topology's directory.
+fn write_ca(net: &Net) -> TestPki {
     let pki = TestPki::new("cluster.local");
     let material = pki.ca.to_material();
     std::fs::write(net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
     std::fs::write(net.dir.join("ca.key"), &material.key_pem).unwrap();
-    std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
     pki
 }
 
@@ -76,6 +82,8 @@ struct Net {
     prefix: String,
     dir: PathBuf,
     procs: Vec<Proc>,
+    /// Every namespace made (or being made), deleted on drop with its veths.
+    namespaces: Vec<String>,
 }
 
 impl Net {
@@ -83,31 +91,66 @@ impl Net {
         format!("{}-{short}", self.prefix)
     }
 
-    fn new(tag: &str) -> Self {
+    /// A topology with no namespaces yet: its directory, and the cleanup.
+    fn bare(tag: &str) -> Self {
         let prefix = format!("a{tag}{}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("ambit-tunnel-e2e-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let net = Self {
+        Self {
             prefix,
             dir,
             procs: Vec::new(),
-        };
-        let fab = net.ns("fab");
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// Adds the namespace `short` with its loopback up; returns its full name.
+    fn add_ns(&mut self, short: &str) -> String {
+        let name = self.ns(short);
+        self.namespaces.push(name.clone());
         sh(&format!(
-            "ip netns add {fab} && ip -n {fab} link set lo up && ip -n {fab} link add br0 type bridge && ip -n {fab} link set br0 up"
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        name
+    }
+
+    /// A node namespace: a bridge `cbr0` at 10.77.`k`.1/24 for its pods, forwarding on.
+    fn add_node(&mut self, node: &str, k: usize) -> String {
+        let n = self.add_ns(node);
+        sh(&format!(
+            "ip -n {n} link add cbr0 type bridge && ip -n {n} addr add 10.77.{k}.1/24 dev cbr0 \
+             && ip -n {n} link set cbr0 up \
+             && ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"
+        ));
+        n
+    }
+
+    /// A pod namespace on `node`'s bridge (node `k`) with address `ip`.
+    fn add_pod(&mut self, name: &str, node: &str, k: &str, ip: &str) {
+        let p = self.add_ns(name);
+        let n = self.ns(node);
+        sh(&format!(
+            "ip -n {p} link add eth0 type veth peer name v{name} netns {n} \
+             && ip -n {n} link set v{name} master cbr0 up \
+             && ip -n {p} addr add {ip}/24 dev eth0 && ip -n {p} link set eth0 up \
+             && ip -n {p} route add default via 10.77.{k}.1"
+        ));
+    }
+
+    fn new(tag: &str) -> Self {
+        let mut net = Self::bare(tag);
+        let fab = net.add_ns("fab");
+        sh(&format!(
+            "ip -n {fab} link add br0 type bridge && ip -n {fab} link set br0 up"
         ));
         for (i, node) in ["n1", "n2"].iter().enumerate() {
-            let n = net.ns(node);
             let k = i + 1;
+            let n = net.add_node(node, k);
             sh(&format!(
-                "ip netns add {n} && ip -n {n} link set lo up \
-                 && ip -n {n} link add up0 type veth peer name {node} netns {fab} \
+                "ip -n {n} link add up0 type veth peer name {node} netns {fab} \
                  && ip -n {fab} link set {node} master br0 up \
-                 && ip -n {n} addr add 10.77.0.{k}/24 dev up0 && ip -n {n} link set up0 up \
-                 && ip -n {n} link add cbr0 type bridge && ip -n {n} addr add 10.77.{k}.1/24 dev cbr0 \
-                 && ip -n {n} link set cbr0 up \
-                 && ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1"
+                 && ip -n {n} addr add 10.77.0.{k}/24 dev up0 && ip -n {n} link set up0 up"
             ));
             let other = 3 - k;
             sh(&format!(
@@ -115,18 +158,7 @@ impl Net {
             ));
         }
         for pod in &PODS {
-            let p = net.ns(pod.name);
-            let n = net.ns(pod.node);
-            let k = &pod.node[1..];
-            sh(&format!(
-                "ip netns add {p} && ip -n {p} link set lo up \
-                 && ip -n {p} link add eth0 type veth peer name v{name} netns {n} \
-                 && ip -n {n} link set v{name} master cbr0 up \
-                 && ip -n {p} addr add {ip}/24 dev eth0 && ip -n {p} link set eth0 up \
-                 && ip -n {p} route add default via 10.77.{k}.1",
-                name = pod.name,
-                ip = pod.ip
-            ));
+            net.add_pod(pod.name, pod.node, &pod.node[1..], pod.ip);
         }
         net
     }
@@ -135,9 +167,10 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.procs.clear();
-        for short in ["p11", "p12", "p21", "p22", "p23", "n1", "n2", "fab"] {
+        // Pods before their node: a pod's veth goes with its namespace.
+        for name in self.namespaces.iter().rev() {
             let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.ns(short)])
+                .args(["netns", "del", name])
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -206,13 +239,17 @@ fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
 }
 
 fn enroll(net: &Net, bins: &Bins, pod: &Pod) -> (bool, String) {
+    enroll_named(net, bins, pod.name, pod.node)
+}
+
+/// Hands pod `name` (uid `uid-NAME`) to `node`'s tunnel as the capture agent does.
+fn enroll_named(net: &Net, bins: &Bins, name: &str, node: &str) -> (bool, String) {
     let (ok, _, err) = sh_status(&format!(
-        "{} enroll --netns /run/netns/{} --uid uid-{n} --name {n} --namespace {NS} --socket {} --state {}",
+        "{} enroll --netns /run/netns/{} --uid uid-{name} --name {name} --namespace {NS} --socket {} --state {}",
         bins.path("ambit-capture").display(),
-        net.ns(pod.name),
-        net.dir.join(format!("{}.sock", pod.node)).display(),
-        net.dir.join(format!("{}-pods", pod.node)).display(),
-        n = pod.name
+        net.ns(name),
+        net.dir.join(format!("{node}.sock")).display(),
+        net.dir.join(format!("{node}-pods")).display(),
     ));
     (ok, err)
 }
@@ -657,3 +694,5 @@ fn node_tunnels_in_network_namespaces() {
 
 #[path = "netns/bench.rs"]
 mod bench;
+#[path = "netns/scale.rs"]
+mod scale;

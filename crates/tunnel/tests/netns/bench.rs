@@ -1,6 +1,8 @@
 //! `bench_tunnel`: pod -> pod across nodes, direct on the veth path vs through both tunnels,
-//! in the same run. Ignored by default; `cargo test --release -p ambit-tunnel --test netns --
-//! --ignored --nocapture bench_tunnel` writes `target/ambit-bench/tunnel.json`.
+//! in the same run. Ignored by default; `cargo xtask bench tunnel` writes
+//! `target/ambit-bench/tunnel.json`. The two paths alternate within each round
+//! (`AMBIT_BENCH_ROUNDS`, default 3); each key is the median over rounds, `<key>_spread` the
+//! [min, max].
 
 use super::*;
 use std::io::{Read, Write};
@@ -134,35 +136,53 @@ fn open_loop(ns: &str, to: &str) -> (f64, f64) {
     })
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
+/// One round's measurements, each key as `tunnel.json` names it.
+type Round = Vec<(&'static str, f64)>;
+
+/// Every path once: direct then through both tunnels, for each measurement.
+fn round(direct: (&str, &str), meshed: (&str, &str), tunnel_pids: [u32; 2]) -> Round {
+    let cpu_s = || tunnel_pids.iter().map(|&p| cpu_ns(p)).sum::<u64>() as f64 / 1e9;
+    let direct_tput = throughput(direct.0, direct.1);
+    let cpu0 = cpu_s();
+    let mesh_tput = throughput(meshed.0, meshed.1);
+    let cpu_s_per_gb = (cpu_s() - cpu0) / (THROUGHPUT_BYTES as f64 / 1e9);
+
+    let direct_rtt = rtt_p50(direct.0, direct.1);
+    let cpu0 = cpu_s();
+    let mesh_rtt = rtt_p50(meshed.0, meshed.1);
+    let cpu_us_per_request = (cpu_s() - cpu0) * 1e6 / RTT_ROUNDS as f64;
+
+    let (_, direct_p99) = open_loop(direct.0, direct.1);
+    let (_, mesh_p99) = open_loop(meshed.0, meshed.1);
+    vec![
+        ("throughput_direct_mbps", direct_tput * 8.0 / 1e6),
+        ("throughput_tunnel_mbps", mesh_tput * 8.0 / 1e6),
+        ("throughput_ratio_vs_direct", mesh_tput / direct_tput),
+        ("rtt_p50_direct_us", direct_rtt),
+        ("rtt_p50_tunnel_us", mesh_rtt),
+        ("rtt_p50_ratio_vs_direct", mesh_rtt / direct_rtt),
+        ("added_p99_ms_at_1000rps", mesh_p99 - direct_p99),
+        ("cpu_us_per_request", cpu_us_per_request),
+        ("cpu_s_per_gb", cpu_s_per_gb),
+    ]
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
+/// Writes `target/ambit-bench/NAME.json`.
+pub(crate) fn write_report(name: &str, report: &serde_json::Value) {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ambit-bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let text = serde_json::to_string_pretty(report).unwrap();
+    std::fs::write(out.join(format!("{name}.json")), text + "\n").unwrap();
+    println!("wrote {}", out.join(format!("{name}.json")).display());
 }
 
 #[test]
-#[ignore = "benchmark: cargo test --release -p ambit-tunnel --test netns -- --ignored bench_tunnel"]
+#[ignore = "benchmark: cargo xtask bench tunnel"]
 fn bench_tunnel() {
     if !require_root("bench_tunnel") {
         return;
     }
+    let rounds = bench_rounds();
     let bins = Bins {
         dir: build_binaries(&["ambit-tunnel", "ambit-capture"]),
     };
@@ -184,21 +204,14 @@ fn bench_tunnel() {
     let (direct_ns, meshed_ns) = (net.ns("p12"), net.ns("p11"));
     let direct = (direct_ns.as_str(), "10.77.2.22:9000");
     let meshed = (meshed_ns.as_str(), "10.77.2.21:9000");
-    let cpu = || pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let rss_idle = rss_bytes(pids[0]);
 
-    let direct_tput = throughput(direct.0, direct.1);
-    let cpu0 = cpu();
-    let mesh_tput = throughput(meshed.0, meshed.1);
-    let cpu_s_per_gb = (cpu() - cpu0) / (THROUGHPUT_BYTES as f64 / 1e9);
-
-    let direct_rtt = rtt_p50(direct.0, direct.1);
-    let cpu0 = cpu();
-    let mesh_rtt = rtt_p50(meshed.0, meshed.1);
-    let cpu_us_per_request = (cpu() - cpu0) * 1e6 / RTT_ROUNDS as f64;
-
-    let (_, direct_p99) = open_loop(direct.0, direct.1);
-    let (_, mesh_p99) = open_loop(meshed.0, meshed.1);
+    let measured: Vec<Round> = (0..rounds)
+        .map(|i| {
+            eprintln!("round {}/{rounds}", i + 1);
+            round(direct, meshed, pids)
+        })
+        .collect();
 
     let to = meshed.1.to_owned();
     let held = in_netns(meshed.0, move || {
@@ -209,22 +222,31 @@ fn bench_tunnel() {
     let rss_conns = rss_bytes(pids[0]);
     drop(held);
 
-    let report = serde_json::json!({
-        "throughput_direct_mbps": direct_tput * 8.0 / 1e6,
-        "throughput_tunnel_mbps": mesh_tput * 8.0 / 1e6,
-        "throughput_ratio_vs_direct": mesh_tput / direct_tput,
-        "rtt_p50_direct_us": direct_rtt,
-        "rtt_p50_tunnel_us": mesh_rtt,
-        "rtt_p50_ratio_vs_direct": mesh_rtt / direct_rtt,
-        "added_p99_ms_at_1000rps": mesh_p99 - direct_p99,
-        "cpu_us_per_request": cpu_us_per_request,
-        "cpu_s_per_gb": cpu_s_per_gb,
-        "rss_idle_bytes": rss_idle,
-        "rss_1000_conns_bytes": rss_conns,
-    });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ambit-bench");
-    std::fs::create_dir_all(&out).unwrap();
-    let text = serde_json::to_string_pretty(&report).unwrap();
-    std::fs::write(out.join("tunnel.json"), &text).unwrap();
-    println!("{text}");
+    // Today's keys hold the medians over rounds; `<key>_spread` the [min, max].
+    let mut report = serde_json::Map::new();
+    println!(
+        "\nnode tunnel benchmark ({rounds} interleaved rounds: direct, tunnel, per measurement)\n"
+    );
+    println!("{:<28} {:>12}  {:>23}", "", "median", "min–max");
+    for (index, (key, _)) in measured[0].iter().enumerate() {
+        let samples: Vec<f64> = measured.iter().map(|r| r[index].1).collect();
+        let (median, min, max) = spread(&samples);
+        println!("{key:<28} {median:>12.3}  {min:>11.3}–{max:<11.3}");
+        report.insert((*key).to_owned(), median.into());
+        report.insert(format!("{key}_spread"), serde_json::json!([min, max]));
+    }
+    println!("{:<28} {rss_idle:>12}", "rss_idle_bytes");
+    println!("{:<28} {rss_conns:>12}", "rss_1000_conns_bytes");
+    report.insert("rss_idle_bytes".into(), rss_idle.into());
+    report.insert("rss_1000_conns_bytes".into(), rss_conns.into());
+    let rounds_json: Vec<serde_json::Value> = measured
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect()
+        })
+        .collect();
+    report.insert("rounds".into(), rounds_json.into());
+    write_report("tunnel", &report.into());
 }
