@@ -104,6 +104,15 @@ pub trait ConnectHandler: Send + Sync + 'static {
         request: ConnectRequest,
         tunnel: PendingTunnel,
     ) -> impl Future<Output = ()> + Send + 'static + use<Self>;
+
+    /// How many tunnels `peer` may hold at once (over all its connections), given the
+    /// settings' per-client `share`; asked once per connection. A handler that knows `peer`
+    /// carries many clients' traffic (a waypoint: one replica is one client to every node it
+    /// forwards to) may give it more; the server's total still bounds it.
+    fn tunnel_share(&self, peer: &SpiffeId, share: usize) -> usize {
+        let _ = peer;
+        share
+    }
 }
 
 /// Connects to `target` and carries the tunnel to it; answers 503 if it refuses.
@@ -462,6 +471,9 @@ impl<H: ConnectHandler> HboneServer<H> {
             .await??;
         drop(handshaking);
         let tunnels = Arc::new(OpenTunnels::default());
+        let max_per_peer = self
+            .handler
+            .tunnel_share(&identity, self.settings().max_tunnels_per_peer);
         let idle_timeout = self.settings().idle_timeout;
         // When the connection last had no open tunnel; `None` while one is open.
         let mut idle_since = Some(tokio::time::Instant::now());
@@ -471,7 +483,6 @@ impl<H: ConnectHandler> HboneServer<H> {
                 accepted = connection.accept() => {
                     let Some(accepted) = accepted else { break };
                     let (request, respond) = accepted?;
-                    let max_per_peer = self.settings().max_tunnels_per_peer;
                     let Some(per_peer) = self.budget.0.tunnels_per_peer.enter(client.clone(), max_per_peer) else {
                         tracing::debug!(%peer, %identity, max_tunnels_per_peer = max_per_peer, "HBONE client at its share of the tunnels; answering 503");
                         respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);

@@ -263,6 +263,14 @@ impl Mesh {
         }
     }
 
+    /// Whether `identity` is a waypoint's: one client that carries many clients' traffic.
+    pub fn is_waypoint(&self, identity: &SpiffeId) -> bool {
+        self.config
+            .waypoints
+            .iter()
+            .any(|w| self.waypoint_identity(w).as_ref() == Some(identity))
+    }
+
     /// The identity a waypoint presents.
     pub fn waypoint_identity(&self, waypoint: &Waypoint) -> Option<SpiffeId> {
         SpiffeId::new(

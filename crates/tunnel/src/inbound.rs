@@ -9,6 +9,7 @@ use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use ambit_hbone::{
     ConnectHandler, ConnectRequest, PendingTunnel, Refusal, splice_tcp_h2, splice_tcp_tcp,
 };
+use ambit_identity::SpiffeId;
 use ambit_policy::{Decision, Source};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,6 +117,17 @@ impl ConnectHandler for InboundHandler {
             tracing::info!(target: "access", direction = "inbound", src = %request.peer_addr, src_identity = %request.peer, dst = %request.target, sent, received, audit, error = result.err().map(|e| e.to_string()), "connection complete");
         }
     }
+
+    /// A waypoint replica is one client to this node while it carries many clients'
+    /// connections: no share of its own, only the node's total bounds it. The identity is
+    /// a waypoint's only by the controller's config, and the CA never issues it to a tunnel.
+    fn tunnel_share(&self, peer: &SpiffeId, share: usize) -> usize {
+        if self.ctx.shared.mesh().is_waypoint(peer) {
+            usize::MAX
+        } else {
+            share
+        }
+    }
 }
 
 pub async fn serve_plaintext(ctx: Arc<PodContext>, listener: TcpListener) {
@@ -198,6 +210,26 @@ mod tests {
     }
 
     const GOOD: &str = "spiffe://cluster.local/ns/demo/sa/client";
+
+    #[test]
+    fn waypoints_get_the_whole_budget() {
+        use ambit_hbone::ServerSettings;
+        let handler = InboundHandler {
+            ctx: context("srv", Mode::Strict),
+        };
+        let share = ServerSettings::default().max_tunnels_per_peer;
+        let waypoint: SpiffeId = "spiffe://cluster.local/ns/demo/sa/wp".parse().unwrap();
+        assert_eq!(handler.tunnel_share(&waypoint, share), usize::MAX);
+        // The account it serves, a client, and a waypoint's name in another namespace: one
+        // client's share.
+        for other in [
+            "spiffe://cluster.local/ns/demo/sa/guarded",
+            GOOD,
+            "spiffe://cluster.local/ns/other/sa/wp",
+        ] {
+            assert_eq!(handler.tunnel_share(&other.parse().unwrap(), share), share);
+        }
+    }
 
     #[test]
     fn target_must_be_this_pod_and_not_a_tunnel_port() {

@@ -927,15 +927,18 @@ async fn idle_tunnels_from_one_peer_are_bounded() {
     // Long enough to open them all before the first is cut.
     let mut attack = Attack::start(57, &["--http-header-read-timeout-ms", "3000"]).await;
     let attacker = attack.attacker();
+    // One client holds at most its share of the waypoint's tunnels (a pod: its identity at
+    // its address); the HBONE server answers 503 past it.
+    let share = ambit_hbone::ServerSettings::default().max_tunnels_per_peer;
     // Idle HTTP tunnels: each costs the waypoint a little, and each is cut after the header
     // read timeout when no request comes.
-    const HTTP_IDLE: usize = 1000;
+    let http_idle = share;
     let vip = attack.vip(80);
     let opened = Instant::now();
     let mut tunnels =
-        futures::future::join_all((0..HTTP_IDLE).map(|_| attacker.tunnel(&vip))).await;
+        futures::future::join_all((0..http_idle).map(|_| attacker.tunnel(&vip))).await;
     eprintln!(
-        "{HTTP_IDLE} idle HTTP tunnels opened in {:?}",
+        "{http_idle} idle HTTP tunnels opened in {:?}",
         opened.elapsed()
     );
     let peak = attack.waypoint.memory();
@@ -946,16 +949,17 @@ async fn idle_tunnels_from_one_peer_are_bounded() {
     .await;
     let cut = cut.iter().filter(|c| **c).count();
     eprintln!(
-        "{HTTP_IDLE} idle HTTP tunnels: {} KiB of peak, {cut} cut within {:?}",
+        "{http_idle} idle HTTP tunnels: {} KiB of peak, {cut} cut within {:?}",
         peak.peak_kib.saturating_sub(attack.before.rss_kib),
         opened.elapsed()
     );
-    assert_eq!(cut, HTTP_IDLE, "idle HTTP tunnels were kept");
+    assert_eq!(cut, http_idle, "idle HTTP tunnels were kept");
     drop(tunnels);
     attack.assert_bounded("idle HTTP tunnels", MEMORY_BOUND_KIB);
 
     // Idle TCP tunnels live as long as the client wants (a TCP connection may idle); what bounds
-    // them is the HBONE server: 1024 tunnels per connection.
+    // them is the HBONE server: the client's share of its tunnels, on one connection (whose own
+    // limit, 1024 streams, is above the share).
     attack.baseline();
     let greedy = Client {
         pool: ambit_hbone::HbonePool::new(
@@ -974,35 +978,60 @@ async fn idle_tunnels_from_one_peer_are_bounded() {
         key: attacker.key.clone(),
     };
     let tcp = attack.vip(70);
-    const TCP_IDLE: usize = 1024;
-    let mut tunnels = Vec::with_capacity(TCP_IDLE);
-    for chunk in 0..TCP_IDLE / 128 {
-        let opened = futures::future::join_all((0..128).map(|_| greedy.tunnel(&tcp))).await;
+    let tcp_idle = share;
+    let mut tunnels = Vec::with_capacity(tcp_idle);
+    // The HTTP tunnels' places come back as the waypoint reads their resets.
+    tunnels.push(
+        tunnel_once_free(&greedy, &tcp)
+            .await
+            .expect("the closed HTTP tunnels' places never came back"),
+    );
+    for chunk in 0..tcp_idle.div_ceil(128) {
+        let batch = 128.min(tcp_idle - tunnels.len());
+        let opened = futures::future::join_all((0..batch).map(|_| greedy.tunnel(&tcp))).await;
         for t in opened {
             tunnels.push(t.unwrap_or_else(|e| panic!("tunnel in chunk {chunk}: {e}")));
         }
     }
-    let extra = tokio::time::timeout(Duration::from_secs(1), greedy.tunnel(&tcp)).await;
+    let extra = tokio::time::timeout(Duration::from_secs(5), greedy.tunnel(&tcp)).await;
     assert!(
-        extra.is_err(),
-        "a tunnel past the HBONE connection's stream limit was accepted"
+        matches!(extra, Ok(Err(_))),
+        "a tunnel past the client's share was not refused"
     );
     assert_eq!(greedy.pool.stats().connections, 1);
-    attack.served("with 1024 idle TCP tunnels open").await;
-    let growth = attack.assert_bounded("1024 idle TCP tunnels", 2 * MEMORY_BOUND_KIB);
+    attack
+        .served(&format!("with {tcp_idle} idle TCP tunnels open"))
+        .await;
+    let growth = attack.assert_bounded("idle TCP tunnels", 2 * MEMORY_BOUND_KIB);
     eprintln!(
         "idle TCP tunnel: {} KiB each (with its upstream tunnel)",
-        growth / TCP_IDLE as u64
+        growth / tcp_idle as u64
     );
     // One closed, one more fits.
     let mut one = tunnels.pop().unwrap();
     one.shutdown().await.unwrap();
     drop(one);
-    let more = tokio::time::timeout(Duration::from_secs(5), greedy.tunnel(&tcp)).await;
-    assert!(
-        matches!(more, Ok(Ok(_))),
-        "a slot freed by a closed tunnel was not reused"
-    );
+    tunnel_once_free(&greedy, &tcp)
+        .await
+        .expect("a place freed by a closed tunnel was not reused");
+}
+
+/// A tunnel from `client` to `target`, asked again while refused for up to 10 s: a closed
+/// tunnel's place comes back once the waypoint has read its end.
+async fn tunnel_once_free(
+    client: &Client,
+    target: &str,
+) -> Result<ambit_hbone::H2Stream, ambit_hbone::HboneError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.tunnel(target).await {
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("tunnel to {target} refused, asking again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answer => return answer,
+        }
+    }
 }
 
 /// Raw HTTP/2 as an attacker writes it: frames built by hand, HPACK literals without Huffman

@@ -92,6 +92,16 @@ impl ConnectHandler for PodTunnel {
             let _ = forward_to_target(request.target, tunnel).await;
         }
     }
+
+    /// As the node tunnel does: a waypoint carries many clients' traffic, so only the total
+    /// bounds it, not one client's share.
+    fn tunnel_share(&self, peer: &SpiffeId, share: usize) -> usize {
+        if peer.service_account() == WAYPOINT_SA {
+            usize::MAX
+        } else {
+            share
+        }
+    }
 }
 
 /// A pod at `ip` running as `sa`: its "node tunnel" on `ip:15008` (presenting `sa`'s
