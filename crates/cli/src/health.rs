@@ -13,9 +13,9 @@ pub const CONTROLLER_DEPLOYMENT: &str = "ambit-controller";
 pub const NODE_DAEMONSET: &str = "ambit-node";
 /// Label of the node DaemonSet's pods.
 pub const NODE_POD_SELECTOR: &str = "app.kubernetes.io/name=ambit-node";
-pub const DATAPLANE_MODE: &str = "ambit.dev/dataplane-mode";
-pub const ENROLLED_SELECTOR: &str = "ambit.dev/dataplane-mode=ambient";
-pub const OPTED_OUT: &str = "none";
+pub use ambit_k8s::names::{
+    DATAPLANE_MODE_LABEL as DATAPLANE_MODE, DATAPLANE_MODE_NONE as OPTED_OUT, ENROLLED_SELECTOR,
+};
 /// The CRDs ambit's parts read.
 pub const CRDS: [&str; 3] = [
     "authorizationpolicies.ambit.dev",

@@ -22,7 +22,7 @@ use std::time::Duration;
 /// Secret holding the root (keys `ca.crt`, `ca.key`); supply your own before the first start.
 pub const ROOT_SECRET: &str = "ambit-ca";
 /// ConfigMap publishing the root certificate (key `root.crt`) for tunnels and waypoints.
-pub const ROOT_CONFIGMAP: &str = "ambit-root-cert";
+pub use ambit_k8s::names::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY};
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const FIELD_MANAGER: &str = "ambit-controller";
 
@@ -168,7 +168,7 @@ pub async fn publish_root(
     let cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace, "ownerReferences": owner.into_iter().collect::<Vec<_>>()},
-        "data": {"root.crt": root_pem},
+        "data": {ROOT_CONFIGMAP_KEY: root_pem},
     });
     api.patch(
         ROOT_CONFIGMAP,

@@ -23,10 +23,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Namespace label that enrolls it; on a pod, `none` opts the pod out.
-pub const DATAPLANE_MODE_LABEL: &str = "ambit.dev/dataplane-mode";
-pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
-pub const DATAPLANE_MODE_NONE: &str = "none";
+pub use ambit_k8s::names::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE};
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The pod condition that says it serves.
 const POD_READY: &str = "Ready";

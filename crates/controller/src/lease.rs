@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub const LEASE_NAME: &str = "ambit-controller";
+pub use ambit_k8s::names::CONTROLLER_LEASE as LEASE_NAME;
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(3);
 

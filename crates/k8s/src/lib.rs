@@ -1,6 +1,12 @@
 //! Kubernetes objects that ambit-controller and kubectl-ambit must agree on, written once: the
-//! waypoint Gateway `kubectl ambit waypoint apply` and automatic waypoints write, which the
-//! controller validates and deploys, and the names and annotations on it.
+//! custom resources (`AuthorizationPolicy`, `RequestAuthentication`, `RateLimitPolicy`) and the
+//! subset of Gateway API's types the controller reads and writes, the waypoint Gateway that
+//! `kubectl ambit waypoint apply` and automatic waypoints write, which the controller validates
+//! and deploys, and the labels and annotations on them.
 #![forbid(unsafe_code)]
 
+pub mod crd;
+pub mod names;
+pub mod ratelimit_crd;
+pub mod route_crd;
 pub mod waypoint;

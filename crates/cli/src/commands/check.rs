@@ -21,11 +21,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-/// The controller's Lease (crates/controller/src/lease.rs).
-const LEASE: &str = "ambit-controller";
-/// The ConfigMap publishing the mesh root (key `root.crt`, crates/controller/src/ca.rs).
-const ROOT_CONFIGMAP: &str = "ambit-root-cert";
-const ROOT_KEY: &str = "root.crt";
+use ambit_k8s::names::{CONTROLLER_LEASE as LEASE, ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY as ROOT_KEY};
 const TUNNEL_METRICS_PORT: u16 = 15020;
 
 pub(super) async fn check(

@@ -4,7 +4,7 @@
 //! the CRDs are upstream's (`charts/ambit/files/gateway-api`), never generated from these types.
 //!
 //! Enumerations (filter and match types) stay strings: a value this release does not know must
-//! reach `crate::route`, which rejects the route with `UnsupportedValue`, rather than fail to
+//! reach the controller's `route` module, which rejects the route with `UnsupportedValue`, rather than fail to
 //! deserialize and vanish from the watch.
 
 use crate::crd::Condition;
