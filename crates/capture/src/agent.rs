@@ -85,6 +85,16 @@ pub struct AgentArgs {
     /// The namespace ambit runs in (the chart sets it from the downward API).
     #[arg(long, env = ENV_NAMESPACE)]
     pub namespace: Option<String>,
+    /// Besides ambit's own namespace, the namespaces whose new pods may start uncaptured while
+    /// the node tunnel cannot decide (it has no config yet): what the mesh needs to come up,
+    /// e.g. the cluster DNS the tunnel resolves the controller with. Comma-separated.
+    #[arg(
+        long,
+        env = "AMBIT_CNI_BOOT_EXEMPT_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub cni_boot_exempt_namespaces: Vec<String>,
     /// Between reconciliations.
     #[arg(
         long,
@@ -116,6 +126,16 @@ impl From<AgentArgs> for AgentConfig {
                     .cni_tunnel_socket
                     .unwrap_or_else(|| args.socket.clone()),
                 state_dir: args.cni_state_dir.unwrap_or_else(|| args.state.clone()),
+                // A whole cluster powered on at once: every tunnel waits for the controller
+                // for its first config, so the controller's pods (and what the tunnel needs to
+                // reach it) must start without one, or nothing ever starts.
+                boot_exempt_namespaces: args
+                    .namespace
+                    .iter()
+                    .chain(&args.cni_boot_exempt_namespaces)
+                    .filter(|ns| !ns.is_empty())
+                    .cloned()
+                    .collect(),
             }),
             _ => None,
         };

@@ -96,6 +96,11 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
             .and_then(Value::as_str)
             .unwrap_or(state::DEFAULT_STATE_DIR),
     );
+    let boot_exempt: Vec<&str> = conf
+        .get("bootExemptNamespaces")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     match invocation.command.as_str() {
         "VERSION" => Ok(json!({
             "cniVersion": version,
@@ -103,7 +108,7 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         })
         .to_string()),
         "ADD" => {
-            add(invocation, socket, state)?;
+            add(invocation, socket, state, &boot_exempt)?;
             let mut result = conf.get("prevResult").cloned().unwrap_or_else(|| json!({}));
             if let Some(map) = result.as_object_mut() {
                 map.insert("cniVersion".into(), Value::String(version));
@@ -164,7 +169,12 @@ fn netns(invocation: &Invocation) -> Result<PathBuf, CniError> {
 /// cannot decide on (unreachable, or refusing: draining, no view yet) is not started (code 11:
 /// the runtime retries), unless the last enrollment the agent saw says it is not enrolled: see
 /// [`starts_uncaptured`].
-fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniError> {
+fn add(
+    invocation: &Invocation,
+    socket: &Path,
+    state: &Path,
+    boot_exempt: &[&str],
+) -> Result<(), CniError> {
     let record = PodRecord {
         uid: invocation.arg("K8S_POD_UID")?.into(),
         name: invocation.arg("K8S_POD_NAME")?.into(),
@@ -175,10 +185,14 @@ fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniEr
     match pod::enroll(state, socket, &record) {
         Ok(_) => Ok(()),
         Err(e) if e.tunnel_undecided() => {
-            if starts_uncaptured(state::saved_enrollment(state).as_ref(), &record) {
+            if let Some(why) = starts_uncaptured(
+                state::saved_enrollment(state).as_ref(),
+                &record,
+                boot_exempt,
+            ) {
                 pod::uninstall(state, &record).map_err(internal)?;
                 eprintln!(
-                    "ambit-capture: the node tunnel cannot decide ({e}); pod {} was not enrolled as last seen, so it starts uncaptured (the agent captures it if that changes)",
+                    "ambit-capture: the node tunnel cannot decide ({e}); pod {} {why}, so it starts uncaptured (the agent captures it if it is enrolled)",
                     record.label()
                 );
                 return Ok(());
@@ -197,13 +211,27 @@ fn add(invocation: &Invocation, socket: &Path, state: &Path) -> Result<(), CniEr
     }
 }
 
-/// With the tunnel unable to decide, whether a new pod may start uncaptured: only if the agent saved
-/// a synced enrollment and it does not capture the pod. Without one (the node is booting, ambit
-/// was just installed) every pod waits, as an enrolled one must: a pod of an enrolled namespace
-/// never starts in plaintext. A namespace labeled while the tunnel is down has its new pods
-/// start plain and captured by the agent once the tunnel is back, as its running pods are.
-pub fn starts_uncaptured(saved: Option<&Enrollment>, record: &PodRecord) -> bool {
-    saved.is_some_and(|e| e.synced && !e.captures(&record.uid, &record.namespace))
+/// With the tunnel unable to decide, why a new pod may start uncaptured (`None`: it waits). If
+/// the agent saved a synced enrollment that does not capture the pod. Without one (the node is
+/// booting, ambit was just installed) every pod waits, as an enrolled one must: a pod of an
+/// enrolled namespace never starts in plaintext. A namespace labeled while the tunnel is down
+/// has its new pods start plain and captured by the agent once the tunnel is back, as its
+/// running pods are. The one exception is `boot_exempt`: ambit's own namespace and what the
+/// mesh needs to come up (cluster DNS), whose pods are never enrolled in practice; without it a
+/// cluster powered on at once never starts (each tunnel waits for the controller's first
+/// config, the controller's pods wait for a tunnel).
+pub fn starts_uncaptured(
+    saved: Option<&Enrollment>,
+    record: &PodRecord,
+    boot_exempt: &[&str],
+) -> Option<&'static str> {
+    if saved.is_some_and(|e| e.synced && !e.captures(&record.uid, &record.namespace)) {
+        Some("was not enrolled as last seen")
+    } else if boot_exempt.contains(&record.namespace.as_str()) {
+        Some("is in a namespace the mesh needs to come up")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -255,20 +283,21 @@ mod tests {
             opted_out: opted_out.iter().map(|s| s.to_string()).collect(),
             ..Enrollment::default()
         };
-        assert!(!starts_uncaptured(None, &record), "nothing known: wait");
-        assert!(starts_uncaptured(
-            Some(&view(true, &["other"], &[])),
-            &record
-        ));
-        assert!(!starts_uncaptured(
-            Some(&view(true, &["demo"], &[])),
-            &record
-        ));
-        assert!(starts_uncaptured(
-            Some(&view(true, &["demo"], &["u1"])),
-            &record
-        ));
-        assert!(!starts_uncaptured(Some(&view(false, &[], &[])), &record));
+        let starts = |saved: Option<&Enrollment>| starts_uncaptured(saved, &record, &[]).is_some();
+        assert!(!starts(None), "nothing known: wait");
+        assert!(starts(Some(&view(true, &["other"], &[]))));
+        assert!(!starts(Some(&view(true, &["demo"], &[]))));
+        assert!(starts(Some(&view(true, &["demo"], &["u1"]))));
+        assert!(!starts(Some(&view(false, &[], &[]))));
+        // What the mesh needs to come up starts whatever is known; nothing else does.
+        let system = PodRecord {
+            namespace: "ambit-system".into(),
+            ..record.clone()
+        };
+        let exempt = ["ambit-system", "kube-system"];
+        assert!(starts_uncaptured(None, &system, &exempt).is_some());
+        assert!(starts_uncaptured(None, &record, &exempt).is_none());
+        assert!(starts_uncaptured(Some(&view(true, &["demo"], &[])), &record, &exempt).is_none());
     }
 
     #[test]

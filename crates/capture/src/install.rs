@@ -21,6 +21,9 @@ pub struct CniInstall {
     pub conf_dir: PathBuf,
     pub tunnel_socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Namespaces whose new pods start uncaptured while the tunnel cannot decide (see
+    /// `cni::starts_uncaptured`): those the mesh needs to come up.
+    pub boot_exempt_namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,7 @@ impl CniInstall {
             "type": PLUGIN_TYPE,
             "tunnelSocket": self.tunnel_socket,
             "stateDir": self.state_dir,
+            "bootExemptNamespaces": self.boot_exempt_namespaces,
         })
     }
 
@@ -223,6 +227,7 @@ mod tests {
             conf_dir: dir.join("net.d"),
             tunnel_socket: "/var/run/ambit/tunnel.sock".into(),
             state_dir: "/var/run/ambit/pods".into(),
+            boot_exempt_namespaces: vec!["ambit-system".into(), "kube-system".into()],
         }
     }
 

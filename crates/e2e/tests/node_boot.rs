@@ -8,7 +8,9 @@
 //! re-creates the pods scheduled to the node; the tunnel comes back later: the node loses its
 //! `kubernetes.io/os` label (the chart's DaemonSet selector) before the kubelet returns and
 //! gets it back once the test has watched the pods wait.
-//! `whole_cluster_cold_boot` (ignored: it fails today) powers off every node at once.
+//! `whole_cluster_cold_boot` powers off every node at once: the controller's pods start
+//! uncaptured (ambit's namespace is exempt while a tunnel cannot decide), and every node's
+//! tunnel is fed by a controller again.
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -54,7 +56,6 @@ async fn node_boot_fails_closed() -> Result<()> {
 /// its node's tunnel, the controller's included, and a tunnel needs a controller for its first
 /// view. Whether the cluster comes back is what this checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today (a liveness bug, docs/reliability.md): after a whole-cluster power cut the CNI plugin refuses the controller pods until a tunnel has a view, which needs a controller"]
 async fn whole_cluster_cold_boot() -> Result<()> {
     if ambit_testbed::skip_without_root("whole_cluster_cold_boot") {
         return Ok(());
