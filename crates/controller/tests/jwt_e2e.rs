@@ -130,11 +130,17 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         "{refused}"
     );
 
+    // The two were created one after the other: a view may hold the first before the second.
     let v = sub
-        .wait("idp's rule with the Secret's key set", WAIT, |v| {
-            delivered(v, "requestauthentication/shop/idp")
-                .is_some_and(|r| r.jwt_rules[0].jwks == first_keys)
-        })
+        .wait(
+            "idp's rule with the Secret's key set, and the rule without keys",
+            WAIT,
+            |v| {
+                delivered(v, "requestauthentication/shop/idp")
+                    .is_some_and(|r| r.jwt_rules[0].jwks == first_keys)
+                    && delivered(v, "requestauthentication/shop/missing").is_some()
+            },
+        )
         .await?;
     let missing = delivered(&v, "requestauthentication/shop/missing")
         .context("the rule without keys is delivered too")?;
