@@ -7,6 +7,7 @@
 
 use crate::ca::CaService;
 use crate::config_service::ConfigServer;
+use ambit_admission::HandshakeBudget;
 use ambit_identity::CertificateHandle;
 use ambit_proto::ca::v1::certificate_service_server::CertificateServiceServer;
 use ambit_proto::config::v1::config_service_server::ConfigServiceServer;
@@ -14,10 +15,8 @@ use futures::Stream;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -196,7 +195,7 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TCP on `listener` and yields connections that completed the TLS handshake
-/// (each handshake in its own task, bounded by a deadline and by the [`Handshakes`] budget, so
+/// (each handshake in its own task, bounded by a deadline and by a [`HandshakeBudget`], so
 /// a slow client stalls no one), at most [`MAX_CONNECTIONS`] at once, each closed once it has
 /// held no stream for `idle_timeout`.
 pub fn incoming(
@@ -207,7 +206,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let handshakes = Arc::new(Handshakes::default());
+    let handshakes = HandshakeBudget::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS);
     tokio::spawn(async move {
         loop {
             let Ok(slot) = connections.clone().acquire_owned().await else {
@@ -230,7 +229,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 let handshake = tokio::select! {
                     done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
-                    () = handshaking.cut.notified() => {
+                    () = handshaking.cut() => {
                         tracing::debug!(%peer, max = MAX_HANDSHAKES, "gRPC: TLS handshake cut for a newer one");
                         return;
                     }
@@ -252,71 +251,6 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// The TLS handshakes in progress: oldest first, each with its signal to give up, and counted
-/// per source address.
-#[derive(Debug, Default)]
-struct Handshakes(Mutex<InFlight>);
-
-#[derive(Debug, Default)]
-struct InFlight {
-    next: u64,
-    oldest_first: VecDeque<(u64, Arc<Notify>)>,
-    per_address: HashMap<IpAddr, usize>,
-}
-
-impl Handshakes {
-    /// A slot for a handshake from `address`, unless it has [`MAX_HANDSHAKES_PER_ADDRESS`] in
-    /// progress; when the server has [`MAX_HANDSHAKES`], the oldest is cut to make room.
-    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<Handshaking> {
-        let mut in_flight = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let from_address = in_flight.per_address.entry(address).or_default();
-        if *from_address >= MAX_HANDSHAKES_PER_ADDRESS {
-            return None;
-        }
-        *from_address += 1;
-        if in_flight.oldest_first.len() >= MAX_HANDSHAKES
-            && let Some((_, oldest)) = in_flight.oldest_first.pop_front()
-        {
-            oldest.notify_one();
-        }
-        let id = in_flight.next;
-        in_flight.next += 1;
-        let cut = Arc::new(Notify::new());
-        in_flight.oldest_first.push_back((id, cut.clone()));
-        Some(Handshaking {
-            handshakes: self.clone(),
-            id,
-            address,
-            cut,
-        })
-    }
-}
-
-/// A handshake in progress, counted until dropped.
-struct Handshaking {
-    handshakes: Arc<Handshakes>,
-    id: u64,
-    address: IpAddr,
-    cut: Arc<Notify>,
-}
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        let mut in_flight = self
-            .handshakes
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        in_flight.oldest_first.retain(|(id, _)| *id != self.id);
-        if let Some(n) = in_flight.per_address.get_mut(&self.address) {
-            *n -= 1;
-            if *n == 0 {
-                in_flight.per_address.remove(&self.address);
-            }
-        }
-    }
 }
 
 /// The streams open on one connection, and since when it has had none.

@@ -8,11 +8,12 @@ use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
 use crate::settings::ServerSettings;
 use crate::stream::H2Stream;
+use ambit_admission::{Handshake, HandshakeBudget};
 use ambit_identity::{SpiffeId, peer_identity};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -20,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// A verified CONNECT request.
@@ -160,9 +161,8 @@ pub struct ServerBudget(Arc<Budget>);
 struct Budget {
     settings: ServerSettings,
     connections: Arc<Semaphore>,
-    handshakes: Mutex<Handshakes>,
+    handshakes: HandshakeBudget,
     tunnels: Arc<Semaphore>,
-    handshakes_per_address: Arc<Counts<IpAddr>>,
     connections_per_peer: Arc<Counts<Peer>>,
     tunnels_per_peer: Arc<Counts<Peer>>,
 }
@@ -171,9 +171,11 @@ impl ServerBudget {
     pub fn new(settings: ServerSettings) -> Self {
         Self(Arc::new(Budget {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
-            handshakes: Mutex::default(),
+            handshakes: HandshakeBudget::new(
+                settings.max_handshakes,
+                settings.max_handshakes_per_address,
+            ),
             tunnels: Arc::new(Semaphore::new(settings.max_tunnels)),
-            handshakes_per_address: Arc::default(),
             connections_per_peer: Arc::default(),
             tunnels_per_peer: Arc::default(),
             settings,
@@ -189,50 +191,25 @@ impl ServerBudget {
     /// make room: a stalled one has had the longest to finish, while a client's completes in
     /// milliseconds, so a flood must outpace every handshake to keep clients out.
     fn admit_handshake(&self, peer: SocketAddr) -> Result<HandshakeSlot, HboneError> {
-        let budget = &self.0;
-        let max = budget.settings.max_handshakes_per_address;
-        let Some(per_address) = budget.handshakes_per_address.enter(peer.ip(), max) else {
-            return Err(HboneError::HandshakeBudget {
+        let handshakes = &self.0.handshakes;
+        let handshake = handshakes
+            .admit(peer.ip())
+            .ok_or(HboneError::HandshakeBudget {
                 peer,
                 scope: "its address",
-                max,
-            });
-        };
-        let mut handshakes = budget
-            .handshakes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if handshakes.in_flight.len() >= budget.settings.max_handshakes
-            && let Some((_, oldest)) = handshakes.in_flight.pop_front()
-        {
-            oldest.notify_one();
-        }
-        let id = handshakes.next;
-        handshakes.next += 1;
-        let cut = Arc::new(Notify::new());
-        handshakes.in_flight.push_back((id, cut.clone()));
+                max: handshakes.max_per_address(),
+            })?;
         Ok(HandshakeSlot {
             budget: self.clone(),
-            id,
-            cut,
-            _per_address: per_address,
+            handshake,
         })
     }
-}
-
-/// The handshakes in progress, oldest first, each with its signal to give up.
-#[derive(Debug, Default)]
-struct Handshakes {
-    next: u64,
-    in_flight: VecDeque<(u64, Arc<Notify>)>,
 }
 
 /// A handshake in progress, counted until dropped.
 struct HandshakeSlot {
     budget: ServerBudget,
-    id: u64,
-    cut: Arc<Notify>,
-    _per_address: Counted<IpAddr>,
+    handshake: Handshake,
 }
 
 impl HandshakeSlot {
@@ -252,24 +229,12 @@ impl HandshakeSlot {
                     timeout_ms: settings.handshake_timeout.as_millis(),
                 })
             }
-            () = self.cut.notified() => Err(HboneError::HandshakeBudget {
+            () = self.handshake.cut() => Err(HboneError::HandshakeBudget {
                 peer,
                 scope: "the server",
                 max: settings.max_handshakes,
             }),
         }
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut handshakes = self
-            .budget
-            .0
-            .handshakes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        handshakes.in_flight.retain(|(id, _)| *id != self.id);
     }
 }
 
