@@ -622,54 +622,34 @@ async fn claims_on_names(
     gateway_uid: Option<&str>,
 ) -> Result<Vec<(String, Claim)>, kube::Error> {
     async fn claimed<K>(
-        api: Api<K>,
+        client: &kube::Client,
+        ns: &str,
         name: &str,
         gateway_uid: Option<&str>,
-    ) -> Result<Option<Claim>, kube::Error>
+    ) -> Result<Option<(String, Claim)>, kube::Error>
     where
-        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
     {
         let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
-        Ok(api
+        Ok(Api::<K>::namespaced(client.clone(), ns)
             .list(&by_name)
             .await?
             .items
             .iter()
-            .find_map(|o| claim(o.meta(), name, gateway_uid)))
+            .find_map(|o| claim(o.meta(), name, gateway_uid))
+            .map(|c| (format!("{} {ns}/{name}", K::kind(&())), c)))
     }
-    let found = [
-        (
-            "ServiceAccount",
-            claimed(
-                Api::<ServiceAccount>::namespaced(client.clone(), ns),
-                name,
-                gateway_uid,
-            )
-            .await?,
-        ),
-        (
-            "Deployment",
-            claimed(
-                Api::<Deployment>::namespaced(client.clone(), ns),
-                name,
-                gateway_uid,
-            )
-            .await?,
-        ),
-        (
-            "Service",
-            claimed(
-                Api::<Service>::namespaced(client.clone(), ns),
-                name,
-                gateway_uid,
-            )
-            .await?,
-        ),
-    ];
-    Ok(found
-        .into_iter()
-        .filter_map(|(kind, claim)| claim.map(|c| (format!("{kind} {ns}/{name}"), c)))
-        .collect())
+    Ok([
+        claimed::<ServiceAccount>(client, ns, name, gateway_uid).await?,
+        claimed::<Deployment>(client, ns, name, gateway_uid).await?,
+        claimed::<Service>(client, ns, name, gateway_uid).await?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
 }
 
 /// Whether an EndpointSlice of Service `ns/name` lists a ready endpoint (`ready` unset reads as
