@@ -13,14 +13,14 @@ mod support;
 
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{
     SYSTEM_NS, channel, channel_from, controller_config, controller_config_with, controller_tls,
-    create_namespace, create_service_accounts, install_crds, obj, pod_json, subscribe, tcp_from,
+    create_namespace, create_service_accounts, install_crds, pod_json, subscribe, tcp_from,
     tls_connect, token,
 };
 
@@ -45,35 +45,39 @@ async fn node_subscriptions_need_a_token_bound_to_the_node_and_tokens_are_review
     .await
 }
 
-async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
-    let client = tb.client().await?;
-    let (node1, node2) = (tb.config.node_name(1), tb.config.node_name(2));
-    install_crds(&client).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &obj(json!({"metadata": {"name": SYSTEM_NS}})),
-        )
-        .await?;
+/// The system namespace with the tunnel's account and its pod `tunnel-1` on `node`, and a token
+/// bound to that pod (a token can be bound once the pod exists; it need not run).
+async fn tunnel_pod_token(client: &kube::Client, node: &str) -> Result<String> {
+    create_namespace(client, SYSTEM_NS, json!({})).await?;
     create_service_accounts(
-        &client,
+        client,
         &[(SYSTEM_NS, "ambit-tunnel")],
         Duration::from_secs(10),
     )
     .await?;
-    // A token can be bound to a pod once the pod exists; it need not run.
     let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
     let tunnel_pod = pods
         .create(
             &PostParams::default(),
-            &pod_json("tunnel-1", "ambit-tunnel", &node1),
+            &pod_json("tunnel-1", "ambit-tunnel", node),
         )
         .await?;
     let uid = tunnel_pod.metadata.uid.context("pod uid")?;
-    let audience = ambit_proto::TOKEN_AUDIENCE;
-    let bound = token(&client, "ambit-tunnel", Some(("tunnel-1", &uid)), audience).await?;
-    let unbound = token(&client, "ambit-tunnel", None, audience).await?;
+    token(
+        client,
+        "ambit-tunnel",
+        Some(("tunnel-1", &uid)),
+        ambit_proto::TOKEN_AUDIENCE,
+    )
+    .await
+}
+
+async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
+    let client = tb.client().await?;
+    let (node1, node2) = (tb.config.node_name(1), tb.config.node_name(2));
+    install_crds(&client).await?;
+    let bound = tunnel_pod_token(&client, &node1).await?;
+    let unbound = token(&client, "ambit-tunnel", None, ambit_proto::TOKEN_AUDIENCE).await?;
 
     let config = controller_config()?;
     let controller_id = config.controller_identity()?;
@@ -237,23 +241,7 @@ async fn limits(tb: &ambit_testbed::Testbed) -> Result<()> {
     let client = tb.client().await?;
     let node = tb.config.node_name(1);
     install_crds(&client).await?;
-    create_namespace(&client, SYSTEM_NS, json!({})).await?;
-    create_service_accounts(
-        &client,
-        &[(SYSTEM_NS, "ambit-tunnel")],
-        Duration::from_secs(10),
-    )
-    .await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
-    let tunnel_pod = pods
-        .create(
-            &PostParams::default(),
-            &pod_json("tunnel-1", "ambit-tunnel", &node),
-        )
-        .await?;
-    let uid = tunnel_pod.metadata.uid.context("pod uid")?;
-    let audience = ambit_proto::TOKEN_AUDIENCE;
-    let bound = token(&client, "ambit-tunnel", Some(("tunnel-1", &uid)), audience).await?;
+    let bound = tunnel_pod_token(&client, &node).await?;
 
     let config = controller_config_with(&[
         (
@@ -388,7 +376,7 @@ async fn limits(tb: &ambit_testbed::Testbed) -> Result<()> {
     let limited_before = counter(&running, "ambit_token_reviews_total{result=\"limited\"}");
     let mut tokens = Vec::new();
     for _ in 0..FLOOD_TOKENS {
-        tokens.push(token(&client, "ambit-tunnel", None, audience).await?);
+        tokens.push(token(&client, "ambit-tunnel", None, ambit_proto::TOKEN_AUDIENCE).await?);
     }
     // A connection each: calls sent on a new connection before its SETTINGS arrive may exceed
     // its stream limit and be refused by HTTP/2 itself.

@@ -53,6 +53,31 @@ pub const PACKAGES: &[&str] = &[
     "kubectl-ambit",
 ];
 
+/// Runs `steps` on a fresh two-node testbed `name` (`id` keeps its addresses apart from other
+/// tests'), after building [`PACKAGES`]; a failing run says where its logs are kept. Skips
+/// loudly, passing, when not root.
+pub async fn on_testbed(
+    test: &str,
+    name: &str,
+    id: u8,
+    steps: impl AsyncFnOnce(&Testbed) -> Result<()>,
+) -> Result<()> {
+    if ambit_testbed::skip_without_root(test) {
+        return Ok(());
+    }
+    ambit_testbed::build_binaries(PACKAGES)?;
+    let tb = Testbed::new(ambit_testbed::Config::new(name, id)?.with_nodes(2)?)
+        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
+    tb.up_run_down(async |tb| {
+        let result = steps(tb).await;
+        if result.is_err() {
+            eprintln!("logs kept in {}", tb.config.log_dir().display());
+        }
+        result
+    })
+    .await
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

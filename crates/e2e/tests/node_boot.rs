@@ -14,7 +14,7 @@
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ambit_e2e::{CLIENT, NS, PACKAGES, SERVER_PORT, SYSTEM_NS, Samples, Testbed, User, spiffe};
+use ambit_e2e::{CLIENT, NS, SERVER_PORT, SYSTEM_NS, Samples, Testbed, User, spiffe};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -36,20 +36,7 @@ const OS_LABEL: &str = "kubernetes.io/os";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_boot_fails_closed() -> Result<()> {
-    if ambit_testbed::skip_without_root("node_boot_fails_closed") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(PACKAGES)?;
-    let tb = Testbed::new(ambit_testbed::Config::new(NAME, ID)?.with_nodes(2)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(async |tb| {
-        let result = steps(tb).await;
-        if result.is_err() {
-            eprintln!("logs kept in {}", tb.config.log_dir().display());
-        }
-        result
-    })
-    .await
+    ambit_e2e::on_testbed("node_boot_fails_closed", NAME, ID, steps).await
 }
 
 /// Every node reboots at once (a power cut): no node keeps an enrollment, so every pod waits for
@@ -57,13 +44,7 @@ async fn node_boot_fails_closed() -> Result<()> {
 /// view. Whether the cluster comes back is what this checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_cold_boot() -> Result<()> {
-    if ambit_testbed::skip_without_root("whole_cluster_cold_boot") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(PACKAGES)?;
-    let tb = Testbed::new(ambit_testbed::Config::new("coldboot", 89)?.with_nodes(2)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(async |tb| {
+    ambit_e2e::on_testbed("whole_cluster_cold_boot", "coldboot", 89, async |tb| {
         let user = User::new(tb).await?;
         user.install().await?;
         for k in 1..=2 {

@@ -6,25 +6,12 @@
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ambit_e2e::{PACKAGES, Testbed, User};
-use anyhow::{Context, Result};
+use ambit_e2e::{Testbed, User};
+use anyhow::Result;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_path() -> Result<()> {
-    if ambit_testbed::skip_without_root("the_users_path") {
-        return Ok(());
-    }
-    ambit_testbed::build_binaries(PACKAGES)?;
-    let tb = Testbed::new(ambit_testbed::Config::new("usertest", 47)?.with_nodes(2)?)
-        .context("is the testbed set up? run `cargo xtask testbed setup`")?;
-    tb.up_run_down(async |tb| {
-        let result = steps(tb).await;
-        if result.is_err() {
-            eprintln!("logs kept in {}", tb.config.log_dir().display());
-        }
-        result
-    })
-    .await
+    ambit_e2e::on_testbed("the_users_path", "usertest", 47, steps).await
 }
 
 async fn steps(tb: &Testbed) -> Result<()> {
