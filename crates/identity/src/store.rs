@@ -297,10 +297,16 @@ async fn maintain<I: CertificateIssuer>(
     }
 }
 
-/// Time from `now` until half the certificate's validity has passed.
+/// Time from `now` (the certificate's arrival) until half its remaining validity has passed.
+/// Not half of `notBefore..notAfter`: CAs backdate `notBefore` for clock skew (ours by 60 s), so
+/// that midpoint lies before issuance for short leaves, and a 60 s leaf was renewed at once, in
+/// a loop against the CA.
 fn until_half_life(certificate: &WorkloadCertificate, now: SystemTime) -> Duration {
-    let half_life = certificate.not_before() + certificate.lifetime() / 2;
-    half_life.duration_since(now).unwrap_or_default()
+    certificate
+        .not_after()
+        .duration_since(now)
+        .unwrap_or_default()
+        / 2
 }
 
 #[cfg(test)]

@@ -19,8 +19,12 @@ struct FlakyIssuer {
 
 impl FlakyIssuer {
     fn new(pki: &TestPki) -> Self {
+        Self::with_lifetime(pki, LIFETIME)
+    }
+
+    fn with_lifetime(pki: &TestPki, lifetime: Duration) -> Self {
         Self {
-            inner: LocalIssuer::new(pki.ca.clone(), LIFETIME),
+            inner: LocalIssuer::new(pki.ca.clone(), lifetime),
             pki: pki.clone(),
             issued: Arc::default(),
             failing: Arc::default(),
@@ -97,6 +101,26 @@ async fn rotates_at_half_life() {
     assert_eq!(issuer.issued(), 2);
     assert_ne!(serial(&first), serial(&second));
     assert_eq!(second.identity(), &id);
+}
+
+/// The CA backdates `notBefore` by a minute for clock skew: a one-minute leaf is still renewed
+/// half a minute after it arrives, not at once and again and again.
+#[tokio::test(start_paused = true)]
+async fn a_one_minute_leaf_is_renewed_half_a_minute_after_issuance() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::with_lifetime(&pki, Duration::from_secs(60));
+    let store = store(&issuer);
+    let lease = store.acquire(&pki.id("demo", "web")).await.unwrap();
+    let mut handle = lease.handle();
+    settle().await;
+    assert_eq!(issuer.issued(), 1, "renewed on arrival");
+
+    tokio::time::advance(Duration::from_secs(25)).await;
+    settle().await;
+    assert_eq!(issuer.issued(), 1, "renewed before half-life");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    handle.changed().await.unwrap();
+    assert_eq!(issuer.issued(), 2);
 }
 
 #[tokio::test(start_paused = true)]
