@@ -1,6 +1,7 @@
 //! Identity for ambit: SPIFFE ids, the mesh CA, CSRs, rotating certificates held in memory,
 //! and rustls configs that authenticate peers by SPIFFE id.
 
+mod bundle;
 mod ca;
 mod cert;
 mod csr;
@@ -11,6 +12,7 @@ mod tls;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use bundle::{BundleChanges, TrustBundle};
 pub use ca::{CaError, CaMaterial, CertificateAuthority, LocalIssuer};
 pub use cert::{CertificateError, WorkloadCertificate, identity_of, validity_of};
 pub use csr::{CertificateRequest, CsrError};
@@ -20,6 +22,6 @@ pub use store::{
     StoreError,
 };
 pub use tls::{
-    ALPN_H2, PeerIdentityError, TlsError, TrustBundle, client_config, crypto_provider,
-    peer_identity, peer_identity_error, server_config, server_name,
+    ALPN_H2, PeerIdentityError, TlsError, client_config, crypto_provider, peer_identity,
+    peer_identity_error, server_config, server_name,
 };

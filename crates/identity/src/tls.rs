@@ -5,6 +5,7 @@
 //! explicit identity check: the client accepts only an expected set of server identities; the
 //! server accepts any identity of its trust domain and hands it to the caller for authorization.
 
+use crate::bundle::TrustBundle;
 use crate::cert::{CertificateError, identity_of};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store::CertificateHandle;
@@ -12,14 +13,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{
-    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert,
-    WebPkiClientVerifier,
-};
+use rustls::server::{ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    ServerConfig, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig,
+    SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::{Arc, OnceLock};
@@ -105,38 +103,6 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// The roots of one trust domain.
-#[derive(Debug, Clone)]
-pub struct TrustBundle {
-    trust_domain: TrustDomain,
-    roots: Arc<RootCertStore>,
-}
-
-impl TrustBundle {
-    pub fn new(
-        trust_domain: TrustDomain,
-        roots: impl IntoIterator<Item = CertificateDer<'static>>,
-    ) -> Result<Self, TlsError> {
-        let mut store = RootCertStore::empty();
-        for root in roots {
-            store
-                .add(root)
-                .map_err(|e| TlsError::NoRoots(e.to_string()))?;
-        }
-        if store.is_empty() {
-            return Err(TlsError::NoRoots("the bundle is empty".into()));
-        }
-        Ok(Self {
-            trust_domain,
-            roots: Arc::new(store),
-        })
-    }
-
-    pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
-    }
-}
-
 /// The identity in a peer's leaf certificate, after the handshake verified it.
 pub fn peer_identity(
     peer_certificates: Option<&[CertificateDer<'_>]>,
@@ -148,17 +114,16 @@ pub fn peer_identity(
 }
 
 /// A server config presenting `certificate` and requiring a client certificate from
-/// `trust`'s trust domain. Rotation of `certificate` applies to the next handshake.
+/// `trust`'s trust domain. Rotation of `certificate` or of `trust`'s roots applies to the next
+/// handshake.
 pub fn server_config(
     certificate: CertificateHandle,
     trust: &TrustBundle,
 ) -> Result<ServerConfig, TlsError> {
     let provider = crypto_provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
-        .build()?;
     let verifier = Arc::new(SpiffeClientVerifier {
-        inner,
-        trust_domain: trust.trust_domain.clone(),
+        trust: trust.clone(),
+        algorithms: provider.signature_verification_algorithms,
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -173,7 +138,7 @@ pub fn server_config(
 }
 
 /// A client config presenting `certificate` and accepting only a server whose SPIFFE id is in
-/// `expected_server` (chained to `trust`'s roots).
+/// `expected_server` (chained to `trust`'s roots as they are at each handshake).
 pub fn client_config(
     certificate: CertificateHandle,
     trust: &TrustBundle,
@@ -184,7 +149,7 @@ pub fn client_config(
     }
     let provider = crypto_provider();
     let verifier = Arc::new(SpiffeServerVerifier {
-        roots: trust.roots.clone(),
+        trust: trust.clone(),
         expected: expected_server,
         algorithms: provider.signature_verification_algorithms,
     });
@@ -231,7 +196,7 @@ impl ResolvesClientCert for HandleResolver {
 /// Chain to the trust roots, then an explicit check of the server's SPIFFE id.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    trust: TrustBundle,
     expected: Vec<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -248,7 +213,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.trust.current().store,
             intermediates,
             now,
             self.algorithms.all,
@@ -292,13 +257,15 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// Chain to the trust roots (webpki), then the client's SPIFFE id must be in our trust domain.
 #[derive(Debug)]
 struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: TrustDomain,
+    trust: TrustBundle,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    /// No hints: they would have to outlive a change of the roots, and ambit clients present
+    /// their one certificate whatever the server names.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -307,13 +274,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
+        self.trust
+            .current()
+            .client_verifier
             .verify_client_cert(end_entity, intermediates, now)?;
         let actual = identity_of(end_entity).map_err(PeerIdentityError::from)?;
-        if actual.trust_domain() != &self.trust_domain {
+        if actual.trust_domain() != self.trust.trust_domain() {
             return Err(PeerIdentityError::ForeignTrustDomain {
                 actual,
-                expected: self.trust_domain.clone(),
+                expected: self.trust.trust_domain().clone(),
             }
             .into());
         }
@@ -322,11 +291,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOfferedOrEnabled,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -335,11 +306,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -501,6 +472,58 @@ mod tests {
                 rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. })
             ),
             "{err}"
+        );
+    }
+
+    /// A rotation as the data plane sees it, on configs built once before it: the new root's
+    /// leaves are refused until the bundle adds it, and the old root's after it is withdrawn.
+    #[test]
+    fn configs_follow_the_bundle_through_a_root_rotation() {
+        let (old, new) = (TestPki::new("cluster.local"), TestPki::new("cluster.local"));
+        let (old_root, new_root) = (
+            old.ca.root_certificate().clone(),
+            new.ca.root_certificate().clone(),
+        );
+        let bundle = old.bundle();
+        let server_id = old.id("demo", "server");
+        let server = |pki: &TestPki| server_config(pki.handle("demo", "server"), &bundle).unwrap();
+        let client = |pki: &TestPki| {
+            client_config(
+                pki.handle("demo", "client"),
+                &bundle,
+                vec![server_id.clone()],
+            )
+            .unwrap()
+        };
+        let accepted = |c: &TestPki, s: &TestPki| {
+            let outcome = handshake(client(c), server(s));
+            outcome.client.is_ok() && outcome.server.is_ok()
+        };
+        assert!(accepted(&old, &old));
+        assert!(!accepted(&new, &old), "server trusts a root not yet added");
+        assert!(!accepted(&old, &new), "client trusts a root not yet added");
+
+        bundle.replace([old_root, new_root.clone()]).unwrap();
+        for (c, s) in [(&old, &old), (&new, &old), (&old, &new), (&new, &new)] {
+            assert!(accepted(c, s), "both roots trusted during the rotation");
+        }
+
+        bundle.replace([new_root]).unwrap();
+        assert!(accepted(&new, &new));
+        let refused = handshake(client(&old), server(&new)).server.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::BadSignature
+                        | rustls::CertificateError::UnknownIssuer
+                )
+            ),
+            "a withdrawn root's client leaf: {refused}"
+        );
+        assert!(
+            handshake(client(&new), server(&old)).client.is_err(),
+            "a withdrawn root's server leaf"
         );
     }
 
