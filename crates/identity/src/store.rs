@@ -4,6 +4,7 @@
 //! Scheduling uses tokio time so rotation and retry are tested with a paused clock; the wall
 //! clock is read only to turn a certificate's absolute validity into a delay.
 
+use crate::bundle::TrustBundle;
 use crate::cert::{CertificateError, WorkloadCertificate};
 use crate::csr::{CertificateRequest, CsrError};
 use crate::spiffe::SpiffeId;
@@ -150,6 +151,7 @@ impl fmt::Debug for IdentityLease {
 pub struct CertificateStore<I> {
     issuer: Arc<I>,
     retry: RetryPolicy,
+    trust: Option<TrustBundle>,
     entries: Arc<Mutex<HashMap<SpiffeId, Weak<Entry>>>>,
 }
 
@@ -180,8 +182,17 @@ impl<I: CertificateIssuer> CertificateStore<I> {
         Self {
             issuer: Arc::new(issuer),
             retry,
+            trust: None,
             entries: Arc::default(),
         }
+    }
+
+    /// Follows `trust` through a root rotation: every certificate is re-issued when the bundle
+    /// changes (the signing root may have), and one that does not chain to the signing root is
+    /// re-requested with backoff instead of at half-life (the CA had not switched yet).
+    pub fn following(mut self, trust: TrustBundle) -> Self {
+        self.trust = Some(trust);
+        self
     }
 
     /// Returns a lease on `identity`'s certificate, issuing it first if no one holds it yet.
@@ -215,6 +226,7 @@ impl<I: CertificateIssuer> CertificateStore<I> {
             identity.clone(),
             sender,
             self.retry,
+            self.trust.clone(),
         ))
         .abort_handle();
         let entry = Arc::new(Entry {
@@ -256,23 +268,50 @@ async fn issue_once<I: CertificateIssuer>(
     Ok(request.complete(chain)?)
 }
 
-/// Issues, then re-issues at every half-life; on failure keeps the current certificate and
-/// retries with backoff.
+/// Issues, then re-issues at every half-life and at every change of `trust`; on failure keeps
+/// the current certificate and retries with backoff.
 async fn maintain<I: CertificateIssuer>(
     issuer: Arc<I>,
     identity: SpiffeId,
     slot: watch::Sender<Slot>,
     retry: RetryPolicy,
+    trust: Option<TrustBundle>,
 ) {
     let mut backoff = retry.initial;
+    let mut changes = trust.as_ref().map(TrustBundle::changes);
     loop {
         match issue_once(&*issuer, &identity).await {
             Ok(certificate) => {
-                let delay = until_half_life(&certificate, SystemTime::now());
-                tracing::info!(%identity, renew_in_s = delay.as_secs(), "certificate issued");
+                let stale = trust.as_ref().is_some_and(|t| {
+                    certificate
+                        .chain()
+                        .first()
+                        .is_some_and(|leaf| !t.from_signing_root(leaf))
+                });
+                let delay = if stale {
+                    backoff
+                } else {
+                    until_half_life(&certificate, SystemTime::now())
+                };
+                tracing::info!(%identity, renew_in_s = delay.as_secs(), stale, "certificate issued");
                 slot.send_replace(Slot::Ready(Arc::new(certificate)));
-                backoff = retry.initial;
-                tokio::time::sleep(delay).await;
+                backoff = if stale {
+                    (backoff * 2).min(retry.max)
+                } else {
+                    retry.initial
+                };
+                let bundle_changed = async {
+                    match changes.as_mut() {
+                        Some(changes) => changes.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = bundle_changed => {
+                        tracing::info!(%identity, "trust bundle changed: re-issuing");
+                    }
+                }
             }
             Err(error) => {
                 let reason: Arc<str> = error.to_string().into();

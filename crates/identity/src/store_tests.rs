@@ -3,6 +3,7 @@
 use super::*;
 use crate::LocalIssuer;
 use crate::testing::TestPki;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const LIFETIME: Duration = Duration::from_secs(600);
@@ -192,4 +193,71 @@ async fn shares_one_issuance_and_forgets_the_identity_with_its_last_lease() {
 
     let _again = store.acquire(&id).await.unwrap();
     assert_eq!(issuer.issued(), 2);
+}
+
+/// A CA whose signing root an operator switches, as the controller does in a root rotation.
+#[derive(Clone)]
+struct RotatingIssuer {
+    signing: Arc<Mutex<TestPki>>,
+    issued: Arc<AtomicUsize>,
+}
+
+impl CertificateIssuer for RotatingIssuer {
+    async fn issue(
+        &self,
+        identity: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        let ca = lock(&self.signing).ca.clone();
+        Ok(vec![ca.sign(csr_der, identity, LIFETIME)?])
+    }
+}
+
+/// The data plane's half of a root rotation: each bundle change re-issues at once (not at
+/// half-life), and a leaf from a root that no longer signs is re-requested with backoff until
+/// the CA has switched.
+#[tokio::test(start_paused = true)]
+async fn a_bundle_change_re_issues_and_a_leaf_from_the_old_root_is_re_requested() {
+    let (old, new) = (TestPki::new("cluster.local"), TestPki::new("cluster.local"));
+    let issuer = RotatingIssuer {
+        signing: Arc::new(Mutex::new(old.clone())),
+        issued: Arc::default(),
+    };
+    let issued = || issuer.issued.load(Ordering::SeqCst);
+    let bundle = old.bundle();
+    let store =
+        CertificateStore::new(issuer.clone(), RetryPolicy::default()).following(bundle.clone());
+    let lease = store.acquire(&old.id("demo", "web")).await.unwrap();
+    let mut handle = lease.handle();
+    settle().await;
+    assert_eq!(issued(), 1);
+
+    let (old_root, new_root) = (
+        old.ca.root_certificate().clone(),
+        new.ca.root_certificate().clone(),
+    );
+    bundle
+        .replace([old_root.clone(), new_root.clone()])
+        .unwrap();
+    handle.changed().await.unwrap();
+    assert_eq!(issued(), 2, "re-issued when the new root was added");
+
+    // The bundle names the new root as signing before this CA switched: the leaf it gets is
+    // still the old root's, so it asks again, and gets the new root's once the CA switched.
+    bundle.replace([new_root.clone(), old_root]).unwrap();
+    let stale = handle.changed().await.unwrap();
+    assert!(!bundle.from_signing_root(&stale.chain()[0]));
+    *lock(&issuer.signing) = new.clone();
+    let fresh = handle.changed().await.unwrap();
+    assert!(bundle.from_signing_root(&fresh.chain()[0]));
+    let settled = issued();
+
+    tokio::time::advance(LIFETIME / 4).await;
+    settle().await;
+    assert_eq!(
+        issued(),
+        settled,
+        "a leaf from the signing root waits for half-life"
+    );
 }
