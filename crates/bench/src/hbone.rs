@@ -10,8 +10,7 @@
 //! median and the min–max over rounds.
 
 use crate::measure::{
-    EchoConnection, Percentiles, open_files_limit, open_idle_connections, percentiles,
-    throughput_gbps,
+    EchoConnection, Percentiles, open_files_limit, open_idle_connections, percentiles, throughput,
 };
 use crate::process::RoleProcess;
 use crate::report::{Spread, against, against_rounds, round, rounds, write_json};
@@ -63,11 +62,17 @@ impl Settings {
 const HANDSHAKE_CONCURRENCY: usize = 8;
 
 const PATHS: [&str; 3] = ["direct", "tcp_proxy", "hbone"];
+/// The HBONE path's index in [`PATHS`].
+const HBONE: usize = 2;
 
 /// One round: every path measured once, in the order of [`PATHS`].
 struct Round {
     throughput_gbps: [f64; 3],
     rtt: [Percentiles; 3],
+    /// CPU of both HBONE tunnel processes per GB of the throughput run, in seconds.
+    hbone_cpu_s_per_gb: f64,
+    /// CPU of both HBONE tunnel processes per 1 KiB round trip, in microseconds.
+    hbone_cpu_us_per_round_trip: f64,
 }
 
 impl Round {
@@ -82,7 +87,7 @@ impl Round {
     }
 }
 
-/// A ratio as the report names it, and how to take it from one round.
+/// A quantity of a round as the report names it, and how to take it from the round.
 type Ratio = (&'static str, fn(&Round) -> f64);
 
 const RATIOS: [Ratio; 3] = [
@@ -95,6 +100,15 @@ const RATIOS: [Ratio; 3] = [
         Round::throughput_hbone_vs_tcp_proxy,
     ),
     ("rtt_p50_hbone_vs_direct", Round::rtt_p50_hbone_vs_direct),
+];
+
+/// The tunnels' CPU, as the report names it: per byte carried and per round trip. Less noisy
+/// than the rates on a busy machine, since time spent waiting for a core is not counted.
+const CPU: [Ratio; 2] = [
+    ("hbone_cpu_s_per_gb", |r| r.hbone_cpu_s_per_gb),
+    ("hbone_cpu_us_per_round_trip", |r| {
+        r.hbone_cpu_us_per_round_trip
+    }),
 ];
 
 pub fn run(quick: bool) -> Result<()> {
@@ -124,7 +138,7 @@ async fn run_async(settings: &Settings) -> Result<()> {
     let (tunnel_in, tunnel_out) = start_tunnels(&ca_pem, server.addr)?;
     let entries = [server.addr, proxy_near.addr, tunnel_out.addr];
 
-    let rounds = measure_rounds(settings, entries).await?;
+    let rounds = measure_rounds(settings, entries, [&tunnel_in, &tunnel_out]).await?;
     eprintln!(
         "new tunnels: {HANDSHAKE_CONCURRENCY} concurrent loops for {:?}",
         settings.handshake_duration
@@ -175,6 +189,12 @@ async fn run_async(settings: &Settings) -> Result<()> {
         ratios.insert(name.to_owned(), json!(round(spread.median, 3)));
         ratios.insert(format!("{name}_spread"), spread.range_json(3));
     }
+    let mut cpu = serde_json::Map::new();
+    for (name, of) in CPU {
+        let spread = Spread::of(&rounds.iter().map(of).collect::<Vec<_>>());
+        cpu.insert(name.to_owned(), json!(round(spread.median, 2)));
+        cpu.insert(format!("{name}_spread"), spread.range_json(2));
+    }
     let by_path = |values: [f64; 3], digits: i32| {
         json!({
             "direct": round(values[0], digits),
@@ -189,12 +209,15 @@ async fn run_async(settings: &Settings) -> Result<()> {
                 "throughput_gbps": by_path(r.throughput_gbps, 3),
                 "rtt_p50_us": by_path(r.rtt.map(|p| p.p50_us), 1),
                 "rtt_p99_us": by_path(r.rtt.map(|p| p.p99_us), 1),
+                "hbone_cpu_s_per_gb": round(r.hbone_cpu_s_per_gb, 2),
+                "hbone_cpu_us_per_round_trip": round(r.hbone_cpu_us_per_round_trip, 2),
             })
         })
         .collect();
     let report = json!({
         "paths": paths,
         "ratios": ratios,
+        "cpu": cpu,
         "new_tunnels_per_s": round(new_tunnels_per_s, 0),
         "rss_bytes_per_idle_conn": idle.per_connection.round(),
         "rss_detail": {
@@ -216,8 +239,15 @@ async fn run_async(settings: &Settings) -> Result<()> {
 }
 
 /// Rounds that each measure every path: throughput of each, then round trips on each (on
-/// connections warmed once, kept across rounds).
-async fn measure_rounds(settings: &Settings, entries: [SocketAddr; 3]) -> Result<Vec<Round>> {
+/// connections warmed once, kept across rounds), and the CPU the HBONE path's `tunnels` spent
+/// on its share.
+async fn measure_rounds(
+    settings: &Settings,
+    entries: [SocketAddr; 3],
+    tunnels: [&RoleProcess; 2],
+) -> Result<Vec<Round>> {
+    let tunnels_cpu_ns =
+        || -> Result<u64> { Ok(tunnels[0].process.cpu_ns()? + tunnels[1].process.cpu_ns()?) };
     eprintln!(
         "{} rounds, each: {:?} of throughput, then {} x 1 KiB echo, per path ({} warm-up first)",
         settings.rounds,
@@ -231,24 +261,39 @@ async fn measure_rounds(settings: &Settings, entries: [SocketAddr; 3]) -> Result
     }
     let mut rounds = Vec::with_capacity(settings.rounds);
     for _ in 0..settings.rounds {
-        let mut throughput = [0.0; 3];
-        for (sample, entry) in throughput.iter_mut().zip(entries) {
-            *sample = throughput_gbps(entry, settings.throughput_duration).await?;
+        let mut throughput_gbps = [0.0; 3];
+        let mut hbone_cpu_s_per_gb = 0.0;
+        for (path, (sample, entry)) in throughput_gbps.iter_mut().zip(entries).enumerate() {
+            let cpu_before = tunnels_cpu_ns()?;
+            let carried = throughput(entry, settings.throughput_duration).await?;
+            if path == HBONE {
+                hbone_cpu_s_per_gb = (tunnels_cpu_ns()? - cpu_before) as f64 / carried.bytes as f64;
+            }
+            *sample = carried.gbps;
         }
         let mut rtt = [Percentiles {
             p50_us: 0.0,
             p99_us: 0.0,
         }; 3];
-        for (result, connection) in rtt.iter_mut().zip(connections.iter_mut()) {
+        let mut hbone_cpu_us_per_round_trip = 0.0;
+        for (path, (result, connection)) in rtt.iter_mut().zip(connections.iter_mut()).enumerate() {
             let mut samples = Vec::with_capacity(settings.rtt_samples_per_round);
+            let cpu_before = tunnels_cpu_ns()?;
             connection
                 .sample(settings.rtt_samples_per_round, &mut samples)
                 .await?;
+            if path == HBONE {
+                hbone_cpu_us_per_round_trip = (tunnels_cpu_ns()? - cpu_before) as f64
+                    / 1e3
+                    / settings.rtt_samples_per_round as f64;
+            }
             *result = percentiles(&mut samples);
         }
         rounds.push(Round {
-            throughput_gbps: throughput,
+            throughput_gbps,
             rtt,
+            hbone_cpu_s_per_gb,
+            hbone_cpu_us_per_round_trip,
         });
     }
     Ok(rounds)
@@ -367,6 +412,14 @@ fn print_table(rounds: &[Round], tunnels_per_s: f64, idle: &IdleRss) {
     for ((name, of), (target, higher)) in RATIOS.into_iter().zip(targets) {
         let samples: Vec<f64> = rounds.iter().map(of).collect();
         println!("{name:<30} {}", against_rounds(&samples, target, higher));
+    }
+    println!();
+    for (name, of) in CPU {
+        let s = Spread::of(&rounds.iter().map(of).collect::<Vec<_>>());
+        println!(
+            "{name:<30} {:>7.2}  {:.2}–{:.2}  (both tunnels)",
+            s.median, s.min, s.max
+        );
     }
     println!();
     println!(

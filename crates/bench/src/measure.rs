@@ -19,9 +19,16 @@ async fn connect(addr: SocketAddr, mode: u8) -> Result<TcpStream> {
     Ok(socket)
 }
 
+/// What one stream carried.
+pub struct Throughput {
+    pub gbps: f64,
+    /// Bytes the far end counted.
+    pub bytes: u64,
+}
+
 /// One stream sends as fast as it can for `duration`; the rate is what the far end counted,
 /// over the time until it confirmed.
-pub async fn throughput_gbps(addr: SocketAddr, duration: Duration) -> Result<f64> {
+pub async fn throughput(addr: SocketAddr, duration: Duration) -> Result<Throughput> {
     let mut socket = connect(addr, MODE_SINK).await?;
     let chunk = vec![0x5au8; 256 * 1024];
     let start = Instant::now();
@@ -31,7 +38,10 @@ pub async fn throughput_gbps(addr: SocketAddr, duration: Duration) -> Result<f64
     socket.shutdown().await?;
     let received = socket.read_u64().await.context("sink byte count")?;
     let elapsed = start.elapsed().as_secs_f64();
-    Ok(received as f64 * 8.0 / elapsed / 1e9)
+    Ok(Throughput {
+        gbps: received as f64 * 8.0 / elapsed / 1e9,
+        bytes: received,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
