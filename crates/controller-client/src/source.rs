@@ -10,7 +10,6 @@ use ambit_identity::{
 use ambit_mesh::{Mesh, MeshConfig, MeshError};
 use ambit_proto::config::v1::subscribe::Subscriber;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +24,8 @@ pub enum Source {
         address: String,
         /// The SPIFFE id the controller must present.
         identity: SpiffeId,
-        /// The mesh root (PEM), from the `ambit-root-cert` ConfigMap.
+        /// The mesh roots (PEM, the signing root first), from the `ambit-root-cert` ConfigMap:
+        /// re-read when it changes (a root rotation).
         root_cert: PathBuf,
         /// The projected service-account token (audience `ambit-ca`).
         token: PathBuf,
@@ -66,10 +66,10 @@ pub enum SourceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0} holds no PEM certificate")]
-    NoCertificate(PathBuf),
-    #[error("the mesh root: {0}")]
-    Trust(#[from] TlsError),
+    #[error("the mesh roots in {path}: {source}")]
+    Trust { path: PathBuf, source: TlsError },
+    #[error("the local CA's root: {0}")]
+    LocalTrust(#[from] TlsError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     #[error(transparent)]
@@ -90,10 +90,14 @@ pub struct Start {
     pub feed: Feed,
 }
 
-/// Where later models come from.
+/// Where later models (and, from the controller, later trust bundles) come from.
 #[derive(Debug)]
 pub enum Feed {
-    Controller(Arc<ControllerEndpoint>),
+    Controller {
+        endpoint: Arc<ControllerEndpoint>,
+        /// The published roots, reloaded into the trust bundle when they change.
+        root_cert: PathBuf,
+    },
     File(PathBuf),
 }
 
@@ -114,10 +118,12 @@ pub fn start(source: &Source, cert_lifetime: Option<Duration>) -> Result<Start, 
             root_cert,
             token,
         } => {
-            let root = CertificateDer::from_pem_slice(read(root_cert)?.as_bytes())
-                .map_err(|_| SourceError::NoCertificate(root_cert.clone()))?;
             let trust_domain = identity.trust_domain().clone();
-            let trust = TrustBundle::new(trust_domain.clone(), [root])?;
+            let trust = TrustBundle::from_pem(trust_domain.clone(), read(root_cert)?.as_bytes())
+                .map_err(|source| SourceError::Trust {
+                    path: root_cert.clone(),
+                    source,
+                })?;
             let endpoint = Arc::new(ControllerEndpoint::new(
                 address.clone(),
                 identity.clone(),
@@ -134,7 +140,10 @@ pub fn start(source: &Source, cert_lifetime: Option<Duration>) -> Result<Start, 
                 issuer: Issuer::Controller(issuer),
                 mesh: empty_mesh(&trust_domain)?,
                 synced: false,
-                feed: Feed::Controller(endpoint),
+                feed: Feed::Controller {
+                    endpoint,
+                    root_cert: root_cert.clone(),
+                },
             })
         }
         Source::File {
@@ -169,21 +178,26 @@ fn empty_mesh(trust_domain: &TrustDomain) -> Result<Mesh, MeshError> {
     })
 }
 
-/// Runs `feed` on the current runtime: every new model goes to `updated`. Returns the config
-/// stream's state for readiness and metrics (`None` for a file, which has no stream).
+/// Runs `feed` on the current runtime: every new model goes to `updated`, and from the
+/// controller every change of the published roots to `trust`. Returns the config stream's state
+/// for readiness and metrics (`None` for a file, which has no stream).
 pub fn spawn_feed<F>(
     feed: Feed,
     subscriber: Subscriber,
-    trust_domain: &TrustDomain,
+    trust: &TrustBundle,
     mut updated: F,
 ) -> Option<watch::Receiver<StreamState>>
 where
     F: FnMut(Mesh) + Send + 'static,
 {
     match feed {
-        Feed::Controller(endpoint) => {
+        Feed::Controller {
+            endpoint,
+            root_cert,
+        } => {
+            tokio::spawn(watch_roots(root_cert, trust.clone()));
             let (state_tx, state) = watch::channel(StreamState::default());
-            let trust_domain = trust_domain.to_string();
+            let trust_domain = trust.trust_domain().to_string();
             tokio::spawn(crate::subscribe(
                 endpoint,
                 subscriber,
@@ -204,26 +218,56 @@ where
     }
 }
 
-/// Reloads the mesh file when it changes; a bad file keeps the last good model.
-async fn watch_mesh_file<F: FnMut(Mesh)>(path: PathBuf, mut updated: F) {
+/// Calls `changed` whenever `path`'s modification time changes (a ConfigMap volume swaps in a
+/// new file, which the path follows).
+async fn on_change(path: &Path, mut changed: impl FnMut()) {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = modified(&path);
+    let mut last = modified(path);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let now = modified(&path);
-        if now == last {
-            continue;
-        }
-        last = now;
-        match Mesh::from_yaml_file(&path) {
-            Ok(mesh) => {
-                updated(mesh);
-                tracing::info!(path = %path.display(), "mesh reloaded");
-            }
-            Err(error) => tracing::warn!(%error, "mesh file rejected; keeping the last good one"),
+        let now = modified(path);
+        if now != last {
+            last = now;
+            changed();
         }
     }
+}
+
+/// Reloads the mesh file when it changes; a bad file keeps the last good model.
+async fn watch_mesh_file<F: FnMut(Mesh)>(path: PathBuf, mut updated: F) {
+    on_change(&path, || match Mesh::from_yaml_file(&path) {
+        Ok(mesh) => {
+            updated(mesh);
+            tracing::info!(path = %path.display(), "mesh reloaded");
+        }
+        Err(error) => tracing::warn!(%error, "mesh file rejected; keeping the last good one"),
+    })
+    .await;
+}
+
+/// Reloads the published roots into `trust` when they change (a root rotation); unusable
+/// roots keep the last good bundle.
+async fn watch_roots(path: PathBuf, trust: TrustBundle) {
+    on_change(&path, || {
+        match read(&path).and_then(|pem| {
+            trust
+                .replace_pem(pem.as_bytes())
+                .map_err(|source| SourceError::Trust {
+                    path: path.clone(),
+                    source,
+                })
+        }) {
+            Ok(true) => tracing::info!(
+                path = %path.display(),
+                roots = trust.roots().len(),
+                "trust bundle reloaded"
+            ),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "mesh roots rejected; keeping the last good ones"),
+        }
+    })
+    .await;
 }
 
 /// The config stream's state as the admin config dump shows it.

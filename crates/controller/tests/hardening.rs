@@ -267,12 +267,11 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     )
     .await?;
     let start = source::start(&source, None)?;
-    let trust_domain = start.mesh.trust_domain().clone();
     let (mesh_tx, mut mesh) = watch::channel(Arc::new(start.mesh));
     let stream: watch::Receiver<StreamState> = source::spawn_feed(
         start.feed,
         Subscriber::Node(node.clone()),
-        &trust_domain,
+        &start.trust,
         move |m| {
             mesh_tx.send_replace(Arc::new(m));
         },

@@ -75,12 +75,11 @@ struct DataPlane {
 impl DataPlane {
     fn start(source: &Source, node: &str) -> Result<Self> {
         let start = source::start(source, None)?;
-        let trust_domain = start.mesh.trust_domain().clone();
         let (mesh_tx, mesh) = watch::channel(Arc::new(start.mesh));
         let stream = source::spawn_feed(
             start.feed,
             Subscriber::Node(node.to_owned()),
-            &trust_domain,
+            &start.trust,
             move |m| {
                 mesh_tx.send_replace(Arc::new(m));
             },

@@ -41,16 +41,15 @@ async fn run(config: Config) -> Result<()> {
     ));
     let node = Node::new(
         shared.clone(),
-        CertificateStore::new(start.issuer, RetryPolicy::default()),
+        CertificateStore::new(start.issuer, RetryPolicy::default()).following(shared.trust.clone()),
         tokio::runtime::Handle::current(),
         config.drain_timeout,
     );
-    let trust_domain = shared.mesh().trust_domain().clone();
     let fed = node.clone();
     let stream_state = spawn_feed(
         start.feed,
         Subscriber::Node(config.node.clone()),
-        &trust_domain,
+        &shared.trust,
         move |mesh| mesh_updated(&fed, mesh),
     );
     serve_admin(&config, &node, stream_state).await?;

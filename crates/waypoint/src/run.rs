@@ -71,7 +71,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
             namespace: config.namespace.clone(),
             name: config.for_service_account.clone(),
         }),
-        start.trust.trust_domain(),
+        &start.trust,
         move |mesh| fed.set_mesh(mesh),
     );
     if let Some(stream) = stream {
@@ -84,7 +84,8 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     ] {
         tokio::spawn(admin::serve(bind(addr).await?, shared.clone(), endpoints));
     }
-    let store = CertificateStore::new(start.issuer, RetryPolicy::default());
+    let store =
+        CertificateStore::new(start.issuer, RetryPolicy::default()).following(start.trust.clone());
     let lease = acquire(&store, &identity).await;
     shared.set_certified();
     let handle = lease.handle();
