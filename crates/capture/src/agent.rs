@@ -11,6 +11,9 @@
 //! 4. [`reconcile::plan`] decides, and each action is carried out and logged (stderr, one line
 //!    per capture/release). A new tunnel instance (a new socket file) has lost every fd: the
 //!    pods it was not handed yet are replayed.
+//! 5. the set of captured pods, when it changed (before and after the actions: a CNI ADD's
+//!    capture and the agent's own), goes to [`crate::publish`], which writes it to the node's
+//!    `NodeCapture` for the CA; the first tick publishes the whole set.
 //!
 //! On SIGTERM the loop stops and [`crate::uninstall`] tells an upgrade (keep everything) from
 //! an uninstall (remove every rule, the conflist entry and the binary).
@@ -18,6 +21,7 @@
 use crate::install::CniInstall;
 use crate::netns::{self, Scanner};
 use crate::pod;
+use crate::publish;
 use crate::reconcile::{self, Action, Facts, View, Why};
 use crate::state::{self, PodRecord};
 use crate::uninstall::{Apiserver, DaemonSetRef, Ending, Observation};
@@ -28,6 +32,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The namespace the chart installs into (downward API); with it, the DaemonSet defaults to
 /// `$AMBIT_NAMESPACE/ambit-node`.
@@ -52,6 +57,8 @@ pub struct AgentConfig {
     pub tick: Duration,
     /// Keep the node's probe rules in place (and remove them at uninstall).
     pub probe_rules: bool,
+    /// Publish the captured pods as this node's `NodeCapture`; unset: publish nothing.
+    pub node: Option<String>,
 }
 
 /// `ambit-capture agent`'s flags, each with an environment variable.
@@ -107,6 +114,11 @@ pub struct AgentArgs {
     /// chart runs the agent with hostNetwork); off: leave the host alone (tests, tools).
     #[arg(long, env = "AMBIT_PROBE_RULES", value_enum, default_value_t = Switch::Off)]
     pub probe_rules: Switch,
+    /// The node the agent runs on (the chart sets it from the downward API): its captured pods
+    /// are published as NodeCapture NODE, which the CA requires before it signs a pod's
+    /// identity for the node's tunnel. Unset: nothing is published.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +167,7 @@ impl From<AgentArgs> for AgentConfig {
             daemonset,
             tick: Duration::from_millis(args.tick_ms),
             probe_rules: args.probe_rules == Switch::On,
+            node: args.node_name.filter(|n| !n.is_empty()),
         }
     }
 }
@@ -169,7 +182,7 @@ pub enum AgentError {
     Exe(std::io::Error),
 }
 
-fn log(line: impl std::fmt::Display) {
+pub(crate) fn log(line: impl std::fmt::Display) {
     eprintln!("ambit-capture agent: {line}");
 }
 
@@ -193,19 +206,37 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
 async fn lifecycle(config: AgentConfig) -> Result<(), AgentError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Runtime)?;
-    let apiserver = match &config.daemonset {
-        Some(ds) => Some(Apiserver::connect(ds.clone()).await),
-        None => {
+    let client = match (&config.daemonset, &config.node) {
+        (None, None) => None,
+        _ => Some(crate::uninstall::client().await),
+    };
+    let apiserver = match (&config.daemonset, &client) {
+        (Some(ds), Some(client)) => Some(Apiserver::connect(client.clone(), ds.clone())),
+        _ => {
             log("no --daemonset and no AMBIT_NAMESPACE: on SIGTERM every rule is kept");
             None
         }
     };
+    let (sets, published) = watch::channel(None);
+    match (&config.node, &client) {
+        (Some(node), Some(Ok(client))) => {
+            tokio::spawn(publish::run(
+                kube::Api::all(client.clone()),
+                node.clone(),
+                published,
+            ));
+        }
+        (Some(node), Some(Err(e))) => log(format_args!(
+            "no apiserver client ({e}): NodeCapture {node} is not published, so the CA signs no pod identity for this node's tunnel"
+        )),
+        _ => log("no --node-name: the captured pods are not published"),
+    }
     let (stop, stopped) = mpsc::channel::<()>();
     let worker = {
         let config = config.clone();
         std::thread::Builder::new()
             .name("reconcile".into())
-            .spawn(move || Reconciler::new(config).run(&stopped))
+            .spawn(move || Reconciler::new(config, sets).run(&stopped))
             .map_err(AgentError::Runtime)?
     };
     let worked = match &apiserver {
@@ -334,10 +365,12 @@ struct Reconciler {
     last: HashMap<String, String>,
     /// The probe targets last set in the node's rules (`None`: to be set).
     probe_targets: Option<BTreeSet<Ipv4Addr>>,
+    /// The captured pods, for [`publish::run`].
+    captured: watch::Sender<Option<BTreeSet<String>>>,
 }
 
 impl Reconciler {
-    fn new(config: AgentConfig) -> Self {
+    fn new(config: AgentConfig, captured: watch::Sender<Option<BTreeSet<String>>>) -> Self {
         Self {
             config,
             instance: None,
@@ -346,6 +379,7 @@ impl Reconciler {
             saved: None,
             last: HashMap::new(),
             probe_targets: None,
+            captured,
         }
     }
 
@@ -399,15 +433,37 @@ impl Reconciler {
         if let View::Synced(e) = &view {
             self.update_probe_targets(reconcile::probe_targets(&records, e));
         }
+        self.publish(&records, &gone);
         let facts = Facts {
             records,
             gone,
             handed: self.handed.clone(),
             netns_by_ip,
         };
-        for action in reconcile::plan(&view, &facts, ACTIONS_PER_TICK) {
+        let actions = reconcile::plan(&view, &facts, ACTIONS_PER_TICK);
+        if actions.is_empty() {
+            return;
+        }
+        for action in actions {
             self.act(action);
         }
+        // What the actions captured, published now rather than a tick later: the pods'
+        // certificates wait for it.
+        if let Ok((records, _)) = state::records(&self.config.state) {
+            self.publish(&records, &facts.gone);
+        }
+    }
+
+    /// Hands the captured set to the publisher when it changed (a no-op without one).
+    fn publish(&self, records: &[PodRecord], gone: &HashSet<String>) {
+        let set = Some(publish::captured(records, gone));
+        self.captured.send_if_modified(|current| {
+            let changed = *current != set;
+            if changed {
+                *current = set;
+            }
+            changed
+        });
     }
 
     fn check_install(&mut self) {

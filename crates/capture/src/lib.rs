@@ -9,6 +9,7 @@
 //! - [`netns`]: finding a pod's netns by the addresses in it.
 //! - [`install`]: the CNI plugin's binary and conflist entry on the node.
 //! - [`uninstall`]: telling `helm uninstall` from an upgrade at SIGTERM.
+//! - [`publish`]: the node's captured pods, published for the CA (`NodeCapture`).
 //! - [`agent`]: the node agent's loop and lifecycle.
 //!
 //! The unix-socket protocol with the node tunnel (netns fds, its enrollment decisions), the
@@ -19,6 +20,7 @@ pub mod cni;
 pub mod install;
 pub mod netns;
 pub mod pod;
+pub mod publish;
 pub mod reconcile;
 pub mod rules;
 pub mod state;

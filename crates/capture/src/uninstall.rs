@@ -17,6 +17,17 @@
 use k8s_openapi::api::apps::v1::DaemonSet;
 use std::time::Duration;
 
+/// The agent's apiserver client: in a pod, its service-account token; elsewhere (tests,
+/// tools), the kubeconfig.
+pub async fn client() -> Result<kube::Client, String> {
+    let config = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        kube::Config::incluster().map_err(|e| e.to_string())
+    } else {
+        kube::Config::infer().await.map_err(|e| e.to_string())
+    };
+    config.and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()))
+}
+
 /// Where the agent's DaemonSet is looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonSetRef {
@@ -108,15 +119,8 @@ pub struct Apiserver {
 impl Apiserver {
     /// In-cluster config when running in a pod (`KUBERNETES_SERVICE_HOST`), else the usual
     /// kubeconfig inference.
-    pub async fn connect(daemonset: DaemonSetRef) -> Self {
-        let config = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-            kube::Config::incluster().map_err(|e| e.to_string())
-        } else {
-            kube::Config::infer().await.map_err(|e| e.to_string())
-        };
-        let api = config
-            .and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()))
-            .map(|client| kube::Api::namespaced(client, &daemonset.namespace));
+    pub fn connect(client: Result<kube::Client, String>, daemonset: DaemonSetRef) -> Self {
+        let api = client.map(|client| kube::Api::namespaced(client, &daemonset.namespace));
         Self { api, daemonset }
     }
 

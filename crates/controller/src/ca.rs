@@ -5,6 +5,7 @@ use crate::index::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_
 use crate::metrics::Metrics;
 use crate::waypoint::{GATEWAY_NAME_LABEL, WAYPOINT_CLASS, WAYPOINT_FOR_LABEL};
 use ambit_identity::{CertificateAuthority, SpiffeId, TrustDomain};
+use ambit_k8s::node_capture::NodeCapture;
 use ambit_proto::ca::v1::{
     CreateCertificateRequest, CreateCertificateResponse,
     certificate_service_server::CertificateService,
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,12 +245,22 @@ pub enum Denied {
         node: String,
         pod: String,
     },
+    #[error(
+        "pod {pod} on node {node} is not captured yet (not in NodeCapture {node}): its tunnel gets {identity} once the node's capture agent records the pod; retry"
+    )]
+    NotCaptured {
+        identity: String,
+        node: String,
+        pod: String,
+    },
 }
 
 /// Why a pod of the asked identity on the tunnel's node does not count; when no pod counts, the
 /// greatest reason is the one reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ineligible {
+    /// The least: the only one that passes by itself, once the capture agent records the pod.
+    NotCaptured,
     Terminating,
     HostNetwork,
     OptedOut,
@@ -284,15 +295,27 @@ fn ineligible(pod: &Pod) -> Option<Ineligible> {
     None
 }
 
+/// Whether node `node`'s capture agent recorded pod `uid` as captured.
+fn captured(captures: &Store<NodeCapture>, node: &str, uid: Option<&str>) -> bool {
+    uid.is_some_and(|uid| {
+        captures
+            .get(&ObjectRef::new(node))
+            .is_some_and(|c| c.spec.pods.iter().any(|p| p == uid))
+    })
+}
+
 /// Istio-style node authorization: any caller may get its own identity (that is how a
 /// waypoint gets its certificate); the tunnel service account may get the identity of a pod
 /// on its own node, if that pod is a workload of the mesh: an enrolled namespace, not ambit's
-/// own, not opted out, not host network, not being deleted, and never a waypoint's identity.
+/// own, not opted out, not host network, not being deleted, never a waypoint's identity, and
+/// captured: listed in the node's `NodeCapture`, so a tunnel holds only identities whose
+/// traffic it carries.
 pub fn authorize(
     caller: &Caller,
     identity: &SpiffeId,
     tunnel: &(String, String),
     stores: &Stores,
+    captures: &Store<NodeCapture>,
 ) -> Result<(), Denied> {
     let own = caller.namespace == identity.namespace()
         && caller.service_account == identity.service_account();
@@ -363,7 +386,11 @@ pub fn authorize(
         if !candidate {
             continue;
         }
-        match ineligible(&p) {
+        let why = ineligible(&p).or_else(|| {
+            (!captured(captures, &node, p.metadata.uid.as_deref()))
+                .then_some(Ineligible::NotCaptured)
+        });
+        match why {
             None => return Ok(()),
             Some(why) if refused.as_ref().is_none_or(|(r, _)| why > *r) => {
                 refused = Some((why, p.metadata.name.clone().unwrap_or_default()));
@@ -395,6 +422,11 @@ pub fn authorize(
                 node,
                 pod,
             },
+            Ineligible::NotCaptured => Denied::NotCaptured {
+                identity,
+                node,
+                pod,
+            },
         },
     })
 }
@@ -412,10 +444,13 @@ pub fn granted_lifetime(requested_secs: u64, default: Duration) -> Duration {
 /// The `ambit.ca.v1.CertificateService`.
 #[derive(Clone)]
 pub struct CaService {
-    pub ca: Arc<CertificateAuthority>,
+    /// The signing root now (it changes in a root rotation).
+    pub ca: crate::root::MeshRoots,
     pub auth: Authenticator,
     /// Pods, namespaces and Gateways: what node authorization reads.
     pub stores: Stores,
+    /// The nodes' captured pods, as their capture agents published them.
+    pub captures: Store<NodeCapture>,
     pub tunnel: (String, String),
     /// What a leaf lives at most (`controller.certLifetimeSeconds`).
     pub default_lifetime: Duration,
@@ -470,7 +505,14 @@ impl CaService {
                 self.ca.trust_domain().as_str()
             )));
         }
-        authorize(&caller, &identity, &self.tunnel, &self.stores).map_err(|e| {
+        authorize(
+            &caller,
+            &identity,
+            &self.tunnel,
+            &self.stores,
+            &self.captures,
+        )
+        .map_err(|e| {
             tracing::warn!(caller = ?caller, %identity, reason = %e, "CA: refused");
             tonic::Status::permission_denied(e.to_string())
         })?;
@@ -526,9 +568,50 @@ mod tests {
         p
     }
 
+    /// The capture agents' records: each `(node, pod uids)`.
+    fn records(nodes: &[(&str, &[&str])]) -> Store<NodeCapture> {
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        for (node, uids) in nodes {
+            let mut record = NodeCapture::new(
+                node,
+                ambit_k8s::node_capture::NodeCaptureSpec {
+                    pods: uids.iter().map(|u| (*u).to_owned()).collect(),
+                },
+            );
+            record.metadata.uid = Some(format!("uid-{node}"));
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(record));
+        }
+        reader
+    }
+
+    /// As the CA decides with every pod of `stores` recorded captured on its node.
     fn ask(stores: &Stores, who: &Caller, ns: &str, sa: &str) -> Result<(), Denied> {
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in stores.pods.state() {
+            if let (Some(node), Some(uid)) = (
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                p.metadata.uid.clone(),
+            ) {
+                by_node.entry(node).or_default().push(uid);
+            }
+        }
+        let uids: Vec<(&str, Vec<&str>)> = by_node
+            .iter()
+            .map(|(n, u)| (n.as_str(), u.iter().map(String::as_str).collect()))
+            .collect();
+        let nodes: Vec<(&str, &[&str])> = uids.iter().map(|(n, u)| (*n, u.as_slice())).collect();
+        ask_recorded(stores, &records(&nodes), who, ns, sa)
+    }
+
+    fn ask_recorded(
+        stores: &Stores,
+        captures: &Store<NodeCapture>,
+        who: &Caller,
+        ns: &str,
+        sa: &str,
+    ) -> Result<(), Denied> {
         let tunnel = (TUNNEL.0.to_string(), TUNNEL.1.to_string());
-        authorize(who, &id(ns, sa), &tunnel, stores)
+        authorize(who, &id(ns, sa), &tunnel, stores, captures)
     }
 
     /// Namespace `shop` enrolled, `other` not; the waypoint `waypoint-back` of service account
@@ -676,6 +759,42 @@ mod tests {
             ask(&c.stores(), &n1, "shop", "job"),
             Err(Denied::NotOnNode { .. })
         ));
+    }
+
+    #[test]
+    fn a_tunnel_gets_only_identities_of_pods_its_node_captured() {
+        let c = cluster();
+        let s = c.stores();
+        let n1 = tunnel_on(Some("n1"));
+        // Not recorded yet: refused, retriable, and the message says what it waits for.
+        let e = ask_recorded(&s, &records(&[]), &n1, "shop", "front").unwrap_err();
+        assert!(matches!(e, Denied::NotCaptured { .. }), "{e}");
+        assert!(e.to_string().contains("NodeCapture n1"), "{e}");
+        assert!(e.to_string().contains("retry"), "{e}");
+        // Recorded on another node (which n1's tunnel cannot write): still refused.
+        let e = ask_recorded(&s, &records(&[("n2", &["uid-a"])]), &n1, "shop", "front");
+        assert!(matches!(e, Err(Denied::NotCaptured { .. })), "{e:?}");
+        // Another pod of n1 recorded: refused.
+        let e = ask_recorded(&s, &records(&[("n1", &["uid-o"])]), &n1, "shop", "front");
+        assert!(matches!(e, Err(Denied::NotCaptured { .. })), "{e:?}");
+        // Recorded on its node: signed.
+        let captured = records(&[("n1", &["uid-a"])]);
+        assert_eq!(ask_recorded(&s, &captured, &n1, "shop", "front"), Ok(()));
+        // A pod recorded captured yet opted out (a stale record) still gives nothing.
+        let e = ask_recorded(
+            &s,
+            &records(&[("n1", &["uid-wp"])]),
+            &n1,
+            "shop",
+            "waypoint-back",
+        );
+        assert!(matches!(e, Err(Denied::WaypointIdentity { .. })), "{e:?}");
+        // The app's own identity needs no record.
+        let app = caller("shop", "front", "n1");
+        assert_eq!(
+            ask_recorded(&s, &records(&[]), &app, "shop", "front"),
+            Ok(())
+        );
     }
 
     #[test]

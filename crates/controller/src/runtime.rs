@@ -103,24 +103,58 @@ where
         + Sync
         + 'static,
 {
+    reflect(tasks, api, config, K::trim, move |event| match event {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => changes.push(o.change()),
+        watcher::Event::InitDone => changes.push(Change::All),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    })
+}
+
+/// Watches `api` into a store the index does not read (only the CA does).
+fn spawn_store<K>(tasks: &mut JoinSet<()>, api: Api<K>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect(tasks, api, watcher::Config::default(), |_| {}, |_| {})
+}
+
+/// The reflector task under both: `trim` before storing, `seen` for each event.
+fn reflect<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    seen: impl Fn(watcher::Event<K>) + Send + 'static,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
     // managedFields are most of an object's bytes and the index never reads them.
     let stream = reflector::reflector(
         writer,
-        watcher(api, config).default_backoff().modify(|o| {
+        watcher(api, config).default_backoff().modify(move |o| {
             o.meta_mut().managed_fields = None;
-            o.trim();
+            trim(o);
         }),
     );
     tasks.spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                    changes.push(o.change())
-                }
-                Ok(watcher::Event::InitDone) => changes.push(Change::All),
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(event) => seen(event),
                 Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch"),
             }
         }
@@ -373,6 +407,8 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         ca: ca.clone(),
         auth: auth.clone(),
         stores: ca_stores.clone(),
+        // Not waited for: until it has synced, the CA refuses tunnels (retriable), no more.
+        captures: spawn_store(&mut tasks, Api::all(client.clone())),
         tunnel: config.tunnel_service_account.clone(),
         default_lifetime: config.cert_lifetime,
         metrics: metrics.clone(),

@@ -39,3 +39,12 @@ fn checked_in_rate_limit_policy_crd_matches_the_rust_type() {
         "ratelimitpolicies",
     );
 }
+
+#[test]
+fn checked_in_node_capture_crd_matches_the_rust_type() {
+    check(
+        "nodecaptures.yaml",
+        ambit_k8s::node_capture::crd_yaml().unwrap(),
+        "nodecaptures",
+    );
+}
