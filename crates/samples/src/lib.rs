@@ -3,7 +3,9 @@
 //! The server answers on every port it is given. A connection whose first bytes look like an
 //! HTTP/1.1 request line gets one HTTP response naming the server (pod name, or hostname);
 //! anything else is echoed back, prefixed once with a greeting line naming the server, so a
-//! client can tell which replica answered.
+//! client can tell which replica answered. [`load`] is `ambit-load`'s steady load.
+
+pub mod load;
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,164 @@
+//! A steady, open-loop load: requests started at a fixed rate whatever the answers do, each a
+//! new TCP connection carrying one line and waiting for its echo, so every request crosses the
+//! mesh's connection set-up (capture, a stream on an HBONE connection, the peer's policy).
+//! Bounded in count (rate x duration), in concurrency and in time.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// How many failures are kept word for word.
+pub const ERRORS_KEPT: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub addr: String,
+    /// Requests started per second.
+    pub rate: u32,
+    pub duration: Duration,
+    /// Per request, connection to echo.
+    pub timeout: Duration,
+    /// Requests in flight at most; one due while the bound is reached fails at once.
+    pub max_in_flight: usize,
+}
+
+/// What a load run saw. Latencies are of successful requests only.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The first [`ERRORS_KEPT`] failures: seconds into the run and why.
+    pub errors: Vec<(f64, String)>,
+    latencies_us: Vec<u64>,
+    pub seconds: f64,
+}
+
+impl LoadReport {
+    fn record(&mut self, at: Duration, outcome: Result<Duration, String>) {
+        self.requests += 1;
+        match outcome {
+            Ok(latency) => {
+                self.succeeded += 1;
+                self.latencies_us
+                    .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            }
+            Err(why) => {
+                self.failed += 1;
+                if self.errors.len() < ERRORS_KEPT {
+                    self.errors.push((at.as_secs_f64(), why));
+                }
+            }
+        }
+    }
+
+    /// The `q` quantile (0..=1) of successful requests' latency, in milliseconds.
+    pub fn latency_ms(&mut self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        self.latencies_us.sort_unstable();
+        let last = self.latencies_us.len() - 1;
+        // Nearest rank; `q` is clamped to 0..=1 and the float-to-index cast saturates.
+        let rank = (q.clamp(0.0, 1.0) * last as f64).round() as usize;
+        self.latencies_us[rank.min(last)] as f64 / 1000.0
+    }
+
+    pub fn to_json(&mut self) -> serde_json::Value {
+        serde_json::json!({
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "errors": self.errors.iter().map(|(at, why)| serde_json::json!({"at_s": at, "error": why})).collect::<Vec<_>>(),
+            "seconds": self.seconds,
+            "latency_ms": {
+                "p50": self.latency_ms(0.5),
+                "p99": self.latency_ms(0.99),
+                "max": self.latency_ms(1.0),
+            },
+        })
+    }
+}
+
+/// Runs `plan` to the end: every request due is started on time (or failed at once when
+/// `max_in_flight` are pending), then the last ones get their timeout to finish.
+pub async fn run(plan: &LoadPlan) -> LoadReport {
+    let report = Arc::new(Mutex::new(LoadReport::default()));
+    let in_flight = Arc::new(Semaphore::new(plan.max_in_flight));
+    let total = u64::from(plan.rate) * plan.duration.as_secs();
+    let period = Duration::from_secs(1) / plan.rate.max(1);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due).await;
+        // Reap the finished ones so the set stays as small as what is in flight.
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let why = format!(
+                "{} requests in flight: the client falls behind",
+                plan.max_in_flight
+            );
+            lock(&report).record(due - start, Err(why));
+            continue;
+        };
+        let (addr, timeout, report) = (plan.addr.clone(), plan.timeout, report.clone());
+        tasks.spawn(async move {
+            let message = format!("load-{i}\n");
+            let sent = Instant::now();
+            let outcome = match crate::exchange(&addr, &message, timeout).await {
+                Ok(reply) if reply.ends_with(&message) => Ok(sent.elapsed()),
+                Ok(reply) => Err(format!("unexpected reply {reply:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            lock(&report).record(sent - start, outcome);
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut report = std::mem::take(&mut *lock(&report));
+    report.seconds = start.elapsed().as_secs_f64();
+    report
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking request task cannot leave counters half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn counts_every_request_and_the_first_failures() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let server = tokio::spawn(crate::serve(listener, "pod-a".into()));
+        let plan = LoadPlan {
+            addr: addr.clone(),
+            rate: 50,
+            duration: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            max_in_flight: 64,
+        };
+        let mut report = run(&plan).await;
+        assert_eq!(
+            (report.requests, report.succeeded, report.failed),
+            (50, 50, 0)
+        );
+        assert!(report.latency_ms(0.5) > 0.0 && report.latency_ms(0.5) <= report.latency_ms(1.0));
+        server.abort();
+        let _ = server.await;
+        // Nobody listens any more: every request fails, the first few are kept.
+        let mut report = run(&plan).await;
+        assert_eq!((report.requests, report.failed), (50, 50));
+        assert_eq!(report.errors.len(), ERRORS_KEPT);
+        assert_eq!(report.to_json()["failed"], 50);
+        Ok(())
+    }
+}
