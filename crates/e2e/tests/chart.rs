@@ -212,8 +212,8 @@ fn manifests_match_the_chart() -> Result<()> {
     );
     assert_eq!(
         crd_kinds.len(),
-        8,
-        "ambit's three CRDs and five Gateway API CRDs"
+        9,
+        "ambit's four CRDs and five Gateway API CRDs"
     );
     let rest = docs(&rest)?;
     assert!(
@@ -231,6 +231,7 @@ fn chart_crd_is_the_generated_one() -> Result<()> {
         "authorizationpolicies.yaml",
         "requestauthentications.yaml",
         "ratelimitpolicies.yaml",
+        "nodecaptures.yaml",
     ] {
         let generated = std::fs::read_to_string(charts.join("crds").join(file))?;
         check_file(&charts.join("files/crds").join(file), &generated)?;
