@@ -132,7 +132,7 @@ pub async fn load_or_create_root(
     }
 }
 
-fn from_secret(
+pub(crate) fn from_secret(
     secret: &Secret,
     namespace: &str,
     trust_domain: &TrustDomain,

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod rejections;
 pub mod request_authn;
+pub mod root;
 pub mod route;
 pub use ambit_k8s::route_crd;
 pub mod route_status;

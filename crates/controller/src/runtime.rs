@@ -9,8 +9,9 @@ use crate::config_service::ConfigServer;
 use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
+use crate::root::{self, MeshRoots, RootIssuer};
 use crate::{auto_waypoint, grpc, lease, policy, ratelimit, rejections, route_status, waypoint};
-use ambit_identity::{CertificateStore, LocalIssuer, RetryPolicy};
+use ambit_identity::{CertificateStore, RetryPolicy};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -31,6 +32,10 @@ const SYNC_REPORT_EVERY: Duration = Duration::from_secs(10);
 pub enum StartError {
     #[error("CA root: {0}")]
     Root(#[from] ca::RootError),
+    #[error("the mesh roots: {0}")]
+    Roots(#[from] root::RootsError),
+    #[error("the controller's trust bundle: {0}")]
+    Trust(#[from] ambit_identity::TlsError),
     #[error("publishing the root certificate: {0}")]
     PublishRoot(kube::Error),
     #[error("controller identity: {0}")]
@@ -278,22 +283,38 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     });
 
     let owner = ca::install_owner(&client).await;
-    let ca = Arc::new(
-        ca::load_or_create_root(
-            &client,
-            &config.namespace,
-            &config.trust_domain,
-            owner.as_ref(),
-        )
-        .await?,
-    );
-    ca::publish_root(&client, &config.namespace, ca.root_pem(), owner.as_ref())
-        .await
-        .map_err(StartError::PublishRoot)?;
+    let ca = ca::load_or_create_root(
+        &client,
+        &config.namespace,
+        &config.trust_domain,
+        owner.as_ref(),
+    )
+    .await?;
+    let roots = MeshRoots::load(&client, &config.namespace, ca).await?;
+    ca::publish_root(
+        &client,
+        &config.namespace,
+        &roots.bundle_pem(),
+        owner.as_ref(),
+    )
+    .await
+    .map_err(StartError::PublishRoot)?;
+    let trust = roots.trust_bundle()?;
+    tasks.spawn(root::run(root::Rotation {
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        roots: roots.clone(),
+        trust: trust.clone(),
+        owner: owner.clone(),
+    }));
     let store = CertificateStore::new(
-        LocalIssuer::new(ca.clone(), config.cert_lifetime),
+        RootIssuer {
+            roots: roots.clone(),
+            lifetime: config.cert_lifetime,
+        },
         RetryPolicy::default(),
-    );
+    )
+    .following(trust);
     let serving = store.acquire(&config.controller_identity()?).await?;
     let tls = grpc::server_tls(serving.handle())?;
 
@@ -358,7 +379,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
             controller_address: config.controller_address.clone(),
             controller_identity: config.controller_identity()?.to_uri(),
         },
-        root_pem: ca.root_pem().to_owned(),
+        roots: roots.clone(),
         install_owner: owner.clone(),
         leader: leader.clone(),
         metrics: metrics.clone(),
@@ -404,7 +425,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         metrics.clone(),
     );
     let ca_service = CaService {
-        ca: ca.clone(),
+        ca: roots.clone(),
         auth: auth.clone(),
         stores: ca_stores.clone(),
         // Not waited for: until it has synced, the CA refuses tunnels (retriable), no more.
@@ -449,7 +470,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     Ok(Running {
         grpc_addr,
         metrics_addr,
-        root_pem: ca.root_pem().to_string(),
+        root_pem: roots.bundle_pem(),
         snapshots,
         metrics,
         leader,

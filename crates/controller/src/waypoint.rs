@@ -125,8 +125,8 @@ pub struct Context {
     pub client: kube::Client,
     /// What every waypoint Deployment is made of, but its Gateway.
     pub waypoint: WaypointSettings,
-    /// The mesh root (PEM), published in each waypoint namespace's `ambit-root-cert`.
-    pub root_pem: String,
+    /// The mesh roots, whose bundle is published in each waypoint namespace's `ambit-root-cert`.
+    pub roots: crate::root::MeshRoots,
     /// The install's anchor (`ca::install_owner`): the root ConfigMaps it publishes in
     /// waypoint namespaces go with the install, not with one Gateway (several Gateways may
     /// share a namespace and its ConfigMap).
@@ -442,7 +442,13 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Er
         .unwrap_or_default();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     // Before the Deployment: its pods mount it and cannot start without it.
-    crate::ca::publish_root(&ctx.client, &ns, &ctx.root_pem, ctx.install_owner.as_ref()).await?;
+    crate::ca::publish_root(
+        &ctx.client,
+        &ns,
+        &ctx.roots.bundle_pem(),
+        ctx.install_owner.as_ref(),
+    )
+    .await?;
     let labels = json!({GATEWAY_NAME_LABEL: name, WAYPOINT_FOR_LABEL: for_sa});
     let sa = json!({
         "apiVersion": "v1", "kind": "ServiceAccount",

@@ -1,0 +1,323 @@
+//! The mesh roots and their rotation.
+//!
+//! Secret `ambit-ca` holds the signing root (`ca.crt`, `ca.key`) and, while a rotation is under
+//! way, the other root trusted beside it (`trusted.crt`, certificates only). The published
+//! bundle (ConfigMap `ambit-root-cert`, key `root.crt`) is the signing root followed by the
+//! trusted ones. The controller watches the Secret: an edit switches the signing root for the
+//! next leaf and republishes the bundle, in its own namespace for tunnels and in every namespace
+//! that has the ConfigMap for waypoints. Data planes reload the bundle and re-request their
+//! leaves when it changes. The procedure is in docs/identity.md.
+
+use crate::ca::{ROOT_CONFIGMAP, ROOT_SECRET, RootError, from_secret, publish_root};
+use ambit_identity::{
+    CaError, CertificateAuthority, CertificateIssuer, IssueError, SpiffeId, TlsError, TrustBundle,
+    TrustDomain,
+};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use rustls_pki_types::CertificateDer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The Secret key of the roots trusted beside the signing one (PEM, one or more certificates).
+pub const TRUSTED_KEY: &str = "trusted.crt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error(transparent)]
+    Secret(#[from] RootError),
+    #[error("Secret {ROOT_SECRET} key {TRUSTED_KEY} is not PEM text")]
+    TrustedNotText,
+    #[error("Secret {ROOT_SECRET}: the bundle of ca.crt and {TRUSTED_KEY} is unusable: {0}")]
+    Bundle(#[from] TlsError),
+}
+
+/// One version of the roots: the CA that signs and the bundle published.
+struct RootSet {
+    ca: Arc<CertificateAuthority>,
+    pem: String,
+}
+
+impl RootSet {
+    fn new(ca: CertificateAuthority, trusted: Option<&str>) -> Result<Self, RootsError> {
+        let pem = match trusted.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(trusted) => format!("{}\n{trusted}\n", ca.root_pem().trim_end()),
+            None => ca.root_pem().to_owned(),
+        };
+        // Checked as the data planes will read it: a bundle they would refuse is not published.
+        TrustBundle::from_pem(ca.trust_domain().clone(), pem.as_bytes())?;
+        Ok(Self {
+            ca: Arc::new(ca),
+            pem,
+        })
+    }
+
+    fn from_secret(
+        secret: &Secret,
+        namespace: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, RootsError> {
+        let ca = from_secret(secret, namespace, trust_domain)?;
+        Self::new(ca, trusted_of(secret)?)
+    }
+}
+
+fn trusted_of(secret: &Secret) -> Result<Option<&str>, RootsError> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(TRUSTED_KEY))
+        .map(|b| std::str::from_utf8(&b.0).map_err(|_| RootsError::TrustedNotText))
+        .transpose()
+}
+
+/// The controller's live roots; clones share them.
+#[derive(Clone)]
+pub struct MeshRoots {
+    trust_domain: TrustDomain,
+    current: Arc<watch::Sender<Arc<RootSet>>>,
+}
+
+impl std::fmt::Debug for MeshRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRoots")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshRoots {
+    /// The roots of the Secret `load_or_create_root` read `ca` from: `ca` signs, and whatever
+    /// `trusted.crt` holds is published beside it (a controller restarting mid-rotation keeps
+    /// publishing both).
+    pub async fn load(
+        client: &kube::Client,
+        namespace: &str,
+        ca: CertificateAuthority,
+    ) -> Result<Self, RootsError> {
+        let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+            .get_opt(ROOT_SECRET)
+            .await
+            .map_err(|source| RootError::Kube {
+                namespace: namespace.to_owned(),
+                source,
+            })?;
+        let trusted = secret.as_ref().map(trusted_of).transpose()?.flatten();
+        Ok(Self::with(RootSet::new(ca, trusted)?))
+    }
+
+    fn with(set: RootSet) -> Self {
+        Self {
+            trust_domain: set.ca.trust_domain().clone(),
+            current: Arc::new(watch::Sender::new(Arc::new(set))),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The CA that signs new leaves now.
+    pub fn signing(&self) -> Arc<CertificateAuthority> {
+        self.current.borrow().ca.clone()
+    }
+
+    /// Signs with the current signing root (see [`CertificateAuthority::sign`]).
+    pub fn sign(
+        &self,
+        csr: &[u8],
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        self.signing().sign(csr, identity, lifetime)
+    }
+
+    /// The signing root's certificate.
+    pub fn root_certificate(&self) -> CertificateDer<'static> {
+        self.signing().root_certificate().clone()
+    }
+
+    /// The published bundle (PEM): the signing root first.
+    pub fn bundle_pem(&self) -> String {
+        self.current.borrow().pem.clone()
+    }
+
+    /// The bundle as a live trust bundle, for the controller's own serving certificate.
+    pub fn trust_bundle(&self) -> Result<TrustBundle, TlsError> {
+        TrustBundle::from_pem(self.trust_domain.clone(), self.bundle_pem().as_bytes())
+    }
+
+    /// Installs `set`; whether the signing root or the bundle changed.
+    fn replace(&self, set: RootSet) -> bool {
+        self.current.send_if_modified(|current| {
+            let changed = current.pem != set.pem
+                || current.ca.to_material().key_pem != set.ca.to_material().key_pem;
+            if changed {
+                *current = Arc::new(set);
+            }
+            changed
+        })
+    }
+}
+
+/// Issues the controller's own certificates from the current signing root.
+#[derive(Debug, Clone)]
+pub struct RootIssuer {
+    pub roots: MeshRoots,
+    pub lifetime: Duration,
+}
+
+impl CertificateIssuer for RootIssuer {
+    async fn issue(
+        &self,
+        identity: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
+        Ok(vec![self.roots.sign(csr_der, identity, self.lifetime)?])
+    }
+}
+
+/// What [`run`] keeps up to date.
+pub(crate) struct Rotation {
+    pub(crate) client: kube::Client,
+    pub(crate) namespace: String,
+    pub(crate) roots: MeshRoots,
+    /// The controller's own trust bundle (its serving certificate follows it).
+    pub(crate) trust: TrustBundle,
+    pub(crate) owner: Option<OwnerReference>,
+}
+
+/// Watches the root Secret: an edit that changes the roots switches the signing root and
+/// republishes the bundle everywhere it is published. An unusable edit keeps the current roots
+/// (logged). Every replica runs it: each signs, and the publishing is idempotent.
+pub(crate) async fn run(rotation: Rotation) {
+    let Rotation {
+        client,
+        namespace,
+        roots,
+        trust,
+        owner,
+    } = rotation;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={ROOT_SECRET}"));
+    let mut applied = watcher(secrets, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    loop {
+        let secret = match applied.try_next().await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, secret = ROOT_SECRET, "watch");
+                continue;
+            }
+        };
+        let set = match RootSet::from_secret(&secret, &namespace, roots.trust_domain()) {
+            Ok(set) => set,
+            Err(error) => {
+                tracing::error!(%error, "root Secret edited into an unusable state: keeping the current roots");
+                continue;
+            }
+        };
+        if !roots.replace(set) {
+            continue;
+        }
+        let pem = roots.bundle_pem();
+        match trust.replace_pem(pem.as_bytes()) {
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "the controller's own trust bundle"),
+        }
+        tracing::info!(
+            roots = pem.matches("BEGIN CERTIFICATE").count(),
+            "mesh roots changed: signing with the first, publishing the bundle"
+        );
+        if let Err(error) = publish_everywhere(&client, &namespace, &pem, owner.as_ref()).await {
+            tracing::error!(%error, "publishing the rotated roots: retried at the next Secret event or waypoint reconcile");
+        }
+    }
+}
+
+/// The bundle in the controller's namespace and in every namespace that has the ConfigMap
+/// (the waypoint namespaces: their reconciler publishes it there first).
+async fn publish_everywhere(
+    client: &kube::Client,
+    namespace: &str,
+    pem: &str,
+    owner: Option<&OwnerReference>,
+) -> Result<(), kube::Error> {
+    publish_root(client, namespace, pem, owner).await?;
+    let published = Api::<ConfigMap>::all(client.clone())
+        .list_metadata(&ListParams::default().fields(&format!("metadata.name={ROOT_CONFIGMAP}")))
+        .await?;
+    for ns in published
+        .items
+        .iter()
+        .filter_map(|cm| cm.metadata.namespace.as_deref())
+        .filter(|ns| *ns != namespace)
+    {
+        publish_root(client, ns, pem, owner).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> CertificateAuthority {
+        CertificateAuthority::generate("cluster.local".parse().unwrap(), Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_bundle_is_the_signing_root_then_the_trusted_ones() {
+        let (signing, old) = (ca(), ca());
+        let old_pem = old.root_pem().to_owned();
+        let set = RootSet::new(signing, Some(&old_pem)).unwrap();
+        let bundle =
+            TrustBundle::from_pem("cluster.local".parse().unwrap(), set.pem.as_bytes()).unwrap();
+        assert_eq!(
+            bundle.roots(),
+            vec![
+                set.ca.root_certificate().clone(),
+                old.root_certificate().clone()
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unusable_trusted_root_is_refused() {
+        assert!(RootSet::new(ca(), Some("-----BEGIN CERTIFICATE-----\nnope\n")).is_err());
+        assert_eq!(
+            RootSet::new(ca(), Some("  \n"))
+                .unwrap()
+                .pem
+                .matches("BEGIN")
+                .count(),
+            1,
+            "an emptied trusted.crt withdraws every other root"
+        );
+    }
+
+    #[test]
+    fn replacing_tells_whether_the_roots_changed() {
+        let (first, second) = (ca(), ca());
+        let first_material = first.to_material();
+        let roots = MeshRoots::with(RootSet::new(first, None).unwrap());
+        let again = CertificateAuthority::from_pem(
+            "cluster.local".parse().unwrap(),
+            &first_material.certificate_pem,
+            &first_material.key_pem,
+        )
+        .unwrap();
+        assert!(!roots.replace(RootSet::new(again, None).unwrap()));
+        let second_root = second.root_certificate().clone();
+        assert!(roots.replace(RootSet::new(second, None).unwrap()));
+        assert_eq!(roots.root_certificate(), second_root);
+    }
+}
