@@ -1,6 +1,8 @@
 //! The controller against the testbed's real kube-apiserver: enrollment in a node's view, pod
-//! deletion within 1 s, CA node authorization and token checks, the waypoint deployer and
-//! Gateway status, NACK accounting, and a restart that resumes without disturbing clients.
+//! deletion within 1 s, CA node authorization (only captured pods: the NodeCapture record and
+//! the admission policy that keeps each node agent to its own) and token checks, the waypoint
+//! deployer and Gateway status, NACK accounting, and a restart that resumes without disturbing
+//! clients.
 //! Needs root (the testbed); skips loudly otherwise. One test function: `up` is shared.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +10,7 @@ mod support;
 
 use ambit_controller::crd::{AuthorizationPolicy, Gateway, GatewayClass};
 use ambit_identity::{CertificateRequest, SpiffeId};
+use ambit_k8s::node_capture::{NodeCapture, NodeCaptureSpec};
 use ambit_proto::ca::v1 as ca;
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result};
@@ -37,6 +40,74 @@ async fn controller_against_the_real_apiserver() -> Result<()> {
         checks,
     )
     .await
+}
+
+/// With the chart's rights, node 1's agent (the tunnel account's API token bound to the pod on
+/// node 1) records `uid` as captured in node 1's NodeCapture; the admission policy refuses it
+/// node 2's record, and refuses a token bound to no pod any record.
+async fn record_capture(
+    tb: &ambit_testbed::Testbed,
+    admin: &kube::Client,
+    tunnel_uid: &str,
+    (node1, node2): (&str, &str),
+    uid: &str,
+) -> Result<()> {
+    support::chart_node_capture_rights(admin).await?;
+    let audience = ambit_testbed::config::SERVICE_ACCOUNT_ISSUER;
+    let bound = token(
+        admin,
+        "ambit-tunnel",
+        Some(("tunnel-1", tunnel_uid)),
+        audience,
+    )
+    .await?;
+    let unbound = token(admin, "ambit-tunnel", None, audience).await?;
+    let record = |node: &str| {
+        NodeCapture::new(
+            node,
+            NodeCaptureSpec {
+                pods: vec![uid.to_owned()],
+            },
+        )
+    };
+    let write = async |token: &str, node: &str| {
+        let api: Api<NodeCapture> = Api::all(support::with_bearer(tb, token).await?);
+        api.patch(
+            node,
+            &PatchParams::apply("ambit-capture"),
+            &Patch::Apply(record(node)),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    };
+    // The policy applies once the apiserver has loaded it; until then the write goes through.
+    let refusal = eventually(
+        "the admission policy refusing node 1's agent node 2's record",
+        Duration::from_secs(30),
+        || async {
+            match write(&bound, node2).await {
+                Err(e) => Some(e.to_string()),
+                Ok(_) => None,
+            }
+        },
+    )
+    .await?;
+    assert!(
+        refusal.contains("ambit-node-capture")
+            && refusal.contains(&format!("bound to ({node1}), not {node2}")),
+        "{refusal}"
+    );
+    let unbound_refusal = write(&unbound, node1).await.unwrap_err().to_string();
+    assert!(
+        unbound_refusal.contains("bound to (none)"),
+        "{unbound_refusal}"
+    );
+    // What the policy let through before it was loaded goes; node 1's own record is written.
+    let _ = Api::<NodeCapture>::all(admin.clone())
+        .delete(node2, &DeleteParams::default())
+        .await;
+    write(&bound, node1).await?;
+    Ok(())
 }
 
 async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
@@ -176,7 +247,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     );
 
     // --- CA: node authorization. ---
-    let mut ca_client = ca::certificate_service_client::CertificateServiceClient::new(ch.clone());
+    let ca_client = ca::certificate_service_client::CertificateServiceClient::new(ch.clone());
     let id = |sa: &str| -> SpiffeId {
         format!("spiffe://cluster.local/ns/shop/sa/{sa}")
             .parse()
@@ -191,12 +262,38 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         };
         (req, msg)
     };
-    let (req, msg) = csr_for("front");
-    let chain = ca_client
-        .create_certificate(with_token(msg, &tunnel_token))
+    // --- Captured: `front` is enrolled and on node 1, but node 1's capture agent has not
+    // recorded it: no certificate, and the reason says what it waits for. ---
+    let err = ca_client
+        .clone()
+        .create_certificate(with_token(csr_for("front").1, &tunnel_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("not captured yet")
+            && err.message().contains(&format!("NodeCapture {node1}")),
+        "{}",
+        err.message()
+    );
+    let front_uid = pod_running(&app_pods, "front")
         .await?
-        .into_inner()
-        .chain_der;
+        .metadata
+        .uid
+        .context("uid")?;
+    record_capture(tb, &client, &tunnel_uid, (&node1, &node2), &front_uid).await?;
+    let (req, msg) = csr_for("front");
+    let chain = eventually(
+        "front's certificate once node 1 recorded it",
+        Duration::from_secs(5),
+        || async {
+            let msg = with_token(msg.clone(), &tunnel_token);
+            Some(ca_client.clone().create_certificate(msg).await.ok()?)
+        },
+    )
+    .await?
+    .into_inner()
+    .chain_der;
     let cert = req
         .complete(
             chain

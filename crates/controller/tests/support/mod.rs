@@ -8,6 +8,9 @@ use ambit_controller::runtime::Running;
 use ambit_identity::{CertificateHandle, SpiffeId, TrustBundle};
 use ambit_proto::config::v1 as pb;
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -643,29 +646,69 @@ where
 
 /// The controller's RBAC as the chart renders it: its ClusterRole, Role and their bindings.
 pub async fn chart_rbac(client: &kube::Client) -> Result<()> {
+    from_manifests(
+        client,
+        "ambit-controller",
+        &["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"],
+    )
+    .await
+}
+
+/// What the chart gives the node agent over NodeCaptures: its ClusterRole and binding, and the
+/// admission policy (with its binding) that keeps each agent to its own node's object.
+pub async fn chart_node_capture_rights(client: &kube::Client) -> Result<()> {
+    from_manifests(client, "ambit-node", &["ClusterRole", "ClusterRoleBinding"]).await?;
+    from_manifests(
+        client,
+        "ambit-node-capture",
+        &[
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ],
+    )
+    .await
+}
+
+/// Creates the objects named `name` of the rendered chart (`manifests/ambit.yaml`) whose kinds
+/// are `kinds` (sorted), and fails unless there is one of each.
+async fn from_manifests(client: &kube::Client, name: &str, kinds: &[&str]) -> Result<()> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/ambit.yaml");
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let mut created = Vec::new();
     for doc in serde_norway::Deserializer::from_str(&text) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
-        if v["metadata"]["name"] != "ambit-controller" {
+        let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+        if v["metadata"]["name"] != name || !kinds.contains(&kind.as_str()) {
             continue;
         }
-        let kind = v["kind"].as_str().unwrap_or_default().to_owned();
         let c = client.clone();
         match kind.as_str() {
             "ClusterRole" => create(Api::<ClusterRole>::all(c), v).await?,
             "ClusterRoleBinding" => create(Api::<ClusterRoleBinding>::all(c), v).await?,
             "Role" => create(Api::<Role>::namespaced(c, SYSTEM_NS), v).await?,
             "RoleBinding" => create(Api::<RoleBinding>::namespaced(c, SYSTEM_NS), v).await?,
-            _ => continue,
+            "ValidatingAdmissionPolicy" => {
+                create(Api::<ValidatingAdmissionPolicy>::all(c), v).await?
+            }
+            "ValidatingAdmissionPolicyBinding" => {
+                create(Api::<ValidatingAdmissionPolicyBinding>::all(c), v).await?
+            }
+            _ => bail!("no API for kind {kind}"),
         }
         created.push(kind);
     }
     created.sort();
-    anyhow::ensure!(
-        created == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"],
-        "the controller's RBAC in {path}: {created:?}"
-    );
+    anyhow::ensure!(created == kinds, "{name} in {path}: {created:?}");
     Ok(())
+}
+
+/// A client of the testbed's apiserver that authenticates with `token` only.
+pub async fn with_bearer(tb: &ambit_testbed::Testbed, token: &str) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(tb.config.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_owned().into()),
+        ..Default::default()
+    };
+    Ok(kube::Client::try_from(config)?)
 }
