@@ -106,7 +106,7 @@ fn table(rules: usize) -> Result<RouteTable> {
         let yaml = format!(
             "name: r{r}\nnamespace: bench\ncreatedUnixMs: {r}\nparents: [{{namespace: bench, name: svc}}]\nrules:\n{rules_yaml}"
         );
-        let route: Route = serde_norway::from_str(&yaml)?;
+        let route: Route = serde_saphyr::from_str(&yaml)?;
         routes.push(Arc::new(route.compile()?));
     }
     Ok(RouteTable::new("bench", routes))

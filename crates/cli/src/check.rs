@@ -156,7 +156,7 @@ struct ChartYaml {
 
 /// The chart's `kubeVersion`, the Kubernetes versions it supports.
 pub fn chart_kube_version() -> Result<String, RangeError> {
-    serde_norway::from_str::<ChartYaml>(CHART_YAML)
+    serde_saphyr::from_str::<ChartYaml>(CHART_YAML)
         .ok()
         .and_then(|c| c.kube_version)
         .ok_or(RangeError::NoKubeVersion)

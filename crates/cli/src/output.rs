@@ -7,7 +7,7 @@ pub enum OutputError {
     #[error("rendering JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("rendering YAML: {0}")]
-    Yaml(#[from] serde_norway::Error),
+    Yaml(#[from] serde_saphyr::SerializeError),
 }
 
 /// Pretty JSON with a final newline.
@@ -18,7 +18,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<String, OutputError> {
 }
 
 pub fn yaml<T: Serialize + ?Sized>(value: &T) -> Result<String, OutputError> {
-    Ok(serde_norway::to_string(value)?)
+    Ok(serde_saphyr::to_string(&value)?)
 }
 
 /// A `v1` `List` of objects, as `kubectl get -o json` prints several.

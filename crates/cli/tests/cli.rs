@@ -393,7 +393,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         "{run:?}"
     );
     let run = ambit(tb, "waypoint list -A -o yaml")?.ok()?;
-    let list: Value = serde_norway::from_str(&run.stdout)?;
+    let list: Value = serde_saphyr::from_str(&run.stdout)?;
     assert_eq!(
         list["items"][0]["metadata"]["name"], "waypoint-back",
         "{run:?}"
@@ -401,11 +401,11 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     ambit(tb, "waypoint list -n default")?
         .ok()?
         .exits(0, "No waypoints found in namespace default")?;
-    let mut kubeconfig: serde_norway::Value =
-        serde_norway::from_str(&std::fs::read_to_string(tb.config.kubeconfig())?)?;
+    let mut kubeconfig: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(tb.config.kubeconfig())?)?;
     kubeconfig["contexts"][0]["context"]["namespace"] = "shop".into();
     let shop_kubeconfig = scratch.join("kubeconfig-shop");
-    std::fs::write(&shop_kubeconfig, serde_norway::to_string(&kubeconfig)?)?;
+    std::fs::write(&shop_kubeconfig, serde_saphyr::to_string(&kubeconfig)?)?;
     let run = ambit_cmd(tb, &["waypoint", "list", "--kubeconfig"])
         .arg(&shop_kubeconfig)
         .env_remove("KUBECONFIG")
@@ -633,7 +633,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
             .json()?;
         assert_eq!(dump, stand_in_dump(), "config dump");
         let run = ambit(tb, &format!("config dump --node {node} -o yaml"))?.ok()?;
-        let yaml: Value = serde_norway::from_str(&run.stdout)?;
+        let yaml: Value = serde_saphyr::from_str(&run.stdout)?;
         assert_eq!(yaml, stand_in_dump());
     } else {
         eprintln!(

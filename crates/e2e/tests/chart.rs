@@ -8,7 +8,7 @@
 //! copy of the AuthorizationPolicy CRD instead of failing on a difference.
 
 use anyhow::{Context, Result, bail};
-use serde_norway::Value;
+use serde_json::Value;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,15 +81,9 @@ fn render(helm: &Path, extra: &[&str]) -> Result<String> {
 }
 
 fn docs(yaml: &str) -> Result<Vec<Value>> {
-    use serde::Deserialize as _;
-    let mut out = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(yaml) {
-        let v = Value::deserialize(doc)?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
+    let mut docs: Vec<Value> = serde_saphyr::from_multiple(yaml)?;
+    docs.retain(|v| !v.is_null());
+    Ok(docs)
 }
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -102,7 +96,7 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 }
 
 fn list<'a>(v: &'a Value, path: &[&str]) -> &'a [Value] {
-    at(v, path).as_sequence().map_or(&[], Vec::as_slice)
+    at(v, path).as_array().map_or(&[], Vec::as_slice)
 }
 
 fn strings(v: &Value, path: &[&str]) -> Vec<String> {
@@ -387,12 +381,12 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
     // creating it); the node pod may only read its own DaemonSet.
     for o in &objects {
         if ["ClusterRole", "Role"].contains(&text(o, &["kind"])) {
-            let rendered = serde_norway::to_string(at(o, &["rules"]))?;
+            let rendered = serde_saphyr::to_string(at(o, &["rules"]))?;
             assert!(!rendered.contains('*'), "wildcard in {o:?}");
         }
     }
     let cluster_role = object(&objects, "ClusterRole", "ambit-controller")?;
-    assert!(!serde_norway::to_string(cluster_role)?.contains("secrets"));
+    assert!(!serde_saphyr::to_string(cluster_role)?.contains("secrets"));
     // ConfigMaps cluster-wide: only the root certificate's (create cannot name it).
     for rule in list(cluster_role, &["rules"]) {
         if strings(rule, &["resources"])
@@ -589,7 +583,7 @@ fn monitoring_objects_and_dashboards_render_only_when_enabled() -> Result<()> {
         text(dashboards, &["metadata", "labels", "grafana_dashboard"]),
         "1"
     );
-    let data = at(dashboards, &["data"]).as_mapping().context("no data")?;
+    let data = at(dashboards, &["data"]).as_object().context("no data")?;
     assert_eq!(data.len(), 3, "{data:?}");
     for (file, json) in data {
         let dashboard: serde_json::Value = serde_json::from_str(json.as_str().unwrap_or_default())

@@ -32,7 +32,8 @@ pub enum MeshError {
     #[error("mesh file {path} is not valid: {source}")]
     Parse {
         path: String,
-        source: serde_norway::Error,
+        // Boxed: serde-saphyr's error carries a source snippet, too large to return by value.
+        source: Box<serde_saphyr::Error>,
     },
     #[error("invalid trust domain {0:?}")]
     TrustDomain(String),
@@ -108,7 +109,7 @@ impl Mesh {
         })?;
         let config = MeshConfig::from_yaml(&text).map_err(|source| MeshError::Parse {
             path: path.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Self::new(config)
     }

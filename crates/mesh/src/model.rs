@@ -43,12 +43,12 @@ fn default_trust_domain() -> String {
 }
 
 impl MeshConfig {
-    pub fn from_yaml(text: &str) -> Result<Self, serde_norway::Error> {
-        serde_norway::from_str(text)
+    pub fn from_yaml(text: &str) -> Result<Self, serde_saphyr::Error> {
+        serde_saphyr::from_str(text)
     }
 
-    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
-        serde_norway::to_string(self)
+    pub fn to_yaml(&self) -> Result<String, serde_saphyr::SerializeError> {
+        serde_saphyr::to_string(self)
     }
 }
 

@@ -217,7 +217,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> ExtAuthzProvider {
-        serde_norway::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]
@@ -245,16 +245,16 @@ mod tests {
             "x-ext-authz-other"
         ));
         let again: ExtAuthzProvider =
-            serde_norway::from_str(&serde_norway::to_string(&p).unwrap()).unwrap();
+            serde_saphyr::from_str(&serde_saphyr::to_string(&p).unwrap()).unwrap();
         assert_eq!(again, p);
         assert!(
-            serde_norway::from_str::<ExtAuthzProvider>(
+            serde_saphyr::from_str::<ExtAuthzProvider>(
                 "{name: a, service: b, port: 1, protocol: tcp}"
             )
             .is_err()
         );
         assert!(
-            serde_norway::from_str::<ExtAuthzProvider>(
+            serde_saphyr::from_str::<ExtAuthzProvider>(
                 "{name: a, service: b, port: 1, protocol: grpc, failClosed: true}"
             )
             .is_err()

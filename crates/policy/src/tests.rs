@@ -127,9 +127,9 @@ mod cidr {
         assert!(bad.cidr().is_err());
         assert_eq!(bad.to_string(), "office");
         let r = rule(|r| r.ip_blocks = vec!["10.0.0.0/8".into(), "office".into()]);
-        let yaml = serde_norway::to_string(&r).unwrap();
+        let yaml = serde_saphyr::to_string(&r).unwrap();
         assert!(yaml.contains("- office"), "{yaml}");
-        assert_eq!(serde_norway::from_str::<Rule>(&yaml).unwrap(), r);
+        assert_eq!(serde_saphyr::from_str::<Rule>(&yaml).unwrap(), r);
     }
 }
 
@@ -932,17 +932,17 @@ fn mesh_yaml_shape() {
 - {name: a, namespace: demo, action: ALLOW, rules: [{methods: [GET], paths: ["/api/*"], hosts: ["*"], headers: [{name: x, value: "*"}]}]}
 - {name: b, namespace: demo, action: Audit}
 "#;
-    let policies: Vec<Policy> = serde_norway::from_str(yaml).unwrap();
+    let policies: Vec<Policy> = serde_saphyr::from_str(yaml).unwrap();
     assert_eq!(policies[0].action, Action::Deny);
     assert_eq!(policies[1].action, Action::Allow);
     assert!(policies[1].has_l7_rules() && policies[1].rules[0].is_l7());
     assert!(!policies[0].has_l7_rules());
     assert_eq!(policies[2].action, Action::Audit);
     let again: Vec<Policy> =
-        serde_norway::from_str(&serde_norway::to_string(&policies).unwrap()).unwrap();
+        serde_saphyr::from_str(&serde_saphyr::to_string(&policies).unwrap()).unwrap();
     assert_eq!(again, policies);
     assert!(
-        serde_norway::from_str::<Vec<Policy>>(
+        serde_saphyr::from_str::<Vec<Policy>>(
             "[{name: a, namespace: b, action: Deny, rules: [{verbs: [GET]}]}]"
         )
         .is_err()

@@ -213,7 +213,7 @@ fn provider_yaml(addr: SocketAddr) -> String {
 }
 
 fn provider(addr: SocketAddr) -> Result<ExtAuthzProvider> {
-    Ok(serde_norway::from_str(&provider_yaml(addr))?)
+    Ok(serde_saphyr::from_str(&provider_yaml(addr))?)
 }
 
 /// Istio's ext_authz sample, gRPC on a port it picks, allowing the benchmark's client.

@@ -224,11 +224,9 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
     let mut crds = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
-        for doc in serde_norway::Deserializer::from_str(&text) {
-            let crd: Option<CustomResourceDefinition> = serde::Deserialize::deserialize(doc)
-                .with_context(|| format!("a CRD in {}", file.display()))?;
-            crds.extend(crd);
-        }
+        let docs: Vec<Option<CustomResourceDefinition>> = serde_saphyr::from_multiple(&text)
+            .with_context(|| format!("a CRD in {}", file.display()))?;
+        crds.extend(docs.into_iter().flatten());
     }
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in &crds {
@@ -675,8 +673,7 @@ async fn from_manifests(client: &kube::Client, name: &str, kinds: &[&str]) -> Re
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/ambit.yaml");
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     let mut created = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(&text) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+    for v in serde_saphyr::from_multiple::<serde_json::Value>(&text)? {
         let kind = v["kind"].as_str().unwrap_or_default().to_owned();
         if v["metadata"]["name"] != name || !kinds.contains(&kind.as_str()) {
             continue;

@@ -238,13 +238,13 @@ fn yaml_shape() {
     - key: request.auth.claims[org][tier]
       notValues: [free]
 "#;
-    let policies: Vec<Policy> = serde_norway::from_str(yaml).unwrap();
+    let policies: Vec<Policy> = serde_saphyr::from_str(yaml).unwrap();
     let r = &policies[0].rules[0];
     assert_eq!(r.when[1].not_values, ["free"]);
     assert_eq!(r.not_request_principals, ["https://idp.example/mallory"]);
     policies[0].validate().unwrap();
     let again: Vec<Policy> =
-        serde_norway::from_str(&serde_norway::to_string(&policies).unwrap()).unwrap();
+        serde_saphyr::from_str(&serde_saphyr::to_string(&policies).unwrap()).unwrap();
     assert_eq!(again, policies);
 }
 
@@ -266,7 +266,7 @@ jwtRules:
 "#;
 
     fn parsed() -> RequestAuthentication {
-        serde_norway::from_str(YAML).unwrap()
+        serde_saphyr::from_str(YAML).unwrap()
     }
 
     #[test]
@@ -286,7 +286,7 @@ jwtRules:
         assert!(ra.applies_to(&target(&backend)));
         assert!(!ra.applies_to(&target(&other)));
         let again: RequestAuthentication =
-            serde_norway::from_str(&serde_norway::to_string(&ra).unwrap()).unwrap();
+            serde_saphyr::from_str(&serde_saphyr::to_string(&ra).unwrap()).unwrap();
         assert_eq!(again, ra);
     }
 

@@ -111,7 +111,7 @@ fn providers_are_validated_and_fail_safe() {
 
 #[test]
 fn yaml_shape() {
-    let p: Policy = serde_norway::from_str(
+    let p: Policy = serde_saphyr::from_str(
         "{name: ext, namespace: shop, action: CUSTOM, provider: authz, rules: [{paths: [/admin/*]}]}",
     )
     .unwrap();

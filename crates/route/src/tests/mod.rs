@@ -12,22 +12,25 @@ use std::sync::Arc;
 /// Routes from YAML (a list), each given `namespace: demo` and `parents: [demo/echo]` when it
 /// names none.
 fn routes(yaml: &str) -> Vec<Route> {
-    let mut values: Vec<serde_norway::Value> = serde_norway::from_str(yaml).unwrap();
+    // YAML 1.2 booleans: a backend named `off` stays a name in the untyped value.
+    let yaml_12 = serde_saphyr::options! { strict_booleans: true };
+    let mut values: Vec<serde_json::Value> =
+        serde_saphyr::from_str_with_options(yaml, yaml_12).unwrap();
     for v in &mut values {
-        let map = v.as_mapping_mut().unwrap();
+        let map = v.as_object_mut().unwrap();
         if !map.contains_key("namespace") {
             map.insert("namespace".into(), "demo".into());
         }
         if !map.contains_key("parents") {
             map.insert(
                 "parents".into(),
-                serde_norway::from_str("[{namespace: demo, name: echo}]").unwrap(),
+                serde_saphyr::from_str("[{namespace: demo, name: echo}]").unwrap(),
             );
         }
     }
     values
         .into_iter()
-        .map(|v| serde_norway::from_value(v).unwrap())
+        .map(|v| serde_json::from_value(v).unwrap())
         .collect()
 }
 

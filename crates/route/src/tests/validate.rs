@@ -256,17 +256,17 @@ fn routes_round_trip_through_yaml_and_filters_name_one_kind() {
       backends: [{namespace: demo, name: b, port: 80, weight: 3, invalid: true}]
 "#;
     let parsed = routes(yaml);
-    let text = serde_norway::to_string(&parsed).unwrap();
+    let text = serde_saphyr::to_string(&parsed).unwrap();
     assert!(text.contains("requestHeaderModifier:"), "{text}");
     assert_eq!(
-        serde_norway::from_str::<Vec<crate::Route>>(&text).unwrap(),
+        serde_saphyr::from_str::<Vec<crate::Route>>(&text).unwrap(),
         parsed
     );
     let two = "[{name: r, rules: [{filters: [{urlRewrite: {}, requestRedirect: {}}]}]}]";
-    let e = serde_norway::from_str::<Vec<crate::Route>>(two)
+    let e = serde_saphyr::from_str::<Vec<crate::Route>>(two)
         .unwrap_err()
         .to_string();
     assert!(e.contains("exactly one of"), "{e}");
     let unknown = "[{name: r, rules: [{timeout: 5}]}]";
-    assert!(serde_norway::from_str::<Vec<crate::Route>>(unknown).is_err());
+    assert!(serde_saphyr::from_str::<Vec<crate::Route>>(unknown).is_err());
 }
