@@ -18,7 +18,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -78,6 +78,14 @@ pub enum Request {
     Remove { uid: String },
     /// What the tunnel knows of this node's enrollment: answered with [`Reply::enrollment`].
     Enrollment,
+    /// From a new tunnel starting on the node (a rolling upgrade) to the one serving: the
+    /// serving tunnel keeps serving but reports itself not ready, so the new pod is not marked
+    /// ready by its answer on the readiness port both share (host network).
+    Successor,
+    /// From that new tunnel once it has a view: give up one pod, its netns and its listening
+    /// sockets (the same sockets, so no connection is refused between the two), and take no
+    /// new pod. Answered with [`Reply::handed_over`] and the fds; `None` when none is left.
+    HandOver,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +104,24 @@ pub struct Reply {
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<Enrollment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over: Option<HandedOver>,
 }
+
+/// A pod given up by [`Request::HandOver`]. Its fds ride along: the netns first, then, when
+/// `listening`, the listeners on [`OUTBOUND_PORT`], [`INBOUND_PORT`] and 15008 (HBONE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandedOver {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    /// Served (with listeners), or held until the view has its addresses (netns only).
+    pub listening: bool,
+}
+
+/// Fds a handed-over pod comes with: its netns and its three listeners.
+pub const HANDED_OVER_FDS: usize = 4;
 
 impl Reply {
     pub fn ok() -> Self {
@@ -177,59 +202,64 @@ pub fn send(
     request: &Request,
     netns: Option<&OwnedFd>,
 ) -> Result<Reply, HandoffError> {
+    exchange(socket, request, netns).map(|(reply, _)| reply)
+}
+
+/// [`send`], keeping the fds the answer carries (a [`Request::HandOver`]).
+pub fn exchange(
+    socket: &Path,
+    request: &Request,
+    netns: Option<&OwnedFd>,
+) -> Result<(Reply, Vec<OwnedFd>), HandoffError> {
     let stream = UnixStream::connect(socket).map_err(|source| HandoffError::Connect {
         path: socket.display().to_string(),
         source,
     })?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    let body = serde_json::to_vec(request)?;
-    let fds;
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if let Some(fd) = netns {
-        fds = [fd.as_fd()];
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-    }
-    let sent = sendmsg(
-        &stream,
-        &[IoSlice::new(&body)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(std::io::Error::from)?;
-    (&stream).write_all(&body[sent..])?;
+    let fds: Vec<_> = netns.iter().map(|fd| fd.as_fd()).collect();
+    send_message(&stream, &serde_json::to_vec(request)?, &fds)?;
     stream.shutdown(std::net::Shutdown::Write)?;
-    let mut reply = Vec::new();
-    (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
+    let (reply, fds) = receive_message(&stream)?;
     let reply: Reply = serde_json::from_slice(&reply)?;
     if reply.ok {
-        Ok(reply)
+        Ok((reply, fds))
     } else {
         Err(HandoffError::Refused(reply.error.unwrap_or_default()))
     }
 }
 
-/// Reads one request (and its fd) from an accepted connection.
-pub fn receive(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), HandoffError> {
+/// One message, its fds (SCM_RIGHTS) on its first byte.
+fn send_message(stream: &UnixStream, body: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(HANDED_OVER_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(fds));
+    }
+    let sent = sendmsg(
+        stream,
+        &[IoSlice::new(body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    (&*stream).write_all(&body[sent..])
+}
+
+/// Reads one message to the peer's end, with the fds that came on it.
+fn receive_message(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(HANDED_OVER_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = recvmsg(
         stream,
         &mut [IoSliceMut::new(&mut buf)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)?;
-    let mut fd = None;
+    )?;
+    let mut fds = Vec::new();
     for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(fds) = message {
-            // Keep the first; any extra fds are closed as the iterator drops them.
-            for received in fds {
-                fd.get_or_insert(received);
-            }
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
     }
     let mut len = got.bytes;
@@ -240,7 +270,16 @@ pub fn receive(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), Handof
         }
         len += n;
     }
-    let request: Request = serde_json::from_slice(&buf[..len])?;
+    buf.truncate(len);
+    Ok((buf, fds))
+}
+
+/// Reads one request (and its fd) from an accepted connection.
+pub fn receive(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), HandoffError> {
+    let (body, fds) = receive_message(stream)?;
+    let request: Request = serde_json::from_slice(&body)?;
+    // Keep the first; any extra fds are closed here.
+    let fd = fds.into_iter().next();
     if matches!(request, Request::Add { .. }) && fd.is_none() {
         return Err(HandoffError::MissingFd);
     }
@@ -248,8 +287,18 @@ pub fn receive(stream: &UnixStream) -> Result<(Request, Option<OwnedFd>), Handof
 }
 
 /// Answers the request read by [`receive`].
-pub fn answer(mut stream: &UnixStream, reply: &Reply) -> Result<(), HandoffError> {
-    stream.write_all(&serde_json::to_vec(reply)?)?;
+pub fn answer(stream: &UnixStream, reply: &Reply) -> Result<(), HandoffError> {
+    answer_with_fds(stream, reply, &[])
+}
+
+/// Answers with `fds` (a handed-over pod's).
+pub fn answer_with_fds(
+    stream: &UnixStream,
+    reply: &Reply,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), HandoffError> {
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    send_message(stream, &serde_json::to_vec(reply)?, fds)?;
     Ok(())
 }
 

@@ -167,9 +167,20 @@ impl HbonePool {
         headers: &TunnelHeaders,
     ) -> Result<H2Stream, HboneError> {
         Box::pin(async {
-            let lease = self.checkout(key).await?;
-            let send = lease.0.send.clone();
-            open_tunnel(send, target, headers, Some(Box::new(lease))).await
+            let mut retried = false;
+            loop {
+                let lease = self.checkout(key).await?;
+                let (pooled, send) = (lease.0.clone(), lease.0.send.clone());
+                match open_tunnel(send, target, headers, Some(Box::new(lease))).await {
+                    // The peer sent GOAWAY (it is draining: a restart or a tunnel upgrade) and
+                    // did not take this stream: safe to ask again, on a new connection.
+                    Err(HboneError::H2(e)) if !retried && not_taken(&e) => {
+                        remove_locked(&mut lock(&self.inner.keys), key, &pooled);
+                        retried = true;
+                    }
+                    opened => return opened,
+                }
+            }
         })
         .await
     }
@@ -249,6 +260,11 @@ impl HbonePool {
         ));
         Ok(())
     }
+}
+
+/// A stream the peer refused by a graceful GOAWAY (never processed, RFC 9113 §6.8).
+fn not_taken(error: &h2::Error) -> bool {
+    error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
 }
 
 /// Drops the entry of a key with no connection and no other caller waiting on it (only the

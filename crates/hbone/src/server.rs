@@ -140,6 +140,8 @@ pub struct HboneServer<H> {
     acceptor: TlsAcceptor,
     budget: ServerBudget,
     handler: Arc<H>,
+    /// Set by [`HboneServer::go_away`]; shared by the clones serving its connections.
+    going_away: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A client, as the per-peer limits count them: a verified identity at one source address, which
@@ -337,6 +339,7 @@ impl<H> Clone for HboneServer<H> {
             acceptor: self.acceptor.clone(),
             budget: self.budget.clone(),
             handler: self.handler.clone(),
+            going_away: self.going_away.clone(),
         }
     }
 }
@@ -353,11 +356,20 @@ impl<H: ConnectHandler> HboneServer<H> {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             budget,
             handler: Arc::new(handler),
+            going_away: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
     fn settings(&self) -> &ServerSettings {
         self.budget.settings()
+    }
+
+    /// Asks every connection of this server (and its clones) to go away: GOAWAY, after which
+    /// the tunnels open on it go on and the client opens new ones on a new connection (to
+    /// whoever listens then: a successor, in a tunnel upgrade). Call it once the listener is
+    /// closed.
+    pub fn go_away(&self) {
+        self.going_away.send_replace(true);
     }
 
     /// Accepts connections forever; each connection runs in its own task. Accept errors (such
@@ -442,6 +454,8 @@ impl<H: ConnectHandler> HboneServer<H> {
         let idle_timeout = self.settings().idle_timeout;
         // When the connection last had no open tunnel; `None` while one is open.
         let mut idle_since = Some(tokio::time::Instant::now());
+        let mut going_away = self.going_away.subscribe();
+        let mut said_goaway = false;
         loop {
             let idle_until = idle_since.map(|since| since + idle_timeout);
             tokio::select! {
@@ -481,6 +495,10 @@ impl<H: ConnectHandler> HboneServer<H> {
                     // loop runs until the connection is closed.
                     connection.graceful_shutdown();
                     idle_since = None;
+                }
+                _ = going_away.wait_for(|g| *g), if !said_goaway => {
+                    connection.graceful_shutdown();
+                    said_goaway = true;
                 }
             }
         }

@@ -24,6 +24,9 @@ pub struct Config {
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
     pub drain_timeout: Duration,
+    /// How long a tunnel with a successor starting keeps serving for it (and how long the
+    /// successor waits for the node's ports).
+    pub handover_timeout: Duration,
 }
 
 /// Where the chart mounts them.
@@ -86,6 +89,10 @@ pub struct Args {
     /// On SIGTERM, how long open connections may finish.
     #[arg(long, env = "AMBIT_DRAIN_SECS", default_value_t = 5)]
     pub drain_secs: u64,
+    /// In a rolling upgrade: how long a tunnel terminated while its successor starts keeps
+    /// serving until the successor takes its pods over.
+    #[arg(long, env = "AMBIT_HANDOVER_SECS", default_value_t = 20)]
+    pub handover_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +129,7 @@ impl Config {
             metrics: args.metrics,
             readiness: args.readiness,
             drain_timeout: Duration::from_secs(args.drain_secs),
+            handover_timeout: Duration::from_secs(args.handover_secs),
         })
     }
 }

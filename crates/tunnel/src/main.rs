@@ -2,12 +2,18 @@
 
 use ambit_controller_client::source::{self, spawn_feed, stream_json};
 use ambit_controller_client::{StreamState, Subscriber};
+use ambit_handoff::{self as handoff, Request};
 use ambit_identity::{CertificateStore, RetryPolicy};
 use ambit_mesh::Mesh;
 use ambit_tunnel::{Config, Issuer, Node, admin, node::Shared};
 use anyhow::{Context, Result};
 use clap::Parser as _;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 fn main() -> Result<()> {
@@ -52,14 +58,24 @@ async fn run(config: Config) -> Result<()> {
         &shared.trust,
         move |mesh| mesh_updated(&fed, mesh),
     );
-    serve_admin(&config, &node, stream_state).await?;
-
-    if let Some(dir) = config.socket.parent() {
-        std::fs::create_dir_all(dir)?;
+    // A tunnel already serving this node (a rolling upgrade) hands its pods over once this
+    // one has a view; until then it keeps serving them.
+    let socket = config.socket.clone();
+    let predecessor = tokio::task::spawn_blocking(move || {
+        handoff::send(&socket, &Request::Successor, None).is_ok()
+    })
+    .await?;
+    if predecessor {
+        tracing::info!("a tunnel serves this node: taking its pods over once the mesh is synced");
+        while !shared.synced() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (taker, socket) = (node.clone(), config.socket.clone());
+        tokio::task::spawn_blocking(move || take_over(&taker, &socket)).await??;
     }
-    let _ = std::fs::remove_file(&config.socket);
-    let listener = std::os::unix::net::UnixListener::bind(&config.socket)
-        .with_context(|| format!("binding {}", config.socket.display()))?;
+    let admin = serve_admin(&config, &node, stream_state).await?;
+
+    let (listener, socket_id) = bind_socket(&config.socket)?;
     let handoff = node.clone();
     std::thread::Builder::new()
         .name("handoff".into())
@@ -67,16 +83,77 @@ async fn run(config: Config) -> Result<()> {
     tracing::info!(node = %config.node, socket = %config.socket.display(), mode = ?config.mode, "tunnel ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut handed_over = node.handed_over();
+    let terminated = tokio::select! {
+        _ = term.recv() => true,
+        _ = tokio::signal::ctrl_c() => true,
+        _ = handed_over.wait_for(|h| *h) => false,
+    };
+    if terminated && node.successor_announced() {
+        // Terminated while a successor starts (its pod was marked ready on this tunnel's
+        // answer, or the old pod is deleted first): serve until it takes the pods.
+        tracing::info!("terminated while a new tunnel starts: serving until it takes over");
+        let _ = tokio::time::timeout(config.handover_timeout, handed_over.wait_for(|h| *h)).await;
+    }
+    if *handed_over.borrow() {
+        // The successor serves the node: free the node's ports for it, and stay until the
+        // pod is deleted (exiting would have the kubelet restart this container).
+        tracing::info!("every pod handed over to the new tunnel; finishing open connections");
+        admin.iter().for_each(tokio::task::JoinHandle::abort);
+        if !terminated {
+            term.recv().await;
+        }
     }
     tracing::info!("draining");
-    let _ = std::fs::remove_file(&config.socket);
+    // The socket path may be the successor's by now.
+    if socket_identity(&config.socket) == socket_id {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     let draining = node.clone();
     tokio::task::spawn_blocking(move || draining.drain()).await?;
     tracing::info!("drained");
     Ok(())
+}
+
+/// Asks the tunnel on `socket` for its pods one by one and serves them on their listeners.
+fn take_over(node: &Node<Issuer>, socket: &Path) -> Result<()> {
+    let mut taken = 0;
+    loop {
+        let (reply, fds) = handoff::exchange(socket, &Request::HandOver, None)
+            .context("taking the pods over from the running tunnel")?;
+        let Some(pod) = reply.handed_over else {
+            tracing::info!(pods = taken, "took every pod over from the running tunnel");
+            return Ok(());
+        };
+        match node.take_over(&pod, fds) {
+            Ok(()) => taken += 1,
+            Err(error) => {
+                tracing::warn!(uid = %pod.uid, name = %pod.name, %error, "pod handed over could not be served")
+            }
+        }
+    }
+}
+
+/// Binds the handoff socket under a temporary name and renames it into place, so the path
+/// always leads to a tunnel (the old one, then this one). Returns the socket file's identity.
+fn bind_socket(path: &Path) -> Result<(UnixListener, Option<(u64, u64)>)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)
+        .with_context(|| format!("binding {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("moving the socket to {}", path.display()))?;
+    Ok((listener, socket_identity(path)))
+}
+
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Installs a new model and serves the held pods it now lists (off the runtime: serving a pod
@@ -87,23 +164,36 @@ fn mesh_updated(node: &Arc<Node<Issuer>>, mesh: Mesh) {
     tokio::task::spawn_blocking(move || node.serve_held());
 }
 
+/// Binds `address`, waiting up to `patience` for a tunnel this one replaces (finishing its
+/// connections) to free it.
+async fn bind(address: SocketAddr, what: &str, patience: Duration) -> Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match TcpListener::bind(address).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bound => return bound.with_context(|| format!("binding the {what} port {address}")),
+        }
+    }
+}
+
+/// Serves 15000, 15020 and 15021; the tasks' handles, to free the ports for a successor.
 async fn serve_admin(
     config: &Config,
     node: &Arc<Node<Issuer>>,
     stream: Option<watch::Receiver<StreamState>>,
-) -> Result<()> {
-    let admin_listener = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("binding the admin port {}", config.admin))?;
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics)
-        .await
-        .with_context(|| format!("binding the metrics port {}", config.metrics))?;
-    let ready_listener = tokio::net::TcpListener::bind(config.readiness)
-        .await
-        .with_context(|| format!("binding the readiness port {}", config.readiness))?;
+) -> Result<[tokio::task::JoinHandle<()>; 3]> {
+    let patience = config.handover_timeout;
+    let admin_listener = bind(config.admin, "admin", patience).await?;
+    let metrics_listener = bind(config.metrics, "metrics", patience).await?;
+    let ready_listener = bind(config.readiness, "readiness", patience).await?;
     let dump = node.clone();
     let stream_metrics = stream.clone();
-    tokio::spawn(admin::serve(admin_listener, move |path| match path {
+    let admin = tokio::spawn(admin::serve(admin_listener, move |path| match path {
         "/config_dump" => {
             let mut body = dump.config_dump();
             if let Some(stream) = &stream {
@@ -118,7 +208,7 @@ async fn serve_admin(
         _ => (404, "text/plain", "try /config_dump\n".into()),
     }));
     let m = node.shared().clone();
-    tokio::spawn(admin::serve(metrics_listener, move |path| match path {
+    let metrics = tokio::spawn(admin::serve(metrics_listener, move |path| match path {
         "/metrics" | "/stats/prometheus" => {
             let state = stream_metrics
                 .as_ref()
@@ -132,8 +222,11 @@ async fn serve_admin(
         _ => (404, "text/plain", String::new()),
     }));
     let r = node.clone();
-    tokio::spawn(admin::serve(ready_listener, move |path| match path {
+    let ready = tokio::spawn(admin::serve(ready_listener, move |path| match path {
         "/healthz/ready" if r.ready() => (200, "text/plain", "ready\n".into()),
+        "/healthz/ready" if r.successor_announced() => {
+            (503, "text/plain", "a new tunnel is taking over\n".into())
+        }
         "/healthz/ready" if r.shared().synced() => (503, "text/plain", "draining\n".into()),
         "/healthz/ready" => (
             503,
@@ -142,5 +235,5 @@ async fn serve_admin(
         ),
         _ => (404, "text/plain", String::new()),
     }));
-    Ok(())
+    Ok([admin, metrics, ready])
 }

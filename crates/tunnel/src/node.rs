@@ -3,12 +3,12 @@
 
 use crate::config::Mode;
 use crate::metrics::Metrics;
-use crate::pod::{self, PodError, PodHandle, PodSpec};
-use ambit_handoff::{self as handoff, EnrolledPod, Enrollment, Reply, Request};
+use crate::pod::{self, Listeners, PodError, PodHandle, PodSpec};
+use ambit_handoff::{self as handoff, EnrolledPod, Enrollment, HandedOver, Reply, Request};
 use ambit_identity::{CertificateIssuer, CertificateStore, IdentityLease, StoreError, TrustBundle};
 use ambit_mesh::{LiveMesh, Mesh};
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +26,8 @@ pub enum NodeError {
     Pod(#[from] PodError),
     #[error("the tunnel is draining")]
     Draining,
+    #[error("a new tunnel is taking this node over; retry")]
+    Superseded,
     #[error("the tunnel has no mesh config yet (is the controller reachable?); retry")]
     NotSynced,
 }
@@ -87,6 +89,8 @@ enum Decision {
 
 struct Served {
     pod: PodHandle,
+    /// Kept for a successor tunnel.
+    netns_fd: OwnedFd,
     /// (device, inode) of the pod's netns: equal for two fds of the same namespace.
     netns: Option<(u64, u64)>,
     // Held while the pod is served; the store forgets the identity with its last lease.
@@ -108,6 +112,14 @@ pub struct Node<I> {
     runtime: tokio::runtime::Handle,
     draining: AtomicBool,
     drain_timeout: Duration,
+    /// A new tunnel announced itself ([`Request::Successor`]): not ready from then on.
+    successor: AtomicBool,
+    /// Handing pods over ([`Request::HandOver`]): no new pod is taken.
+    superseded: AtomicBool,
+    /// Every pod handed over: the successor serves this node.
+    handed_over: tokio::sync::watch::Sender<bool>,
+    /// Pods handed over, finishing their open connections here.
+    finishing: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl<I> std::fmt::Debug for Node<I> {
@@ -138,6 +150,10 @@ impl<I: CertificateIssuer> Node<I> {
             runtime,
             draining: AtomicBool::new(false),
             drain_timeout,
+            successor: AtomicBool::new(false),
+            superseded: AtomicBool::new(false),
+            handed_over: tokio::sync::watch::Sender::new(false),
+            finishing: Mutex::default(),
         })
     }
 
@@ -176,6 +192,9 @@ impl<I: CertificateIssuer> Node<I> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(NodeError::Draining);
         }
+        if self.superseded.load(Ordering::Relaxed) {
+            return Err(NodeError::Superseded);
+        }
         // Without a view, "not enrolled" would be a guess that starts pods in plaintext.
         if !self.shared.synced() {
             return Err(NodeError::NotSynced);
@@ -184,7 +203,7 @@ impl<I: CertificateIssuer> Node<I> {
         match self.decide(&mesh, uid, namespace)? {
             Decision::Serve => {
                 lock(&self.held).remove(uid);
-                self.serve(&mesh, uid, netns)?;
+                self.serve(&mesh, uid, netns, None)?;
                 Ok(true)
             }
             Decision::Hold => {
@@ -231,7 +250,7 @@ impl<I: CertificateIssuer> Node<I> {
                 .netns
                 .try_clone()
                 .map_err(|e| NodeError::Pod(PodError::Setns(e)))
-                .and_then(|netns| self.serve(&mesh, &uid, netns));
+                .and_then(|netns| self.serve(&mesh, &uid, netns, None));
             match served {
                 Ok(()) => {
                     tracing::info!(%uid, name = %held.name, namespace = %held.namespace, "held pod served")
@@ -253,7 +272,13 @@ impl<I: CertificateIssuer> Node<I> {
         }
     }
 
-    fn serve(&self, mesh: &Mesh, uid: &str, netns: OwnedFd) -> Result<(), NodeError> {
+    fn serve(
+        &self,
+        mesh: &Mesh,
+        uid: &str,
+        netns: OwnedFd,
+        listeners: Option<Listeners>,
+    ) -> Result<(), NodeError> {
         let Some(workload) = mesh.workload_by_uid(uid) else {
             return Ok(());
         };
@@ -285,9 +310,13 @@ impl<I: CertificateIssuer> Node<I> {
             ips: workload.ips.clone(),
             certificate: lease.handle(),
         };
-        let pod = pod::spawn(spec, netns, self.shared.clone())?;
+        let netns_fd = netns
+            .try_clone()
+            .map_err(|e| NodeError::Pod(PodError::Setns(e)))?;
+        let pod = pod::spawn(spec, netns, listeners, self.shared.clone())?;
         let served = Served {
             pod,
+            netns_fd,
             netns: netns_id,
             _lease: lease,
         };
@@ -318,6 +347,93 @@ impl<I: CertificateIssuer> Node<I> {
         enrollment
     }
 
+    /// A successor announced itself: report not ready (so its pod is not marked ready by this
+    /// tunnel's answer on the readiness port) and keep serving until it takes the pods.
+    pub fn announce_successor(&self) {
+        self.successor.store(true, Ordering::Relaxed);
+    }
+
+    /// Gives up one pod to the successor: the answer and its fds (netns, then the listeners
+    /// if served). The pod's open connections finish here, up to the drain timeout. `None`
+    /// in the answer: none left, and [`Node::handed_over`] says so from then on.
+    pub fn hand_over(&self) -> (Reply, Vec<OwnedFd>) {
+        self.superseded.store(true, Ordering::Relaxed);
+        let served = {
+            let mut pods = lock(&self.pods);
+            let uid = pods.keys().next().cloned();
+            uid.and_then(|uid| pods.remove(&uid))
+        };
+        let (handed, fds) = if let Some(mut served) = served {
+            let mut fds = vec![served.netns_fd];
+            fds.extend(served.pod.hand_over().into_iter().flatten());
+            let spec = &served.pod.spec;
+            let handed = HandedOver {
+                uid: spec.uid.clone(),
+                name: spec.name.clone(),
+                namespace: spec.namespace.clone(),
+                listening: fds.len() == handoff::HANDED_OVER_FDS,
+            };
+            let (pod, drain) = (served.pod, self.drain_timeout);
+            lock(&self.finishing).push(std::thread::spawn(move || pod.stop(drain)));
+            (handed, fds)
+        } else {
+            let held = {
+                let mut held = lock(&self.held);
+                let uid = held.keys().next().cloned();
+                uid.and_then(|uid| held.remove_entry(&uid))
+            };
+            let Some((uid, held)) = held else {
+                self.handed_over.send_replace(true);
+                return (Reply::ok(), Vec::new());
+            };
+            let handed = HandedOver {
+                uid,
+                name: held.name,
+                namespace: held.namespace,
+                listening: false,
+            };
+            (handed, vec![held.netns])
+        };
+        tracing::info!(uid = %handed.uid, name = %handed.name, namespace = %handed.namespace, "pod handed over to the new tunnel");
+        let reply = Reply {
+            handed_over: Some(handed),
+            ..Reply::ok()
+        };
+        (reply, fds)
+    }
+
+    /// Takes a pod handed over by the tunnel this one replaces; its listeners, if any, are
+    /// served as they are. A pod this view would not serve is held or dropped as
+    /// [`Node::add_pod`] would. Blocking: call it off the async runtime.
+    pub fn take_over(&self, pod: &HandedOver, fds: Vec<OwnedFd>) -> Result<(), NodeError> {
+        let mut fds = fds.into_iter();
+        let netns = fds.next().ok_or(NodeError::Pod(PodError::Died))?;
+        let listeners: Option<Listeners> = fds.collect::<Vec<_>>().try_into().ok();
+        let mesh = self.shared.mesh();
+        match (self.decide(&mesh, &pod.uid, &pod.namespace)?, listeners) {
+            (Decision::Serve, listeners) => self.serve(&mesh, &pod.uid, netns, listeners),
+            (Decision::Skip, _) => Ok(()),
+            (Decision::Hold, _) => {
+                let held = Held {
+                    name: pod.name.clone(),
+                    namespace: pod.namespace.clone(),
+                    netns,
+                };
+                lock(&self.held).insert(pod.uid.clone(), held);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn successor_announced(&self) -> bool {
+        self.successor.load(Ordering::Relaxed)
+    }
+
+    /// Turns true once every pod was handed over to a successor.
+    pub fn handed_over(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.handed_over.subscribe()
+    }
+
     /// Stops serving a pod (deleted or opted out); unknown pods are not an error.
     pub fn remove_pod(&self, uid: &str) {
         lock(&self.held).remove(uid);
@@ -336,8 +452,9 @@ impl<I: CertificateIssuer> Node<I> {
             let spawned = std::thread::Builder::new()
                 .name("handoff-request".into())
                 .spawn(move || {
-                    let reply = node.handle_request(&stream);
-                    let _ = handoff::answer(&stream, &reply);
+                    let (reply, fds) = node.handle_request(&stream);
+                    let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+                    let _ = handoff::answer_with_fds(&stream, &reply, &fds);
                 });
             if let Err(error) = spawned {
                 tracing::warn!(%error, "cannot start a handoff thread");
@@ -345,8 +462,8 @@ impl<I: CertificateIssuer> Node<I> {
         }
     }
 
-    fn handle_request(&self, stream: &std::os::unix::net::UnixStream) -> Reply {
-        match handoff::receive(stream) {
+    fn handle_request(&self, stream: &std::os::unix::net::UnixStream) -> (Reply, Vec<OwnedFd>) {
+        let reply = match handoff::receive(stream) {
             Ok((
                 Request::Add {
                     uid,
@@ -378,8 +495,15 @@ impl<I: CertificateIssuer> Node<I> {
                 enrollment: Some(self.enrollment()),
                 ..Reply::ok()
             },
+            Ok((Request::Successor, _)) => {
+                tracing::info!("a new tunnel is starting on this node; it will take the pods over");
+                self.announce_successor();
+                Reply::ok()
+            }
+            Ok((Request::HandOver, _)) => return self.hand_over(),
             Err(error) => Reply::refused(error.to_string()),
-        }
+        };
+        (reply, Vec::new())
     }
 
     /// Graceful drain: refuse new pods, close every listener, let connections finish.
@@ -393,7 +517,8 @@ impl<I: CertificateIssuer> Node<I> {
             .into_iter()
             .map(|served| std::thread::spawn(move || served.pod.stop(timeout)))
             .collect();
-        for t in threads {
+        let finishing = std::mem::take(&mut *lock(&self.finishing));
+        for t in threads.into_iter().chain(finishing) {
             let _ = t.join();
         }
     }
@@ -442,8 +567,10 @@ impl<I: CertificateIssuer> Node<I> {
         })
     }
 
-    /// Has its mesh from the source and is not draining.
+    /// Has its mesh from the source, is not draining and no successor is taking over.
     pub fn ready(&self) -> bool {
-        self.shared.synced() && !self.draining.load(Ordering::Relaxed)
+        self.shared.synced()
+            && !self.draining.load(Ordering::Relaxed)
+            && !self.successor.load(Ordering::Relaxed)
     }
 }

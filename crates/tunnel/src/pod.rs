@@ -86,18 +86,34 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// The pod's listening sockets (outbound, inbound, HBONE): open ones handed over by the
+/// tunnel this one replaces, or, from [`PodHandle::hand_over`], to hand to the next one.
+pub type Listeners = [OwnedFd; 3];
+
 /// A running pod; [`PodHandle::stop`] drains it.
 #[derive(Debug)]
 pub struct PodHandle {
     pub spec: PodSpec,
     stop: Option<oneshot::Sender<Duration>>,
     thread: Option<JoinHandle<()>>,
+    /// Copies of the listening sockets, for a successor.
+    listeners: Option<Listeners>,
 }
 
 impl PodHandle {
+    /// Copies of the listening sockets for a successor tunnel, which accepts from them from
+    /// then on: connections queued meanwhile wait, none is refused. [`PodHandle::stop`] then
+    /// closes only this tunnel's copies.
+    pub fn hand_over(&mut self) -> Option<Listeners> {
+        self.listeners.take()
+    }
+
     /// Closes the listeners, lets open connections finish for up to `drain`, then ends the
     /// pod's runtime. Blocks until the thread is gone.
     pub fn stop(mut self, drain: Duration) {
+        // Without a successor, a listener kept open here would queue connections that are
+        // never accepted instead of refusing them.
+        self.listeners = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(drain);
         }
@@ -107,24 +123,31 @@ impl PodHandle {
     }
 }
 
-/// Starts serving a pod in `netns`; returns once its listeners are open.
-pub fn spawn(spec: PodSpec, netns: OwnedFd, shared: Arc<Shared>) -> Result<PodHandle, PodError> {
+/// Starts serving a pod in `netns`, on `inherited` listeners (a predecessor's) or new ones;
+/// returns once its listeners are open.
+pub fn spawn(
+    spec: PodSpec,
+    netns: OwnedFd,
+    inherited: Option<Listeners>,
+    shared: Arc<Shared>,
+) -> Result<PodHandle, PodError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel();
     let thread_spec = spec.clone();
     let thread = std::thread::Builder::new()
         .name(format!("pod-{}", spec.name))
         .spawn(move || {
-            if let Err(error) = run(thread_spec, netns, shared, stop_rx, &ready_tx) {
+            if let Err(error) = run(thread_spec, netns, inherited, shared, stop_rx, &ready_tx) {
                 let _ = ready_tx.send(Err(error));
             }
         })
         .map_err(PodError::Runtime)?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(PodHandle {
+        Ok(Ok(listeners)) => Ok(PodHandle {
             spec,
             stop: Some(stop_tx),
             thread: Some(thread),
+            listeners: Some(listeners),
         }),
         Ok(Err(error)) => {
             let _ = thread.join();
@@ -137,18 +160,30 @@ pub fn spawn(spec: PodSpec, netns: OwnedFd, shared: Arc<Shared>) -> Result<PodHa
     }
 }
 
-async fn listen(port: u16) -> Result<TcpListener, PodError> {
-    TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
-        .await
-        .map_err(|source| PodError::Listen { port, source })
+/// The listener on `port`: the inherited socket, or a new one.
+async fn listen(port: u16, inherited: Option<OwnedFd>) -> Result<TcpListener, PodError> {
+    let listener = match inherited {
+        Some(fd) => {
+            let std = std::net::TcpListener::from(fd);
+            std.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(std))
+        }
+        None => TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)).await,
+    };
+    listener.map_err(|source| PodError::Listen { port, source })
+}
+
+fn copy(listener: &TcpListener) -> std::io::Result<OwnedFd> {
+    listener.as_fd().try_clone_to_owned()
 }
 
 fn run(
     spec: PodSpec,
     netns: OwnedFd,
+    inherited: Option<Listeners>,
     shared: Arc<Shared>,
     stop: oneshot::Receiver<Duration>,
-    ready: &std::sync::mpsc::Sender<Result<(), PodError>>,
+    ready: &std::sync::mpsc::Sender<Result<Listeners, PodError>>,
 ) -> Result<(), PodError> {
     // setns(2) moves only this thread; every socket created here on is in the pod's netns.
     move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))
@@ -159,9 +194,15 @@ fn run(
         .build()
         .map_err(PodError::Runtime)?;
     runtime.block_on(async move {
-        let outbound_listener = listen(OUTBOUND_PORT).await?;
-        let inbound_listener = listen(INBOUND_PORT).await?;
-        let hbone_listener = listen(HBONE_PORT).await?;
+        let [outbound_fd, inbound_fd, hbone_fd] = inherited.map_or([None, None, None], |l| l.map(Some));
+        let outbound_listener = listen(OUTBOUND_PORT, outbound_fd).await?;
+        let inbound_listener = listen(INBOUND_PORT, inbound_fd).await?;
+        let hbone_listener = listen(HBONE_PORT, hbone_fd).await?;
+        let copies = [&outbound_listener, &inbound_listener, &hbone_listener]
+            .map(copy);
+        let [Ok(o), Ok(i), Ok(h)] = copies else {
+            return Err(PodError::Runtime(std::io::Error::other("cannot copy a listener fd")));
+        };
         let dialer = Dialer::new(shared.trust.clone(), PoolSettings::default())
             .with_socket_mark(TUNNEL_MARK);
         let identities: HashMap<SpiffeId, CertificateHandle> =
@@ -180,15 +221,18 @@ fn run(
             HBONE_BUDGET.clone(),
             InboundHandler { ctx: ctx.clone() },
         );
-        let _ = ready.send(Ok(()));
+        let _ = ready.send(Ok([o, i, h]));
         tracing::info!(pod = %ctx.spec.name, namespace = %ctx.spec.namespace, identity = %ctx.spec.identity, "serving pod");
+        let server = hbone.clone();
         let drain = tokio::select! {
-            _ = hbone.serve(hbone_listener) => Duration::ZERO,
+            _ = server.serve(hbone_listener) => Duration::ZERO,
             _ = outbound::serve(ctx.clone(), outbound_listener) => Duration::ZERO,
             _ = inbound::serve_plaintext(ctx.clone(), inbound_listener) => Duration::ZERO,
             drain = stop => drain.unwrap_or(Duration::ZERO),
         };
-        // Listeners are closed now; open connections get until the deadline.
+        // Listeners are closed now (a successor may accept on its copies); HBONE clients
+        // open new tunnels on new connections, open connections get until the deadline.
+        hbone.go_away();
         let deadline = tokio::time::Instant::now() + drain;
         while active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

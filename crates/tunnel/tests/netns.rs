@@ -209,10 +209,20 @@ impl Bins {
 }
 
 fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
+    let socket = net.dir.join(format!("{node}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let proc = spawn_tunnel(net, bins, node, mode, &format!("tunnel-{node}.log"));
+    poll("tunnel socket", WAIT, || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    });
+    proc
+}
+
+/// `node`'s tunnel on the node's socket, logging to `log` in the topology's directory.
+fn spawn_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str, log: &str) -> Proc {
     let dir = &net.dir;
     let socket = dir.join(format!("{node}.sock"));
-    let _ = std::fs::remove_file(&socket);
-    let proc = Proc::spawn(
+    Proc::spawn(
         &net.ns(node),
         &bins.path("ambit-tunnel"),
         &[
@@ -230,12 +240,8 @@ fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
             mode,
         ],
         &[("RUST_LOG", "info")],
-        &dir.join(format!("tunnel-{node}.log")),
-    );
-    poll("tunnel socket", WAIT, || {
-        std::os::unix::net::UnixStream::connect(&socket).ok()
-    });
-    proc
+        &dir.join(log),
+    )
 }
 
 fn enroll(net: &Net, bins: &Bins, pod: &Pod) -> (bool, String) {
@@ -696,3 +702,5 @@ fn node_tunnels_in_network_namespaces() {
 mod bench;
 #[path = "netns/scale.rs"]
 mod scale;
+#[path = "netns/upgrade.rs"]
+mod upgrade;
