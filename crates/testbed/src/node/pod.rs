@@ -17,6 +17,9 @@ use tokio::sync::{Notify, mpsc, watch};
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest grace on delete: `down` and tests must stay fast.
 const MAX_GRACE: Duration = Duration::from_secs(5);
+/// How often configMap volumes are rewritten from their ConfigMaps: kubelet syncs about every
+/// minute; shorter here so tests that edit a mounted ConfigMap (a root rotation) stay short.
+const CONFIG_MAP_SYNC: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 struct Terminated {
@@ -336,6 +339,17 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Pod, mut stop: mpsc::Receiver<()>) {
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
                     () = refresh_tokens(rt) => {},
+                    _ = sd.changed() => {},
+                }
+            }));
+        }
+
+        {
+            let mut sd = shutdown_rx.clone();
+            let rt = rt.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = refresh_config_maps(rt) => {},
                     _ = sd.changed() => {},
                 }
             }));
@@ -1058,6 +1072,18 @@ async fn refresh_tokens(rt: Arc<Runtime>) {
             if let Err(e) = volumes::write_token(&rt.ctx, &rt.pod, t).await {
                 tracing::warn!(path = %t.path.display(), "token refresh: {e}");
             }
+        }
+    }
+}
+
+/// Rewrites configMap volumes from their ConfigMaps every [`CONFIG_MAP_SYNC`], as kubelet's
+/// periodic sync does (about a minute there).
+async fn refresh_config_maps(rt: Arc<Runtime>) {
+    let dir = rt.dir.join("volumes");
+    loop {
+        tokio::time::sleep(CONFIG_MAP_SYNC).await;
+        if let Err(e) = volumes::refresh_config_maps(&rt.ctx, &rt.pod, &dir).await {
+            tracing::warn!(pod = ?rt.pod.metadata.name, "configMap volume refresh: {e}");
         }
     }
 }

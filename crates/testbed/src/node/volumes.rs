@@ -145,6 +145,33 @@ pub async fn materialize(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<Volumes
     Ok(out)
 }
 
+/// Rewrites the configMap volumes (plain and projected) from their ConfigMaps' current data, as
+/// kubelet's periodic sync does: how a mounted ConfigMap edit reaches a running container.
+pub async fn refresh_config_maps(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), Error> {
+    let volumes: &[Volume] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default();
+    for v in volumes {
+        let projected = v
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|src| src.config_map.as_ref())
+            .map(|cm| (cm.name.as_str(), cm.items.as_deref(), cm.optional));
+        let plain = v
+            .config_map
+            .iter()
+            .map(|cm| (cm.name.as_str(), cm.items.as_deref(), cm.optional));
+        for (name, items, optional) in plain.chain(projected) {
+            let vdir = dir.join(&v.name);
+            write_config_map(ctx, pod, &vdir, name, items, optional.unwrap_or(false)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Asks the apiserver for a token bound to this pod (TokenRequest) and writes it.
 pub async fn write_token(ctx: &NodeCtx, pod: &Pod, tf: &TokenFile) -> Result<(), Error> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -312,6 +339,10 @@ fn mkdir(p: &Path) -> Result<(), Error> {
 fn write_file(path: &Path, content: &[u8]) -> Result<(), Error> {
     if let Some(parent) = path.parent() {
         mkdir(parent)?;
+    }
+    // Unchanged content is left alone: a reader that watches the file sees only changes.
+    if std::fs::read(path).is_ok_and(|current| current == content) {
+        return Ok(());
     }
     // Write-then-rename, so a reader never sees half a token.
     let tmp = path.with_extension("ambit-tmp");
