@@ -35,6 +35,26 @@ impl std::fmt::Debug for Attacker {
     }
 }
 
+/// The mesh's signing root as Secret `ambit-ca` holds it now.
+pub async fn mesh_ca(client: &kube::Client) -> Result<CertificateAuthority> {
+    let secret = Api::<Secret>::namespaced(client.clone(), SYSTEM_NS)
+        .get(CA_SECRET)
+        .await
+        .with_context(|| format!("reading Secret {SYSTEM_NS}/{CA_SECRET}"))?;
+    let data = secret.data.unwrap_or_default();
+    let get = |key: &str| -> Result<String> {
+        let bytes = data
+            .get(key)
+            .with_context(|| format!("Secret {CA_SECRET} has no {key}"))?;
+        Ok(String::from_utf8(bytes.0.clone())?)
+    };
+    Ok(CertificateAuthority::from_pem(
+        TRUST_DOMAIN.parse()?,
+        &get("ca.crt")?,
+        &get("ca.key")?,
+    )?)
+}
+
 impl Attacker {
     /// Mints a certificate for `namespace/service_account` with the root in Secret `ambit-ca`.
     pub async fn new(
@@ -42,30 +62,29 @@ impl Attacker {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self> {
-        let secret = Api::<Secret>::namespaced(client.clone(), SYSTEM_NS)
-            .get(CA_SECRET)
-            .await
-            .with_context(|| format!("reading Secret {SYSTEM_NS}/{CA_SECRET}"))?;
-        let data = secret.data.unwrap_or_default();
-        let get = |key: &str| -> Result<String> {
-            let bytes = data
-                .get(key)
-                .with_context(|| format!("Secret {CA_SECRET} has no {key}"))?;
-            Ok(String::from_utf8(bytes.0.clone())?)
-        };
-        let trust_domain: TrustDomain = TRUST_DOMAIN.parse()?;
-        let ca =
-            CertificateAuthority::from_pem(trust_domain.clone(), &get("ca.crt")?, &get("ca.key")?)?;
+        let ca = mesh_ca(client).await?;
+        let trust = TrustBundle::new(ca.trust_domain().clone(), [ca.root_certificate().clone()])?;
+        Self::minted_by(&ca, trust, namespace, service_account)
+    }
+
+    /// Mints a certificate for `namespace/service_account` with `ca` (a root the mesh may no
+    /// longer trust), verifying tunnels with `trust`.
+    pub fn minted_by(
+        ca: &CertificateAuthority,
+        trust: TrustBundle,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self> {
+        let trust_domain = ca.trust_domain().clone();
         let identity = SpiffeId::new(trust_domain.clone(), namespace, service_account)?;
         let request = CertificateRequest::new(&identity)?;
         let leaf = ca.sign(request.csr_der(), &identity, LIFETIME)?;
         let certificate = request.complete(vec![leaf])?;
-        let bundle = TrustBundle::new(trust_domain.clone(), [ca.root_certificate().clone()])?;
         let identities: HashMap<SpiffeId, CertificateHandle> =
             HashMap::from([(identity.clone(), CertificateHandle::fixed(certificate))]);
         Ok(Self {
             pool: HbonePool::new(
-                Dialer::new(bundle, PoolSettings::default()),
+                Dialer::new(trust, PoolSettings::default()),
                 Arc::new(identities),
             ),
             identity,
