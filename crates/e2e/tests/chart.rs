@@ -573,11 +573,14 @@ fn monitoring_objects_and_dashboards_render_only_when_enabled() -> Result<()> {
         ),
         "ambit-controller"
     );
-    for name in ["ambit-node", "ambit-waypoints"] {
-        let monitor = object(&objects, "PodMonitor", name)?;
-        let endpoints = list(monitor, &["spec", "podMetricsEndpoints"]);
-        assert_eq!(text(&endpoints[0], &["port"]), "metrics", "{name}");
-    }
+    // The node pod declares no ports (an upgrade's new pod starts beside the old one, and
+    // host ports would keep it from being scheduled): its monitor scrapes 15020 by number.
+    let node = object(&objects, "PodMonitor", "ambit-node")?;
+    let endpoints = list(node, &["spec", "podMetricsEndpoints"]);
+    assert_eq!(at(&endpoints[0], &["targetPort"]).as_u64(), Some(15020));
+    let waypoints = object(&objects, "PodMonitor", "ambit-waypoints")?;
+    let endpoints = list(waypoints, &["spec", "podMetricsEndpoints"]);
+    assert_eq!(text(&endpoints[0], &["port"]), "metrics");
     let dashboards = object(&objects, "ConfigMap", "ambit-dashboards")?;
     assert_eq!(
         text(dashboards, &["metadata", "labels", "grafana_dashboard"]),
