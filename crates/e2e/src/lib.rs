@@ -6,6 +6,7 @@
 
 pub mod attacker;
 pub mod authn;
+pub mod load;
 pub mod waypoint;
 
 use anyhow::{Context, Result, bail};
@@ -202,6 +203,11 @@ impl<'a> User<'a> {
 
     /// `helm install` and wait until the controller and a tunnel on every node are Ready.
     pub async fn install(&self) -> Result<()> {
+        self.install_with(&[]).await
+    }
+
+    /// [`User::install`] with chart values of the test's (`key=value`, as `--set` takes them).
+    pub async fn install_with(&self, values: &[&str]) -> Result<()> {
         self.say.step("Install ambit with helm");
         // The testbed runs CNI plugins in the host's filesystem, with each node's files under
         // its own root directory.
@@ -211,7 +217,7 @@ impl<'a> User<'a> {
         );
         // Without --wait (the docs suggest it; a first install must not need it): the chart
         // has no object of a kind it brings, the controller makes the GatewayClass.
-        self.helm(&[
+        let mut args = vec![
             "install",
             "ambit",
             "charts/ambit",
@@ -220,7 +226,11 @@ impl<'a> User<'a> {
             "--create-namespace",
             "--set",
             &plugin_root,
-        ])?;
+        ];
+        for value in values {
+            args.extend(["--set", value]);
+        }
+        self.helm(&args)?;
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), SYSTEM_NS);
         let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), SYSTEM_NS);
         eventually("the ambit controller Deployment ready", WAIT, || async {
@@ -483,6 +493,16 @@ impl<'a> User<'a> {
     }
 }
 
+/// The `/config_dump` of node `k`'s tunnel, from its admin port (localhost in the node's
+/// netns, where the tunnel runs with the host's network).
+pub fn tunnel_config_dump(tb: &Testbed, k: u8) -> Result<serde_json::Value> {
+    let netns = format!("--net=/run/netns/{}", tb.config.node_netns(k));
+    let url = "http://127.0.0.1:15000/config_dump";
+    let dump =
+        run(Command::new("nsenter").args([&netns, "--", "curl", "-sSf", "--max-time", "5", url]))?;
+    serde_json::from_str(&dump).with_context(|| format!("{url} on node {k} is not JSON"))
+}
+
 /// A plain HTTP/1.0 GET; the body.
 pub async fn http_get(addr: &str, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -626,18 +646,8 @@ impl User<'_> {
             server,
             client,
             svc,
-        } = self.samples().await?;
+        } = self.carried_by_tunnels().await?;
         let (from, to) = (spiffe(NS, CLIENT), spiffe(NS, SERVER));
-        eventually(
-            "client -> echo carried by the tunnels with SPIFFE identities",
-            WAIT,
-            || async {
-                self.call(&client, svc, "ping").ok()?;
-                let metrics = self.tunnel_metrics(&server).await.ok()?;
-                saw_identities(&metrics, &from, &to).then_some(())
-            },
-        )
-        .await?;
         let (reply, seen) = self
             .sniff(&server, async || self.call(&client, svc, "hello-over-mtls"))
             .await?;
@@ -665,6 +675,24 @@ impl User<'_> {
         ));
         self.say.say("the same pods, never restarted");
         Ok(())
+    }
+
+    /// Waits until client -> echo is carried by the tunnels, as the echo tunnel's metrics tell
+    /// with both SPIFFE identities.
+    pub async fn carried_by_tunnels(&self) -> Result<Samples> {
+        let samples = self.samples().await?;
+        let (from, to) = (spiffe(NS, CLIENT), spiffe(NS, SERVER));
+        eventually(
+            "client -> echo carried by the tunnels with SPIFFE identities",
+            WAIT,
+            || async {
+                self.call(&samples.client, samples.svc, "ping").ok()?;
+                let metrics = self.tunnel_metrics(&samples.server).await.ok()?;
+                saw_identities(&metrics, &from, &to).then_some(())
+            },
+        )
+        .await?;
+        Ok(samples)
     }
 
     /// (uid, restart count) of every sample pod.

@@ -13,6 +13,7 @@ pub const BENCHES: &[&str] = &[
     "soak",
     "controller",
     "route",
+    "leaf-rotation",
 ];
 
 pub fn run(name: &str) -> Result<()> {
@@ -35,10 +36,10 @@ pub fn run(name: &str) -> Result<()> {
         }
         // The capture path needs network namespaces, which the tunnel's netns test harness
         // builds; the benchmark lives there as an ignored test (root).
-        "tunnel" => tunnel_bench("netns", "bench::bench_tunnel"),
-        "tunnel-scale" => tunnel_bench("netns", "scale::bench_tunnel_scale"),
+        "tunnel" => ignored_test("ambit-tunnel", "netns", "bench::bench_tunnel"),
+        "tunnel-scale" => ignored_test("ambit-tunnel", "netns", "scale::bench_tunnel_scale"),
         // Minutes of connections and churn through one tunnel: a test target of its own.
-        "soak" => tunnel_bench("soak", "bench_soak"),
+        "soak" => ignored_test("ambit-tunnel", "soak", "bench_soak"),
         // Needs a real apiserver with 10,000 pods: an ignored test over the testbed (root).
         "controller" => cmd::run(&mut cargo([
             "test",
@@ -52,18 +53,20 @@ pub fn run(name: &str) -> Result<()> {
             "--ignored",
             "--nocapture",
         ])),
+        // Mesh traffic across nodes while leaves rotate: the user's path on a testbed.
+        "leaf-rotation" => ignored_test("ambit-e2e", "leaf_rotation", "bench_leaf_rotation"),
         _ => bail!("unknown benchmark {name:?}; known: {}", BENCHES.join(", ")),
     }
 }
 
-/// An ignored test of the tunnel's network-namespace harnesses.
-fn tunnel_bench(target: &str, test: &str) -> Result<()> {
+/// One ignored test, `test` of `package`'s test target `target`, in release mode.
+fn ignored_test(package: &str, target: &str, test: &str) -> Result<()> {
     cmd::run(&mut cargo([
         "test",
         "--release",
         "--locked",
         "--package",
-        "ambit-tunnel",
+        package,
         "--test",
         target,
         "--",
