@@ -362,6 +362,48 @@ mod tests {
     }
 
     #[test]
+    fn a_handed_over_pod_comes_with_its_fds() {
+        let dir = std::env::temp_dir().join(format!("ambit-handover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let files: Vec<OwnedFd> = (0..HANDED_OVER_FDS)
+            .map(|i| {
+                let file = dir.join(format!("f{i}"));
+                std::fs::write(&file, "x".repeat(i + 1)).unwrap();
+                OwnedFd::from(std::fs::File::open(&file).unwrap())
+            })
+            .collect();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let (request, _) = receive(&stream).unwrap();
+            assert_eq!(request, Request::HandOver);
+            let reply = Reply {
+                handed_over: Some(HandedOver {
+                    uid: "u1".into(),
+                    name: "p".into(),
+                    namespace: "ns".into(),
+                    listening: true,
+                }),
+                ..Reply::ok()
+            };
+            let fds: Vec<_> = files.iter().map(AsFd::as_fd).collect();
+            answer_with_fds(&stream, &reply, &fds).unwrap();
+        });
+        let (reply, fds) = exchange(&path, &Request::HandOver, None).unwrap();
+        server.join().unwrap();
+        assert_eq!(reply.handed_over.unwrap().uid, "u1");
+        // In order: each fd is the file of its place.
+        let sizes: Vec<u64> = fds
+            .into_iter()
+            .map(|fd| std::fs::File::from(fd).metadata().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [1, 2, 3, 4]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn captures_enrolled_and_not_yet_known_pods_of_enrolled_namespaces() {
         let e = Enrollment {
             synced: true,
