@@ -6,6 +6,7 @@ mod cmd;
 mod conformance;
 mod deny;
 mod fuzz;
+mod images;
 mod test;
 mod testbed;
 
@@ -30,6 +31,19 @@ enum Chore {
         target: Option<String>,
         #[arg(long, default_value_t = 60, value_name = "N")]
         seconds: u64,
+    },
+    /// ambit's images as OCI image layouts, static binaries FROM scratch, without a container
+    /// engine: target/ambit-images/<image>/ (docs/install.md, "Images")
+    Images {
+        #[arg(long, value_enum, default_value = "release")]
+        profile: images::Profile,
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+        /// each image is tagged <registry>/<image>:<tag> (charts/ambit's image.registry, image.tag)
+        #[arg(long, default_value = "ghcr.io/ambit")]
+        registry: String,
+        #[arg(long, default_value = "dev")]
+        tag: String,
     },
     /// the whole mesh on the local testbed, narrated (root); leaves it up to poke around
     Demo,
@@ -69,6 +83,17 @@ fn main() -> Result<()> {
         Chore::Test => test::run(),
         Chore::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Chore::Demo => testbed::demo(),
+        Chore::Images {
+            profile,
+            out,
+            registry,
+            tag,
+        } => images::run(
+            profile,
+            &out.unwrap_or_else(|| cmd::workspace_root().join("target/ambit-images")),
+            &registry,
+            &tag,
+        ),
         Chore::Bench { name } => bench::run(&name),
         Chore::Conformance { run_test, keep } => conformance::run(run_test.as_deref(), keep),
         Chore::Testbed { command, options } => testbed::run(&command, &options),
