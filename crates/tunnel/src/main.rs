@@ -37,6 +37,14 @@ fn main() -> Result<()> {
 }
 
 async fn run(config: Config) -> Result<()> {
+    // A tunnel already serving this node (a rolling upgrade) is told first thing, so it stops
+    // answering ready on the port both share before the kubelet probes this pod; it hands its
+    // pods over once this one has a view, and keeps serving them until then.
+    let socket = config.socket.clone();
+    let predecessor = tokio::task::spawn_blocking(move || {
+        handoff::send(&socket, &Request::Successor, None).is_ok()
+    })
+    .await?;
     let start = source::start(&config.source, config.cert_lifetime)?;
     let shared = Arc::new(Shared::new(
         config.node.clone(),
@@ -58,20 +66,19 @@ async fn run(config: Config) -> Result<()> {
         &shared.trust,
         move |mesh| mesh_updated(&fed, mesh),
     );
-    // A tunnel already serving this node (a rolling upgrade) hands its pods over once this
-    // one has a view; until then it keeps serving them.
-    let socket = config.socket.clone();
-    let predecessor = tokio::task::spawn_blocking(move || {
-        handoff::send(&socket, &Request::Successor, None).is_ok()
-    })
-    .await?;
     if predecessor {
         tracing::info!("a tunnel serves this node: taking its pods over once the mesh is synced");
         while !shared.synced() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (taker, socket) = (node.clone(), config.socket.clone());
-        tokio::task::spawn_blocking(move || take_over(&taker, &socket)).await??;
+        tokio::task::spawn_blocking(move || {
+            take_over(&taker, &socket)?;
+            // Pods that could not be served yet (no certificate) are retried.
+            taker.serve_held();
+            anyhow::Ok(())
+        })
+        .await??;
     }
     let admin = serve_admin(&config, &node, stream_state).await?;
 

@@ -404,22 +404,32 @@ impl<I: CertificateIssuer> Node<I> {
 
     /// Takes a pod handed over by the tunnel this one replaces; its listeners, if any, are
     /// served as they are. A pod this view would not serve is held or dropped as
-    /// [`Node::add_pod`] would. Blocking: call it off the async runtime.
+    /// [`Node::add_pod`] would; one that cannot be served now (no certificate) is held, fails
+    /// closed, and is retried by [`Node::serve_held`]. Blocking: call it off the async runtime.
     pub fn take_over(&self, pod: &HandedOver, fds: Vec<OwnedFd>) -> Result<(), NodeError> {
         let mut fds = fds.into_iter();
         let netns = fds.next().ok_or(NodeError::Pod(PodError::Died))?;
         let listeners: Option<Listeners> = fds.collect::<Vec<_>>().try_into().ok();
         let mesh = self.shared.mesh();
+        let hold = |netns| {
+            let held = Held {
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                netns,
+            };
+            lock(&self.held).insert(pod.uid.clone(), held);
+        };
         match (self.decide(&mesh, &pod.uid, &pod.namespace)?, listeners) {
-            (Decision::Serve, listeners) => self.serve(&mesh, &pod.uid, netns, listeners),
+            (Decision::Serve, listeners) => {
+                let kept = netns
+                    .try_clone()
+                    .map_err(|e| NodeError::Pod(PodError::Setns(e)))?;
+                self.serve(&mesh, &pod.uid, netns, listeners)
+                    .inspect_err(|_| hold(kept))
+            }
             (Decision::Skip, _) => Ok(()),
             (Decision::Hold, _) => {
-                let held = Held {
-                    name: pod.name.clone(),
-                    namespace: pod.namespace.clone(),
-                    netns,
-                };
-                lock(&self.held).insert(pod.uid.clone(), held);
+                hold(netns);
                 Ok(())
             }
         }
