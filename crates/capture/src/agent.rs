@@ -433,7 +433,6 @@ impl Reconciler {
         if let View::Synced(e) = &view {
             self.update_probe_targets(reconcile::probe_targets(&records, e));
         }
-        self.publish(&records, &gone);
         let facts = Facts {
             records,
             gone,
@@ -441,22 +440,39 @@ impl Reconciler {
             netns_by_ip,
         };
         let actions = reconcile::plan(&view, &facts, ACTIONS_PER_TICK);
+        // The pods about to be handed over count as captured from now: the tunnel waits for
+        // their certificates before it answers.
+        let handing: Vec<&PodRecord> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Capture(r, _) => Some(r),
+                _ => None,
+            })
+            .collect();
+        self.publish(&facts.records, &handing);
         if actions.is_empty() {
             return;
         }
         for action in actions {
             self.act(action);
         }
-        // What the actions captured, published now rather than a tick later: the pods'
-        // certificates wait for it.
+        // Those the tunnel declined are not captured after all.
         if let Ok((records, _)) = state::records(&self.config.state) {
-            self.publish(&records, &facts.gone);
+            self.publish(&records, &[]);
         }
     }
 
-    /// Hands the captured set to the publisher when it changed (a no-op without one).
-    fn publish(&self, records: &[PodRecord], gone: &HashSet<String>) {
-        let set = Some(publish::captured(records, gone));
+    /// Hands the captured set ([`publish::captured`]) to the publisher when it changed (a
+    /// no-op without one).
+    fn publish(&mut self, records: &[PodRecord], handing: &[&PodRecord]) {
+        let marked = match state::handing(&self.config.state) {
+            Ok((marked, _)) => marked,
+            Err(e) => {
+                self.once("handing", e.to_string());
+                Vec::new()
+            }
+        };
+        let set = Some(publish::captured(records, handing, &marked, netns_gone));
         self.captured.send_if_modified(|current| {
             let changed = *current != set;
             if changed {
@@ -626,7 +642,7 @@ impl Reconciler {
             Ok(false) => return,
             Err(e) => return self.once(&r.uid, e.to_string()),
         }
-        let result = pod::hand_over(&self.config.socket, r).and_then(|decision| {
+        let result = pod::hand_over(state_dir, &self.config.socket, r).and_then(|decision| {
             if let Some(mode) = decision {
                 pod::install(state_dir, r, mode)?;
             }

@@ -44,8 +44,20 @@ impl PodError {
 }
 
 /// Hands the pod's netns to the tunnel; returns the tunnel's decision: capture, in its mode
-/// (`Some`), or not.
-pub fn hand_over(socket: &Path, record: &PodRecord) -> Result<Option<Mode>, PodError> {
+/// (`Some`), or not. Marked as being handed over meanwhile: the tunnel waits for the pod's
+/// certificate before it answers, and the CA signs it once the agent has published the mark.
+pub fn hand_over(
+    state: &Path,
+    socket: &Path,
+    record: &PodRecord,
+) -> Result<Option<Mode>, PodError> {
+    state::mark_handing(state, record)?;
+    let decision = ask(socket, record);
+    state::unmark_handing(state, &record.uid)?;
+    decision
+}
+
+fn ask(socket: &Path, record: &PodRecord) -> Result<Option<Mode>, PodError> {
     let fd: OwnedFd = std::fs::File::open(&record.netns)
         .map_err(|source| PodError::Netns {
             path: record.netns.display().to_string(),
@@ -78,7 +90,7 @@ pub fn uninstall(state: &Path, record: &PodRecord) -> Result<(), PodError> {
 /// Asks the tunnel and applies its answer both ways: rules for a captured pod, none for
 /// another (CNI ADD, `enroll`). Returns the decision.
 pub fn enroll(state: &Path, socket: &Path, record: &PodRecord) -> Result<bool, PodError> {
-    let decision = hand_over(socket, record)?;
+    let decision = hand_over(state, socket, record)?;
     match decision {
         Some(mode) => install(state, record, mode)?,
         None => uninstall(state, record)?,

@@ -11,7 +11,8 @@ use crate::state::PodRecord;
 use ambit_k8s::node_capture::{NodeCapture, NodeCaptureSpec};
 use backon::{ExponentialBuilder, Retryable};
 use kube::api::{Api, Patch, PatchParams};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -19,12 +20,21 @@ const FIELD_MANAGER: &str = "ambit-capture";
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// What the node has captured: the uids of the recorded pods whose rules are (being) put in,
-/// leaving out those whose netns is gone (their pod is over).
-pub fn captured(records: &[PodRecord], gone: &HashSet<String>) -> BTreeSet<String> {
+/// What the node publishes as captured: the recorded pods whose rules are in, and the pods
+/// being handed to the tunnel (`handing` by the agent, `marked` by a CNI ADD: the tunnel asks
+/// for their certificates before it answers), leaving out those whose netns is `gone`.
+pub fn captured(
+    records: &[PodRecord],
+    handing: &[&PodRecord],
+    marked: &[PodRecord],
+    gone: impl Fn(&Path) -> bool,
+) -> BTreeSet<String> {
     records
         .iter()
-        .filter(|r| r.captured && !gone.contains(&r.uid))
+        .filter(|r| r.captured)
+        .chain(handing.iter().copied())
+        .chain(marked)
+        .filter(|r| !gone(&r.netns))
         .map(|r| r.uid.clone())
         .collect()
 }
@@ -99,10 +109,17 @@ mod tests {
     }
 
     #[test]
-    fn the_captured_set_is_the_captured_records_still_running() {
+    fn the_captured_set_is_the_captured_and_handing_pods_still_running() {
         let records = [record("a", true), record("b", false), record("c", true)];
-        let gone = HashSet::from(["c".to_string()]);
-        assert_eq!(captured(&records, &gone), BTreeSet::from(["a".to_string()]));
-        assert!(captured(&[], &HashSet::new()).is_empty());
+        let (b, d, e) = (record("b", false), record("d", false), record("e", false));
+        let gone = |netns: &Path| netns.ends_with("c") || netns.ends_with("e");
+        let uids = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+        // b is being handed over by the agent, d by a CNI ADD; c and e are over.
+        assert_eq!(
+            uids(captured(&records, &[&b], &[d, e], gone)),
+            ["a", "b", "d"]
+        );
+        assert_eq!(uids(captured(&records, &[], &[], gone)), ["a"]);
+        assert!(captured(&[], &[], &[], |_| false).is_empty());
     }
 }

@@ -78,7 +78,18 @@ fn decode_err(path: &Path) -> impl FnOnce(serde_json::Error) -> StateError + '_ 
     }
 }
 
+/// A pod's record: `<uid>.json`.
+const RECORD: &str = "json";
+/// A pod being handed to the tunnel: `<uid>.handing`, the record as it will be, from just
+/// before the handoff until its answer. The agent publishes these pods as captured, because the
+/// tunnel asks the CA for the pod's certificate before it answers.
+const HANDING: &str = "handing";
+
 fn record_path(state: &Path, uid: &str) -> PathBuf {
+    pod_path(state, uid, RECORD)
+}
+
+fn pod_path(state: &Path, uid: &str, extension: &str) -> PathBuf {
     // Kubernetes uids are UUIDs; anything else is made path-safe.
     let safe: String = uid
         .chars()
@@ -90,7 +101,7 @@ fn record_path(state: &Path, uid: &str) -> PathBuf {
             }
         })
         .collect();
-    state.join(format!("{safe}.json"))
+    state.join(format!("{safe}.{extension}"))
 }
 
 /// Writes `body` to a temporary file beside `path`; the caller renames or links it in place.
@@ -105,10 +116,28 @@ fn write_tmp(path: &Path, body: &[u8]) -> Result<PathBuf, StateError> {
 
 /// Records (or replaces the record of) a pod.
 pub fn remember(state: &Path, record: &PodRecord) -> Result<(), StateError> {
-    let path = record_path(state, &record.uid);
-    let body = serde_json::to_vec(record).map_err(decode_err(&path))?;
-    let tmp = write_tmp(&path, &body)?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    write_pod(&record_path(state, &record.uid), record)
+}
+
+fn write_pod(path: &Path, record: &PodRecord) -> Result<(), StateError> {
+    let body = serde_json::to_vec(record).map_err(decode_err(path))?;
+    let tmp = write_tmp(path, &body)?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Marks a pod as being handed to the tunnel (see [`HANDING`]).
+pub fn mark_handing(state: &Path, record: &PodRecord) -> Result<(), StateError> {
+    write_pod(&pod_path(state, &record.uid, HANDING), record)
+}
+
+pub fn unmark_handing(state: &Path, uid: &str) -> Result<(), StateError> {
+    remove_file(&pod_path(state, uid, HANDING))
+}
+
+/// The pods being handed to the tunnel right now (or whose handoff died half way: the caller
+/// leaves out those whose netns is gone).
+pub fn handing(state: &Path) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
+    read_pods(state, HANDING)
 }
 
 /// Records a pod only if it has no record yet (the agent's scan must not overwrite what a
@@ -157,6 +186,13 @@ pub fn load(state: &Path, uid: &str) -> Result<Option<PodRecord>, StateError> {
 /// Every record, by uid. A record that cannot be read is reported and skipped, so one bad
 /// file does not stop the node's reconcile.
 pub fn records(state: &Path) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
+    read_pods(state, RECORD)
+}
+
+fn read_pods(
+    state: &Path,
+    extension: &str,
+) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
     let entries = match std::fs::read_dir(state) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
@@ -166,7 +202,7 @@ pub fn records(state: &Path) -> Result<(Vec<PodRecord>, Vec<StateError>), StateE
     let mut bad = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_err(state))?.path();
-        if path.extension().is_none_or(|e| e != "json") {
+        if path.extension().is_none_or(|e| e != extension) {
             continue;
         }
         match std::fs::read(&path) {
@@ -203,6 +239,10 @@ pub fn clear(state: &Path) -> Result<(), StateError> {
     let (records, _) = records(state)?;
     for r in records {
         forget(state, &r.uid)?;
+    }
+    let (handing, _) = handing(state)?;
+    for r in handing {
+        unmark_handing(state, &r.uid)?;
     }
     Ok(())
 }

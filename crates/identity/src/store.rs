@@ -198,12 +198,30 @@ impl<I: CertificateIssuer> CertificateStore<I> {
     /// Returns a lease on `identity`'s certificate, issuing it first if no one holds it yet.
     /// Concurrent callers for the same identity share one issuance.
     pub async fn acquire(&self, identity: &SpiffeId) -> Result<IdentityLease, StoreError> {
+        self.acquire_within(identity, Duration::ZERO).await
+    }
+
+    /// [`acquire`](Self::acquire), but a failed issuance is retried (with the store's backoff)
+    /// for up to `patience` before it is reported: for an identity the CA is about to grant,
+    /// as a pod's once its node has recorded the pod captured.
+    pub async fn acquire_within(
+        &self,
+        identity: &SpiffeId,
+        patience: Duration,
+    ) -> Result<IdentityLease, StoreError> {
         let entry = self.entry(identity);
         let mut slot = entry.slot.clone();
-        let outcome = slot
-            .wait_for(|s| !matches!(s, Slot::Pending))
+        let ready = tokio::time::timeout(patience, slot.wait_for(|s| matches!(s, Slot::Ready(_))))
             .await
-            .map(|s| s.clone());
+            .map(|ready| ready.map(|s| s.clone()));
+        // Past `patience`, the first outcome counts, failure included.
+        let outcome = match ready {
+            Ok(ready) => ready,
+            Err(_) => slot
+                .wait_for(|s| !matches!(s, Slot::Pending))
+                .await
+                .map(|s| s.clone()),
+        };
         match outcome {
             Ok(Slot::Ready(_)) => Ok(IdentityLease(entry)),
             Ok(Slot::Failed(reason)) => Err(StoreError::Issue {

@@ -161,6 +161,30 @@ async fn first_issuance_failure_is_reported() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_patient_acquire_waits_through_refusals_for_the_certificate() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = FlakyIssuer::new(&pki);
+    issuer.failing.store(true, Ordering::SeqCst);
+    let store = store(&issuer);
+    let id = pki.id("demo", "web");
+    // The CA refuses until the pod is recorded, 2.5 s later: retries at 1 s and 3 s.
+    let (lease, ()) = tokio::join!(store.acquire_within(&id, Duration::from_secs(10)), async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        issuer.failing.store(false, Ordering::SeqCst);
+    });
+    assert_eq!(lease.unwrap().identity(), &id);
+    assert_eq!(issuer.issued(), 3);
+    // Past its patience, the refusal is reported.
+    issuer.failing.store(true, Ordering::SeqCst);
+    let other = pki.id("demo", "api");
+    let err = store
+        .acquire_within(&other, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CA unavailable"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn refuses_a_certificate_issued_for_another_identity() {
     let pki = TestPki::new("cluster.local");
     let issuer = FlakyIssuer::new(&pki);

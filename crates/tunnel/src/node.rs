@@ -79,6 +79,10 @@ struct Held {
 
 /// How soon a held pod that could not be served is tried again.
 const HELD_RETRY: Duration = Duration::from_secs(2);
+/// How long a pod handed over waits for its first certificate, through the CA's refusals: the
+/// CA signs only once the node's capture agent has published the pod as captured (its next
+/// tick, 500 ms, then the CA's watch), and refuses before.
+const CERTIFICATE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What to do with a pod handed over.
 enum Decision {
@@ -301,7 +305,9 @@ impl<I: CertificateIssuer> Node<I> {
                 old.pod.stop(Duration::ZERO);
             }
         }
-        let lease = self.runtime.block_on(self.store.acquire(&identity))?;
+        let lease = self
+            .runtime
+            .block_on(self.store.acquire_within(&identity, CERTIFICATE_PATIENCE))?;
         let spec = PodSpec {
             uid: uid.to_owned(),
             name: workload.name.clone(),
