@@ -4,7 +4,8 @@
 
 mod support;
 
-use ambit_hbone::{PoolSettings, TunnelHeaders};
+use ambit_hbone::{HboneServer, PoolSettings, ServerSettings, TunnelHeaders};
+use ambit_identity::server_config;
 use ambit_identity::testing::TestPki;
 use aws_lc_rs::digest::{SHA256, digest};
 use std::sync::Arc;
@@ -285,4 +286,49 @@ async fn a_burst_to_a_hung_peer_shares_one_failed_dial() {
     );
     assert_eq!(client.pool.stats().dials, 1);
     assert_eq!(client.pool.stats().connections, 0);
+}
+
+/// A node tunnel handing a pod over to a new one (docs/tunnel.md, "Upgrades"): the old server
+/// stops accepting and says GOAWAY, and a new server accepts on the same listening socket. The
+/// client's open tunnel goes on, and its next tunnel goes to the new server on a new connection.
+#[tokio::test]
+async fn a_server_going_away_moves_new_tunnels_to_its_successor() {
+    let pki = TestPki::new("cluster.local");
+    let echo = start_echo().await;
+    let listener = listen().await.into_std().unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = |listener: std::net::TcpListener| {
+        let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+        let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &pki.bundle()).unwrap();
+        let server = HboneServer::new(tls, ServerSettings::default(), Forward { seen });
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let accepting = tokio::spawn(server.clone().serve(listener));
+        (server, accepting, requests)
+    };
+    let (old, old_accepting, _) = serve(listener.try_clone().unwrap());
+    let client = client(&pki, addr);
+    let entry = start_outbound(&client, echo).await;
+    let round_trip = async |socket: &mut TcpStream, line: &[u8]| {
+        socket.write_all(line).await.unwrap();
+        let mut got = vec![0; line.len()];
+        tokio::time::timeout(DEADLINE, socket.read_exact(&mut got))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(got, line);
+    };
+    let mut held = TcpStream::connect(entry).await.unwrap();
+    round_trip(&mut held, b"before").await;
+
+    old_accepting.abort();
+    old.go_away();
+    let (_new, _new_accepting, mut at_new) = serve(listener);
+    let mut next = TcpStream::connect(entry).await.unwrap();
+    round_trip(&mut next, b"after").await;
+    assert!(
+        at_new.try_recv().is_ok(),
+        "the new tunnel did not reach the new server"
+    );
+    assert_eq!(client.pool.stats().dials, 2);
+    round_trip(&mut held, b"still").await;
 }
