@@ -23,6 +23,8 @@ const LIFETIME: Duration = Duration::from_secs(3600);
 /// HBONE as one identity, with a certificate the mesh's own CA signed.
 pub struct Attacker {
     pool: HbonePool,
+    dialer: Dialer,
+    certificate: CertificateHandle,
     pub identity: SpiffeId,
     trust_domain: TrustDomain,
 }
@@ -80,16 +82,41 @@ impl Attacker {
         let request = CertificateRequest::new(&identity)?;
         let leaf = ca.sign(request.csr_der(), &identity, LIFETIME)?;
         let certificate = request.complete(vec![leaf])?;
+        let certificate = CertificateHandle::fixed(certificate);
         let identities: HashMap<SpiffeId, CertificateHandle> =
-            HashMap::from([(identity.clone(), CertificateHandle::fixed(certificate))]);
+            HashMap::from([(identity.clone(), certificate.clone())]);
+        let dialer = Dialer::new(trust, PoolSettings::default());
         Ok(Self {
-            pool: HbonePool::new(
-                Dialer::new(trust, PoolSettings::default()),
-                Arc::new(identities),
-            ),
+            pool: HbonePool::new(dialer.clone(), Arc::new(identities)),
+            dialer,
+            certificate,
             identity,
             trust_domain,
         })
+    }
+
+    /// [`Attacker::connect`] on a connection of its own (a full handshake each time), closed
+    /// when done: probes that must not pile up connections at the peer.
+    pub async fn connect_once(
+        &self,
+        peer: SocketAddr,
+        (namespace, service_account): (&str, &str),
+        target: SocketAddr,
+    ) -> Result<(), HboneError> {
+        let expected = SpiffeId::new(self.trust_domain.clone(), namespace, service_account)
+            .map_err(|e| HboneError::Io(std::io::Error::other(e)))?;
+        let stream = self
+            .dialer
+            .connect_unpooled(
+                self.certificate.clone(),
+                peer,
+                vec![expected],
+                target,
+                &TunnelHeaders::default(),
+            )
+            .await?;
+        drop(stream);
+        Ok(())
     }
 
     /// Opens an HBONE tunnel to `target` through the tunnel at `peer` (a pod's `IP:15008`),
