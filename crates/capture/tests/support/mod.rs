@@ -142,6 +142,11 @@ impl FakeTunnel {
                                 ..Reply::ok()
                             },
                         ),
+                        // Between tunnels only (an upgrade): no agent sends them.
+                        Request::Successor | Request::HandOver => (
+                            "tunnel to tunnel".to_owned(),
+                            Reply::refused("not a tunnel"),
+                        ),
                     };
                     requests.lock().unwrap().push(line);
                     let _ = handoff::answer(&stream, &reply);
