@@ -288,6 +288,23 @@ mod tests {
     }
 
     #[test]
+    fn handing_marks_are_apart_from_the_records_and_cleared() {
+        let dir = temp("handing");
+        remember(&dir, &rec("a", true)).unwrap();
+        mark_handing(&dir, &rec("b", false)).unwrap();
+        assert_eq!(handing(&dir).unwrap().0, vec![rec("b", false)]);
+        assert_eq!(records(&dir).unwrap().0, vec![rec("a", true)]);
+        unmark_handing(&dir, "b").unwrap();
+        unmark_handing(&dir, "never").unwrap();
+        assert!(handing(&dir).unwrap().0.is_empty());
+        mark_handing(&dir, &rec("c", false)).unwrap();
+        clear(&dir).unwrap();
+        assert!(handing(&dir).unwrap().0.is_empty());
+        assert!(records(&dir).unwrap().0.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn remember_new_never_overwrites() {
         let dir = temp("new");
         assert!(remember_new(&dir, &rec("a", false)).unwrap());
