@@ -42,7 +42,14 @@ async fn run(config: Config) -> Result<()> {
     // pods over once this one has a view, and keeps serving them until then.
     let socket = config.socket.clone();
     let predecessor = tokio::task::spawn_blocking(move || {
-        handoff::send(&socket, &Request::Successor, None).is_ok()
+        match handoff::send(&socket, &Request::Successor, None) {
+            Ok(_) => true,
+            Err(handoff::HandoffError::Refused(error)) => {
+                tracing::error!(%error, "the running tunnel cannot hand this node over (an older version): it keeps the node's ports until its pod is deleted");
+                false
+            }
+            Err(_) => false,
+        }
     })
     .await?;
     let start = source::start(&config.source, config.cert_lifetime)?;
