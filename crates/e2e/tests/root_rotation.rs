@@ -1,12 +1,13 @@
 //! Root CA rotation under load (issue 15 item 2), the procedure of docs/identity.md step by
 //! step with kubectl: a steady load from `client` (node 2) to the `echo` Service (node 1)
-//! through both tunnels, and one connection held open across the whole rotation, while
+//! through both tunnels and echo's waypoint, and one connection held open across the whole
+//! rotation, while
 //!
-//! 1. the new root is added beside the old one (`trusted.crt`): wait until both tunnels accept
-//!    a leaf of the new root;
-//! 2. the new root signs (`ca.crt`/`ca.key`), the old one still trusted: wait until both
-//!    tunnels present leaves of the new root;
-//! 3. the old root is withdrawn: wait until both tunnels refuse a leaf of the old root.
+//! 1. the new root is added beside the old one (`trusted.crt`): wait until both tunnels and
+//!    the waypoint accept a leaf of the new root;
+//! 2. the new root signs (`ca.crt`/`ca.key`), the old one still trusted: wait until each
+//!    presents a leaf of the new root;
+//! 3. the old root is withdrawn: wait until each refuses a leaf of the old root.
 //!
 //! Zero requests may fail and the held connection must still echo. Each wait watches what a
 //! peer sees over HBONE (a fresh handshake per look), nothing internal. Needs root (the
@@ -15,6 +16,7 @@
 
 use ambit_e2e::attacker::{Attacker, mesh_ca};
 use ambit_e2e::load::SteadyLoad;
+use ambit_e2e::waypoint::WAYPOINT;
 use ambit_e2e::{
     CLIENT, LiveConnection, NS, SERVER, SERVER_PORT, SYSTEM_NS, TRUST_DOMAIN, Testbed, User,
     eventually,
@@ -46,8 +48,17 @@ async fn rotate(tb: &Testbed) -> Result<()> {
     user.install().await?;
     user.deploy_samples().await?;
     user.enroll().await?;
+    // Through a waypoint: the load crosses client's tunnel, the waypoint and echo's tunnel.
+    user.waypoint().await?;
     let samples = user.samples().await?;
-    let ends = [(&samples.client, CLIENT), (&samples.server, SERVER)];
+    let waypoint = user.waypoint_pod().await?;
+    // Each HBONE server, its identity, and a target it serves (a tunnel: its pod; the
+    // waypoint: echo's Service).
+    let ends = [
+        (&samples.client, CLIENT, None),
+        (&waypoint, WAYPOINT, Some(samples.svc)),
+        (&samples.server, SERVER, None),
+    ];
     let old = mesh_ca(&user.client).await?;
     let new = CertificateAuthority::generate(
         TRUST_DOMAIN.parse()?,
@@ -70,10 +81,10 @@ async fn rotate(tb: &Testbed) -> Result<()> {
         &json!({"stringData": {"trusted.crt": new.root_pem()}}),
     )?;
     let only_old = bundle(&[&old])?;
-    for (pod, sa) in ends {
+    for (pod, sa, target) in ends {
         until(
-            &format!("{sa}'s tunnel accepts a leaf of the new root"),
-            async || Ok(accepts(&new, &only_old, pod, sa).await? == Some(true)),
+            &format!("{sa}'s HBONE server accepts a leaf of the new root"),
+            async || Ok(accepts(&new, &only_old, pod, sa, target).await? == Some(true)),
         )
         .await?;
     }
@@ -91,11 +102,11 @@ async fn rotate(tb: &Testbed) -> Result<()> {
         }}),
     )?;
     let only_new = bundle(&[&new])?;
-    for (pod, sa) in ends {
+    for (pod, sa, target) in ends {
         // A client trusting the new root alone accepts the tunnel: its leaf is the new root's.
         until(
-            &format!("{sa}'s tunnel presents a leaf of the new root"),
-            async || Ok(accepts(&new, &only_new, pod, sa).await? == Some(true)),
+            &format!("{sa}'s HBONE server presents a leaf of the new root"),
+            async || Ok(accepts(&new, &only_new, pod, sa, target).await? == Some(true)),
         )
         .await?;
     }
@@ -103,15 +114,15 @@ async fn rotate(tb: &Testbed) -> Result<()> {
 
     user.say.step("3. Withdraw the old root");
     patch_root_secret(&user, &json!({"data": {"trusted.crt": null}}))?;
-    for (pod, sa) in ends {
+    for (pod, sa, target) in ends {
         until(
-            &format!("{sa}'s tunnel refuses a leaf of the old root"),
-            async || Ok(accepts(&old, &both, pod, sa).await? == Some(false)),
+            &format!("{sa}'s HBONE server refuses a leaf of the old root"),
+            async || Ok(accepts(&old, &both, pod, sa, target).await? == Some(false)),
         )
         .await?;
         ensure!(
-            accepts(&new, &only_new, pod, sa).await? == Some(true),
-            "{sa}'s tunnel refuses the new root's leaves too"
+            accepts(&new, &only_new, pod, sa, target).await? == Some(true),
+            "{sa}'s HBONE server refuses the new root's leaves too"
         );
     }
     held.exchange("after-withdrawal")?;
@@ -148,14 +159,15 @@ fn bundle(cas: &[&CertificateAuthority]) -> Result<TrustBundle> {
     Ok(TrustBundle::new(TRUST_DOMAIN.parse()?, roots)?)
 }
 
-/// Whether `pod`'s tunnel and a client with a fresh leaf of `ca`, trusting `trust`, complete
-/// a handshake: a CONNECT answered at all (even refused by the app) means both sides accepted
+/// Whether `pod`'s HBONE server and a client with a fresh leaf of `ca`, trusting `trust`,
+/// complete a handshake (asking for `target`, the pod's own echo port by default): a CONNECT answered at all (even refused by the app) means both sides accepted
 /// the other's certificate. `None` when the probe failed otherwise (a limit, a timeout).
 async fn accepts(
     ca: &CertificateAuthority,
     trust: &TrustBundle,
     pod: &Pod,
     sa: &str,
+    target: Option<SocketAddr>,
 ) -> Result<Option<bool>> {
     let ip: IpAddr = pod
         .status
@@ -168,7 +180,7 @@ async fn accepts(
         .connect_once(
             SocketAddr::new(ip, HBONE_PORT),
             (NS, sa),
-            SocketAddr::new(ip, SERVER_PORT),
+            target.unwrap_or(SocketAddr::new(ip, SERVER_PORT)),
         )
         .await;
     Ok(match outcome {
@@ -177,7 +189,7 @@ async fn accepts(
         // the HTTP/2 handshake reads).
         Err(HboneError::Tls { .. } | HboneError::H2(_) | HboneError::Io(_)) => Some(false),
         Err(other) => {
-            println!("   probe of {sa}'s tunnel: {other}");
+            println!("   probe of {sa}'s HBONE server: {other}");
             None
         }
     })
