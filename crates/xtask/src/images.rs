@@ -102,7 +102,11 @@ fn build(profile: Profile) -> Result<PathBuf> {
     let mut command = cargo(["build", "--locked", "--target", TARGET]);
     let dir = match profile {
         Profile::Release => {
-            command.arg("--release");
+            // Line tables go (the profile keeps them for local debugging); symbols stay, so a
+            // panic's backtrace still names its functions.
+            command
+                .arg("--release")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
             "release"
         }
         Profile::Dev => "debug",
