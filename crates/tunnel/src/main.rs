@@ -65,6 +65,7 @@ async fn run(config: Config) -> Result<()> {
         CertificateStore::new(start.issuer, RetryPolicy::default()).following(shared.trust.clone()),
         tokio::runtime::Handle::current(),
         config.drain_timeout,
+        config.handover_timeout,
     );
     let fed = node.clone();
     let stream_state = spawn_feed(

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -116,8 +116,11 @@ pub struct Node<I> {
     runtime: tokio::runtime::Handle,
     draining: AtomicBool,
     drain_timeout: Duration,
-    /// A new tunnel announced itself ([`Request::Successor`]): not ready from then on.
-    successor: AtomicBool,
+    /// How long an announced successor has to start taking the pods over.
+    handover_timeout: Duration,
+    /// When a new tunnel announced itself ([`Request::Successor`]): not ready from then on,
+    /// unless it never asks for the pods (it died starting).
+    successor: Mutex<Option<Instant>>,
     /// Handing pods over ([`Request::HandOver`]): no new pod is taken.
     superseded: AtomicBool,
     /// Every pod handed over: the successor serves this node.
@@ -145,6 +148,7 @@ impl<I: CertificateIssuer> Node<I> {
         store: CertificateStore<I>,
         runtime: tokio::runtime::Handle,
         drain_timeout: Duration,
+        handover_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared,
@@ -154,7 +158,8 @@ impl<I: CertificateIssuer> Node<I> {
             runtime,
             draining: AtomicBool::new(false),
             drain_timeout,
-            successor: AtomicBool::new(false),
+            handover_timeout,
+            successor: Mutex::default(),
             superseded: AtomicBool::new(false),
             handed_over: tokio::sync::watch::Sender::new(false),
             finishing: Mutex::default(),
@@ -356,7 +361,7 @@ impl<I: CertificateIssuer> Node<I> {
     /// A successor announced itself: report not ready (so its pod is not marked ready by this
     /// tunnel's answer on the readiness port) and keep serving until it takes the pods.
     pub fn announce_successor(&self) {
-        self.successor.store(true, Ordering::Relaxed);
+        *lock(&self.successor) = Some(Instant::now());
     }
 
     /// Gives up one pod to the successor: the answer and its fds (netns, then the listeners
@@ -441,8 +446,11 @@ impl<I: CertificateIssuer> Node<I> {
         }
     }
 
+    /// A successor is taking over: it asked for the pods, or announced itself less than the
+    /// handover timeout ago (past that, it is taken for dead and this tunnel is ready again).
     pub fn successor_announced(&self) -> bool {
-        self.successor.load(Ordering::Relaxed)
+        self.superseded.load(Ordering::Relaxed)
+            || lock(&self.successor).is_some_and(|at| at.elapsed() < self.handover_timeout)
     }
 
     /// Turns true once every pod was handed over to a successor.
@@ -587,6 +595,94 @@ impl<I: CertificateIssuer> Node<I> {
     pub fn ready(&self) -> bool {
         self.shared.synced()
             && !self.draining.load(Ordering::Relaxed)
-            && !self.successor.load(Ordering::Relaxed)
+            && !self.successor_announced()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ambit_identity::testing::TestPki;
+    use ambit_identity::{IssueError, LocalIssuer, RetryPolicy, SpiffeId};
+    use rustls_pki_types::CertificateDer;
+
+    /// `srv` is served (addresses and identity); any other pod of `demo` is held.
+    const MESH: &str = r#"
+namespaces: [demo]
+workloads:
+  - {uid: srv, name: server, namespace: demo, serviceAccount: server, node: n1, ips: [10.1.0.3]}
+"#;
+    const HANDOVER_TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// The test CA, answering only once `open` says so.
+    #[derive(Clone)]
+    struct GatedIssuer {
+        inner: LocalIssuer,
+        open: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl CertificateIssuer for GatedIssuer {
+        async fn issue(
+            &self,
+            identity: &SpiffeId,
+            csr_der: &[u8],
+        ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
+            self.inner.issue(identity, csr_der).await
+        }
+    }
+
+    struct Fixture {
+        node: Arc<Node<GatedIssuer>>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    fn fixture() -> Fixture {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pki = TestPki::new("cluster.local");
+        let issuer = GatedIssuer {
+            inner: LocalIssuer::new(pki.ca.clone(), Duration::from_secs(600)),
+            open: tokio::sync::watch::Sender::new(true),
+        };
+        let mesh = Mesh::new(ambit_mesh::MeshConfig::from_yaml(MESH).unwrap()).unwrap();
+        let shared = Arc::new(Shared::new(
+            "n1".into(),
+            Mode::Strict,
+            pki.bundle(),
+            mesh,
+            true,
+        ));
+        let store = CertificateStore::new(issuer.clone(), RetryPolicy::default());
+        let node = Node::new(
+            shared,
+            store,
+            runtime.handle().clone(),
+            Duration::ZERO,
+            HANDOVER_TIMEOUT,
+        );
+        Fixture {
+            node,
+            _runtime: runtime,
+        }
+    }
+
+    #[test]
+    fn a_successor_that_never_asks_for_the_pods_expires() {
+        let f = fixture();
+        assert!(f.node.ready());
+        f.node.announce_successor();
+        assert!(!f.node.ready());
+        assert!(f.node.successor_announced());
+        let deadline = Instant::now() + 10 * HANDOVER_TIMEOUT;
+        while !f.node.ready() {
+            assert!(Instant::now() < deadline, "still not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!f.node.successor_announced());
     }
 }
