@@ -221,7 +221,12 @@ impl<I: CertificateIssuer> Node<I> {
                     namespace: namespace.to_owned(),
                     netns,
                 };
-                lock(&self.held).insert(uid.to_owned(), held);
+                let mut pods_held = lock(&self.held);
+                // As in `serve`: `hand_over` may have emptied `held` since the check above.
+                if self.superseded.load(Ordering::Relaxed) {
+                    return Err(NodeError::Superseded);
+                }
+                pods_held.insert(uid.to_owned(), held);
                 tracing::info!(%uid, %name, %namespace, "pod held until the mesh lists its addresses");
                 Ok(true)
             }
@@ -324,6 +329,12 @@ impl<I: CertificateIssuer> Node<I> {
         let netns_fd = netns
             .try_clone()
             .map_err(|e| NodeError::Pod(PodError::Setns(e)))?;
+        // Checked under the lock `hand_over` sets it under, after the certificate wait: a pod
+        // served once the successor heard "none left" would keep ports it can never get.
+        let mut pods = lock(&self.pods);
+        if self.superseded.load(Ordering::Relaxed) {
+            return Err(NodeError::Superseded);
+        }
         let pod = pod::spawn(spec, netns, listeners, self.shared.clone())?;
         let served = Served {
             pod,
@@ -331,7 +342,7 @@ impl<I: CertificateIssuer> Node<I> {
             netns: netns_id,
             _lease: lease,
         };
-        lock(&self.pods).insert(uid.to_owned(), served);
+        pods.insert(uid.to_owned(), served);
         Ok(())
     }
 
@@ -368,9 +379,9 @@ impl<I: CertificateIssuer> Node<I> {
     /// if served). The pod's open connections finish here, up to the drain timeout. `None`
     /// in the answer: none left, and [`Node::handed_over`] says so from then on.
     pub fn hand_over(&self) -> (Reply, Vec<OwnedFd>) {
-        self.superseded.store(true, Ordering::Relaxed);
         let served = {
             let mut pods = lock(&self.pods);
+            self.superseded.store(true, Ordering::Relaxed);
             let uid = pods.keys().next().cloned();
             uid.and_then(|uid| pods.remove(&uid))
         };
@@ -635,6 +646,7 @@ workloads:
 
     struct Fixture {
         node: Arc<Node<GatedIssuer>>,
+        issuer: GatedIssuer,
         _runtime: tokio::runtime::Runtime,
     }
 
@@ -667,6 +679,7 @@ workloads:
         );
         Fixture {
             node,
+            issuer,
             _runtime: runtime,
         }
     }
@@ -684,5 +697,31 @@ workloads:
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!f.node.successor_announced());
+    }
+
+    /// Any fd for a pod's netns: the pods of these tests never get as far as entering it.
+    fn netns() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn a_pod_added_while_the_node_is_handed_over_is_refused() {
+        let f = fixture();
+        f.issuer.open.send_replace(false);
+        let node = f.node.clone();
+        let adding = std::thread::spawn(move || node.add_pod("srv", "server", "demo", netns()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f.issuer.open.receiver_count() == 0 {
+            assert!(Instant::now() < deadline, "no certificate asked for");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The successor hears "none left" while the pod waits for its certificate.
+        let (reply, fds) = f.node.hand_over();
+        assert!(reply.handed_over.is_none() && fds.is_empty());
+        assert!(*f.node.handed_over().borrow());
+        f.issuer.open.send_replace(true);
+        let added = adding.join().unwrap();
+        assert!(matches!(added, Err(NodeError::Superseded)), "{added:?}");
+        assert_eq!(f.node.config_dump()["pods"], serde_json::json!([]));
     }
 }
