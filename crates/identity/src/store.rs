@@ -306,14 +306,14 @@ async fn maintain<I: CertificateIssuer>(
                         .first()
                         .is_some_and(|leaf| !t.from_signing_root(leaf))
                 });
-                let delay = if stale {
-                    backoff
-                } else {
-                    until_half_life(&certificate, SystemTime::now())
-                };
+                let half_life = until_half_life(&certificate, SystemTime::now());
+                // A leaf already at its end on arrival (this clock ahead of the CA's) would be
+                // re-requested at once, in a loop against the CA: it waits out the backoff.
+                let early = stale || half_life < retry.initial;
+                let delay = if early { backoff } else { half_life };
                 tracing::info!(%identity, renew_in_s = delay.as_secs(), stale, "certificate issued");
                 slot.send_replace(Slot::Ready(Arc::new(certificate)));
-                backoff = if stale {
+                backoff = if early {
                     (backoff * 2).min(retry.max)
                 } else {
                     retry.initial

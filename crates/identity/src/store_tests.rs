@@ -285,3 +285,51 @@ async fn a_bundle_change_re_issues_and_a_leaf_from_the_old_root_is_re_requested(
         "a leaf from the signing root waits for half-life"
     );
 }
+
+/// A CA whose clock is behind this one: every leaf it signs has already expired here.
+#[derive(Clone)]
+struct BehindIssuer {
+    pki: TestPki,
+    issued: Arc<AtomicUsize>,
+}
+
+impl CertificateIssuer for BehindIssuer {
+    async fn issue(
+        &self,
+        identity: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        let behind = SystemTime::now() - 2 * LIFETIME;
+        Ok(vec![self.pki.ca.sign_at(csr_der, identity, LIFETIME, behind)?])
+    }
+}
+
+/// Clock skew: a leaf past its `notAfter` on arrival has no half-life left, and is re-requested
+/// with the growing backoff (1 s doubling to 8 s here), not at once in a loop against the CA.
+#[tokio::test(start_paused = true)]
+async fn a_leaf_expired_on_arrival_is_re_requested_with_backoff() {
+    let pki = TestPki::new("cluster.local");
+    let issuer = BehindIssuer {
+        pki: pki.clone(),
+        issued: Arc::default(),
+    };
+    let store = CertificateStore::new(
+        issuer.clone(),
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        },
+    );
+    let issued = || issuer.issued.load(Ordering::SeqCst);
+    let _lease = store.acquire(&pki.id("demo", "web")).await.unwrap();
+    settle().await;
+    assert_eq!(issued(), 1, "re-requested on arrival");
+
+    // Re-requests at 1, 3, 7, 15, 23, 31, 39 s.
+    for _ in 0..40 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+    }
+    assert_eq!(issued(), 8);
+}
