@@ -70,11 +70,15 @@ impl Shared {
     }
 }
 
-/// A pod the tunnel will serve once the mesh gives its addresses (and identity).
+/// A pod the tunnel will serve once the mesh gives its addresses (and identity), or once its
+/// certificate comes.
 struct Held {
     name: String,
     namespace: String,
     netns: OwnedFd,
+    /// Taken over from a predecessor: kept open, so connections wait in the accept queue
+    /// rather than being refused until the pod is served.
+    listeners: Option<Listeners>,
 }
 
 /// How soon a held pod that could not be served is tried again.
@@ -212,7 +216,7 @@ impl<I: CertificateIssuer> Node<I> {
         match self.decide(&mesh, uid, namespace)? {
             Decision::Serve => {
                 lock(&self.held).remove(uid);
-                self.serve(&mesh, uid, netns, None)?;
+                self.serve(&mesh, uid, netns, &mut None)?;
                 Ok(true)
             }
             Decision::Hold => {
@@ -220,6 +224,7 @@ impl<I: CertificateIssuer> Node<I> {
                     name: name.to_owned(),
                     namespace: namespace.to_owned(),
                     netns,
+                    listeners: None,
                 };
                 let mut pods_held = lock(&self.held);
                 // As in `serve`: `hand_over` may have emptied `held` since the check above.
@@ -242,7 +247,7 @@ impl<I: CertificateIssuer> Node<I> {
         let mut retry = false;
         let uids: Vec<String> = lock(&self.held).keys().cloned().collect();
         for uid in uids {
-            let Some(held) = lock(&self.held).remove(&uid) else {
+            let Some(mut held) = lock(&self.held).remove(&uid) else {
                 continue;
             };
             match self.decide(&mesh, &uid, &held.namespace) {
@@ -264,7 +269,7 @@ impl<I: CertificateIssuer> Node<I> {
                 .netns
                 .try_clone()
                 .map_err(|e| NodeError::Pod(PodError::Setns(e)))
-                .and_then(|netns| self.serve(&mesh, &uid, netns, None));
+                .and_then(|netns| self.serve(&mesh, &uid, netns, &mut held.listeners));
             match served {
                 Ok(()) => {
                     tracing::info!(%uid, name = %held.name, namespace = %held.namespace, "held pod served")
@@ -286,12 +291,14 @@ impl<I: CertificateIssuer> Node<I> {
         }
     }
 
+    /// `listeners` (a predecessor's) are used once the pod runs, and left in place if it
+    /// cannot be served yet.
     fn serve(
         &self,
         mesh: &Mesh,
         uid: &str,
         netns: OwnedFd,
-        listeners: Option<Listeners>,
+        listeners: &mut Option<Listeners>,
     ) -> Result<(), NodeError> {
         let Some(workload) = mesh.workload_by_uid(uid) else {
             return Ok(());
@@ -335,7 +342,7 @@ impl<I: CertificateIssuer> Node<I> {
         if self.superseded.load(Ordering::Relaxed) {
             return Err(NodeError::Superseded);
         }
-        let pod = pod::spawn(spec, netns, listeners, self.shared.clone())?;
+        let pod = pod::spawn(spec, netns, listeners.take(), self.shared.clone())?;
         let served = Served {
             pod,
             netns_fd,
@@ -408,13 +415,15 @@ impl<I: CertificateIssuer> Node<I> {
                 self.handed_over.send_replace(true);
                 return (Reply::ok(), Vec::new());
             };
+            let mut fds = vec![held.netns];
+            fds.extend(held.listeners.into_iter().flatten());
             let handed = HandedOver {
                 uid,
                 name: held.name,
                 namespace: held.namespace,
-                listening: false,
+                listening: fds.len() == handoff::HANDED_OVER_FDS,
             };
-            (handed, vec![held.netns])
+            (handed, fds)
         };
         tracing::info!(uid = %handed.uid, name = %handed.name, namespace = %handed.namespace, "pod handed over to the new tunnel");
         let reply = Reply {
@@ -426,32 +435,34 @@ impl<I: CertificateIssuer> Node<I> {
 
     /// Takes a pod handed over by the tunnel this one replaces; its listeners, if any, are
     /// served as they are. A pod this view would not serve is held or dropped as
-    /// [`Node::add_pod`] would; one that cannot be served now (no certificate) is held, fails
-    /// closed, and is retried by [`Node::serve_held`]. Blocking: call it off the async runtime.
+    /// [`Node::add_pod`] would; one that cannot be served now (no certificate) is held with
+    /// its listeners, fails closed, and is retried by [`Node::serve_held`]. Blocking: call it
+    /// off the async runtime.
     pub fn take_over(&self, pod: &HandedOver, fds: Vec<OwnedFd>) -> Result<(), NodeError> {
         let mut fds = fds.into_iter();
         let netns = fds.next().ok_or(NodeError::Pod(PodError::Died))?;
-        let listeners: Option<Listeners> = fds.collect::<Vec<_>>().try_into().ok();
+        let mut listeners: Option<Listeners> = fds.collect::<Vec<_>>().try_into().ok();
         let mesh = self.shared.mesh();
-        let hold = |netns| {
+        let hold = |netns, listeners| {
             let held = Held {
                 name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
                 netns,
+                listeners,
             };
             lock(&self.held).insert(pod.uid.clone(), held);
         };
-        match (self.decide(&mesh, &pod.uid, &pod.namespace)?, listeners) {
-            (Decision::Serve, listeners) => {
+        match self.decide(&mesh, &pod.uid, &pod.namespace)? {
+            Decision::Serve => {
                 let kept = netns
                     .try_clone()
                     .map_err(|e| NodeError::Pod(PodError::Setns(e)))?;
-                self.serve(&mesh, &pod.uid, netns, listeners)
-                    .inspect_err(|_| hold(kept))
+                let served = self.serve(&mesh, &pod.uid, netns, &mut listeners);
+                served.inspect_err(|_| hold(kept, listeners.take()))
             }
-            (Decision::Skip, _) => Ok(()),
-            (Decision::Hold, _) => {
-                hold(netns);
+            Decision::Skip => Ok(()),
+            Decision::Hold => {
+                hold(netns, listeners);
                 Ok(())
             }
         }
@@ -626,11 +637,12 @@ workloads:
 "#;
     const HANDOVER_TIMEOUT: Duration = Duration::from_millis(300);
 
-    /// The test CA, answering only once `open` says so.
+    /// The test CA, answering only once `open` says so, and refusing while `refusing`.
     #[derive(Clone)]
     struct GatedIssuer {
         inner: LocalIssuer,
         open: tokio::sync::watch::Sender<bool>,
+        refusing: Arc<AtomicBool>,
     }
 
     impl CertificateIssuer for GatedIssuer {
@@ -640,6 +652,9 @@ workloads:
             csr_der: &[u8],
         ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
             let _ = self.open.subscribe().wait_for(|open| *open).await;
+            if self.refusing.load(Ordering::Relaxed) {
+                return Err("the pod is not captured yet".into());
+            }
             self.inner.issue(identity, csr_der).await
         }
     }
@@ -660,6 +675,7 @@ workloads:
         let issuer = GatedIssuer {
             inner: LocalIssuer::new(pki.ca.clone(), Duration::from_secs(600)),
             open: tokio::sync::watch::Sender::new(true),
+            refusing: Arc::default(),
         };
         let mesh = Mesh::new(ambit_mesh::MeshConfig::from_yaml(MESH).unwrap()).unwrap();
         let shared = Arc::new(Shared::new(
@@ -723,5 +739,40 @@ workloads:
         let added = adding.join().unwrap();
         assert!(matches!(added, Err(NodeError::Superseded)), "{added:?}");
         assert_eq!(f.node.config_dump()["pods"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_pod_whose_certificate_is_refused_at_takeover_keeps_its_listeners() {
+        let f = fixture();
+        f.issuer.refusing.store(true, Ordering::Relaxed);
+        let listeners: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let mut fds = vec![netns()];
+        fds.extend(listeners.into_iter().map(OwnedFd::from));
+        let pod = HandedOver {
+            uid: "srv".into(),
+            name: "server".into(),
+            namespace: "demo".into(),
+            listening: true,
+        };
+        let taken = f.node.take_over(&pod, fds);
+        assert!(matches!(taken, Err(NodeError::Certificate(_))), "{taken:?}");
+        assert_eq!(f.node.config_dump()["heldPods"][0]["uid"], "srv");
+        // Still open: the pod is handed on with the same sockets.
+        let (reply, fds) = f.node.hand_over();
+        assert!(reply.handed_over.unwrap().listening);
+        let handed: Vec<u16> = fds[1..]
+            .iter()
+            .map(|fd| {
+                let listener = std::net::TcpListener::from(fd.try_clone().unwrap());
+                listener.local_addr().unwrap().port()
+            })
+            .collect();
+        assert_eq!(handed, ports);
     }
 }
