@@ -34,6 +34,11 @@ pub enum RootsError {
     TrustedNotText,
     #[error("Secret {ROOT_SECRET}: the bundle of ca.crt and {TRUSTED_KEY} is unusable: {0}")]
     Bundle(#[from] TlsError),
+    #[error(
+        "Secret {ROOT_SECRET}: ca.crt has {left:?} of validity left, less than a leaf's lifetime \
+         ({leaf:?}): it could sign no leaf"
+    )]
+    CannotSign { left: Duration, leaf: Duration },
 }
 
 /// One version of the roots: the CA that signs and the bundle published.
@@ -56,13 +61,32 @@ impl RootSet {
         })
     }
 
+    /// The roots an edit of the Secret asks for. A signing root with less validity left than
+    /// a leaf lives is refused: switching to it would stop all issuance (the CA signs no leaf
+    /// past its root's end).
     fn from_secret(
         secret: &Secret,
         namespace: &str,
         trust_domain: &TrustDomain,
+        leaf_lifetime: Duration,
     ) -> Result<Self, RootsError> {
         let ca = from_secret(secret, namespace, trust_domain)?;
-        Self::new(ca, trusted_of(secret)?)
+        Self::signing_for(ca, trusted_of(secret)?, leaf_lifetime)
+    }
+
+    fn signing_for(
+        ca: CertificateAuthority,
+        trusted: Option<&str>,
+        leaf_lifetime: Duration,
+    ) -> Result<Self, RootsError> {
+        let left = ca.max_leaf_lifetime();
+        if left < leaf_lifetime {
+            return Err(RootsError::CannotSign {
+                left,
+                leaf: leaf_lifetime,
+            });
+        }
+        Self::new(ca, trusted)
     }
 }
 
@@ -189,6 +213,8 @@ pub(crate) struct Rotation {
     /// The controller's own trust bundle (its serving certificate follows it).
     pub(crate) trust: TrustBundle,
     pub(crate) owner: Option<OwnerReference>,
+    /// The lifetime of the leaves signed (a new signing root must outlive one).
+    pub(crate) leaf_lifetime: Duration,
 }
 
 /// Watches the root Secret: an edit that changes the roots switches the signing root and
@@ -201,6 +227,7 @@ pub(crate) async fn run(rotation: Rotation) {
         roots,
         trust,
         owner,
+        leaf_lifetime,
     } = rotation;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={ROOT_SECRET}"));
@@ -217,7 +244,12 @@ pub(crate) async fn run(rotation: Rotation) {
                 continue;
             }
         };
-        let set = match RootSet::from_secret(&secret, &namespace, roots.trust_domain()) {
+        let set = match RootSet::from_secret(
+            &secret,
+            &namespace,
+            roots.trust_domain(),
+            leaf_lifetime,
+        ) {
             Ok(set) => set,
             Err(error) => {
                 tracing::error!(%error, "root Secret edited into an unusable state: keeping the current roots");
@@ -302,6 +334,21 @@ mod tests {
             1,
             "an emptied trusted.crt withdraws every other root"
         );
+    }
+
+    #[test]
+    fn a_signing_root_that_outlives_no_leaf_is_refused() {
+        let hour = Duration::from_secs(3600);
+        let short = CertificateAuthority::generate(
+            "cluster.local".parse().unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        assert!(matches!(
+            RootSet::signing_for(short, None, hour),
+            Err(RootsError::CannotSign { .. })
+        ));
+        assert!(RootSet::signing_for(ca(), None, Duration::from_secs(1800)).is_ok());
     }
 
     #[test]

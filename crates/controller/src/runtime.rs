@@ -306,6 +306,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         roots: roots.clone(),
         trust: trust.clone(),
         owner: owner.clone(),
+        leaf_lifetime: config.cert_lifetime,
     }));
     let store = CertificateStore::new(
         RootIssuer {

@@ -149,6 +149,11 @@ impl CertificateAuthority {
         &self.root
     }
 
+    /// The longest leaf this CA signs: its root's validity left when it was loaded.
+    pub fn max_leaf_lifetime(&self) -> Duration {
+        self.max_leaf_lifetime
+    }
+
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }

@@ -301,7 +301,9 @@ impl CertificateIssuer for BehindIssuer {
     ) -> Result<Vec<CertificateDer<'static>>, IssueError> {
         self.issued.fetch_add(1, Ordering::SeqCst);
         let behind = SystemTime::now() - 2 * LIFETIME;
-        Ok(vec![self.pki.ca.sign_at(csr_der, identity, LIFETIME, behind)?])
+        Ok(vec![
+            self.pki.ca.sign_at(csr_der, identity, LIFETIME, behind)?,
+        ])
     }
 }
 
