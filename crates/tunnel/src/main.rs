@@ -81,12 +81,11 @@ async fn run(config: Config) -> Result<()> {
         }
         let (taker, socket) = (node.clone(), config.socket.clone());
         tokio::task::spawn_blocking(move || {
-            take_over(&taker, &socket)?;
+            take_over(&taker, &socket);
             // Pods that could not be served yet (no certificate) are retried.
             taker.serve_held();
-            anyhow::Ok(())
         })
-        .await??;
+        .await?;
     }
     let admin = serve_admin(&config, &node, stream_state).await?;
 
@@ -131,14 +130,21 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// Asks the tunnel on `socket` for its pods one by one and serves them on their listeners.
-fn take_over(node: &Node<Issuer>, socket: &Path) -> Result<()> {
+/// A failed exchange stops there: the pods taken are served, and the rest come back through
+/// the capture agent's replay once the old tunnel is gone (exiting would drop them all).
+fn take_over(node: &Node<Issuer>, socket: &Path) {
     let mut taken = 0;
     loop {
-        let (reply, fds) = handoff::exchange(socket, &Request::HandOver, None)
-            .context("taking the pods over from the running tunnel")?;
+        let (reply, fds) = match handoff::exchange(socket, &Request::HandOver, None) {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::error!(pods = taken, %error, "taking the pods over from the running tunnel failed; going on with those taken");
+                return;
+            }
+        };
         let Some(pod) = reply.handed_over else {
             tracing::info!(pods = taken, "took every pod over from the running tunnel");
-            return Ok(());
+            return;
         };
         match node.take_over(&pod, fds) {
             Ok(()) => taken += 1,

@@ -8,7 +8,7 @@ use ambit_handoff::{self as handoff, EnrolledPod, Enrollment, HandedOver, Reply,
 use ambit_identity::{CertificateIssuer, CertificateStore, IdentityLease, StoreError, TrustBundle};
 use ambit_mesh::{LiveMesh, Mesh};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -382,19 +382,30 @@ impl<I: CertificateIssuer> Node<I> {
         *lock(&self.successor) = Some(Instant::now());
     }
 
-    /// Gives up one pod to the successor: the answer and its fds (netns, then the listeners
-    /// if served). The pod's open connections finish here, up to the drain timeout. `None`
-    /// in the answer: none left, and [`Node::handed_over`] says so from then on.
-    pub fn hand_over(&self) -> (Reply, Vec<OwnedFd>) {
+    /// Gives up one pod to the successor: `send` answers with it and its fds (netns, then the
+    /// listeners if served). The pod is given up only once `send` succeeded (else it stays
+    /// here); its open connections then finish here, up to the drain timeout. `None` in the
+    /// answer: none left, and [`Node::handed_over`] says so from then on.
+    pub fn hand_over<E>(
+        &self,
+        send: impl FnOnce(&Reply, &[BorrowedFd<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let served = {
             let mut pods = lock(&self.pods);
             self.superseded.store(true, Ordering::Relaxed);
             let uid = pods.keys().next().cloned();
-            uid.and_then(|uid| pods.remove(&uid))
+            uid.and_then(|uid| pods.remove_entry(&uid))
         };
-        let (handed, fds) = if let Some(mut served) = served {
-            let mut fds = vec![served.netns_fd];
-            fds.extend(served.pod.hand_over().into_iter().flatten());
+        if let Some((uid, served)) = served {
+            let mut fds = vec![served.netns_fd.as_fd()];
+            fds.extend(
+                served
+                    .pod
+                    .listeners()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| l.as_fd()),
+            );
             let spec = &served.pod.spec;
             let handed = HandedOver {
                 uid: spec.uid.clone(),
@@ -402,35 +413,46 @@ impl<I: CertificateIssuer> Node<I> {
                 namespace: spec.namespace.clone(),
                 listening: fds.len() == handoff::HANDED_OVER_FDS,
             };
+            if let Err(error) = send(&Self::handing(handed), &fds) {
+                lock(&self.pods).entry(uid).or_insert(served);
+                return Err(error);
+            }
             let (pod, drain) = (served.pod, self.drain_timeout);
             lock(&self.finishing).push(std::thread::spawn(move || pod.stop(drain)));
-            (handed, fds)
-        } else {
-            let held = {
-                let mut held = lock(&self.held);
-                let uid = held.keys().next().cloned();
-                uid.and_then(|uid| held.remove_entry(&uid))
-            };
-            let Some((uid, held)) = held else {
-                self.handed_over.send_replace(true);
-                return (Reply::ok(), Vec::new());
-            };
-            let mut fds = vec![held.netns];
-            fds.extend(held.listeners.into_iter().flatten());
-            let handed = HandedOver {
-                uid,
-                name: held.name,
-                namespace: held.namespace,
-                listening: fds.len() == handoff::HANDED_OVER_FDS,
-            };
-            (handed, fds)
+            return Ok(());
+        }
+        let held = {
+            let mut held = lock(&self.held);
+            let uid = held.keys().next().cloned();
+            uid.and_then(|uid| held.remove_entry(&uid))
         };
-        tracing::info!(uid = %handed.uid, name = %handed.name, namespace = %handed.namespace, "pod handed over to the new tunnel");
-        let reply = Reply {
-            handed_over: Some(handed),
+        let Some((uid, held)) = held else {
+            send(&Reply::ok(), &[])?;
+            self.handed_over.send_replace(true);
+            return Ok(());
+        };
+        let mut fds = vec![held.netns.as_fd()];
+        fds.extend(held.listeners.iter().flatten().map(|l| l.as_fd()));
+        let handed = HandedOver {
+            uid: uid.clone(),
+            name: held.name.clone(),
+            namespace: held.namespace.clone(),
+            listening: fds.len() == handoff::HANDED_OVER_FDS,
+        };
+        if let Err(error) = send(&Self::handing(handed), &fds) {
+            lock(&self.held).entry(uid).or_insert(held);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// The answer handing `pod` over.
+    fn handing(pod: HandedOver) -> Reply {
+        tracing::info!(uid = %pod.uid, name = %pod.name, namespace = %pod.namespace, "pod handed over to the new tunnel");
+        Reply {
+            handed_over: Some(pod),
             ..Reply::ok()
-        };
-        (reply, fds)
+        }
     }
 
     /// Takes a pod handed over by the tunnel this one replaces; its listeners, if any, are
@@ -497,18 +519,14 @@ impl<I: CertificateIssuer> Node<I> {
             let node = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("handoff-request".into())
-                .spawn(move || {
-                    let (reply, fds) = node.handle_request(&stream);
-                    let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-                    let _ = handoff::answer_with_fds(&stream, &reply, &fds);
-                });
+                .spawn(move || node.handle_request(&stream));
             if let Err(error) = spawned {
                 tracing::warn!(%error, "cannot start a handoff thread");
             }
         }
     }
 
-    fn handle_request(&self, stream: &std::os::unix::net::UnixStream) -> (Reply, Vec<OwnedFd>) {
+    fn handle_request(&self, stream: &std::os::unix::net::UnixStream) {
         let reply = match handoff::receive(stream) {
             Ok((
                 Request::Add {
@@ -546,10 +564,17 @@ impl<I: CertificateIssuer> Node<I> {
                 self.announce_successor();
                 Reply::ok()
             }
-            Ok((Request::HandOver, _)) => return self.hand_over(),
+            Ok((Request::HandOver, _)) => {
+                let sent =
+                    self.hand_over(|reply, fds| handoff::answer_with_fds(stream, reply, fds));
+                if let Err(error) = sent {
+                    tracing::warn!(%error, "the new tunnel did not get its pod; it stays here");
+                }
+                return;
+            }
             Err(error) => Reply::refused(error.to_string()),
         };
-        (reply, Vec::new())
+        let _ = handoff::answer(stream, &reply);
     }
 
     /// Graceful drain: refuse new pods, close every listener, let connections finish.
@@ -715,6 +740,19 @@ workloads:
         assert!(!f.node.successor_announced());
     }
 
+    /// One pod handed over, as the successor gets it (the fds duplicated).
+    fn handed(node: &Node<GatedIssuer>) -> (Reply, Vec<OwnedFd>) {
+        let mut got = None;
+        node.hand_over(|reply, fds| {
+            let fds: std::io::Result<Vec<_>> =
+                fds.iter().map(|fd| fd.try_clone_to_owned()).collect();
+            got = Some((reply.clone(), fds?));
+            std::io::Result::Ok(())
+        })
+        .unwrap();
+        got.unwrap()
+    }
+
     /// Any fd for a pod's netns: the pods of these tests never get as far as entering it.
     fn netns() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
@@ -732,7 +770,7 @@ workloads:
             std::thread::sleep(Duration::from_millis(10));
         }
         // The successor hears "none left" while the pod waits for its certificate.
-        let (reply, fds) = f.node.hand_over();
+        let (reply, fds) = handed(&f.node);
         assert!(reply.handed_over.is_none() && fds.is_empty());
         assert!(*f.node.handed_over().borrow());
         f.issuer.open.send_replace(true);
@@ -764,7 +802,7 @@ workloads:
         assert!(matches!(taken, Err(NodeError::Certificate(_))), "{taken:?}");
         assert_eq!(f.node.config_dump()["heldPods"][0]["uid"], "srv");
         // Still open: the pod is handed on with the same sockets.
-        let (reply, fds) = f.node.hand_over();
+        let (reply, fds) = handed(&f.node);
         assert!(reply.handed_over.unwrap().listening);
         let handed: Vec<u16> = fds[1..]
             .iter()
@@ -774,5 +812,23 @@ workloads:
             })
             .collect();
         assert_eq!(handed, ports);
+    }
+
+    #[test]
+    fn a_pod_the_successor_did_not_get_stays() {
+        let f = fixture();
+        assert!(f.node.add_pod("held", "held", "demo", netns()).unwrap());
+        let failed = f.node.hand_over(|_, fds| {
+            assert_eq!(fds.len(), 1);
+            Err("the successor went away")
+        });
+        assert_eq!(failed, Err("the successor went away"));
+        assert!(!*f.node.handed_over().borrow());
+        let (reply, fds) = handed(&f.node);
+        assert_eq!(reply.handed_over.unwrap().uid, "held");
+        assert_eq!(fds.len(), 1);
+        let (reply, _) = handed(&f.node);
+        assert!(reply.handed_over.is_none());
+        assert!(*f.node.handed_over().borrow());
     }
 }

@@ -101,11 +101,11 @@ pub struct PodHandle {
 }
 
 impl PodHandle {
-    /// Copies of the listening sockets for a successor tunnel, which accepts from them from
+    /// The listening sockets, to send to a successor tunnel, which accepts from them from
     /// then on: connections queued meanwhile wait, none is refused. [`PodHandle::stop`] then
     /// closes only this tunnel's copies.
-    pub fn hand_over(&mut self) -> Option<Listeners> {
-        self.listeners.take()
+    pub fn listeners(&self) -> Option<&Listeners> {
+        self.listeners.as_ref()
     }
 
     /// Closes the listeners, lets open connections finish for up to `drain`, then ends the
