@@ -462,7 +462,7 @@ pub fn network_policies(namespaces: &[String], policies: &[NetworkPolicy]) -> Li
 }
 
 /// What the chart creates, as (API group, resource, namespaced).
-pub const CHART_RESOURCES: [(&str, &str, bool); 11] = [
+pub const CHART_RESOURCES: [(&str, &str, bool); 13] = [
     ("apiextensions.k8s.io", "customresourcedefinitions", false),
     ("rbac.authorization.k8s.io", "clusterroles", false),
     ("rbac.authorization.k8s.io", "clusterrolebindings", false),
@@ -474,6 +474,9 @@ pub const CHART_RESOURCES: [(&str, &str, bool); 11] = [
     ("apps", "deployments", true),
     ("apps", "daemonsets", true),
     ("policy", "poddisruptionbudgets", true),
+    // Keeps each node's capture agent to its own NodeCapture record.
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies", false),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", false),
 ];
 
 /// The kinds the caller may not create (from SelfSubjectAccessReviews).
@@ -955,6 +958,7 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/ambit/templates");
         let plural = |kind: &str| match kind {
             "PodDisruptionBudget" => "poddisruptionbudgets".to_owned(),
+            "ValidatingAdmissionPolicy" => "validatingadmissionpolicies".to_owned(),
             k => format!("{}s", k.to_lowercase()),
         };
         // The crds-*.yaml templates render files of CustomResourceDefinitions.

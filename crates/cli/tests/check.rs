@@ -102,7 +102,7 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     for line in [
         "[ok] no Istio",
         "[ok] no Linkerd",
-        "[ok] can create what the chart creates: 11 kinds, namespace ambit-system",
+        "[ok] can create what the chart creates: 13 kinds, namespace ambit-system",
     ] {
         assert!(out.lines().any(|l| l == line), "{line}:\n{out}");
     }
