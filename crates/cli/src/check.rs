@@ -475,8 +475,16 @@ pub const CHART_RESOURCES: [(&str, &str, bool); 13] = [
     ("apps", "daemonsets", true),
     ("policy", "poddisruptionbudgets", true),
     // Keeps each node's capture agent to its own NodeCapture record.
-    ("admissionregistration.k8s.io", "validatingadmissionpolicies", false),
-    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", false),
+    (
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+        false,
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicybindings",
+        false,
+    ),
 ];
 
 /// The kinds the caller may not create (from SelfSubjectAccessReviews).
