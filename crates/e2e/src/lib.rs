@@ -87,6 +87,14 @@ pub fn spiffe(namespace: &str, sa: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}")
 }
 
+/// The pod's IP from its status (an error until the runtime has given it one).
+pub fn pod_ip(pod: &Pod) -> Result<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .context("pod has no IP")
+}
+
 /// Prints what the user would see: steps, commands and what they showed.
 #[derive(Debug, Clone, Copy)]
 pub struct Narrator;

@@ -14,7 +14,7 @@
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ambit_e2e::{CLIENT, NS, SERVER_PORT, SYSTEM_NS, Samples, Testbed, User, spiffe};
+use ambit_e2e::{CLIENT, NS, SERVER_PORT, SYSTEM_NS, Samples, Testbed, User, pod_ip, spiffe};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -198,13 +198,6 @@ async fn steps(tb: &Testbed) -> Result<()> {
         spiffe(NS, CLIENT)
     ));
     Ok(())
-}
-
-fn pod_ip(pod: &Pod) -> Result<String> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .context("pod has no IP")
 }
 
 /// Kills the node's kubelet stand-in and every process of its pods, and removes what a reboot

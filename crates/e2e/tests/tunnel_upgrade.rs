@@ -9,7 +9,7 @@
 //! Needs root (the testbed); skips loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ambit_e2e::{SERVER_PORT, SYSTEM_NS, Samples, Testbed, User};
+use ambit_e2e::{SERVER_PORT, SYSTEM_NS, Samples, Testbed, User, pod_ip};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -190,13 +190,6 @@ async fn steps(tb: &Testbed) -> Result<()> {
         "rolled both nodes in {rollout:?}; {total} new connections, none failed"
     ));
     Ok(())
-}
-
-fn pod_ip(pod: &Pod) -> Result<String> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .context("pod has no IP")
 }
 
 /// Runs `f` on a thread inside netns `netns`.
