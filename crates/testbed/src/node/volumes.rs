@@ -53,14 +53,16 @@ pub fn host_path(ctx: &NodeCtx, path: &str) -> PathBuf {
     }
 }
 
-pub async fn materialize(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<Volumes, Error> {
-    let mut out = Volumes::default();
-    let volumes: &[Volume] = pod
-        .spec
+fn pod_volumes(pod: &Pod) -> &[Volume] {
+    pod.spec
         .as_ref()
         .and_then(|s| s.volumes.as_deref())
-        .unwrap_or_default();
-    for v in volumes {
+        .unwrap_or_default()
+}
+
+pub async fn materialize(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<Volumes, Error> {
+    let mut out = Volumes::default();
+    for v in pod_volumes(pod) {
         let vdir = dir.join(&v.name);
         let source = if let Some(hp) = &v.host_path {
             let p = host_path(ctx, &hp.path);
@@ -148,12 +150,7 @@ pub async fn materialize(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<Volumes
 /// Rewrites the configMap volumes (plain and projected) from their ConfigMaps' current data, as
 /// kubelet's periodic sync does: how a mounted ConfigMap edit reaches a running container.
 pub async fn refresh_config_maps(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), Error> {
-    let volumes: &[Volume] = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_deref())
-        .unwrap_or_default();
-    for v in volumes {
+    for v in pod_volumes(pod) {
         let projected = v
             .projected
             .iter()
