@@ -95,6 +95,16 @@ impl Attacker {
         })
     }
 
+    /// The identity a tunnel serving `namespace/service_account` must present.
+    fn peer_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<SpiffeId, HboneError> {
+        SpiffeId::new(self.trust_domain.clone(), namespace, service_account)
+            .map_err(|e| HboneError::Io(std::io::Error::other(e)))
+    }
+
     /// [`Attacker::connect`] on a connection of its own (a full handshake each time), closed
     /// when done: probes that must not pile up connections at the peer.
     pub async fn connect_once(
@@ -103,8 +113,7 @@ impl Attacker {
         (namespace, service_account): (&str, &str),
         target: SocketAddr,
     ) -> Result<(), HboneError> {
-        let expected = SpiffeId::new(self.trust_domain.clone(), namespace, service_account)
-            .map_err(|e| HboneError::Io(std::io::Error::other(e)))?;
+        let expected = self.peer_identity(namespace, service_account)?;
         let stream = self
             .dialer
             .connect_unpooled(
@@ -127,8 +136,7 @@ impl Attacker {
         (namespace, service_account): (&str, &str),
         target: SocketAddr,
     ) -> Result<(), HboneError> {
-        let expected = SpiffeId::new(self.trust_domain.clone(), namespace, service_account)
-            .map_err(|e| HboneError::Io(std::io::Error::other(e)))?;
+        let expected = self.peer_identity(namespace, service_account)?;
         let key = PoolKey::new(self.identity.clone(), peer, vec![expected]);
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
