@@ -30,6 +30,8 @@ pub enum NodeError {
     Superseded,
     #[error("the tunnel has no mesh config yet (is the controller reachable?); retry")]
     NotSynced,
+    #[error("the sockets handed over with pod {uid} are not listeners on the tunnel ports")]
+    ForeignSockets { uid: String },
 }
 
 /// What every pod's connections read: immutable config plus the live mesh model.
@@ -103,6 +105,20 @@ struct Served {
     netns: Option<(u64, u64)>,
     // Held while the pod is served; the store forgets the identity with its last lease.
     _lease: IdentityLease,
+}
+
+/// Whether handed-over listeners are bound to the tunnel ports, in their order (outbound,
+/// inbound, HBONE): the predecessor is trusted with the netns, but a mix-up must not have a
+/// pod served on some other socket.
+fn on_tunnel_ports(listeners: &Listeners) -> bool {
+    let ports = [crate::OUTBOUND_PORT, crate::INBOUND_PORT, crate::HBONE_PORT];
+    listeners.iter().zip(ports).all(|(listener, port)| {
+        socket2::SockRef::from(listener)
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .is_some_and(|address| address.port() == port)
+    })
 }
 
 fn netns_identity(fd: &OwnedFd) -> Option<(u64, u64)> {
@@ -464,6 +480,11 @@ impl<I: CertificateIssuer> Node<I> {
         let mut fds = fds.into_iter();
         let netns = fds.next().ok_or(NodeError::Pod(PodError::Died))?;
         let mut listeners: Option<Listeners> = fds.collect::<Vec<_>>().try_into().ok();
+        if listeners.as_ref().is_some_and(|l| !on_tunnel_ports(l)) {
+            return Err(NodeError::ForeignSockets {
+                uid: pod.uid.clone(),
+            });
+        }
         let mesh = self.shared.mesh();
         let hold = |netns, listeners| {
             let held = Held {
@@ -753,6 +774,28 @@ workloads:
         got.unwrap()
     }
 
+    /// Pod `srv`, as a predecessor hands it over.
+    fn server() -> HandedOver {
+        HandedOver {
+            uid: "srv".into(),
+            name: "server".into(),
+            namespace: "demo".into(),
+            listening: true,
+        }
+    }
+    const TUNNEL_PORTS: [u16; 3] = [crate::OUTBOUND_PORT, crate::INBOUND_PORT, crate::HBONE_PORT];
+
+    /// A netns and three listeners on `ports`, as a predecessor hands a pod over. On an
+    /// address of their own (the host's netns; tunnels listen in pods' netns).
+    fn handed_fds(ports: [u16; 3]) -> Vec<OwnedFd> {
+        let mut fds = vec![netns()];
+        for port in ports {
+            let listener = std::net::TcpListener::bind(("127.77.0.1", port)).unwrap();
+            fds.push(listener.into());
+        }
+        fds
+    }
+
     /// Any fd for a pod's netns: the pods of these tests never get as far as entering it.
     fn netns() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
@@ -783,22 +826,7 @@ workloads:
     fn a_pod_whose_certificate_is_refused_at_takeover_keeps_its_listeners() {
         let f = fixture();
         f.issuer.refusing.store(true, Ordering::Relaxed);
-        let listeners: Vec<std::net::TcpListener> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        let mut fds = vec![netns()];
-        fds.extend(listeners.into_iter().map(OwnedFd::from));
-        let pod = HandedOver {
-            uid: "srv".into(),
-            name: "server".into(),
-            namespace: "demo".into(),
-            listening: true,
-        };
-        let taken = f.node.take_over(&pod, fds);
+        let taken = f.node.take_over(&server(), handed_fds(TUNNEL_PORTS));
         assert!(matches!(taken, Err(NodeError::Certificate(_))), "{taken:?}");
         assert_eq!(f.node.config_dump()["heldPods"][0]["uid"], "srv");
         // Still open: the pod is handed on with the same sockets.
@@ -811,7 +839,18 @@ workloads:
                 listener.local_addr().unwrap().port()
             })
             .collect();
-        assert_eq!(handed, ports);
+        assert_eq!(handed, TUNNEL_PORTS);
+    }
+
+    #[test]
+    fn listeners_on_other_ports_are_refused() {
+        let f = fixture();
+        let taken = f.node.take_over(&server(), handed_fds([0; 3]));
+        assert!(
+            matches!(taken, Err(NodeError::ForeignSockets { .. })),
+            "{taken:?}"
+        );
+        assert_eq!(f.node.config_dump()["heldPods"], serde_json::json!([]));
     }
 
     #[test]
