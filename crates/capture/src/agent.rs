@@ -31,7 +31,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// The namespace the chart installs into (downward API); with it, the DaemonSet defaults to
@@ -44,6 +44,10 @@ const ACTIONS_PER_TICK: usize = 16;
 const NETNS_PER_TICK: usize = 64;
 /// Between start-time GETs of the DaemonSet until one works.
 const PROBE_RETRY: Duration = Duration::from_secs(30);
+/// Longer than any handoff can last (the handoff's read and write timeouts, 10 s each): a
+/// `.handing` mark older than this was left by a CNI plugin killed half way, and its pod is not
+/// published for it.
+const HANDOFF_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -465,7 +469,8 @@ impl Reconciler {
     /// Hands the captured set ([`publish::captured`]) to the publisher when it changed (a
     /// no-op without one).
     fn publish(&mut self, records: &[PodRecord], handing: &[&PodRecord]) {
-        let marked = match state::handing(&self.config.state) {
+        let since = SystemTime::now().checked_sub(HANDOFF_MAX);
+        let marked = match state::handing(&self.config.state, since) {
             Ok((marked, _)) => marked,
             Err(e) => {
                 self.once("handing", e.to_string());

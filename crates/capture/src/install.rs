@@ -226,7 +226,7 @@ mod tests {
             bin_dir: dir.join("bin"),
             conf_dir: dir.join("net.d"),
             tunnel_socket: "/var/run/ambit/tunnel.sock".into(),
-            state_dir: "/var/run/ambit/pods".into(),
+            state_dir: "/var/run/ambit-capture/pods".into(),
             boot_exempt_namespaces: vec!["ambit-system".into(), "kube-system".into()],
         }
     }

@@ -1,5 +1,6 @@
 //! The node's memory of pods, in a state directory shared by the CNI plugin and the agent
-//! (a hostPath: it survives agent restarts, not reboots, as pod netns do).
+//! (a hostPath: it survives agent restarts, not reboots, as pod netns do). The node tunnel
+//! never mounts it: the agent publishes what it holds as captured (TR-1).
 //!
 //! One JSON file per pod, written atomically, whether the pod is captured or not: the agent
 //! reconciles every recorded pod with the enrollment. Invariant kept by [`crate::pod`]: a pod's
@@ -12,9 +13,10 @@
 use ambit_handoff::Enrollment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// Default directory of pod records.
-pub const DEFAULT_STATE_DIR: &str = "/var/run/ambit/pods";
+pub const DEFAULT_STATE_DIR: &str = "/var/run/ambit-capture/pods";
 /// The last synced enrollment, in the state directory (no `.json`: it is not a record).
 const ENROLLMENT_FILE: &str = "enrollment";
 
@@ -134,10 +136,14 @@ pub fn unmark_handing(state: &Path, uid: &str) -> Result<(), StateError> {
     remove_file(&pod_path(state, uid, HANDING))
 }
 
-/// The pods being handed to the tunnel right now (or whose handoff died half way: the caller
-/// leaves out those whose netns is gone).
-pub fn handing(state: &Path) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
-    read_pods(state, HANDING)
+/// The pods marked as being handed to the tunnel since `since` (`None`: ever). A handoff that
+/// died half way (a killed CNI plugin) leaves its mark behind, so the caller passes a time
+/// before which no handoff can still be running, and leaves out the pods whose netns is gone.
+pub fn handing(
+    state: &Path,
+    since: Option<SystemTime>,
+) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
+    read_pods(state, HANDING, since)
 }
 
 /// Records a pod only if it has no record yet (the agent's scan must not overwrite what a
@@ -186,12 +192,13 @@ pub fn load(state: &Path, uid: &str) -> Result<Option<PodRecord>, StateError> {
 /// Every record, by uid. A record that cannot be read is reported and skipped, so one bad
 /// file does not stop the node's reconcile.
 pub fn records(state: &Path) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
-    read_pods(state, RECORD)
+    read_pods(state, RECORD, None)
 }
 
 fn read_pods(
     state: &Path,
     extension: &str,
+    since: Option<SystemTime>,
 ) -> Result<(Vec<PodRecord>, Vec<StateError>), StateError> {
     let entries = match std::fs::read_dir(state) {
         Ok(entries) => entries,
@@ -204,6 +211,17 @@ fn read_pods(
         let path = entry.map_err(io_err(state))?.path();
         if path.extension().is_none_or(|e| e != extension) {
             continue;
+        }
+        if let Some(since) = since {
+            match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(modified) if modified < since => continue,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    bad.push(io_err(&path)(e));
+                    continue;
+                }
+            }
         }
         match std::fs::read(&path) {
             Ok(body) => match serde_json::from_slice(&body) {
@@ -240,7 +258,7 @@ pub fn clear(state: &Path) -> Result<(), StateError> {
     for r in records {
         forget(state, &r.uid)?;
     }
-    let (handing, _) = handing(state)?;
+    let (handing, _) = handing(state, None)?;
     for r in handing {
         unmark_handing(state, &r.uid)?;
     }
@@ -292,15 +310,37 @@ mod tests {
         let dir = temp("handing");
         remember(&dir, &rec("a", true)).unwrap();
         mark_handing(&dir, &rec("b", false)).unwrap();
-        assert_eq!(handing(&dir).unwrap().0, vec![rec("b", false)]);
+        assert_eq!(handing(&dir, None).unwrap().0, vec![rec("b", false)]);
         assert_eq!(records(&dir).unwrap().0, vec![rec("a", true)]);
         unmark_handing(&dir, "b").unwrap();
         unmark_handing(&dir, "never").unwrap();
-        assert!(handing(&dir).unwrap().0.is_empty());
+        assert!(handing(&dir, None).unwrap().0.is_empty());
         mark_handing(&dir, &rec("c", false)).unwrap();
         clear(&dir).unwrap();
-        assert!(handing(&dir).unwrap().0.is_empty());
+        assert!(handing(&dir, None).unwrap().0.is_empty());
         assert!(records(&dir).unwrap().0.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_mark_older_than_the_cutoff_is_left_out() {
+        let dir = temp("stale");
+        mark_handing(&dir, &rec("killed", false)).unwrap();
+        mark_handing(&dir, &rec("running", false)).unwrap();
+        let now = SystemTime::now();
+        let minute = std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(pod_path(&dir, "killed", HANDING))
+            .unwrap()
+            .set_modified(now - minute)
+            .unwrap();
+        let cutoff = Some(now - minute / 2);
+        assert_eq!(
+            handing(&dir, cutoff).unwrap().0,
+            vec![rec("running", false)]
+        );
+        assert_eq!(handing(&dir, None).unwrap().0.len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
