@@ -2,7 +2,8 @@
 //!
 //! A root rotation changes the bundle while connections are open: every clone of a
 //! [`TrustBundle`] sees the change at the next handshake, and established connections (already
-//! verified) are untouched. The first root is the one the CA signs new leaves with; a change of
+//! verified) are untouched: a withdrawn root's live sessions are cut by restarting the data
+//! planes (docs/identity.md, "Rotating the root CA"). The first root is the one the CA signs new leaves with; a change of
 //! the bundle is how data planes learn that they should re-request their leaves.
 
 use rustls::RootCertStore;
