@@ -458,6 +458,58 @@ fn rendered_objects_are_least_privileged() -> Result<()> {
     Ok(())
 }
 
+/// TR-1: the capture agent publishes the pods its state directory holds as captured (pod
+/// records, handoff marks), so the tunnel container mounts no host path that holds it or lies
+/// inside it; the state is on a host path (the CNI plugin writes it from the host).
+#[test]
+fn the_tunnel_mounts_nothing_that_holds_the_capture_state() -> Result<()> {
+    let Some(helm) = helm("the_tunnel_mounts_nothing_that_holds_the_capture_state")? else {
+        return Ok(());
+    };
+    let objects = docs(&render(&helm, &[])?)?;
+    let node = object(&objects, "DaemonSet", "ambit-node")?;
+    let volumes = list(node, &["spec", "template", "spec", "volumes"]);
+    // (mount path, host path) of each hostPath volume the container mounts.
+    let host_mounts = |name| -> Result<Vec<(PathBuf, PathBuf)>> {
+        let mut out = Vec::new();
+        for m in list(container(node, name)?, &["volumeMounts"]) {
+            let volume = volumes
+                .iter()
+                .find(|v| text(v, &["name"]) == text(m, &["name"]))
+                .with_context(|| format!("no volume for mount {m:?}"))?;
+            if let Some(host) = at(volume, &["hostPath", "path"]).as_str() {
+                out.push((text(m, &["mountPath"]).into(), host.into()));
+            }
+        }
+        Ok(out)
+    };
+    let command = strings(container(node, "capture")?, &["command"]);
+    let state = command
+        .iter()
+        .skip_while(|a| *a != "--state")
+        .nth(1)
+        .context("capture has no --state")?;
+    let host_state = host_mounts("capture")?
+        .into_iter()
+        .find_map(|(mount, host)| Some(host.join(Path::new(state).strip_prefix(mount).ok()?)))
+        .with_context(|| format!("--state {state} is on no hostPath"))?;
+    let tunnel = host_mounts("tunnel")?;
+    assert!(
+        !tunnel.is_empty(),
+        "the tunnel mounts its socket's directory"
+    );
+    for (mount, host) in tunnel {
+        assert!(
+            !host_state.starts_with(&host) && !host.starts_with(&host_state),
+            "the tunnel's {} (host {}) overlaps the capture state {}",
+            mount.display(),
+            host.display(),
+            host_state.display()
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn gateway_api_values_take_effect() -> Result<()> {
     let Some(helm) = helm("gateway_api_values_take_effect")? else {

@@ -4,8 +4,9 @@
 //!
 //! The reboot, with what the testbed has (docs/reliability.md): the node's kubelet stand-in
 //! and every process of its pods (tunnel and capture agent included) are killed, its pod netns
-//! and its `/var/run/ambit` (tmpfs on a real node) are removed. The kubelet comes back first and
-//! re-creates the pods scheduled to the node; the tunnel comes back later: the node loses its
+//! and its `/var/run/ambit` and `/var/run/ambit-capture` (tmpfs on a real node) are removed.
+//! The kubelet comes back first and re-creates the pods scheduled to the node; the tunnel
+//! comes back later: the node loses its
 //! `kubernetes.io/os` label (the chart's DaemonSet selector) before the kubelet returns and
 //! gets it back once the test has watched the pods wait.
 //! `whole_cluster_cold_boot` powers off every node at once: the controller's pods start
@@ -201,8 +202,8 @@ async fn steps(tb: &Testbed) -> Result<()> {
 }
 
 /// Kills the node's kubelet stand-in and every process of its pods, and removes what a reboot
-/// loses: the pods' netns and the node's `/var/run/ambit` (the tunnel's socket, the capture
-/// agent's pod records and last enrollment).
+/// loses: the pods' netns, the node's `/var/run/ambit` (the tunnel's socket) and
+/// `/var/run/ambit-capture` (the capture agent's pod records and last enrollment).
 async fn power_off(user: &User<'_>, k: u8) -> Result<()> {
     let tb = user.tb;
     let node = tb.config.node_name(k);
@@ -234,14 +235,18 @@ async fn power_off(user: &User<'_>, k: u8) -> Result<()> {
                 .with_context(|| format!("removing netns {netns}"))?;
         }
     }
-    let run = tb.config.node_root(k).join("var/run/ambit");
-    if run.exists() {
-        std::fs::remove_dir_all(&run)?;
+    let run = tb.config.node_root(k).join("var/run");
+    for dir in ["ambit", "ambit-capture"] {
+        let dir = run.join(dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
     }
     user.say.say(format!(
         "killed its kubelet and the processes of its {} pod(s) (tunnel and capture agent among \
-         them), removed their netns and {}",
+         them), removed their netns, {}/ambit and {}/ambit-capture",
         on_node.items.len(),
+        run.display(),
         run.display()
     ));
     Ok(())
