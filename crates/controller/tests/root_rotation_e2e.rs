@@ -2,16 +2,21 @@
 //! kube-apiserver, the controller in process as its service account with the chart's RBAC: each
 //! edit of Secret `ambit-ca` is republished in `ambit-root-cert` (the controller's namespace and
 //! a waypoint namespace that holds it), signing root first, and the controller's own serving
-//! certificate moves to the new root; after the withdrawal a client trusting only the old root
-//! is refused. Needs root (the testbed); skips loudly otherwise.
+//! certificate moves to the new root, not before every namespace has the bundle (an admission
+//! policy refuses the waypoint namespace's update for a while: the publication is retried); after
+//! the withdrawal a client trusting only the old root is refused. Needs root (the testbed); skips
+//! loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use ambit_identity::{CertificateAuthority, CertificateHandle, SpiffeId, TrustBundle, TrustDomain};
 use anyhow::Result;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rustls_pki_types::CertificateDer;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -101,7 +106,10 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     published(&[&old, &new]).await?;
     assert!(serves(&[&old]).await, "serving under the old root");
 
-    // 2. Switch: new then old; the serving certificate moves to the new root.
+    // 2. Switch: new then old; the serving certificate moves to the new root, but only once
+    // every namespace has the bundle: while the waypoint namespace refuses it, the controller's
+    // namespace gets it and the old root keeps signing.
+    let refusal = refuse_root_cert_updates(&admin, WAYPOINT_NS).await?;
     let material = new_ca.to_material();
     patch(json!({"stringData": {
         "ca.crt": material.certificate_pem,
@@ -109,6 +117,37 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         "trusted.crt": old_pem,
     }}))
     .await?;
+    let system_cms: Api<ConfigMap> = Api::namespaced(admin.clone(), SYSTEM_NS);
+    eventually(
+        "the swapped bundle in the controller's namespace",
+        WAIT,
+        || async {
+            let pem = system_cms
+                .get("ambit-root-cert")
+                .await
+                .ok()?
+                .data?
+                .remove("root.crt")?;
+            (root_of(&pem).ok()? == new).then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        serves(&[&old]).await,
+        "switched before the waypoint namespace had the bundle"
+    );
+    let refused = Api::<ConfigMap>::namespaced(admin.clone(), WAYPOINT_NS)
+        .get("ambit-root-cert")
+        .await?
+        .data
+        .and_then(|mut d| d.remove("root.crt"))
+        .unwrap_or_default();
+    assert_eq!(
+        root_of(&refused)?,
+        old,
+        "the refused namespace kept its bundle"
+    );
+    refusal.lift().await?;
     published(&[&new, &old]).await?;
     eventually(
         "the controller serving under the new root",
@@ -129,6 +168,60 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
     );
     assert!(serves(&[&new]).await);
     Ok(())
+}
+
+/// An admission policy refusing updates of `ambit-root-cert` in `namespace`, in force once an
+/// admin's dry-run update is refused.
+struct Refusal {
+    policies: Api<ValidatingAdmissionPolicy>,
+    bindings: Api<ValidatingAdmissionPolicyBinding>,
+}
+
+const REFUSAL: &str = "rootctl-refuse-root-cert";
+
+async fn refuse_root_cert_updates(admin: &kube::Client, namespace: &str) -> Result<Refusal> {
+    let refusal = Refusal {
+        policies: Api::all(admin.clone()),
+        bindings: Api::all(admin.clone()),
+    };
+    let rule = format!(
+        "object.metadata.name != 'ambit-root-cert' || object.metadata.namespace != '{namespace}'"
+    );
+    let policy = json!({"metadata": {"name": REFUSAL}, "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+            "operations": ["UPDATE"], "resources": ["configmaps"]}]},
+        "validations": [{"expression": rule, "message": "refused by the root rotation test"}],
+    }});
+    let binding = json!({"metadata": {"name": REFUSAL}, "spec": {
+        "policyName": REFUSAL, "validationActions": ["Deny"],
+    }});
+    let pp = PostParams::default();
+    refusal.policies.create(&pp, &obj(policy)).await?;
+    refusal.bindings.create(&pp, &obj(binding)).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    eventually("the admission policy in force", WAIT, || async {
+        let touch = json!({"metadata": {"labels": {"rootctl": "probe"}}});
+        cms.patch("ambit-root-cert", &dry_run, &Patch::Merge(touch))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await?;
+    Ok(refusal)
+}
+
+impl Refusal {
+    async fn lift(self) -> Result<()> {
+        let dp = DeleteParams::default();
+        self.bindings.delete(REFUSAL, &dp).await?;
+        self.policies.delete(REFUSAL, &dp).await?;
+        Ok(())
+    }
 }
 
 fn root_of(pem: &str) -> Result<CertificateDer<'static>> {
