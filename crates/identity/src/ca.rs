@@ -62,14 +62,15 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     root: CertificateDer<'static>,
     root_pem: String,
-    max_leaf_lifetime: Duration,
+    /// When the root expires: no leaf may outlive it, however long this CA has been loaded.
+    root_not_after: SystemTime,
 }
 
 impl fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertificateAuthority")
             .field("trust_domain", &self.trust_domain)
-            .field("max_leaf_lifetime", &self.max_leaf_lifetime)
+            .field("root_not_after", &self.root_not_after)
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +101,7 @@ impl CertificateAuthority {
             issuer: Issuer::new(params, key),
             root: root.der().clone(),
             root_pem,
-            max_leaf_lifetime: validity,
+            root_not_after: now + validity,
         })
     }
 
@@ -123,12 +124,11 @@ impl CertificateAuthority {
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::KeyMismatch);
         }
-        let not_after = parsed.validity().not_after.timestamp();
-        let remaining = u64::try_from(not_after)
-            .ok()
-            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            .unwrap_or_default();
+        // A root dated before 1970 is as good as expired.
+        let root_not_after = u64::try_from(parsed.validity().not_after.timestamp())
+            .map_or(SystemTime::UNIX_EPOCH, |secs| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+            });
         let issuer = Issuer::from_ca_cert_der(&root, key)
             .map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
         Ok(Self {
@@ -136,7 +136,7 @@ impl CertificateAuthority {
             issuer,
             root_pem: certificate_pem.to_owned(),
             root,
-            max_leaf_lifetime: remaining,
+            root_not_after,
         })
     }
 
@@ -149,9 +149,13 @@ impl CertificateAuthority {
         &self.root
     }
 
-    /// The longest leaf this CA signs: its root's validity left when it was loaded.
+    /// The longest leaf this CA signs now: its root's validity left.
     pub fn max_leaf_lifetime(&self) -> Duration {
-        self.max_leaf_lifetime
+        self.max_leaf_lifetime_at(SystemTime::now())
+    }
+
+    fn max_leaf_lifetime_at(&self, now: SystemTime) -> Duration {
+        self.root_not_after.duration_since(now).unwrap_or_default()
     }
 
     pub fn root_pem(&self) -> &str {
@@ -193,10 +197,11 @@ impl CertificateAuthority {
                 trust_domain: self.trust_domain.clone(),
             });
         }
-        if lifetime < Duration::from_secs(1) || lifetime > self.max_leaf_lifetime {
+        let max = self.max_leaf_lifetime_at(now);
+        if lifetime < Duration::from_secs(1) || lifetime > max {
             return Err(CaError::InvalidLifetime {
                 requested: lifetime,
-                max: self.max_leaf_lifetime,
+                max,
             });
         }
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
@@ -340,6 +345,22 @@ mod tests {
                 Err(CaError::InvalidLifetime { .. })
             ));
         }
+    }
+
+    /// A controller that runs for months must not sign, near its root's end, a leaf that
+    /// outlives the root (the chain would break before the leaf is renewed).
+    #[test]
+    fn no_leaf_outlives_the_root_however_long_the_ca_has_been_loaded() {
+        let td: TrustDomain = "cluster.local".parse().unwrap();
+        let ca = CertificateAuthority::generate(td, Duration::from_secs(2 * 3600)).unwrap();
+        let id = SpiffeId::new(ca.trust_domain().clone(), "demo", "web").unwrap();
+        let request = CertificateRequest::new(&id).unwrap();
+        let soon = SystemTime::now() + Duration::from_secs(90 * 60);
+        assert!(ca.sign_at(request.csr_der(), &id, HOUR / 4, soon).is_ok());
+        assert!(matches!(
+            ca.sign_at(request.csr_der(), &id, HOUR, soon),
+            Err(CaError::InvalidLifetime { max, .. }) if max <= HOUR / 2
+        ));
     }
 
     #[test]
