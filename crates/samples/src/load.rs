@@ -106,13 +106,14 @@ pub async fn run(plan: &LoadPlan) -> LoadReport {
         let (addr, timeout, report) = (plan.addr.clone(), plan.timeout, report.clone());
         tasks.spawn(async move {
             let message = format!("load-{i}\n");
-            let sent = Instant::now();
+            // Latency counts from when the request was due, not when it left: a client that
+            // falls behind must show in the percentiles, not hide from them.
             let outcome = match crate::exchange(&addr, &message, timeout).await {
-                Ok(reply) if reply.ends_with(&message) => Ok(sent.elapsed()),
+                Ok(reply) if reply.ends_with(&message) => Ok(due.elapsed()),
                 Ok(reply) => Err(format!("unexpected reply {reply:?}")),
                 Err(e) => Err(e.to_string()),
             };
-            lock(&report).record(sent - start, outcome);
+            lock(&report).record(due - start, outcome);
             drop(permit);
         });
     }
