@@ -46,7 +46,7 @@ async fn bench_leaf_rotation() -> Result<()> {
     };
     let rate = u32::try_from(env("AMBIT_BENCH_RATE", 1000)?)?;
     let seconds = env("AMBIT_BENCH_SECONDS", 300)?;
-    ambit_e2e::on_testbed("bench_leaf_rotation", "leafbench", 68, async |tb| {
+    ambit_e2e::on_testbed("bench_leaf_rotation", "leafb", 68, async |tb| {
         let run = rotation_under_load(tb, rate, Duration::from_secs(seconds)).await?;
         write_bench(rate, seconds, &run)?;
         // A run shorter than two renewals (a smoke run) can only check the rest.
