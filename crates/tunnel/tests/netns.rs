@@ -308,6 +308,17 @@ fn counter(metrics: &str, name: &str, direction: &str, source: &str) -> u64 {
         .sum()
 }
 
+/// The pod's app: an echo server on 8080 in its netns.
+fn echo_server(net: &Net, bins: &Bins, pod: &str) -> Proc {
+    Proc::spawn(
+        &net.ns(pod),
+        &bins.path("ambit-echo-server"),
+        &["8080"],
+        &[("POD_NAME", pod)],
+        &net.dir.join(format!("echo-{pod}.log")),
+    )
+}
+
 #[test]
 fn node_tunnels_in_network_namespaces() {
     if !require_root("node_tunnels_in_network_namespaces") {
@@ -323,14 +334,7 @@ fn node_tunnels_in_network_namespaces() {
 
     // Apps: an echo server in every pod.
     for p in &PODS {
-        let proc = Proc::spawn(
-            &net.ns(p.name),
-            &bins.path("ambit-echo-server"),
-            &["8080"],
-            &[("POD_NAME", p.name)],
-            &net.dir.join(format!("echo-{}.log", p.name)),
-        );
-        net.procs.push(proc);
+        net.procs.push(echo_server(&net, &bins, p.name));
         poll("echo server", WAIT, || {
             in_netns(&net.ns(p.name), || {
                 std::net::TcpStream::connect("127.0.0.1:8080").ok()

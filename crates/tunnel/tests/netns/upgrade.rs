@@ -115,14 +115,7 @@ fn a_new_tunnel_takes_over_without_refusing_a_connection() {
     let mut net = Net::new("u");
     let _pki = write_files(&net);
     for p in &PODS {
-        let proc = Proc::spawn(
-            &net.ns(p.name),
-            &bins.path("ambit-echo-server"),
-            &["8080"],
-            &[("POD_NAME", p.name)],
-            &net.dir.join(format!("echo-{}.log", p.name)),
-        );
-        net.procs.push(proc);
+        net.procs.push(echo_server(&net, &bins, p.name));
     }
     let mut tunnel = start_tunnel(&net, &bins, "n1", "strict");
     net.procs.push(start_tunnel(&net, &bins, "n2", "strict"));
