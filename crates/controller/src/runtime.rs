@@ -75,18 +75,34 @@ impl Running {
     }
 }
 
-/// Watches `api` into a store and tells the index what changed; a (re)list may have changed
-/// anything.
-fn spawn_reflector<K>(tasks: &mut JoinSet<()>, api: Api<K>, changes: Arc<ChangeQueue>) -> Store<K>
-where
+/// What a reflector can watch and keep: a namespaced-or-cluster object of a static kind.
+trait Reflected:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Reflected for K where
     K: kube::Resource<DynamicType = ()>
-        + Watched
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
+{
+}
+
+/// Watches `api` into a store and tells the index what changed; a (re)list may have changed
+/// anything.
+fn spawn_reflector<K>(tasks: &mut JoinSet<()>, api: Api<K>, changes: Arc<ChangeQueue>) -> Store<K>
+where
+    K: Reflected + Watched,
 {
     spawn_reflector_with(tasks, api, changes, watcher::Config::default())
 }
@@ -99,14 +115,7 @@ fn spawn_reflector_with<K>(
     config: watcher::Config,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Watched
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Reflected + Watched,
 {
     reflect(tasks, api, config, K::trim, move |event| match event {
         watcher::Event::Apply(o) | watcher::Event::Delete(o) => changes.push(o.change()),
@@ -118,13 +127,7 @@ where
 /// Watches `api` into a store the index does not read (only the CA does).
 fn spawn_store<K>(tasks: &mut JoinSet<()>, api: Api<K>) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Reflected,
 {
     reflect(tasks, api, watcher::Config::default(), |_| {}, |_| {})
 }
@@ -138,13 +141,7 @@ fn reflect<K>(
     seen: impl Fn(watcher::Event<K>) + Send + 'static,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Reflected,
 {
     let (reader, writer) = reflector::store();
     // managedFields are most of an object's bytes and the index never reads them.
