@@ -73,7 +73,7 @@ async fn whole_cluster_cold_boot() -> Result<()> {
                 list.items
                     .iter()
                     .filter_map(|p| tb.pod_netns(p))
-                    .any(|netns| !netns_pids(&netns).is_empty())
+                    .any(|netns| !pod_processes(tb, &netns).is_empty())
                     .then_some(())
             })
             .await;
@@ -328,7 +328,7 @@ async fn tunnel_down_window(user: &User<'_>, echo: SocketAddr, old_ip: &str) -> 
                 .any(|c| c.status == "True");
             // Stale until the kubelet posts its first status of this boot.
             let netns = tb.pod_netns(&pod).context("pod netns name")?;
-            let running = netns_pids(&netns);
+            let running = pod_processes(tb, &netns);
             if !running.is_empty() {
                 let from_inside = send_from(&netns, echo, &format!("boot-out-{rounds}"));
                 bail!(
@@ -379,17 +379,30 @@ async fn tunnel_down_window(user: &User<'_>, echo: SocketAddr, old_ip: &str) -> 
     }
 }
 
-fn netns_pids(netns: &str) -> Vec<String> {
-    Command::new("ip")
+/// The processes of a pod's own containers in `netns`, as "pid: command line". The sandbox
+/// machinery also enters a pod's netns for a moment, on every attempt the kubelet makes:
+/// `ip -n NETNS link set lo up` (containerd's loopback step) and the CNI plugins; those are
+/// not the pod running and are left out.
+fn pod_processes(tb: &Testbed, netns: &str) -> Vec<String> {
+    let cni_bins: Vec<_> = (1..=tb.config.nodes)
+        .map(|k| tb.config.node_cni_bin_dir(k))
+        .collect();
+    let pids = Command::new("ip")
         .args(["netns", "pids", netns])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    pids.split_whitespace()
+        .filter_map(|pid| {
+            // A process that exited since the listing is not running.
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            let machinery = exe.file_name().is_some_and(|n| n == "ip")
+                || cni_bins.iter().any(|dir| exe.starts_with(dir));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (!machinery).then(|| format!("{pid}: {}", cmdline.trim_end()))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// From inside netns `netns`: one UDP datagram to `to` with `line`, then a TCP line exchange
