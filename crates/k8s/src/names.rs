@@ -7,6 +7,13 @@ pub const DATAPLANE_MODE_NONE: &str = "none";
 /// The label selector of enrolled namespaces.
 pub const ENROLLED_SELECTOR: &str = "ambit.dev/dataplane-mode=ambient";
 
+/// Namespace label choosing the SP 800-233 requirement set the namespace is held to: `low`,
+/// `medium` or `high` (docs/risk-profiles.md); none: no profile.
+pub const RISK_PROFILE_LABEL: &str = "ambit.dev/risk-profile";
+/// Namespace label saying what a violated risk profile does: `report` (the default) only
+/// reports, `enforce` also makes the mesh refuse what it can (docs/risk-profiles.md).
+pub const RISK_ENFORCEMENT_LABEL: &str = "ambit.dev/risk-enforcement";
+
 /// The controller's leader-election Lease, in the install's namespace.
 pub const CONTROLLER_LEASE: &str = "ambit-controller";
 /// The ConfigMap publishing the mesh root in every namespace a waypoint runs in, and the

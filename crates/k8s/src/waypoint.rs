@@ -12,6 +12,9 @@ pub const FOR_SERVICE_ACCOUNT: &str = "ambit.dev/for-service-account";
 /// Annotation the controller puts on a waypoint Gateway (RFC 3339) once a pod of it has been
 /// Ready: from then on the service account is bound to the waypoint, for good.
 pub const SERVING_SINCE: &str = "ambit.dev/serving-since";
+/// Label on a waypoint's pods naming its Gateway: what tells a waypoint pod from an
+/// application's.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub const LISTENER_NAME: &str = "mesh";
 pub const HBONE_PORT: u16 = 15008;
 /// The name a waypoint gets unless one is given: `waypoint-<service account>`.

@@ -1,0 +1,550 @@
+//! What the mesh knows about one namespace, read from its objects by [`NamespaceFacts::build`]:
+//! the one place the controller and `kubectl ambit threats` turn objects into facts, so the two
+//! never disagree.
+
+use ambit_k8s::crd::{
+    AuthorizationPolicy, Gateway, PolicyAction, PolicyRule, RequestAuthentication, WorkloadSelector,
+};
+use ambit_k8s::names::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE};
+use ambit_k8s::ratelimit_crd::{RateLimitPolicy, TargetKind};
+use ambit_k8s::route_crd::{GRPCRoute, HTTPRoute, ParentReference};
+use ambit_k8s::waypoint::{FOR_SERVICE_ACCOUNT, GATEWAY_NAME_LABEL, WAYPOINT_CLASS};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The objects facts are read from. Objects of other namespaces are ignored, so a caller may
+/// pass a whole cluster's.
+#[derive(Debug, Clone, Copy)]
+pub struct NamespaceObjects<'a> {
+    pub namespace: &'a Namespace,
+    pub pods: &'a [&'a Pod],
+    pub services: &'a [&'a Service],
+    pub gateways: &'a [&'a Gateway],
+    pub authorization_policies: &'a [&'a AuthorizationPolicy],
+    pub request_authentications: &'a [&'a RequestAuthentication],
+    pub http_routes: &'a [&'a HTTPRoute],
+    pub grpc_routes: &'a [&'a GRPCRoute],
+    pub rate_limit_policies: &'a [&'a RateLimitPolicy],
+}
+
+/// Mesh-wide settings of the install (Helm values); `None`: not known to the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSettings {
+    /// `controller.certLifetimeSeconds`: the lifetime of workload (leaf) certificates.
+    pub leaf_lifetime_seconds: Option<u64>,
+    /// `node.tunnel.mode`.
+    pub tunnel_mode: Option<TunnelMode>,
+    /// `extAuthz.providers`.
+    pub ext_authz_providers: Option<Vec<ExtAuthzProviderFacts>>,
+}
+
+/// What node tunnels do with plaintext to enrolled pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelMode {
+    Strict,
+    Permissive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzProviderFacts {
+    pub name: String,
+    /// A failing server lets requests through: such a provider does not check every request.
+    pub fail_open: bool,
+}
+
+/// What the mesh knows about one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceFacts {
+    pub namespace: String,
+    /// Labelled `ambit.dev/dataplane-mode=ambient`.
+    pub enrolled: bool,
+    /// Application pods labelled `ambit.dev/dataplane-mode=none`.
+    pub opted_out_pods: Vec<String>,
+    /// A RequestAuthentication of the namespace declares at least one issuer.
+    pub issuer_declared: bool,
+    /// The service accounts application pods run as (waypoint pods are not applications).
+    pub accounts: BTreeMap<String, AccountFacts>,
+    pub settings: MeshSettings,
+}
+
+/// What the mesh knows about one service account of the namespace. "Covers" below means: every
+/// application pod of the account is selected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountFacts {
+    pub pods: Vec<String>,
+    /// Ports of Services selecting the account's pods that a waypoint would parse as HTTP.
+    pub http_ports: Vec<HttpPort>,
+    /// The account's waypoint, if a Gateway of class `ambit-waypoint` names it.
+    pub waypoint: Option<WaypointFacts>,
+    /// An ALLOW policy covers the account with a rule naming `principals` or `namespaces`: only
+    /// the peers it lists may connect.
+    pub peer_allow_list: bool,
+    /// An ALLOW policy covers the account with a rule naming `methods`.
+    pub method_rules: bool,
+    /// A RequestAuthentication with JWT rules covers the account.
+    pub request_authentication: bool,
+    /// An ALLOW policy covers the account with a rule naming `requestPrincipals`: requests
+    /// without a valid token are refused.
+    pub request_principal_required: bool,
+    pub ext_authz: ExtAuthz,
+    /// Every Service with an HTTP port of the account is the parent of an HTTPRoute, and every
+    /// rule of those routes sets `timeouts.request` or `timeouts.backendRequest`.
+    pub route_timeouts: bool,
+    /// Every Service with an HTTP port of the account, or a route attached to it, is the
+    /// target of a RateLimitPolicy.
+    pub rate_limited: bool,
+}
+
+impl AccountFacts {
+    pub fn serves_http(&self) -> bool {
+        !self.http_ports.is_empty()
+    }
+}
+
+/// A Service port that speaks HTTP, and the rule that said so (the waypoint's own,
+/// docs/waypoints.md): `appProtocol` when set, else the port name's prefix before `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpPort {
+    pub service: String,
+    pub port: i32,
+    /// The declared protocol, e.g. `http`, `h2c`, `grpc`.
+    pub protocol: String,
+    pub declared_by: DeclaredBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeclaredBy {
+    AppProtocol,
+    NamePrefix,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointFacts {
+    /// The Gateway's name (also the waypoint's own service account).
+    pub gateway: String,
+    /// The Gateway's `Programmed` condition is `True`.
+    pub programmed: bool,
+    /// Other service accounts whose traffic this waypoint also carries (another Gateway
+    /// naming the same account, or application pods running as the waypoint's own account).
+    /// Empty in a namespace the controller accepted: it never shares one.
+    pub shared_with: Vec<String>,
+}
+
+/// Whether external authorization (a CUSTOM policy) checks every request to the account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum ExtAuthz {
+    /// No CUSTOM policy covers the account.
+    #[default]
+    None,
+    /// CUSTOM policies cover the account, but none with an empty rule (`rules: [{}]`): some
+    /// requests are not checked.
+    SomeRequests,
+    /// The CUSTOM policy covering every request names a provider the mesh does not declare
+    /// (it then denies what it matches).
+    ProviderNotDeclared {
+        provider: String,
+    },
+    /// The CUSTOM policy covering every request names a provider that fails open.
+    FailOpen {
+        provider: String,
+    },
+    /// The mesh's providers are not known to the caller.
+    ProvidersUnknown {
+        provider: String,
+    },
+    EveryRequest {
+        provider: String,
+    },
+}
+
+impl NamespaceFacts {
+    /// The facts of `objects.namespace`.
+    pub fn build(objects: &NamespaceObjects<'_>, settings: &MeshSettings) -> Self {
+        let ns = objects.namespace;
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let mine = |m: &ObjectMeta| m.namespace.as_deref() == Some(name.as_str());
+
+        let pods: Vec<&Pod> = objects
+            .pods
+            .iter()
+            .copied()
+            .filter(|p| mine(&p.metadata) && is_application(p))
+            .collect();
+        let services: Vec<&Service> = objects
+            .services
+            .iter()
+            .copied()
+            .filter(|s| mine(&s.metadata))
+            .collect();
+        let policies: Vec<&AuthorizationPolicy> = objects
+            .authorization_policies
+            .iter()
+            .copied()
+            .filter(|p| mine(&p.metadata))
+            .collect();
+        let authns: Vec<&RequestAuthentication> = objects
+            .request_authentications
+            .iter()
+            .copied()
+            .filter(|r| mine(&r.metadata) && !r.spec.jwt_rules.is_empty())
+            .collect();
+        let http_routes: Vec<&HTTPRoute> = objects
+            .http_routes
+            .iter()
+            .copied()
+            .filter(|r| mine(&r.metadata))
+            .collect();
+        let grpc_routes: Vec<&GRPCRoute> = objects
+            .grpc_routes
+            .iter()
+            .copied()
+            .filter(|r| mine(&r.metadata))
+            .collect();
+        let limits: Vec<&RateLimitPolicy> = objects
+            .rate_limit_policies
+            .iter()
+            .copied()
+            .filter(|r| mine(&r.metadata))
+            .collect();
+        let waypoints: Vec<(&Gateway, &str)> = objects
+            .gateways
+            .iter()
+            .copied()
+            .filter(|g| mine(&g.metadata) && g.spec.gateway_class_name == WAYPOINT_CLASS)
+            .filter_map(|g| Some((g, served_account(g)?)))
+            .collect();
+
+        let mut by_account: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+        for p in &pods {
+            by_account.entry(service_account(p)).or_default().push(p);
+        }
+        let accounts = by_account
+            .iter()
+            .map(|(sa, account_pods)| {
+                let ctx = AccountContext {
+                    sa,
+                    pods: account_pods,
+                    by_account: &by_account,
+                    services: &services,
+                    policies: &policies,
+                    http_routes: &http_routes,
+                    grpc_routes: &grpc_routes,
+                    limits: &limits,
+                    waypoints: &waypoints,
+                    settings,
+                };
+                (sa.clone(), ctx.facts(&authns))
+            })
+            .collect();
+
+        NamespaceFacts {
+            enrolled: label(&ns.metadata, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT),
+            opted_out_pods: pods
+                .iter()
+                .filter(|p| label(&p.metadata, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE))
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect(),
+            issuer_declared: !authns.is_empty(),
+            accounts,
+            settings: settings.clone(),
+            namespace: name,
+        }
+    }
+
+    /// The service accounts serving HTTP.
+    pub fn http_accounts(&self) -> impl Iterator<Item = (&String, &AccountFacts)> {
+        self.accounts.iter().filter(|(_, a)| a.serves_http())
+    }
+}
+
+/// What one account's facts are read from.
+struct AccountContext<'a> {
+    sa: &'a str,
+    pods: &'a [&'a Pod],
+    by_account: &'a BTreeMap<String, Vec<&'a Pod>>,
+    services: &'a [&'a Service],
+    policies: &'a [&'a AuthorizationPolicy],
+    http_routes: &'a [&'a HTTPRoute],
+    grpc_routes: &'a [&'a GRPCRoute],
+    limits: &'a [&'a RateLimitPolicy],
+    waypoints: &'a [(&'a Gateway, &'a str)],
+    settings: &'a MeshSettings,
+}
+
+impl AccountContext<'_> {
+    fn facts(&self, authns: &[&RequestAuthentication]) -> AccountFacts {
+        let services: Vec<&Service> = self
+            .services
+            .iter()
+            .copied()
+            .filter(|s| self.pods.iter().any(|p| selects_pod(s, p)))
+            .collect();
+        let http_ports: Vec<HttpPort> = services.iter().flat_map(|s| http_ports(s)).collect();
+        let http_services: BTreeSet<&str> = http_ports.iter().map(|p| p.service.as_str()).collect();
+        AccountFacts {
+            pods: self
+                .pods
+                .iter()
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect(),
+            waypoint: self.waypoint(),
+            peer_allow_list: self
+                .allowed_with(|r| !r.principals.is_empty() || !r.namespaces.is_empty()),
+            method_rules: self.allowed_with(|r| !r.methods.is_empty()),
+            request_authentication: authns
+                .iter()
+                .any(|a| self.covered(a.spec.selector.as_ref())),
+            request_principal_required: self.allowed_with(|r| !r.request_principals.is_empty()),
+            ext_authz: self.ext_authz(),
+            route_timeouts: http_services.iter().all(|s| self.timed_out(s)),
+            rate_limited: http_services.iter().all(|s| self.rate_limited(s)),
+            http_ports,
+        }
+    }
+
+    /// Whether `selector` selects every pod of the account.
+    fn covered(&self, selector: Option<&WorkloadSelector>) -> bool {
+        self.pods.iter().all(|p| selects(selector, p))
+    }
+
+    /// Whether an ALLOW policy covers the account with a rule `rule` accepts.
+    fn allowed_with(&self, rule: impl Fn(&PolicyRule) -> bool) -> bool {
+        self.policies.iter().any(|p| {
+            p.spec.action == PolicyAction::Allow
+                && self.covered(p.spec.selector.as_ref())
+                && p.spec.rules.iter().any(&rule)
+        })
+    }
+
+    fn ext_authz(&self) -> ExtAuthz {
+        let custom: Vec<&AuthorizationPolicy> = self
+            .policies
+            .iter()
+            .copied()
+            .filter(|p| {
+                p.spec.action == PolicyAction::Custom && self.covered(p.spec.selector.as_ref())
+            })
+            .collect();
+        let every: Vec<String> = custom
+            .iter()
+            .filter(|p| p.spec.rules.iter().any(|r| *r == PolicyRule::default()))
+            .filter_map(|p| Some(p.spec.provider.as_ref()?.name.clone()))
+            .collect();
+        let Some(first) = every.first() else {
+            return if custom.is_empty() {
+                ExtAuthz::None
+            } else {
+                ExtAuthz::SomeRequests
+            };
+        };
+        let Some(declared) = &self.settings.ext_authz_providers else {
+            return ExtAuthz::ProvidersUnknown {
+                provider: first.clone(),
+            };
+        };
+        // Any one fail-closed provider asked for every request is enough: each matching
+        // provider is asked in turn and the first denial ends the request.
+        if let Some(p) = every
+            .iter()
+            .find(|p| declared.iter().any(|d| &d.name == *p && !d.fail_open))
+        {
+            return ExtAuthz::EveryRequest {
+                provider: p.clone(),
+            };
+        }
+        match every
+            .iter()
+            .find(|p| declared.iter().any(|d| &d.name == *p))
+        {
+            Some(p) => ExtAuthz::FailOpen {
+                provider: p.clone(),
+            },
+            None => ExtAuthz::ProviderNotDeclared {
+                provider: first.clone(),
+            },
+        }
+    }
+
+    fn waypoint(&self) -> Option<WaypointFacts> {
+        let (gw, _) = self.waypoints.iter().find(|(_, sa)| *sa == self.sa)?;
+        let gateway = gw.metadata.name.clone().unwrap_or_default();
+        let mut shared_with: Vec<String> = self
+            .waypoints
+            .iter()
+            .filter(|(g, sa)| g.metadata.name.as_ref() == Some(&gateway) && *sa != self.sa)
+            .map(|(_, sa)| sa.to_string())
+            .collect();
+        if self.by_account.contains_key(&gateway) {
+            shared_with.push(gateway.clone());
+        }
+        Some(WaypointFacts {
+            programmed: gw.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Programmed" && c.status == "True")
+            }),
+            shared_with,
+            gateway,
+        })
+    }
+
+    fn timed_out(&self, service: &str) -> bool {
+        let routes: Vec<&HTTPRoute> = self
+            .http_routes
+            .iter()
+            .copied()
+            .filter(|r| r.spec.parent_refs.iter().any(|p| is_service(p, service)))
+            .collect();
+        !routes.is_empty()
+            && routes.iter().all(|r| {
+                r.spec.rules.iter().all(|rule| {
+                    rule.timeouts
+                        .as_ref()
+                        .is_some_and(|t| t.request.is_some() || t.backend_request.is_some())
+                })
+            })
+    }
+
+    fn rate_limited(&self, service: &str) -> bool {
+        let route_names = |kind: TargetKind| -> Vec<&str> {
+            match kind {
+                TargetKind::Service => vec![service],
+                TargetKind::HttpRoute => self
+                    .http_routes
+                    .iter()
+                    .filter(|r| r.spec.parent_refs.iter().any(|p| is_service(p, service)))
+                    .filter_map(|r| r.metadata.name.as_deref())
+                    .collect(),
+                TargetKind::GrpcRoute => self
+                    .grpc_routes
+                    .iter()
+                    .filter(|r| r.spec.parent_refs.iter().any(|p| is_service(p, service)))
+                    .filter_map(|r| r.metadata.name.as_deref())
+                    .collect(),
+            }
+        };
+        self.limits.iter().any(|l| {
+            l.spec
+                .target_refs
+                .iter()
+                .any(|t| route_names(t.kind).contains(&t.name.as_str()))
+        })
+    }
+}
+
+/// A parent reference naming Service `name` of the route's own namespace.
+fn is_service(p: &ParentReference, name: &str) -> bool {
+    p.kind.as_deref() == Some("Service")
+        && p.group.as_deref().is_none_or(str::is_empty)
+        && p.namespace.is_none()
+        && p.name == name
+}
+
+/// A pod that runs an application: not finished, not a waypoint.
+fn is_application(p: &Pod) -> bool {
+    let finished = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+    !finished && label(&p.metadata, GATEWAY_NAME_LABEL).is_none()
+}
+
+fn service_account(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// The account a waypoint Gateway serves: its annotation, else its label (as the controller
+/// reads it).
+fn served_account(g: &Gateway) -> Option<&str> {
+    let m = &g.metadata;
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(FOR_SERVICE_ACCOUNT))
+        .or_else(|| m.labels.as_ref()?.get(FOR_SERVICE_ACCOUNT))
+        .map(String::as_str)
+}
+
+fn selects(selector: Option<&WorkloadSelector>, p: &Pod) -> bool {
+    selector.is_none_or(|s| {
+        s.match_labels
+            .iter()
+            .all(|(k, v)| label(&p.metadata, k) == Some(v.as_str()))
+    })
+}
+
+fn selects_pod(s: &Service, p: &Pod) -> bool {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|sel| {
+            !sel.is_empty()
+                && sel
+                    .iter()
+                    .all(|(k, v)| label(&p.metadata, k) == Some(v.as_str()))
+        })
+}
+
+fn http_ports(s: &Service) -> Vec<HttpPort> {
+    let service = s.metadata.name.clone().unwrap_or_default();
+    s.spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .filter_map(|p| {
+            let (declared, declared_by) = match &p.app_protocol {
+                Some(a) if !a.is_empty() => (a.as_str(), DeclaredBy::AppProtocol),
+                _ => (
+                    p.name
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split('-')
+                        .next()
+                        .unwrap_or_default(),
+                    DeclaredBy::NamePrefix,
+                ),
+            };
+            let protocol = declared.to_ascii_lowercase();
+            is_http(&protocol).then(|| HttpPort {
+                service: service.clone(),
+                port: p.port,
+                protocol,
+                declared_by,
+            })
+        })
+        .collect()
+}
+
+/// The protocols the waypoint parses as HTTP (`ambit-waypoint`'s `Protocol::of`; a test there
+/// and one here pin the same list).
+fn is_http(declared: &str) -> bool {
+    matches!(
+        declared,
+        "http"
+            | "http1"
+            | "kubernetes.io/ws"
+            | "kubernetes.io/wss"
+            | "http2"
+            | "h2c"
+            | "kubernetes.io/h2c"
+            | "grpc"
+            | "grpc-web"
+    )
+}
+
+fn label<'a>(m: &'a ObjectMeta, name: &str) -> Option<&'a str> {
+    m.labels.as_ref()?.get(name).map(String::as_str)
+}
