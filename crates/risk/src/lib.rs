@@ -23,3 +23,6 @@ pub use requirements::{
     MAX_HIGH_LEAF_LIFETIME_SECONDS, RequirementId, RequirementStatus, enforcement_targets, evaluate,
 };
 pub use threats::{DataPlaneModel, Level, Threat, ThreatScore, threats};
+
+#[cfg(test)]
+mod tests;
