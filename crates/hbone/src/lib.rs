@@ -13,6 +13,7 @@ mod copy;
 mod error;
 mod headers;
 mod pool;
+mod refusals;
 mod server;
 mod settings;
 mod stream;
@@ -28,6 +29,7 @@ pub use server::{
     ConnectHandler, ConnectRequest, HboneServer, PendingTunnel, Refusal, ServerBudget,
     forward_to_target,
 };
+pub use refusals::{TunnelLimit, TunnelRefusals};
 pub use settings::{H2Settings, PoolSettings, ServerSettings};
 pub use stream::H2Stream;
 

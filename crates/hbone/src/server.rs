@@ -6,6 +6,7 @@ use crate::connect::check_connect;
 use crate::copy::{Transferred, splice_tcp_h2};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
+use crate::refusals::{REFUSAL_WARN_EVERY, Refusals, TunnelLimit, TunnelRefusals};
 use crate::settings::ServerSettings;
 use crate::stream::H2Stream;
 use ambit_admission::{Handshake, HandshakeBudget};
@@ -167,6 +168,7 @@ struct Budget {
     tunnels: Arc<Semaphore>,
     connections_per_peer: Arc<Counts<Peer>>,
     tunnels_per_peer: Arc<Counts<Peer>>,
+    refusals: Refusals,
 }
 
 impl ServerBudget {
@@ -180,12 +182,44 @@ impl ServerBudget {
             tunnels: Arc::new(Semaphore::new(settings.max_tunnels)),
             connections_per_peer: Arc::default(),
             tunnels_per_peer: Arc::default(),
+            refusals: Refusals::default(),
             settings,
         }))
     }
 
     pub fn settings(&self) -> &ServerSettings {
         &self.0.settings
+    }
+
+    /// CONNECTs answered 503 at a tunnel limit so far, by limit.
+    pub fn tunnel_refusals(&self) -> TunnelRefusals {
+        self.0.refusals.totals()
+    }
+
+    /// Answers a CONNECT 503 at `limit` (`max` tunnels), counts it, and warns now and then: a
+    /// refused tunnel is a failed connection for the client's app, which an operator must see.
+    fn refuse(
+        &self,
+        respond: SendResponse<Bytes>,
+        limit: TunnelLimit,
+        identity: &SpiffeId,
+        peer: SocketAddr,
+        max: usize,
+    ) {
+        respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);
+        if self.0.refusals.count(limit) {
+            let TunnelRefusals { peer_share, node } = self.tunnel_refusals();
+            tracing::warn!(
+                %peer,
+                %identity,
+                ?limit,
+                max,
+                refused_at_peer_share = peer_share,
+                refused_at_node_limit = node,
+                "HBONE tunnel refused (503): at a tunnel limit; totals since start, warned at most every {}s",
+                REFUSAL_WARN_EVERY.as_secs()
+            );
+        }
     }
 
     /// A handshake slot for a connection from `peer`, unless its address already has as many
@@ -463,13 +497,11 @@ impl<H: ConnectHandler> HboneServer<H> {
                     let Some(accepted) = accepted else { break };
                     let (request, respond) = accepted?;
                     let Some(per_peer) = self.budget.0.tunnels_per_peer.enter(client.clone(), max_per_peer) else {
-                        tracing::debug!(%peer, %identity, max_tunnels_per_peer = max_per_peer, "HBONE client at its share of the tunnels; answering 503");
-                        respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);
+                        self.budget.refuse(respond, TunnelLimit::PeerShare, &identity, peer, max_per_peer);
                         continue;
                     };
                     let Ok(permit) = self.budget.0.tunnels.clone().try_acquire_owned() else {
-                        tracing::debug!(%peer, %identity, max_tunnels = self.settings().max_tunnels, "HBONE server at its tunnel limit; answering 503");
-                        respond_and_end(respond, StatusCode::SERVICE_UNAVAILABLE);
+                        self.budget.refuse(respond, TunnelLimit::Node, &identity, peer, self.settings().max_tunnels);
                         continue;
                     };
                     if let Some((request, tunnel)) =

@@ -5,7 +5,7 @@
 
 mod support;
 
-use ambit_hbone::{Dialer, HboneError, HboneServer, ServerBudget, ServerSettings};
+use ambit_hbone::{Dialer, HboneError, HboneServer, ServerBudget, ServerSettings, TunnelRefusals};
 use ambit_identity::testing::TestPki;
 use ambit_identity::{client_config, server_config, server_name};
 use bytes::Bytes;
@@ -484,6 +484,14 @@ async fn servers_sharing_a_budget_share_its_tunnel_limit() {
         }
         other => panic!("a third tunnel on the node: {other:?}"),
     }
+    // Counted, so an operator sees it.
+    assert_eq!(
+        budget.tunnel_refusals(),
+        TunnelRefusals {
+            peer_share: 0,
+            node: 1
+        }
+    );
     // A closed tunnel gives its place back.
     held.pop();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -532,13 +540,12 @@ async fn one_client_holds_at_most_its_share_of_the_tunnels() {
     let pki = TestPki::new("cluster.local");
     const MAX_TUNNELS: usize = 12;
     const SHARE: usize = 4;
-    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
-    let settings = ServerSettings {
+    let budget = ServerBudget::new(ServerSettings {
         max_tunnels: MAX_TUNNELS,
         max_tunnels_per_peer: SHARE,
         ..Default::default()
-    };
-    let server = start_server_with(&pki, Forward { seen }, settings).await;
+    });
+    let server = start_server_in(&pki, &budget).await;
     let echo = start_echo().await;
     let pod = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -555,6 +562,13 @@ async fn one_client_holds_at_most_its_share_of_the_tunnels() {
         assert_eq!(opened.len(), SHARE, "tunnels opened by {sa}");
         held.push((first, opened));
     }
+    assert_eq!(
+        budget.tunnel_refusals(),
+        TunnelRefusals {
+            peer_share: 2 * (MAX_TUNNELS - SHARE) as u64,
+            node: 0
+        }
+    );
     // A third client is still served, and so is another pod of a greedy service account (a
     // client is an identity at one address).
     echoes(&client(&pki, server), echo).await;

@@ -237,7 +237,8 @@ async fn serve_admin(
             (
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                m.metrics.render(state.as_ref()),
+                m.metrics
+                    .render(state.as_ref(), ambit_tunnel::pod::hbone_refusals()),
             )
         }
         _ => (404, "text/plain", String::new()),

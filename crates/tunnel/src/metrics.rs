@@ -3,6 +3,7 @@
 //! counters: what it counts later are atomic adds, with no lock shared with other connections.
 
 use ambit_controller_client::StreamState;
+use ambit_hbone::TunnelRefusals;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,6 +25,12 @@ struct DeltaLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    /// `peer_share` or `node`.
+    limit: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +42,7 @@ pub struct Metrics {
     config_connected: Gauge,
     config_deltas: Family<DeltaLabels, Counter>,
     config_rejected_resources: Gauge,
+    hbone_refused: Family<RefusedLabels, Counter>,
     /// Serializes scrapes while they copy the config stream's totals into the counters (two
     /// at once would both add the same difference). Scrapes only: connections never take it.
     render_lock: Mutex<()>,
@@ -106,6 +114,15 @@ impl Default for Metrics {
             "Resources held but left out of the model (or held fail-safe): rejected alone, the rest applied",
             config_rejected_resources.clone(),
         );
+        let hbone_refused = Family::<RefusedLabels, Counter>::default();
+        for limit in ["peer_share", "node"] {
+            let _ = hbone_refused.get_or_create(&RefusedLabels { limit });
+        }
+        registry.register(
+            "tunnel_hbone_refused",
+            "HBONE CONNECTs answered 503 at a tunnel limit: the client's share (peer_share) or the node's (node)",
+            hbone_refused.clone(),
+        );
         Self {
             registry,
             opened,
@@ -116,6 +133,7 @@ impl Default for Metrics {
             config_connected,
             config_deltas,
             config_rejected_resources,
+            hbone_refused,
             render_lock: Mutex::new(()),
         }
     }
@@ -137,17 +155,27 @@ impl Metrics {
     }
 
     /// The exposition text (OpenMetrics), with the config stream's state as of now when the
-    /// tunnel has one.
-    pub fn render(&self, stream: Option<&StreamState>) -> String {
+    /// tunnel has one, and the HBONE servers' refusals so far.
+    pub fn render(&self, stream: Option<&StreamState>, refusals: TunnelRefusals) -> String {
         let _serialized = self
             .render_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let catch_up =
+            |counter: &Counter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        for (limit, total) in [("peer_share", refusals.peer_share), ("node", refusals.node)] {
+            catch_up(
+                &self.hbone_refused.get_or_create(&RefusedLabels { limit }),
+                total,
+            );
+        }
         if let Some(state) = stream {
             self.config_connected.set(i64::from(state.connected));
             for (result, total) in [("accepted", state.accepted), ("rejected", state.rejected)] {
-                let counter = self.config_deltas.get_or_create(&DeltaLabels { result });
-                counter.inc_by(total.saturating_sub(counter.get()));
+                catch_up(
+                    &self.config_deltas.get_or_create(&DeltaLabels { result }),
+                    total,
+                );
             }
             self.config_rejected_resources
                 .set(i64::try_from(state.rejected_resources.len()).unwrap_or(i64::MAX));
@@ -176,7 +204,13 @@ mod tests {
         first.closed(10, 20);
         second.closed(1, 2);
         m.denied(&labels);
-        let text = m.render(None);
+        let text = m.render(
+            None,
+            TunnelRefusals {
+                peer_share: 3,
+                node: 0,
+            },
+        );
         let series = r#"{direction="inbound",source_identity="spiffe://td/ns/a/sa/b",destination_identity="spiffe://td/ns/c/sa/d"}"#;
         for expected in [
             format!("ambit_tcp_connections_opened_total{series} 2"),
@@ -185,13 +219,15 @@ mod tests {
             format!("ambit_tcp_received_bytes_total{series} 22"),
             format!("ambit_tcp_denied_total{series} 1"),
             "ambit_tunnel_config_connected 0".to_owned(),
+            r#"ambit_tunnel_hbone_refused_total{limit="peer_share"} 3"#.to_owned(),
+            r#"ambit_tunnel_hbone_refused_total{limit="node"} 0"#.to_owned(),
         ] {
             assert!(text.contains(&expected), "{expected} missing:\n{text}");
         }
     }
 
     #[test]
-    fn config_stream_totals_are_copied_not_added_again() {
+    fn totals_are_copied_not_added_again() {
         let m = Metrics::default();
         let state = StreamState {
             connected: true,
@@ -199,13 +235,18 @@ mod tests {
             rejected: 1,
             ..Default::default()
         };
-        m.render(Some(&state));
-        let text = m.render(Some(&state));
+        let refusals = TunnelRefusals {
+            peer_share: 0,
+            node: 2,
+        };
+        m.render(Some(&state), refusals);
+        let text = m.render(Some(&state), refusals);
         for expected in [
             "ambit_tunnel_config_connected 1",
             r#"ambit_tunnel_config_deltas_total{result="accepted"} 3"#,
             r#"ambit_tunnel_config_deltas_total{result="rejected"} 1"#,
             "ambit_tunnel_config_rejected_resources 0",
+            r#"ambit_tunnel_hbone_refused_total{limit="node"} 2"#,
         ] {
             assert!(text.contains(expected), "{expected} missing:\n{text}");
         }

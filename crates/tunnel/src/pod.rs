@@ -9,7 +9,9 @@ use crate::node::Shared;
 use crate::outbound;
 use crate::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use ambit_handoff::TUNNEL_MARK;
-use ambit_hbone::{Dialer, HbonePool, HboneServer, PoolSettings, ServerBudget, ServerSettings};
+use ambit_hbone::{
+    Dialer, HbonePool, HboneServer, PoolSettings, ServerBudget, ServerSettings, TunnelRefusals,
+};
 use ambit_identity::{CertificateHandle, SpiffeId, server_config};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use std::collections::HashMap;
@@ -26,6 +28,11 @@ use tokio::sync::oneshot;
 /// so the memory bound of `ServerSettings`, hold for the whole node (one tunnel per node).
 static HBONE_BUDGET: LazyLock<ServerBudget> =
     LazyLock::new(|| ServerBudget::new(ServerSettings::default()));
+
+/// CONNECTs the node's HBONE servers answered 503 at a tunnel limit so far.
+pub fn hbone_refusals() -> TunnelRefusals {
+    HBONE_BUDGET.tunnel_refusals()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
