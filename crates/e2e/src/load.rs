@@ -1,8 +1,8 @@
 //! Steady load between mesh pods, for reliability tests and benchmarks: `ambit-load`
 //! (crates/samples) runs inside a pod's network namespace, as the pod's app would, so each
-//! request is captured there and crosses the tunnels like any other: a new connection to the
-//! target (a Service's address picks an endpoint, on another node if it is there), one line and
-//! its echo from `ambit-echo-server`. Open loop at a fixed rate, bounded in count (rate x
+//! request is captured there and crosses the tunnels like any other: one line and its echo from
+//! `ambit-echo-server`, on a new connection to the target (a Service's address picks an
+//! endpoint, on another node if it is there) or in sequence on a few kept-alive ones. Open loop at a fixed rate, bounded in count (rate x
 //! duration), in requests in flight and in time; it reports its counts, its first failures and
 //! latency when done.
 
@@ -30,6 +30,8 @@ pub struct LoadReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Kept-alive connections opened again after one failed.
+    pub reconnects: u64,
     /// The whole report as printed, for a benchmark's JSON.
     pub json: serde_json::Value,
 }
@@ -57,6 +59,7 @@ impl LoadReport {
             p50_ms: ms("p50"),
             p99_ms: ms("p99"),
             max_ms: ms("max"),
+            reconnects: json["reconnects"].as_u64().unwrap_or_default(),
             json,
         })
     }
@@ -66,8 +69,14 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests, {} ok, {} failed; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            self.requests, self.succeeded, self.failed, self.p50_ms, self.p99_ms, self.max_ms
+            "{} requests, {} ok, {} failed, {} reconnects; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.requests,
+            self.succeeded,
+            self.failed,
+            self.reconnects,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms
         )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
@@ -84,7 +93,8 @@ pub struct SteadyLoad {
 }
 
 impl SteadyLoad {
-    /// Starts `rate` requests a second from inside `from` to `to` for `duration`.
+    /// Starts `rate` requests a second from inside `from` to `to` for `duration`, each on a new
+    /// connection.
     pub fn start(
         tb: &Testbed,
         from: &Pod,
@@ -92,10 +102,23 @@ impl SteadyLoad {
         rate: u32,
         duration: Duration,
     ) -> Result<Self> {
+        Self::start_with(tb, from, to, rate, duration, None)
+    }
+
+    /// As [`SteadyLoad::start`]; with `keep_alive` `Some(n)`, the requests go in sequence on
+    /// `n` kept-alive connections instead (`ambit-load --keep-alive`).
+    pub fn start_with(
+        tb: &Testbed,
+        from: &Pod,
+        to: SocketAddr,
+        rate: u32,
+        duration: Duration,
+        keep_alive: Option<usize>,
+    ) -> Result<Self> {
         let program = tb
             .binary("ambit-load")
             .context("ambit-load is not built (crates/samples)")?;
-        let args = [
+        let mut args = vec![
             to.to_string(),
             "--rate".into(),
             rate.to_string(),
@@ -106,6 +129,9 @@ impl SteadyLoad {
             "--max-in-flight".into(),
             MAX_IN_FLIGHT.to_string(),
         ];
+        if let Some(n) = keep_alive {
+            args.extend(["--keep-alive".into(), n.to_string()]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = tb
             .pod_exec(from, &program.display().to_string(), &args)

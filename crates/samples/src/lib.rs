@@ -124,26 +124,13 @@ async fn http(
 pub async fn exchange(addr: &str, message: &str, timeout: Duration) -> std::io::Result<String> {
     let fut = async {
         let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(message.as_bytes()).await?;
         if looks_like_http(message.as_bytes()) {
+            stream.write_all(message.as_bytes()).await?;
             let mut out = Vec::new();
             stream.read_to_end(&mut out).await?;
             return Ok(String::from_utf8_lossy(&out).into_owned());
         }
-        // Echo: read until the message has come back after the greeting line.
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-            if out.ends_with(message.as_bytes()) && out.contains(&b'\n') {
-                break;
-            }
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        echo(&mut stream, message).await
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| {
         std::io::Error::new(
@@ -151,6 +138,25 @@ pub async fn exchange(addr: &str, message: &str, timeout: Duration) -> std::io::
             format!("no reply from {addr} within {timeout:?}"),
         )
     })?
+}
+
+/// Sends `message` (a line) on `stream` and reads what comes back up to its echo (after the
+/// greeting line on a connection's first message), or to the end of the stream.
+pub async fn echo(stream: &mut TcpStream, message: &str) -> std::io::Result<String> {
+    stream.write_all(message.as_bytes()).await?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(message.as_bytes()) && out.contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
