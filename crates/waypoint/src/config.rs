@@ -4,6 +4,7 @@
 use crate::http::server::Limits;
 use ambit_controller_client::Source;
 use ambit_identity::{SpiffeId, SpiffeIdError, TrustDomain, is_kubernetes_name};
+use ambit_telemetry::otlp::{OtlpArgs, OtlpConfig, OtlpError};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +84,8 @@ pub struct Args {
     /// need not wait the production default (10 s). Not an operator setting.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_header_read_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,8 @@ pub enum ConfigError {
     Source,
     #[error("{flag}={value:?} is not a valid service account or namespace name")]
     Name { flag: &'static str, value: String },
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
 }
 
 /// The settings, validated.
@@ -113,6 +118,8 @@ pub struct Config {
     pub access_log: bool,
     /// Bounds of the downstream HTTP server: the production defaults, unless a test set them.
     pub http_limits: Limits,
+    /// Span export; `None`: off.
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Config {
@@ -160,6 +167,7 @@ impl Config {
             drain_timeout: Duration::from_secs(args.drain_secs),
             access_log: args.access_log,
             http_limits,
+            otlp: args.otlp.config("ambit-waypoint")?,
         })
     }
 }

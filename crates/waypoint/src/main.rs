@@ -5,15 +5,10 @@ use anyhow::Result;
 use clap::Parser;
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Config::from_args(Args::parse())?;
+    // Before the log: `--help` and a usage error print as clap prints them.
+    let args = Args::parse();
+    ambit_telemetry::init_logs();
+    let config = Config::from_args(args)?;
     // Two threads: a waypoint gets a fraction of a node; more workers only add wakeups.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -10,6 +10,7 @@ use ambit_controller_client::source::{self, SourceError, spawn_feed};
 use ambit_controller_client::{ServiceAccountRef, Subscriber};
 use ambit_hbone::{Dialer, HbonePool, HboneServer, PoolSettings, ServerSettings};
 use ambit_identity::{CertificateHandle, CertificateStore, RetryPolicy, SpiffeId};
+use ambit_telemetry::otlp::{Otlp, OtlpError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub enum RunError {
     Tls(#[from] ambit_identity::TlsError),
     #[error("signals: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
 }
 
 const CERT_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -49,6 +52,7 @@ pub struct Running {
     pub hbone_addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
+    otlp: Option<Otlp>,
 }
 
 /// Starts the waypoint on the current runtime: returns once it listens for HBONE, which is
@@ -56,6 +60,7 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, RunError> {
     let start = source::start(&config.source, config.cert_lifetime)?;
     let identity = config.identity(start.trust.trust_domain())?;
+    let otlp = config.otlp.as_ref().map(Otlp::start).transpose()?;
     let shared = Arc::new(Shared::new(
         config.namespace.clone(),
         config.for_service_account.clone(),
@@ -63,6 +68,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         start.mesh,
         start.synced,
         AccessLog::stderr(config.access_log),
+        otlp.as_ref().map(|o| o.tracer("ambit-waypoint")),
     ));
     let fed = shared.clone();
     let stream = spawn_feed(
@@ -104,10 +110,11 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         addr: config.listen,
         source,
     })?;
+    let trust = start.trust.clone();
     let server = tokio::spawn(async move {
         // The lease lives as long as the server: rotation keeps renewing it.
         let _lease = lease;
-        HboneServer::new(tls, ServerSettings::default(), inbound)
+        HboneServer::new(tls, &trust, ServerSettings::default(), inbound)
             .serve(listener)
             .await;
     });
@@ -117,6 +124,7 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         hbone_addr,
         server,
         drain_timeout: config.drain_timeout,
+        otlp,
     })
 }
 
@@ -150,6 +158,11 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::info!(left_open = self.shared.active(), "drained");
+        if let Some(otlp) = self.otlp {
+            // The spans of the last requests: flushed off the runtime, whose tasks the
+            // export needs.
+            let _ = tokio::task::spawn_blocking(move || otlp.shutdown()).await;
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::metrics::Metrics;
 use ambit_controller_client::StreamState;
 use ambit_identity::SpiffeId;
 use ambit_mesh::{LiveMesh, Mesh};
+use ambit_telemetry::otlp::Tracer;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
@@ -20,6 +21,8 @@ pub struct Shared {
     /// Shared with the layers that count on their own (retries).
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// Makes each request's span when OTLP export is on.
+    pub tracer: Option<Tracer>,
     mesh: LiveMesh,
     certified: AtomicBool,
     draining: watch::Sender<bool>,
@@ -35,6 +38,7 @@ impl Shared {
         mesh: Mesh,
         synced: bool,
         access_log: AccessLog,
+        tracer: Option<Tracer>,
     ) -> Self {
         Self {
             namespace,
@@ -42,6 +46,7 @@ impl Shared {
             identity,
             metrics: Arc::default(),
             access_log,
+            tracer,
             mesh: LiveMesh::new(mesh, synced),
             certified: AtomicBool::new(false),
             draining: watch::channel(false).0,

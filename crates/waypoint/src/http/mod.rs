@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod span;
 pub mod telemetry;
 pub mod upstream;
 

@@ -1,9 +1,11 @@
 //! Per-request telemetry (SP 800-233 HIGH-REQ2): W3C `traceparent` propagated as a child span
-//! (started when absent or malformed), a request counter and duration histogram labelled with
+//! (started when absent or malformed; exported over OTLP when that is on, see [`super::span`]),
+//! a request counter and duration histogram labelled with
 //! source and destination identity, service, method, code and gRPC status, and one JSON access
 //! log line per request, written when the response ends.
 
 use super::body::Observed;
+use super::span::{End, RequestSpan, Start};
 use super::{Downstream, Inner, Picked, Request, Response, ResponseFuture, authority};
 use crate::access_log::RequestLine;
 use crate::metrics::{RequestLabels, method_label};
@@ -119,6 +121,8 @@ struct Record {
     path: String,
     protocol: &'static str,
     version: http::Version,
+    /// The exported span, when OTLP export is on.
+    span: Option<RequestSpan>,
 }
 
 fn version_str(version: http::Version) -> &'static str {
@@ -130,6 +134,13 @@ fn version_str(version: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "unknown",
     }
+}
+
+/// `network.protocol.version` of OpenTelemetry's conventions: the version without `HTTP/`.
+fn protocol_version(version: http::Version) -> &'static str {
+    version_str(version)
+        .strip_prefix("HTTP/")
+        .unwrap_or_default()
 }
 
 impl Record {
@@ -157,6 +168,14 @@ impl Record {
             trace_id: &format!("{:032x}", self.trace_id),
             span_id: &format!("{:016x}", self.span_id),
         });
+        if let Some(span) = self.span {
+            span.end(&End {
+                status: self.labels.response_code.parse().unwrap_or_default(),
+                grpc_status: self.labels.grpc_status.parse().ok(),
+                destination_identity: &self.labels.destination_identity,
+                complete: clean,
+            });
+        }
     }
 }
 
@@ -171,16 +190,36 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let start = Instant::now();
-        let trace = request
+        let parent = request
             .headers()
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .map_or_else(TraceContext::start, TraceContext::child);
+            .and_then(TraceContext::parse);
+        let downstream = request.extensions().get::<Downstream>().cloned();
+        let authority = authority(&request).unwrap_or_default().to_owned();
+        let method = method_label(request.method()).to_owned();
+        let path = request.uri().path().to_owned();
+        let version = request.version();
+        let (trace, span) = match &self.shared.tracer {
+            Some(tracer) => {
+                let head = Start {
+                    method: &method,
+                    path: &path,
+                    authority: &authority,
+                    version: protocol_version(version),
+                    downstream: downstream.as_ref(),
+                };
+                let (span, trace) = RequestSpan::start(tracer, parent, &head);
+                (trace, Some(span))
+            }
+            None => (
+                parent.map_or_else(TraceContext::start, TraceContext::child),
+                None,
+            ),
+        };
         if let Ok(value) = HeaderValue::from_str(&trace.header()) {
             request.headers_mut().insert(TRACEPARENT, value);
         }
-        let downstream = request.extensions().get::<Downstream>().cloned();
         let (source_identity, src_addr, destination_service, protocol) = match &downstream {
             Some(d) => (
                 d.peer.to_string(),
@@ -190,10 +229,6 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
             ),
             None => Default::default(),
         };
-        let authority = authority(&request).unwrap_or_default().to_owned();
-        let method = method_label(request.method()).to_owned();
-        let path = request.uri().path().to_owned();
-        let version = request.version();
         let shared = self.shared.clone();
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -227,6 +262,7 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
                 path,
                 protocol,
                 version,
+                span,
             };
             Ok(response.map(|body| {
                 Observed::new(

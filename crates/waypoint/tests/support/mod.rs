@@ -118,9 +118,10 @@ pub async fn pod(pki: &TestPki, ip: IpAddr, sa: &str, name: &'static str) -> See
 /// The pod's "node tunnel" on `ip:15008`, presenting `sa`'s identity; who connects goes to
 /// `seen`.
 pub async fn pod_tunnel(pki: &TestPki, ip: IpAddr, sa: &str, seen: Seen) {
-    let tls = server_config(pki.handle(NS, sa), &pki.bundle()).unwrap();
+    let trust = pki.bundle();
+    let tls = server_config(pki.handle(NS, sa), &trust).unwrap();
     let listener = TcpListener::bind(SocketAddr::new(ip, 15008)).await.unwrap();
-    let server = HboneServer::new(tls, ServerSettings::default(), PodTunnel { seen });
+    let server = HboneServer::new(tls, &trust, ServerSettings::default(), PodTunnel { seen });
     tokio::spawn(server.serve(listener));
 }
 
@@ -254,9 +255,21 @@ pub async fn waypoint(pki: &TestPki, net: u8, mesh: &str) -> Running {
 /// A waypoint for `shop/SERVED` running as `shop/OWN` (`accounts`), serving `mesh` (YAML),
 /// listening on `127.net.0.1`.
 pub async fn waypoint_for(pki: &TestPki, net: u8, mesh: &str, accounts: (&str, &str)) -> Running {
+    waypoint_with(pki, net, mesh, accounts, &[]).await
+}
+
+/// [`waypoint_for`] with `extra` flags.
+pub async fn waypoint_with(
+    pki: &TestPki,
+    net: u8,
+    mesh: &str,
+    accounts: (&str, &str),
+    extra: &[&str],
+) -> Running {
     let dir =
         std::env::temp_dir().join(format!("ambit-waypoint-test-{}-{net}", std::process::id()));
-    let flags = standalone_flags(pki, &dir, net, mesh, [0; 4], accounts);
+    let mut flags = standalone_flags(pki, &dir, net, mesh, [0; 4], accounts);
+    flags.extend(extra.iter().map(|f| (*f).to_owned()));
     let args =
         Args::try_parse_from(["ambit-waypoint".to_owned()].into_iter().chain(flags)).unwrap();
     ambit_waypoint::run::start(Config::from_args(args).unwrap())

@@ -1,0 +1,176 @@
+//! OpenTelemetry span export over OTLP/gRPC, configured the OpenTelemetry way
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_SERVICE_NAME`) or by flags,
+//! and off when no endpoint is given.
+//!
+//! The provider is the caller's, not a global one: spans are made where the request is at
+//! hand (see the waypoint's telemetry layer), and tests run several exporters in one process.
+
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::time::Duration;
+
+pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, Span};
+
+pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const ENV_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+
+/// How long one export may take: a collector that does not answer costs dropped spans, never
+/// requests (the batch queue is bounded and export runs off the data path).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The flags, to `#[command(flatten)]` into a binary's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OtlpArgs {
+    /// OTLP/gRPC collector to export spans to (`http://HOST:4317`, or `https://` for TLS
+    /// verified against the system roots). None: no spans are made.
+    #[arg(long = "otlp-endpoint", env = ENV_ENDPOINT, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0..=1. A request arriving with a `traceparent` keeps
+    /// its caller's decision.
+    #[arg(long = "otlp-sampling", env = ENV_SAMPLER_ARG, value_name = "RATIO", default_value_t = 1.0)]
+    pub sampling: f64,
+    /// The spans' `service.name` (default: the binary's name).
+    #[arg(long = "otlp-service-name", env = ENV_SERVICE_NAME, value_name = "NAME")]
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error("{ENV_ENDPOINT}={0:?}: want an http:// or https:// URL with a host")]
+    Endpoint(String),
+    #[error("{ENV_SAMPLER_ARG}={0}: want a ratio from 0 to 1")]
+    Sampling(f64),
+    #[error("the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Validated settings: there is an endpoint, and the ratio is a ratio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+    pub sampling: f64,
+    pub service_name: String,
+}
+
+impl OtlpArgs {
+    /// `None` when no endpoint is set (tracing off); `default_service` names the spans' service
+    /// unless the flags do.
+    pub fn config(self, default_service: &str) -> Result<Option<OtlpConfig>, OtlpError> {
+        let Some(endpoint) = self.endpoint.filter(|e| !e.is_empty()) else {
+            return Ok(None);
+        };
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|_| OtlpError::Endpoint(endpoint.clone()))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(OtlpError::Endpoint(endpoint));
+        }
+        if !(0.0..=1.0).contains(&self.sampling) {
+            return Err(OtlpError::Sampling(self.sampling));
+        }
+        Ok(Some(OtlpConfig {
+            endpoint,
+            sampling: self.sampling,
+            service_name: self
+                .service_name
+                .unwrap_or_else(|| default_service.to_owned()),
+        }))
+    }
+}
+
+/// A running exporter: spans from [`Otlp::tracer`] are batched and sent on a thread of its
+/// own. [`Otlp::shutdown`] sends what is left.
+#[derive(Debug, Clone)]
+pub struct Otlp {
+    provider: SdkTracerProvider,
+}
+
+impl Otlp {
+    /// Builds the exporter. On a tokio runtime: the gRPC channel's connection task runs on it
+    /// (it connects lazily, so a collector that is not up yet is no error).
+    pub fn start(config: &OtlpConfig) -> Result<Self, OtlpError> {
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&config.endpoint)
+            .with_timeout(EXPORT_TIMEOUT);
+        if config.endpoint.starts_with("https://") {
+            builder = builder.with_tls_config(
+                opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                    .with_native_roots(),
+            );
+        }
+        let exporter = builder.build().map_err(|source| OtlpError::Exporter {
+            endpoint: config.endpoint.clone(),
+            source,
+        })?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sampling,
+            ))))
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(config.service_name.clone())
+                    .build(),
+            )
+            .build();
+        Ok(Self { provider })
+    }
+
+    pub fn tracer(&self, scope: &'static str) -> Tracer {
+        use opentelemetry::trace::TracerProvider as _;
+        self.provider.tracer(scope)
+    }
+
+    /// Exports the spans still queued and stops. Blocks (the batch thread sends them): call
+    /// it off the runtime, e.g. in `spawn_blocking`.
+    pub fn shutdown(&self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::warn!(%error, "OTLP exporter shutdown");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(endpoint: &str, sampling: f64) -> OtlpArgs {
+        OtlpArgs {
+            endpoint: Some(endpoint.to_owned()),
+            sampling,
+            service_name: None,
+        }
+    }
+
+    #[test]
+    fn off_without_an_endpoint() {
+        assert_eq!(OtlpArgs::default().config("w").unwrap(), None);
+        assert_eq!(args("", 1.0).config("w").unwrap(), None);
+    }
+
+    #[test]
+    fn the_endpoint_and_ratio_are_checked() {
+        let c = args("http://collector.observability:4317", 0.25)
+            .config("ambit-waypoint")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.service_name, "ambit-waypoint");
+        assert_eq!(c.sampling, 0.25);
+        assert!(args("https://c:4317", 0.0).config("w").unwrap().is_some());
+        for bad in ["collector:4317", "grpc://c:4317", "http://", "not a url"] {
+            let e = args(bad, 1.0).config("w").unwrap_err().to_string();
+            assert!(e.contains(ENV_ENDPOINT) && e.contains(bad), "{e}");
+        }
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let e = args("http://c:4317", bad).config("w").unwrap_err();
+            assert!(e.to_string().contains(ENV_SAMPLER_ARG), "{e}");
+        }
+    }
+}
