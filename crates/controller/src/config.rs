@@ -28,6 +28,8 @@ pub const ENV_JWKS_CA_BUNDLE: &str = "AMBIT_JWKS_CA_BUNDLE";
 pub const ENV_GRPC_IDLE_TIMEOUT_SECS: &str = "AMBIT_GRPC_IDLE_TIMEOUT_SECS";
 pub const ENV_TOKEN_REVIEWS_PER_SECOND: &str = "AMBIT_TOKEN_REVIEWS_PER_SECOND";
 pub const ENV_TOKEN_REVIEW_BURST: &str = "AMBIT_TOKEN_REVIEW_BURST";
+/// The node tunnels' mode (the chart's `node.tunnel.mode`), which risk profiles report on.
+pub const ENV_TUNNEL_MODE: &str = "AMBIT_TUNNEL_MODE";
 
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -91,6 +93,9 @@ pub struct Args {
     /// TokenReviews sent at once after a quiet spell, 1..=10000.
     #[arg(long, env = ENV_TOKEN_REVIEW_BURST, value_name = "N", default_value = "200")]
     pub token_review_burst: String,
+    /// The node tunnels' mode, strict or permissive (read by risk profiles, not enforced here).
+    #[arg(long, env = ENV_TUNNEL_MODE, value_name = "MODE", default_value = "strict")]
+    pub tunnel_mode: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,8 @@ pub struct Config {
     /// A gRPC connection holding no stream this long is closed.
     pub grpc_idle_timeout: Duration,
     pub token_reviews: ReviewRate,
+    /// What the node tunnels do with plaintext to enrolled pods (LOW-REQ2 of risk profiles).
+    pub tunnel_mode: ambit_risk::TunnelMode,
 }
 
 /// The TokenReview rate limit: sustained per second, and at once after a quiet spell (all
@@ -237,11 +244,23 @@ impl Config {
             per_second: count(ENV_TOKEN_REVIEWS_PER_SECOND, &args.token_reviews_per_second)?,
             burst: count(ENV_TOKEN_REVIEW_BURST, &args.token_review_burst)?,
         };
+        let tunnel_mode = match args.tunnel_mode.as_str() {
+            "strict" => ambit_risk::TunnelMode::Strict,
+            "permissive" => ambit_risk::TunnelMode::Permissive,
+            other => {
+                return Err(invalid(
+                    ENV_TUNNEL_MODE,
+                    other,
+                    "expected strict or permissive".into(),
+                ));
+            }
+        };
         let jwks_ca_bundle = args
             .jwks_ca_bundle
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         Ok(Self {
+            tunnel_mode,
             grpc_idle_timeout,
             token_reviews,
             jwks_ca_bundle,
@@ -257,6 +276,23 @@ impl Config {
             waypoint_image: args.waypoint_image,
             controller_address,
         })
+    }
+
+    /// What risk profiles know of the install's settings.
+    pub fn mesh_settings(&self) -> ambit_risk::MeshSettings {
+        ambit_risk::MeshSettings {
+            leaf_lifetime_seconds: Some(self.cert_lifetime.as_secs()),
+            tunnel_mode: Some(self.tunnel_mode),
+            ext_authz_providers: Some(
+                self.ext_authz_providers
+                    .iter()
+                    .map(|p| ambit_risk::ExtAuthzProviderFacts {
+                        name: p.name.clone(),
+                        fail_open: p.fail_open,
+                    })
+                    .collect(),
+            ),
+        }
     }
 
     /// The SPIFFE id of the controller's serving certificate.
@@ -321,6 +357,7 @@ mod tests {
         let c = parse(&[(ENV_CONTROLLER_ADDRESS, "[fd00::1]:15012")]).unwrap();
         assert_eq!(c.controller_address, "[fd00::1]:15012");
         assert_eq!(c.jwks_ca_bundle, None);
+        assert_eq!(c.tunnel_mode, ambit_risk::TunnelMode::Strict);
         assert_eq!(c.grpc_idle_timeout, Duration::from_secs(300));
         assert_eq!(
             (
@@ -356,6 +393,7 @@ mod tests {
             (ENV_GRPC_IDLE_TIMEOUT_SECS, "5m"),
             (ENV_TOKEN_REVIEWS_PER_SECOND, "0"),
             (ENV_TOKEN_REVIEW_BURST, "100000"),
+            (ENV_TUNNEL_MODE, "lenient"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v), "{e}");

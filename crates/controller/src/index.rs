@@ -142,6 +142,8 @@ pub struct Stores {
     pub rate_limits: Store<RateLimitPolicy>,
     /// Where RequestAuthentications' key sets come from (labelled Secrets, fetched URIs).
     pub key_sources: KeySources,
+    /// The service accounts enforced risk profiles refuse (crate::risk).
+    pub refusals: crate::risk::Refusals,
 }
 
 impl Stores {
@@ -203,6 +205,9 @@ pub enum Change {
     /// A JWKS Secret or fetched key set changed: every RequestAuthentication may change.
     KeySets,
     RateLimit(ObjectKey),
+    /// The service accounts refused by enforced risk profiles changed: their workloads are
+    /// labelled anew, and the DENY policies selecting them follow.
+    Refusals,
 }
 
 /// Changes waiting for the index, as a set: many events about one object are one change, and
@@ -480,12 +485,13 @@ impl Index {
             resources: &mut resources,
             changed: BTreeSet::new(),
         };
-        if changes.contains(&Change::All) {
+        // Refusals change seldom (a risk profile met or broken): a rebuild is their update.
+        if changes.contains(&Change::All) || changes.contains(&Change::Refusals) {
             self.rebuild(&mut out);
         } else {
             for change in &changes {
                 match change {
-                    Change::All => {}
+                    Change::All | Change::Refusals => {}
                     Change::Pod(k) => self.update_pod(k, &mut out),
                     Change::Service(k) => self.update_service(k, &mut out),
                     Change::EndpointSlice(k) => {
@@ -618,6 +624,14 @@ impl Index {
             }
         }
         desired.extend(self.ext_authz_providers.iter().cloned());
+        for ns in self.stores.refusals.namespaces() {
+            if self.enrolled(&ns) {
+                desired.insert(
+                    format!("authorizationpolicy/{ns}/{}", crate::risk::DENY_POLICY),
+                    pb::resource::Kind::AuthorizationPolicy(crate::risk::deny_policy(&ns)),
+                );
+            }
+        }
         for ra in self.stores.request_authns.state() {
             let (ns, name) = key(&ra.metadata);
             if let Some(kind) = self.request_authn(&ra) {
@@ -881,6 +895,13 @@ impl Index {
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into());
+        let mut labels = m.labels.clone().unwrap_or_default();
+        // The label is the controller's word alone: the DENY policy of an enforced risk
+        // profile selects it.
+        labels.remove(crate::risk::REFUSED_LABEL);
+        if self.stores.refusals.is_refused(&ns, &sa) {
+            labels.insert(crate::risk::REFUSED_LABEL.into(), "true".into());
+        }
         Some(pb::Workload {
             services: self.services_of(&uid),
             uid,
@@ -895,7 +916,7 @@ impl Index {
             service_account: sa,
             node,
             ips,
-            labels: m.labels.clone().unwrap_or_default(),
+            labels,
             opted_out: label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE),
             // A pod being deleted is not listed at all (above).
             not_ready: !status

@@ -26,6 +26,7 @@ pub struct Cluster {
     rate_limits: Writer<RateLimitPolicy>,
     secrets: Writer<Secret>,
     pub fetched: Fetched,
+    pub refusals: crate::risk::Refusals,
 }
 
 pub trait Object: Watched + kube::Resource<DynamicType = ()> + Clone + 'static {
@@ -63,6 +64,7 @@ impl Cluster {
             rate_limits: Writer::default(),
             secrets: Writer::default(),
             fetched: Fetched::default(),
+            refusals: crate::risk::Refusals::default(),
         }
     }
 
@@ -83,6 +85,7 @@ impl Cluster {
                 secrets: self.secrets.as_reader(),
                 fetched: self.fetched.clone(),
             },
+            refusals: self.refusals.clone(),
         }
     }
 

@@ -2,7 +2,9 @@
 //! `ambit.config.v1`, runs the mesh CA (`ambit.ca.v1`) with node authorization, deploys
 //! waypoints for Gateways of class `ambit-waypoint` (and creates those Gateways in namespaces
 //! labelled `ambit.dev/waypoint=auto`), delivers HTTPRoutes and GRPCRoutes with Service
-//! parents and RateLimitPolicies to waypoints, and writes the status of Gateways, policies and routes as Lease holder.
+//! parents and RateLimitPolicies to waypoints, evaluates namespaces' risk profiles (refusing
+//! traffic where one is enforced), and writes the status of Gateways, policies, routes and
+//! RiskProfiles as Lease holder.
 //!
 //! See docs/controller.md.
 
@@ -22,6 +24,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod rejections;
 pub mod request_authn;
+pub mod risk;
 pub mod root;
 pub mod route;
 pub use ambit_k8s::route_crd;

@@ -6,6 +6,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +25,45 @@ struct BySubscriber {
     subscriber: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ByRequirement {
+    namespace: String,
+    profile: String,
+    requirement: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ByNamespace {
+    namespace: String,
+}
+
+/// A gauge family whose whole set of series is replaced at once: series left out go.
+#[derive(Debug)]
+struct Replaced<L> {
+    family: Family<L, Gauge>,
+    series: Mutex<BTreeSet<L>>,
+}
+
+impl<L: Clone + Ord + std::hash::Hash + EncodeLabelSet + std::fmt::Debug> Replaced<L> {
+    fn new(family: Family<L, Gauge>) -> Self {
+        Self {
+            family,
+            series: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn replace(&self, now: BTreeMap<L, i64>) {
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in series.iter().filter(|l| !now.contains_key(l)) {
+            self.family.remove(gone);
+        }
+        for (labels, value) in &now {
+            self.family.get_or_create(labels).set(*value);
+        }
+        *series = now.into_keys().collect();
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +75,8 @@ pub struct Metrics {
     reconciles: Family<ByResult, Counter>,
     subscribers: Gauge,
     leader: Gauge,
+    risk_unmet: Replaced<ByRequirement>,
+    risk_refused: Replaced<ByNamespace>,
     ready: AtomicBool,
 }
 
@@ -95,6 +138,18 @@ impl Default for Metrics {
                 "1 while this replica holds the leader Lease",
                 Gauge::default(),
             ),
+            risk_unmet: Replaced::new(registered(
+                &mut r,
+                "risk_requirement_unmet",
+                "Each requirement of a labelled namespace's risk profile: 1 unmet, 0 met",
+                Family::default(),
+            )),
+            risk_refused: Replaced::new(registered(
+                &mut r,
+                "risk_refused_service_accounts",
+                "Service accounts of a namespace whose inbound traffic its enforced risk profile refuses",
+                Family::default(),
+            )),
             registry: r,
             ready: AtomicBool::new(false),
         };
@@ -169,6 +224,40 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// How the namespaces labelled with a risk profile stand now: `unmet` per
+    /// `[namespace, profile, requirement]`, and the count of refused service accounts per
+    /// namespace. The series of namespaces left out (no longer labelled) go.
+    pub fn set_risk(
+        &self,
+        unmet: impl IntoIterator<Item = ([String; 3], bool)>,
+        refused: impl IntoIterator<Item = (String, usize)>,
+    ) {
+        self.risk_unmet.replace(
+            unmet
+                .into_iter()
+                .map(|([namespace, profile, requirement], unmet)| {
+                    let labels = ByRequirement {
+                        namespace,
+                        profile,
+                        requirement,
+                    };
+                    (labels, i64::from(unmet))
+                })
+                .collect(),
+        );
+        self.risk_refused.replace(
+            refused
+                .into_iter()
+                .map(|(namespace, n)| {
+                    (
+                        ByNamespace { namespace },
+                        i64::try_from(n).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect(),
+        );
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
@@ -231,12 +320,35 @@ mod tests {
         m.subscriber_connected(1);
         m.subscriber_connected(-1);
         m.set_leader(true);
+        let requirement = |ns: &str, id: &str| [ns.to_owned(), "high".to_owned(), id.to_owned()];
+        m.set_risk(
+            [
+                (requirement("shop", "LOW-REQ1"), false),
+                (requirement("shop", "MEDIUM-REQ1"), true),
+                (requirement("old", "LOW-REQ1"), true),
+            ],
+            [("shop".to_owned(), 2), ("old".to_owned(), 1)],
+        );
+        m.set_risk(
+            [
+                (requirement("shop", "LOW-REQ1"), false),
+                (requirement("shop", "MEDIUM-REQ1"), true),
+            ],
+            [("shop".to_owned(), 2)],
+        );
         let text = m.render();
+        assert!(
+            !text.contains("\"old\""),
+            "a namespace no longer labelled stays:\n{text}"
+        );
         for expected in [
             "ambit_config_nacks_total{subscriber=\"node/n1\"} 2",
             "ambit_ca_requests_total{result=\"denied\"} 1",
             "ambit_config_subscribers 1",
             "ambit_leader 1",
+            "ambit_risk_requirement_unmet{namespace=\"shop\",profile=\"high\",requirement=\"LOW-REQ1\"} 0",
+            "ambit_risk_requirement_unmet{namespace=\"shop\",profile=\"high\",requirement=\"MEDIUM-REQ1\"} 1",
+            "ambit_risk_refused_service_accounts{namespace=\"shop\"} 2",
         ] {
             assert!(text.contains(expected), "{expected} missing:\n{text}");
         }

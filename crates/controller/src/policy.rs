@@ -315,18 +315,37 @@ pub async fn run_status(ctx: StatusContext) {
 /// snapshot or leadership change, at most every `PACE` and at least every `RESYNC`; returns
 /// when the snapshot or leader channel closes.
 pub(crate) async fn paced<F, Fut>(
-    mut leader: watch::Receiver<bool>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    leader: watch::Receiver<bool>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     mut pass: F,
 ) where
     F: FnMut(Arc<Snapshot>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    loop {
-        if *leader.borrow_and_update() {
-            let snapshot = snapshots.borrow_and_update().clone();
-            pass(snapshot).await;
+    every_snapshot(leader, snapshots, |snapshot, leading| {
+        let run = leading.then(|| pass(snapshot));
+        async move {
+            if let Some(run) = run {
+                run.await;
+            }
         }
+    })
+    .await;
+}
+
+/// [`paced`] on every replica: `pass` is told whether this one holds the Lease.
+pub(crate) async fn every_snapshot<F, Fut>(
+    mut leader: watch::Receiver<bool>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut pass: F,
+) where
+    F: FnMut(Arc<Snapshot>, bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let leading = *leader.borrow_and_update();
+        let snapshot = snapshots.borrow_and_update().clone();
+        pass(snapshot, leading).await;
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { return },
             changed = leader.changed() => if changed.is_err() { return },

@@ -1,5 +1,5 @@
 //! Wiring: CA root, reflectors, index, gRPC and metrics servers, leader election, the
-//! waypoint controller and the policy and route status writers. `start` returns once every cache
+//! waypoint controller, the policy and route status writers and the risk profiles. `start` returns once every cache
 //! feeding the index has synced, however long that takes, and the servers listen.
 
 use crate::auth::Authenticator;
@@ -10,7 +10,9 @@ use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
 use crate::root::{self, MeshRoots, RootIssuer};
-use crate::{auto_waypoint, grpc, lease, policy, ratelimit, rejections, route_status, waypoint};
+use crate::{
+    auto_waypoint, grpc, lease, policy, ratelimit, rejections, risk, route_status, waypoint,
+};
 use ambit_identity::{CertificateStore, RetryPolicy};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -194,6 +196,8 @@ async fn wait_synced(stores: &Stores) -> Result<(), StartError> {
         // Not waited for: reading JWKS Secrets is an opt-in grant (docs/policies.md), and a
         // rule whose Secret is not there yet only refuses its own tokens.
         key_sources: _,
+        // Not a cache: filled by the risk evaluation once serving.
+        refusals: _,
     } = stores;
     let mut pending: FuturesUnordered<_> = [
         synced(namespaces),
@@ -340,6 +344,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
             ),
             fetched: Fetched::default(),
         },
+        refusals: Default::default(),
     };
     wait_synced(&stores).await?;
 
@@ -349,6 +354,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
     let jwt_stores = stores.clone();
     let rate_limit_stores = stores.clone();
     let auto_waypoint_stores = stores.clone();
+    let risk_stores = stores.clone();
     tasks.spawn(request_authn::run_fetcher(
         stores.request_authns.clone(),
         stores.key_sources.fetched.clone(),
@@ -359,7 +365,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         .with_ext_authz_providers(&config.ext_authz_providers);
     let first = index.update([Change::All]).unwrap_or_default();
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(first));
-    tasks.spawn(run_index(index, changes, snapshot_tx));
+    tasks.spawn(run_index(index, changes.clone(), snapshot_tx));
 
     let (leader_tx, leader) = watch::channel(false);
     tasks.spawn(lease::run(
@@ -408,6 +414,18 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         stores: auto_waypoint_stores,
+    }));
+    let risk_profiles = spawn_store(&mut tasks, Api::all(client.clone()));
+    tasks.spawn(risk::run(risk::Context {
+        client: client.clone(),
+        leader: leader.clone(),
+        snapshots: snapshots.clone(),
+        stores: risk_stores,
+        changes,
+        settings: config.mesh_settings(),
+        metrics: metrics.clone(),
+        events: events.clone(),
+        profiles: risk_profiles,
     }));
     tasks.spawn(route_status::run(route_status::StatusContext {
         client: client.clone(),

@@ -48,3 +48,12 @@ fn checked_in_node_capture_crd_matches_the_rust_type() {
         "nodecaptures",
     );
 }
+
+#[test]
+fn checked_in_risk_profile_crd_matches_the_rust_type() {
+    check(
+        "riskprofiles.yaml",
+        ambit_k8s::risk_profile::crd_yaml().unwrap(),
+        "riskprofiles",
+    );
+}

@@ -165,10 +165,13 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
 
     // The real /metrics after this traffic, against docs/metrics.md.
     let scrape = get_metrics(running.metrics_addr).await?;
-    // Nothing NACKed or rejected here (testbed_e2e does).
+    // Nothing NACKed or rejected here (testbed_e2e does), and no namespace has a risk profile
+    // (risk_e2e in crates/e2e).
     let not_produced = [
         "ambit_config_nacks_total",
         "ambit_config_rejected_resources_total",
+        "ambit_risk_requirement_unmet",
+        "ambit_risk_refused_service_accounts",
     ];
     let sampled = metrics_doc::check("controller", &scrape, &not_produced)
         .map_err(|problems| anyhow::anyhow!("{problems}\n{scrape}"))?;

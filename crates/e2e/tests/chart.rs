@@ -206,8 +206,8 @@ fn manifests_match_the_chart() -> Result<()> {
     );
     assert_eq!(
         crd_kinds.len(),
-        9,
-        "ambit's four CRDs and five Gateway API CRDs"
+        10,
+        "ambit's five CRDs and five Gateway API CRDs"
     );
     let rest = docs(&rest)?;
     assert!(
@@ -226,6 +226,7 @@ fn chart_crd_is_the_generated_one() -> Result<()> {
         "requestauthentications.yaml",
         "ratelimitpolicies.yaml",
         "nodecaptures.yaml",
+        "riskprofiles.yaml",
     ] {
         let generated = std::fs::read_to_string(charts.join("crds").join(file))?;
         check_file(&charts.join("files/crds").join(file), &generated)?;

@@ -1,0 +1,448 @@
+//! Risk profiles (docs/risk-profiles.md): every namespace labelled `ambit.dev/risk-profile` is
+//! evaluated against its profile's requirements ([`ambit_risk`]) after each new snapshot and
+//! every 10 s. Every replica evaluates: in enforce mode the service accounts
+//! [`ambit_risk::enforcement_targets`] names are [`Refusals`], which the index turns into one
+//! DENY policy per namespace that node tunnels apply to those accounts' pods (so the data
+//! plane refuses them with no code of its own), and the metrics say how each namespace stands.
+//! The Lease holder also writes each namespace's `RiskProfile` (status only when it changed)
+//! and deletes it once the label is gone.
+
+use crate::index::{Change, ChangeQueue, Snapshot, Stores};
+use crate::metrics::Metrics;
+use crate::status::{self, Verdict};
+use ambit_k8s::risk_profile::{RISK_PROFILE_NAME, RiskProfileSpec, RiskProfileStatus};
+use ambit_proto::config::v1 as pb;
+use ambit_risk::{Enforcement, MeshSettings, NamespaceFacts, NamespaceObjects};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+pub use ambit_k8s::risk_profile::RiskProfile;
+
+/// The label the index puts on the workloads (never on the pods) of refused service
+/// accounts; a pod's own value of it is dropped.
+pub const REFUSED_LABEL: &str = "ambit.dev/risk-refused";
+/// The DENY policy selecting them, in each namespace that refuses some. Not a Kubernetes
+/// name (`:`), so no AuthorizationPolicy can take its place.
+pub const DENY_POLICY: &str = "ambit.dev:risk-enforce";
+/// The condition messages' mark on a requirement whose accounts are refused.
+const REFUSED_NOTE: &str = "traffic refused (enforce)";
+/// The condition type saying a namespace's labels cannot be read.
+const LABELS: &str = "Labels";
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// The service accounts whose inbound traffic node tunnels refuse, by namespace: written by
+/// the evaluation, read by the index (told by [`Change::Refusals`]).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>);
+
+impl Refusals {
+    pub fn is_refused(&self, namespace: &str, service_account: &str) -> bool {
+        self.read()
+            .get(namespace)
+            .is_some_and(|s| s.contains(service_account))
+    }
+
+    /// The namespaces that refuse some account.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Makes `refused` (namespaces without any left out) the refusals; returns whether they
+    /// changed.
+    fn replace(&self, mut refused: BTreeMap<String, BTreeSet<String>>) -> bool {
+        refused.retain(|_, s| !s.is_empty());
+        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if *current == refused {
+            return false;
+        }
+        *current = refused;
+        true
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, BTreeSet<String>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The DENY policy of `namespace`'s refused accounts: its one empty rule matches every
+/// connection.
+pub fn deny_policy(namespace: &str) -> pb::AuthorizationPolicy {
+    pb::AuthorizationPolicy {
+        name: DENY_POLICY.into(),
+        namespace: namespace.into(),
+        action: "DENY".into(),
+        match_labels: [(REFUSED_LABEL.to_owned(), "true".to_owned())].into(),
+        rules: vec![pb::Rule::default()],
+        ..Default::default()
+    }
+}
+
+/// How one labelled namespace stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    pub namespace: String,
+    /// The labels' values, as written.
+    pub profile: String,
+    pub mode: String,
+    /// `(type, verdict)` per requirement (or one `Labels` condition when a label is bad).
+    pub conditions: Vec<(String, Verdict)>,
+    /// The accounts refused: empty unless enforced.
+    pub refused: BTreeSet<String>,
+}
+
+impl Evaluation {
+    fn unmet(&self) -> impl Iterator<Item = &(String, Verdict)> {
+        self.conditions.iter().filter(|(_, v)| !v.ok)
+    }
+}
+
+/// Groups `objects` of the `wanted` namespaces by namespace.
+fn by_namespace<'a, K: Resource>(
+    objects: &'a [Arc<K>],
+    wanted: &BTreeSet<String>,
+) -> HashMap<String, Vec<&'a K>> {
+    let mut out: HashMap<String, Vec<&K>> = HashMap::new();
+    for o in objects {
+        if let Some(ns) = o
+            .meta()
+            .namespace
+            .as_ref()
+            .filter(|ns| wanted.contains(*ns))
+        {
+            out.entry(ns.clone()).or_default().push(o);
+        }
+    }
+    out
+}
+
+/// The objects of namespace `ns` in `grouped`.
+fn of<'a, K>(grouped: &HashMap<String, Vec<&'a K>>, ns: &str) -> Vec<&'a K> {
+    grouped.get(ns).cloned().unwrap_or_default()
+}
+
+/// Every labelled namespace's evaluation, by namespace.
+pub fn evaluate_all(stores: &Stores, settings: &MeshSettings) -> BTreeMap<String, Evaluation> {
+    let labelled: Vec<Arc<Namespace>> = stores
+        .namespaces
+        .state()
+        .into_iter()
+        .filter(|ns| {
+            ns.labels()
+                .contains_key(ambit_k8s::names::RISK_PROFILE_LABEL)
+        })
+        .collect();
+    if labelled.is_empty() {
+        return BTreeMap::new();
+    }
+    let wanted: BTreeSet<String> = labelled.iter().map(|ns| ns.name_any()).collect();
+    let (pods, services, gateways) = (
+        stores.pods.state(),
+        stores.services.state(),
+        stores.gateways.state(),
+    );
+    let (policies, authns, limits) = (
+        stores.policies.state(),
+        stores.request_authns.state(),
+        stores.rate_limits.state(),
+    );
+    let (http_routes, grpc_routes) = (stores.http_routes.state(), stores.grpc_routes.state());
+    let pods = by_namespace(&pods, &wanted);
+    let services = by_namespace(&services, &wanted);
+    let gateways = by_namespace(&gateways, &wanted);
+    let policies = by_namespace(&policies, &wanted);
+    let authns = by_namespace(&authns, &wanted);
+    let limits = by_namespace(&limits, &wanted);
+    let http_routes = by_namespace(&http_routes, &wanted);
+    let grpc_routes = by_namespace(&grpc_routes, &wanted);
+    labelled
+        .iter()
+        .map(|ns| {
+            let name = ns.name_any();
+            let (p, s, g, ap) = (
+                of(&pods, &name),
+                of(&services, &name),
+                of(&gateways, &name),
+                of(&policies, &name),
+            );
+            let (ra, hr, gr, rl) = (
+                of(&authns, &name),
+                of(&http_routes, &name),
+                of(&grpc_routes, &name),
+                of(&limits, &name),
+            );
+            let objects = NamespaceObjects {
+                namespace: ns,
+                pods: &p,
+                services: &s,
+                gateways: &g,
+                authorization_policies: &ap,
+                request_authentications: &ra,
+                http_routes: &hr,
+                grpc_routes: &gr,
+                rate_limit_policies: &rl,
+            };
+            (name, evaluate(ns, &objects, settings))
+        })
+        .collect()
+}
+
+/// One namespace's evaluation.
+fn evaluate(ns: &Namespace, objects: &NamespaceObjects<'_>, settings: &MeshSettings) -> Evaluation {
+    let label = |key: &str| ns.labels().get(key).cloned().unwrap_or_default();
+    let mut evaluation = Evaluation {
+        namespace: ns.name_any(),
+        profile: label(ambit_k8s::names::RISK_PROFILE_LABEL),
+        mode: label(ambit_k8s::names::RISK_ENFORCEMENT_LABEL),
+        conditions: Vec::new(),
+        refused: BTreeSet::new(),
+    };
+    let labels = ambit_risk::RiskProfile::of(ns).and_then(|p| Ok((p, Enforcement::of(ns)?)));
+    let (profile, mode) = match labels {
+        Ok((Some(profile), mode)) => (profile, mode),
+        Ok((None, _)) => return evaluation,
+        Err(e) => {
+            evaluation.conditions.push((
+                LABELS.into(),
+                Verdict::failed("InvalidLabel", format!("{e}; nothing is evaluated")),
+            ));
+            return evaluation;
+        }
+    };
+    evaluation.mode = mode.as_str().into();
+    let facts = NamespaceFacts::build(objects, settings);
+    if mode == Enforcement::Enforce {
+        evaluation.refused = ambit_risk::enforcement_targets(profile, &facts);
+    }
+    evaluation.conditions = ambit_risk::evaluate(profile, &facts)
+        .into_iter()
+        .map(|s| {
+            let mut message = s.message;
+            if let Some(fix) = s.fix {
+                message = format!("{message}. Fix: {fix}");
+            }
+            let named: Vec<&str> = evaluation
+                .refused
+                .iter()
+                .filter(|sa| names_account(&message, sa))
+                .map(String::as_str)
+                .collect();
+            if !s.met && !named.is_empty() {
+                message = format!(
+                    "{message}. {REFUSED_NOTE}: node tunnels refuse inbound traffic to {}",
+                    named.join(", ")
+                );
+            }
+            let verdict = Verdict {
+                ok: s.met,
+                reason: s.reason,
+                message,
+            };
+            (s.id.as_str().to_owned(), verdict)
+        })
+        .collect();
+    evaluation
+}
+
+/// Whether a requirement's message names `sa` among the accounts falling short of it
+/// (`sa: why; other: why`).
+fn names_account(message: &str, sa: &str) -> bool {
+    message
+        .split("; ")
+        .any(|part| part.strip_prefix(sa).is_some_and(|r| r.starts_with(": ")))
+}
+
+/// Inputs of the evaluation task.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub leader: watch::Receiver<bool>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub stores: Stores,
+    /// Told when the refusals change.
+    pub changes: Arc<ChangeQueue>,
+    pub settings: MeshSettings,
+    pub metrics: Arc<Metrics>,
+    /// Warns on a RiskProfile when accounts are newly refused.
+    pub events: status::Events,
+    /// The RiskProfiles (not waited for at start: without the CRD, only status is missing).
+    pub profiles: Store<RiskProfile>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Evaluates, refuses, exports, and (as Lease holder) writes status, until the snapshot or
+/// leader channel closes.
+pub async fn run(ctx: Context) {
+    crate::policy::every_snapshot(ctx.leader.clone(), ctx.snapshots.clone(), |_, leading| {
+        let ctx = ctx.clone();
+        async move { pass(&ctx, leading).await }
+    })
+    .await;
+}
+
+async fn pass(ctx: &Context, leading: bool) {
+    let evaluations = evaluate_all(&ctx.stores, &ctx.settings);
+    let refused: BTreeMap<String, BTreeSet<String>> = evaluations
+        .values()
+        .map(|e| (e.namespace.clone(), e.refused.clone()))
+        .collect();
+    if ctx.stores.refusals.replace(refused.clone()) {
+        tracing::warn!(
+            refused = ?refused.iter().filter(|(_, s)| !s.is_empty()).collect::<BTreeMap<_, _>>(),
+            "risk profiles enforced: node tunnels refuse inbound traffic to these namespaces' service accounts"
+        );
+        ctx.changes.push(Change::Refusals);
+    }
+    ctx.metrics.set_risk(
+        evaluations.values().flat_map(|e| {
+            e.conditions
+                .iter()
+                .map(|(t, v)| ([e.namespace.clone(), e.profile.clone(), t.clone()], !v.ok))
+        }),
+        evaluations
+            .values()
+            .map(|e| (e.namespace.clone(), e.refused.len())),
+    );
+    // The RiskProfiles' store must have listed, or every status would look new.
+    if leading && futures::FutureExt::now_or_never(ctx.profiles.wait_until_ready()).is_some() {
+        write_statuses(ctx, &evaluations).await;
+    }
+}
+
+/// The status `evaluation` makes, keeping `previous` conditions' transition times.
+pub fn status_of(
+    evaluation: &Evaluation,
+    previous: Option<&RiskProfileStatus>,
+    generation: Option<i64>,
+) -> RiskProfileStatus {
+    let before = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let unmet = u32::try_from(evaluation.unmet().count()).unwrap_or(u32::MAX);
+    let total = u32::try_from(evaluation.conditions.len()).unwrap_or(u32::MAX);
+    RiskProfileStatus {
+        profile: evaluation.profile.clone(),
+        mode: evaluation.mode.clone(),
+        met: total - unmet,
+        unmet,
+        refused_service_accounts: evaluation.refused.iter().cloned().collect(),
+        conditions: evaluation
+            .conditions
+            .iter()
+            .map(|(t, v)| v.condition(t, generation, status::find(before, t)))
+            .collect(),
+    }
+}
+
+async fn write_statuses(ctx: &Context, evaluations: &BTreeMap<String, Evaluation>) {
+    let existing: BTreeMap<String, Arc<RiskProfile>> = ctx
+        .profiles
+        .state()
+        .into_iter()
+        .filter(|p| p.name_any() == RISK_PROFILE_NAME)
+        .map(|p| (p.namespace().unwrap_or_default(), p))
+        .collect();
+    for (ns, p) in &existing {
+        if !evaluations.contains_key(ns) {
+            delete(ctx, p).await;
+        }
+    }
+    for (ns, evaluation) in evaluations {
+        let api: Api<RiskProfile> = Api::namespaced(ctx.client.clone(), ns);
+        let current = match existing.get(ns) {
+            Some(p) => (**p).clone(),
+            None => match create(&api).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "creating the RiskProfile");
+                    continue;
+                }
+            },
+        };
+        let previous = current.status.as_ref();
+        let want = status_of(evaluation, previous, current.meta().generation);
+        if previous == Some(&want) {
+            continue;
+        }
+        let newly: Vec<&String> = evaluation
+            .refused
+            .iter()
+            .filter(|sa| previous.is_none_or(|s| !s.refused_service_accounts.contains(sa)))
+            .collect();
+        let body = serde_json::json!({
+            "apiVersion": RiskProfile::api_version(&()), "kind": RiskProfile::kind(&()),
+            "metadata": {"name": RISK_PROFILE_NAME, "namespace": ns},
+            "status": want,
+        });
+        let result = api
+            .patch_status(RISK_PROFILE_NAME, &apply_params(), &Patch::Apply(body))
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(namespace = %ns, profile = %want.profile, mode = %want.mode, unmet = want.unmet, refused = ?want.refused_service_accounts, "risk profile status")
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, error = %e, "writing the RiskProfile status");
+                continue;
+            }
+        }
+        if !newly.is_empty() {
+            let note = format!(
+                "{REFUSED_NOTE}: node tunnels refuse inbound traffic to service accounts {} until the profile's requirements on them are met (kubectl get riskprofile -n {ns} {RISK_PROFILE_NAME} -o yaml)",
+                newly
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ctx.events
+                .warn(&current.object_ref(&()), "TrafficRefused", "Enforce", &note)
+                .await;
+        }
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(crate::waypoint::FIELD_MANAGER).force()
+}
+
+/// Creates (server-side apply) the namespace's RiskProfile, without status.
+async fn create(api: &Api<RiskProfile>) -> Result<RiskProfile, kube::Error> {
+    let mut object = RiskProfile::new(RISK_PROFILE_NAME, RiskProfileSpec {});
+    object.labels_mut().insert(
+        MANAGED_BY.into(),
+        crate::status::REPORTING_CONTROLLER.into(),
+    );
+    api.patch(RISK_PROFILE_NAME, &apply_params(), &Patch::Apply(&object))
+        .await
+}
+
+/// Deletes a RiskProfile whose namespace lost its label: that one object, as listed.
+async fn delete(ctx: &Context, p: &RiskProfile) {
+    let ns = p.namespace().unwrap_or_default();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: p.uid(),
+            resource_version: p.resource_version(),
+        }),
+        ..Default::default()
+    };
+    let api: Api<RiskProfile> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.delete(RISK_PROFILE_NAME, &params).await {
+        Ok(_) => tracing::info!(namespace = %ns, "risk profile label removed: RiskProfile deleted"),
+        Err(e) => tracing::warn!(namespace = %ns, error = %e, "deleting the RiskProfile"),
+    }
+}
+
+#[cfg(test)]
+#[path = "risk_tests.rs"]
+mod tests;

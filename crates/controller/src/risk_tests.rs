@@ -1,0 +1,192 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use crate::index::testing::{Cluster, obj, pod, waypoint};
+use crate::index::{Change, Index};
+use ambit_k8s::names::{DATAPLANE_MODE_LABEL, RISK_ENFORCEMENT_LABEL, RISK_PROFILE_LABEL};
+use serde_json::json;
+
+fn settings() -> MeshSettings {
+    MeshSettings {
+        leaf_lifetime_seconds: Some(3600),
+        tunnel_mode: Some(ambit_risk::TunnelMode::Strict),
+        ext_authz_providers: Some(Vec::new()),
+    }
+}
+
+/// Namespace `shop`, enrolled, with the risk labels given.
+fn shop(labels: &[(&str, &str)]) -> Namespace {
+    let mut all = serde_json::Map::new();
+    all.insert(DATAPLANE_MODE_LABEL.into(), "ambient".into());
+    for (k, v) in labels {
+        all.insert((*k).into(), (*v).into());
+    }
+    obj(json!({"metadata": {"name": "shop", "labels": all}}))
+}
+
+/// `shop` with an HTTP server `echo` (its own service account) behind a Service, and a
+/// client `front` serving no HTTP.
+fn cluster(labels: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::new();
+    c.apply(shop(labels));
+    c.apply(pod("shop", "echo-1", "echo", "n1", "10.0.0.1"));
+    c.apply(pod("shop", "front-1", "front", "n1", "10.0.0.2"));
+    c.apply::<k8s_openapi::api::core::v1::Service>(obj(json!({
+        "metadata": {"namespace": "shop", "name": "echo"},
+        "spec": {"clusterIP": "10.96.0.1", "selector": {"app": "echo"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    })));
+    c
+}
+
+fn high_enforced() -> Cluster {
+    cluster(&[
+        (RISK_PROFILE_LABEL, "high"),
+        (RISK_ENFORCEMENT_LABEL, "enforce"),
+    ])
+}
+
+fn condition<'a>(e: &'a Evaluation, id: &str) -> &'a Verdict {
+    &e.conditions.iter().find(|(t, _)| t == id).unwrap().1
+}
+
+/// The waypoint of `echo`, Programmed as the controller marks it.
+fn programmed_waypoint() -> crate::crd::Gateway {
+    let mut gw = waypoint("shop", "waypoint-echo", "echo");
+    gw.status = Some(obj(
+        json!({"conditions": [{"type": "Programmed", "status": "True",
+        "reason": "Programmed", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+    ));
+    gw
+}
+
+#[test]
+fn enforce_refuses_an_http_account_without_a_waypoint_until_it_has_one() {
+    let mut c = high_enforced();
+    let all = evaluate_all(&c.stores(), &settings());
+    let e = &all["shop"];
+    assert_eq!((e.profile.as_str(), e.mode.as_str()), ("high", "enforce"));
+    assert_eq!(e.refused, BTreeSet::from(["echo".to_owned()]));
+    let waypoint = condition(e, "MEDIUM-REQ1");
+    assert!(!waypoint.ok);
+    assert_eq!(waypoint.reason, "WaypointMissing");
+    assert!(
+        waypoint
+            .message
+            .contains("Fix: kubectl ambit waypoint apply -n shop --service-account echo")
+            && waypoint.message.contains(REFUSED_NOTE),
+        "{}",
+        waypoint.message
+    );
+    // What does not name a refused account says nothing of refusals.
+    assert!(!condition(e, "LOW-REQ1").message.contains(REFUSED_NOTE));
+    assert!(condition(e, "LOW-REQ1").ok);
+
+    c.apply(programmed_waypoint());
+    let all = evaluate_all(&c.stores(), &settings());
+    let e = &all["shop"];
+    assert!(e.refused.is_empty(), "{:?}", e.refused);
+    assert!(condition(e, "MEDIUM-REQ1").ok);
+    assert!(!condition(e, "HIGH-REQ1").ok, "no CUSTOM policy yet");
+    assert!(
+        e.unmet().all(|(_, v)| !v.message.contains(REFUSED_NOTE)),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn report_mode_refuses_nothing_and_bad_labels_are_said() {
+    let c = cluster(&[(RISK_PROFILE_LABEL, "high")]);
+    let e = &evaluate_all(&c.stores(), &settings())["shop"];
+    assert_eq!(e.mode, "report");
+    assert!(e.refused.is_empty());
+    assert!(!condition(e, "MEDIUM-REQ1").ok);
+    assert_eq!(e.conditions.len(), 9, "high holds every requirement");
+
+    let c = cluster(&[(RISK_PROFILE_LABEL, "High")]);
+    let e = &evaluate_all(&c.stores(), &settings())["shop"];
+    assert_eq!(e.conditions.len(), 1);
+    let (t, v) = &e.conditions[0];
+    assert_eq!(
+        (t.as_str(), v.ok, v.reason),
+        (LABELS, false, "InvalidLabel")
+    );
+    assert!(v.message.contains("\"High\""), "{}", v.message);
+    assert!(e.refused.is_empty());
+
+    let c = cluster(&[]);
+    assert!(evaluate_all(&c.stores(), &settings()).is_empty());
+}
+
+#[test]
+fn refused_workloads_are_labelled_and_denied_by_the_index() {
+    let mut c = high_enforced();
+    // A pod cannot refuse itself, nor escape: the label is the controller's.
+    let mut front = pod("shop", "front-1", "front", "n1", "10.0.0.2");
+    front
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(REFUSED_LABEL.into(), "true".into());
+    c.apply(front);
+    let stores = c.stores();
+    let mut index = Index::new(stores.clone(), "cluster.local");
+    index.update([Change::All]);
+    let labelled =
+        |snap: &Snapshot, uid: &str| match snap.resources[&*format!("workload/{uid}")].kind() {
+            Some(pb::resource::Kind::Workload(w)) => w.labels.contains_key(REFUSED_LABEL),
+            other => panic!("{other:?}"),
+        };
+    let deny = format!("authorizationpolicy/shop/{DENY_POLICY}");
+
+    let refused = evaluate_all(&stores, &settings())
+        .into_values()
+        .map(|e| (e.namespace, e.refused))
+        .collect();
+    assert!(stores.refusals.replace(refused));
+    let snap = index.update([Change::Refusals]).unwrap();
+    assert!(labelled(&snap, "uid-echo-1"));
+    assert!(!labelled(&snap, "uid-front-1"));
+    let Some(pb::resource::Kind::AuthorizationPolicy(p)) = snap.resources[&*deny].kind() else {
+        panic!("no {deny}");
+    };
+    assert_eq!(*p, deny_policy("shop"));
+    assert_eq!(p.match_labels[REFUSED_LABEL], "true");
+
+    // The same refusals again change nothing.
+    let again = evaluate_all(&stores, &settings())
+        .into_values()
+        .map(|e| (e.namespace, e.refused))
+        .collect();
+    assert!(!stores.refusals.replace(again));
+
+    assert!(stores.refusals.replace(BTreeMap::new()));
+    let snap = index.update([Change::Refusals]).unwrap();
+    assert!(!labelled(&snap, "uid-echo-1"));
+    assert!(!snap.resources.contains_key(&*deny));
+}
+
+#[test]
+fn status_counts_and_keeps_transition_times() {
+    let c = high_enforced();
+    let e = evaluate_all(&c.stores(), &settings())
+        .remove("shop")
+        .unwrap();
+    let first = status_of(&e, None, Some(1));
+    assert_eq!(first.met + first.unmet, 9);
+    assert_eq!(usize::try_from(first.unmet).unwrap(), e.unmet().count());
+    assert_eq!(first.refused_service_accounts, ["echo"]);
+    let mut aged = first.clone();
+    for c in &mut aged.conditions {
+        c.last_transition_time = "2026-01-01T00:00:00Z".into();
+    }
+    // Nothing flipped: the written status is kept as is, so nothing is written.
+    assert_eq!(status_of(&e, Some(&aged), Some(1)), aged);
+}
+
+#[test]
+fn a_message_names_the_accounts_before_their_colons() {
+    assert!(names_account("echo: no waypoint", "echo"));
+    assert!(names_account("api: x; echo: no waypoint", "echo"));
+    assert!(!names_account("echoes: no waypoint", "echo"));
+    assert!(!names_account("all 2 HTTP service accounts", "echo"));
+}
