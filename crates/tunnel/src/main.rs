@@ -19,15 +19,7 @@ use tokio::sync::watch;
 fn main() -> Result<()> {
     // Before the log: `--help` and a usage error print as clap prints them.
     let args = ambit_tunnel::config::Args::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ambit_telemetry::init_logs();
     let config = Config::from_args(args)?;
     // The node-wide runtime does rotation, admin and the mesh feed; pods get their own.
     let runtime = tokio::runtime::Builder::new_current_thread()
