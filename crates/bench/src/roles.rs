@@ -270,7 +270,8 @@ impl ConnectHandler for Forward {
 /// The server half of a node tunnel: HBONE in at `at`, plain TCP to the CONNECT target.
 async fn hbone_in(at: SocketAddr) -> Result<()> {
     let ca = read_ca()?;
-    let tls = server_config(mint(&ca, &server_id()?)?, &bundle(&ca)?)?;
+    let trust = bundle(&ca)?;
+    let tls = server_config(mint(&ca, &server_id()?)?, &trust)?;
     // The idle-memory run holds 10,000 tunnels from one client, past the node tunnel's defaults
     // of 1,280 and 320 per client (which bound the worst case, not what an idle tunnel costs).
     let settings = ServerSettings {
@@ -278,7 +279,7 @@ async fn hbone_in(at: SocketAddr) -> Result<()> {
         max_tunnels_per_peer: 20_000,
         ..ServerSettings::default()
     };
-    let server = HboneServer::new(tls, settings, Forward);
+    let server = HboneServer::new(tls, &trust, settings, Forward);
     let listener = listen(at).await?;
     server.serve(listener).await;
     Ok(())

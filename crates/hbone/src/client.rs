@@ -4,10 +4,11 @@
 use crate::buffered::ReadBuffered;
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
+use crate::lapse::Authenticated;
 use crate::settings::PoolSettings;
 use crate::stream::{H2Stream, StreamLease};
 use ambit_identity::{
-    ALPN_H2, CertificateHandle, SpiffeId, TrustBundle, client_config, server_name,
+    ALPN_H2, CertificateHandle, ChainRole, SpiffeId, TrustBundle, client_config, server_name,
 };
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -58,6 +59,17 @@ impl Dialer {
         peer: SocketAddr,
         expected: Vec<SpiffeId>,
     ) -> Result<(SendRequest<Bytes>, ClientConnection), HboneError> {
+        let (send, connection, _) = self.dial_authenticated(local, peer, expected).await?;
+        Ok((send, connection))
+    }
+
+    /// [`Self::dial`], with what the connection was authenticated with, to watch it.
+    pub(crate) async fn dial_authenticated(
+        &self,
+        local: CertificateHandle,
+        peer: SocketAddr,
+        expected: Vec<SpiffeId>,
+    ) -> Result<(SendRequest<Bytes>, ClientConnection, Authenticated), HboneError> {
         let timeout = self.settings.connect_timeout;
         tokio::time::timeout(timeout, self.dial_inner(local, peer, expected))
             .await
@@ -72,7 +84,11 @@ impl Dialer {
         local: CertificateHandle,
         peer: SocketAddr,
         expected: Vec<SpiffeId>,
-    ) -> Result<(SendRequest<Bytes>, ClientConnection), HboneError> {
+    ) -> Result<(SendRequest<Bytes>, ClientConnection, Authenticated), HboneError> {
+        // Read before the handshake: a certificate rotated during it is newer and ends later,
+        // so the connection is retired early rather than late.
+        let own_not_after = local.current().map(|own| own.not_after());
+        let changes = self.trust.changes();
         let config = client_config(local, &self.trust, expected)?;
         let tcp = connect_marked(peer, self.socket_mark)
             .await
@@ -85,6 +101,13 @@ impl Dialer {
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(HboneError::NoH2 { peer });
         }
+        let authenticated = Authenticated::new(
+            &self.trust,
+            changes,
+            tls.get_ref().1.peer_certificates(),
+            ChainRole::Server,
+            own_not_after,
+        );
         let h2 = &self.settings.h2;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(h2.stream_window)
@@ -95,7 +118,7 @@ impl Dialer {
             .enable_push(false)
             .handshake(tls)
             .await?;
-        Ok((send, connection))
+        Ok((send, connection, authenticated))
     }
 
     /// One tunnel on a connection of its own, with a full handshake; the connection closes

@@ -12,6 +12,7 @@ mod connect;
 mod copy;
 mod error;
 mod headers;
+mod lapse;
 mod pool;
 mod refusals;
 mod server;
@@ -25,11 +26,11 @@ pub use copy::{Transferred, splice_tcp_h2, splice_tcp_tcp};
 pub use error::HboneError;
 pub use headers::TunnelHeaders;
 pub use pool::{HbonePool, LocalIdentities, PoolKey, PoolStats};
+pub use refusals::{TunnelLimit, TunnelRefusals};
 pub use server::{
     ConnectHandler, ConnectRequest, HboneServer, PendingTunnel, Refusal, ServerBudget,
     forward_to_target,
 };
-pub use refusals::{TunnelLimit, TunnelRefusals};
 pub use settings::{H2Settings, PoolSettings, ServerSettings};
 pub use stream::H2Stream;
 

@@ -1,10 +1,12 @@
 //! The outbound connection pool: connections keyed by (local identity, peer address, expected
-//! peer identities), many tunnels multiplexed on each, one dial for a burst, idle eviction and
-//! PING keepalive that retires dead peers.
+//! peer identities), many tunnels multiplexed on each, one dial for a burst, idle eviction,
+//! PING keepalive that retires dead peers, and retirement of connections whose certificates
+//! expire or whose peer's root is withdrawn.
 
 use crate::client::{ClientConnection, Dialer, open_tunnel};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
+use crate::lapse::Lapse;
 use crate::stream::H2Stream;
 use ambit_identity::{CertificateHandle, SpiffeId};
 use bytes::Bytes;
@@ -15,6 +17,8 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at, sleep_until};
 
 /// What a pooled connection is for. Tunnels share a connection only when all three match, so a
@@ -172,8 +176,9 @@ impl HbonePool {
                 let lease = self.checkout(key).await?;
                 let (pooled, send) = (lease.0.clone(), lease.0.send.clone());
                 match open_tunnel(send, target, headers, Some(Box::new(lease))).await {
-                    // The peer sent GOAWAY (it is draining: a restart or a tunnel upgrade) and
-                    // did not take this stream: safe to ask again, on a new connection.
+                    // The peer did not take this stream (GOAWAY: it is draining, a restart or a
+                    // tunnel upgrade; or REFUSED_STREAM: the connection's certificates lapsed
+                    // on its side first): safe to ask again, on a new connection.
                     Err(HboneError::H2(e)) if !retried && not_taken(&e) => {
                         remove_locked(&mut lock(&self.inner.keys), key, &pooled);
                         retried = true;
@@ -235,11 +240,12 @@ impl HbonePool {
             .certificate(&key.local)
             .ok_or_else(|| HboneError::NoCertificate(key.local.clone()))?;
         self.inner.dials.fetch_add(1, Ordering::Relaxed);
-        let (send, connection) = self
+        let (send, connection, authenticated) = self
             .inner
             .dialer
-            .dial(certificate, key.peer, key.expected.to_vec())
+            .dial_authenticated(certificate, key.peer, key.expected.to_vec())
             .await?;
+        let lapses = authenticated.watch(self.inner.dialer.settings().expiry_margin, None);
         let pooled = Arc::new(Pooled {
             send,
             usage: Mutex::new(Usage {
@@ -257,14 +263,21 @@ impl HbonePool {
             pooled,
             Arc::downgrade(&self.inner),
             key.clone(),
+            lapses,
         ));
         Ok(())
     }
 }
 
-/// A stream the peer refused by a graceful GOAWAY (never processed, RFC 9113 §6.8).
+/// A stream the peer refused unprocessed: by a graceful GOAWAY (RFC 9113 §6.8) or
+/// REFUSED_STREAM (§8.7).
 fn not_taken(error: &h2::Error) -> bool {
-    error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
+    error.is_remote()
+        && match error.reason() {
+            Some(h2::Reason::NO_ERROR) => error.is_go_away(),
+            Some(h2::Reason::REFUSED_STREAM) => error.is_reset(),
+            _ => false,
+        }
 }
 
 /// Drops the entry of a key with no connection and no other caller waiting on it (only the
@@ -293,15 +306,19 @@ enum Retired {
     Closed,
     Idle,
     DeadPeer,
+    Distrusted,
 }
 
 /// Polls the connection, pings the peer, and retires the connection when it closes, idles
-/// out, or the peer stops answering.
+/// out, or the peer stops answering. A lapse of its certificates takes it out of the pool
+/// (no new tunnels); it closes once its tunnels are done, or, when the peer's root was
+/// withdrawn, after `distrust_drain` at the latest.
 async fn drive(
     mut connection: ClientConnection,
     pooled: Arc<Pooled>,
     pool: Weak<Inner>,
     key: PoolKey,
+    mut lapses: mpsc::Receiver<Lapse>,
 ) {
     let Some(settings) = pool.upgrade().map(|p| p.dialer.settings().clone()) else {
         return;
@@ -311,6 +328,9 @@ async fn drive(
     let mut ticker = interval_at(Instant::now() + tick, tick);
     let mut last_ping = Instant::now();
     let mut pong_deadline: Option<Instant> = None;
+    // Out of the pool: closes as soon as it carries no tunnel.
+    let mut retired = false;
+    let mut cut_at: Option<Instant> = None;
     let reason = loop {
         tokio::select! {
             result = &mut connection => {
@@ -320,7 +340,8 @@ async fn drive(
                 break Retired::Closed;
             }
             _ = ticker.tick() => {
-                if retire_if_idle(&pool, &key, &pooled, settings.idle_timeout) {
+                let idle_timeout = if retired { Duration::ZERO } else { settings.idle_timeout };
+                if retire_if_idle(&pool, &key, &pooled, idle_timeout) {
                     break Retired::Idle;
                 }
                 let ping_due =
@@ -334,6 +355,17 @@ async fn drive(
             }
             _ = sleep_until(pong_deadline.unwrap_or_else(Instant::now)), if pong_deadline.is_some() => {
                 break Retired::DeadPeer;
+            }
+            Some(lapse) = lapses.recv() => {
+                tracing::debug!(peer = %key.peer, ?lapse, "HBONE connection takes no new tunnels");
+                remove(&pool, &key, &pooled);
+                retired = true;
+                if lapse == Lapse::Distrusted {
+                    cut_at = Some(Instant::now() + settings.distrust_drain);
+                }
+            }
+            _ = sleep_until(cut_at.unwrap_or_else(Instant::now)), if cut_at.is_some() => {
+                break Retired::Distrusted;
             }
             pong = poll_fn(|cx| match ping.as_mut() {
                 Some(ping) => ping.poll_pong(cx),
@@ -350,6 +382,9 @@ async fn drive(
         Retired::DeadPeer => {
             tracing::warn!(peer = %key.peer, "HBONE peer stopped answering PINGs; closing the connection")
         }
+        Retired::Distrusted => {
+            tracing::warn!(peer = %key.peer, "HBONE peer's root is no longer trusted; closing the connection and its tunnels")
+        }
         Retired::Idle | Retired::Closed => {
             tracing::debug!(peer = %key.peer, ?reason, "HBONE connection retired")
         }
@@ -362,7 +397,7 @@ fn retire_if_idle(
     pool: &Weak<Inner>,
     key: &PoolKey,
     pooled: &Arc<Pooled>,
-    idle_timeout: std::time::Duration,
+    idle_timeout: Duration,
 ) -> bool {
     let Some(pool) = pool.upgrade() else {
         return true;

@@ -6,11 +6,12 @@ use crate::connect::check_connect;
 use crate::copy::{Transferred, splice_tcp_h2};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
+use crate::lapse::{Authenticated, Lapse};
 use crate::refusals::{REFUSAL_WARN_EVERY, Refusals, TunnelLimit, TunnelRefusals};
 use crate::settings::ServerSettings;
 use crate::stream::H2Stream;
 use ambit_admission::{Handshake, HandshakeBudget};
-use ambit_identity::{SpiffeId, peer_identity};
+use ambit_identity::{ChainRole, SpiffeId, TrustBundle, peer_identity};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
@@ -139,6 +140,8 @@ const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1
 
 pub struct HboneServer<H> {
     acceptor: TlsAcceptor,
+    /// The bundle `acceptor` verifies clients with: a change re-checks open connections.
+    trust: TrustBundle,
     budget: ServerBudget,
     handler: Arc<H>,
     /// Set by [`HboneServer::go_away`]; shared by the clones serving its connections.
@@ -371,6 +374,7 @@ impl<H> Clone for HboneServer<H> {
     fn clone(&self) -> Self {
         Self {
             acceptor: self.acceptor.clone(),
+            trust: self.trust.clone(),
             budget: self.budget.clone(),
             handler: self.handler.clone(),
             going_away: self.going_away.clone(),
@@ -379,15 +383,27 @@ impl<H> Clone for HboneServer<H> {
 }
 
 impl<H: ConnectHandler> HboneServer<H> {
-    /// `tls` comes from [`ambit_identity::server_config`].
-    pub fn new(tls: rustls::ServerConfig, settings: ServerSettings, handler: H) -> Self {
-        Self::with_budget(tls, ServerBudget::new(settings), handler)
+    /// `tls` comes from [`ambit_identity::server_config`] with `trust`: open connections whose
+    /// client chain a change of `trust` leaves unverified are cut.
+    pub fn new(
+        tls: rustls::ServerConfig,
+        trust: &TrustBundle,
+        settings: ServerSettings,
+        handler: H,
+    ) -> Self {
+        Self::with_budget(tls, trust, ServerBudget::new(settings), handler)
     }
 
     /// A server counted in `budget`, together with every other server built with it.
-    pub fn with_budget(tls: rustls::ServerConfig, budget: ServerBudget, handler: H) -> Self {
+    pub fn with_budget(
+        tls: rustls::ServerConfig,
+        trust: &TrustBundle,
+        budget: ServerBudget,
+        handler: H,
+    ) -> Self {
         Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
+            trust: trust.clone(),
             budget,
             handler: Arc::new(handler),
             going_away: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -450,7 +466,10 @@ impl<H: ConnectHandler> HboneServer<H> {
 
     /// Runs one client connection: TLS, identity, then every CONNECT stream on it, until the
     /// client closes it or it has had no open tunnel for the idle timeout. A connection that
-    /// finds the handshake budget spent is closed at once.
+    /// finds the handshake budget spent is closed at once. Once the client's certificate
+    /// expires or its root is withdrawn, the connection gets GOAWAY and new CONNECTs on it
+    /// are refused unprocessed (REFUSED_STREAM, so the client may retry elsewhere); a
+    /// withdrawn root also closes it `distrust_drain` later.
     pub async fn serve_connection(
         &self,
         tcp: TcpStream,
@@ -460,12 +479,20 @@ impl<H: ConnectHandler> HboneServer<H> {
         tcp.set_nodelay(true)?;
         // One deadline for TLS and the HTTP/2 preface: a client that stalls in either is cut.
         let deadline = tokio::time::Instant::now() + self.settings().handshake_timeout;
+        let changes = self.trust.changes();
         let tls = handshaking
             .bound(peer, deadline, self.acceptor.accept(ReadBuffered::new(tcp)))
             .await?
             .map_err(|source| HboneError::Tls { peer, source })?;
         let identity = peer_identity(tls.get_ref().1.peer_certificates())
             .map_err(|source| HboneError::PeerIdentity { peer, source })?;
+        let authenticated = Authenticated::new(
+            &self.trust,
+            changes,
+            tls.get_ref().1.peer_certificates(),
+            ChainRole::Client,
+            None,
+        );
         let client: Peer = (identity.clone(), peer.ip());
         let max = self.settings().max_connections_per_peer;
         let peers = &self.budget.0.connections_per_peer;
@@ -488,14 +515,21 @@ impl<H: ConnectHandler> HboneServer<H> {
         let idle_timeout = self.settings().idle_timeout;
         // When the connection last had no open tunnel; `None` while one is open.
         let mut idle_since = Some(tokio::time::Instant::now());
-        let mut going_away = self.going_away.subscribe();
-        let mut said_goaway = false;
+        let mut lapses =
+            authenticated.watch(std::time::Duration::ZERO, Some(self.going_away.subscribe()));
+        // Set once the client's certificates lapsed: no new tunnel on this connection.
+        let mut refusing = false;
+        let mut cut_at: Option<tokio::time::Instant> = None;
         loop {
             let idle_until = idle_since.map(|since| since + idle_timeout);
             tokio::select! {
                 accepted = connection.accept() => {
                     let Some(accepted) = accepted else { break };
-                    let (request, respond) = accepted?;
+                    let (request, mut respond) = accepted?;
+                    if refusing {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
                     let Some(per_peer) = self.budget.0.tunnels_per_peer.enter(client.clone(), max_per_peer) else {
                         self.budget.refuse(respond, TunnelLimit::PeerShare, &identity, peer, max_per_peer);
                         continue;
@@ -528,9 +562,17 @@ impl<H: ConnectHandler> HboneServer<H> {
                     connection.graceful_shutdown();
                     idle_since = None;
                 }
-                _ = going_away.wait_for(|g| *g), if !said_goaway => {
+                Some(lapse) = lapses.recv() => {
+                    tracing::debug!(%peer, %identity, ?lapse, "HBONE connection takes no new tunnels; GOAWAY");
                     connection.graceful_shutdown();
-                    said_goaway = true;
+                    refusing |= lapse != Lapse::GoingAway;
+                    if lapse == Lapse::Distrusted {
+                        cut_at = Some(tokio::time::Instant::now() + self.settings().distrust_drain);
+                    }
+                }
+                () = sleep_until(cut_at), if cut_at.is_some() => {
+                    tracing::warn!(%peer, %identity, "HBONE client's root is no longer trusted; closing the connection and its tunnels");
+                    break;
                 }
             }
         }

@@ -80,6 +80,11 @@ pub struct ServerSettings {
     pub max_pending_accept_reset_streams: usize,
     /// Streams we may reset for protocol errors before the connection is closed.
     pub max_local_error_reset_streams: usize,
+    /// How long the tunnels of a connection whose client chain the trust bundle no longer
+    /// verifies (its root withdrawn) may go on after the GOAWAY; then the connection closes.
+    /// A connection whose client certificate expired also gets GOAWAY, but its tunnels go on
+    /// (docs/hbone.md, "Certificates that end").
+    pub distrust_drain: Duration,
 }
 
 /// What one server connection may hold besides its receive window and the frame being read
@@ -152,9 +157,14 @@ impl Default for ServerSettings {
             max_handshakes_per_address: 8,
             max_pending_accept_reset_streams: 50,
             max_local_error_reset_streams: 256,
+            distrust_drain: DISTRUST_DRAIN,
         }
     }
 }
+
+/// Long enough for requests in flight when a root is withdrawn to finish, short enough that
+/// sessions made under a root withdrawn for a leaked key do not linger.
+const DISTRUST_DRAIN: Duration = Duration::from_secs(30);
 
 /// Behaviour of the outbound connection pool.
 #[derive(Debug, Clone)]
@@ -172,6 +182,14 @@ pub struct PoolSettings {
     pub keepalive_timeout: Duration,
     /// TCP connect plus TLS and HTTP/2 handshakes must finish within this.
     pub connect_timeout: Duration,
+    /// A connection takes no new tunnel from this long before the earliest `notAfter` of the
+    /// certificates of its handshake (the peer's chain and our leaf), so the next tunnel goes
+    /// on a new connection with the renewed certificates before the peer would refuse it.
+    /// Renewal at half-life leaves far more than this.
+    pub expiry_margin: Duration,
+    /// As [`ServerSettings::distrust_drain`], for a connection whose server chain the trust
+    /// bundle no longer verifies.
+    pub distrust_drain: Duration,
 }
 
 impl Default for PoolSettings {
@@ -183,6 +201,8 @@ impl Default for PoolSettings {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            expiry_margin: Duration::from_secs(10),
+            distrust_drain: DISTRUST_DRAIN,
         }
     }
 }

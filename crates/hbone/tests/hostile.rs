@@ -451,8 +451,9 @@ async fn a_peer_that_never_reads_cannot_make_the_server_buffer_without_bound() {
 /// An HBONE server presenting `demo/server`, counted in `budget`.
 async fn start_server_in(pki: &TestPki, budget: &ServerBudget) -> SocketAddr {
     let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
-    let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &pki.bundle()).unwrap();
-    let server = HboneServer::with_budget(tls, budget.clone(), Forward { seen });
+    let trust = pki.bundle();
+    let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &trust).unwrap();
+    let server = HboneServer::with_budget(tls, &trust, budget.clone(), Forward { seen });
     let listener = listen().await;
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server.serve(listener));

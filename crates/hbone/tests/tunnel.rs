@@ -299,8 +299,9 @@ async fn a_server_going_away_moves_new_tunnels_to_its_successor() {
     let addr = listener.local_addr().unwrap();
     let serve = |listener: std::net::TcpListener| {
         let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
-        let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &pki.bundle()).unwrap();
-        let server = HboneServer::new(tls, ServerSettings::default(), Forward { seen });
+        let trust = pki.bundle();
+        let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &trust).unwrap();
+        let server = HboneServer::new(tls, &trust, ServerSettings::default(), Forward { seen });
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let accepting = tokio::spawn(server.clone().serve(listener));
         (server, accepting, requests)

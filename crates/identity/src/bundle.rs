@@ -1,10 +1,11 @@
 //! The trust bundle: the roots of one trust domain as a live, shared handle.
 //!
 //! A root rotation changes the bundle while connections are open: every clone of a
-//! [`TrustBundle`] sees the change at the next handshake, and established connections (already
-//! verified) are untouched: a withdrawn root's live sessions are cut by restarting the data
-//! planes (docs/identity.md, "Rotating the root CA"). The first root is the one the CA signs new leaves with; a change of
-//! the bundle is how data planes learn that they should re-request their leaves.
+//! [`TrustBundle`] sees the change at the next handshake, and holders of established
+//! connections learn of it through [`TrustBundle::changes`] and re-check the chains those
+//! connections were made with ([`TrustBundle::verifies`]; HBONE cuts the ones that no longer
+//! verify). The first root is the one the CA signs new leaves with; a change of the bundle is
+//! also how data planes learn that they should re-request their leaves.
 
 use rustls::RootCertStore;
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
@@ -14,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::watch;
 
 use crate::spiffe::TrustDomain;
@@ -133,6 +135,37 @@ impl TrustBundle {
         BundleChanges(self.roots.subscribe())
     }
 
+    /// Whether `chain` (leaf first), presented by `role` and verified at `at` (its handshake),
+    /// chains to a root trusted now. Validity is judged at `at`, so the answer is about the
+    /// roots alone: a chain that verified at its handshake fails only if its root was
+    /// withdrawn since.
+    pub fn verifies(&self, chain: &[CertificateDer<'_>], role: ChainRole, at: SystemTime) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let at = UnixTime::since_unix_epoch(
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let roots = self.current();
+        match role {
+            ChainRole::Client => roots
+                .client_verifier
+                .verify_client_cert(leaf, intermediates, at)
+                .is_ok(),
+            ChainRole::Server => ParsedCertificate::try_from(leaf).is_ok_and(|parsed| {
+                verify_server_cert_signed_by_trust_anchor(
+                    &parsed,
+                    &roots.store,
+                    intermediates,
+                    at,
+                    crypto_provider().signature_verification_algorithms.all,
+                )
+                .is_ok()
+            }),
+        }
+    }
+
     /// Whether `leaf` chains to the signing (first) root: a leaf that chains only to another
     /// root was issued before a rotation reached its CA and should be renewed.
     pub fn from_signing_root(&self, leaf: &CertificateDer<'_>) -> bool {
@@ -148,6 +181,15 @@ impl TrustBundle {
             .is_ok()
         })
     }
+}
+
+/// Which end of a connection presented a chain: the key usage its leaf must allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainRole {
+    /// The connecting end (`clientAuth`).
+    Client,
+    /// The accepting end (`serverAuth`).
+    Server,
 }
 
 /// Tells of changes of a [`TrustBundle`]'s roots.
@@ -219,6 +261,43 @@ mod tests {
         let pem = format!("{}{}", new.ca.root_pem(), old.ca.root_pem());
         let bundle = TrustBundle::from_pem(old.trust_domain().clone(), pem.as_bytes()).unwrap();
         assert_eq!(bundle.roots(), vec![root(&new), root(&old)]);
+    }
+
+    #[test]
+    fn a_chain_verifies_while_its_root_is_in_the_bundle() {
+        let (old, new) = (TestPki::new("cluster.local"), TestPki::new("cluster.local"));
+        let id = old.id("demo", "a");
+        let chain = old.certificate(&id).chain().to_vec();
+        let at = SystemTime::now();
+        let bundle = old.bundle();
+        for role in [ChainRole::Client, ChainRole::Server] {
+            assert!(bundle.verifies(&chain, role, at), "{role:?}");
+        }
+        bundle.replace([root(&new), root(&old)]).unwrap();
+        assert!(
+            bundle.verifies(&chain, ChainRole::Client, at),
+            "old root still trusted"
+        );
+        bundle.replace([root(&new)]).unwrap();
+        for role in [ChainRole::Client, ChainRole::Server] {
+            assert!(
+                !bundle.verifies(&chain, role, at),
+                "{role:?} after withdrawal"
+            );
+        }
+        assert!(!bundle.verifies(&[], ChainRole::Client, at));
+    }
+
+    #[test]
+    fn validity_is_judged_at_the_handshake_not_now() {
+        let pki = TestPki::new("cluster.local");
+        let id = pki.id("demo", "a");
+        let issued = SystemTime::now() - std::time::Duration::from_secs(600);
+        let expired = pki.certificate_at(&id, std::time::Duration::from_secs(60), issued);
+        let bundle = pki.bundle();
+        let during = issued + std::time::Duration::from_secs(30);
+        assert!(bundle.verifies(expired.chain(), ChainRole::Client, during));
+        assert!(!bundle.verifies(expired.chain(), ChainRole::Client, SystemTime::now()));
     }
 
     #[test]

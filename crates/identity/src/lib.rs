@@ -12,7 +12,7 @@ mod tls;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use bundle::{BundleChanges, TrustBundle};
+pub use bundle::{BundleChanges, ChainRole, TrustBundle};
 pub use ca::{CaError, CaMaterial, CertificateAuthority, LocalIssuer};
 pub use cert::{CertificateError, WorkloadCertificate, identity_of, validity_of};
 pub use csr::{CertificateRequest, CsrError};

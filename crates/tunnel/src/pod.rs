@@ -225,6 +225,7 @@ fn run(
         });
         let hbone = HboneServer::with_budget(
             tls,
+            &ctx.shared.trust,
             HBONE_BUDGET.clone(),
             InboundHandler { ctx: ctx.clone() },
         );

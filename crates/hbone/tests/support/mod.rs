@@ -71,8 +71,9 @@ pub async fn start_server_with<H: ConnectHandler>(
     handler: H,
     settings: ServerSettings,
 ) -> SocketAddr {
-    let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &pki.bundle()).unwrap();
-    let server = HboneServer::new(tls, settings, handler);
+    let trust = pki.bundle();
+    let tls = server_config(pki.handle(SERVER_NS, SERVER_SA), &trust).unwrap();
+    let server = HboneServer::new(tls, &trust, settings, handler);
     let listener = listen().await;
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server.serve(listener));
