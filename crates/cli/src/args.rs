@@ -63,6 +63,9 @@ pub enum Command {
         node: String,
     },
     Check(CheckOptions),
+    Threats {
+        all_namespaces: bool,
+    },
 }
 
 /// `kubectl ambit check`: before installing (`pre`) or of an installed mesh.
@@ -158,6 +161,28 @@ enum TopCommand {
     /// What ambit's data plane is running with
     #[command(subcommand, subcommand_required = true, arg_required_else_help = true)]
     Config(ConfigCommand),
+    /// SP 800-233 threats TR-1..TR-10 scored per namespace, with what lowers them
+    ///
+    /// For each namespace: the data plane model in use (none, l4, waypoint,
+    /// waypoint+ext_authz), and for each threat its impact, likelihood and score (impact x
+    /// likelihood, 1..9), the mitigations found and what to change to lower it. Reads the
+    /// namespace's pods, Services, waypoints, policies and routes, and the install's settings
+    /// (leaf lifetime, tunnel mode, ext_authz providers). docs/risk-profiles.md has the method.
+    #[command(override_usage = "kubectl ambit threats [-n NS | -A] [-o json|yaml]")]
+    Threats {
+        /// every namespace
+        #[arg(
+            short = 'A',
+            long,
+            value_name = "BOOL",
+            default_value_t = false,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            action = ArgAction::Set
+        )]
+        all_namespaces: bool,
+    },
     /// Print a shell completion script for kubectl-ambit (docs/cli.md says how to install it)
     Completion {
         #[arg(value_enum)]
@@ -324,6 +349,7 @@ impl From<Cli> for Request {
             }
             TopCommand::Status => Command::Status,
             TopCommand::Config(ConfigCommand::Dump { node }) => Command::ConfigDump { node },
+            TopCommand::Threats { all_namespaces } => Command::Threats { all_namespaces },
             TopCommand::Check(c) => Command::Check(CheckOptions {
                 pre: c.pre,
                 no_color: c.no_color,
@@ -621,6 +647,18 @@ mod tests {
         assert_eq!(
             p("config dump --node n1").command,
             Command::ConfigDump { node: "n1".into() }
+        );
+        assert_eq!(
+            p("threats -A -o yaml").command,
+            Command::Threats {
+                all_namespaces: true
+            }
+        );
+        assert_eq!(
+            p("-n shop threats").command,
+            Command::Threats {
+                all_namespaces: false
+            }
         );
         assert_eq!(
             p("check --pre --timeout 3s").command,

@@ -89,7 +89,14 @@ mod tests {
     #[test]
     fn kubectl_gets_commands_flags_and_values() {
         let top = complete(&[""]);
-        for c in ["waypoint", "status", "config", "completion", ":4"] {
+        for c in [
+            "waypoint",
+            "status",
+            "config",
+            "threats",
+            "completion",
+            ":4",
+        ] {
             assert!(top.contains(&c.to_owned()), "{c}: {top:?}");
         }
         assert!(!top.iter().any(|c| c.starts_with('-')), "{top:?}");

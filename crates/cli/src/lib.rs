@@ -8,6 +8,7 @@
 //! - [`waypoint`]: the Gateway `waypoint apply` writes, name rules, how Gateway status reads;
 //! - [`health`]: `status` verdicts computed from objects;
 //! - [`check`]: `check` verdicts (pre-install and installed), one line each;
+//! - [`threats`]: the install's settings and the `threats` report (scores from `ambit-risk`);
 //! - [`commands`]: each command against the apiserver;
 //! - [`table`], [`output`]: kubectl-style tables, `-o json|yaml`.
 #![forbid(unsafe_code)]
@@ -20,4 +21,5 @@ pub mod complete;
 pub mod health;
 pub mod output;
 pub mod table;
+pub mod threats;
 pub mod waypoint;

@@ -76,6 +76,10 @@ fn every_command_has_help_on_stdout() {
         ),
         (&["help", "completion"], "Usage: kubectl ambit completion"),
         (
+            &["threats", "--help"],
+            "kubectl ambit threats [-n NS | -A] [-o json|yaml]",
+        ),
+        (
             &["check", "--help"],
             "kubectl ambit check [--pre] [--timeout DURATION] [--no-color]",
         ),

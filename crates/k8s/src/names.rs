@@ -13,6 +13,11 @@ pub const RISK_PROFILE_LABEL: &str = "ambit.dev/risk-profile";
 /// Namespace label saying what a violated risk profile does: `report` (the default) only
 /// reports, `enforce` also makes the mesh refuse what it can (docs/risk-profiles.md).
 pub const RISK_ENFORCEMENT_LABEL: &str = "ambit.dev/risk-enforcement";
+/// The controller's settings, as environment variables the chart sets on its Deployment, that
+/// `kubectl ambit threats` reads back: the leaf lifetime in seconds, and the external
+/// authorization providers as a JSON list.
+pub const CERT_LIFETIME_ENV: &str = "AMBIT_CERT_LIFETIME_SECS";
+pub const EXT_AUTHZ_PROVIDERS_ENV: &str = "AMBIT_EXT_AUTHZ_PROVIDERS";
 
 /// The controller's leader-election Lease, in the install's namespace.
 pub const CONTROLLER_LEASE: &str = "ambit-controller";

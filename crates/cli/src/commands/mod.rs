@@ -1,9 +1,10 @@
 //! Each command against the apiserver, one module a command group. What they compute lives in
-//! [`crate::waypoint`] and [`crate::health`]; here are the reads and writes, and what they print.
+//! [`crate::waypoint`], [`crate::health`] and [`crate::threats`]; here are the reads and writes, and what they print.
 
 mod check;
 mod config;
 mod status;
+mod threats;
 mod waypoints;
 
 pub use config::{CONFIG_DUMP_PATH, DumpError, TUNNEL_ADMIN_PORT, pick_node_pod};
@@ -182,6 +183,9 @@ pub async fn run(
         Command::Status => status::status(conn, global, note).await,
         Command::ConfigDump { node } => config::dump(conn, global, node).await,
         Command::Check(options) => check::check(conn, global, options).await,
+        Command::Threats { all_namespaces } => {
+            threats::threats(conn, global, *all_namespaces, note).await
+        }
     }
 }
 
