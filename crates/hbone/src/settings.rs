@@ -89,8 +89,9 @@ pub struct ServerSettings {
 
 /// What one server connection may hold besides its receive window and the frame being read
 /// (`max_frame_size`), at most: rustls's record buffers both ways (2 x 18 KiB), the 64 KiB
-/// `ReadBuffered`, h2's writer (16 KiB), HPACK tables and the task (~16 KiB).
-const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024 + 64 * 1024 + 16 * 1024 + 16 * 1024;
+/// `ReadBuffered`, h2's writer (16 KiB), HPACK tables and the task (~16 KiB), and the task
+/// watching its certificates with a copy of the client's chain (~2 KiB).
+const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024 + 64 * 1024 + 16 * 1024 + 16 * 1024 + 2 * 1024;
 
 /// What one open tunnel may hold besides its send buffer: the copy engine's read chunk waiting
 /// for send capacity (64 KiB at most), the splice task, h2's stream state and the socket to
@@ -131,7 +132,7 @@ impl ServerSettings {
 }
 
 impl Default for ServerSettings {
-    /// Sized so that [`Self::memory_bound`] (334 MiB) fits the node tunnel's 512 MiB
+    /// Sized so that [`Self::memory_bound`] (335 MiB) fits the node tunnel's 512 MiB
     /// container limit with room for its pools and config: 256 connections, 1,280 tunnels
     /// (a client may hold a quarter of them, so it takes four clients to hold them all) with
     /// 128 KiB receive windows and 32 KiB send buffers. What tunnels have received is bounded
