@@ -528,8 +528,9 @@ fn http_ports(s: &Service) -> Vec<HttpPort> {
         .collect()
 }
 
-/// The protocols the waypoint parses as HTTP (`ambit-waypoint`'s `Protocol::of`; a test there
-/// and one here pin the same list).
+/// The protocols the waypoint parses as HTTP: the list of `ambit-waypoint`'s `Protocol::of`
+/// (crates/waypoint/src/destination.rs), which this crate cannot share without depending on
+/// the data plane's crates (and tokio). Change both together.
 fn is_http(declared: &str) -> bool {
     matches!(
         declared,
