@@ -614,6 +614,36 @@ async fn checks(tb: &ambit_testbed::Testbed) -> Result<()> {
         "{run:?}"
     );
 
+    // threats: the enrolled namespace scored; ambit's settings unknown (not installed), the
+    // kinds whose CRDs are not installed (routes, RequestAuthentication, RateLimitPolicy) none.
+    let run = ambit(tb, "threats -n shop -o json")?.ok()?;
+    assert!(
+        run.stderr.contains(
+            "not known, scored as missing: leaf lifetime, tunnel mode, ext_authz providers"
+        ),
+        "{run:?}"
+    );
+    let shop = &run.json()?["namespaces"][0];
+    assert_eq!(
+        (&shop["namespace"], &shop["model"]),
+        (&json!("shop"), &json!("l4")),
+        "{run:?}"
+    );
+    // TR-3: enrolled lowers its likelihood; strict mode and short leaves are not known.
+    let tr3 = &shop["threats"][2];
+    assert_eq!(
+        (&tr3["threat"], &tr3["score"]),
+        (&json!("TR-3"), &json!(6)),
+        "{run:?}"
+    );
+    let run = ambit(tb, "threats -A")?.ok()?;
+    assert_eq!(
+        row(&run.stdout, "shop")[..3],
+        ["shop", "l4", "TR-1"],
+        "{run:?}"
+    );
+    assert_eq!(row(&run.stdout, "kube-system")[1], "none", "{run:?}");
+
     // Stand-ins for ambit's parts make `status` healthy, and `config dump` reach a node pod's
     // admin port through the apiserver.
     stand_in_ambit(tb, &client, &scratch).await?;
@@ -732,6 +762,14 @@ async fn real_chart(
         row(&run.stdout, "node")
             .get(2)
             .is_some_and(|n| n.ends_with("/1")),
+        "{run:?}"
+    );
+    // threats reads the real chart's settings back: its default leaf lifetime and mode.
+    let run = ambit(tb, "threats -n shop -o json")?.ok()?;
+    assert!(!run.stderr.contains("not known"), "{run:?}");
+    assert_eq!(
+        run.json()?["settings"],
+        json!({"leafLifetimeSeconds": 3600, "tunnelMode": "strict", "extAuthzProviders": []}),
         "{run:?}"
     );
     Ok(())
