@@ -30,6 +30,11 @@ pub const ENV_TOKEN_REVIEWS_PER_SECOND: &str = "AMBIT_TOKEN_REVIEWS_PER_SECOND";
 pub const ENV_TOKEN_REVIEW_BURST: &str = "AMBIT_TOKEN_REVIEW_BURST";
 /// The node tunnels' mode (the chart's `node.tunnel.mode`), which risk profiles report on.
 pub const ENV_TUNNEL_MODE: &str = "AMBIT_TUNNEL_MODE";
+/// The OTLP/gRPC collector waypoints export spans to (the chart's `tracing.otlp.endpoint`);
+/// unset or empty: no spans.
+pub const ENV_WAYPOINT_OTLP_ENDPOINT: &str = "AMBIT_WAYPOINT_OTLP_ENDPOINT";
+/// The fraction of new traces waypoints sample (`tracing.otlp.sampling`).
+pub const ENV_WAYPOINT_OTLP_SAMPLING: &str = "AMBIT_WAYPOINT_OTLP_SAMPLING";
 
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -96,6 +101,12 @@ pub struct Args {
     /// The node tunnels' mode, strict or permissive (read by risk profiles, not enforced here).
     #[arg(long, env = ENV_TUNNEL_MODE, value_name = "MODE", default_value = "strict")]
     pub tunnel_mode: String,
+    /// OTLP/gRPC collector (`http://HOST:PORT` or `https://`) the waypoints export spans to.
+    #[arg(long, env = ENV_WAYPOINT_OTLP_ENDPOINT, value_name = "URL")]
+    pub waypoint_otlp_endpoint: Option<String>,
+    /// Fraction of new traces the waypoints sample, 0..=1.
+    #[arg(long, env = ENV_WAYPOINT_OTLP_SAMPLING, value_name = "RATIO", default_value = "1")]
+    pub waypoint_otlp_sampling: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +149,8 @@ pub struct Config {
     pub token_reviews: ReviewRate,
     /// What the node tunnels do with plaintext to enrolled pods (LOW-REQ2 of risk profiles).
     pub tunnel_mode: ambit_risk::TunnelMode,
+    /// Span export written into every waypoint; `None`: off.
+    pub waypoint_tracing: Option<crate::waypoint::WaypointTracing>,
 }
 
 /// The TokenReview rate limit: sustained per second, and at once after a quiet spell (all
@@ -255,12 +268,38 @@ impl Config {
                 ));
             }
         };
+        let waypoint_tracing = match args.waypoint_otlp_endpoint.filter(|e| !e.is_empty()) {
+            None => None,
+            Some(endpoint) => {
+                use ambit_telemetry::otlp::{valid_endpoint, valid_ratio};
+                if !valid_endpoint(&endpoint) {
+                    return Err(invalid(
+                        ENV_WAYPOINT_OTLP_ENDPOINT,
+                        &endpoint,
+                        "expected an http:// or https:// URL with a host".into(),
+                    ));
+                }
+                let sampling = &args.waypoint_otlp_sampling;
+                if !sampling.parse().is_ok_and(valid_ratio) {
+                    return Err(invalid(
+                        ENV_WAYPOINT_OTLP_SAMPLING,
+                        sampling,
+                        "expected a ratio from 0 to 1".into(),
+                    ));
+                }
+                Some(crate::waypoint::WaypointTracing {
+                    endpoint,
+                    sampling: sampling.clone(),
+                })
+            }
+        };
         let jwks_ca_bundle = args
             .jwks_ca_bundle
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         Ok(Self {
             tunnel_mode,
+            waypoint_tracing,
             grpc_idle_timeout,
             token_reviews,
             jwks_ca_bundle,
@@ -358,6 +397,19 @@ mod tests {
         assert_eq!(c.controller_address, "[fd00::1]:15012");
         assert_eq!(c.jwks_ca_bundle, None);
         assert_eq!(c.tunnel_mode, ambit_risk::TunnelMode::Strict);
+        assert_eq!(c.waypoint_tracing, None);
+        let c = parse(&[
+            (ENV_WAYPOINT_OTLP_ENDPOINT, "http://otel.observability:4317"),
+            (ENV_WAYPOINT_OTLP_SAMPLING, "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.waypoint_tracing,
+            Some(crate::waypoint::WaypointTracing {
+                endpoint: "http://otel.observability:4317".into(),
+                sampling: "0.25".into(),
+            })
+        );
         assert_eq!(c.grpc_idle_timeout, Duration::from_secs(300));
         assert_eq!(
             (
@@ -394,9 +446,23 @@ mod tests {
             (ENV_TOKEN_REVIEWS_PER_SECOND, "0"),
             (ENV_TOKEN_REVIEW_BURST, "100000"),
             (ENV_TUNNEL_MODE, "lenient"),
+            (ENV_WAYPOINT_OTLP_ENDPOINT, "otel:4317"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v), "{e}");
+        }
+        // The ratio is checked when tracing is on.
+        for ratio in ["1.5", "-0.1", "NaN", "half"] {
+            let e = parse(&[
+                (ENV_WAYPOINT_OTLP_ENDPOINT, "https://otel:4317"),
+                (ENV_WAYPOINT_OTLP_SAMPLING, ratio),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(ENV_WAYPOINT_OTLP_SAMPLING) && e.contains(ratio),
+                "{e}"
+            );
         }
     }
 

@@ -382,6 +382,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
             image: config.waypoint_image.clone(),
             controller_address: config.controller_address.clone(),
             controller_identity: config.controller_identity()?.to_uri(),
+            tracing: config.waypoint_tracing.clone(),
         },
         roots: roots.clone(),
         install_owner: owner.clone(),

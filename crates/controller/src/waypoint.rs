@@ -143,6 +143,30 @@ pub struct WaypointSettings {
     pub controller_address: String,
     /// The controller's SPIFFE id, which the waypoint expects of the controller's certificate.
     pub controller_identity: String,
+    /// Span export (the chart's `tracing.otlp`); `None`: off.
+    pub tracing: Option<WaypointTracing>,
+}
+
+/// Where waypoints export their spans, as the controller's config validated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointTracing {
+    /// The collector's OTLP/gRPC URL.
+    pub endpoint: String,
+    /// The sampling ratio, 0..=1, as written.
+    pub sampling: String,
+}
+
+impl WaypointTracing {
+    /// The waypoint's variables, after OpenTelemetry's: each waypoint is a service of its own,
+    /// named `NAME.NAMESPACE` after its Gateway.
+    fn env(&self, ns: &str, name: &str) -> [serde_json::Value; 3] {
+        use ambit_telemetry::otlp::{ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME};
+        [
+            json!({"name": ENV_ENDPOINT, "value": self.endpoint}),
+            json!({"name": ENV_SAMPLER_ARG, "value": self.sampling}),
+            json!({"name": ENV_SERVICE_NAME, "value": format!("{name}.{ns}")}),
+        ]
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -745,6 +769,19 @@ fn deployment(
 ) -> serde_json::Value {
     let root_cert = format!("{ROOT_CERT_DIR}/root.crt");
     let token = format!("{TOKEN_DIR}/{}", ambit_proto::TOKEN_AUDIENCE);
+    let mut env = vec![
+        json!({"name": "AMBIT_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "AMBIT_WAYPOINT_FOR_SERVICE_ACCOUNT", "value": for_sa}),
+        json!({"name": "AMBIT_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}),
+        json!({"name": "AMBIT_CONTROLLER", "value": settings.controller_address}),
+        json!({"name": "AMBIT_CONTROLLER_IDENTITY", "value": settings.controller_identity}),
+        json!({"name": "AMBIT_ROOT_CERT", "value": root_cert}),
+        json!({"name": "AMBIT_TOKEN", "value": token}),
+        json!({"name": "AMBIT_LOG", "value": "info"}),
+    ];
+    if let Some(tracing) = &settings.tracing {
+        env.extend(tracing.env(ns, name));
+    }
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": {GATEWAY_NAME_LABEL: name}, "ownerReferences": owner},
@@ -774,16 +811,7 @@ fn deployment(
                     "containers": [{
                         "name": "waypoint",
                         "image": settings.image,
-                        "env": [
-                            {"name": "AMBIT_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                            {"name": "AMBIT_WAYPOINT_FOR_SERVICE_ACCOUNT", "value": for_sa},
-                            {"name": "AMBIT_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
-                            {"name": "AMBIT_CONTROLLER", "value": settings.controller_address},
-                            {"name": "AMBIT_CONTROLLER_IDENTITY", "value": settings.controller_identity},
-                            {"name": "AMBIT_ROOT_CERT", "value": root_cert},
-                            {"name": "AMBIT_TOKEN", "value": token},
-                            {"name": "AMBIT_LOG", "value": "info"},
-                        ],
+                        "env": env,
                         // Admin and config dump stay on 127.0.0.1:15000, not a container port.
                         "ports": [
                             {"name": "hbone", "containerPort": HBONE_PORT, "protocol": "TCP"},
@@ -846,7 +874,53 @@ mod tests {
             controller_address: "ambit-controller.ambit-system.svc:15012".into(),
             controller_identity: "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller"
                 .into(),
+            tracing: None,
         }
+    }
+
+    /// The waypoint container's variables, `<fieldPath>` for those from the pod.
+    fn env(deployment: &serde_json::Value) -> Vec<(String, String)> {
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let value = match e.get("value") {
+                    Some(v) => v.as_str().unwrap().to_owned(),
+                    None => format!(
+                        "<{}>",
+                        e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()
+                    ),
+                };
+                (e["name"].as_str().unwrap().to_owned(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tracing_reaches_the_waypoint_the_opentelemetry_way() {
+        let mut s = settings();
+        s.tracing = Some(WaypointTracing {
+            endpoint: "http://otel.observability:4317".into(),
+            sampling: "0.1".into(),
+        });
+        let d = deployment("shop", "waypoint-back", "back", &s, &[]);
+        let otel: Vec<(String, String)> = env(&d)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("OTEL_"))
+            .collect();
+        let want = [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://otel.observability:4317",
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("OTEL_SERVICE_NAME", "waypoint-back.shop"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(otel, want);
+        let off = deployment("shop", "waypoint-back", "back", &settings(), &[]);
+        assert!(!env(&off).iter().any(|(k, _)| k.starts_with("OTEL_")));
     }
 
     fn child(labels: serde_json::Value, owners: serde_json::Value, deleting: bool) -> ObjectMeta {
@@ -968,21 +1042,7 @@ mod tests {
         assert!(c.get("livenessProbe").is_none());
 
         // Exactly the variables the waypoint reads.
-        let env: Vec<(&str, String)> = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let value = match e.get("value") {
-                    Some(v) => v.as_str().unwrap().to_owned(),
-                    None => format!(
-                        "<{}>",
-                        e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()
-                    ),
-                };
-                (e["name"].as_str().unwrap(), value)
-            })
-            .collect();
+        let env = env(&d);
         let want = [
             ("AMBIT_NAMESPACE", "<metadata.namespace>"),
             ("AMBIT_WAYPOINT_FOR_SERVICE_ACCOUNT", "back"),
@@ -999,7 +1059,10 @@ mod tests {
             ("AMBIT_TOKEN", "/var/run/secrets/tokens/ambit-ca"),
             ("AMBIT_LOG", "info"),
         ];
-        let want: Vec<(&str, String)> = want.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         assert_eq!(env, want);
 
         // The files those variables name are mounted from the right volumes.

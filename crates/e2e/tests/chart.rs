@@ -280,6 +280,16 @@ fn values_outside_the_schema_are_refused() -> Result<()> {
             "node:\n  tunnel:\n    adminPort: 15000\n",
             "adminPort",
         ),
+        (
+            "sampling.yaml",
+            "tracing:\n  otlp:\n    sampling: 2\n",
+            "sampling",
+        ),
+        (
+            "collector.yaml",
+            "tracing:\n  otlp:\n    endpoint: otel:4317\n",
+            "endpoint",
+        ),
     ];
     let mut failures = Vec::new();
     for (file, values, names) in cases {
@@ -589,6 +599,49 @@ fn the_experimental_channel_installs_crds_that_keep_httproute_retry() -> Result<
     assert!(
         refused.is_err_and(|out| out.contains("channel")),
         "an unknown channel is refused"
+    );
+    Ok(())
+}
+
+#[test]
+fn tracing_renders_only_with_an_endpoint() -> Result<()> {
+    let Some(helm) = helm("tracing_renders_only_with_an_endpoint")? else {
+        return Ok(());
+    };
+    // The controller's OTLP variables (it writes them into each waypoint as OTEL_*).
+    let otlp = |extra: &[&str]| -> Result<Vec<(String, String)>> {
+        let objects = docs(&render(&helm, extra)?)?;
+        let controller = container(
+            object(&objects, "Deployment", "ambit-controller")?,
+            "controller",
+        )?;
+        Ok(list(controller, &["env"])
+            .iter()
+            .filter(|e| text(e, &["name"]).contains("OTLP"))
+            .map(|e| {
+                (
+                    text(e, &["name"]).to_owned(),
+                    text(e, &["value"]).to_owned(),
+                )
+            })
+            .collect())
+    };
+    assert_eq!(otlp(&[])?, [], "off by default");
+    let endpoint = "tracing.otlp.endpoint=http://otel.observability:4317";
+    assert_eq!(
+        otlp(&["--set", endpoint, "--set", "tracing.otlp.sampling=0.1"])?,
+        [
+            (
+                "AMBIT_WAYPOINT_OTLP_ENDPOINT".to_owned(),
+                "http://otel.observability:4317".to_owned()
+            ),
+            ("AMBIT_WAYPOINT_OTLP_SAMPLING".to_owned(), "0.1".to_owned()),
+        ]
+    );
+    assert_eq!(
+        otlp(&["--set", endpoint, "--set", "tracing.otlp.waypoints=false"])?,
+        [],
+        "the waypoints' switch"
     );
     Ok(())
 }

@@ -64,13 +64,10 @@ impl OtlpArgs {
         let Some(endpoint) = self.endpoint.filter(|e| !e.is_empty()) else {
             return Ok(None);
         };
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|_| OtlpError::Endpoint(endpoint.clone()))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        if !valid_endpoint(&endpoint) {
             return Err(OtlpError::Endpoint(endpoint));
         }
-        if !(0.0..=1.0).contains(&self.sampling) {
+        if !valid_ratio(self.sampling) {
             return Err(OtlpError::Sampling(self.sampling));
         }
         Ok(Some(OtlpConfig {
@@ -81,6 +78,18 @@ impl OtlpArgs {
                 .unwrap_or_else(|| default_service.to_owned()),
         }))
     }
+}
+
+/// An `http://` or `https://` URL with a host: what the gRPC exporter can dial.
+pub fn valid_endpoint(endpoint: &str) -> bool {
+    endpoint
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some())
+}
+
+/// A sampling ratio: 0..=1 (not NaN).
+pub fn valid_ratio(ratio: f64) -> bool {
+    (0.0..=1.0).contains(&ratio)
 }
 
 /// A running exporter: spans from [`Otlp::tracer`] are batched and sent on a thread of its
