@@ -74,7 +74,10 @@ pub struct NamespaceFacts {
 }
 
 /// What the mesh knows about one service account of the namespace. "Covers" below means: every
-/// application pod of the account is selected.
+/// application pod of the account is selected. "Every pod allow-listed by rules that name X"
+/// means: every application pod of the account is selected by at least one ALLOW policy, and
+/// every rule of every ALLOW policy selecting it names X. Since ALLOW policies add up, one
+/// rule without X would let requests without X through.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountFacts {
@@ -83,15 +86,16 @@ pub struct AccountFacts {
     pub http_ports: Vec<HttpPort>,
     /// The account's waypoint, if a Gateway of class `ambit-waypoint` names it.
     pub waypoint: Option<WaypointFacts>,
-    /// An ALLOW policy covers the account with a rule naming `principals` or `namespaces`: only
-    /// the peers it lists may connect.
+    /// Every pod allow-listed by rules that name `principals` or `namespaces`: only the peers
+    /// they list may connect.
     pub peer_allow_list: bool,
-    /// An ALLOW policy covers the account with a rule naming `methods`.
+    /// Every pod allow-listed by rules that name `methods`.
     pub method_rules: bool,
     /// A RequestAuthentication with JWT rules covers the account.
     pub request_authentication: bool,
-    /// An ALLOW policy covers the account with a rule naming `requestPrincipals`: requests
-    /// without a valid token are refused.
+    /// Requests without a valid token are refused: a DENY policy covers the account with a rule
+    /// `notRequestPrincipals: ["*"]` and nothing else, or every pod is allow-listed by rules
+    /// that name `requestPrincipals`.
     pub request_principal_required: bool,
     pub ext_authz: ExtAuthz,
     /// Every Service with an HTTP port of the account is the parent of an HTTPRoute, and every
@@ -233,6 +237,7 @@ impl NamespaceFacts {
             .iter()
             .map(|(sa, account_pods)| {
                 let ctx = AccountContext {
+                    namespace: &name,
                     sa,
                     pods: account_pods,
                     by_account: &by_account,
@@ -270,6 +275,7 @@ impl NamespaceFacts {
 
 /// What one account's facts are read from.
 struct AccountContext<'a> {
+    namespace: &'a str,
     sa: &'a str,
     pods: &'a [&'a Pod],
     by_account: &'a BTreeMap<String, Vec<&'a Pod>>,
@@ -305,7 +311,8 @@ impl AccountContext<'_> {
             request_authentication: authns
                 .iter()
                 .any(|a| self.covered(a.spec.selector.as_ref())),
-            request_principal_required: self.allowed_with(|r| !r.request_principals.is_empty()),
+            request_principal_required: self.denied_without_token()
+                || self.allowed_with(|r| !r.request_principals.is_empty()),
             ext_authz: self.ext_authz(),
             route_timeouts: http_services.iter().all(|s| self.timed_out(s)),
             rate_limited: http_services.iter().all(|s| self.rate_limited(s)),
@@ -318,12 +325,31 @@ impl AccountContext<'_> {
         self.pods.iter().all(|p| selects(selector, p))
     }
 
-    /// Whether an ALLOW policy covers the account with a rule `rule` accepts.
+    /// Whether every pod of the account is allow-listed by rules that `rule` accepts.
     fn allowed_with(&self, rule: impl Fn(&PolicyRule) -> bool) -> bool {
+        self.pods.iter().all(|pod| {
+            let allows: Vec<&AuthorizationPolicy> = self
+                .policies
+                .iter()
+                .copied()
+                .filter(|p| {
+                    p.spec.action == PolicyAction::Allow && selects(p.spec.selector.as_ref(), pod)
+                })
+                .collect();
+            !allows.is_empty() && allows.iter().all(|p| p.spec.rules.iter().all(&rule))
+        })
+    }
+
+    /// Whether a DENY policy covering the account refuses every request without a valid token.
+    fn denied_without_token(&self) -> bool {
+        let only_tokenless = PolicyRule {
+            not_request_principals: vec!["*".into()],
+            ..PolicyRule::default()
+        };
         self.policies.iter().any(|p| {
-            p.spec.action == PolicyAction::Allow
+            p.spec.action == PolicyAction::Deny
                 && self.covered(p.spec.selector.as_ref())
-                && p.spec.rules.iter().any(&rule)
+                && p.spec.rules.contains(&only_tokenless)
         })
     }
 
@@ -404,7 +430,12 @@ impl AccountContext<'_> {
             .http_routes
             .iter()
             .copied()
-            .filter(|r| r.spec.parent_refs.iter().any(|p| is_service(p, service)))
+            .filter(|r| {
+                r.spec
+                    .parent_refs
+                    .iter()
+                    .any(|p| is_service(p, self.namespace, service))
+            })
             .collect();
         !routes.is_empty()
             && routes.iter().all(|r| {
@@ -423,13 +454,23 @@ impl AccountContext<'_> {
                 TargetKind::HttpRoute => self
                     .http_routes
                     .iter()
-                    .filter(|r| r.spec.parent_refs.iter().any(|p| is_service(p, service)))
+                    .filter(|r| {
+                        r.spec
+                            .parent_refs
+                            .iter()
+                            .any(|p| is_service(p, self.namespace, service))
+                    })
                     .filter_map(|r| r.metadata.name.as_deref())
                     .collect(),
                 TargetKind::GrpcRoute => self
                     .grpc_routes
                     .iter()
-                    .filter(|r| r.spec.parent_refs.iter().any(|p| is_service(p, service)))
+                    .filter(|r| {
+                        r.spec
+                            .parent_refs
+                            .iter()
+                            .any(|p| is_service(p, self.namespace, service))
+                    })
                     .filter_map(|r| r.metadata.name.as_deref())
                     .collect(),
             }
@@ -443,11 +484,11 @@ impl AccountContext<'_> {
     }
 }
 
-/// A parent reference naming Service `name` of the route's own namespace.
-fn is_service(p: &ParentReference, name: &str) -> bool {
+/// A parent reference naming Service `name` of the route's own namespace, `ns`.
+fn is_service(p: &ParentReference, ns: &str, name: &str) -> bool {
     p.kind.as_deref() == Some("Service")
         && p.group.as_deref().is_none_or(str::is_empty)
-        && p.namespace.is_none()
+        && p.namespace.as_deref().is_none_or(|n| n == ns)
         && p.name == name
 }
 

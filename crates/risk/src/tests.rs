@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 const NS: &str = "shop";
 
 /// A namespace's objects, owned, and the mesh's settings.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Fixture {
     namespace: Vec<Namespace>,
     pods: Vec<Pod>,
@@ -71,12 +71,12 @@ impl Fixture {
         f.waypoint("waypoint-backend", "backend", true);
         f.policy(
             "peers",
-            json!({"rules": [{"principals": ["spiffe://cluster.local/ns/shop/sa/frontend"]}]}),
+            json!({"selector": {"matchLabels": {"app": "front"}},
+                   "rules": [{"namespaces": ["shop"]}]}),
         );
         f.policy(
             "methods",
-            json!({"selector": {"matchLabels": {"app": "back"}},
-                   "rules": [{"methods": ["GET"], "requestPrincipals": ["*"]}]}),
+            back_allow(json!({"methods": ["GET"], "requestPrincipals": ["*"]})),
         );
         f.policy(
             "ext",
@@ -172,6 +172,12 @@ impl Fixture {
             .map(|t| (t.impact as u8, t.likelihood as u8, t.score))
             .collect()
     }
+}
+
+/// An ALLOW policy on backend's pods letting frontend in with `rule`'s L7 fields.
+fn back_allow(mut rule: Value) -> Value {
+    rule["principals"] = json!(["spiffe://cluster.local/ns/shop/sa/frontend"]);
+    json!({"selector": {"matchLabels": {"app": "back"}}, "rules": [rule]})
 }
 
 // ---- facts ----
@@ -277,9 +283,23 @@ fn a_policy_must_select_every_pod_of_the_account() {
     let mut fx = Fixture::dpa2();
     fx.pod("back-2", "backend", json!({"app": "back-canary"}));
     let back = &fx.facts().accounts["backend"];
-    assert!(back.peer_allow_list, "the peers policy selects every pod");
-    assert!(!back.method_rules && !back.request_authentication);
+    assert!(!back.peer_allow_list && !back.method_rules && !back.request_authentication);
     assert_eq!(back.ext_authz, ExtAuthz::None);
+}
+
+#[test]
+fn one_allow_rule_without_the_field_lets_requests_without_it_through() {
+    let mut fx = Fixture::dpa2();
+    fx.policy("health", back_allow(json!({"paths": ["/healthz"]})));
+    let back = &fx.facts().accounts["backend"];
+    assert!(back.peer_allow_list, "the new rule names the peer too");
+    assert!(!back.method_rules && !back.request_principal_required);
+    let mut fx = Fixture::dpa2();
+    fx.policy(
+        "anyone",
+        json!({"selector": {"matchLabels": {"app": "back"}}, "rules": [{}]}),
+    );
+    assert!(!fx.facts().accounts["backend"].peer_allow_list);
 }
 
 #[test]
@@ -413,11 +433,7 @@ fn low_req3_peer_allow_lists() {
         .status(RequirementId::LowReq3);
     assert!(!s.met);
     assert_eq!(s.reason, "NoPeerAllowList");
-    // Both lack one now: backend's method policy names no peers.
-    assert!(
-        s.message.contains("backend:") && s.message.contains("frontend:"),
-        "{s:?}"
-    );
+    assert!(s.message.starts_with("frontend:"), "{s:?}");
     assert!(s.fix.unwrap().contains("selecting the pods of frontend"));
 }
 
@@ -492,16 +508,19 @@ fn medium_req3_request_authentication_where_an_issuer_is_declared() {
     );
 
     let mut fx = Fixture::dpa2().without_policy("methods");
-    fx.policy(
-        "methods",
-        json!({"selector": {"matchLabels": {"app": "back"}}, "rules": [{"methods": ["GET"]}]}),
-    );
+    fx.policy("methods", back_allow(json!({"methods": ["GET"]})));
     assert_unmet(
-        fx,
+        fx.clone(),
         RequirementId::MediumReq3,
         "TokenNotRequired",
         "requestPrincipals",
     );
+    // Or a DENY of requests without a token, Istio's way.
+    fx.policy(
+        "tokens",
+        json!({"action": "DENY", "rules": [{"notRequestPrincipals": ["*"]}]}),
+    );
+    assert!(fx.status(RequirementId::MediumReq3).met);
 }
 
 #[test]
@@ -551,8 +570,11 @@ fn high_req2_route_timeouts() {
         "NoRouteTimeouts",
         "timeouts.request",
     );
+    // A parent named in the route's own namespace is the same parent; another one's is not.
     let mut fx = Fixture::dpa2();
-    fx.http_routes.clear();
+    fx.http_routes[0].spec.parent_refs[0].namespace = Some(NS.into());
+    assert!(fx.status(RequirementId::HighReq2).met);
+    fx.http_routes[0].spec.parent_refs[0].namespace = Some("other".into());
     assert_unmet(fx, RequirementId::HighReq2, "NoRouteTimeouts", "HTTPRoute");
 }
 
