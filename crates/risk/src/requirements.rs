@@ -196,7 +196,7 @@ pub(crate) fn check(id: RequirementId, f: &NamespaceFacts) -> RequirementStatus 
                 |sa, a| {
                     (!a.peer_allow_list).then(|| Shortfall {
                     reason: "NoPeerAllowList",
-                    detail: "no ALLOW policy naming principals or namespaces selects all its pods".into(),
+                    detail: "a pod of it has no ALLOW policy, or an ALLOW rule naming neither principals nor namespaces".into(),
                     fix: format!(
                         "kubectl apply -n {ns} an AuthorizationPolicy (action ALLOW, rules[].principals) selecting the pods of {sa}"
                     ),
@@ -211,25 +211,27 @@ pub(crate) fn check(id: RequirementId, f: &NamespaceFacts) -> RequirementStatus 
             "HTTP",
             |sa, a| waypoint_problem(ns, sa, a),
         ),
-        RequirementId::MediumReq2 => per_account(
-            id,
-            f.http_accounts(),
-            "MethodLevelRules",
-            "HTTP",
-            |sa, a| {
-                if !a.method_rules {
-                    Some(Shortfall {
+        RequirementId::MediumReq2 => {
+            per_account(
+                id,
+                f.http_accounts(),
+                "MethodLevelRules",
+                "HTTP",
+                |sa, a| {
+                    if !a.method_rules {
+                        Some(Shortfall {
                         reason: "NoMethodRules",
-                        detail: "no ALLOW policy with rules[].methods selects all its pods".into(),
+                        detail: "a pod of it has no ALLOW policy, or an ALLOW rule naming no methods".into(),
                         fix: format!(
                             "kubectl apply -n {ns} an AuthorizationPolicy (action ALLOW, rules[].methods) selecting the pods of {sa}"
                         ),
                     })
-                } else {
-                    a.waypoint.is_none().then(|| waypoint_required(ns, sa))
-                }
-            },
-        ),
+                    } else {
+                        a.waypoint.is_none().then(|| waypoint_required(ns, sa))
+                    }
+                },
+            )
+        }
         RequirementId::MediumReq3 => {
             if !f.issuer_declared {
                 return met(
@@ -255,7 +257,7 @@ pub(crate) fn check(id: RequirementId, f: &NamespaceFacts) -> RequirementStatus 
                     } else if !a.request_principal_required {
                         Some(Shortfall {
                         reason: "TokenNotRequired",
-                        detail: "requests without a token are let in: no ALLOW policy requires requestPrincipals".into(),
+                        detail: "requests without a token are let in: an ALLOW rule names no requestPrincipals and no DENY refuses notRequestPrincipals [\"*\"]".into(),
                         fix: format!(
                             "kubectl apply -n {ns} an AuthorizationPolicy (action ALLOW, rules[].requestPrincipals: [\"*\"]) selecting the pods of {sa}"
                         ),
