@@ -291,15 +291,7 @@ pub async fn run(ctx: Context) {
 
 async fn pass(ctx: &Context, leading: bool) {
     let evaluations = evaluate_all(&ctx.stores, &ctx.settings);
-    let refused: BTreeMap<String, BTreeSet<String>> = evaluations
-        .values()
-        .map(|e| (e.namespace.clone(), e.refused.clone()))
-        .collect();
-    if ctx.stores.refusals.replace(refused.clone()) {
-        tracing::warn!(
-            refused = ?refused.iter().filter(|(_, s)| !s.is_empty()).collect::<BTreeMap<_, _>>(),
-            "risk profiles enforced: node tunnels refuse inbound traffic to these namespaces' service accounts"
-        );
+    if refuse(&ctx.stores.refusals, &evaluations) {
         ctx.changes.push(Change::Refusals);
     }
     ctx.metrics.set_risk(
@@ -316,6 +308,24 @@ async fn pass(ctx: &Context, leading: bool) {
     if leading && futures::FutureExt::now_or_never(ctx.profiles.wait_until_ready()).is_some() {
         write_statuses(ctx, &evaluations).await;
     }
+}
+
+/// Makes the accounts `evaluations` refuse the refusals, logging a change; returns whether
+/// they changed.
+pub fn refuse(refusals: &Refusals, evaluations: &BTreeMap<String, Evaluation>) -> bool {
+    let refused: BTreeMap<String, BTreeSet<String>> = evaluations
+        .values()
+        .filter(|e| !e.refused.is_empty())
+        .map(|e| (e.namespace.clone(), e.refused.clone()))
+        .collect();
+    let changed = refusals.replace(refused.clone());
+    if changed {
+        tracing::warn!(
+            ?refused,
+            "risk profiles enforced: node tunnels refuse inbound traffic to these namespaces' service accounts"
+        );
+    }
+    changed
 }
 
 /// The status `evaluation` makes, keeping `previous` conditions' transition times.

@@ -138,11 +138,10 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
         };
     let deny = format!("authorizationpolicy/shop/{DENY_POLICY}");
 
-    let refused = evaluate_all(&stores, &settings())
-        .into_values()
-        .map(|e| (e.namespace, e.refused))
-        .collect();
-    assert!(stores.refusals.replace(refused));
+    assert!(refuse(
+        &stores.refusals,
+        &evaluate_all(&stores, &settings())
+    ));
     let snap = index.update([Change::Refusals]).unwrap();
     assert!(labelled(&snap, "uid-echo-1"));
     assert!(!labelled(&snap, "uid-front-1"));
@@ -153,11 +152,10 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
     assert_eq!(p.match_labels[REFUSED_LABEL], "true");
 
     // The same refusals again change nothing.
-    let again = evaluate_all(&stores, &settings())
-        .into_values()
-        .map(|e| (e.namespace, e.refused))
-        .collect();
-    assert!(!stores.refusals.replace(again));
+    assert!(!refuse(
+        &stores.refusals,
+        &evaluate_all(&stores, &settings())
+    ));
 
     assert!(stores.refusals.replace(BTreeMap::new()));
     let snap = index.update([Change::Refusals]).unwrap();

@@ -361,6 +361,12 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         changes.clone(),
         request_authn::client_tls_file(config.jwks_ca_bundle.as_deref())?,
     ));
+    // The first snapshot already refuses what enforced risk profiles refuse: a tunnel resuming
+    // from a restarted controller must not see their DENY policies go and come back.
+    risk::refuse(
+        &stores.refusals,
+        &risk::evaluate_all(&stores, &config.mesh_settings()),
+    );
     let mut index = Index::new(stores, config.trust_domain.as_str())
         .with_ext_authz_providers(&config.ext_authz_providers);
     let first = index.update([Change::All]).unwrap_or_default();
