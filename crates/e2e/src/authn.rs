@@ -28,7 +28,7 @@ const JWT_POLICY: &str = "secure-needs-a-user";
 /// provider's name in the mesh.
 const EXT_AUTHZ: &str = "ext-authz";
 const EXT_AUTHZ_GRPC_PORT: u16 = 9000;
-const PROVIDER: &str = "ext-authz-grpc";
+pub const PROVIDER: &str = "ext-authz-grpc";
 const CUSTOM_POLICY: &str = "ext-authz-on-ext";
 /// What the sample answers a check it denies.
 const DENY_BODY: &str =
@@ -73,6 +73,29 @@ impl IdentityProvider {
     }
 }
 
+/// The chart's `extAuthz.providers` entry declaring Istio's sample as [`PROVIDER`].
+pub fn ext_authz_provider() -> Value {
+    json!({
+        "name": PROVIDER,
+        "service": format!("{EXT_AUTHZ}.{IDP_NS}.svc.cluster.local"),
+        "port": EXT_AUTHZ_GRPC_PORT,
+        "protocol": "grpc",
+        "timeoutMs": 500,
+    })
+}
+
+/// Istio's ext_authz sample, a Pod and its Service in [`IDP_NS`]: it allows a request
+/// carrying `x-ext-authz: allow`.
+fn ext_authz_manifest() -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {EXT_AUTHZ}, namespace: {IDP_NS}, labels: {{app: {EXT_AUTHZ}}}}}\n\
+         spec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  \
+         - {{name: main, image: istio-extauthz, readinessProbe: {{tcpSocket: {{port: {EXT_AUTHZ_GRPC_PORT}}}}}}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {EXT_AUTHZ}, namespace: {IDP_NS}}}\n\
+         spec: {{selector: {{app: {EXT_AUTHZ}}}, ports: [{{name: grpc, port: {EXT_AUTHZ_GRPC_PORT}, appProtocol: grpc}}, {{name: http, port: 8000}}]}}\n"
+    )
+}
+
 /// The header carrying `token`.
 fn bearer(token: &str) -> String {
     format!("authorization: Bearer {token}")
@@ -103,6 +126,20 @@ fn nginx_conf() -> String {
 }
 
 impl User<'_> {
+    /// Namespace [`IDP_NS`] (not enrolled) with Istio's ext_authz sample alone, Ready.
+    pub async fn ext_authz_server(&self) -> Result<()> {
+        ensure_ext_authz_built(self)?;
+        let yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {IDP_NS}}}\n{}",
+            ext_authz_manifest()
+        );
+        self.apply(
+            "namespace idp: Istio's ext_authz sample and its Service",
+            &yaml,
+        )?;
+        self.ready(IDP_NS, EXT_AUTHZ).await
+    }
+
     /// Both steps, with the servers and the chart values they need.
     pub async fn authn_steps(&self) -> Result<()> {
         let idp = IdentityProvider::new()?;
@@ -119,11 +156,7 @@ impl User<'_> {
         self.say.step(
             "An identity provider's JWKS over HTTPS (nginx) and an ext_authz server (Istio's sample), in namespace idp",
         );
-        if self.tb.binary("istio-extauthz").is_none() {
-            bail!(
-                "istio-extauthz is not built: run `cargo xtask testbed setup` (crates/testbed/setup.sh)"
-            );
-        }
+        ensure_ext_authz_built(self)?;
         ensure!(
             std::path::Path::new("/usr/sbin/nginx").is_file(),
             "nginx is not installed: run `cargo xtask testbed setup` (crates/testbed/setup.sh)"
@@ -147,15 +180,12 @@ impl User<'_> {
              - {{name: tls, secret: {{secretName: jwks-tls}}}}\n  - {{name: run, emptyDir: {{}}}}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {JWKS_SERVER}, namespace: {IDP_NS}}}\n\
              spec: {{selector: {{app: {JWKS_SERVER}}}, ports: [{{name: https, port: 443, targetPort: {JWKS_PORT}}}]}}\n\
-             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {EXT_AUTHZ}, namespace: {IDP_NS}, labels: {{app: {EXT_AUTHZ}}}}}\n\
-             spec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  \
-             - {{name: main, image: istio-extauthz, readinessProbe: {{tcpSocket: {{port: {EXT_AUTHZ_GRPC_PORT}}}}}}}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {EXT_AUTHZ}, namespace: {IDP_NS}}}\n\
-             spec: {{selector: {{app: {EXT_AUTHZ}}}, ports: [{{name: grpc, port: {EXT_AUTHZ_GRPC_PORT}, appProtocol: grpc}}, {{name: http, port: 8000}}]}}\n",
+             {ext_authz}",
             cert = quoted(&idp.server_cert_pem),
             key = quoted(&idp.server_key_pem),
             conf = quoted(&nginx_conf()),
             document = quoted(&document),
+            ext_authz = ext_authz_manifest(),
         );
         self.apply(
             "namespace idp: nginx serving the JWKS over TLS, Istio's ext_authz sample, their Services",
@@ -177,13 +207,7 @@ impl User<'_> {
             .step("helm upgrade: trust the identity provider's CA, declare the ext_authz provider");
         let ca_file = self.tb.config.state_dir.join("idp-ca.pem");
         std::fs::write(&ca_file, &idp.ca_pem)?;
-        let providers = json!([{
-            "name": PROVIDER,
-            "service": format!("{EXT_AUTHZ}.{IDP_NS}.svc.cluster.local"),
-            "port": EXT_AUTHZ_GRPC_PORT,
-            "protocol": "grpc",
-            "timeoutMs": 500,
-        }]);
+        let providers = json!([ext_authz_provider()]);
         self.helm(&[
             "upgrade",
             "ambit",
@@ -545,4 +569,14 @@ impl User<'_> {
     fn tb_kubectl(&self, args: &[&str]) -> Result<String> {
         crate::run(self.tb.kubectl().args(args))
     }
+}
+
+/// Istio's ext_authz sample is built by the testbed's setup.
+fn ensure_ext_authz_built(user: &User<'_>) -> Result<()> {
+    if user.tb.binary("istio-extauthz").is_none() {
+        bail!(
+            "istio-extauthz is not built: run `cargo xtask testbed setup` (crates/testbed/setup.sh)"
+        );
+    }
+    Ok(())
 }

@@ -166,7 +166,7 @@ impl User<'_> {
     }
 
     /// One request that must succeed: its reply.
-    pub(crate) fn curl_one(&self, from: &Pod, args: &[&str]) -> Result<Reply, String> {
+    pub fn curl_one(&self, from: &Pod, args: &[&str]) -> Result<Reply, String> {
         let mut replies = self.curl(from, args)?;
         match (replies.pop(), replies.is_empty()) {
             (Some(reply), true) => Ok(reply),
