@@ -177,55 +177,23 @@ impl NamespaceFacts {
     pub fn build(objects: &NamespaceObjects<'_>, settings: &MeshSettings) -> Self {
         let ns = objects.namespace;
         let name = ns.metadata.name.clone().unwrap_or_default();
-        let mine = |m: &ObjectMeta| m.namespace.as_deref() == Some(name.as_str());
-
-        let pods: Vec<&Pod> = objects
-            .pods
-            .iter()
-            .copied()
-            .filter(|p| mine(&p.metadata) && is_application(p))
+        let pods: Vec<&Pod> = mine(objects.pods, |p| &p.metadata, &name)
+            .into_iter()
+            .filter(|p| is_application(p))
             .collect();
-        let services: Vec<&Service> = objects
-            .services
-            .iter()
-            .copied()
-            .filter(|s| mine(&s.metadata))
-            .collect();
-        let policies: Vec<&AuthorizationPolicy> = objects
-            .authorization_policies
-            .iter()
-            .copied()
-            .filter(|p| mine(&p.metadata))
-            .collect();
-        let authns: Vec<&RequestAuthentication> = objects
-            .request_authentications
-            .iter()
-            .copied()
-            .filter(|r| mine(&r.metadata) && !r.spec.jwt_rules.is_empty())
-            .collect();
-        let http_routes: Vec<&HTTPRoute> = objects
-            .http_routes
-            .iter()
-            .copied()
-            .filter(|r| mine(&r.metadata))
-            .collect();
-        let grpc_routes: Vec<&GRPCRoute> = objects
-            .grpc_routes
-            .iter()
-            .copied()
-            .filter(|r| mine(&r.metadata))
-            .collect();
-        let limits: Vec<&RateLimitPolicy> = objects
-            .rate_limit_policies
-            .iter()
-            .copied()
-            .filter(|r| mine(&r.metadata))
-            .collect();
-        let waypoints: Vec<(&Gateway, &str)> = objects
-            .gateways
-            .iter()
-            .copied()
-            .filter(|g| mine(&g.metadata) && g.spec.gateway_class_name == WAYPOINT_CLASS)
+        let services = mine(objects.services, |s| &s.metadata, &name);
+        let policies = mine(objects.authorization_policies, |p| &p.metadata, &name);
+        let authns: Vec<&RequestAuthentication> =
+            mine(objects.request_authentications, |r| &r.metadata, &name)
+                .into_iter()
+                .filter(|r| !r.spec.jwt_rules.is_empty())
+                .collect();
+        let http_routes = mine(objects.http_routes, |r| &r.metadata, &name);
+        let grpc_routes = mine(objects.grpc_routes, |r| &r.metadata, &name);
+        let limits = mine(objects.rate_limit_policies, |r| &r.metadata, &name);
+        let waypoints: Vec<(&Gateway, &str)> = mine(objects.gateways, |g| &g.metadata, &name)
+            .into_iter()
+            .filter(|g| g.spec.gateway_class_name == WAYPOINT_CLASS)
             .filter_map(|g| Some((g, served_account(g)?)))
             .collect();
 
@@ -289,6 +257,24 @@ struct AccountContext<'a> {
 }
 
 impl AccountContext<'_> {
+    /// The routes with Service `service` of this namespace as a parent.
+    fn attached<'r, R>(
+        &self,
+        routes: &[&'r R],
+        parents: impl Fn(&R) -> &Vec<ParentReference>,
+        service: &str,
+    ) -> Vec<&'r R> {
+        routes
+            .iter()
+            .copied()
+            .filter(|r| {
+                parents(r)
+                    .iter()
+                    .any(|p| is_service(p, self.namespace, service))
+            })
+            .collect()
+    }
+
     fn facts(&self, authns: &[&RequestAuthentication]) -> AccountFacts {
         let services: Vec<&Service> = self
             .services
@@ -426,17 +412,7 @@ impl AccountContext<'_> {
     }
 
     fn timed_out(&self, service: &str) -> bool {
-        let routes: Vec<&HTTPRoute> = self
-            .http_routes
-            .iter()
-            .copied()
-            .filter(|r| {
-                r.spec
-                    .parent_refs
-                    .iter()
-                    .any(|p| is_service(p, self.namespace, service))
-            })
-            .collect();
+        let routes = self.attached(self.http_routes, |r| &r.spec.parent_refs, service);
         !routes.is_empty()
             && routes.iter().all(|r| {
                 r.spec.rules.iter().all(|rule| {
@@ -448,40 +424,27 @@ impl AccountContext<'_> {
     }
 
     fn rate_limited(&self, service: &str) -> bool {
-        let route_names = |kind: TargetKind| -> Vec<&str> {
-            match kind {
-                TargetKind::Service => vec![service],
-                TargetKind::HttpRoute => self
-                    .http_routes
-                    .iter()
-                    .filter(|r| {
-                        r.spec
-                            .parent_refs
-                            .iter()
-                            .any(|p| is_service(p, self.namespace, service))
-                    })
-                    .filter_map(|r| r.metadata.name.as_deref())
-                    .collect(),
-                TargetKind::GrpcRoute => self
-                    .grpc_routes
-                    .iter()
-                    .filter(|r| {
-                        r.spec
-                            .parent_refs
-                            .iter()
-                            .any(|p| is_service(p, self.namespace, service))
-                    })
-                    .filter_map(|r| r.metadata.name.as_deref())
-                    .collect(),
-            }
-        };
-        self.limits.iter().any(|l| {
-            l.spec
-                .target_refs
-                .iter()
-                .any(|t| route_names(t.kind).contains(&t.name.as_str()))
-        })
+        let http = self.attached(self.http_routes, |r| &r.spec.parent_refs, service);
+        let grpc = self.attached(self.grpc_routes, |r| &r.spec.parent_refs, service);
+        let named = |m: &ObjectMeta, name: &str| m.name.as_deref() == Some(name);
+        self.limits
+            .iter()
+            .flat_map(|l| &l.spec.target_refs)
+            .any(|t| match t.kind {
+                TargetKind::Service => t.name == service,
+                TargetKind::HttpRoute => http.iter().any(|r| named(&r.metadata, &t.name)),
+                TargetKind::GrpcRoute => grpc.iter().any(|r| named(&r.metadata, &t.name)),
+            })
     }
+}
+
+/// The objects of namespace `ns`.
+fn mine<'a, T>(objects: &[&'a T], meta: impl Fn(&T) -> &ObjectMeta, ns: &str) -> Vec<&'a T> {
+    objects
+        .iter()
+        .copied()
+        .filter(|o| meta(o).namespace.as_deref() == Some(ns))
+        .collect()
 }
 
 /// A parent reference naming Service `name` of the route's own namespace, `ns`.

@@ -782,3 +782,21 @@ fn scores_serialize_with_the_guidelines_names() {
     assert_eq!(s[0]["id"], "LOW-REQ1");
     assert_eq!(s[0]["met"], true);
 }
+
+#[test]
+fn rate_limits_on_the_service_or_a_route_attached_to_it() {
+    let limited = |kind: &str, group: &str, name: &str| {
+        let mut fx = Fixture::dpa2();
+        fx.limits.push(object(json!({
+            "metadata": meta("limit"),
+            "spec": {"targetRefs": [{"group": group, "kind": kind, "name": name}],
+                     "local": {"requests": 10, "unit": "Second"}}
+        })));
+        fx.facts().accounts["backend"].rate_limited
+    };
+    assert!(limited("Service", "", "back"));
+    assert!(limited("HTTPRoute", "gateway.networking.k8s.io", "back"));
+    assert!(!limited("HTTPRoute", "gateway.networking.k8s.io", "other"));
+    assert!(!limited("GRPCRoute", "gateway.networking.k8s.io", "back"));
+    assert!(!limited("Service", "", "front"));
+}
