@@ -93,7 +93,6 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
     let store =
         CertificateStore::new(start.issuer, RetryPolicy::default()).following(start.trust.clone());
     let lease = acquire(&store, &identity).await;
-    shared.set_certified();
     let handle = lease.handle();
     tracing::info!(%identity, "certificate issued");
     let tls = ambit_identity::server_config(handle.clone(), &start.trust)?;
@@ -110,6 +109,9 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         addr: config.listen,
         source,
     })?;
+    // Ready once it listens: a readiness probe answered before would send traffic to a port
+    // that refuses it.
+    shared.set_certified();
     let trust = start.trust.clone();
     let server = tokio::spawn(async move {
         // The lease lives as long as the server: rotation keeps renewing it.
