@@ -294,3 +294,37 @@ async fn sampling_keeps_the_callers_decision_and_off_exports_nothing() {
     off.drain().await;
     assert_eq!(received.lock().unwrap().len(), 1, "nothing more exported");
 }
+
+/// The real binary, as a Deployment runs it (multi-threaded runtime, settings from flags):
+/// SIGTERM drains it and sends the spans still batched before it exits.
+#[tokio::test]
+async fn the_binary_sends_its_last_spans_when_terminated() {
+    let net = 143;
+    let pki = TestPki::new("cluster.local");
+    pod(&pki, ip(net, 11), "back", "back-1").await;
+    pod(&pki, ip(net, 12), "back", "back-2").await;
+    let (endpoint, received) = collector(net).await;
+    let waypoint =
+        ChildWaypoint::start(&pki, net, &mesh(net), &["--otlp-endpoint", &endpoint]).await;
+    let client = Client::new(&pki, NS, "front", waypoint.hbone_addr());
+    let (status, continued) = send(
+        &client,
+        &format!("10.96.{net}.1:80"),
+        "/child",
+        Some(CALLER),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The batch is sent every 5 s: before that, only the drain on SIGTERM sends it.
+    let pid = rustix::process::Pid::from_raw(i32::try_from(waypoint.pid()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let spans = spans(&received, 1).await;
+    let (service, span) = &spans[0];
+    assert_eq!(service, "ambit-waypoint");
+    assert_eq!(span.trace_id, ids(CALLER).0);
+    assert_eq!(span.span_id, ids(&continued).1);
+    assert_eq!(
+        string(&span.attributes, "url.path").as_deref(),
+        Some("/child")
+    );
+}
