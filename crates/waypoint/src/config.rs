@@ -279,6 +279,12 @@ mod tests {
             .filter(|name| name.starts_with("AMBIT_") && *name != "AMBIT_LOG")
             .collect();
         assert!(set.len() >= 7, "{set:?}");
+        // Span export, which the controller sets the OpenTelemetry way when it is on.
+        let set = set.into_iter().chain([
+            ambit_telemetry::otlp::ENV_ENDPOINT,
+            ambit_telemetry::otlp::ENV_SAMPLER_ARG,
+            ambit_telemetry::otlp::ENV_SERVICE_NAME,
+        ]);
         for name in set {
             assert!(
                 declared.iter().any(|d| d == name),
