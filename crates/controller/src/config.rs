@@ -271,7 +271,7 @@ impl Config {
         let waypoint_tracing = match args.waypoint_otlp_endpoint.filter(|e| !e.is_empty()) {
             None => None,
             Some(endpoint) => {
-                use ambit_telemetry::otlp::{valid_endpoint, valid_ratio};
+                use ambit_telemetry::otlp_settings::{valid_endpoint, valid_ratio};
                 if !valid_endpoint(&endpoint) {
                     return Err(invalid(
                         ENV_WAYPOINT_OTLP_ENDPOINT,

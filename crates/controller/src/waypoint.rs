@@ -160,7 +160,7 @@ impl WaypointTracing {
     /// The waypoint's variables, after OpenTelemetry's: each waypoint is a service of its own,
     /// named `NAME.NAMESPACE` after its Gateway.
     fn env(&self, ns: &str, name: &str) -> [serde_json::Value; 3] {
-        use ambit_telemetry::otlp::{ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME};
+        use ambit_telemetry::otlp_settings::{ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME};
         [
             json!({"name": ENV_ENDPOINT, "value": self.endpoint}),
             json!({"name": ENV_SAMPLER_ARG, "value": self.sampling}),

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod otlp_settings;
 
 /// The variable holding the log filter (`tracing` EnvFilter syntax); `RUST_LOG` is read when
 /// it is unset, and `info` when both are.

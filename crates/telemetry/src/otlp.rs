@@ -12,9 +12,8 @@ use std::time::Duration;
 
 pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, Span};
 
-pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-pub const ENV_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
-pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub use crate::otlp_settings::{ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME};
+use crate::otlp_settings::{valid_endpoint, valid_ratio};
 
 /// How long one export may take: a collector that does not answer costs dropped spans, never
 /// requests (the batch queue is bounded and export runs off the data path).
@@ -78,18 +77,6 @@ impl OtlpArgs {
                 .unwrap_or_else(|| default_service.to_owned()),
         }))
     }
-}
-
-/// An `http://` or `https://` URL with a host: what the gRPC exporter can dial.
-pub fn valid_endpoint(endpoint: &str) -> bool {
-    endpoint
-        .parse::<http::Uri>()
-        .is_ok_and(|uri| matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some())
-}
-
-/// A sampling ratio: 0..=1 (not NaN).
-pub fn valid_ratio(ratio: f64) -> bool {
-    (0.0..=1.0).contains(&ratio)
 }
 
 /// A running exporter: spans from [`Otlp::tracer`] are batched and sent on a thread of its
