@@ -9,9 +9,10 @@
 
 use ambit_e2e::authn::{PROVIDER, ext_authz_provider};
 use ambit_e2e::waypoint::{count, until};
-use ambit_e2e::{CLIENT, HTTP_SVC_PORT, NS, SERVER, Testbed, User, spiffe};
+use ambit_e2e::{CLIENT, HTTP_SVC_PORT, NS, SERVER, SYSTEM_NS, Testbed, User, spiffe};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -115,6 +116,24 @@ async fn steps(tb: &Testbed) -> Result<()> {
     user.say.say(format!(
         "echo's node tunnel: {DENIED} from client to echo {denied_before} -> {denied}"
     ));
+    let gauge = "ambit_risk_requirement_unmet{namespace=\"demo\",profile=\"high\",requirement=\"MEDIUM-REQ1\"} 1";
+    // Each replica evaluates on its own pace (at least every 10 s).
+    let exported = until(
+        "every controller replica exports the unmet requirement",
+        || async {
+            let exported = controller_metrics(&user).await.map_err(|e| e.to_string())?;
+            exported
+                .iter()
+                .all(|m| m.contains(gauge))
+                .then_some(exported.clone())
+                .ok_or(format!("{gauge} not in every replica's /metrics"))
+        },
+    )
+    .await?;
+    user.say.say(format!(
+        "{} controller replicas export {gauge}",
+        exported.len()
+    ));
     let before = threat_score(&user)?;
 
     user.say
@@ -202,6 +221,19 @@ async fn denied_by_echo_tunnel(user: &User<'_>, server: &Pod) -> Result<u64> {
         ("destination_identity", to.as_str()),
     ];
     Ok(count(&metrics, DENIED, &labels))
+}
+
+/// Each controller replica's `/metrics`.
+async fn controller_metrics(user: &User<'_>) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(user.client.clone(), SYSTEM_NS);
+    let selector = ListParams::default().labels("app.kubernetes.io/name=ambit-controller");
+    let mut out = Vec::new();
+    for pod in pods.list(&selector).await?.items {
+        let ip = ambit_e2e::pod_ip(&pod)?;
+        out.push(ambit_e2e::http_get(&format!("{ip}:15014"), "/metrics").await?);
+    }
+    ensure!(!out.is_empty(), "no controller pod");
+    Ok(out)
 }
 
 /// The status of demo's RiskProfile, as `kubectl get` shows it.
