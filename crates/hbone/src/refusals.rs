@@ -2,7 +2,6 @@
 //! bounded rate, so an operator sees a client's connections failing there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A tunnel limit that turned a CONNECT down (503).
@@ -25,12 +24,26 @@ pub struct TunnelRefusals {
 /// thousands of CONNECTs a second, and each refusal is counted anyway.
 pub(crate) const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The refusal counters, and when the last warning about them was logged.
-#[derive(Debug, Default)]
+/// The refusal counters, and when the last warning about them was logged. Lock-free: a
+/// refusal flood hits every server of the node at once.
+#[derive(Debug)]
 pub(crate) struct Refusals {
     peer_share: AtomicU64,
     node: AtomicU64,
-    last_warned: Mutex<Option<Instant>>,
+    /// Milliseconds from `epoch` to the last warning, plus one; 0 before the first.
+    last_warned: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            peer_share: AtomicU64::new(0),
+            node: AtomicU64::new(0),
+            last_warned: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Refusals {
@@ -42,15 +55,23 @@ impl Refusals {
             TunnelLimit::Node => &self.node,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let mut last = self
-            .last_warned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|at| at.elapsed() < REFUSAL_WARN_EVERY) {
+        self.warns_at(self.epoch.elapsed())
+    }
+
+    /// Whether a refusal `since_epoch` is the one to warn about; of refusals racing for it,
+    /// one wins.
+    fn warns_at(&self, since_epoch: Duration) -> bool {
+        let now = u64::try_from(since_epoch.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.last_warned.load(Ordering::Relaxed);
+        let every = u64::try_from(REFUSAL_WARN_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every {
             return false;
         }
-        *last = Some(Instant::now());
-        true
+        self.last_warned
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub(crate) fn totals(&self) -> TunnelRefusals {
@@ -84,8 +105,32 @@ mod tests {
                 node: 1
             }
         );
-        // Once the period has passed, the next one warns again.
-        *refusals.last_warned.lock().unwrap() = Instant::now().checked_sub(REFUSAL_WARN_EVERY);
-        assert!(refusals.count(TunnelLimit::Node));
+        // Once the period has passed, the next one warns again, and only it.
+        let later = refusals.epoch.elapsed() + REFUSAL_WARN_EVERY;
+        assert!(refusals.warns_at(later));
+        assert!(!refusals.warns_at(later));
+        assert!(!refusals.warns_at(later + REFUSAL_WARN_EVERY / 2));
+    }
+
+    #[test]
+    fn of_refusals_racing_for_the_warning_one_gets_it() {
+        let refusals = Refusals::default();
+        let warned = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..1000)
+                            .filter(|_| refusals.count(TunnelLimit::Node))
+                            .count()
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .sum::<usize>()
+        });
+        assert_eq!(warned, 1);
+        assert_eq!(refusals.totals().node, 4000);
     }
 }
