@@ -22,6 +22,6 @@ pub use store::{
     StoreError,
 };
 pub use tls::{
-    ALPN_H2, PeerIdentityError, TlsError, client_config, crypto_provider, peer_identity,
-    peer_identity_error, server_config, server_name,
+    ALPN_H2, MAX_PEER_CHAIN_BYTES, MAX_PEER_CHAIN_CERTIFICATES, PeerIdentityError, TlsError,
+    client_config, crypto_provider, peer_identity, peer_identity_error, server_config, server_name,
 };

@@ -6,6 +6,7 @@ use crate::{
     CertificateAuthority, CertificateHandle, CertificateRequest, SpiffeId, TrustBundle,
     TrustDomain, WorkloadCertificate,
 };
+use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -53,16 +54,39 @@ impl TestPki {
         lifetime: Duration,
         issued: SystemTime,
     ) -> WorkloadCertificate {
+        self.issue(identity, lifetime, issued, |leaf| vec![leaf])
+    }
+
+    /// A certificate whose chain is `chain(leaf)`.
+    fn issue(
+        &self,
+        identity: &SpiffeId,
+        lifetime: Duration,
+        issued: SystemTime,
+        chain: impl FnOnce(CertificateDer<'static>) -> Vec<CertificateDer<'static>>,
+    ) -> WorkloadCertificate {
         let request = CertificateRequest::new(identity).expect("csr");
         let leaf = self
             .ca
             .sign_at(request.csr_der(), identity, lifetime, issued)
             .expect("sign");
-        request.complete(vec![leaf]).expect("complete")
+        request.complete(chain(leaf)).expect("complete")
     }
 
     /// A fixed handle presenting a fresh certificate for `namespace/service_account`.
     pub fn handle(&self, namespace: &str, service_account: &str) -> CertificateHandle {
         CertificateHandle::fixed(self.certificate(&self.id(namespace, service_account)))
+    }
+
+    /// As [`Self::handle`], presenting `chain(leaf)` (leaf first) as its chain: a peer that
+    /// sends extra certificates.
+    pub fn handle_with_chain(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        chain: impl FnOnce(CertificateDer<'static>) -> Vec<CertificateDer<'static>>,
+    ) -> CertificateHandle {
+        let identity = self.id(namespace, service_account);
+        CertificateHandle::fixed(self.issue(&identity, LEAF_LIFETIME, SystemTime::now(), chain))
     }
 }

@@ -38,9 +38,22 @@ pub enum TlsError {
     NoExpectedIdentity,
 }
 
-/// Why a peer's certificate was refused after its chain verified.
+/// The most certificates (leaf first) a peer's chain may hold, and the most bytes they may
+/// take together. An ambit chain is a leaf and at most an intermediate or two (about 1 KiB
+/// each); a connection keeps its peer's chain for as long as it lives, to re-check it when the
+/// roots change, so a peer must not be able to make it hold the 64 KiB a TLS handshake
+/// message allows.
+pub const MAX_PEER_CHAIN_CERTIFICATES: usize = 4;
+pub const MAX_PEER_CHAIN_BYTES: usize = 8 * 1024;
+
+/// Why a peer's certificate was refused: its chain over the size bounds, or its identity once
+/// the chain verified.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerIdentityError {
+    #[error(
+        "peer sent a chain of {certificates} certificates in {bytes} bytes; at most {MAX_PEER_CHAIN_CERTIFICATES} certificates in {MAX_PEER_CHAIN_BYTES} bytes are accepted"
+    )]
+    ChainTooLong { certificates: usize, bytes: usize },
     #[error("peer presented no certificate")]
     NoCertificate,
     #[error(transparent)]
@@ -101,6 +114,23 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
             })
         })
         .clone()
+}
+
+/// Refuses a chain over [`MAX_PEER_CHAIN_CERTIFICATES`] or [`MAX_PEER_CHAIN_BYTES`], before
+/// any work is spent verifying it.
+fn check_chain_size(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<(), PeerIdentityError> {
+    let certificates = 1 + intermediates.len();
+    let bytes = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
+    if certificates > MAX_PEER_CHAIN_CERTIFICATES || bytes > MAX_PEER_CHAIN_BYTES {
+        return Err(PeerIdentityError::ChainTooLong {
+            certificates,
+            bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The identity in a peer's leaf certificate, after the handshake verified it.
@@ -210,6 +240,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        check_chain_size(end_entity, intermediates)?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
@@ -274,6 +305,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        check_chain_size(end_entity, intermediates)?;
         self.trust
             .current()
             .client_verifier
@@ -337,26 +369,19 @@ mod tests {
         for _ in 0..10 {
             buf.clear();
             let _ = c.write_tls(&mut buf);
-            if !buf.is_empty() {
-                let _ = s.read_tls(&mut buf.as_slice());
-                if let Err(e) = s.process_new_packets() {
-                    server_result = Err(e);
-                    // Deliver the alert so the client sees the failure too.
-                    buf.clear();
-                    let _ = s.write_tls(&mut buf);
-                    let _ = c.read_tls(&mut buf.as_slice());
-                    let _ = c.process_new_packets();
-                    break;
-                }
+            if let Err(e) = deliver(&buf, &mut s) {
+                server_result = Err(e);
+                // Deliver the alert so the client sees the failure too.
+                buf.clear();
+                let _ = s.write_tls(&mut buf);
+                let _ = deliver(&buf, &mut c);
+                break;
             }
             buf.clear();
             let _ = s.write_tls(&mut buf);
-            if !buf.is_empty() {
-                let _ = c.read_tls(&mut buf.as_slice());
-                if let Err(e) = c.process_new_packets() {
-                    client_result = Err(e);
-                    break;
-                }
+            if let Err(e) = deliver(&buf, &mut c) {
+                client_result = Err(e);
+                break;
             }
             if !c.is_handshaking() && !s.is_handshaking() {
                 break;
@@ -367,6 +392,18 @@ mod tests {
             client: client_result,
             server,
         }
+    }
+
+    /// Hands all of `bytes` to `to` (rustls reads a few KiB at a time), processing each read.
+    fn deliver<D>(
+        mut bytes: &[u8],
+        to: &mut rustls::ConnectionCommon<D>,
+    ) -> Result<(), rustls::Error> {
+        while !bytes.is_empty() {
+            to.read_tls(&mut bytes).unwrap();
+            to.process_new_packets()?;
+        }
+        Ok(())
     }
 
     fn server_for(pki: &TestPki) -> ServerConfig {
@@ -451,6 +488,69 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// The chain-size error of a refused handshake, as (certificates, bytes).
+    fn chain_too_long(err: &rustls::Error) -> (usize, usize) {
+        match peer_identity_error(err) {
+            Some(PeerIdentityError::ChainTooLong {
+                certificates,
+                bytes,
+            }) => (*certificates, *bytes),
+            other => panic!("expected a chain-too-long error, got {other:?} from {err}"),
+        }
+    }
+
+    /// `copies` copies of the leaf: valid certificates that take no part in its path, so only
+    /// the size bound can refuse them.
+    fn copies(copies: usize) -> Chain {
+        Box::new(move |leaf| vec![leaf; copies])
+    }
+
+    type Chain = Box<dyn FnOnce(CertificateDer<'static>) -> Vec<CertificateDer<'static>>>;
+
+    #[test]
+    fn peer_chains_over_the_size_bounds_are_refused_on_both_sides() {
+        let pki = TestPki::new("cluster.local");
+        let client = |chain: Chain| {
+            client_config(
+                pki.handle_with_chain("demo", "client", chain),
+                &pki.bundle(),
+                vec![pki.id("demo", "server")],
+            )
+            .unwrap()
+        };
+        let at_the_bound = handshake(
+            client(copies(MAX_PEER_CHAIN_CERTIFICATES)),
+            server_for(&pki),
+        );
+        assert!(at_the_bound.client.is_ok() && at_the_bound.server.is_ok());
+
+        let err = handshake(
+            client(copies(MAX_PEER_CHAIN_CERTIFICATES + 1)),
+            server_for(&pki),
+        )
+        .server
+        .unwrap_err();
+        assert_eq!(chain_too_long(&err).0, MAX_PEER_CHAIN_CERTIFICATES + 1);
+
+        // Two certificates, one of them big: refused by size before it is parsed.
+        let big: Chain =
+            Box::new(|leaf| vec![leaf, CertificateDer::from(vec![0x30; MAX_PEER_CHAIN_BYTES])]);
+        let err = handshake(client(big), server_for(&pki)).server.unwrap_err();
+        let (certificates, bytes) = chain_too_long(&err);
+        assert_eq!(certificates, 2);
+        assert!(bytes > MAX_PEER_CHAIN_BYTES, "{bytes}");
+
+        let long_server = server_config(
+            pki.handle_with_chain("demo", "server", copies(MAX_PEER_CHAIN_CERTIFICATES + 1)),
+            &pki.bundle(),
+        )
+        .unwrap();
+        let err = handshake(client(copies(1)), long_server)
+            .client
+            .unwrap_err();
+        assert_eq!(chain_too_long(&err).0, MAX_PEER_CHAIN_CERTIFICATES + 1);
     }
 
     #[test]
