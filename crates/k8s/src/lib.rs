@@ -2,12 +2,14 @@
 //! custom resources (`AuthorizationPolicy`, `RequestAuthentication`, `RateLimitPolicy`,
 //! `NodeCapture`, `RiskProfile`) and the subset of Gateway API's types the controller reads and
 //! writes, the waypoint Gateway that `kubectl ambit waypoint apply` and automatic waypoints
-//! write, which the controller validates and deploys, and the labels and annotations on them.
+//! write, which the controller validates and deploys, the labels and annotations on them, and
+//! how a Service port declares its protocol (which the waypoint also reads).
 #![forbid(unsafe_code)]
 
 pub mod crd;
 pub mod names;
 pub mod node_capture;
+pub mod protocol;
 pub mod ratelimit_crd;
 pub mod risk_profile;
 pub mod route_crd;

@@ -6,9 +6,11 @@ use ambit_k8s::crd::{
     AuthorizationPolicy, Gateway, PolicyAction, PolicyRule, RequestAuthentication, WorkloadSelector,
 };
 use ambit_k8s::names::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE};
+pub use ambit_k8s::protocol::DeclaredBy;
+use ambit_k8s::protocol::{self, HttpProtocol};
 use ambit_k8s::ratelimit_crd::{RateLimitPolicy, TargetKind};
 use ambit_k8s::route_crd::{GRPCRoute, HTTPRoute, ParentReference};
-use ambit_k8s::waypoint::{FOR_SERVICE_ACCOUNT, GATEWAY_NAME_LABEL, WAYPOINT_CLASS};
+use ambit_k8s::waypoint::{FOR_SERVICE_ACCOUNT, WAYPOINT_CLASS};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -112,8 +114,9 @@ impl AccountFacts {
     }
 }
 
-/// A Service port that speaks HTTP, and the rule that said so (the waypoint's own,
-/// docs/waypoints.md): `appProtocol` when set, else the port name's prefix before `-`.
+/// A Service port that speaks HTTP, and the rule that said so (the waypoint's own, shared
+/// through `ambit_k8s::protocol`; docs/waypoints.md): `appProtocol` when set, else the port
+/// name's prefix before `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpPort {
@@ -124,13 +127,6 @@ pub struct HttpPort {
     pub declared_by: DeclaredBy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DeclaredBy {
-    AppProtocol,
-    NamePrefix,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WaypointFacts {
@@ -138,9 +134,8 @@ pub struct WaypointFacts {
     pub gateway: String,
     /// The Gateway's `Programmed` condition is `True`.
     pub programmed: bool,
-    /// Other service accounts whose traffic this waypoint also carries (another Gateway
-    /// naming the same account, or application pods running as the waypoint's own account).
-    /// Empty in a namespace the controller accepted: it never shares one.
+    /// Other service accounts whose traffic this waypoint also carries: its own, when
+    /// application pods run as it (they hold the waypoint's identity).
     pub shared_with: Vec<String>,
 }
 
@@ -177,9 +172,17 @@ impl NamespaceFacts {
     pub fn build(objects: &NamespaceObjects<'_>, settings: &MeshSettings) -> Self {
         let ns = objects.namespace;
         let name = ns.metadata.name.clone().unwrap_or_default();
+        let gateways: Vec<&Gateway> = mine(objects.gateways, |g| &g.metadata, &name)
+            .into_iter()
+            .filter(|g| g.spec.gateway_class_name == WAYPOINT_CLASS)
+            .collect();
+        let waypoint_names: BTreeSet<&str> = gateways
+            .iter()
+            .filter_map(|g| g.metadata.name.as_deref())
+            .collect();
         let pods: Vec<&Pod> = mine(objects.pods, |p| &p.metadata, &name)
             .into_iter()
-            .filter(|p| is_application(p))
+            .filter(|p| !finished(p) && !is_waypoint(p, &waypoint_names))
             .collect();
         let services = mine(objects.services, |s| &s.metadata, &name);
         let policies = mine(objects.authorization_policies, |p| &p.metadata, &name);
@@ -191,10 +194,9 @@ impl NamespaceFacts {
         let http_routes = mine(objects.http_routes, |r| &r.metadata, &name);
         let grpc_routes = mine(objects.grpc_routes, |r| &r.metadata, &name);
         let limits = mine(objects.rate_limit_policies, |r| &r.metadata, &name);
-        let waypoints: Vec<(&Gateway, &str)> = mine(objects.gateways, |g| &g.metadata, &name)
-            .into_iter()
-            .filter(|g| g.spec.gateway_class_name == WAYPOINT_CLASS)
-            .filter_map(|g| Some((g, served_account(g)?)))
+        let waypoints: Vec<(&Gateway, &str)> = gateways
+            .iter()
+            .filter_map(|g| Some((*g, served_account(g)?)))
             .collect();
 
         let mut by_account: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
@@ -292,8 +294,8 @@ impl AccountContext<'_> {
                 .collect(),
             waypoint: self.waypoint(),
             peer_allow_list: self
-                .allowed_with(|r| !r.principals.is_empty() || !r.namespaces.is_empty()),
-            method_rules: self.allowed_with(|r| !r.methods.is_empty()),
+                .allowed_with(|r| restricts(&r.principals) || restricts(&r.namespaces)),
+            method_rules: self.allowed_with(|r| restricts(&r.methods)),
             request_authentication: authns
                 .iter()
                 .any(|a| self.covered(a.spec.selector.as_ref())),
@@ -391,15 +393,13 @@ impl AccountContext<'_> {
     fn waypoint(&self) -> Option<WaypointFacts> {
         let (gw, _) = self.waypoints.iter().find(|(_, sa)| *sa == self.sa)?;
         let gateway = gw.metadata.name.clone().unwrap_or_default();
-        let mut shared_with: Vec<String> = self
-            .waypoints
-            .iter()
-            .filter(|(g, sa)| g.metadata.name.as_ref() == Some(&gateway) && *sa != self.sa)
-            .map(|(_, sa)| sa.to_string())
-            .collect();
-        if self.by_account.contains_key(&gateway) {
-            shared_with.push(gateway.clone());
-        }
+        // A Gateway serves one account, so the only other traffic its waypoint can carry is
+        // that of application pods running as its own service account.
+        let shared_with = if self.by_account.contains_key(&gateway) {
+            vec![gateway.clone()]
+        } else {
+            Vec::new()
+        };
         Some(WaypointFacts {
             programmed: gw.status.as_ref().is_some_and(|s| {
                 s.conditions
@@ -455,14 +455,43 @@ fn is_service(p: &ParentReference, ns: &str, name: &str) -> bool {
         && p.name == name
 }
 
-/// A pod that runs an application: not finished, not a waypoint.
-fn is_application(p: &Pod) -> bool {
-    let finished = p
-        .status
+/// Whether a rule's list names who or what it allows. A list holding `*` does not count: among
+/// principals `*` is any authenticated peer, and Istio reads it as "any" in every field, so
+/// such a rule allows no fewer than an absent field would (ambit's engine matching no
+/// namespace or method named `*` makes the rule narrower, never the report wrong).
+/// `requestPrincipals: ["*"]` is not asked this: there `*` means "any valid token", which is
+/// what its requirement asks.
+fn restricts(values: &[String]) -> bool {
+    !values.is_empty() && !values.iter().any(|v| v == "*")
+}
+
+fn finished(p: &Pod) -> bool {
+    p.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
-        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
-    !finished && label(&p.metadata, GATEWAY_NAME_LABEL).is_none()
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+}
+
+/// A pod the controller runs for one of the waypoint Gateways `gateways`: it runs as the Gateway's service
+/// account and its controller is a ReplicaSet of the Deployment named after the Gateway
+/// (`<gateway>-<hash>`). Not a label: any pod's author sets those (the Gateway API's
+/// `gateway-name` one included), and a pod taken for a waypoint is hidden from LOW-REQ1 and
+/// from enforcement. A tenant who can create pods can write these two fields too, but a
+/// forged owner does not last: the garbage collector deletes a pod whose owner's uid does not
+/// exist, and the real ReplicaSet releases a pod it does not select (dropping the reference:
+/// an application again) or, if it selects it, counts it as one of its replicas and deletes
+/// the surplus. And such a pod holds the waypoint's identity whatever it is counted as: who
+/// may run as that service account is the boundary, not this check.
+fn is_waypoint(p: &Pod, gateways: &BTreeSet<&str>) -> bool {
+    let sa = service_account(p);
+    gateways.contains(sa.as_str())
+        && p.metadata.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "ReplicaSet"
+                && o.name
+                    .strip_prefix(sa.as_str())
+                    .is_some_and(|r| r.starts_with('-'))
+        })
 }
 
 fn service_account(p: &Pod) -> String {
@@ -509,20 +538,11 @@ fn http_ports(s: &Service) -> Vec<HttpPort> {
         .iter()
         .flat_map(|spec| spec.ports.iter().flatten())
         .filter_map(|p| {
-            let (declared, declared_by) = match &p.app_protocol {
-                Some(a) if !a.is_empty() => (a.as_str(), DeclaredBy::AppProtocol),
-                _ => (
-                    p.name
-                        .as_deref()
-                        .unwrap_or_default()
-                        .split('-')
-                        .next()
-                        .unwrap_or_default(),
-                    DeclaredBy::NamePrefix,
-                ),
-            };
-            let protocol = declared.to_ascii_lowercase();
-            is_http(&protocol).then(|| HttpPort {
+            let (protocol, declared_by) = protocol::declared(
+                p.name.as_deref().unwrap_or_default(),
+                p.app_protocol.as_deref().unwrap_or_default(),
+            );
+            HttpProtocol::of(&protocol).is_some().then(|| HttpPort {
                 service: service.clone(),
                 port: p.port,
                 protocol,
@@ -530,24 +550,6 @@ fn http_ports(s: &Service) -> Vec<HttpPort> {
             })
         })
         .collect()
-}
-
-/// The protocols the waypoint parses as HTTP: the list of `ambit-waypoint`'s `Protocol::of`
-/// (crates/waypoint/src/destination.rs), which this crate cannot share without depending on
-/// the data plane's crates (and tokio). Change both together.
-fn is_http(declared: &str) -> bool {
-    matches!(
-        declared,
-        "http"
-            | "http1"
-            | "kubernetes.io/ws"
-            | "kubernetes.io/wss"
-            | "http2"
-            | "h2c"
-            | "kubernetes.io/h2c"
-            | "grpc"
-            | "grpc-web"
-    )
 }
 
 fn label<'a>(m: &'a ObjectMeta, name: &str) -> Option<&'a str> {

@@ -61,11 +61,7 @@ impl Fixture {
         let mut f = Self::empty(true);
         f.pod("front-1", "frontend", json!({"app": "front"}));
         f.pod("back-1", "backend", json!({"app": "back"}));
-        f.pod(
-            "waypoint-backend-1",
-            "waypoint-backend",
-            json!({"gateway.networking.k8s.io/gateway-name": "waypoint-backend"}),
-        );
+        f.waypoint_pod("waypoint-backend-6d4b9-x2x7q", "waypoint-backend");
         f.service("front", "front", json!([{"name": "tcp", "port": 9000}]));
         f.service("back", "back", json!([{"name": "http", "port": 80}]));
         f.waypoint("waypoint-backend", "backend", true);
@@ -102,6 +98,27 @@ impl Fixture {
             "metadata": {"name": name, "namespace": NS, "labels": labels},
             "spec": {"serviceAccountName": sa, "containers": []}
         })));
+    }
+
+    /// A pod as the controller's waypoint Deployment `gateway` makes it, through its
+    /// ReplicaSet.
+    fn waypoint_pod(&mut self, name: &str, gateway: &str) {
+        self.pods.push(object(json!({
+            "metadata": {"name": name, "namespace": NS,
+                         "labels": {"gateway.networking.k8s.io/gateway-name": gateway,
+                                    "ambit.dev/dataplane-mode": "none"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": format!("{gateway}-6d4b9"), "uid": "u",
+                                              "controller": true}]},
+            "spec": {"serviceAccountName": gateway, "containers": []}
+        })));
+    }
+
+    /// The waypoint Gateways gone, and their pods with them (owned, through their
+    /// Deployment, by the Gateway).
+    fn remove_waypoints(&mut self) {
+        self.gateways.clear();
+        self.pods.retain(|p| p.metadata.owner_references.is_none());
     }
 
     fn service(&mut self, name: &str, app: &str, ports: Value) {
@@ -344,6 +361,51 @@ fn an_application_running_as_the_waypoints_account_shares_it() {
     assert_eq!(w.shared_with, ["waypoint-backend"]);
 }
 
+#[test]
+fn only_the_controllers_waypoint_pods_are_not_applications_whatever_their_labels() {
+    let mut fx = Fixture::dpa2();
+    let waypoint_labels = json!({"gateway.networking.k8s.io/gateway-name": "waypoint-backend",
+                                 "ambit.dev/dataplane-mode": "none", "app": "back"});
+    // A tenant's pod labelled as the waypoint's: still backend's, opted out, and refused with
+    // it (it is one of its pods).
+    fx.pod("impostor", "backend", waypoint_labels.clone());
+    // Running as the waypoint's account, but not made by its ReplicaSet.
+    fx.pod("squatter", "waypoint-backend", waypoint_labels);
+    fx.pods.last_mut().unwrap().metadata.owner_references = Some(vec![object(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "other-6d4b9", "uid": "u",
+        "controller": true
+    }))]);
+    let f = fx.facts();
+    assert!(f.accounts["backend"].pods.contains(&"impostor".to_string()));
+    assert_eq!(f.opted_out_pods, ["impostor", "squatter"]);
+    let w = f.accounts["backend"].waypoint.clone().unwrap();
+    assert_eq!(w.shared_with, ["waypoint-backend"]);
+    assert_eq!(
+        fx.status(RequirementId::LowReq1).reason,
+        "PodsOptedOut",
+        "the labels hide no pod from LOW-REQ1"
+    );
+}
+
+#[test]
+fn a_wildcard_names_no_peer_and_no_method() {
+    let mut fx = Fixture::dpa2().without_policy("peers");
+    fx.policy(
+        "peers",
+        json!({"selector": {"matchLabels": {"app": "front"}},
+               "rules": [{"principals": ["*"]}, {"namespaces": ["shop", "*"]}]}),
+    );
+    fx.policy(
+        "methods",
+        back_allow(json!({"methods": ["*"], "requestPrincipals": ["*"]})),
+    );
+    let f = fx.facts();
+    assert!(!f.accounts["frontend"].peer_allow_list);
+    let back = &f.accounts["backend"];
+    assert!(!back.method_rules, "methods [*] is no method rule");
+    assert!(back.peer_allow_list && back.request_principal_required);
+}
+
 // ---- requirements ----
 
 #[test]
@@ -444,7 +506,7 @@ fn medium_req1_a_programmed_waypoint_per_http_account() {
         "WaypointPerHttpAccount"
     );
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     assert_unmet(
         fx,
         RequirementId::MediumReq1,
@@ -452,7 +514,7 @@ fn medium_req1_a_programmed_waypoint_per_http_account() {
         "kubectl ambit waypoint apply -n shop --service-account backend",
     );
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     fx.waypoint("waypoint-backend", "backend", false);
     assert_unmet(
         fx,
@@ -475,7 +537,7 @@ fn medium_req2_method_level_rules() {
         "rules[].methods",
     );
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     assert_unmet(
         fx,
         RequirementId::MediumReq2,
@@ -547,7 +609,7 @@ fn high_req1_ext_authz_on_every_request() {
         "failOpen: false",
     );
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     assert_unmet(
         fx,
         RequirementId::HighReq1,
@@ -628,7 +690,7 @@ fn enforce_refuses_http_accounts_without_their_own_programmed_waypoint_under_hig
         none
     );
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     let f = fx.facts();
     assert_eq!(
         enforcement_targets(RiskProfile::High, &f),
@@ -733,10 +795,10 @@ fn each_mitigation_lowers_what_it_should() {
 
     // Without the waypoint, ext_authz goes too, and no L7 proxy is left to compromise.
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     assert_changes(fx, &[2, 5, 8], &[4]);
     let mut fx = Fixture::dpa2();
-    fx.gateways.clear();
+    fx.remove_waypoints();
     assert_eq!(fx.scores()[3], (1, 1, 1), "TR-4 off the path");
 
     let mut fx = Fixture::dpa2();
@@ -762,7 +824,7 @@ fn the_model_is_the_weakest_in_use() {
     assert_eq!(model(&fx), DataPlaneModel::WaypointExtAuthz);
     fx = fx.without_policy("ext");
     assert_eq!(model(&fx), DataPlaneModel::Waypoint);
-    fx.gateways.clear();
+    fx.remove_waypoints();
     assert_eq!(model(&fx), DataPlaneModel::L4);
     fx.namespace[0].metadata.labels = None;
     assert_eq!(model(&fx), DataPlaneModel::NoMesh);

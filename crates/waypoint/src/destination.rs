@@ -7,6 +7,7 @@
 //! (401): a waypoint is never an open relay into the mesh.
 
 use ambit_identity::SpiffeId;
+use ambit_k8s::protocol::{self, HttpProtocol};
 use ambit_mesh::{Mesh, ServicePort, Waypoint, Workload};
 use std::net::SocketAddr;
 
@@ -27,17 +28,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// By ambit-k8s's rule, which `ambit-risk` also reports with.
     pub fn of(port: &ServicePort) -> Self {
-        let declared = if port.app_protocol.is_empty() {
-            port.name.split('-').next().unwrap_or_default()
-        } else {
-            port.app_protocol.as_str()
-        };
-        match declared.to_ascii_lowercase().as_str() {
-            "http" | "http1" | "kubernetes.io/ws" | "kubernetes.io/wss" => Self::Http,
-            "http2" | "h2c" | "kubernetes.io/h2c" => Self::Http2,
-            "grpc" | "grpc-web" => Self::Grpc,
-            _ => Self::Tcp,
+        let (declared, _) = protocol::declared(&port.name, &port.app_protocol);
+        match HttpProtocol::of(&declared) {
+            Some(HttpProtocol::Http1) => Self::Http,
+            Some(HttpProtocol::Http2) => Self::Http2,
+            Some(HttpProtocol::Grpc) => Self::Grpc,
+            None => Self::Tcp,
         }
     }
 
