@@ -5,14 +5,19 @@
 //! The provider is the caller's, not a global one: spans are made where the request is at
 //! hand (see the waypoint's telemetry layer), and tests run several exporters in one process.
 
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, TraceId};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample};
 use std::time::Duration;
 
+pub use opentelemetry_sdk::propagation::TraceContextPropagator;
 pub use opentelemetry_sdk::trace::{SdkTracer as Tracer, Span};
 
-pub use crate::otlp_settings::{ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME};
+pub use crate::otlp_settings::{
+    ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME, ENV_URL_PATH, UrlPath,
+};
 use crate::otlp_settings::{valid_endpoint, valid_ratio};
 
 /// How long one export may take: a collector that does not answer costs dropped spans, never
@@ -26,13 +31,17 @@ pub struct OtlpArgs {
     /// verified against the system roots). None: no spans are made.
     #[arg(long = "otlp-endpoint", env = ENV_ENDPOINT, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// Fraction of new traces sampled, 0..=1. A request arriving with a `traceparent` keeps
-    /// its caller's decision.
+    /// Fraction of requests sampled, 0..=1, drawn by this process: a caller's `traceparent`
+    /// flag and trace id do not move it (see [`RatioSampler`]).
     #[arg(long = "otlp-sampling", env = ENV_SAMPLER_ARG, value_name = "RATIO", default_value_t = 1.0)]
     pub sampling: f64,
     /// The spans' `service.name` (default: the binary's name).
     #[arg(long = "otlp-service-name", env = ENV_SERVICE_NAME, value_name = "NAME")]
     pub service_name: Option<String>,
+    /// What of the request's path the spans carry: `full` (`url.path`), `route` (the route
+    /// matched, `ambit.route`) or `none`.
+    #[arg(long = "otlp-url-path", env = ENV_URL_PATH, value_name = "WHAT", value_enum, default_value_t)]
+    pub url_path: UrlPath,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +63,7 @@ pub struct OtlpConfig {
     pub endpoint: String,
     pub sampling: f64,
     pub service_name: String,
+    pub url_path: UrlPath,
 }
 
 impl OtlpArgs {
@@ -75,6 +85,7 @@ impl OtlpArgs {
             service_name: self
                 .service_name
                 .unwrap_or_else(|| default_service.to_owned()),
+            url_path: self.url_path,
         }))
     }
 }
@@ -106,9 +117,7 @@ impl Otlp {
         })?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sampling,
-            ))))
+            .with_sampler(RatioSampler(config.sampling))
             .with_resource(
                 Resource::builder()
                     .with_service_name(config.service_name.clone())
@@ -132,16 +141,55 @@ impl Otlp {
     }
 }
 
+/// Samples each span with probability `.0`, by a draw of its own: neither the parent's sampled
+/// flag nor the trace id counts, as both come from the caller. With OpenTelemetry's
+/// `parentbased_traceidratio` any caller could have every request it sends sampled (flag `01`,
+/// or a trace id under the ratio's threshold), crowding other requests' spans out of the
+/// bounded export queue, or have none sampled (flag `00`) to keep its requests out of the
+/// traces. The cost: a trace a caller sampled is sampled here only at the ratio (the default,
+/// 1, samples all); the decision goes upstream in the flag, so the spans below follow it.
+#[derive(Debug, Clone, Copy)]
+pub struct RatioSampler(pub f64);
+
+impl ShouldSample for RatioSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        _trace_id: TraceId,
+        _name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        // `f64()` is in [0, 1): a ratio of 1 samples all, 0 none.
+        let decision = if fastrand::f64() < self.0 {
+            SamplingDecision::RecordAndSample
+        } else {
+            SamplingDecision::Drop
+        };
+        SamplingResult {
+            decision,
+            attributes: Vec::new(),
+            // The caller's vendor entries go on upstream (W3C `tracestate`).
+            trace_state: parent_context
+                .map(|c| c.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
 
     fn args(endpoint: &str, sampling: f64) -> OtlpArgs {
         OtlpArgs {
             endpoint: Some(endpoint.to_owned()),
             sampling,
             service_name: None,
+            url_path: UrlPath::default(),
         }
     }
 
@@ -168,5 +216,42 @@ mod tests {
             let e = args("http://c:4317", bad).config("w").unwrap_err();
             assert!(e.to_string().contains(ENV_SAMPLER_ARG), "{e}");
         }
+    }
+
+    /// How many of `n` spans under a remote parent with `flags` the sampler keeps.
+    fn sampled(ratio: f64, flags: TraceFlags, n: usize) -> usize {
+        let parent = Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            SpanId::from(0x00f0_67aa_0ba9_02b7),
+            flags,
+            true,
+            TraceState::from_key_value([("vendor", "v")]).unwrap(),
+        ));
+        (0..n)
+            .filter(|_| {
+                let r = RatioSampler(ratio).should_sample(
+                    Some(&parent),
+                    // The caller's trace id: one the ratio's threshold would always keep.
+                    TraceId::from(1),
+                    "GET",
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                );
+                assert_eq!(r.trace_state.get("vendor"), Some("v"));
+                r.decision == SamplingDecision::RecordAndSample
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_caller_neither_forces_nor_refuses_sampling() {
+        // 10,000 draws at 0.1: 1,000 expected, sd 30; the bounds are 10 sd away.
+        for flags in [TraceFlags::SAMPLED, TraceFlags::NOT_SAMPLED] {
+            let n = sampled(0.1, flags, 10_000);
+            assert!((700..1300).contains(&n), "{n} of 10,000 sampled at 0.1");
+        }
+        assert_eq!(sampled(0.0, TraceFlags::SAMPLED, 1000), 0);
+        assert_eq!(sampled(1.0, TraceFlags::NOT_SAMPLED, 1000), 1000);
     }
 }

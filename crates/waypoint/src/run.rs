@@ -3,6 +3,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::{self, Endpoints};
 use crate::config::Config;
+use crate::http::span::Tracing;
 use crate::http::upstream::Upstreams;
 use crate::inbound::Inbound;
 use crate::state::Shared;
@@ -68,7 +69,12 @@ pub async fn start(config: Config) -> Result<Running, RunError> {
         start.mesh,
         start.synced,
         AccessLog::stderr(config.access_log),
-        otlp.as_ref().map(|o| o.tracer("ambit-waypoint")),
+        otlp.as_ref()
+            .zip(config.otlp.as_ref())
+            .map(|(o, c)| Tracing {
+                tracer: o.tracer("ambit-waypoint"),
+                url_path: c.url_path,
+            }),
     ));
     let fed = shared.clone();
     let stream = spawn_feed(

@@ -2,11 +2,11 @@
 //! readiness and draining.
 
 use crate::access_log::AccessLog;
+use crate::http::span::Tracing;
 use crate::metrics::Metrics;
 use ambit_controller_client::StreamState;
 use ambit_identity::SpiffeId;
 use ambit_mesh::{LiveMesh, Mesh};
-use ambit_telemetry::otlp::Tracer;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     /// Makes each request's span when OTLP export is on.
-    pub tracer: Option<Tracer>,
+    pub tracer: Option<Tracing>,
     mesh: LiveMesh,
     certified: AtomicBool,
     draining: watch::Sender<bool>,
@@ -38,7 +38,7 @@ impl Shared {
         mesh: Mesh,
         synced: bool,
         access_log: AccessLog,
-        tracer: Option<Tracer>,
+        tracer: Option<Tracing>,
     ) -> Self {
         Self {
             namespace,

@@ -83,8 +83,8 @@ fn int(attributes: &[KeyValue], key: &str) -> Option<i64> {
     }
 }
 
-/// Service `back` (two pods) and Service `gone`, whose one pod of `back` is not running (the
-/// waypoint cannot reach it: a 5xx of its own).
+/// Service `back` (two pods, every path through route `shop/back`) and Service `gone`, whose
+/// one pod of `back` is not running (the waypoint cannot reach it: a 5xx of its own).
 fn mesh(net: u8) -> String {
     format!(
         r#"
@@ -96,33 +96,56 @@ services:
     vips: ["10.96.{net}.3"]
     ports: [{{port: 80, targetPort: 8080, name: http}}]
     endpoints: [b9]
+routes:
+  - name: back
+    namespace: shop
+    parents: [{{namespace: shop, name: back, port: 80}}]
+    rules:
+      - matches: [{{path: {{type: PathPrefix, value: /}}}}]
 "#,
         back_pods(net, 2),
         back_service(net, 2),
     )
 }
 
-/// `GET path` on `target` over HTTP/1.1 as `shop/front`, with `traceparent` if given; the
-/// status and the `traceparent` the upstream pod saw.
+/// `GET path` on `target` over HTTP/1.1 as `shop/front`, with `traceparent` (and
+/// [`CALLER_STATE`]) if given; the status and the `traceparent` the upstream pod saw.
 async fn send(
     client: &Client,
     target: &str,
     path: &str,
     traceparent: Option<&str>,
 ) -> (u16, String) {
+    let (status, seen, _) = send_traced(client, target, path, traceparent).await;
+    (status, seen)
+}
+
+/// [`send`], and the `tracestate` the upstream pod saw.
+async fn send_traced(
+    client: &Client,
+    target: &str,
+    path: &str,
+    traceparent: Option<&str>,
+) -> (u16, String, String) {
     let mut sender = client.http1(target).await;
     let mut request = get(path, target);
     if let Some(value) = traceparent {
-        request
-            .headers_mut()
-            .insert("traceparent", value.parse().unwrap());
+        let headers = request.headers_mut();
+        headers.insert("traceparent", value.parse().unwrap());
+        headers.insert("tracestate", CALLER_STATE.parse().unwrap());
     }
     let (status, headers, _) = text(sender.send_request(request).await.unwrap()).await;
-    let seen = headers
-        .get("x-seen-traceparent")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, seen)
+    let seen = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        status,
+        seen("x-seen-traceparent"),
+        seen("x-seen-tracestate"),
+    )
 }
 
 /// `00-TRACE-SPAN-FLAGS` as bytes: the trace id, the span id and the flags.
@@ -147,6 +170,7 @@ async fn spans(received: &Received, n: usize) -> Vec<(String, Span)> {
 }
 
 const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const CALLER_STATE: &str = "vendor=abc,other=1";
 
 #[tokio::test]
 async fn each_request_is_a_server_span_in_the_callers_trace() {
@@ -165,14 +189,17 @@ async fn each_request_is_a_server_span_in_the_callers_trace() {
             &endpoint,
             "--otlp-service-name",
             "wp-test",
+            "--otlp-url-path",
+            "full",
         ],
     )
     .await;
     let client = Client::new(&pki, NS, "front", waypoint.hbone_addr);
     let back = format!("10.96.{net}.1:80");
 
-    let (status, continued) = send(&client, &back, "/hello", Some(CALLER)).await;
+    let (status, continued, state) = send_traced(&client, &back, "/hello", Some(CALLER)).await;
     assert_eq!(status, 200);
+    assert_eq!(state, CALLER_STATE, "the caller's tracestate goes on");
     let (status, started) = send(&client, &back, "/new", None).await;
     assert_eq!(status, 200);
     let (failed, _) = send(&client, &format!("10.96.{net}.3:80"), "/x", Some(CALLER)).await;
@@ -196,6 +223,7 @@ async fn each_request_is_a_server_span_in_the_callers_trace() {
     let hello = by_path("/hello");
     assert_eq!(hello.trace_id, caller_trace);
     assert_eq!(hello.parent_span_id, caller_span);
+    assert_eq!(hello.trace_state, CALLER_STATE);
     assert_eq!(upstream_trace, caller_trace);
     assert_eq!(
         hello.span_id, upstream_parent,
@@ -251,8 +279,11 @@ async fn each_request_is_a_server_span_in_the_callers_trace() {
     assert!(spans.iter().all(|(service, _)| service == "wp-test"));
 }
 
+/// A caller that marks every request sampled (`-01`) gets the ratio, not all: the waypoint
+/// draws the decision itself (the caller's flag and trace id do not count) and sends it
+/// upstream. Spans name the route by default, not the path.
 #[tokio::test]
-async fn sampling_keeps_the_callers_decision_and_off_exports_nothing() {
+async fn the_ratio_holds_against_a_caller_that_samples_everything() {
     let net = 142;
     let pki = TestPki::new("cluster.local");
     pod(&pki, ip(net, 11), "back", "back-1").await;
@@ -263,24 +294,42 @@ async fn sampling_keeps_the_callers_decision_and_off_exports_nothing() {
         net,
         &mesh(net),
         (SERVED_SA, WAYPOINT_SA),
-        &["--otlp-endpoint", &endpoint, "--otlp-sampling", "0"],
+        &["--otlp-endpoint", &endpoint, "--otlp-sampling", "0.25"],
     )
     .await;
     let client = Client::new(&pki, NS, "front", waypoint.hbone_addr);
     let back = format!("10.96.{net}.1:80");
-    // A new trace at ratio 0 is not sampled, and says so upstream.
-    let (_, started) = send(&client, &back, "/unsampled", None).await;
-    assert_eq!(ids(&started).2, 0, "{started}");
-    // A caller that sampled its trace is followed.
-    let (_, continued) = send(&client, &back, "/sampled", Some(CALLER)).await;
-    assert_eq!(ids(&continued).2, 1, "{continued}");
+    // 200 at 0.25: 50 expected, sd 6.1; the bounds are 4 sd away.
+    const N: usize = 200;
+    let mut sampled_upstream = 0;
+    for i in 0..N {
+        let (status, continued) = send(&client, &back, &format!("/user/{i}"), Some(CALLER)).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            ids(&continued).0,
+            ids(CALLER).0,
+            "the caller's trace goes on"
+        );
+        sampled_upstream += usize::from(ids(&continued).2 & 1);
+    }
+    assert!(
+        (25..=75).contains(&sampled_upstream),
+        "{sampled_upstream} of {N} sampled"
+    );
     waypoint.drain().await;
-    let spans = spans(&received, 1).await;
-    let paths: Vec<_> = spans
-        .iter()
-        .map(|(_, s)| string(&s.attributes, "url.path").unwrap_or_default())
-        .collect();
-    assert_eq!(paths, ["/sampled"]);
+    let spans = spans(&received, sampled_upstream).await;
+    assert_eq!(
+        spans.len(),
+        sampled_upstream,
+        "what goes upstream as sampled is exported"
+    );
+    for (_, span) in &spans {
+        assert_eq!(string(&span.attributes, "url.path"), None, "{span:?}");
+        assert_eq!(
+            string(&span.attributes, "ambit.route").as_deref(),
+            Some("shop/back")
+        );
+    }
 
     // Without an endpoint there is no exporter; the trace still goes on as a child.
     let off = waypoint_with(&pki, net, &mesh(net), (SERVED_SA, WAYPOINT_SA), &[]).await;
@@ -292,7 +341,38 @@ async fn sampling_keeps_the_callers_decision_and_off_exports_nothing() {
     assert_eq!(trace, ids(CALLER).0);
     assert_ne!(parent, ids(CALLER).1);
     off.drain().await;
-    assert_eq!(received.lock().unwrap().len(), 1, "nothing more exported");
+    assert_eq!(
+        received.lock().unwrap().len(),
+        sampled_upstream,
+        "nothing more exported"
+    );
+}
+
+/// `--otlp-url-path none`: neither the path nor the route.
+#[tokio::test]
+async fn spans_can_carry_neither_path_nor_route() {
+    let net = 144;
+    let pki = TestPki::new("cluster.local");
+    pod(&pki, ip(net, 11), "back", "back-1").await;
+    pod(&pki, ip(net, 12), "back", "back-2").await;
+    let (endpoint, received) = collector(net).await;
+    let waypoint = waypoint_with(
+        &pki,
+        net,
+        &mesh(net),
+        (SERVED_SA, WAYPOINT_SA),
+        &["--otlp-endpoint", &endpoint, "--otlp-url-path", "none"],
+    )
+    .await;
+    let client = Client::new(&pki, NS, "front", waypoint.hbone_addr);
+    let (status, _) = send(&client, &format!("10.96.{net}.1:80"), "/secret", None).await;
+    assert_eq!(status, 200);
+    waypoint.drain().await;
+    let spans = spans(&received, 1).await;
+    let a = &spans[0].1.attributes;
+    assert_eq!(string(a, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(string(a, "url.path"), None);
+    assert_eq!(string(a, "ambit.route"), None);
 }
 
 /// The real binary, as a Deployment runs it (multi-threaded runtime, settings from flags):
@@ -324,7 +404,7 @@ async fn the_binary_sends_its_last_spans_when_terminated() {
     assert_eq!(span.trace_id, ids(CALLER).0);
     assert_eq!(span.span_id, ids(&continued).1);
     assert_eq!(
-        string(&span.attributes, "url.path").as_deref(),
-        Some("/child")
+        string(&span.attributes, "ambit.route").as_deref(),
+        Some("shop/back")
     );
 }

@@ -145,6 +145,13 @@ impl<S: Inner> Service<Request> for Route<S> {
         request
             .extensions_mut()
             .insert(Arc::new(decided.resilience));
+        // The telemetry layer, outside this one, names the route on the request's span.
+        let span_route = self
+            .shared
+            .tracer
+            .as_ref()
+            .is_some_and(|t| t.names_routes())
+            .then(|| decided.route.clone());
         request.extensions_mut().insert(decided.route);
         if let Some(routed) = decided.routed {
             request.extensions_mut().insert(routed);
@@ -155,6 +162,9 @@ impl<S: Inner> Service<Request> for Route<S> {
             let mut response = call.await?;
             if let Some(edits) = response_filters {
                 edits(response.headers_mut());
+            }
+            if let Some(route) = span_route {
+                response.extensions_mut().insert(route);
             }
             Ok(response)
         })

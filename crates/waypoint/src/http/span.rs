@@ -3,18 +3,32 @@
 //! semantic conventions and the mesh identities, ended when the response body ends.
 
 use super::Downstream;
-use super::telemetry::TraceContext;
-use ambit_telemetry::otlp::{Span, Tracer};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _,
-};
+use super::route::RouteRef;
+use ambit_telemetry::otlp::{Span, Tracer, UrlPath};
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 
 /// The peer identities (SPIFFE ids), which OpenTelemetry has no convention for.
 const SOURCE_PRINCIPAL: &str = "ambit.source.principal";
 const DESTINATION_PRINCIPAL: &str = "ambit.destination.principal";
 const DESTINATION_SERVICE: &str = "ambit.destination.service";
+/// `namespace/name` of the route matched; OpenTelemetry's `http.route` is a path template,
+/// which Gateway API routes do not have.
+const ROUTE: &str = "ambit.route";
+
+/// Span export: the tracer, and what of the path the spans carry.
+#[derive(Debug)]
+pub struct Tracing {
+    pub tracer: Tracer,
+    pub url_path: UrlPath,
+}
+
+impl Tracing {
+    /// The spans carry the route matched (the route layer hands it over).
+    pub fn names_routes(&self) -> bool {
+        self.url_path == UrlPath::Route
+    }
+}
 
 /// What the span is started with: the request's head.
 #[derive(Debug)]
@@ -33,6 +47,8 @@ pub struct End<'a> {
     /// gRPC's status code, when the response has one.
     pub grpc_status: Option<i64>,
     pub destination_identity: &'a str,
+    /// The route the request matched, when it did.
+    pub route: Option<&'a RouteRef>,
     /// The response body ended as framed (not cut off).
     pub complete: bool,
 }
@@ -41,29 +57,19 @@ pub struct End<'a> {
 pub struct RequestSpan(Span);
 
 impl RequestSpan {
-    /// Starts the span under `parent` (the caller's, if it sent one; else a new trace, which
-    /// the sampler decides on). Returns it with the context to send upstream: its own ids.
-    pub fn start(
-        tracer: &Tracer,
-        parent: Option<TraceContext>,
-        head: &Start<'_>,
-    ) -> (Self, TraceContext) {
-        let parent = parent.map_or_else(Context::new, |p| {
-            Context::new().with_remote_span_context(SpanContext::new(
-                TraceId::from(p.trace_id),
-                SpanId::from(p.span_id),
-                TraceFlags::new(p.flags),
-                true,
-                TraceState::NONE,
-            ))
-        });
+    /// Starts the span under `parent` (the caller's span, if it sent a valid `traceparent`;
+    /// else a new trace). The sampler decides either way. Returns it with the context to send
+    /// upstream: its own ids and the caller's `tracestate`.
+    pub fn start(tracing: &Tracing, parent: &Context, head: &Start<'_>) -> (Self, SpanContext) {
         let mut attributes = vec![
             KeyValue::new("http.request.method", head.method.to_owned()),
-            KeyValue::new("url.path", head.path.to_owned()),
             KeyValue::new("url.scheme", "http"),
             KeyValue::new("network.protocol.name", "http"),
             KeyValue::new("network.protocol.version", head.version),
         ];
+        if tracing.url_path == UrlPath::Full {
+            attributes.push(KeyValue::new("url.path", head.path.to_owned()));
+        }
         if let Some((host, port)) = head.authority.rsplit_once(':') {
             attributes.push(KeyValue::new("server.address", host.to_owned()));
             if let Ok(port) = port.parse::<u16>() {
@@ -83,18 +89,14 @@ impl RequestSpan {
                 attributes.push(KeyValue::new(DESTINATION_SERVICE, service));
             }
         }
+        let tracer = &tracing.tracer;
         let span = tracer
             .span_builder(head.method.to_owned())
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        let context = span.span_context();
-        let trace = TraceContext {
-            trace_id: u128::from_be_bytes(context.trace_id().to_bytes()),
-            span_id: u64::from_be_bytes(context.span_id().to_bytes()),
-            flags: context.trace_flags().to_u8(),
-        };
-        (Self(span), trace)
+            .start_with_context(tracer, parent);
+        let context = span.span_context().clone();
+        (Self(span), context)
     }
 
     /// Ends the span with the response's outcome. A server span is an error on a 5xx (a 4xx
@@ -113,6 +115,13 @@ impl RequestSpan {
                 span.set_attribute(KeyValue::new(
                     DESTINATION_PRINCIPAL,
                     end.destination_identity.to_owned(),
+                ));
+            }
+            // Set only where `url_path` is `route` (see `Telemetry::call`).
+            if let Some(route) = end.route {
+                span.set_attribute(KeyValue::new(
+                    ROUTE,
+                    format!("{}/{}", route.namespace, route.name),
                 ));
             }
             let error = if end.status >= 500 {

@@ -1,83 +1,87 @@
-//! Per-request telemetry (SP 800-233 HIGH-REQ2): W3C `traceparent` propagated as a child span
+//! Per-request telemetry (SP 800-233 HIGH-REQ2): W3C `traceparent` and `tracestate` propagated as a child span
 //! (started when absent or malformed; exported over OTLP when that is on, see [`super::span`]),
 //! a request counter and duration histogram labelled with
 //! source and destination identity, service, method, code and gRPC status, and one JSON access
 //! log line per request, written when the response ends.
 
 use super::body::Observed;
+use super::route::RouteRef;
 use super::span::{End, RequestSpan, Start};
 use super::{Downstream, Inner, Picked, Request, Response, ResponseFuture, authority};
 use crate::access_log::RequestLine;
 use crate::metrics::{RequestLabels, method_label};
 use crate::state::Shared;
+use ambit_telemetry::otlp::TraceContextPropagator;
 use http::HeaderValue;
 use http_body_util::BodyExt;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-const TRACEPARENT: &str = "traceparent";
-
-/// A W3C trace context: version 00, trace id, parent (span) id, flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    pub trace_id: u128,
-    pub span_id: u64,
-    pub flags: u8,
+/// W3C Trace Context's `traceparent` and `tracestate`, read and written by OpenTelemetry's
+/// propagator (a valid `traceparent` or none; `tracestate` kept with it).
+fn propagator() -> TraceContextPropagator {
+    TraceContextPropagator::new()
 }
 
-impl TraceContext {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid (W3C).
-    pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let (version, trace, span, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        fn hex(s: &str, len: usize) -> Option<&str> {
-            (s.len() == len
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then_some(s)
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeadersMut<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let Ok(name) = http::HeaderName::from_bytes(key.as_bytes()) else {
+            return;
+        };
+        // An empty `tracestate` goes: what the caller sent belonged to its own trace.
+        match HeaderValue::from_str(&value) {
+            Ok(value) if !value.is_empty() => {
+                self.0.insert(name, value);
+            }
+            _ => {
+                self.0.remove(name);
+            }
         }
-        if hex(version, 2)? == "ff" {
-            return None;
-        }
-        // Version 00 has exactly four fields; later versions may add more.
-        if version == "00" && parts.next().is_some() {
-            return None;
-        }
-        let trace_id = u128::from_str_radix(hex(trace, 32)?, 16).ok()?;
-        let span_id = u64::from_str_radix(hex(span, 16)?, 16).ok()?;
-        let flags = u8::from_str_radix(hex(flags, 2)?, 16).ok()?;
-        (trace_id != 0 && span_id != 0).then_some(Self {
-            trace_id,
+    }
+}
+
+/// The waypoint's place in the trace when it exports no span: a child of the caller's span,
+/// or a new trace, sampled.
+fn untraced(parent: &opentelemetry::Context) -> SpanContext {
+    let span_id = SpanId::from(fastrand::u64(1..));
+    let parent = parent.span();
+    let parent = parent.span_context();
+    if parent.is_valid() {
+        SpanContext::new(
+            parent.trace_id(),
             span_id,
-            flags,
-        })
-    }
-
-    /// A new trace, sampled.
-    pub fn start() -> Self {
-        Self {
-            trace_id: fastrand::u128(1..),
-            span_id: fastrand::u64(1..),
-            flags: 0x01,
-        }
-    }
-
-    /// The waypoint's span within this trace.
-    pub fn child(self) -> Self {
-        Self {
-            span_id: fastrand::u64(1..),
-            ..self
-        }
-    }
-
-    pub fn header(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        )
+    } else {
+        SpanContext::new(
+            TraceId::from(fastrand::u128(1..)),
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
         )
     }
 }
@@ -114,8 +118,7 @@ struct Record {
     shared: Arc<Shared>,
     start: Instant,
     labels: RequestLabels,
-    trace_id: u128,
-    span_id: u64,
+    trace: SpanContext,
     src_addr: String,
     authority: String,
     path: String,
@@ -123,6 +126,8 @@ struct Record {
     version: http::Version,
     /// The exported span, when OTLP export is on.
     span: Option<RequestSpan>,
+    /// The route matched, when the span names it.
+    route: Option<RouteRef>,
 }
 
 fn version_str(version: http::Version) -> &'static str {
@@ -165,14 +170,15 @@ impl Record {
             grpc_status: &l.grpc_status,
             duration_ms: duration.as_secs_f64() * 1e3,
             complete: clean,
-            trace_id: &format!("{:032x}", self.trace_id),
-            span_id: &format!("{:016x}", self.span_id),
+            trace_id: &self.trace.trace_id().to_string(),
+            span_id: &self.trace.span_id().to_string(),
         });
         if let Some(span) = self.span {
             span.end(&End {
                 status: self.labels.response_code.parse().unwrap_or_default(),
                 grpc_status: self.labels.grpc_status.parse().ok(),
                 destination_identity: &self.labels.destination_identity,
+                route: self.route.as_ref(),
                 complete: clean,
             });
         }
@@ -190,18 +196,14 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let start = Instant::now();
-        let parent = request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse);
+        let parent = propagator().extract(&Headers(request.headers()));
         let downstream = request.extensions().get::<Downstream>().cloned();
         let authority = authority(&request).unwrap_or_default().to_owned();
         let method = method_label(request.method()).to_owned();
         let path = request.uri().path().to_owned();
         let version = request.version();
         let (trace, span) = match &self.shared.tracer {
-            Some(tracer) => {
+            Some(tracing) => {
                 let head = Start {
                     method: &method,
                     path: &path,
@@ -209,17 +211,15 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
                     version: protocol_version(version),
                     downstream: downstream.as_ref(),
                 };
-                let (span, trace) = RequestSpan::start(tracer, parent, &head);
+                let (span, trace) = RequestSpan::start(tracing, &parent, &head);
                 (trace, Some(span))
             }
-            None => (
-                parent.map_or_else(TraceContext::start, TraceContext::child),
-                None,
-            ),
+            None => (untraced(&parent), None),
         };
-        if let Ok(value) = HeaderValue::from_str(&trace.header()) {
-            request.headers_mut().insert(TRACEPARENT, value);
-        }
+        propagator().inject_context(
+            &opentelemetry::Context::new().with_remote_span_context(trace.clone()),
+            &mut HeadersMut(request.headers_mut()),
+        );
         let (source_identity, src_addr, destination_service, protocol) = match &downstream {
             Some(d) => (
                 d.peer.to_string(),
@@ -232,7 +232,7 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
         let shared = self.shared.clone();
         let call = self.inner.call(request);
         Box::pin(async move {
-            let response = call.await?;
+            let mut response = call.await?;
             let destination_identity = response
                 .extensions()
                 .get::<Picked>()
@@ -244,6 +244,7 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
+            let route = response.extensions_mut().remove::<RouteRef>();
             let record = Record {
                 shared,
                 start,
@@ -255,14 +256,14 @@ impl<S: Inner> Service<Request> for Telemetry<S> {
                     response_code: response.status().as_str().to_owned(),
                     grpc_status,
                 },
-                trace_id: trace.trace_id,
-                span_id: trace.span_id,
+                trace,
                 src_addr,
                 authority,
                 path,
                 protocol,
                 version,
                 span,
+                route,
             };
             Ok(response.map(|body| {
                 Observed::new(
@@ -280,34 +281,63 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect()
+    }
+
     #[test]
-    fn traceparent_is_parsed_strictly_and_continued_as_a_child() {
-        let t =
-            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        assert_eq!(t.span_id, 0x00f067aa0ba902b7);
-        let child = t.child();
-        assert_eq!(child.trace_id, t.trace_id);
-        assert_ne!(child.span_id, t.span_id);
-        assert!(
-            child
-                .header()
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    fn traceparent_is_continued_as_a_child_with_its_tracestate() {
+        let caller = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "vendor=abc,other=1"),
+        ]);
+        let child = untraced(&propagator().extract(&Headers(&caller)));
+        let mut upstream = caller.clone();
+        propagator().inject_context(
+            &opentelemetry::Context::new().with_remote_span_context(child.clone()),
+            &mut HeadersMut(&mut upstream),
         );
-        assert!(child.header().ends_with("-01"));
+        let sent = upstream["traceparent"].to_str().unwrap();
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{sent}"
+        );
+        assert!(sent.ends_with("-01"), "{sent}");
+        assert!(
+            !sent.contains("00f067aa0ba902b7"),
+            "a span of its own: {sent}"
+        );
+        assert_eq!(upstream["tracestate"], "vendor=abc,other=1");
+    }
+
+    #[test]
+    fn a_bad_traceparent_starts_a_trace_and_drops_its_tracestate() {
         for bad in [
-            "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-xyz-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
+            let mut h = headers(&[("traceparent", bad), ("tracestate", "vendor=abc")]);
+            let trace = untraced(&propagator().extract(&Headers(&h)));
+            propagator().inject_context(
+                &opentelemetry::Context::new().with_remote_span_context(trace.clone()),
+                &mut HeadersMut(&mut h),
+            );
+            let sent = h["traceparent"].to_str().unwrap();
+            assert!(
+                !sent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{bad}: {sent}"
+            );
+            assert!(sent.ends_with("-01"), "{sent}");
+            assert!(!h.contains_key("tracestate"), "{bad}");
         }
-        let fresh = TraceContext::start();
-        assert_eq!(TraceContext::parse(&fresh.header()), Some(fresh));
     }
 }

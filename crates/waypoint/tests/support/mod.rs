@@ -210,6 +210,7 @@ async fn app(
     let grpc = header("content-type").starts_with("application/grpc");
     let seen = [
         ("x-seen-traceparent", header("traceparent")),
+        ("x-seen-tracestate", header("tracestate")),
         ("x-seen-host", header("host")),
         ("x-seen-connection", header("connection")),
         ("x-seen-te", header("te")),
