@@ -267,7 +267,8 @@ impl Watched for Gateway {
     }
 }
 
-/// Pods are most of the controller's memory: only what the index and the CA read is kept.
+/// Pods are most of the controller's memory: only what the index, the CA and risk profiles read
+/// is kept.
 impl Watched for Pod {
     fn change(&self) -> Change {
         Change::Pod(key(&self.metadata))
@@ -276,7 +277,11 @@ impl Watched for Pod {
     fn trim(&mut self) {
         let m = &mut self.metadata;
         m.annotations = None;
-        m.owner_references = None;
+        // Of the owners only the controlling one: risk profiles tell a waypoint's pods by it
+        // (the ReplicaSet of the waypoint's Deployment).
+        if let Some(owners) = &mut m.owner_references {
+            owners.retain(|o| o.controller == Some(true));
+        }
         m.finalizers = None;
         if let Some(spec) = self.spec.take() {
             self.spec = Some(k8s_openapi::api::core::v1::PodSpec {

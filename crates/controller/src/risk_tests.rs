@@ -94,6 +94,32 @@ fn enforce_refuses_an_http_account_without_a_waypoint_until_it_has_one() {
 }
 
 #[test]
+fn a_waypoint_pod_as_the_controller_keeps_it_is_no_application() {
+    let mut c = high_enforced();
+    c.apply(programmed_waypoint());
+    // As the waypoint's Deployment makes it, out of the mesh, and trimmed as the reflector
+    // stores it.
+    let mut wp: k8s_openapi::api::core::v1::Pod = obj(json!({
+        "metadata": {"namespace": "shop", "name": "waypoint-echo-5d9f-x2", "uid": "uid-wp",
+            "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint-echo",
+                DATAPLANE_MODE_LABEL: "none"},
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "waypoint-echo-5d9f",
+                    "uid": "rs", "controller": true},
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "cm"}]},
+        "spec": {"nodeName": "n1", "serviceAccountName": "waypoint-echo", "containers": []},
+    }));
+    crate::index::Watched::trim(&mut wp);
+    assert_eq!(wp.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+    c.apply(wp);
+    let all = evaluate_all(&c.stores(), &settings());
+    let e = &all["shop"];
+    assert!(e.refused.is_empty(), "{e:?}");
+    assert!(condition(e, "LOW-REQ1").ok, "{e:?}");
+    assert!(condition(e, "MEDIUM-REQ1").ok, "{e:?}");
+}
+
+#[test]
 fn report_mode_refuses_nothing_and_bad_labels_are_said() {
     let c = cluster(&[(RISK_PROFILE_LABEL, "high")]);
     let e = &evaluate_all(&c.stores(), &settings())["shop"];
