@@ -35,6 +35,8 @@ pub const ENV_TUNNEL_MODE: &str = "AMBIT_TUNNEL_MODE";
 pub const ENV_WAYPOINT_OTLP_ENDPOINT: &str = "AMBIT_WAYPOINT_OTLP_ENDPOINT";
 /// The fraction of new traces waypoints sample (`tracing.otlp.sampling`).
 pub const ENV_WAYPOINT_OTLP_SAMPLING: &str = "AMBIT_WAYPOINT_OTLP_SAMPLING";
+/// What of a request's path waypoint spans carry (`tracing.otlp.path`).
+pub const ENV_WAYPOINT_OTLP_PATH: &str = "AMBIT_WAYPOINT_OTLP_PATH";
 
 /// Longest leaf lifetime an operator may configure (callers get at most the configured one).
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -104,9 +106,12 @@ pub struct Args {
     /// OTLP/gRPC collector (`http://HOST:PORT` or `https://`) the waypoints export spans to.
     #[arg(long, env = ENV_WAYPOINT_OTLP_ENDPOINT, value_name = "URL")]
     pub waypoint_otlp_endpoint: Option<String>,
-    /// Fraction of new traces the waypoints sample, 0..=1.
+    /// Fraction of requests the waypoints sample, 0..=1.
     #[arg(long, env = ENV_WAYPOINT_OTLP_SAMPLING, value_name = "RATIO", default_value = "1")]
     pub waypoint_otlp_sampling: String,
+    /// What of a request's path waypoint spans carry: route, full or none.
+    #[arg(long, env = ENV_WAYPOINT_OTLP_PATH, value_name = "WHAT", default_value = "route")]
+    pub waypoint_otlp_path: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +276,7 @@ impl Config {
         let waypoint_tracing = match args.waypoint_otlp_endpoint.filter(|e| !e.is_empty()) {
             None => None,
             Some(endpoint) => {
-                use ambit_telemetry::otlp_settings::{valid_endpoint, valid_ratio};
+                use ambit_telemetry::otlp_settings::{UrlPath, valid_endpoint, valid_ratio};
                 if !valid_endpoint(&endpoint) {
                     return Err(invalid(
                         ENV_WAYPOINT_OTLP_ENDPOINT,
@@ -287,9 +292,18 @@ impl Config {
                         "expected a ratio from 0 to 1".into(),
                     ));
                 }
+                let path = &args.waypoint_otlp_path;
+                let Some(url_path) = UrlPath::parse(path) else {
+                    return Err(invalid(
+                        ENV_WAYPOINT_OTLP_PATH,
+                        path,
+                        "expected route, full or none".into(),
+                    ));
+                };
                 Some(crate::waypoint::WaypointTracing {
                     endpoint,
                     sampling: sampling.clone(),
+                    url_path,
                 })
             }
         };
@@ -408,6 +422,7 @@ mod tests {
             Some(crate::waypoint::WaypointTracing {
                 endpoint: "http://otel.observability:4317".into(),
                 sampling: "0.25".into(),
+                url_path: ambit_telemetry::otlp_settings::UrlPath::Route,
             })
         );
         assert_eq!(c.grpc_idle_timeout, Duration::from_secs(300));
@@ -451,18 +466,18 @@ mod tests {
             let e = parse(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k) && e.contains(v), "{e}");
         }
-        // The ratio is checked when tracing is on.
-        for ratio in ["1.5", "-0.1", "NaN", "half"] {
-            let e = parse(&[
-                (ENV_WAYPOINT_OTLP_ENDPOINT, "https://otel:4317"),
-                (ENV_WAYPOINT_OTLP_SAMPLING, ratio),
-            ])
-            .unwrap_err()
-            .to_string();
-            assert!(
-                e.contains(ENV_WAYPOINT_OTLP_SAMPLING) && e.contains(ratio),
-                "{e}"
-            );
+        // The ratio and path setting are checked when tracing is on.
+        for (k, v) in [
+            (ENV_WAYPOINT_OTLP_SAMPLING, "1.5"),
+            (ENV_WAYPOINT_OTLP_SAMPLING, "-0.1"),
+            (ENV_WAYPOINT_OTLP_SAMPLING, "NaN"),
+            (ENV_WAYPOINT_OTLP_SAMPLING, "half"),
+            (ENV_WAYPOINT_OTLP_PATH, "raw"),
+        ] {
+            let e = parse(&[(ENV_WAYPOINT_OTLP_ENDPOINT, "https://otel:4317"), (k, v)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(k) && e.contains(v), "{e}");
         }
     }
 

@@ -34,8 +34,9 @@ use tokio::sync::watch;
 /// status writer (or a status wipe) dropping it would unbind the account; metadata is written
 /// by this one patch only. Deleting the Gateway (or the annotation) starts over.
 pub use ambit_k8s::waypoint::SERVING_SINCE;
-pub use ambit_k8s::waypoint::{CONTROLLER_NAME, FOR_SERVICE_ACCOUNT, WAYPOINT_CLASS};
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+pub use ambit_k8s::waypoint::{
+    CONTROLLER_NAME, FOR_SERVICE_ACCOUNT, GATEWAY_NAME_LABEL, WAYPOINT_CLASS,
+};
 /// Label on a waypoint's children and pods naming the service account it serves.
 pub const WAYPOINT_FOR_LABEL: &str = "ambit.dev/waypoint-for";
 pub const HBONE_PORT: i32 = ambit_k8s::waypoint::HBONE_PORT as i32;
@@ -154,17 +155,22 @@ pub struct WaypointTracing {
     pub endpoint: String,
     /// The sampling ratio, 0..=1, as written.
     pub sampling: String,
+    /// What of a request's path the spans carry.
+    pub url_path: ambit_telemetry::otlp_settings::UrlPath,
 }
 
 impl WaypointTracing {
     /// The waypoint's variables, after OpenTelemetry's: each waypoint is a service of its own,
     /// named `NAME.NAMESPACE` after its Gateway.
-    fn env(&self, ns: &str, name: &str) -> [serde_json::Value; 3] {
-        use ambit_telemetry::otlp_settings::{ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME};
+    fn env(&self, ns: &str, name: &str) -> [serde_json::Value; 4] {
+        use ambit_telemetry::otlp_settings::{
+            ENV_ENDPOINT, ENV_SAMPLER_ARG, ENV_SERVICE_NAME, ENV_URL_PATH,
+        };
         [
             json!({"name": ENV_ENDPOINT, "value": self.endpoint}),
             json!({"name": ENV_SAMPLER_ARG, "value": self.sampling}),
             json!({"name": ENV_SERVICE_NAME, "value": format!("{name}.{ns}")}),
+            json!({"name": ENV_URL_PATH, "value": self.url_path.as_str()}),
         ]
     }
 }
@@ -901,26 +907,32 @@ mod tests {
     fn tracing_reaches_the_waypoint_the_opentelemetry_way() {
         let mut s = settings();
         s.tracing = Some(WaypointTracing {
-            endpoint: "http://otel.observability:4317".into(),
+            endpoint: "https://otel.observability:4317".into(),
             sampling: "0.1".into(),
+            url_path: ambit_telemetry::otlp_settings::UrlPath::None,
         });
         let d = deployment("shop", "waypoint-back", "back", &s, &[]);
         let otel: Vec<(String, String)> = env(&d)
             .into_iter()
-            .filter(|(k, _)| k.starts_with("OTEL_"))
+            .filter(|(k, _)| k.starts_with("OTEL_") || k.contains("OTLP"))
             .collect();
         let want = [
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                "http://otel.observability:4317",
+                "https://otel.observability:4317",
             ),
             ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
             ("OTEL_SERVICE_NAME", "waypoint-back.shop"),
+            ("AMBIT_OTLP_URL_PATH", "none"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         assert_eq!(otel, want);
         let off = deployment("shop", "waypoint-back", "back", &settings(), &[]);
-        assert!(!env(&off).iter().any(|(k, _)| k.starts_with("OTEL_")));
+        assert!(
+            !env(&off)
+                .iter()
+                .any(|(k, _)| k.starts_with("OTEL_") || k.contains("OTLP"))
+        );
     }
 
     fn child(labels: serde_json::Value, owners: serde_json::Value, deleting: bool) -> ObjectMeta {

@@ -627,16 +627,40 @@ fn tracing_renders_only_with_an_endpoint() -> Result<()> {
             .collect())
     };
     assert_eq!(otlp(&[])?, [], "off by default");
-    let endpoint = "tracing.otlp.endpoint=http://otel.observability:4317";
-    assert_eq!(
-        otlp(&["--set", endpoint, "--set", "tracing.otlp.sampling=0.1"])?,
+    let endpoint = "tracing.otlp.endpoint=https://otel.observability:4317";
+    let want = |path: &str| {
         [
             (
-                "AMBIT_WAYPOINT_OTLP_ENDPOINT".to_owned(),
-                "http://otel.observability:4317".to_owned()
+                "AMBIT_WAYPOINT_OTLP_ENDPOINT",
+                "https://otel.observability:4317",
             ),
-            ("AMBIT_WAYPOINT_OTLP_SAMPLING".to_owned(), "0.1".to_owned()),
+            ("AMBIT_WAYPOINT_OTLP_SAMPLING", "0.1"),
+            ("AMBIT_WAYPOINT_OTLP_PATH", path),
         ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    };
+    let sampled = ["--set", endpoint, "--set", "tracing.otlp.sampling=0.1"];
+    assert_eq!(
+        otlp(&sampled)?,
+        want("route"),
+        "spans name routes, not paths"
+    );
+    let full = [&sampled[..], &["--set", "tracing.otlp.path=full"]].concat();
+    assert_eq!(otlp(&full)?, want("full"));
+    let refused = run(
+        &helm,
+        &[
+            "lint",
+            "charts/ambit",
+            "--set",
+            endpoint,
+            "--set",
+            "tracing.otlp.path=raw",
+        ],
+    )?;
+    assert!(
+        refused.is_err_and(|out| out.contains("path")),
+        "an unknown path setting is refused"
     );
     assert_eq!(
         otlp(&["--set", endpoint, "--set", "tracing.otlp.waypoints=false"])?,

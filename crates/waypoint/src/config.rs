@@ -284,6 +284,7 @@ mod tests {
             ambit_telemetry::otlp::ENV_ENDPOINT,
             ambit_telemetry::otlp::ENV_SAMPLER_ARG,
             ambit_telemetry::otlp::ENV_SERVICE_NAME,
+            ambit_telemetry::otlp::ENV_URL_PATH,
         ]);
         for name in set {
             assert!(
