@@ -3,34 +3,29 @@
 //! the same the controller computes.
 
 use crate::table;
-use ambit_k8s::names::{CERT_LIFETIME_ENV, EXT_AUTHZ_PROVIDERS_ENV};
+use ambit_k8s::names::RISK_PROFILE_LABEL;
+use ambit_k8s::names::{
+    CERT_LIFETIME_ENV, DEFAULT_CERT_LIFETIME_SECS, EXT_AUTHZ_PROVIDERS_ENV, TUNNEL_MODE_ENV,
+    TUNNEL_MODE_FLAG,
+};
 use ambit_risk::{
-    DataPlaneModel, ExtAuthzProviderFacts, MeshSettings, NamespaceFacts, RiskProfile, ThreatScore,
-    TunnelMode,
+    DataPlaneModel, ExtAuthzProviderFacts, MeshSettings, NamespaceFacts, ThreatScore, TunnelMode,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace};
 use serde::Serialize;
 
-/// The controller's default leaf lifetime, when its Deployment does not set one.
-const DEFAULT_LEAF_LIFETIME_SECONDS: u64 = 3600;
-
 /// What the install runs with: the leaf lifetime and providers from the controller
-/// Deployment's environment, the tunnel mode from the node DaemonSet's `--mode`. A setting
-/// whose object is missing, or whose value does not parse, is unknown.
+/// Deployment's environment, the tunnel mode from the node DaemonSet's `--mode` (else its
+/// `AMBIT_MODE`). A setting whose object is missing, or whose value does not parse (or comes
+/// from elsewhere than the pod template: a `valueFrom`), is unknown.
 pub fn settings(controller: Option<&Deployment>, node: Option<&DaemonSet>) -> MeshSettings {
     let controller_env = |name: &str| -> Option<Option<String>> {
         let spec = controller?.spec.as_ref()?.template.spec.as_ref()?;
-        Some(spec.containers.iter().find_map(|c| {
-            c.env
-                .iter()
-                .flatten()
-                .find(|e| e.name == name)
-                .and_then(|e| e.value.clone())
-        }))
+        env(&spec.containers, name)
     };
     let leaf_lifetime_seconds = controller_env(CERT_LIFETIME_ENV).and_then(|v| match v {
-        None => Some(DEFAULT_LEAF_LIFETIME_SECONDS),
+        None => Some(DEFAULT_CERT_LIFETIME_SECS),
         Some(v) => v.parse().ok(),
     });
     let ext_authz_providers = controller_env(EXT_AUTHZ_PROVIDERS_ENV).and_then(|v| match v {
@@ -40,11 +35,14 @@ pub fn settings(controller: Option<&Deployment>, node: Option<&DaemonSet>) -> Me
     });
     let tunnel_mode = node
         .and_then(|ds| ds.spec.as_ref()?.template.spec.as_ref())
-        .and_then(|spec| match spec.containers.iter().find_map(mode_arg) {
-            // The tunnel's default (crates/tunnel's `--mode`).
-            None | Some("strict") => Some(TunnelMode::Strict),
-            Some("permissive") => Some(TunnelMode::Permissive),
-            Some(_) => None,
+        .and_then(|spec| {
+            let mode = match spec.containers.iter().find_map(mode_arg) {
+                Some(arg) => arg.to_owned(),
+                // The tunnel's default, as its flag's (crates/tunnel's `--mode`).
+                None => env(&spec.containers, TUNNEL_MODE_ENV)?
+                    .unwrap_or_else(|| TunnelMode::Strict.to_string()),
+            };
+            mode.parse().ok()
         });
     MeshSettings {
         leaf_lifetime_seconds,
@@ -53,12 +51,24 @@ pub fn settings(controller: Option<&Deployment>, node: Option<&DaemonSet>) -> Me
     }
 }
 
+/// Variable `name` of the first container setting it: `Some(None)` when none does, `None`
+/// when it is set from elsewhere (`valueFrom`), so not known here.
+fn env(containers: &[Container], name: &str) -> Option<Option<String>> {
+    match containers
+        .iter()
+        .find_map(|c| c.env.iter().flatten().find(|e| e.name == name))
+    {
+        None => Some(None),
+        Some(e) => e.value_from.is_none().then(|| e.value.clone()),
+    }
+}
+
 /// A container's `--mode X` or `--mode=X`.
 fn mode_arg(c: &Container) -> Option<&str> {
     let args = c.args.as_deref().unwrap_or_default();
     args.iter().enumerate().find_map(|(i, a)| match a.as_str() {
-        "--mode" => args.get(i + 1).map(String::as_str),
-        a => a.strip_prefix("--mode="),
+        a if a == TUNNEL_MODE_FLAG => args.get(i + 1).map(String::as_str),
+        a => a.strip_prefix(TUNNEL_MODE_FLAG)?.strip_prefix('='),
     })
 }
 
@@ -89,6 +99,9 @@ pub struct NamespaceThreats {
     pub namespace: String,
     /// Its `ambit.dev/risk-profile` label, as written (`None` without one).
     pub profile: Option<String>,
+    /// Why its risk labels do not parse (the controller then evaluates and enforces nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_error: Option<String>,
     pub model: DataPlaneModel,
     pub threats: Vec<ThreatScore>,
 }
@@ -98,10 +111,12 @@ impl NamespaceThreats {
         let threats = ambit_risk::threats(facts);
         Self {
             namespace: facts.namespace.clone(),
-            profile: match RiskProfile::of(ns) {
-                Ok(p) => p.map(|p| p.as_str().to_owned()),
-                Err(e) => Some(e.value),
-            },
+            profile: ns
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(RISK_PROFILE_LABEL).cloned()),
+            label_error: ambit_risk::labels(ns).err().map(|e| e.to_string()),
             model: DataPlaneModel::of(facts),
             threats,
         }
@@ -228,6 +243,55 @@ mod tests {
         assert_eq!(s.leaf_lifetime_seconds, None);
         assert_eq!(s.ext_authz_providers, None);
         assert_eq!(s.tunnel_mode, None);
+    }
+
+    #[test]
+    fn the_tunnel_mode_without_the_flag_is_its_variable_and_unknown_when_not_written_here() {
+        let with_env = |env: serde_json::Value| {
+            let mut ds = node(json!(["--socket", "/s"]));
+            let spec = ds.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+            spec.containers[1].env = Some(obj(env));
+            settings(None, Some(&ds)).tunnel_mode
+        };
+        assert_eq!(
+            with_env(json!([{"name": "AMBIT_MODE", "value": "permissive"}])),
+            Some(TunnelMode::Permissive)
+        );
+        assert_eq!(with_env(json!([])), Some(TunnelMode::Strict));
+        let from_configmap = json!([{"name": "AMBIT_MODE", "valueFrom":
+            {"configMapKeyRef": {"name": "tunnel", "key": "mode"}}}]);
+        assert_eq!(with_env(from_configmap), None);
+        // The flag wins, as it does in the tunnel.
+        let mut ds = node(json!(["--mode=strict"]));
+        ds.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[1]
+            .env = Some(obj(json!([{"name": "AMBIT_MODE", "value": "permissive"}])));
+        assert_eq!(
+            settings(None, Some(&ds)).tunnel_mode,
+            Some(TunnelMode::Strict)
+        );
+    }
+
+    #[test]
+    fn a_mistyped_risk_label_is_reported() {
+        let ns: Namespace = obj(json!({"metadata": {"name": "shop", "labels": {
+            "ambit.dev/risk-profile": "high", "ambit.dev/risk-enforcement": "Enforce"}}}));
+        let t = NamespaceThreats::new(&ns, &NamespaceFacts::default());
+        assert_eq!(t.profile.as_deref(), Some("high"));
+        assert_eq!(
+            t.label_error.as_deref(),
+            Some(
+                "namespace shop: label ambit.dev/risk-enforcement=\"Enforce\" is not one of report, enforce"
+            )
+        );
+        let v = serde_json::to_value(&t).unwrap();
+        assert!(v["labelError"].as_str().unwrap().contains("Enforce"));
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub const RISK_ENFORCEMENT_LABEL: &str = "ambit.dev/risk-enforcement";
 /// authorization providers as a JSON list.
 pub const CERT_LIFETIME_ENV: &str = "AMBIT_CERT_LIFETIME_SECS";
 pub const EXT_AUTHZ_PROVIDERS_ENV: &str = "AMBIT_EXT_AUTHZ_PROVIDERS";
+/// The leaf lifetime the controller gives without [`CERT_LIFETIME_ENV`].
+pub const DEFAULT_CERT_LIFETIME_SECS: u64 = 3600;
+/// The node tunnel's mode, `strict` (its default) or `permissive`: its `--mode` flag, or this
+/// variable when the flag is not given (crates/tunnel's config; the chart passes the flag).
+pub const TUNNEL_MODE_FLAG: &str = "--mode";
+pub const TUNNEL_MODE_ENV: &str = "AMBIT_MODE";
 
 /// The controller's leader-election Lease, in the install's namespace.
 pub const CONTROLLER_LEASE: &str = "ambit-controller";

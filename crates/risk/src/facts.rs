@@ -43,12 +43,43 @@ pub struct MeshSettings {
     pub ext_authz_providers: Option<Vec<ExtAuthzProviderFacts>>,
 }
 
-/// What node tunnels do with plaintext to enrolled pods.
+/// What node tunnels do with plaintext to enrolled pods. A caller that cannot tell (a setting
+/// unset, or not one of these) passes `None` as [`MeshSettings::tunnel_mode`], never a guess:
+/// LOW-REQ2 then reports the mode unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str")]
 pub enum TunnelMode {
     Strict,
     Permissive,
+}
+
+impl TunnelMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Permissive => "permissive",
+        }
+    }
+}
+
+named!(TunnelMode);
+
+/// A tunnel mode that is not one of `strict`, `permissive` (the tunnel's `--mode` values).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tunnel mode {0:?} is not one of strict, permissive")]
+pub struct UnknownTunnelMode(pub String);
+
+impl std::str::FromStr for TunnelMode {
+    type Err = UnknownTunnelMode;
+
+    /// The tunnel's own spelling: exact, as its `--mode` flag takes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Self::Strict),
+            "permissive" => Ok(Self::Permissive),
+            _ => Err(UnknownTunnelMode(s.to_owned())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,6 +9,23 @@
 //! docs/risk-profiles.md is the user's side of this crate.
 #![forbid(unsafe_code)]
 
+/// Serializes `$t` as, and displays it as, its `as_str()`: each name is written once.
+macro_rules! named {
+    ($($t:ty),+) => {$(
+        impl From<$t> for &'static str {
+            fn from(v: $t) -> Self {
+                v.as_str()
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
 pub mod facts;
 pub mod profile;
 pub mod requirements;
@@ -16,9 +33,9 @@ pub mod threats;
 
 pub use facts::{
     AccountFacts, DeclaredBy, ExtAuthz, ExtAuthzProviderFacts, HttpPort, MeshSettings,
-    NamespaceFacts, NamespaceObjects, TunnelMode, WaypointFacts,
+    NamespaceFacts, NamespaceObjects, TunnelMode, UnknownTunnelMode, WaypointFacts,
 };
-pub use profile::{Enforcement, LabelError, RiskProfile};
+pub use profile::{Enforcement, LabelError, RiskProfile, labels};
 pub use requirements::{
     MAX_HIGH_LEAF_LIFETIME_SECONDS, RequirementId, RequirementStatus, enforcement_targets, evaluate,
 };

@@ -3,11 +3,10 @@
 use ambit_k8s::names::{RISK_ENFORCEMENT_LABEL, RISK_PROFILE_LABEL};
 use k8s_openapi::api::core::v1::Namespace;
 use serde::Serialize;
-use std::fmt;
 
 /// The SP 800-233 requirement set a namespace is held to; each includes the one below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str")]
 pub enum RiskProfile {
     Low,
     Medium,
@@ -16,7 +15,7 @@ pub enum RiskProfile {
 
 /// What a violated profile does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str")]
 pub enum Enforcement {
     /// Violations are reported, traffic is unchanged.
     #[default]
@@ -32,6 +31,16 @@ pub struct LabelError {
     pub label: &'static str,
     pub value: String,
     pub expected: &'static str,
+}
+
+/// The profile and enforcement a namespace's labels ask for, both checked: `None` without a
+/// profile label, an error when either label holds a value that is not one of its own (an
+/// `Enforce` or `on` would otherwise enforce nothing, unseen). The controller and
+/// `kubectl ambit threats` read labels through this one function, and show the error.
+pub fn labels(ns: &Namespace) -> Result<Option<(RiskProfile, Enforcement)>, LabelError> {
+    let profile = RiskProfile::of(ns)?;
+    let enforcement = Enforcement::of(ns)?;
+    Ok(profile.map(|p| (p, enforcement)))
 }
 
 impl RiskProfile {
@@ -87,17 +96,7 @@ impl Enforcement {
     }
 }
 
-impl fmt::Display for RiskProfile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Enforcement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(RiskProfile, Enforcement);
 
 fn label<'a>(ns: &'a Namespace, name: &str) -> Option<&'a str> {
     ns.metadata.labels.as_ref()?.get(name).map(String::as_str)
@@ -156,6 +155,41 @@ mod tests {
             Ok(Enforcement::Enforce)
         );
         assert!(Enforcement::of(&ns(&[(RISK_ENFORCEMENT_LABEL, "on")])).is_err());
+    }
+
+    #[test]
+    fn a_mistyped_enforcement_label_is_an_error_with_or_without_a_profile() {
+        let high = (RISK_PROFILE_LABEL, "high");
+        let typo = (RISK_ENFORCEMENT_LABEL, "Enforce");
+        assert_eq!(
+            labels(&ns(&[high, (RISK_ENFORCEMENT_LABEL, "enforce")])),
+            Ok(Some((RiskProfile::High, Enforcement::Enforce)))
+        );
+        assert_eq!(
+            labels(&ns(&[high])),
+            Ok(Some((RiskProfile::High, Enforcement::Report)))
+        );
+        assert_eq!(labels(&ns(&[])), Ok(None));
+        for labelled in [ns(&[high, typo]), ns(&[typo])] {
+            let e = labels(&labelled).unwrap_err();
+            assert_eq!(
+                (e.label, e.value.as_str()),
+                (RISK_ENFORCEMENT_LABEL, "Enforce")
+            );
+            assert_eq!(
+                e.to_string(),
+                "namespace shop: label ambit.dev/risk-enforcement=\"Enforce\" is not one of report, enforce"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_serialize_as_written() {
+        assert_eq!(serde_json::to_value(RiskProfile::Medium).unwrap(), "medium");
+        assert_eq!(
+            serde_json::to_value(Enforcement::Enforce).unwrap(),
+            "enforce"
+        );
     }
 
     #[test]

@@ -5,31 +5,22 @@ use crate::facts::{AccountFacts, ExtAuthz, NamespaceFacts, TunnelMode};
 use crate::profile::RiskProfile;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::fmt;
 
 /// The leaf lifetime HIGH-REQ3 allows.
 pub const MAX_HIGH_LEAF_LIFETIME_SECONDS: u64 = 3600;
 
 /// One requirement of SP 800-233's low, medium and high risk sets, as ambit makes it concrete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "&'static str")]
 pub enum RequirementId {
-    #[serde(rename = "LOW-REQ1")]
     LowReq1,
-    #[serde(rename = "LOW-REQ2")]
     LowReq2,
-    #[serde(rename = "LOW-REQ3")]
     LowReq3,
-    #[serde(rename = "MEDIUM-REQ1")]
     MediumReq1,
-    #[serde(rename = "MEDIUM-REQ2")]
     MediumReq2,
-    #[serde(rename = "MEDIUM-REQ3")]
     MediumReq3,
-    #[serde(rename = "HIGH-REQ1")]
     HighReq1,
-    #[serde(rename = "HIGH-REQ2")]
     HighReq2,
-    #[serde(rename = "HIGH-REQ3")]
     HighReq3,
 }
 
@@ -85,11 +76,7 @@ impl RequirementId {
     }
 }
 
-impl fmt::Display for RequirementId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(RequirementId);
 
 /// How a namespace stands against one requirement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -180,7 +167,7 @@ pub(crate) fn check(id: RequirementId, f: &NamespaceFacts) -> RequirementStatus 
             (true, None) => unmet(
                 id,
                 "ModeUnknown",
-                "the node tunnels' mode is not known".into(),
+                "tunnel mode unknown: whether node tunnels let plaintext into enrolled pods is not known".into(),
                 "check node.tunnel.mode in the ambit install: helm get values ambit".into(),
             ),
         },

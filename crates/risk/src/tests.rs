@@ -831,6 +831,40 @@ fn the_model_is_the_weakest_in_use() {
 }
 
 #[test]
+fn every_name_serializes_as_it_displays() {
+    fn same<T: serde::Serialize + std::fmt::Display>(values: impl IntoIterator<Item = T>) {
+        for v in values {
+            assert_eq!(serde_json::to_value(&v).unwrap(), v.to_string());
+        }
+    }
+    same(RequirementId::ALL);
+    same(Threat::ALL);
+    same(RiskProfile::ALL);
+    same([Level::Low, Level::Medium, Level::High]);
+    same([TunnelMode::Strict, TunnelMode::Permissive]);
+    assert_eq!(RequirementId::HighReq3.to_string(), "HIGH-REQ3");
+    assert_eq!(Threat::Tr10.to_string(), "TR-10");
+}
+
+#[test]
+fn an_unknown_tunnel_mode_is_reported_unknown_never_strict() {
+    assert_eq!("strict".parse(), Ok(TunnelMode::Strict));
+    assert_eq!("permissive".parse(), Ok(TunnelMode::Permissive));
+    let e = "Strict".parse::<TunnelMode>().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tunnel mode \"Strict\" is not one of strict, permissive"
+    );
+    let mut fx = Fixture::dpa2();
+    fx.settings.tunnel_mode = "loose".parse().ok();
+    let s = fx.status(RequirementId::LowReq2);
+    assert_eq!((s.met, s.reason), (false, "ModeUnknown"));
+    assert!(s.message.starts_with("tunnel mode unknown"), "{s:?}");
+    // Scored as missing: TR-3 and TR-10 lose strict mTLS.
+    assert_raises(fx, &[3, 10]);
+}
+
+#[test]
 fn scores_serialize_with_the_guidelines_names() {
     let t = threats(&Fixture::dpa2().facts());
     let v = serde_json::to_value(&t[9]).unwrap();

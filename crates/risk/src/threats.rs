@@ -12,29 +12,19 @@
 use crate::facts::NamespaceFacts;
 use crate::requirements::{MAX_HIGH_LEAF_LIFETIME_SECONDS, RequirementId, check};
 use serde::Serialize;
-use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "&'static str")]
 pub enum Threat {
-    #[serde(rename = "TR-1")]
     Tr1,
-    #[serde(rename = "TR-2")]
     Tr2,
-    #[serde(rename = "TR-3")]
     Tr3,
-    #[serde(rename = "TR-4")]
     Tr4,
-    #[serde(rename = "TR-5")]
     Tr5,
-    #[serde(rename = "TR-6")]
     Tr6,
-    #[serde(rename = "TR-7")]
     Tr7,
-    #[serde(rename = "TR-8")]
     Tr8,
-    #[serde(rename = "TR-9")]
     Tr9,
-    #[serde(rename = "TR-10")]
     Tr10,
 }
 
@@ -84,14 +74,10 @@ impl Threat {
     }
 }
 
-impl fmt::Display for Threat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(Threat);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str")]
 pub enum Level {
     Low = 1,
     Medium = 2,
@@ -124,26 +110,19 @@ impl Level {
     }
 }
 
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(Level);
 
 /// The data plane a namespace's traffic gets: the weakest its HTTP service accounts have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "&'static str")]
 pub enum DataPlaneModel {
     /// Not enrolled: no mesh.
-    #[serde(rename = "none")]
     NoMesh,
     /// Enrolled, node tunnels only (no HTTP service account, or one without its waypoint).
-    #[serde(rename = "l4")]
     L4,
     /// Enrolled, a waypoint per HTTP service account (DPA-2).
-    #[serde(rename = "waypoint")]
     Waypoint,
     /// DPA-2 with external authorization of every request.
-    #[serde(rename = "waypoint+ext_authz")]
     WaypointExtAuthz,
 }
 
@@ -171,11 +150,7 @@ impl DataPlaneModel {
     }
 }
 
-impl fmt::Display for DataPlaneModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(DataPlaneModel);
 
 /// One threat, scored for one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

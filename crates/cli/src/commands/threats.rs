@@ -88,6 +88,15 @@ pub(super) async fn threats(
     report
         .namespaces
         .sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    for e in report
+        .namespaces
+        .iter()
+        .filter_map(|n| n.label_error.as_ref())
+    {
+        note(&format!(
+            "{e}: the controller evaluates and enforces nothing there"
+        ));
+    }
     let unknown = report.unknown_settings();
     if !unknown.is_empty() {
         note(&format!(
