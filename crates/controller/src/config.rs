@@ -16,12 +16,13 @@ pub const ENV_TRUST_DOMAIN: &str = "AMBIT_TRUST_DOMAIN";
 pub const ENV_GRPC_ADDR: &str = "AMBIT_GRPC_ADDR";
 pub const ENV_METRICS_ADDR: &str = "AMBIT_METRICS_ADDR";
 pub const ENV_TUNNEL_SERVICE_ACCOUNT: &str = "AMBIT_TUNNEL_SERVICE_ACCOUNT";
-pub const ENV_CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
+/// Also read back by `kubectl ambit threats`, hence in ambit-k8s.
+pub const ENV_CERT_LIFETIME_SECS: &str = ambit_k8s::names::CERT_LIFETIME_ENV;
 pub const ENV_WAYPOINT_IMAGE: &str = "AMBIT_WAYPOINT_IMAGE";
 pub const ENV_CONTROLLER_SERVICE_ACCOUNT: &str = "AMBIT_SERVICE_ACCOUNT";
 pub const ENV_CONTROLLER_ADDRESS: &str = "AMBIT_CONTROLLER_ADDRESS";
 /// JSON list of external authorization providers (the chart's `extAuthz.providers`).
-pub const ENV_EXT_AUTHZ_PROVIDERS: &str = "AMBIT_EXT_AUTHZ_PROVIDERS";
+pub const ENV_EXT_AUTHZ_PROVIDERS: &str = ambit_k8s::names::EXT_AUTHZ_PROVIDERS_ENV;
 /// A PEM file of CA certificates trusted, besides the system's, for RequestAuthentication
 /// `jwksUri` fetches (an issuer under a private CA).
 pub const ENV_JWKS_CA_BUNDLE: &str = "AMBIT_JWKS_CA_BUNDLE";
@@ -76,7 +77,12 @@ pub struct Args {
     )]
     pub tunnel_service_account: String,
     /// Leaf certificate lifetime, 60..=86400.
-    #[arg(long, env = ENV_CERT_LIFETIME_SECS, value_name = "SECS", default_value = "3600")]
+    #[arg(
+        long,
+        env = ENV_CERT_LIFETIME_SECS,
+        value_name = "SECS",
+        default_value_t = ambit_k8s::names::DEFAULT_CERT_LIFETIME_SECS.to_string()
+    )]
     pub cert_lifetime_secs: String,
     /// The image of the waypoints the controller deploys.
     #[arg(long, env = ENV_WAYPOINT_IMAGE, default_value = "ghcr.io/ambit/ambit-waypoint:dev")]
