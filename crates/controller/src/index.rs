@@ -904,9 +904,14 @@ impl Index {
         // The label is the controller's word alone: the DENY policy of an enforced risk
         // profile selects it.
         labels.remove(crate::risk::REFUSED_LABEL);
-        if self.stores.refusals.is_refused(&ns, &sa) {
+        let refused = self.stores.refusals.is_refused(&ns, &sa);
+        if refused {
             labels.insert(crate::risk::REFUSED_LABEL.into(), "true".into());
         }
+        // An opted-out pod takes plaintext from client tunnels and has no tunnel to apply the
+        // DENY: a refused account's pod cannot opt out of its refusal. Listed as enrolled, it
+        // is captured and refused by its node tunnel, and clients reach it over HBONE only.
+        let opted_out = !refused && label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE);
         Some(pb::Workload {
             services: self.services_of(&uid),
             uid,
@@ -922,7 +927,7 @@ impl Index {
             node,
             ips,
             labels,
-            opted_out: label(m, DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE),
+            opted_out,
             // A pod being deleted is not listed at all (above).
             not_ready: !status
                 .and_then(|s| s.conditions.as_ref())

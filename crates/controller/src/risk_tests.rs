@@ -190,6 +190,36 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
 }
 
 #[test]
+fn a_refused_pod_cannot_opt_out_of_its_refusal() {
+    let mut c = high_enforced();
+    let mut echo = pod("shop", "echo-1", "echo", "n1", "10.0.0.1");
+    echo.metadata
+        .labels
+        .get_or_insert_default()
+        .insert(DATAPLANE_MODE_LABEL.into(), "none".into());
+    c.apply(echo);
+    let stores = c.stores();
+    let mut index = Index::new(stores.clone(), "cluster.local");
+    index.update([Change::All]);
+    let opted_out = |snap: &Snapshot| match snap.resources["workload/uid-echo-1"].kind() {
+        Some(pb::resource::Kind::Workload(w)) => w.opted_out,
+        other => panic!("{other:?}"),
+    };
+
+    assert!(refuse(
+        &stores.refusals,
+        &evaluate_all(&stores, &settings())
+    ));
+    let snap = index.update([Change::Refusals]).unwrap();
+    assert!(!opted_out(&snap), "a refused pod stayed opted out");
+
+    // Once no longer refused, its own choice holds again.
+    assert!(stores.refusals.replace(BTreeMap::new()));
+    let snap = index.update([Change::Refusals]).unwrap();
+    assert!(opted_out(&snap));
+}
+
+#[test]
 fn status_counts_and_keeps_transition_times() {
     let c = high_enforced();
     let e = evaluate_all(&c.stores(), &settings())
