@@ -1,4 +1,4 @@
-use ambit_identity::{PeerIdentityError, SpiffeId, TlsError};
+use ambit_identity::{PeerIdentityError, SpiffeId, TlsError, peer_identity_error};
 use std::io;
 use std::net::SocketAddr;
 
@@ -9,7 +9,7 @@ pub enum HboneError {
         "could not reach HBONE peer {peer}: {source} (is a NetworkPolicy or firewall blocking port 15008?)"
     )]
     Connect { peer: SocketAddr, source: io::Error },
-    #[error("TLS handshake with {peer} failed: {source}")]
+    #[error("TLS handshake with {peer} failed: {}", tls_cause(source))]
     Tls { peer: SocketAddr, source: io::Error },
     #[error("handshake with {peer} did not finish within {timeout_ms} ms")]
     HandshakeTimeout { peer: SocketAddr, timeout_ms: u128 },
@@ -52,4 +52,17 @@ pub enum HboneError {
     Request(#[from] http::Error),
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// A handshake error as an operator reads it: an identity refusal by its own message, which
+/// rustls would show in its Debug form.
+fn tls_cause(source: &io::Error) -> String {
+    let identity = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(peer_identity_error);
+    match identity {
+        Some(identity) => format!("invalid peer certificate: {identity}"),
+        None => source.to_string(),
+    }
 }

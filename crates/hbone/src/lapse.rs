@@ -5,8 +5,15 @@
 
 use ambit_identity::{BundleChanges, ChainRole, TrustBundle, validity_of};
 use rustls::pki_types::CertificateDer;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
+
+/// What a connection's watcher holds besides the copy of the peer's chain, at most: its task's
+/// state (under 1 KiB, tested), tokio's task header and its channel.
+pub(crate) const WATCHER_OVERHEAD: u64 = 2 * 1024;
 
 /// Why a connection takes no new tunnels any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +28,9 @@ pub(crate) enum Lapse {
     Distrusted,
 }
 
-/// What a connection was authenticated with, kept to re-check it while the connection lives.
+/// What a connection was authenticated with, kept to re-check it while the connection lives:
+/// the peer's chain (at most 4 certificates in 8 KiB, the verifiers refuse longer ones),
+/// against the roots as they change.
 pub(crate) struct Authenticated {
     trust: TrustBundle,
     changes: BundleChanges,
@@ -43,10 +52,9 @@ impl Authenticated {
         own_not_after: Option<SystemTime>,
     ) -> Self {
         let peer_chain = peer_chain.unwrap_or_default().to_vec();
-        // The handshake parsed these already; one that did not parse has no say.
         let not_after = peer_chain
             .iter()
-            .filter_map(|certificate| validity_of(certificate).ok().map(|(_, end)| end))
+            .filter_map(not_after)
             .chain(own_not_after)
             .min();
         Self {
@@ -118,6 +126,50 @@ impl Authenticated {
     }
 }
 
+/// The end of `certificate`'s validity. The handshake parsed it already; one that did not
+/// parse has no say.
+pub(crate) fn not_after(certificate: &CertificateDer<'_>) -> Option<SystemTime> {
+    validity_of(certificate).ok().map(|(_, end)| end)
+}
+
+/// A server's certificate resolver that remembers what it presented, for one handshake: the
+/// server's own leaf ends the connection's tunnels too.
+#[derive(Debug)]
+pub(crate) struct Presented {
+    resolver: Arc<dyn ResolvesServerCert>,
+    presented: OnceLock<Arc<CertifiedKey>>,
+}
+
+impl Presented {
+    pub(crate) fn new(resolver: Arc<dyn ResolvesServerCert>) -> Self {
+        Self {
+            resolver,
+            presented: OnceLock::new(),
+        }
+    }
+
+    /// The `notAfter` of the leaf presented, once the handshake chose it.
+    pub(crate) fn not_after(&self) -> Option<SystemTime> {
+        not_after(self.presented.get()?.end_entity_cert().ok()?)
+    }
+}
+
+impl ResolvesServerCert for Presented {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let key = self.resolver.resolve(hello)?;
+        // Resolved once per handshake (TLS 1.3, no resumption).
+        let _ = self.presented.set(key.clone());
+        Some(key)
+    }
+}
+
+/// `drain` moved by up to `jitter` of itself either way (0.2: ±20%), so connections cut for
+/// one withdrawal on every node do not all reconnect at the same moment.
+pub(crate) fn jittered(drain: Duration, jitter: f64, rng: &mut fastrand::Rng) -> Duration {
+    let jitter = jitter.clamp(0.0, 1.0);
+    drain.mul_f64(1.0 + jitter * (2.0 * rng.f64() - 1.0))
+}
+
 async fn sleep_for(delay: Option<Duration>) {
     match delay {
         Some(delay) => tokio::time::sleep(delay).await,
@@ -133,4 +185,42 @@ async fn went_away(going_away: &mut Option<watch::Receiver<bool>>) {
         return;
     }
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_is_spread_twenty_percent_either_way_and_exact_without_jitter() {
+        const DRAIN: Duration = Duration::from_secs(30);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let drains: Vec<Duration> = (0..1000).map(|_| jittered(DRAIN, 0.2, &mut rng)).collect();
+        let (min, max) = (drains.iter().min().unwrap(), drains.iter().max().unwrap());
+        assert!(*min >= DRAIN.mul_f64(0.8) && *max <= DRAIN.mul_f64(1.2));
+        // Both ways, most of the range: not one moment for every node.
+        assert!(
+            *min < DRAIN.mul_f64(0.82) && *max > DRAIN.mul_f64(1.18),
+            "{min:?}..{max:?}"
+        );
+        assert_eq!(jittered(DRAIN, 0.0, &mut rng), DRAIN);
+    }
+
+    /// The watcher task's state stays within what the memory bound counts for it
+    /// ([`WATCHER_OVERHEAD`], with the task header and the channel).
+    #[tokio::test]
+    async fn the_watcher_state_stays_small() {
+        let pki = ambit_identity::testing::TestPki::new("cluster.local");
+        let trust = pki.bundle();
+        let authenticated =
+            Authenticated::new(&trust, trust.changes(), None, ChainRole::Client, None);
+        let (lapses, _received) = mpsc::channel(3);
+        let task = authenticated.run(lapses, Duration::ZERO, None);
+        eprintln!("watcher task: {} bytes", std::mem::size_of_val(&task));
+        assert!(
+            std::mem::size_of_val(&task) as u64 <= WATCHER_OVERHEAD / 2,
+            "{} bytes",
+            std::mem::size_of_val(&task)
+        );
+    }
 }

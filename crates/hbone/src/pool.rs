@@ -6,7 +6,7 @@
 use crate::client::{ClientConnection, Dialer, open_tunnel};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
-use crate::lapse::Lapse;
+use crate::lapse::{Lapse, jittered};
 use crate::stream::H2Stream;
 use ambit_identity::{CertificateHandle, SpiffeId};
 use bytes::Bytes;
@@ -361,7 +361,8 @@ async fn drive(
                 remove(&pool, &key, &pooled);
                 retired = true;
                 if lapse == Lapse::Distrusted {
-                    cut_at = Some(Instant::now() + settings.distrust_drain);
+                    let drain = jittered(settings.distrust_drain, settings.distrust_drain_jitter, &mut fastrand::Rng::new());
+                    cut_at = Some(Instant::now() + drain);
                 }
             }
             _ = sleep_until(cut_at.unwrap_or_else(Instant::now)), if cut_at.is_some() => {

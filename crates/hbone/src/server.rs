@@ -6,7 +6,7 @@ use crate::connect::check_connect;
 use crate::copy::{Transferred, splice_tcp_h2};
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
-use crate::lapse::{Authenticated, Lapse};
+use crate::lapse::{Authenticated, Lapse, Presented, jittered};
 use crate::refusals::{REFUSAL_WARN_EVERY, Refusals, TunnelLimit, TunnelRefusals};
 use crate::settings::ServerSettings;
 use crate::stream::H2Stream;
@@ -139,8 +139,8 @@ const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct HboneServer<H> {
-    acceptor: TlsAcceptor,
-    /// The bundle `acceptor` verifies clients with: a change re-checks open connections.
+    tls: Arc<rustls::ServerConfig>,
+    /// The bundle `tls` verifies clients with: a change re-checks open connections.
     trust: TrustBundle,
     budget: ServerBudget,
     handler: Arc<H>,
@@ -373,7 +373,7 @@ impl<H> fmt::Debug for HboneServer<H> {
 impl<H> Clone for HboneServer<H> {
     fn clone(&self) -> Self {
         Self {
-            acceptor: self.acceptor.clone(),
+            tls: self.tls.clone(),
             trust: self.trust.clone(),
             budget: self.budget.clone(),
             handler: self.handler.clone(),
@@ -402,7 +402,7 @@ impl<H: ConnectHandler> HboneServer<H> {
         handler: H,
     ) -> Self {
         Self {
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            tls: Arc::new(tls),
             trust: trust.clone(),
             budget,
             handler: Arc::new(handler),
@@ -480,8 +480,9 @@ impl<H: ConnectHandler> HboneServer<H> {
         // One deadline for TLS and the HTTP/2 preface: a client that stalls in either is cut.
         let deadline = tokio::time::Instant::now() + self.settings().handshake_timeout;
         let changes = self.trust.changes();
+        let (acceptor, presented) = self.acceptor();
         let tls = handshaking
-            .bound(peer, deadline, self.acceptor.accept(ReadBuffered::new(tcp)))
+            .bound(peer, deadline, acceptor.accept(ReadBuffered::new(tcp)))
             .await?
             .map_err(|source| HboneError::Tls { peer, source })?;
         let identity = peer_identity(tls.get_ref().1.peer_certificates())
@@ -491,7 +492,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             changes,
             tls.get_ref().1.peer_certificates(),
             ChainRole::Client,
-            None,
+            presented.not_after(),
         );
         let client: Peer = (identity.clone(), peer.ip());
         let max = self.settings().max_connections_per_peer;
@@ -567,7 +568,9 @@ impl<H: ConnectHandler> HboneServer<H> {
                     connection.graceful_shutdown();
                     refusing |= lapse != Lapse::GoingAway;
                     if lapse == Lapse::Distrusted {
-                        cut_at = Some(tokio::time::Instant::now() + self.settings().distrust_drain);
+                        let s = self.settings();
+                        let drain = jittered(s.distrust_drain, s.distrust_drain_jitter, &mut fastrand::Rng::new());
+                        cut_at = Some(tokio::time::Instant::now() + drain);
                     }
                 }
                 () = sleep_until(cut_at), if cut_at.is_some() => {
@@ -577,6 +580,16 @@ impl<H: ConnectHandler> HboneServer<H> {
             }
         }
         Ok(())
+    }
+
+    /// An acceptor for one connection, and what it will have presented: the certificate of
+    /// each handshake is the resolver's current one, and the connection takes no tunnels past
+    /// its end. A copy of the config per handshake (a few small allocations) is the price.
+    fn acceptor(&self) -> (TlsAcceptor, Arc<Presented>) {
+        let presented = Arc::new(Presented::new(self.tls.cert_resolver.clone()));
+        let mut tls = (*self.tls).clone();
+        tls.cert_resolver = presented.clone();
+        (TlsAcceptor::from(Arc::new(tls)), presented)
     }
 
     fn h2_builder(&self) -> h2::server::Builder {

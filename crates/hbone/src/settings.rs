@@ -1,6 +1,8 @@
 //! Tunables of HBONE endpoints. Every limit is explicit so a hostile peer meets a bound, not a
 //! default nobody chose.
 
+use crate::lapse::WATCHER_OVERHEAD;
+use ambit_identity::MAX_PEER_CHAIN_BYTES;
 use std::time::Duration;
 
 /// HTTP/2 flow control and framing shared by clients and servers.
@@ -85,13 +87,23 @@ pub struct ServerSettings {
     /// A connection whose client certificate expired also gets GOAWAY, but its tunnels go on
     /// (docs/hbone.md, "Certificates that end").
     pub distrust_drain: Duration,
+    /// Each connection's `distrust_drain` is moved by up to this fraction of it either way
+    /// (0.2: ±20%), so a withdrawal does not cut every node's connections, and start their
+    /// reconnections, at one moment. 0 for an exact drain.
+    pub distrust_drain_jitter: f64,
 }
 
 /// What one server connection may hold besides its receive window and the frame being read
 /// (`max_frame_size`), at most: rustls's record buffers both ways (2 x 18 KiB), the 64 KiB
 /// `ReadBuffered`, h2's writer (16 KiB), HPACK tables and the task (~16 KiB), and the task
-/// watching its certificates with a copy of the client's chain (~2 KiB).
-const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024 + 64 * 1024 + 16 * 1024 + 16 * 1024 + 2 * 1024;
+/// watching its certificates with a copy of the client's chain (the verifiers refuse one over
+/// 8 KiB).
+const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024
+    + 64 * 1024
+    + 16 * 1024
+    + 16 * 1024
+    + WATCHER_OVERHEAD
+    + MAX_PEER_CHAIN_BYTES as u64;
 
 /// What one open tunnel may hold besides its send buffer: the copy engine's read chunk waiting
 /// for send capacity (64 KiB at most), the splice task, h2's stream state and the socket to
@@ -159,6 +171,7 @@ impl Default for ServerSettings {
             max_pending_accept_reset_streams: 50,
             max_local_error_reset_streams: 256,
             distrust_drain: DISTRUST_DRAIN,
+            distrust_drain_jitter: DISTRUST_DRAIN_JITTER,
         }
     }
 }
@@ -166,6 +179,7 @@ impl Default for ServerSettings {
 /// Long enough for requests in flight when a root is withdrawn to finish, short enough that
 /// sessions made under a root withdrawn for a leaked key do not linger.
 const DISTRUST_DRAIN: Duration = Duration::from_secs(30);
+const DISTRUST_DRAIN_JITTER: f64 = 0.2;
 
 /// Behaviour of the outbound connection pool.
 #[derive(Debug, Clone)]
@@ -191,6 +205,8 @@ pub struct PoolSettings {
     /// As [`ServerSettings::distrust_drain`], for a connection whose server chain the trust
     /// bundle no longer verifies.
     pub distrust_drain: Duration,
+    /// As [`ServerSettings::distrust_drain_jitter`].
+    pub distrust_drain_jitter: f64,
 }
 
 impl Default for PoolSettings {
@@ -204,6 +220,7 @@ impl Default for PoolSettings {
             connect_timeout: Duration::from_secs(5),
             expiry_margin: Duration::from_secs(10),
             distrust_drain: DISTRUST_DRAIN,
+            distrust_drain_jitter: DISTRUST_DRAIN_JITTER,
         }
     }
 }
@@ -216,6 +233,7 @@ mod tests {
     fn the_default_server_bound_fits_the_node_tunnels_limit_with_room() {
         const TUNNEL_CONTAINER_LIMIT: u64 = 512 * 1024 * 1024;
         let bound = ServerSettings::default().memory_bound();
+        eprintln!("default memory bound: {} KiB", bound >> 10);
         assert!(
             bound <= TUNNEL_CONTAINER_LIMIT * 3 / 4,
             "{} MiB",

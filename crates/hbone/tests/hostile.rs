@@ -7,7 +7,10 @@ mod support;
 
 use ambit_hbone::{Dialer, HboneError, HboneServer, ServerBudget, ServerSettings, TunnelRefusals};
 use ambit_identity::testing::TestPki;
-use ambit_identity::{client_config, server_config, server_name};
+use ambit_identity::{
+    CertificateHandle, PeerIdentityError, client_config, peer_identity_error, server_config,
+    server_name,
+};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use std::io;
@@ -589,4 +592,77 @@ async fn one_client_holds_at_most_its_share_of_the_tunnels() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A connection keeps its peer's chain for as long as it lives (to re-check it when the roots
+/// change): a peer sending many certificates is refused at the handshake, on both sides.
+const LONG_CHAIN: usize = 16;
+
+/// The chain-size refusal inside a handshake error: the certificates the peer sent.
+fn chain_refused(error: &HboneError) -> Option<usize> {
+    let HboneError::Tls { source, .. } = error else {
+        return None;
+    };
+    let tls = source.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match peer_identity_error(tls)? {
+        PeerIdentityError::ChainTooLong { certificates, .. } => Some(*certificates),
+        _ => None,
+    }
+}
+
+/// A server presenting `certificate` that serves one connection and returns how it ended.
+async fn serve_one(
+    pki: &TestPki,
+    certificate: CertificateHandle,
+) -> (SocketAddr, JoinHandle<Result<(), HboneError>>) {
+    let (seen, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let trust = pki.bundle();
+    let tls = server_config(certificate, &trust).unwrap();
+    let server = HboneServer::new(tls, &trust, ServerSettings::default(), Forward { seen });
+    let listener = listen().await;
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        server.serve_connection(tcp, peer).await
+    });
+    (addr, served)
+}
+
+#[tokio::test]
+async fn peers_sending_long_chains_are_refused_at_the_handshake() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let pki = TestPki::new("cluster.local");
+    let long = |leaf| vec![leaf; LONG_CHAIN];
+
+    // A client: the server refuses it and says why.
+    let (server, served) = serve_one(&pki, pki.handle(SERVER_NS, SERVER_SA)).await;
+    // In TLS 1.3 the client's certificate follows the server's Finished: the dial may be done
+    // before the refusal reaches the client, so the server's word is what counts.
+    let _dialed = Dialer::new(pki.bundle(), fast_pool_settings())
+        .dial(
+            pki.handle_with_chain("demo", "attacker", long),
+            server,
+            vec![pki.id(SERVER_NS, SERVER_SA)],
+        )
+        .await;
+    let refused = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect_err("the server took a long chain");
+    assert_eq!(chain_refused(&refused), Some(LONG_CHAIN), "{refused}");
+    assert!(
+        refused.to_string().contains("at most 4 certificates"),
+        "{refused}"
+    );
+
+    // A server: the pool refuses it.
+    let (server, _served) =
+        serve_one(&pki, pki.handle_with_chain(SERVER_NS, SERVER_SA, long)).await;
+    let echo = start_echo().await;
+    let refused = client(&pki, server)
+        .open(echo)
+        .await
+        .expect_err("the pool took a long chain");
+    assert_eq!(chain_refused(&refused), Some(LONG_CHAIN), "{refused}");
 }

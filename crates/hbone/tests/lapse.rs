@@ -84,6 +84,7 @@ fn pool(
     let settings = PoolSettings {
         expiry_margin: Duration::from_secs(1),
         distrust_drain: DRAIN,
+        distrust_drain_jitter: 0.0,
         ..fast_pool_settings()
     };
     Client {
@@ -112,10 +113,11 @@ async fn ends_within(tunnel: &mut (impl AsyncReadExt + Unpin), within: Duration)
     )
 }
 
+/// Whose certificate is the short one, seen from the side under test.
 enum Short {
-    /// The server's certificate is the short one.
+    /// The other side's: the server's for a pool, the client's for a server.
     Peer,
-    /// The pool's own.
+    /// Its own.
     Own,
 }
 
@@ -254,33 +256,36 @@ async fn first_refusal(send: &SendRequest<Bytes>, echo: SocketAddr) -> SystemTim
     }
 }
 
-#[tokio::test]
-async fn the_server_refuses_tunnels_on_a_connection_whose_client_certificate_ended() {
+/// A raw connection whose `short` certificate (the client's or the server's) ends in 3 s: the
+/// server refuses CONNECTs on it from then on, never before, and the open tunnel goes on.
+async fn server_refuses_tunnels_once_ended(short: Short) {
     let pki = TestPki::new("cluster.local");
     let trust = pki.bundle();
+    let short_for =
+        |id: &SpiffeId| pki.certificate_at(id, Duration::from_secs(3), SystemTime::now());
+    let (server_id, client_id) = (pki.id(SERVER_NS, SERVER_SA), pki.id("demo", "client"));
+    let (server_cert, client_cert) = match short {
+        Short::Peer => (pki.certificate(&server_id), short_for(&client_id)),
+        Short::Own => (short_for(&server_id), pki.certificate(&client_id)),
+    };
+    let ends = server_cert.not_after().min(client_cert.not_after());
     let server = serve(
-        pki.handle(SERVER_NS, SERVER_SA),
+        CertificateHandle::fixed(server_cert),
         &trust,
         ServerSettings::default(),
     )
     .await;
     let echo = start_echo().await;
-    let short = pki.certificate_at(
-        &pki.id("demo", "client"),
-        Duration::from_secs(3),
-        SystemTime::now(),
-    );
-    let ends = short.not_after();
     let (send, _closed) = dial_raw(
         &trust,
-        CertificateHandle::fixed(short),
+        CertificateHandle::fixed(client_cert),
         server,
-        pki.id(SERVER_NS, SERVER_SA),
+        server_id,
     )
     .await;
     let mut open = connect_raw(&send, echo)
         .await
-        .expect("a valid client is served");
+        .expect("a valid connection is served");
     round_trip(&mut open, b"valid").await;
 
     let refused = first_refusal(&send, echo).await;
@@ -293,6 +298,18 @@ async fn the_server_refuses_tunnels_on_a_connection_whose_client_certificate_end
 }
 
 #[tokio::test]
+async fn the_server_refuses_tunnels_on_a_connection_whose_client_certificate_ended() {
+    server_refuses_tunnels_once_ended(Short::Peer).await;
+}
+
+/// The server's own leaf of the handshake ends: a client that does not retire the connection
+/// early (not a pool) is refused on it.
+#[tokio::test]
+async fn the_server_refuses_tunnels_on_a_connection_whose_own_certificate_ended() {
+    server_refuses_tunnels_once_ended(Short::Own).await;
+}
+
+#[tokio::test]
 async fn the_server_cuts_connections_whose_client_root_was_withdrawn() {
     let (old, new) = (TestPki::new("cluster.local"), TestPki::new("cluster.local"));
     let (old_root, new_root) = (
@@ -302,6 +319,7 @@ async fn the_server_cuts_connections_whose_client_root_was_withdrawn() {
     let trust = old.bundle();
     let settings = ServerSettings {
         distrust_drain: DRAIN,
+        distrust_drain_jitter: 0.0,
         ..ServerSettings::default()
     };
     let server = serve(old.handle(SERVER_NS, SERVER_SA), &trust, settings).await;
