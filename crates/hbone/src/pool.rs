@@ -361,7 +361,8 @@ async fn drive(
                 remove(&pool, &key, &pooled);
                 retired = true;
                 if lapse == Lapse::Distrusted {
-                    let drain = jittered(settings.distrust_drain, settings.distrust_drain_jitter, &mut fastrand::Rng::new());
+                    let (drain, jitter) = (settings.distrust_drain, settings.distrust_drain_jitter);
+                    let drain = jittered(drain, jitter, &mut fastrand::Rng::new());
                     cut_at = Some(Instant::now() + drain);
                 }
             }

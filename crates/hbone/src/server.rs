@@ -569,7 +569,8 @@ impl<H: ConnectHandler> HboneServer<H> {
                     refusing |= lapse != Lapse::GoingAway;
                     if lapse == Lapse::Distrusted {
                         let s = self.settings();
-                        let drain = jittered(s.distrust_drain, s.distrust_drain_jitter, &mut fastrand::Rng::new());
+                        let (drain, jitter) = (s.distrust_drain, s.distrust_drain_jitter);
+                        let drain = jittered(drain, jitter, &mut fastrand::Rng::new());
                         cut_at = Some(tokio::time::Instant::now() + drain);
                     }
                 }

@@ -144,7 +144,7 @@ impl ServerSettings {
 }
 
 impl Default for ServerSettings {
-    /// Sized so that [`Self::memory_bound`] (335 MiB) fits the node tunnel's 512 MiB
+    /// Sized so that [`Self::memory_bound`] (337 MiB) fits the node tunnel's 512 MiB
     /// container limit with room for its pools and config: 256 connections, 1,280 tunnels
     /// (a client may hold a quarter of them, so it takes four clients to hold them all) with
     /// 128 KiB receive windows and 32 KiB send buffers. What tunnels have received is bounded
