@@ -27,7 +27,7 @@ async fn an_enforced_high_profile_refuses_until_waypoint_and_ext_authz() -> Resu
     ambit_e2e::on_testbed(
         "an_enforced_high_profile_refuses_until_waypoint_and_ext_authz",
         "rctrl1",
-        83,
+        69,
         steps,
     )
     .await
@@ -107,6 +107,24 @@ async fn steps(tb: &Testbed) -> Result<()> {
         }
     })
     .await?;
+    let event = until("a TrafficRefused Event on the RiskProfile", || async {
+        let out = ambit_e2e::run(user.tb.kubectl().args([
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "reason=TrafficRefused,involvedObject.kind=RiskProfile",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]))
+        .map_err(|e| e.to_string())?;
+        out.contains(REFUSED_NOTE)
+            .then(|| out.trim().to_owned())
+            .ok_or(format!("no such Event yet: {out:?}"))
+    })
+    .await?;
+    user.say.say(format!("Event TrafficRefused: {event}"));
     let denied = denied_by_echo_tunnel(&user, &samples.server).await?;
     ensure!(
         denied > denied_before,
