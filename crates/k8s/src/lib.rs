@@ -2,14 +2,12 @@
 //! custom resources (`AuthorizationPolicy`, `RequestAuthentication`, `RateLimitPolicy`,
 //! `NodeCapture`, `RiskProfile`) and the subset of Gateway API's types the controller reads and
 //! writes, the waypoint Gateway that `kubectl ambit waypoint apply` and automatic waypoints
-//! write, which the controller validates and deploys, the labels and annotations on them, and
-//! how a Service port declares its protocol (which the waypoint also reads).
+//! write, which the controller validates and deploys, and the labels and annotations on them.
 #![forbid(unsafe_code)]
 
 pub mod crd;
 pub mod names;
 pub mod node_capture;
-pub mod protocol;
 pub mod ratelimit_crd;
 pub mod risk_profile;
 pub mod route_crd;

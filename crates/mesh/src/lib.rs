@@ -7,6 +7,7 @@
 
 mod live;
 mod model;
+pub mod protocol;
 
 pub use live::LiveMesh;
 pub use model::{MeshConfig, RateLimit, RateLimitTarget, Service, ServicePort, Waypoint, Workload};

@@ -6,11 +6,11 @@ use ambit_k8s::crd::{
     AuthorizationPolicy, Gateway, PolicyAction, PolicyRule, RequestAuthentication, WorkloadSelector,
 };
 use ambit_k8s::names::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE};
-pub use ambit_k8s::protocol::DeclaredBy;
-use ambit_k8s::protocol::{self, HttpProtocol};
 use ambit_k8s::ratelimit_crd::{RateLimitPolicy, TargetKind};
 use ambit_k8s::route_crd::{GRPCRoute, HTTPRoute, ParentReference};
 use ambit_k8s::waypoint::{FOR_SERVICE_ACCOUNT, WAYPOINT_CLASS};
+pub use ambit_mesh::protocol::DeclaredBy;
+use ambit_mesh::protocol::{self, HttpProtocol};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -146,7 +146,7 @@ impl AccountFacts {
 }
 
 /// A Service port that speaks HTTP, and the rule that said so (the waypoint's own, shared
-/// through `ambit_k8s::protocol`; docs/waypoints.md): `appProtocol` when set, else the port
+/// through `ambit_mesh::protocol`; docs/waypoints.md): `appProtocol` when set, else the port
 /// name's prefix before `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -7,7 +7,7 @@
 //! (401): a waypoint is never an open relay into the mesh.
 
 use ambit_identity::SpiffeId;
-use ambit_k8s::protocol::{self, HttpProtocol};
+use ambit_mesh::protocol::{self, HttpProtocol};
 use ambit_mesh::{Mesh, ServicePort, Waypoint, Workload};
 use std::net::SocketAddr;
 
@@ -28,7 +28,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// By ambit-k8s's rule, which `ambit-risk` also reports with.
+    /// By ambit-mesh's rule, which `ambit-risk` also reports with.
     pub fn of(port: &ServicePort) -> Self {
         let (declared, _) = protocol::declared(&port.name, &port.app_protocol);
         match HttpProtocol::of(&declared) {
