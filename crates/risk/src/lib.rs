@@ -37,7 +37,8 @@ pub use facts::{
 };
 pub use profile::{Enforcement, LabelError, RiskProfile, labels};
 pub use requirements::{
-    MAX_HIGH_LEAF_LIFETIME_SECONDS, RequirementId, RequirementStatus, enforcement_targets, evaluate,
+    MAX_HIGH_LEAF_LIFETIME_SECONDS, REFUSING_REQUIREMENT, RequirementId, RequirementStatus,
+    enforcement_targets, evaluate,
 };
 pub use threats::{DataPlaneModel, Level, Threat, ThreatScore, threats};
 

@@ -90,7 +90,16 @@ pub struct RequirementStatus {
     pub message: String,
     /// What to change to meet it (a command where one exists); `None` when met.
     pub fix: Option<String>,
+    /// The service accounts falling short of it, for a requirement checked per account (the
+    /// message names them too, for a person); empty when met or not checked per account.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub short_accounts: Vec<String>,
 }
+
+/// The one requirement enforce mode refuses on: [`enforcement_targets`] names exactly the
+/// accounts short of it (under `high`, in an enrolled namespace); no other unmet requirement
+/// refuses anything.
+pub const REFUSING_REQUIREMENT: RequirementId = RequirementId::MediumReq1;
 
 /// One entry per requirement of `profile` (its own and those of the profiles below it).
 pub fn evaluate(profile: RiskProfile, facts: &NamespaceFacts) -> Vec<RequirementStatus> {
@@ -441,7 +450,11 @@ fn per_account<'a>(
         .join("; ");
     let mut fixes: Vec<&str> = short.iter().map(|(_, s)| s.fix.as_str()).collect();
     fixes.dedup();
-    unmet(id, reason, message, fixes.join("; "))
+    let status = unmet(id, reason, message, fixes.join("; "));
+    RequirementStatus {
+        short_accounts: short.into_iter().map(|(sa, _)| sa).collect(),
+        ..status
+    }
 }
 
 fn not_enrolled(id: RequirementId, ns: &str) -> RequirementStatus {
@@ -464,6 +477,7 @@ fn met(id: RequirementId, reason: &'static str, message: String) -> RequirementS
         reason,
         message,
         fix: None,
+        short_accounts: Vec::new(),
     }
 }
 
@@ -479,5 +493,6 @@ fn unmet(
         reason,
         message,
         fix: Some(fix),
+        short_accounts: Vec::new(),
     }
 }

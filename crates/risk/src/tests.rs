@@ -701,6 +701,33 @@ fn enforce_refuses_http_accounts_without_their_own_programmed_waypoint_under_hig
     assert_eq!(enforcement_targets(RiskProfile::High, &fx.facts()), none);
 }
 
+#[test]
+fn the_refused_accounts_are_the_refusing_requirements_short_accounts_as_data() {
+    let mut fx = Fixture::dpa2();
+    assert!(fx.status(REFUSING_REQUIREMENT).short_accounts.is_empty());
+    fx.remove_waypoints();
+    let f = fx.facts();
+    let refusing = fx.status(REFUSING_REQUIREMENT);
+    assert!(!refusing.met);
+    assert_eq!(
+        refusing
+            .short_accounts
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        enforcement_targets(RiskProfile::High, &f)
+    );
+    // Other unmet requirements name their own accounts, and only per-account ones any.
+    for s in evaluate(RiskProfile::High, &f) {
+        if s.met {
+            assert!(s.short_accounts.is_empty(), "{s:?}");
+        }
+        for sa in &s.short_accounts {
+            assert!(s.message.contains(&format!("{sa}: ")), "{s:?}");
+        }
+    }
+}
+
 // ---- threats ----
 
 /// The values docs/risk-profiles.md documents for the reference case, TR-1..TR-10, as
