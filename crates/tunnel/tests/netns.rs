@@ -462,7 +462,7 @@ fn node_tunnels_in_network_namespaces() {
     let refused = as_blocked.unwrap_err();
     eprintln!("dial expecting node 2's identity: {refused}");
     assert!(
-        refused.contains("actual: SpiffeId(spiffe://cluster.local/ns/demo/sa/client)"),
+        refused.contains("peer is spiffe://cluster.local/ns/demo/sa/client, expected one of [spiffe://cluster.local/ns/demo/sa/blocked]"),
         "{refused}"
     );
     as_client.unwrap();
