@@ -3,6 +3,10 @@
 
 use ambit_e2e::{NS, PACKAGES, SYSTEM_NS, Testbed, User};
 use anyhow::{Context, Result};
+use std::time::Duration;
+
+/// How long the demo waits for the controller to report on a namespace it just labelled.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
@@ -38,6 +42,7 @@ async fn main() -> Result<()> {
     for line in status.lines() {
         user.say.say(line);
     }
+    captured_and_risk(&user).await?;
     println!(
         "\n== Poke around (docs/quickstart.md)\n   eval \"$(cargo xtask testbed env)\"      # KUBECONFIG\n   \
          . /var/cache/ambit/testbed.env          # AMBIT_KUBECTL, AMBIT_HELM\n   \
@@ -45,6 +50,7 @@ async fn main() -> Result<()> {
          kubectl get pods -A -o wide\n   kubectl ambit status\n   kubectl ambit config dump --node {node}\n   \
          kubectl logs -n {SYSTEM_NS} -l app.kubernetes.io/name=ambit-node -c tunnel   # access log\n   \
          kubectl get authorizationpolicies -n {NS}\n   \
+         kubectl get riskprofiles -A; kubectl ambit threats -n {NS}\n   \
          kubectl ambit waypoint status -n {NS} --service-account echo\n   \
          kubectl logs -n {NS} deploy/{waypoint}     # the waypoint's access log (JSON)\n   \
          ip netns exec {client_netns} curl -X DELETE http://{http}/admin/x   # as the client pod: 403\n\n\
@@ -54,5 +60,55 @@ async fn main() -> Result<()> {
         client_netns = tb.pod_netns(&samples.client).unwrap_or_default(),
         http = std::net::SocketAddr::new(samples.svc.ip(), ambit_e2e::HTTP_SVC_PORT),
     );
+    Ok(())
+}
+
+/// What the CA checks before it signs for a node tunnel (each node's captured pods), and the
+/// namespace against SP 800-233's high-risk requirements, reported (not enforced: the demo's
+/// other services have no waypoint) with its threat scores.
+async fn captured_and_risk(user: &User<'_>) -> Result<()> {
+    user.say
+        .step("NodeCapture: the pods each node's capture agent handed to its tunnel");
+    for line in user.kubectl(&["get", "nodecaptures"])?.lines() {
+        user.say.say(line);
+    }
+    user.say
+        .step("Risk profile high on namespace demo, reported (docs/risk-profiles.md)");
+    user.kubectl(&["label", "namespace", NS, "ambit.dev/risk-profile=high"])?;
+    let status = [
+        "get",
+        "riskprofiles",
+        "-n",
+        NS,
+        "ambit",
+        "-o",
+        "jsonpath={.status.unmet}",
+    ];
+    // Polled quietly: the narration shows the result, not each try.
+    ambit_e2e::eventually("the RiskProfile of demo evaluated", WAIT, || async {
+        ambit_e2e::run(user.tb.kubectl().args(status))
+            .ok()
+            .filter(|unmet| !unmet.is_empty())
+    })
+    .await?;
+    for line in user.kubectl(&["get", "riskprofiles", "-A"])?.lines() {
+        user.say.say(line);
+    }
+    let unmet = user.kubectl(&[
+        "get",
+        "riskprofiles",
+        "-n",
+        NS,
+        "ambit",
+        "-o",
+        "jsonpath={range .status.conditions[?(@.status==\"False\")]}{.type}: {.message}{\"\\n\"}{end}",
+    ])?;
+    for line in unmet.lines() {
+        user.say.say(line);
+    }
+    user.say.step("kubectl ambit threats -n demo");
+    for line in user.kubectl(&["ambit", "threats", "-n", NS])?.lines() {
+        user.say.say(line);
+    }
     Ok(())
 }
