@@ -106,9 +106,10 @@ pub struct Args {
     /// TokenReviews sent at once after a quiet spell, 1..=10000.
     #[arg(long, env = ENV_TOKEN_REVIEW_BURST, value_name = "N", default_value = "200")]
     pub token_review_burst: String,
-    /// The node tunnels' mode, strict or permissive (read by risk profiles, not enforced here).
-    #[arg(long, env = ENV_TUNNEL_MODE, value_name = "MODE", default_value = "strict")]
-    pub tunnel_mode: String,
+    /// The node tunnels' mode, strict or permissive (read by risk profiles, not enforced here);
+    /// unset: unknown, which risk profiles report as such rather than guess.
+    #[arg(long, env = ENV_TUNNEL_MODE, value_name = "MODE")]
+    pub tunnel_mode: Option<String>,
     /// OTLP/gRPC collector (`http://HOST:PORT` or `https://`) the waypoints export spans to.
     #[arg(long, env = ENV_WAYPOINT_OTLP_ENDPOINT, value_name = "URL")]
     pub waypoint_otlp_endpoint: Option<String>,
@@ -158,8 +159,9 @@ pub struct Config {
     /// A gRPC connection holding no stream this long is closed.
     pub grpc_idle_timeout: Duration,
     pub token_reviews: ReviewRate,
-    /// What the node tunnels do with plaintext to enrolled pods (LOW-REQ2 of risk profiles).
-    pub tunnel_mode: ambit_risk::TunnelMode,
+    /// What the node tunnels do with plaintext to enrolled pods (LOW-REQ2 of risk profiles);
+    /// `None`: not told, so not known (a manual install, a tunnel started with another mode).
+    pub tunnel_mode: Option<ambit_risk::TunnelMode>,
     /// Span export written into every waypoint; `None`: off.
     pub waypoint_tracing: Option<crate::waypoint::WaypointTracing>,
 }
@@ -268,17 +270,14 @@ impl Config {
             per_second: count(ENV_TOKEN_REVIEWS_PER_SECOND, &args.token_reviews_per_second)?,
             burst: count(ENV_TOKEN_REVIEW_BURST, &args.token_review_burst)?,
         };
-        let tunnel_mode = match args.tunnel_mode.as_str() {
-            "strict" => ambit_risk::TunnelMode::Strict,
-            "permissive" => ambit_risk::TunnelMode::Permissive,
-            other => {
-                return Err(invalid(
-                    ENV_TUNNEL_MODE,
-                    other,
-                    "expected strict or permissive".into(),
-                ));
-            }
-        };
+        let tunnel_mode = args
+            .tunnel_mode
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.parse::<ambit_risk::TunnelMode>()
+                    .map_err(|e| invalid(ENV_TUNNEL_MODE, &m, e.to_string()))
+            })
+            .transpose()?;
         let waypoint_tracing = match args.waypoint_otlp_endpoint.filter(|e| !e.is_empty()) {
             None => None,
             Some(endpoint) => {
@@ -341,7 +340,7 @@ impl Config {
     pub fn mesh_settings(&self) -> ambit_risk::MeshSettings {
         ambit_risk::MeshSettings {
             leaf_lifetime_seconds: Some(self.cert_lifetime.as_secs()),
-            tunnel_mode: Some(self.tunnel_mode),
+            tunnel_mode: self.tunnel_mode,
             ext_authz_providers: Some(
                 self.ext_authz_providers
                     .iter()
@@ -416,7 +415,12 @@ mod tests {
         let c = parse(&[(ENV_CONTROLLER_ADDRESS, "[fd00::1]:15012")]).unwrap();
         assert_eq!(c.controller_address, "[fd00::1]:15012");
         assert_eq!(c.jwks_ca_bundle, None);
-        assert_eq!(c.tunnel_mode, ambit_risk::TunnelMode::Strict);
+        assert_eq!(c.tunnel_mode, None, "unset is unknown, never taken for strict");
+        assert_eq!(c.mesh_settings().tunnel_mode, None);
+        for mode in [ambit_risk::TunnelMode::Strict, ambit_risk::TunnelMode::Permissive] {
+            let c = parse(&[(ENV_TUNNEL_MODE, mode.as_str())]).unwrap();
+            assert_eq!(c.mesh_settings().tunnel_mode, Some(mode));
+        }
         assert_eq!(c.waypoint_tracing, None);
         let c = parse(&[
             (ENV_WAYPOINT_OTLP_ENDPOINT, "http://otel.observability:4317"),

@@ -244,3 +244,13 @@ fn a_message_names_the_accounts_before_their_colons() {
     assert!(!names_account("echoes: no waypoint", "echo"));
     assert!(!names_account("all 2 HTTP service accounts", "echo"));
 }
+
+#[test]
+fn an_unset_tunnel_mode_is_reported_unknown_not_strict() {
+    let c = cluster(&[(RISK_PROFILE_LABEL, "low")]);
+    let unset = crate::config::Config::from_lookup(|_| None).unwrap();
+    let e = &evaluate_all(&c.stores(), &unset.mesh_settings())["shop"];
+    let v = condition(e, "LOW-REQ2");
+    assert_eq!((v.ok, v.reason), (false, "ModeUnknown"), "{v:?}");
+    assert!(v.message.contains("tunnel mode unknown"), "{}", v.message);
+}
