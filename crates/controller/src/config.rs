@@ -415,9 +415,15 @@ mod tests {
         let c = parse(&[(ENV_CONTROLLER_ADDRESS, "[fd00::1]:15012")]).unwrap();
         assert_eq!(c.controller_address, "[fd00::1]:15012");
         assert_eq!(c.jwks_ca_bundle, None);
-        assert_eq!(c.tunnel_mode, None, "unset is unknown, never taken for strict");
+        assert_eq!(
+            c.tunnel_mode, None,
+            "unset is unknown, never taken for strict"
+        );
         assert_eq!(c.mesh_settings().tunnel_mode, None);
-        for mode in [ambit_risk::TunnelMode::Strict, ambit_risk::TunnelMode::Permissive] {
+        for mode in [
+            ambit_risk::TunnelMode::Strict,
+            ambit_risk::TunnelMode::Permissive,
+        ] {
             let c = parse(&[(ENV_TUNNEL_MODE, mode.as_str())]).unwrap();
             assert_eq!(c.mesh_settings().tunnel_mode, Some(mode));
         }

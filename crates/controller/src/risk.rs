@@ -18,7 +18,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub use ambit_k8s::risk_profile::RiskProfile;
@@ -33,6 +34,11 @@ pub const DENY_POLICY: &str = "ambit.dev:risk-enforce";
 const REFUSED_NOTE: &str = "traffic refused (enforce)";
 /// The condition type saying a namespace's labels cannot be read.
 const LABELS: &str = "Labels";
+/// Its reason, and the Warning Event's.
+const INVALID_LABEL: &str = "InvalidLabel";
+/// How long what this replica wrote is trusted over a store that does not show the object:
+/// a fresh create reaches the store within a pass or two; past this, it was deleted.
+const STORE_LAG: Duration = Duration::from_secs(30);
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// The service accounts whose inbound traffic node tunnels refuse, by namespace: written by
@@ -93,6 +99,8 @@ pub struct Evaluation {
     pub conditions: Vec<(String, Verdict)>,
     /// The accounts refused: empty unless enforced.
     pub refused: BTreeSet<String>,
+    /// Why the labels cannot be read (then `conditions` is the one `Labels` condition).
+    pub label_error: Option<ambit_risk::LabelError>,
 }
 
 impl Evaluation {
@@ -131,9 +139,11 @@ pub fn evaluate_all(stores: &Stores, settings: &MeshSettings) -> BTreeMap<String
         .namespaces
         .state()
         .into_iter()
+        // A namespace with only an enforcement label is read too: a mistyped one is said.
         .filter(|ns| {
-            ns.labels()
-                .contains_key(ambit_k8s::names::RISK_PROFILE_LABEL)
+            let labels = ns.labels();
+            labels.contains_key(ambit_k8s::names::RISK_PROFILE_LABEL)
+                || labels.contains_key(ambit_k8s::names::RISK_ENFORCEMENT_LABEL)
         })
         .collect();
     if labelled.is_empty() {
@@ -161,7 +171,7 @@ pub fn evaluate_all(stores: &Stores, settings: &MeshSettings) -> BTreeMap<String
     let grpc_routes = by_namespace(&grpc_routes, &wanted);
     labelled
         .iter()
-        .map(|ns| {
+        .filter_map(|ns| {
             let name = ns.name_any();
             let (p, s, g, ap) = (
                 of(&pods, &name),
@@ -186,13 +196,17 @@ pub fn evaluate_all(stores: &Stores, settings: &MeshSettings) -> BTreeMap<String
                 grpc_routes: &gr,
                 rate_limit_policies: &rl,
             };
-            (name, evaluate(ns, &objects, settings))
+            evaluate(ns, &objects, settings).map(|e| (name, e))
         })
         .collect()
 }
 
-/// One namespace's evaluation.
-fn evaluate(ns: &Namespace, objects: &NamespaceObjects<'_>, settings: &MeshSettings) -> Evaluation {
+/// One namespace's evaluation; `None` when it asks for no profile (and its labels are good).
+fn evaluate(
+    ns: &Namespace,
+    objects: &NamespaceObjects<'_>,
+    settings: &MeshSettings,
+) -> Option<Evaluation> {
     let label = |key: &str| ns.labels().get(key).cloned().unwrap_or_default();
     let mut evaluation = Evaluation {
         namespace: ns.name_any(),
@@ -200,17 +214,18 @@ fn evaluate(ns: &Namespace, objects: &NamespaceObjects<'_>, settings: &MeshSetti
         mode: label(ambit_k8s::names::RISK_ENFORCEMENT_LABEL),
         conditions: Vec::new(),
         refused: BTreeSet::new(),
+        label_error: None,
     };
-    let labels = ambit_risk::RiskProfile::of(ns).and_then(|p| Ok((p, Enforcement::of(ns)?)));
-    let (profile, mode) = match labels {
-        Ok((Some(profile), mode)) => (profile, mode),
-        Ok((None, _)) => return evaluation,
+    let (profile, mode) = match ambit_risk::labels(ns) {
+        Ok(Some(labels)) => labels,
+        Ok(None) => return None,
         Err(e) => {
             evaluation.conditions.push((
                 LABELS.into(),
-                Verdict::failed("InvalidLabel", format!("{e}; nothing is evaluated")),
+                Verdict::failed(INVALID_LABEL, format!("{e}; nothing is evaluated")),
             ));
-            return evaluation;
+            evaluation.label_error = Some(e);
+            return Some(evaluation);
         }
     };
     evaluation.mode = mode.as_str().into();
@@ -225,16 +240,20 @@ fn evaluate(ns: &Namespace, objects: &NamespaceObjects<'_>, settings: &MeshSetti
             if let Some(fix) = s.fix {
                 message = format!("{message}. Fix: {fix}");
             }
-            let named: Vec<&str> = evaluation
-                .refused
+            // Only the requirement enforce mode refuses on says so: the others name accounts
+            // for what they lack, which refuses nothing.
+            let refused: Vec<&str> = s
+                .short_accounts
                 .iter()
-                .filter(|sa| names_account(&message, sa))
+                .filter(|sa| {
+                    s.id == ambit_risk::REFUSING_REQUIREMENT && evaluation.refused.contains(*sa)
+                })
                 .map(String::as_str)
                 .collect();
-            if !s.met && !named.is_empty() {
+            if !refused.is_empty() {
                 message = format!(
                     "{message}. {REFUSED_NOTE}: node tunnels refuse inbound traffic to {}",
-                    named.join(", ")
+                    refused.join(", ")
                 );
             }
             let verdict = Verdict {
@@ -245,15 +264,7 @@ fn evaluate(ns: &Namespace, objects: &NamespaceObjects<'_>, settings: &MeshSetti
             (s.id.as_str().to_owned(), verdict)
         })
         .collect();
-    evaluation
-}
-
-/// Whether a requirement's message names `sa` among the accounts falling short of it
-/// (`sa: why; other: why`).
-fn names_account(message: &str, sa: &str) -> bool {
-    message
-        .split("; ")
-        .any(|part| part.strip_prefix(sa).is_some_and(|r| r.starts_with(": ")))
+    Some(evaluation)
 }
 
 /// Inputs of the evaluation task.
@@ -271,6 +282,8 @@ pub struct Context {
     pub events: status::Events,
     /// The RiskProfiles (not waited for at start: without the CRD, only status is missing).
     pub profiles: Store<RiskProfile>,
+    /// What this replica wrote while leading, by namespace (cleared when it stops leading).
+    pub written: Arc<Mutex<BTreeMap<String, Written>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -306,7 +319,13 @@ async fn pass(ctx: &Context, leading: bool) {
     );
     // The RiskProfiles' store must have listed, or every status would look new.
     if leading && futures::FutureExt::now_or_never(ctx.profiles.wait_until_ready()).is_some() {
-        write_statuses(ctx, &evaluations).await;
+        let mut written = std::mem::take(&mut *lock(&ctx.written));
+        write_statuses(ctx, &evaluations, &mut written).await;
+        *lock(&ctx.written) = written;
+    } else if !leading {
+        // Another replica writes meanwhile: what this one wrote says nothing of the objects
+        // when it leads again.
+        lock(&ctx.written).clear();
     }
 }
 
@@ -353,7 +372,105 @@ pub fn status_of(
     }
 }
 
-async fn write_statuses(ctx: &Context, evaluations: &BTreeMap<String, Evaluation>) {
+/// What this replica last wrote of a namespace's RiskProfile: the store may lag a fresh
+/// create or status write by a pass or more, and must not make it write or tell things twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    pub status: RiskProfileStatus,
+    pub at: Instant,
+}
+
+/// What was last written of one namespace's RiskProfile, as far as this replica can tell: its
+/// own write unless the store shows another object (recreated) or, past [`STORE_LAG`], none
+/// (deleted); else the stored object's.
+pub fn last_written<'a>(
+    stored: Option<&'a RiskProfile>,
+    written: Option<&'a Written>,
+    now: Instant,
+) -> Option<(Option<i64>, Option<&'a RiskProfileStatus>)> {
+    let ours = written.filter(|w| match stored {
+        Some(p) => p.uid() == w.uid,
+        None => now.saturating_duration_since(w.at) < STORE_LAG,
+    });
+    match (ours, stored) {
+        (Some(w), _) => Some((w.generation, Some(&w.status))),
+        (None, Some(p)) => Some((p.meta().generation, p.status.as_ref())),
+        (None, None) => None,
+    }
+}
+
+/// One Event to write on a RiskProfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The Events a status change from `before` to `want` tells: accounts newly refused, refusals
+/// lifted, a label newly unreadable. Told once per change, since a status is written (and this
+/// asked) only when it changed.
+pub fn notices(
+    evaluation: &Evaluation,
+    before: Option<&RiskProfileStatus>,
+    want: &RiskProfileStatus,
+) -> Vec<Notice> {
+    let ns = &evaluation.namespace;
+    let was_refused: BTreeSet<&String> = before
+        .map(|s| s.refused_service_accounts.iter().collect())
+        .unwrap_or_default();
+    let is_refused: BTreeSet<&String> = want.refused_service_accounts.iter().collect();
+    let list = |a: Vec<&&String>| a.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let mut out = Vec::new();
+    let newly: Vec<_> = is_refused.difference(&was_refused).collect();
+    if !newly.is_empty() {
+        out.push(Notice {
+            warning: true,
+            reason: "TrafficRefused",
+            note: format!(
+                "{REFUSED_NOTE}: node tunnels refuse inbound traffic to service accounts {} until each has a Programmed waypoint of its own ({}; kubectl ambit waypoint apply -n {ns} --service-account <account>; kubectl get riskprofile -n {ns} {RISK_PROFILE_NAME} -o yaml)",
+                list(newly),
+                ambit_risk::REFUSING_REQUIREMENT,
+            ),
+        });
+    }
+    let lifted: Vec<_> = was_refused.difference(&is_refused).collect();
+    if !lifted.is_empty() {
+        out.push(Notice {
+            warning: false,
+            reason: "TrafficRefusalLifted",
+            note: format!(
+                "node tunnels no longer refuse inbound traffic to service accounts {}",
+                list(lifted)
+            ),
+        });
+    }
+    let label_message = |s: Option<&RiskProfileStatus>| {
+        s.and_then(|s| status::find(&s.conditions, LABELS))
+            .map(|c| c.message.clone())
+    };
+    if let Some(e) = &evaluation.label_error
+        && label_message(before) != label_message(Some(want))
+    {
+        out.push(Notice {
+            warning: true,
+            reason: INVALID_LABEL,
+            note: format!(
+                "label {}={:?} on namespace {ns} is not one of {}: nothing is evaluated or refused until it is",
+                e.label, e.value, e.expected
+            ),
+        });
+    }
+    out
+}
+
+async fn write_statuses(
+    ctx: &Context,
+    evaluations: &BTreeMap<String, Evaluation>,
+    written: &mut BTreeMap<String, Written>,
+) {
     let existing: BTreeMap<String, Arc<RiskProfile>> = ctx
         .profiles
         .state()
@@ -366,28 +483,25 @@ async fn write_statuses(ctx: &Context, evaluations: &BTreeMap<String, Evaluation
             delete(ctx, p).await;
         }
     }
+    written.retain(|ns, _| evaluations.contains_key(ns));
+    let now = Instant::now();
     for (ns, evaluation) in evaluations {
+        let stored = existing.get(ns).map(|p| &**p);
         let api: Api<RiskProfile> = Api::namespaced(ctx.client.clone(), ns);
-        let current = match existing.get(ns) {
-            Some(p) => (**p).clone(),
+        let (generation, previous) = match last_written(stored, written.get(ns), now) {
+            Some(last) => last,
             None => match create(&api).await {
-                Ok(p) => p,
+                Ok(p) => (p.meta().generation, None),
                 Err(e) => {
                     tracing::warn!(namespace = %ns, error = %e, "creating the RiskProfile");
                     continue;
                 }
             },
         };
-        let previous = current.status.as_ref();
-        let want = status_of(evaluation, previous, current.meta().generation);
+        let want = status_of(evaluation, previous, generation);
         if previous == Some(&want) {
             continue;
         }
-        let newly: Vec<&String> = evaluation
-            .refused
-            .iter()
-            .filter(|sa| previous.is_none_or(|s| !s.refused_service_accounts.contains(sa)))
-            .collect();
         let body = serde_json::json!({
             "apiVersion": RiskProfile::api_version(&()), "kind": RiskProfile::kind(&()),
             "metadata": {"name": RISK_PROFILE_NAME, "namespace": ns},
@@ -396,29 +510,40 @@ async fn write_statuses(ctx: &Context, evaluations: &BTreeMap<String, Evaluation
         let result = api
             .patch_status(RISK_PROFILE_NAME, &apply_params(), &Patch::Apply(body))
             .await;
-        match result {
-            Ok(_) => {
-                tracing::info!(namespace = %ns, profile = %want.profile, mode = %want.mode, unmet = want.unmet, refused = ?want.refused_service_accounts, "risk profile status")
-            }
+        let object = match result {
+            Ok(p) => p,
             Err(e) => {
                 tracing::warn!(namespace = %ns, error = %e, "writing the RiskProfile status");
                 continue;
             }
+        };
+        tracing::info!(namespace = %ns, profile = %want.profile, mode = %want.mode, unmet = want.unmet, refused = ?want.refused_service_accounts, "risk profile status");
+        let reference = object.object_ref(&());
+        for n in notices(evaluation, previous, &want) {
+            if n.warning {
+                ctx.events
+                    .warn(&reference, n.reason, "Evaluate", &n.note)
+                    .await;
+            } else {
+                ctx.events
+                    .normal(&reference, n.reason, "Evaluate", &n.note)
+                    .await;
+            }
         }
-        if !newly.is_empty() {
-            let note = format!(
-                "{REFUSED_NOTE}: node tunnels refuse inbound traffic to service accounts {} until the profile's requirements on them are met (kubectl get riskprofile -n {ns} {RISK_PROFILE_NAME} -o yaml)",
-                newly
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            ctx.events
-                .warn(&current.object_ref(&()), "TrafficRefused", "Enforce", &note)
-                .await;
-        }
+        written.insert(
+            ns.clone(),
+            Written {
+                uid: object.uid(),
+                generation: object.meta().generation,
+                status: want,
+                at: now,
+            },
+        );
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn apply_params() -> PatchParams {

@@ -238,11 +238,125 @@ fn status_counts_and_keeps_transition_times() {
 }
 
 #[test]
-fn a_message_names_the_accounts_before_their_colons() {
-    assert!(names_account("echo: no waypoint", "echo"));
-    assert!(names_account("api: x; echo: no waypoint", "echo"));
-    assert!(!names_account("echoes: no waypoint", "echo"));
-    assert!(!names_account("all 2 HTTP service accounts", "echo"));
+fn only_the_refusing_requirement_says_traffic_is_refused() {
+    let c = high_enforced();
+    let e = &evaluate_all(&c.stores(), &settings())["shop"];
+    assert_eq!(e.refused, BTreeSet::from(["echo".to_owned()]));
+    let mut naming_echo = 0;
+    for (id, v) in &e.conditions {
+        if id == ambit_risk::REFUSING_REQUIREMENT.as_str() {
+            assert!(v.message.contains(REFUSED_NOTE), "{v:?}");
+        } else {
+            naming_echo += usize::from(v.message.contains("echo: "));
+            assert!(!v.message.contains(REFUSED_NOTE), "{id}: {v:?}");
+        }
+    }
+    assert!(naming_echo >= 2, "other requirements name echo too: {e:?}");
+}
+
+fn object(uid: &str, status: Option<RiskProfileStatus>) -> RiskProfile {
+    let mut p = RiskProfile::new(RISK_PROFILE_NAME, RiskProfileSpec {});
+    p.metadata.namespace = Some("shop".into());
+    p.metadata.uid = Some(uid.into());
+    p.metadata.generation = Some(1);
+    p.status = status;
+    p
+}
+
+#[test]
+fn what_this_replica_wrote_holds_while_the_store_lags_and_events_are_told_once() {
+    let e = evaluate_all(&high_enforced().stores(), &settings())
+        .remove("shop")
+        .unwrap();
+    let first = status_of(&e, None, Some(1));
+    let notes = notices(&e, None, &first);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].warning && notes[0].reason == "TrafficRefused");
+    assert!(
+        notes[0]
+            .note
+            .contains("echo until each has a Programmed waypoint of its own (MEDIUM-REQ1"),
+        "{}",
+        notes[0].note
+    );
+    let now = Instant::now();
+    let w = Written {
+        uid: Some("u1".into()),
+        generation: Some(1),
+        status: first.clone(),
+        at: now,
+    };
+    // Freshly created: the store shows no object yet, or the one without our status.
+    for stored in [None, Some(object("u1", None))] {
+        let (generation, previous) = last_written(stored.as_ref(), Some(&w), now).unwrap();
+        let want = status_of(&e, previous, generation);
+        assert_eq!(previous, Some(&want), "written twice");
+    }
+    // Deleted (long unseen) or recreated by someone else: the store is what counts.
+    assert_eq!(last_written(None, Some(&w), now + STORE_LAG), None);
+    let other = object("u2", None);
+    assert_eq!(
+        last_written(Some(&other), Some(&w), now),
+        Some((Some(1), None))
+    );
+    // Nothing changed: nothing told.
+    assert!(notices(&e, Some(&first), &first).is_empty());
+}
+
+#[test]
+fn a_lifted_refusal_is_told_as_a_normal_event() {
+    let mut c = high_enforced();
+    let refused = status_of(
+        &evaluate_all(&c.stores(), &settings())["shop"],
+        None,
+        Some(1),
+    );
+    c.apply(programmed_waypoint());
+    let e = &evaluate_all(&c.stores(), &settings())["shop"];
+    let lifted = status_of(e, Some(&refused), Some(1));
+    let notes = notices(e, Some(&refused), &lifted);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(
+        (notes[0].warning, notes[0].reason),
+        (false, "TrafficRefusalLifted")
+    );
+    assert!(notes[0].note.contains("echo"), "{}", notes[0].note);
+}
+
+#[test]
+fn a_mistyped_enforcement_label_is_a_warning_once() {
+    // With or without a profile label.
+    for labels in [
+        vec![
+            (RISK_PROFILE_LABEL, "high"),
+            (RISK_ENFORCEMENT_LABEL, "Enforce"),
+        ],
+        vec![(RISK_ENFORCEMENT_LABEL, "Enforce")],
+    ] {
+        let e = &evaluate_all(&cluster(&labels).stores(), &settings())["shop"];
+        assert!(e.refused.is_empty());
+        let err = e.label_error.as_ref().unwrap();
+        assert_eq!(
+            (err.label, err.value.as_str()),
+            (RISK_ENFORCEMENT_LABEL, "Enforce")
+        );
+        let want = status_of(e, None, Some(1));
+        let notes = notices(e, None, &want);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!((notes[0].warning, notes[0].reason), (true, INVALID_LABEL));
+        assert!(
+            notes[0]
+                .note
+                .contains("ambit.dev/risk-enforcement=\"Enforce\"")
+                && notes[0].note.contains("report, enforce"),
+            "{}",
+            notes[0].note
+        );
+        assert!(notices(e, Some(&want), &want).is_empty(), "told once");
+    }
+    // A good enforcement label alone asks for nothing.
+    let c = cluster(&[(RISK_ENFORCEMENT_LABEL, "enforce")]);
+    assert!(evaluate_all(&c.stores(), &settings()).is_empty());
 }
 
 #[test]

@@ -433,6 +433,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         metrics: metrics.clone(),
         events: events.clone(),
         profiles: risk_profiles,
+        written: Default::default(),
     }));
     tasks.spawn(route_status::run(route_status::StatusContext {
         client: client.clone(),

@@ -121,7 +121,8 @@ pub(crate) async fn apply_condition<K>(
     }
 }
 
-/// Writes Warning Events (events.k8s.io/v1), as `kubectl describe` and `kubectl events` show,
+/// Writes Events (events.k8s.io/v1: Warning ones, and Normal ones saying a Warning's cause is
+/// over), as `kubectl describe` and `kubectl events` show,
 /// as `ambit-controller` from this replica. Each call writes its own Event: callers tell each
 /// thing once (kube's `Recorder` would fold Events of one reason on one object into a series
 /// that keeps the first note, hiding a later, different message).
@@ -153,6 +154,28 @@ impl Events {
         action: &str,
         note: &str,
     ) {
+        self.write("Warning", object, reason, action, note).await;
+    }
+
+    /// A Normal Event on `object` (something wrong is over); a failure to write it is logged.
+    pub(crate) async fn normal(
+        &self,
+        object: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        self.write("Normal", object, reason, action, note).await;
+    }
+
+    async fn write(
+        &self,
+        type_: &str,
+        object: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let now = k8s_openapi::jiff::Timestamp::now();
         let event = Event {
@@ -167,7 +190,7 @@ impl Events {
                 ..Default::default()
             },
             event_time: Some(MicroTime(now)),
-            type_: Some("Warning".into()),
+            type_: Some(type_.into()),
             reason: Some(reason.into()),
             action: Some(action.into()),
             note: Some(note.into()),
@@ -178,7 +201,7 @@ impl Events {
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         if let Err(error) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(kind = ?object.kind, %namespace, name = ?object.name, reason, %error, "cannot write a Warning event");
+            tracing::warn!(kind = ?object.kind, %namespace, name = ?object.name, reason, %error, "cannot write an event");
         }
     }
 }
