@@ -1,6 +1,7 @@
 //! Risk profiles on the testbed (issue 18 item 4): namespace demo, enrolled and labelled
 //! `ambit.dev/risk-profile=high` with `ambit.dev/risk-enforcement=enforce`, has no waypoint:
-//! its RiskProfile says MEDIUM-REQ1 is unmet and traffic refused, and an HTTP request from
+//! its RiskProfile says MEDIUM-REQ1 is unmet and traffic refused (a TrafficRefused Event; a
+//! TrafficRefusalLifted one when the waypoint comes), and an HTTP request from
 //! `client` to echo through the mesh is refused by echo's node tunnel. `kubectl ambit waypoint
 //! apply` and a CUSTOM policy asking Istio's ext_authz sample on every request to echo clear
 //! MEDIUM-REQ1 and HIGH-REQ1; the request then flows (allowed by the sample), and `kubectl
@@ -107,23 +108,7 @@ async fn steps(tb: &Testbed) -> Result<()> {
         }
     })
     .await?;
-    let event = until("a TrafficRefused Event on the RiskProfile", || async {
-        let out = ambit_e2e::run(user.tb.kubectl().args([
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "reason=TrafficRefused,involvedObject.kind=RiskProfile",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ]))
-        .map_err(|e| e.to_string())?;
-        out.contains(REFUSED_NOTE)
-            .then(|| out.trim().to_owned())
-            .ok_or(format!("no such Event yet: {out:?}"))
-    })
-    .await?;
+    let event = profile_event(&user, "TrafficRefused", REFUSED_NOTE).await?;
     user.say.say(format!("Event TrafficRefused: {event}"));
     let denied = denied_by_echo_tunnel(&user, &samples.server).await?;
     ensure!(
@@ -181,6 +166,8 @@ async fn steps(tb: &Testbed) -> Result<()> {
         "RiskProfile {NS}/ambit: {} met, {} unmet, none refused",
         status["met"], status["unmet"]
     ));
+    let event = profile_event(&user, "TrafficRefusalLifted", SERVER).await?;
+    user.say.say(format!("Event TrafficRefusalLifted: {event}"));
     let reply = until(
         "client -> echo flows through the waypoint and ext_authz",
         || async {
@@ -230,6 +217,28 @@ async fn steps(tb: &Testbed) -> Result<()> {
 }
 
 /// Connections from client to echo that echo's node tunnel refused.
+/// The messages of the RiskProfile's Events of `reason`, once one contains `wanted`.
+async fn profile_event(user: &User<'_>, reason: &str, wanted: &str) -> Result<String> {
+    let selector = format!("reason={reason},involvedObject.kind=RiskProfile");
+    until(&format!("a {reason} Event on the RiskProfile"), || async {
+        let out = ambit_e2e::run(user.tb.kubectl().args([
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            &selector,
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]))
+        .map_err(|e| e.to_string())?;
+        out.contains(wanted)
+            .then(|| out.trim().to_owned())
+            .ok_or(format!("no such Event yet: {out:?}"))
+    })
+    .await
+}
+
 async fn denied_by_echo_tunnel(user: &User<'_>, server: &Pod) -> Result<u64> {
     let metrics = user.tunnel_metrics(server).await?;
     let (from, to) = (spiffe(NS, CLIENT), spiffe(NS, SERVER));
