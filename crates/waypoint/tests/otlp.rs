@@ -62,6 +62,15 @@ async fn collector(net: u8) -> (String, Received) {
     (endpoint, received)
 }
 
+/// The mesh's two `back` pods on `net` and a collector: what every test here starts from.
+async fn backends_and_collector(net: u8) -> (TestPki, String, Received) {
+    let pki = TestPki::new("cluster.local");
+    pod(&pki, ip(net, 11), "back", "back-1").await;
+    pod(&pki, ip(net, 12), "back", "back-2").await;
+    let (endpoint, received) = collector(net).await;
+    (pki, endpoint, received)
+}
+
 fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
     attributes
         .iter()
@@ -175,10 +184,7 @@ const CALLER_STATE: &str = "vendor=abc,other=1";
 #[tokio::test]
 async fn each_request_is_a_server_span_in_the_callers_trace() {
     let net = 141;
-    let pki = TestPki::new("cluster.local");
-    pod(&pki, ip(net, 11), "back", "back-1").await;
-    pod(&pki, ip(net, 12), "back", "back-2").await;
-    let (endpoint, received) = collector(net).await;
+    let (pki, endpoint, received) = backends_and_collector(net).await;
     let waypoint = waypoint_with(
         &pki,
         net,
@@ -285,10 +291,7 @@ async fn each_request_is_a_server_span_in_the_callers_trace() {
 #[tokio::test]
 async fn the_ratio_holds_against_a_caller_that_samples_everything() {
     let net = 142;
-    let pki = TestPki::new("cluster.local");
-    pod(&pki, ip(net, 11), "back", "back-1").await;
-    pod(&pki, ip(net, 12), "back", "back-2").await;
-    let (endpoint, received) = collector(net).await;
+    let (pki, endpoint, received) = backends_and_collector(net).await;
     let waypoint = waypoint_with(
         &pki,
         net,
@@ -352,10 +355,7 @@ async fn the_ratio_holds_against_a_caller_that_samples_everything() {
 #[tokio::test]
 async fn spans_can_carry_neither_path_nor_route() {
     let net = 144;
-    let pki = TestPki::new("cluster.local");
-    pod(&pki, ip(net, 11), "back", "back-1").await;
-    pod(&pki, ip(net, 12), "back", "back-2").await;
-    let (endpoint, received) = collector(net).await;
+    let (pki, endpoint, received) = backends_and_collector(net).await;
     let waypoint = waypoint_with(
         &pki,
         net,
@@ -380,10 +380,7 @@ async fn spans_can_carry_neither_path_nor_route() {
 #[tokio::test]
 async fn the_binary_sends_its_last_spans_when_terminated() {
     let net = 143;
-    let pki = TestPki::new("cluster.local");
-    pod(&pki, ip(net, 11), "back", "back-1").await;
-    pod(&pki, ip(net, 12), "back", "back-2").await;
-    let (endpoint, received) = collector(net).await;
+    let (pki, endpoint, received) = backends_and_collector(net).await;
     let waypoint =
         ChildWaypoint::start(&pki, net, &mesh(net), &["--otlp-endpoint", &endpoint]).await;
     let client = Client::new(&pki, NS, "front", waypoint.hbone_addr());
