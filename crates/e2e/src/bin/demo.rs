@@ -69,9 +69,7 @@ async fn main() -> Result<()> {
 async fn captured_and_risk(user: &User<'_>) -> Result<()> {
     user.say
         .step("NodeCapture: the pods each node's capture agent handed to its tunnel");
-    for line in user.kubectl(&["get", "nodecaptures"])?.lines() {
-        user.say.say(line);
-    }
+    show(user, &["get", "nodecaptures"])?;
     user.say
         .step("Risk profile high on namespace demo, reported (docs/risk-profiles.md)");
     user.kubectl(&["label", "namespace", NS, "ambit.dev/risk-profile=high"])?;
@@ -91,23 +89,27 @@ async fn captured_and_risk(user: &User<'_>) -> Result<()> {
             .filter(|unmet| !unmet.is_empty())
     })
     .await?;
-    for line in user.kubectl(&["get", "riskprofiles", "-A"])?.lines() {
-        user.say.say(line);
-    }
-    let unmet = user.kubectl(&[
-        "get",
-        "riskprofiles",
-        "-n",
-        NS,
-        "ambit",
-        "-o",
-        "jsonpath={range .status.conditions[?(@.status==\"False\")]}{.type}: {.message}{\"\\n\"}{end}",
-    ])?;
-    for line in unmet.lines() {
-        user.say.say(line);
-    }
+    show(user, &["get", "riskprofiles", "-A"])?;
+    show(
+        user,
+        &[
+            "get",
+            "riskprofiles",
+            "-n",
+            NS,
+            "ambit",
+            "-o",
+            "jsonpath={range .status.conditions[?(@.status==\"False\")]}{.type}: {.message}{\"\\n\"}{end}",
+        ],
+    )?;
     user.say.step("kubectl ambit threats -n demo");
-    for line in user.kubectl(&["ambit", "threats", "-n", NS])?.lines() {
+    show(user, &["ambit", "threats", "-n", NS])?;
+    Ok(())
+}
+
+/// Runs kubectl with `args` and narrates its output.
+fn show(user: &User<'_>, args: &[&str]) -> Result<()> {
+    for line in user.kubectl(args)?.lines() {
         user.say.say(line);
     }
     Ok(())
