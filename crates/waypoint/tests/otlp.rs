@@ -7,6 +7,7 @@
 mod support;
 
 use ambit_identity::testing::TestPki;
+use ambit_waypoint::run::Running;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -117,6 +118,11 @@ routes:
     )
 }
 
+/// The waypoint of `shop/back` serving [`mesh`] on `net`, with `flags` (its tracing).
+async fn back_waypoint(pki: &TestPki, net: u8, flags: &[&str]) -> Running {
+    waypoint_with(pki, net, &mesh(net), (SERVED_SA, WAYPOINT_SA), flags).await
+}
+
 /// `GET path` on `target` over HTTP/1.1 as `shop/front`, with `traceparent` (and
 /// [`CALLER_STATE`]) if given; the status and the `traceparent` the upstream pod saw.
 async fn send(
@@ -185,11 +191,9 @@ const CALLER_STATE: &str = "vendor=abc,other=1";
 async fn each_request_is_a_server_span_in_the_callers_trace() {
     let net = 141;
     let (pki, endpoint, received) = backends_and_collector(net).await;
-    let waypoint = waypoint_with(
+    let waypoint = back_waypoint(
         &pki,
         net,
-        &mesh(net),
-        (SERVED_SA, WAYPOINT_SA),
         &[
             "--otlp-endpoint",
             &endpoint,
@@ -292,11 +296,9 @@ async fn each_request_is_a_server_span_in_the_callers_trace() {
 async fn the_ratio_holds_against_a_caller_that_samples_everything() {
     let net = 142;
     let (pki, endpoint, received) = backends_and_collector(net).await;
-    let waypoint = waypoint_with(
+    let waypoint = back_waypoint(
         &pki,
         net,
-        &mesh(net),
-        (SERVED_SA, WAYPOINT_SA),
         &["--otlp-endpoint", &endpoint, "--otlp-sampling", "0.25"],
     )
     .await;
@@ -335,7 +337,7 @@ async fn the_ratio_holds_against_a_caller_that_samples_everything() {
     }
 
     // Without an endpoint there is no exporter; the trace still goes on as a child.
-    let off = waypoint_with(&pki, net, &mesh(net), (SERVED_SA, WAYPOINT_SA), &[]).await;
+    let off = back_waypoint(&pki, net, &[]).await;
     assert!(off.shared.tracer.is_none());
     let client = Client::new(&pki, NS, "front", off.hbone_addr);
     let (status, continued) = send(&client, &back, "/off", Some(CALLER)).await;
@@ -356,11 +358,9 @@ async fn the_ratio_holds_against_a_caller_that_samples_everything() {
 async fn spans_can_carry_neither_path_nor_route() {
     let net = 144;
     let (pki, endpoint, received) = backends_and_collector(net).await;
-    let waypoint = waypoint_with(
+    let waypoint = back_waypoint(
         &pki,
         net,
-        &mesh(net),
-        (SERVED_SA, WAYPOINT_SA),
         &["--otlp-endpoint", &endpoint, "--otlp-url-path", "none"],
     )
     .await;
