@@ -11,7 +11,7 @@
 //! waypoint for the same account wins: the automatic one goes. Only the Lease holder acts.
 
 use crate::crd::{AuthorizationPolicy, Gateway, PolicyAction};
-use crate::index::{Snapshot, Stores};
+use crate::index::{ClusterView, Snapshot, Stores};
 use crate::waypoint::{FIELD_MANAGER, WAYPOINT_CLASS, waypoint_for};
 use ambit_k8s::waypoint::{NAME_PREFIX, is_dns_label};
 use ambit_proto::config::v1 as pb;
@@ -20,7 +20,6 @@ use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// The namespace label that asks for automatic waypoints, and its value.
 pub const WAYPOINT_LABEL: &str = "ambit.dev/waypoint";
@@ -178,23 +177,8 @@ fn gateway(namespace: &str, name: &str, sa: &str) -> Result<Gateway, serde_json:
     serde_json::from_value(gw)
 }
 
-/// Inputs of the automatic waypoint task.
-#[derive(Clone)]
-pub struct Context {
-    pub client: kube::Client,
-    pub leader: watch::Receiver<bool>,
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub stores: Stores,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").finish_non_exhaustive()
-    }
-}
-
 /// Creates and deletes automatic waypoints while this replica holds the Lease.
-pub async fn run(ctx: Context) {
+pub async fn run(ctx: ClusterView) {
     crate::policy::paced(ctx.leader.clone(), ctx.snapshots.clone(), |snapshot| {
         let ctx = ctx.clone();
         async move { apply(&ctx, &snapshot).await }
@@ -202,7 +186,7 @@ pub async fn run(ctx: Context) {
     .await;
 }
 
-async fn apply(ctx: &Context, snapshot: &Snapshot) {
+async fn apply(ctx: &ClusterView, snapshot: &Snapshot) {
     let plan = plan(&wanted(snapshot, &ctx.stores), &ctx.stores.gateways.state());
     for ((ns, sa), name) in plan.create {
         let gw = match gateway(&ns, &name, &sa) {

@@ -2,7 +2,7 @@
 //! published as [`Snapshot`]s. A change to a pod, service, EndpointSlice or policy recomputes
 //! only the resources derived from it, so one pod event costs the same in a cluster of ten pods
 //! and of ten thousand; a relist, a namespace (enrollment) or a Gateway (waypoint) change
-//! rebuilds everything. A route is recomputed when it changes, when a Service it names changes,
+//! rebuilds everything, and a change in a namespace's risk refusals recomputes its workloads. A route is recomputed when it changes, when a Service it names changes,
 //! and (all of them) when a ReferenceGrant changes. Pure apart from reading the stores: unit
 //! tests fill stores by hand.
 
@@ -188,12 +188,33 @@ impl Stores {
     }
 }
 
+/// What a task following the mesh reads (the stores, the index's snapshots, whether this
+/// replica holds the Lease) and the client it writes with.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub client: kube::Client,
+    pub leader: tokio::sync::watch::Receiver<bool>,
+    pub snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    pub stores: Stores,
+}
+
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterView").finish_non_exhaustive()
+    }
+}
+
 /// What changed in the cluster: the object is read from its store, which already holds the
 /// change (or no longer holds the object).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Change {
-    /// Anything may have changed: a relist, a namespace (enrollment) or a Gateway (waypoints).
+    /// Anything may have changed: a relist.
     All,
+    /// A namespace (its enrollment decides about every resource in it): a rebuild, named for
+    /// the risk evaluation, which reads only its own namespace's objects.
+    Namespace(String),
+    /// A Gateway (a waypoint decides about every workload of its account): a rebuild too.
+    Gateway(ObjectKey),
     Pod(ObjectKey),
     Service(ObjectKey),
     EndpointSlice(ObjectKey),
@@ -205,44 +226,55 @@ pub enum Change {
     /// A JWKS Secret or fetched key set changed: every RequestAuthentication may change.
     KeySets,
     RateLimit(ObjectKey),
-    /// The service accounts refused by enforced risk profiles changed: their workloads are
-    /// labelled anew, and the DENY policies selecting them follow.
-    Refusals,
+    /// The service accounts an enforced risk profile refuses in this namespace changed: its
+    /// workloads are labelled anew, and its DENY policy follows.
+    Refusals(String),
+}
+
+impl Change {
+    /// Whether the index rebuilds everything for it.
+    fn rebuilds(&self) -> bool {
+        matches!(self, Self::All | Self::Namespace(_) | Self::Gateway(_))
+    }
 }
 
 /// Changes waiting for the index, as a set: many events about one object are one change, and
 /// a reflector never waits for the index (one that waited would stop updating its store, which
-/// the CA reads too).
+/// the CA reads too). Also the namespaces they touched since the risk evaluation last took
+/// them: it evaluates only those.
 #[derive(Debug, Default)]
 pub struct ChangeQueue {
     pending: std::sync::Mutex<BTreeSet<Change>>,
     ready: tokio::sync::Notify,
+    touched: std::sync::Mutex<crate::risk::Touched>,
 }
 
 impl ChangeQueue {
     pub fn push(&self, change: Change) {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(change);
+        lock(&self.touched).add(&change);
+        lock(&self.pending).insert(change);
         self.ready.notify_one();
+    }
+
+    /// The namespaces touched since the last call (every one before the first).
+    pub fn take_touched(&self) -> crate::risk::Touched {
+        std::mem::replace(&mut *lock(&self.touched), crate::risk::Touched::none())
     }
 
     /// Waits for changes, and takes all that are waiting.
     pub async fn take(&self) -> Vec<Change> {
         loop {
-            let batch = std::mem::take(
-                &mut *self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
+            let batch = std::mem::take(&mut *lock(&self.pending));
             if !batch.is_empty() {
                 return batch.into_iter().collect();
             }
             self.ready.notified().await;
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The objects the index reads, and what an event about one means to it.
@@ -253,17 +285,15 @@ pub trait Watched {
     fn trim(&mut self) {}
 }
 
-/// Enrollment decides about every resource of the namespace.
 impl Watched for Namespace {
     fn change(&self) -> Change {
-        Change::All
+        Change::Namespace(self.metadata.name.clone().unwrap_or_default())
     }
 }
 
-/// A waypoint decides about every workload of its service account.
 impl Watched for Gateway {
     fn change(&self) -> Change {
-        Change::All
+        Change::Gateway(key(&self.metadata))
     }
 }
 
@@ -490,13 +520,13 @@ impl Index {
             resources: &mut resources,
             changed: BTreeSet::new(),
         };
-        // Refusals change seldom (a risk profile met or broken): a rebuild is their update.
-        if changes.contains(&Change::All) || changes.contains(&Change::Refusals) {
+        if changes.iter().any(Change::rebuilds) {
             self.rebuild(&mut out);
         } else {
             for change in &changes {
                 match change {
-                    Change::All | Change::Refusals => {}
+                    Change::All | Change::Namespace(_) | Change::Gateway(_) => {}
+                    Change::Refusals(ns) => self.update_refusals(ns, &mut out),
                     Change::Pod(k) => self.update_pod(k, &mut out),
                     Change::Service(k) => self.update_service(k, &mut out),
                     Change::EndpointSlice(k) => {
@@ -630,11 +660,8 @@ impl Index {
         }
         desired.extend(self.ext_authz_providers.iter().cloned());
         for ns in self.stores.refusals.namespaces() {
-            if self.enrolled(&ns) {
-                desired.insert(
-                    format!("authorizationpolicy/{ns}/{}", crate::risk::DENY_POLICY),
-                    pb::resource::Kind::AuthorizationPolicy(crate::risk::deny_policy(&ns)),
-                );
+            if let Some(deny) = self.deny_policy(&ns) {
+                desired.insert(deny_policy_name(&ns), deny);
             }
         }
         for ra in self.stores.request_authns.state() {
@@ -754,6 +781,26 @@ impl Index {
         for (kind, route) in routes {
             self.update_route(kind, &route, out);
         }
+    }
+
+    /// Namespace `ns`'s refusals changed: its workloads, and its DENY policy.
+    fn update_refusals(&mut self, ns: &str, out: &mut Writer<'_>) {
+        let pods: Vec<ObjectKey> = self
+            .uid_of_pod
+            .keys()
+            .filter(|(pod_ns, _)| pod_ns == ns)
+            .cloned()
+            .collect();
+        for k in pods {
+            self.update_pod(&k, out);
+        }
+        out.put(&deny_policy_name(ns), self.deny_policy(ns));
+    }
+
+    /// The DENY policy of `ns`'s refused accounts, when it refuses some and is enrolled.
+    fn deny_policy(&self, ns: &str) -> Option<pb::resource::Kind> {
+        (self.stores.refusals.refuses_any(ns) && self.enrolled(ns))
+            .then(|| pb::resource::Kind::AuthorizationPolicy(crate::risk::deny_policy(ns)))
     }
 
     fn update_rate_limit(&self, k: &ObjectKey, out: &mut Writer<'_>) {
@@ -1041,6 +1088,10 @@ impl Index {
             ))
         })
     }
+}
+
+fn deny_policy_name(ns: &str) -> String {
+    format!("authorizationpolicy/{ns}/{}", crate::risk::DENY_POLICY)
 }
 
 /// Removes `k` from the set at `at`, dropping the set when it empties.

@@ -220,11 +220,7 @@ fn targeted_updates_equal_a_rebuild() {
         assert_eq!(changed, differing, "changed names after {what}");
         prev = got;
     };
-    let all = |c: &mut Cluster, o: Namespace| {
-        c.apply(o);
-        Change::All
-    };
-    let ch = all(&mut c, ns("shop", true));
+    let ch = c.apply(ns("shop", true));
     step(&mut c, "namespace", ch);
     let ch = c.apply(pod("shop", "a", "front", "n1", "10.0.0.1"));
     step(&mut c, "pod a", ch);
@@ -274,7 +270,7 @@ fn targeted_updates_equal_a_rebuild() {
     step(&mut c, "service deleted", ch);
     let ch = c.delete(http_route("shop", "r", &[], &[]));
     step(&mut c, "route deleted", ch);
-    let ch = all(&mut c, ns("shop", false));
+    let ch = c.apply(ns("shop", false));
     step(&mut c, "namespace unenrolled", ch);
     assert!(prev.resources.is_empty());
 }

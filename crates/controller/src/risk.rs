@@ -1,13 +1,14 @@
 //! Risk profiles (docs/risk-profiles.md): every namespace labelled `ambit.dev/risk-profile` is
 //! evaluated against its profile's requirements ([`ambit_risk`]) after each new snapshot and
-//! every 10 s. Every replica evaluates: in enforce mode the service accounts
-//! [`ambit_risk::enforcement_targets`] names are [`Refusals`], which the index turns into one
-//! DENY policy per namespace that node tunnels apply to those accounts' pods (so the data
-//! plane refuses them with no code of its own), and the metrics say how each namespace stands.
+//! every 10 s, when its objects changed since ([`Touched`]). Every replica evaluates: in enforce
+//! mode the service accounts [`ambit_risk::enforcement_targets`] names are [`Refusals`], which
+//! the index turns into one DENY policy per namespace that node tunnels apply to those
+//! accounts' pods (so the data plane refuses them with no code of its own), and the metrics say
+//! how each namespace stands.
 //! The Lease holder also writes each namespace's `RiskProfile` (status only when it changed)
 //! and deletes it once the label is gone.
 
-use crate::index::{Change, ChangeQueue, Snapshot, Stores};
+use crate::index::{Change, ChangeQueue, ClusterView, Stores};
 use crate::metrics::Metrics;
 use crate::status::{self, Verdict};
 use ambit_k8s::risk_profile::{RISK_PROFILE_NAME, RiskProfileSpec, RiskProfileStatus};
@@ -15,12 +16,11 @@ use ambit_proto::config::v1 as pb;
 use ambit_risk::{Enforcement, MeshSettings, NamespaceFacts, NamespaceObjects};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 pub use ambit_k8s::risk_profile::RiskProfile;
 
@@ -58,16 +58,25 @@ impl Refusals {
         self.read().keys().cloned().collect()
     }
 
-    /// Makes `refused` (namespaces without any left out) the refusals; returns whether they
-    /// changed.
-    fn replace(&self, mut refused: BTreeMap<String, BTreeSet<String>>) -> bool {
+    pub fn refuses_any(&self, namespace: &str) -> bool {
+        self.read().contains_key(namespace)
+    }
+
+    /// Makes `refused` (namespaces without any left out) the refusals; returns the namespaces
+    /// whose refused accounts changed.
+    fn replace(&self, mut refused: BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
         refused.retain(|_, s| !s.is_empty());
         let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if *current == refused {
-            return false;
+        let changed: BTreeSet<String> = current
+            .keys()
+            .chain(refused.keys())
+            .filter(|ns| current.get(*ns) != refused.get(*ns))
+            .cloned()
+            .collect();
+        if !changed.is_empty() {
+            *current = refused;
         }
-        *current = refused;
-        true
+        changed
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, BTreeSet<String>>> {
@@ -133,19 +142,124 @@ fn of<'a, K>(grouped: &HashMap<String, Vec<&'a K>>, ns: &str) -> Vec<&'a K> {
     grouped.get(ns).cloned().unwrap_or_default()
 }
 
+/// The namespaces whose objects changed since the evaluation last looked: what it evaluates
+/// again. Every other namespace's evaluation is a function of the same objects (and of
+/// settings fixed for the controller's life), so it is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Touched {
+    /// Any may have: a relist, or nothing evaluated yet.
+    #[default]
+    All,
+    Namespaces(BTreeSet<String>),
+}
+
+impl Touched {
+    pub fn none() -> Self {
+        Self::Namespaces(BTreeSet::new())
+    }
+
+    /// Adds the namespace `change` touches, if the evaluation reads what changed.
+    pub fn add(&mut self, change: &Change) {
+        let ns = match change {
+            Change::All => {
+                *self = Self::All;
+                return;
+            }
+            Change::Namespace(ns) => ns,
+            Change::Pod((ns, _))
+            | Change::Service((ns, _))
+            | Change::Gateway((ns, _))
+            | Change::Policy((ns, _))
+            | Change::Route(_, (ns, _))
+            | Change::RequestAuthn((ns, _))
+            | Change::RateLimit((ns, _)) => ns,
+            // Not read by the evaluation; the refusals are what it makes.
+            Change::EndpointSlice(_)
+            | Change::ReferenceGrant
+            | Change::KeySets
+            | Change::Refusals(_) => return,
+        };
+        if let Self::Namespaces(names) = self {
+            names.insert(ns.clone());
+        }
+    }
+}
+
+/// The evaluations of every labelled namespace, kept from pass to pass.
+#[derive(Debug, Default)]
+pub struct Evaluations(BTreeMap<String, Evaluation>);
+
+/// What [`Evaluations::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    /// How many namespaces it evaluated.
+    pub evaluated: usize,
+    /// Whether an evaluation changed, came or went.
+    pub changed: bool,
+}
+
+impl Evaluations {
+    /// Evaluates the `touched` namespaces again.
+    pub fn update(
+        &mut self,
+        stores: &Stores,
+        settings: &MeshSettings,
+        touched: Touched,
+    ) -> Updated {
+        let namespaces = match &touched {
+            Touched::All => stores.namespaces.state(),
+            Touched::Namespaces(names) => names
+                .iter()
+                .filter_map(|ns| stores.namespaces.get(&ObjectRef::new(ns)))
+                .collect(),
+        };
+        let labelled: Vec<Arc<Namespace>> =
+            namespaces.into_iter().filter(|ns| labelled(ns)).collect();
+        let evaluated = labelled.len();
+        let fresh = evaluate_labelled(stores, settings, labelled);
+        // What was kept of them, including those no longer labelled or gone.
+        let kept: BTreeMap<String, Evaluation> = match touched {
+            Touched::All => std::mem::take(&mut self.0),
+            Touched::Namespaces(names) => names
+                .iter()
+                .filter_map(|ns| self.0.remove_entry(ns))
+                .collect(),
+        };
+        let changed = kept != fresh;
+        self.0.extend(fresh);
+        Updated { evaluated, changed }
+    }
+
+    pub fn get(&self) -> &BTreeMap<String, Evaluation> {
+        &self.0
+    }
+}
+
+/// Whether `ns` asks for an evaluation. A namespace with only an enforcement label does too:
+/// a mistyped one is said.
+fn labelled(ns: &Namespace) -> bool {
+    let labels = ns.labels();
+    labels.contains_key(ambit_k8s::names::RISK_PROFILE_LABEL)
+        || labels.contains_key(ambit_k8s::names::RISK_ENFORCEMENT_LABEL)
+}
+
 /// Every labelled namespace's evaluation, by namespace.
 pub fn evaluate_all(stores: &Stores, settings: &MeshSettings) -> BTreeMap<String, Evaluation> {
-    let labelled: Vec<Arc<Namespace>> = stores
+    let labelled = stores
         .namespaces
         .state()
         .into_iter()
-        // A namespace with only an enforcement label is read too: a mistyped one is said.
-        .filter(|ns| {
-            let labels = ns.labels();
-            labels.contains_key(ambit_k8s::names::RISK_PROFILE_LABEL)
-                || labels.contains_key(ambit_k8s::names::RISK_ENFORCEMENT_LABEL)
-        })
+        .filter(|ns| labelled(ns))
         .collect();
+    evaluate_labelled(stores, settings, labelled)
+}
+
+/// The evaluations of the `labelled` namespaces, by namespace: one read of each store.
+fn evaluate_labelled(
+    stores: &Stores,
+    settings: &MeshSettings,
+    labelled: Vec<Arc<Namespace>>,
+) -> BTreeMap<String, Evaluation> {
     if labelled.is_empty() {
         return BTreeMap::new();
     }
@@ -270,11 +384,8 @@ fn evaluate(
 /// Inputs of the evaluation task.
 #[derive(Clone)]
 pub struct Context {
-    pub client: kube::Client,
-    pub leader: watch::Receiver<bool>,
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub stores: Stores,
-    /// Told when the refusals change.
+    pub view: ClusterView,
+    /// Says which namespaces changed; told when the refusals change.
     pub changes: Arc<ChangeQueue>,
     pub settings: MeshSettings,
     pub metrics: Arc<Metrics>,
@@ -282,8 +393,6 @@ pub struct Context {
     pub events: status::Events,
     /// The RiskProfiles (not waited for at start: without the CRD, only status is missing).
     pub profiles: Store<RiskProfile>,
-    /// What this replica wrote while leading, by namespace (cleared when it stops leading).
-    pub written: Arc<Mutex<BTreeMap<String, Written>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -292,53 +401,73 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// What one pass leaves the next.
+#[derive(Debug, Default)]
+struct Kept {
+    evaluations: Evaluations,
+    /// What this replica wrote while leading, by namespace (cleared when it stops leading).
+    written: BTreeMap<String, Written>,
+}
+
 /// Evaluates, refuses, exports, and (as Lease holder) writes status, until the snapshot or
 /// leader channel closes.
 pub async fn run(ctx: Context) {
-    crate::policy::every_snapshot(ctx.leader.clone(), ctx.snapshots.clone(), |_, leading| {
-        let ctx = ctx.clone();
-        async move { pass(&ctx, leading).await }
+    // Passes run one after the other: the lock is never waited for.
+    let kept = Arc::new(tokio::sync::Mutex::new(Kept::default()));
+    let view = &ctx.view;
+    crate::policy::every_snapshot(view.leader.clone(), view.snapshots.clone(), |_, leading| {
+        let (ctx, kept) = (ctx.clone(), kept.clone());
+        async move { pass(&ctx, &mut *kept.lock().await, leading).await }
     })
     .await;
 }
 
-async fn pass(ctx: &Context, leading: bool) {
-    let evaluations = evaluate_all(&ctx.stores, &ctx.settings);
-    if refuse(&ctx.stores.refusals, &evaluations) {
-        ctx.changes.push(Change::Refusals);
+async fn pass(ctx: &Context, kept: &mut Kept, leading: bool) {
+    let stores = &ctx.view.stores;
+    let updated = kept
+        .evaluations
+        .update(stores, &ctx.settings, ctx.changes.take_touched());
+    if updated.evaluated > 0 {
+        tracing::debug!(evaluated = updated.evaluated, "risk profiles evaluated");
     }
-    ctx.metrics.set_risk(
-        evaluations.values().flat_map(|e| {
-            e.conditions
-                .iter()
-                .map(|(t, v)| ([e.namespace.clone(), e.profile.clone(), t.clone()], !v.ok))
-        }),
-        evaluations
-            .values()
-            .map(|e| (e.namespace.clone(), e.refused.len())),
-    );
+    let evaluations = kept.evaluations.get();
+    // Even when no evaluation changed: the refusals made at start came from evaluations not
+    // kept here.
+    for ns in refuse(&stores.refusals, evaluations) {
+        ctx.changes.push(Change::Refusals(ns));
+    }
+    if updated.changed {
+        ctx.metrics.set_risk(
+            evaluations.values().flat_map(|e| {
+                e.conditions
+                    .iter()
+                    .map(|(t, v)| ([e.namespace.clone(), e.profile.clone(), t.clone()], !v.ok))
+            }),
+            evaluations
+                .values()
+                .map(|e| (e.namespace.clone(), e.refused.len())),
+        );
+    }
     // The RiskProfiles' store must have listed, or every status would look new.
     if leading && futures::FutureExt::now_or_never(ctx.profiles.wait_until_ready()).is_some() {
-        let mut written = std::mem::take(&mut *lock(&ctx.written));
-        write_statuses(ctx, &evaluations, &mut written).await;
-        *lock(&ctx.written) = written;
+        write_statuses(ctx, evaluations, &mut kept.written).await;
     } else if !leading {
         // Another replica writes meanwhile: what this one wrote says nothing of the objects
         // when it leads again.
-        lock(&ctx.written).clear();
+        kept.written.clear();
     }
 }
 
-/// Makes the accounts `evaluations` refuse the refusals, logging a change; returns whether
-/// they changed.
-pub fn refuse(refusals: &Refusals, evaluations: &BTreeMap<String, Evaluation>) -> bool {
+/// Makes the accounts `evaluations` refuse the refusals, logging a change; returns the
+/// namespaces whose refused accounts changed.
+pub fn refuse(refusals: &Refusals, evaluations: &BTreeMap<String, Evaluation>) -> BTreeSet<String> {
     let refused: BTreeMap<String, BTreeSet<String>> = evaluations
         .values()
         .filter(|e| !e.refused.is_empty())
         .map(|e| (e.namespace.clone(), e.refused.clone()))
         .collect();
     let changed = refusals.replace(refused.clone());
-    if changed {
+    if !changed.is_empty() {
         tracing::warn!(
             ?refused,
             "risk profiles enforced: node tunnels refuse inbound traffic to these namespaces' service accounts"
@@ -487,7 +616,7 @@ async fn write_statuses(
     let now = Instant::now();
     for (ns, evaluation) in evaluations {
         let stored = existing.get(ns).map(|p| &**p);
-        let api: Api<RiskProfile> = Api::namespaced(ctx.client.clone(), ns);
+        let api: Api<RiskProfile> = Api::namespaced(ctx.view.client.clone(), ns);
         let (generation, previous) = match last_written(stored, written.get(ns), now) {
             Some(last) => last,
             None => match create(&api).await {
@@ -542,10 +671,6 @@ async fn write_statuses(
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn apply_params() -> PatchParams {
     PatchParams::apply(crate::waypoint::FIELD_MANAGER).force()
 }
@@ -571,7 +696,7 @@ async fn delete(ctx: &Context, p: &RiskProfile) {
         }),
         ..Default::default()
     };
-    let api: Api<RiskProfile> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<RiskProfile> = Api::namespaced(ctx.view.client.clone(), &ns);
     match api.delete(RISK_PROFILE_NAME, &params).await {
         Ok(_) => tracing::info!(namespace = %ns, "risk profile label removed: RiskProfile deleted"),
         Err(e) => tracing::warn!(namespace = %ns, error = %e, "deleting the RiskProfile"),

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
 use crate::index::testing::{Cluster, obj, pod, waypoint};
-use crate::index::{Change, Index};
+use crate::index::{Change, Index, Snapshot};
 use ambit_k8s::names::{DATAPLANE_MODE_LABEL, RISK_ENFORCEMENT_LABEL, RISK_PROFILE_LABEL};
 use serde_json::json;
 
@@ -164,11 +164,11 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
         };
     let deny = format!("authorizationpolicy/shop/{DENY_POLICY}");
 
-    assert!(refuse(
-        &stores.refusals,
-        &evaluate_all(&stores, &settings())
-    ));
-    let snap = index.update([Change::Refusals]).unwrap();
+    assert_eq!(
+        refuse(&stores.refusals, &evaluate_all(&stores, &settings())),
+        ["shop".to_owned()].into()
+    );
+    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
     assert!(labelled(&snap, "uid-echo-1"));
     assert!(!labelled(&snap, "uid-front-1"));
     let Some(pb::resource::Kind::AuthorizationPolicy(p)) = snap.resources[&*deny].kind() else {
@@ -178,13 +178,10 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
     assert_eq!(p.match_labels[REFUSED_LABEL], "true");
 
     // The same refusals again change nothing.
-    assert!(!refuse(
-        &stores.refusals,
-        &evaluate_all(&stores, &settings())
-    ));
+    assert!(refuse(&stores.refusals, &evaluate_all(&stores, &settings())).is_empty());
 
-    assert!(stores.refusals.replace(BTreeMap::new()));
-    let snap = index.update([Change::Refusals]).unwrap();
+    assert!(!stores.refusals.replace(BTreeMap::new()).is_empty());
+    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
     assert!(!labelled(&snap, "uid-echo-1"));
     assert!(!snap.resources.contains_key(&*deny));
 }
@@ -206,16 +203,16 @@ fn a_refused_pod_cannot_opt_out_of_its_refusal() {
         other => panic!("{other:?}"),
     };
 
-    assert!(refuse(
-        &stores.refusals,
-        &evaluate_all(&stores, &settings())
-    ));
-    let snap = index.update([Change::Refusals]).unwrap();
+    assert_eq!(
+        refuse(&stores.refusals, &evaluate_all(&stores, &settings())),
+        ["shop".to_owned()].into()
+    );
+    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
     assert!(!opted_out(&snap), "a refused pod stayed opted out");
 
     // Once no longer refused, its own choice holds again.
-    assert!(stores.refusals.replace(BTreeMap::new()));
-    let snap = index.update([Change::Refusals]).unwrap();
+    assert!(!stores.refusals.replace(BTreeMap::new()).is_empty());
+    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
     assert!(opted_out(&snap));
 }
 
@@ -367,4 +364,76 @@ fn an_unset_tunnel_mode_is_reported_unknown_not_strict() {
     let v = condition(e, "LOW-REQ2");
     assert_eq!((v.ok, v.reason), (false, "ModeUnknown"), "{v:?}");
     assert!(v.message.contains("tunnel mode unknown"), "{}", v.message);
+}
+
+#[test]
+fn a_pass_evaluates_only_the_namespaces_whose_objects_changed() {
+    let mut c = high_enforced();
+    c.apply::<Namespace>(obj(
+        json!({"metadata": {"name": "bank", "labels": {RISK_PROFILE_LABEL: "low"}}}),
+    ));
+    let queue = ChangeQueue::default();
+    let mut kept = Evaluations::default();
+    let pass = |c: &Cluster, kept: &mut Evaluations| {
+        kept.update(&c.stores(), &settings(), queue.take_touched())
+    };
+    let updated = |evaluated, changed| Updated { evaluated, changed };
+
+    assert_eq!(
+        pass(&c, &mut kept),
+        updated(2, true),
+        "the first pass evaluates all"
+    );
+    assert_eq!(pass(&c, &mut kept), updated(0, false), "nothing changed");
+    // Objects of a namespace without a profile, or that no evaluation reads.
+    queue.push(c.apply(pod("other", "x-1", "x", "n1", "10.0.0.9")));
+    queue.push(Change::EndpointSlice(("shop".into(), "echo-abc".into())));
+    assert_eq!(pass(&c, &mut kept), updated(0, false));
+
+    queue.push(c.apply(programmed_waypoint()));
+    assert_eq!(pass(&c, &mut kept), updated(1, true), "shop alone");
+    let all = evaluate_all(&c.stores(), &settings());
+    assert!(all["shop"].refused.is_empty());
+    assert_eq!(kept.get(), &all, "as if all were evaluated");
+
+    // The label goes: so does the evaluation, with none made.
+    queue.push(c.apply(shop(&[])));
+    assert_eq!(pass(&c, &mut kept), updated(0, true));
+    assert_eq!(kept.get().keys().collect::<Vec<_>>(), ["bank"]);
+
+    // A relist may have changed anything.
+    queue.push(Change::All);
+    assert_eq!(pass(&c, &mut kept), updated(1, false));
+}
+
+#[test]
+fn a_refusal_change_updates_its_namespace_as_a_rebuild_would() {
+    let c = high_enforced();
+    let stores = c.stores();
+    let mut index = Index::new(stores.clone(), "cluster.local");
+    let mut previous = index.update([Change::All]).unwrap();
+    let rebuilt = || {
+        Index::new(stores.clone(), "cluster.local")
+            .update([Change::All])
+            .unwrap()
+            .resources
+    };
+    let refused = evaluate_all(&stores, &settings());
+    for evaluations in [refused, BTreeMap::new()] {
+        let changes = refuse(&stores.refusals, &evaluations);
+        assert_eq!(changes, ["shop".to_owned()].into());
+        let next = index
+            .update(changes.into_iter().map(Change::Refusals))
+            .unwrap();
+        assert_eq!(next.resources, rebuilt());
+        let changed = next.changed_since(&previous);
+        assert_eq!(
+            changed.iter().map(|n| &**n).collect::<Vec<_>>(),
+            [
+                &*format!("authorizationpolicy/shop/{DENY_POLICY}"),
+                "workload/uid-echo-1"
+            ]
+        );
+        previous = next;
+    }
 }

@@ -6,7 +6,7 @@ use crate::auth::Authenticator;
 use crate::ca::{self, CaService};
 use crate::config::Config;
 use crate::config_service::ConfigServer;
-use crate::index::{Change, ChangeQueue, Index, Snapshot, Stores, Watched};
+use crate::index::{Change, ChangeQueue, ClusterView, Index, Snapshot, Stores, Watched};
 use crate::metrics::Metrics;
 use crate::request_authn::{self, Fetched, KeySources};
 use crate::root::{self, MeshRoots, RootIssuer};
@@ -416,24 +416,21 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         snapshots: snapshots.clone(),
         stores: rate_limit_stores,
     }));
-    tasks.spawn(auto_waypoint::run(auto_waypoint::Context {
+    let view = |stores| ClusterView {
         client: client.clone(),
         leader: leader.clone(),
         snapshots: snapshots.clone(),
-        stores: auto_waypoint_stores,
-    }));
+        stores,
+    };
+    tasks.spawn(auto_waypoint::run(view(auto_waypoint_stores)));
     let risk_profiles = spawn_store(&mut tasks, Api::all(client.clone()));
     tasks.spawn(risk::run(risk::Context {
-        client: client.clone(),
-        leader: leader.clone(),
-        snapshots: snapshots.clone(),
-        stores: risk_stores,
+        view: view(risk_stores),
         changes,
         settings: config.mesh_settings(),
         metrics: metrics.clone(),
         events: events.clone(),
         profiles: risk_profiles,
-        written: Default::default(),
     }));
     tasks.spawn(route_status::run(route_status::StatusContext {
         client: client.clone(),
