@@ -143,6 +143,20 @@ fn report_mode_refuses_nothing_and_bad_labels_are_said() {
     assert!(evaluate_all(&c.stores(), &settings()).is_empty());
 }
 
+/// What `evaluations` refuse made the refusals, as a pass does, which changes `shop`'s: the
+/// index's next snapshot.
+fn shop_refusals(
+    stores: &Stores,
+    index: &mut Index,
+    evaluations: &BTreeMap<String, Evaluation>,
+) -> Snapshot {
+    let changed = refuse(&stores.refusals, evaluations);
+    assert_eq!(changed, ["shop".to_owned()].into());
+    index
+        .update(changed.into_iter().map(Change::Refusals))
+        .unwrap()
+}
+
 #[test]
 fn refused_workloads_are_labelled_and_denied_by_the_index() {
     let mut c = high_enforced();
@@ -164,11 +178,7 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
         };
     let deny = format!("authorizationpolicy/shop/{DENY_POLICY}");
 
-    assert_eq!(
-        refuse(&stores.refusals, &evaluate_all(&stores, &settings())),
-        ["shop".to_owned()].into()
-    );
-    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
+    let snap = shop_refusals(&stores, &mut index, &evaluate_all(&stores, &settings()));
     assert!(labelled(&snap, "uid-echo-1"));
     assert!(!labelled(&snap, "uid-front-1"));
     let Some(pb::resource::Kind::AuthorizationPolicy(p)) = snap.resources[&*deny].kind() else {
@@ -180,8 +190,7 @@ fn refused_workloads_are_labelled_and_denied_by_the_index() {
     // The same refusals again change nothing.
     assert!(refuse(&stores.refusals, &evaluate_all(&stores, &settings())).is_empty());
 
-    assert!(!stores.refusals.replace(BTreeMap::new()).is_empty());
-    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
+    let snap = shop_refusals(&stores, &mut index, &BTreeMap::new());
     assert!(!labelled(&snap, "uid-echo-1"));
     assert!(!snap.resources.contains_key(&*deny));
 }
@@ -203,16 +212,11 @@ fn a_refused_pod_cannot_opt_out_of_its_refusal() {
         other => panic!("{other:?}"),
     };
 
-    assert_eq!(
-        refuse(&stores.refusals, &evaluate_all(&stores, &settings())),
-        ["shop".to_owned()].into()
-    );
-    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
+    let snap = shop_refusals(&stores, &mut index, &evaluate_all(&stores, &settings()));
     assert!(!opted_out(&snap), "a refused pod stayed opted out");
 
     // Once no longer refused, its own choice holds again.
-    assert!(!stores.refusals.replace(BTreeMap::new()).is_empty());
-    let snap = index.update([Change::Refusals("shop".into())]).unwrap();
+    let snap = shop_refusals(&stores, &mut index, &BTreeMap::new());
     assert!(opted_out(&snap));
 }
 
@@ -420,11 +424,7 @@ fn a_refusal_change_updates_its_namespace_as_a_rebuild_would() {
     };
     let refused = evaluate_all(&stores, &settings());
     for evaluations in [refused, BTreeMap::new()] {
-        let changes = refuse(&stores.refusals, &evaluations);
-        assert_eq!(changes, ["shop".to_owned()].into());
-        let next = index
-            .update(changes.into_iter().map(Change::Refusals))
-            .unwrap();
+        let next = shop_refusals(&stores, &mut index, &evaluations);
         assert_eq!(next.resources, rebuilt());
         let changed = next.changed_since(&previous);
         assert_eq!(
