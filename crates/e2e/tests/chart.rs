@@ -521,6 +521,33 @@ fn the_tunnel_mounts_nothing_that_holds_the_capture_state() -> Result<()> {
     Ok(())
 }
 
+/// The node tunnel runs with glibc's heap trimming raised (docs/tunnel.md, "Memory
+/// allocator"): the static binary reads `GLIBC_TUNABLES` like a dynamic one. The capture
+/// agent and the controller carry no bulk data and keep glibc's default.
+#[test]
+fn the_node_tunnel_keeps_freed_heap_for_its_data_path() -> Result<()> {
+    let Some(helm) = helm("the_node_tunnel_keeps_freed_heap_for_its_data_path")? else {
+        return Ok(());
+    };
+    let objects = docs(&render(&helm, &[])?)?;
+    let tunables = |workload: &Value, name: &str| -> Result<Vec<String>> {
+        Ok(list(container(workload, name)?, &["env"])
+            .iter()
+            .filter(|e| text(e, &["name"]) == "GLIBC_TUNABLES")
+            .map(|e| text(e, &["value"]).to_owned())
+            .collect())
+    };
+    let node = object(&objects, "DaemonSet", "ambit-node")?;
+    assert_eq!(
+        tunables(node, "tunnel")?,
+        ["glibc.malloc.trim_threshold=1048576"]
+    );
+    assert!(tunables(node, "capture")?.is_empty());
+    let controller = object(&objects, "Deployment", "ambit-controller")?;
+    assert!(tunables(controller, "controller")?.is_empty());
+    Ok(())
+}
+
 #[test]
 fn gateway_api_values_take_effect() -> Result<()> {
     let Some(helm) = helm("gateway_api_values_take_effect")? else {
