@@ -4,14 +4,12 @@
 //! get (crates/controller/src/view.rs) and enforce per replica. The Lease holder writes the
 //! `Accepted` condition: `False`/`TargetNotFound` names the targets that do not exist.
 
-use crate::index::{Change, Stores, Watched};
+use crate::index::{Change, ClusterView, Stores, Watched};
 use crate::route::RouteKind;
 use crate::status::{self, Verdict};
 use ambit_proto::config::v1 as pb;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use std::sync::Arc;
-use tokio::sync::watch;
 
 /// The condition type the controller writes.
 pub const ACCEPTED: &str = "Accepted";
@@ -125,23 +123,8 @@ pub fn decide(policy: &RateLimitPolicy, stores: &Stores) -> (bool, &'static str,
     }
 }
 
-/// Inputs of the status writer.
-#[derive(Clone)]
-pub struct StatusContext {
-    pub client: kube::Client,
-    pub leader: watch::Receiver<bool>,
-    pub snapshots: watch::Receiver<Arc<crate::index::Snapshot>>,
-    pub stores: Stores,
-}
-
-impl std::fmt::Debug for StatusContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatusContext").finish_non_exhaustive()
-    }
-}
-
 /// Writes every RateLimitPolicy's `Accepted` condition while this replica holds the Lease.
-pub async fn run_status(ctx: StatusContext) {
+pub async fn run_status(ctx: ClusterView) {
     crate::policy::paced(ctx.leader.clone(), ctx.snapshots.clone(), |_| {
         let ctx = ctx.clone();
         async move { write_statuses(&ctx).await }
@@ -149,7 +132,7 @@ pub async fn run_status(ctx: StatusContext) {
     .await;
 }
 
-async fn write_statuses(ctx: &StatusContext) {
+async fn write_statuses(ctx: &ClusterView) {
     for p in ctx.stores.rate_limits.state() {
         let (ok, reason, message) = decide(&p, &ctx.stores);
         let previous = p

@@ -5,7 +5,7 @@
 //! the write carries the route's resourceVersion, so a concurrent write by anyone makes ours
 //! fail (409) and the next pass redo it from the fresh object rather than drop theirs.
 
-use crate::index::Stores;
+use crate::index::ClusterView;
 use crate::route::{ACCEPTED, RESOLVED_REFS, Resolution, resolve_grpc, resolve_http};
 use crate::route_crd::{GRPCRoute, HTTPRoute, RouteParentStatus, RouteStatus};
 use crate::waypoint::CONTROLLER_NAME;
@@ -13,7 +13,6 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
 
 /// The status parents a route should have, when they differ from `current`: other controllers'
 /// entries as they are, then ours, one per Service parent of `resolution` (none when the route
@@ -53,24 +52,9 @@ pub fn parents(
     Some(others.into_iter().cloned().chain(wanted).collect())
 }
 
-/// Inputs of the route status writer.
-#[derive(Clone)]
-pub struct StatusContext {
-    pub client: kube::Client,
-    pub leader: watch::Receiver<bool>,
-    pub snapshots: watch::Receiver<std::sync::Arc<crate::index::Snapshot>>,
-    pub stores: Stores,
-}
-
-impl std::fmt::Debug for StatusContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatusContext").finish_non_exhaustive()
-    }
-}
-
 /// Writes route status while this replica holds the Lease; runs until the snapshot or leader
 /// channel closes.
-pub async fn run(ctx: StatusContext) {
+pub async fn run(ctx: ClusterView) {
     crate::policy::paced(ctx.leader, ctx.snapshots, |_| {
         let (client, stores) = (ctx.client.clone(), ctx.stores.clone());
         async move {

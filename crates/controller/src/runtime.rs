@@ -410,18 +410,13 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         resources: jwt_stores.request_authns,
         sources: jwt_stores.key_sources,
     }));
-    tasks.spawn(ratelimit::run_status(ratelimit::StatusContext {
-        client: client.clone(),
-        leader: leader.clone(),
-        snapshots: snapshots.clone(),
-        stores: rate_limit_stores,
-    }));
     let view = |stores| ClusterView {
         client: client.clone(),
         leader: leader.clone(),
         snapshots: snapshots.clone(),
         stores,
     };
+    tasks.spawn(ratelimit::run_status(view(rate_limit_stores)));
     tasks.spawn(auto_waypoint::run(view(auto_waypoint_stores)));
     let risk_profiles = spawn_store(&mut tasks, Api::all(client.clone()));
     tasks.spawn(risk::run(risk::Context {
@@ -432,12 +427,7 @@ pub async fn start(client: kube::Client, config: Config) -> Result<Running, Star
         events: events.clone(),
         profiles: risk_profiles,
     }));
-    tasks.spawn(route_status::run(route_status::StatusContext {
-        client: client.clone(),
-        leader: leader.clone(),
-        snapshots: snapshots.clone(),
-        stores: route_stores,
-    }));
+    tasks.spawn(route_status::run(view(route_stores)));
 
     let auth = Authenticator::new(
         client.clone(),
