@@ -7,7 +7,7 @@ use ambit_identity::{BundleChanges, ChainRole, TrustBundle, validity_of};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
@@ -51,10 +51,33 @@ impl Authenticated {
         peer_role: ChainRole,
         own_not_after: Option<SystemTime>,
     ) -> Self {
+        let leaf_not_after = peer_chain.and_then(<[_]>::first).and_then(not_after);
+        Self::with_leaf_not_after(
+            trust,
+            changes,
+            peer_chain,
+            peer_role,
+            leaf_not_after,
+            own_not_after,
+        )
+    }
+
+    /// [`Self::new`], for a caller that read the peer leaf's `notAfter` already (with its
+    /// identity, in one parse).
+    pub(crate) fn with_leaf_not_after(
+        trust: &TrustBundle,
+        changes: BundleChanges,
+        peer_chain: Option<&[CertificateDer<'static>]>,
+        peer_role: ChainRole,
+        leaf_not_after: Option<SystemTime>,
+        own_not_after: Option<SystemTime>,
+    ) -> Self {
         let peer_chain = peer_chain.unwrap_or_default().to_vec();
         let not_after = peer_chain
             .iter()
+            .skip(1)
             .filter_map(not_after)
+            .chain(leaf_not_after)
             .chain(own_not_after)
             .min();
         Self {
@@ -149,8 +172,27 @@ impl Presented {
     }
 
     /// The `notAfter` of the leaf presented, once the handshake chose it.
-    pub(crate) fn not_after(&self) -> Option<SystemTime> {
-        not_after(self.presented.get()?.end_entity_cert().ok()?)
+    pub(crate) fn not_after(&self, read: &PresentedNotAfter) -> Option<SystemTime> {
+        read.of(self.presented.get()?)
+    }
+}
+
+/// The `notAfter` of the leaf a server presented last: read once per certificate it presents,
+/// not once per handshake.
+#[derive(Debug, Default)]
+pub(crate) struct PresentedNotAfter(Mutex<Option<(Arc<CertifiedKey>, Option<SystemTime>)>>);
+
+impl PresentedNotAfter {
+    fn of(&self, key: &Arc<CertifiedKey>) -> Option<SystemTime> {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((last_key, end)) = &*last
+            && Arc::ptr_eq(last_key, key)
+        {
+            return *end;
+        }
+        let end = not_after(key.end_entity_cert().ok()?);
+        *last = Some((key.clone(), end));
+        end
     }
 }
 

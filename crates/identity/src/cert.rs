@@ -32,7 +32,26 @@ pub enum CertificateError {
 
 /// The SPIFFE id carried in a certificate's only URI SAN.
 pub fn identity_of(certificate: &CertificateDer<'_>) -> Result<SpiffeId, CertificateError> {
+    identity_in(&parse(certificate)?)
+}
+
+/// The validity window `(not_before, not_after)` of a certificate.
+pub fn validity_of(
+    certificate: &CertificateDer<'_>,
+) -> Result<(SystemTime, SystemTime), CertificateError> {
+    Ok(validity_in(&parse(certificate)?))
+}
+
+/// [`identity_of`] and the end of [`validity_of`] from one parse, as a handshake's peer needs
+/// both.
+pub fn identity_and_not_after(
+    certificate: &CertificateDer<'_>,
+) -> Result<(SpiffeId, SystemTime), CertificateError> {
     let cert = parse(certificate)?;
+    Ok((identity_in(&cert)?, validity_in(&cert).1))
+}
+
+fn identity_in(cert: &X509Certificate<'_>) -> Result<SpiffeId, CertificateError> {
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -47,11 +66,7 @@ pub fn identity_of(certificate: &CertificateDer<'_>) -> Result<SpiffeId, Certifi
     }
 }
 
-/// The validity window `(not_before, not_after)` of a certificate.
-pub fn validity_of(
-    certificate: &CertificateDer<'_>,
-) -> Result<(SystemTime, SystemTime), CertificateError> {
-    let cert = parse(certificate)?;
+fn validity_in(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
     let validity = cert.validity();
     let to_system = |t: x509_parser::time::ASN1Time| {
         let secs = t.timestamp();
@@ -61,10 +76,10 @@ pub fn validity_of(
             SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
         }
     };
-    Ok((
+    (
         to_system(validity.not_before),
         to_system(validity.not_after),
-    ))
+    )
 }
 
 fn parse<'a>(certificate: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, CertificateError> {

@@ -14,7 +14,9 @@ pub mod testing;
 
 pub use bundle::{BundleChanges, ChainRole, TrustBundle};
 pub use ca::{CaError, CaMaterial, CertificateAuthority, LocalIssuer};
-pub use cert::{CertificateError, WorkloadCertificate, identity_of, validity_of};
+pub use cert::{
+    CertificateError, WorkloadCertificate, identity_and_not_after, identity_of, validity_of,
+};
 pub use csr::{CertificateRequest, CsrError};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain, is_kubernetes_name};
 pub use store::{
@@ -23,5 +25,6 @@ pub use store::{
 };
 pub use tls::{
     ALPN_H2, MAX_PEER_CHAIN_BYTES, MAX_PEER_CHAIN_CERTIFICATES, PeerIdentityError, TlsError,
-    client_config, crypto_provider, peer_identity, peer_identity_error, server_config, server_name,
+    client_config, crypto_provider, peer_identity, peer_identity_and_not_after,
+    peer_identity_error, server_config, server_name,
 };

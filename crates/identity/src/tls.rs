@@ -6,7 +6,7 @@
 //! server accepts any identity of its trust domain and hands it to the caller for authorization.
 
 use crate::bundle::TrustBundle;
-use crate::cert::{CertificateError, identity_of};
+use crate::cert::{CertificateError, identity_and_not_after, identity_of};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store::CertificateHandle;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,6 +21,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 /// The only ALPN protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -137,10 +138,22 @@ fn check_chain_size(
 pub fn peer_identity(
     peer_certificates: Option<&[CertificateDer<'_>]>,
 ) -> Result<SpiffeId, PeerIdentityError> {
-    let leaf = peer_certificates
+    Ok(identity_of(peer_leaf(peer_certificates)?)?)
+}
+
+/// [`peer_identity`] and the end of the leaf's validity, from one parse of it.
+pub fn peer_identity_and_not_after(
+    peer_certificates: Option<&[CertificateDer<'_>]>,
+) -> Result<(SpiffeId, SystemTime), PeerIdentityError> {
+    Ok(identity_and_not_after(peer_leaf(peer_certificates)?)?)
+}
+
+fn peer_leaf<'a, 'b>(
+    peer_certificates: Option<&'a [CertificateDer<'b>]>,
+) -> Result<&'a CertificateDer<'b>, PeerIdentityError> {
+    peer_certificates
         .and_then(<[_]>::first)
-        .ok_or(PeerIdentityError::NoCertificate)?;
-    Ok(identity_of(leaf)?)
+        .ok_or(PeerIdentityError::NoCertificate)
 }
 
 /// A server config presenting `certificate` and requiring a client certificate from
