@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub probe_rules: bool,
     /// Publish the captured pods as this node's `NodeCapture`; unset: publish nothing.
     pub node: Option<String>,
+    /// Captured pods get `net.ipv4.tcp_tw_reuse=1` (see [`pod::time_wait_reuse`]).
+    pub time_wait_reuse: bool,
 }
 
 /// `ambit-capture agent`'s flags, each with an environment variable.
@@ -123,6 +125,11 @@ pub struct AgentArgs {
     /// identity for the node's tunnel. Unset: nothing is published.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// on: a captured pod whose net.ipv4.tcp_tw_reuse is the kernel's default (2: loopback
+    /// only) gets 1, put back at release, so the TIME_WAITs of the tunnel's connections to
+    /// the app do not cap its new connections a second; off: pods' sysctls are left alone.
+    #[arg(long, env = "AMBIT_TIME_WAIT_REUSE", value_enum, default_value_t = Switch::On)]
+    pub time_wait_reuse: Switch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +159,7 @@ impl From<AgentArgs> for AgentConfig {
                     .filter(|ns| !ns.is_empty())
                     .cloned()
                     .collect(),
+                time_wait_reuse: args.time_wait_reuse == Switch::On,
             }),
             _ => None,
         };
@@ -172,6 +180,7 @@ impl From<AgentArgs> for AgentConfig {
             tick: Duration::from_millis(args.tick_ms),
             probe_rules: args.probe_rules == Switch::On,
             node: args.node_name.filter(|n| !n.is_empty()),
+            time_wait_reuse: args.time_wait_reuse == Switch::On,
         }
     }
 }
@@ -335,7 +344,7 @@ fn uninstall(config: &AgentConfig) {
         if !r.netns.exists() {
             continue;
         }
-        match crate::rules::remove(&r.netns) {
+        match pod::strip(r) {
             Ok(()) if r.captured => log(format_args!("released pod {} (uninstall)", r.label())),
             Ok(()) => {}
             Err(e) => log(format_args!("pod {}: {e}", r.label())),
@@ -649,7 +658,7 @@ impl Reconciler {
         }
         let result = pod::hand_over(state_dir, &self.config.socket, r).and_then(|decision| {
             if let Some(mode) = decision {
-                pod::install(state_dir, r, mode)?;
+                pod::install(state_dir, r, mode, self.config.time_wait_reuse)?;
             }
             Ok(decision.is_some())
         });
@@ -719,6 +728,8 @@ mod tests {
             "the host's netns is left alone unless asked"
         );
         assert!(parse("--probe-rules on").unwrap().probe_rules);
+        assert!(c.time_wait_reuse);
+        assert!(!parse("--time-wait-reuse off").unwrap().time_wait_reuse);
         let c = parse("--namespace ambit-system").unwrap();
         assert_eq!(c.daemonset.unwrap().to_string(), "ambit-system/ambit-node");
         // In the chart, the namespace comes as the variable.
@@ -767,6 +778,7 @@ mod tests {
             ("--tick-ms fast", "--tick-ms"),
             ("--tick-ms 0", "--tick-ms"),
             ("--probe-rules yes", "--probe-rules"),
+            ("--time-wait-reuse true", "--time-wait-reuse"),
             ("--sockt /x", "--sockt"),
         ] {
             let err = parse(line).unwrap_err().to_string();

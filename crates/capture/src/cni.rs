@@ -101,6 +101,11 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         .and_then(Value::as_array)
         .map(|names| names.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    // Absent in entries written before it existed: on, as the agent's default.
+    let reuse = conf
+        .get("timeWaitReuse")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     match invocation.command.as_str() {
         "VERSION" => Ok(json!({
             "cniVersion": version,
@@ -108,7 +113,7 @@ pub fn run(invocation: &Invocation, config: &str) -> Result<String, CniError> {
         })
         .to_string()),
         "ADD" => {
-            add(invocation, socket, state, &boot_exempt)?;
+            add(invocation, socket, state, &boot_exempt, reuse)?;
             let mut result = conf.get("prevResult").cloned().unwrap_or_else(|| json!({}));
             if let Some(map) = result.as_object_mut() {
                 map.insert("cniVersion".into(), Value::String(version));
@@ -174,6 +179,7 @@ fn add(
     socket: &Path,
     state: &Path,
     boot_exempt: &[&str],
+    reuse: bool,
 ) -> Result<(), CniError> {
     let record = PodRecord {
         uid: invocation.arg("K8S_POD_UID")?.into(),
@@ -181,8 +187,9 @@ fn add(
         namespace: invocation.arg("K8S_POD_NAMESPACE")?.into(),
         netns: netns(invocation)?,
         captured: false,
+        time_wait_reuse: false,
     };
-    match pod::enroll(state, socket, &record) {
+    match pod::enroll(state, socket, &record, reuse) {
         Ok(_) => Ok(()),
         Err(e) if e.tunnel_undecided() => {
             if let Some(why) = starts_uncaptured(
@@ -276,6 +283,7 @@ mod tests {
             namespace: "demo".into(),
             netns: "/run/netns/x".into(),
             captured: false,
+            time_wait_reuse: false,
         };
         let view = |synced: bool, namespaces: &[&str], opted_out: &[&str]| Enrollment {
             synced,

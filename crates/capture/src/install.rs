@@ -24,6 +24,8 @@ pub struct CniInstall {
     /// Namespaces whose new pods start uncaptured while the tunnel cannot decide (see
     /// `cni::starts_uncaptured`): those the mesh needs to come up.
     pub boot_exempt_namespaces: Vec<String>,
+    /// Captured pods get `net.ipv4.tcp_tw_reuse=1` (see `pod::time_wait_reuse`).
+    pub time_wait_reuse: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,7 @@ impl CniInstall {
             "tunnelSocket": self.tunnel_socket,
             "stateDir": self.state_dir,
             "bootExemptNamespaces": self.boot_exempt_namespaces,
+            "timeWaitReuse": self.time_wait_reuse,
         })
     }
 
@@ -228,6 +231,7 @@ mod tests {
             tunnel_socket: "/var/run/ambit/tunnel.sock".into(),
             state_dir: "/var/run/ambit-capture/pods".into(),
             boot_exempt_namespaces: vec!["ambit-system".into(), "kube-system".into()],
+            time_wait_reuse: true,
         }
     }
 

@@ -33,6 +33,9 @@ enum Cli {
         /// the pod's namespace
         #[arg(long)]
         namespace: String,
+        /// set the pod's net.ipv4.tcp_tw_reuse to 1 if it is the kernel's default (as the agent)
+        #[arg(long, value_enum, default_value_t = agent::Switch::On)]
+        time_wait_reuse: agent::Switch,
     },
     /// remove a pod's capture and tell the tunnel
     Release {
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
             pod: p,
             name,
             namespace,
+            time_wait_reuse,
         } => {
             let record = PodRecord {
                 uid: p.uid,
@@ -91,8 +95,10 @@ fn main() -> Result<()> {
                 namespace,
                 netns: p.netns,
                 captured: false,
+                time_wait_reuse: false,
             };
-            if !pod::enroll(&p.state, &p.socket, &record)? {
+            let reuse = time_wait_reuse == agent::Switch::On;
+            if !pod::enroll(&p.state, &p.socket, &record, reuse)? {
                 eprintln!(
                     "the tunnel says pod {} is not enrolled: no rules",
                     record.label()
@@ -106,6 +112,7 @@ fn main() -> Result<()> {
                 namespace: String::new(),
                 netns: p.netns.clone(),
                 captured: true,
+                time_wait_reuse: false,
             });
             pod::release(
                 &p.state,

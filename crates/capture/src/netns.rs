@@ -1,3 +1,5 @@
+//! Inside pods' network namespaces: finding them by address, and their `tcp_tw_reuse`.
+//!
 //! Finding pods' network namespaces by address: the agent's way to adopt pods that started
 //! before ambit was installed (no CNI ADD ever recorded them). Runtimes name pod netns as they
 //! like (`cni-<random>`; the testbed `<node>-pod-<uid>`), so a netns is matched by the
@@ -51,12 +53,61 @@ pub enum NetnsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("malformed netlink reply in netns {0}")]
+    #[error("sysctl in netns {path}: {source}")]
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("malformed netlink reply or sysctl value in netns {0}")]
     Malformed(String),
 }
 
 /// The addresses configured in the netns at `path` (loopback and link-local left out).
 pub fn addresses(path: &Path) -> Result<Vec<IpAddr>, NetnsError> {
+    within(path, |name| {
+        dump_addresses().map_err(|e| match e {
+            DumpError::Io(source) => NetnsError::Netlink {
+                path: name.to_owned(),
+                source,
+            },
+            DumpError::Malformed => NetnsError::Malformed(name.to_owned()),
+        })
+    })
+}
+
+/// The netns's `net.ipv4.tcp_tw_reuse`: 0 off, 1 on, 2 (a new netns's default) loopback only.
+pub fn tcp_tw_reuse(path: &Path) -> Result<u8, NetnsError> {
+    within(path, |name| {
+        let text = std::fs::read_to_string(TCP_TW_REUSE).map_err(sysctl_err(name))?;
+        text.trim()
+            .parse()
+            .map_err(|_| NetnsError::Malformed(format!("{name}: {TCP_TW_REUSE} is {text:?}")))
+    })
+}
+
+pub fn set_tcp_tw_reuse(path: &Path, value: u8) -> Result<(), NetnsError> {
+    within(path, |name| {
+        std::fs::write(TCP_TW_REUSE, format!("{value}\n")).map_err(sysctl_err(name))
+    })
+}
+
+/// Under `/proc/sys/net`, a task sees the sysctls of its own netns, so the path is read from a
+/// thread inside the pod's.
+const TCP_TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
+
+fn sysctl_err(name: &str) -> impl FnOnce(std::io::Error) -> NetnsError + '_ {
+    move |source| NetnsError::Sysctl {
+        path: name.to_owned(),
+        source,
+    }
+}
+
+/// Runs `f` (given the netns's name for errors) on a short-lived thread inside the netns at
+/// `path`: the thread ends with `f`, so nothing else ever runs in a pod's netns.
+fn within<T: Send>(
+    path: &Path,
+    f: impl FnOnce(&str) -> Result<T, NetnsError> + Send,
+) -> Result<T, NetnsError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| NetnsError::Open {
         path: name.clone(),
@@ -73,13 +124,7 @@ pub fn addresses(path: &Path) -> Result<Vec<IpAddr>, NetnsError> {
                     path: name.clone(),
                     source: e.into(),
                 })?;
-                dump_addresses().map_err(|e| match e {
-                    DumpError::Io(source) => NetnsError::Netlink {
-                        path: name.clone(),
-                        source,
-                    },
-                    DumpError::Malformed => NetnsError::Malformed(name.clone()),
-                })
+                f(&name)
             })
             .join()
             .unwrap_or_else(|_| Err(NetnsError::Malformed(name.clone())))

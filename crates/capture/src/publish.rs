@@ -105,6 +105,7 @@ mod tests {
             namespace: "demo".into(),
             netns: PathBuf::from(format!("/var/run/netns/{uid}")),
             captured,
+            time_wait_reuse: false,
         }
     }
 

@@ -149,6 +149,7 @@ pub fn plan(view: &View, facts: &Facts, limit: usize) -> Vec<Action> {
                         namespace: pod.namespace.clone(),
                         netns,
                         captured: false,
+                        time_wait_reuse: false,
                     },
                     Why::Found,
                 ));
@@ -225,6 +226,7 @@ mod tests {
             namespace: namespace.into(),
             netns: format!("/run/netns/{uid}").into(),
             captured,
+            time_wait_reuse: false,
         }
     }
 

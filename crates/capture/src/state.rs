@@ -32,6 +32,11 @@ pub struct PodRecord {
     /// were all captured.
     #[serde(default = "captured_by_default")]
     pub captured: bool,
+    /// Capture turned the netns's `net.ipv4.tcp_tw_reuse` from the kernel's 2 to 1
+    /// ([`crate::pod::time_wait_reuse`]); un-capture puts 2 back. Written before the sysctl
+    /// is, as `captured` before the rules.
+    #[serde(default)]
+    pub time_wait_reuse: bool,
 }
 
 fn captured_by_default() -> bool {
@@ -39,13 +44,6 @@ fn captured_by_default() -> bool {
 }
 
 impl PodRecord {
-    pub fn with_captured(&self, captured: bool) -> Self {
-        Self {
-            captured,
-            ..self.clone()
-        }
-    }
-
     /// `namespace/name (uid)`, for logs.
     pub fn label(&self) -> String {
         format!("{}/{} ({})", self.namespace, self.name, self.uid)
@@ -277,6 +275,7 @@ mod tests {
             namespace: "ns".into(),
             netns: "/nonexistent/netns".into(),
             captured,
+            time_wait_reuse: false,
         }
     }
 

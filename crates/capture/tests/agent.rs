@@ -45,6 +45,8 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
     let ns = |x: &str, n: u8| PodNetns::new(format!("{tag}-{x}"), format!("{subnet}.{n}"));
     let (a, b, c, d) = (ns("a", 1), ns("b", 2), ns("c", 3), ns("d", 4));
     let pods = [&a, &b, &c];
+    // b's owner chose its tcp_tw_reuse (securityContext.sysctls): capture leaves it.
+    b.set_tw_reuse(0);
 
     let enrollment = Arc::new(Mutex::new(view(true, &[], vec![])));
     let mut tunnel = FakeTunnel::start(&socket, enrollment.clone());
@@ -119,6 +121,25 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
     }
     let found = state::load(&state_dir, "c").unwrap().unwrap();
     assert!(found.captured && found.netns == c.path(), "{found:?}");
+    // TIME_WAIT reuse, from the kernel's default only, recorded.
+    for (pod, uid) in [(&a, "a"), (&c, "c")] {
+        poll(&format!("tcp_tw_reuse=1 in {uid}"), || {
+            (pod.tw_reuse() == 1).then_some(())
+        });
+        assert!(
+            state::load(&state_dir, uid)
+                .unwrap()
+                .unwrap()
+                .time_wait_reuse
+        );
+    }
+    assert_eq!(b.tw_reuse(), 0);
+    assert!(
+        !state::load(&state_dir, "b")
+            .unwrap()
+            .unwrap()
+            .time_wait_reuse
+    );
     assert!(!d.captured(), "an unrelated netns was touched");
     agent.wait_log("found by address");
 
@@ -157,6 +178,7 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
         });
         assert!(!state::load(&state_dir, uid).unwrap().unwrap().captured);
     }
+    assert_eq!([a.tw_reuse(), b.tw_reuse(), c.tw_reuse()], [2, 0, 2]);
 
     // Labeled again: captured again.
     tunnel.set(view(true, &["demo"], vec![c_pod]));
@@ -165,6 +187,9 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
             pod.captured().then_some(())
         });
     }
+    poll("tcp_tw_reuse=1 in a again", || {
+        (a.tw_reuse() == 1).then_some(())
+    });
     // The tunnel loses its view (it refuses to decide), then goes away: a new pod of a
     // namespace the last synced view did not enroll starts uncaptured; one of an enrolled
     // namespace waits (code 11, retried by the runtime).
@@ -199,6 +224,7 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
         pods.iter().all(|p| !p.captured()),
         "rules left after uninstall"
     );
+    assert_eq!([a.tw_reuse(), b.tw_reuse(), c.tw_reuse()], [2, 0, 2]);
     assert!(!has_entry(), "conflist entry left after uninstall");
     let left: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();

@@ -81,6 +81,15 @@ impl PodNetns {
     pub fn captured(&self) -> bool {
         ambit_capture::rules::installed(&self.path()).unwrap()
     }
+
+    /// The netns's `net.ipv4.tcp_tw_reuse`.
+    pub fn tw_reuse(&self) -> u8 {
+        ambit_capture::netns::tcp_tw_reuse(&self.path()).unwrap()
+    }
+
+    pub fn set_tw_reuse(&self, value: u8) {
+        ambit_capture::netns::set_tcp_tw_reuse(&self.path(), value).unwrap()
+    }
 }
 
 impl Drop for PodNetns {
