@@ -17,7 +17,7 @@ use crate::report::{Spread, against, against_rounds, round, rounds, write_json};
 use crate::roles::{MODE_ECHO, TRUST_DOMAIN, bundle, client_id, mint, server_id};
 use ambit_hbone::{Dialer, PoolSettings, TunnelHeaders};
 use ambit_identity::CertificateAuthority;
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,21 +111,50 @@ const CPU: [Ratio; 2] = [
     }),
 ];
 
+/// Which parts run: `AMBIT_BENCH_PART=new-tunnels` or `idle-memory` runs that part alone, to
+/// compare builds on what a change touches; it prints its line and writes no JSON (hbone.json's
+/// keys need every part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    All,
+    NewTunnels,
+    IdleMemory,
+}
+
+impl Part {
+    fn from_env() -> Result<Self> {
+        match std::env::var("AMBIT_BENCH_PART") {
+            Err(std::env::VarError::NotPresent) => Ok(Self::All),
+            Err(e) => Err(e).context("AMBIT_BENCH_PART"),
+            Ok(text) => match text.as_str() {
+                "new-tunnels" => Ok(Self::NewTunnels),
+                "idle-memory" => Ok(Self::IdleMemory),
+                _ => bail!("AMBIT_BENCH_PART={text:?}: expected new-tunnels or idle-memory"),
+            },
+        }
+    }
+
+    fn runs(self, part: Self) -> bool {
+        self == Self::All || self == part
+    }
+}
+
 pub fn run(quick: bool) -> Result<()> {
     let settings = Settings::new(quick, rounds()?);
+    let part = Part::from_env()?;
     // The driver is one thread: the load it generates is sequential, and the processes under
     // test get the rest of the machine.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run_async(&settings))
+        .block_on(run_async(&settings, part))
 }
 
-async fn run_async(settings: &Settings) -> Result<()> {
+async fn run_async(settings: &Settings, part: Part) -> Result<()> {
     let limit = open_files_limit()?;
     let idle_connections = settings.idle_connections;
     ensure!(
-        limit as usize > idle_connections + 1_000,
+        !part.runs(Part::IdleMemory) || limit as usize > idle_connections + 1_000,
         "the open-files limit is {limit}; this benchmark holds {idle_connections} connections per process: raise it with `ulimit -n 20000`"
     );
     let ca = CertificateAuthority::generate(TRUST_DOMAIN.parse()?, Duration::from_secs(86_400))?;
@@ -133,31 +162,43 @@ async fn run_async(settings: &Settings) -> Result<()> {
     let ca_pem = format!("{}{}", material.certificate_pem, material.key_pem);
 
     let server = RoleProcess::start("server", &[], "", None)?;
-    let proxy_far = RoleProcess::start("tcp-proxy", &[server.addr.to_string()], "", None)?;
-    let proxy_near = RoleProcess::start("tcp-proxy", &[proxy_far.addr.to_string()], "", None)?;
-    let (tunnel_in, tunnel_out) = start_tunnels(&ca_pem, server.addr)?;
-    let entries = [server.addr, proxy_near.addr, tunnel_out.addr];
-
-    let rounds = measure_rounds(settings, entries, [&tunnel_in, &tunnel_out]).await?;
-    eprintln!(
-        "new tunnels: {HANDSHAKE_CONCURRENCY} concurrent loops for {:?}",
-        settings.handshake_duration
-    );
-    let new_tunnels_per_s = new_tunnels_per_second(
-        &ca,
-        tunnel_in.addr,
-        server.addr,
-        settings.handshake_duration,
-    )
-    .await?;
-    drop((tunnel_in, tunnel_out));
+    let mut rounds = Vec::new();
+    let mut new_tunnels_measured = None;
+    if part != Part::IdleMemory {
+        let proxies = if part == Part::All {
+            let far = RoleProcess::start("tcp-proxy", &[server.addr.to_string()], "", None)?;
+            let near = RoleProcess::start("tcp-proxy", &[far.addr.to_string()], "", None)?;
+            Some((far, near))
+        } else {
+            None
+        };
+        let (tunnel_in, tunnel_out) = start_tunnels(&ca_pem, server.addr)?;
+        if let Some((_, near)) = &proxies {
+            let entries = [server.addr, near.addr, tunnel_out.addr];
+            rounds = measure_rounds(settings, entries, [&tunnel_in, &tunnel_out]).await?;
+        }
+        eprintln!(
+            "new tunnels: {HANDSHAKE_CONCURRENCY} concurrent loops for {:?}",
+            settings.handshake_duration
+        );
+        let measured =
+            new_tunnels(&ca, &tunnel_in, server.addr, settings.handshake_duration).await?;
+        if part == Part::NewTunnels {
+            println!("{}", new_tunnels_line(&measured));
+            return Ok(());
+        }
+        new_tunnels_measured = Some(measured);
+    }
 
     eprintln!("idle memory: {idle_connections} tunneled connections on fresh tunnel processes");
     let (fresh_in, fresh_out) = start_tunnels(&ca_pem, server.addr)?;
     let idle = idle_rss(&fresh_in, &fresh_out, idle_connections).await?;
+    let Some(new_tunnels) = new_tunnels_measured else {
+        println!("{}", idle_line(&idle));
+        return Ok(());
+    };
 
-    print_table(&rounds, new_tunnels_per_s, &idle);
-
+    print_table(&rounds, &new_tunnels, &idle);
     let per_path = |path: usize, of: fn(&Round, usize) -> f64| {
         Spread::of(&rounds.iter().map(|r| of(r, path)).collect::<Vec<_>>())
     };
@@ -218,7 +259,11 @@ async fn run_async(settings: &Settings) -> Result<()> {
         "paths": paths,
         "ratios": ratios,
         "cpu": cpu,
-        "new_tunnels_per_s": round(new_tunnels_per_s, 0),
+        "new_tunnels_per_s": round(new_tunnels.per_s, 0),
+        "new_tunnel_cpu_us": {
+            "server_tunnel": round(new_tunnels.server_cpu_us, 1),
+            "client": round(new_tunnels.client_cpu_us, 1),
+        },
         "rss_bytes_per_idle_conn": idle.per_connection.round(),
         "rss_detail": {
             "connections": idle_connections,
@@ -310,18 +355,29 @@ fn start_tunnels(ca_pem: &str, target: SocketAddr) -> Result<(RoleProcess, RoleP
     Ok((tunnel_in, tunnel_out))
 }
 
+/// What the new-tunnel loops measured: tunnels completed per second, and the CPU each took in
+/// the server tunnel and in the client (this process, whose one runtime thread runs the loops).
+struct NewTunnels {
+    per_s: f64,
+    server_cpu_us: f64,
+    client_cpu_us: f64,
+}
+
 /// Each tunnel is a new TCP connection, a full mutual-TLS handshake, HTTP/2 setup, CONNECT,
 /// and one byte echoed through it.
-async fn new_tunnels_per_second(
+async fn new_tunnels(
     ca: &CertificateAuthority,
-    hbone_server: SocketAddr,
+    hbone_server: &RoleProcess,
     target: SocketAddr,
     duration: Duration,
-) -> Result<f64> {
+) -> Result<NewTunnels> {
     let dialer = Arc::new(Dialer::new(bundle(ca)?, PoolSettings::default()));
     let certificate = mint(ca, &client_id()?)?;
     let expected = server_id()?;
     let completed = Arc::new(AtomicU64::new(0));
+    let server_addr = hbone_server.addr;
+    let (server_cpu_before, client_cpu_before) =
+        (hbone_server.process.cpu_ns()?, own_thread_cpu_ns()?);
     let start = Instant::now();
     let mut loops = tokio::task::JoinSet::new();
     for _ in 0..HANDSHAKE_CONCURRENCY {
@@ -336,7 +392,7 @@ async fn new_tunnels_per_second(
                 let mut tunnel = dialer
                     .connect_unpooled(
                         certificate.clone(),
-                        hbone_server,
+                        server_addr,
                         vec![expected.clone()],
                         target,
                         &TunnelHeaders::default(),
@@ -353,7 +409,32 @@ async fn new_tunnels_per_second(
     while let Some(result) = loops.join_next().await {
         result??;
     }
-    Ok(completed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed();
+    let completed = completed.load(Ordering::Relaxed) as f64;
+    let per_tunnel_us = |ns: u64| ns as f64 / 1e3 / completed;
+    Ok(NewTunnels {
+        per_s: completed / elapsed.as_secs_f64(),
+        server_cpu_us: per_tunnel_us(hbone_server.process.cpu_ns()? - server_cpu_before),
+        client_cpu_us: per_tunnel_us(own_thread_cpu_ns()? - client_cpu_before),
+    })
+}
+
+/// CPU time of the calling thread so far, from the scheduler's accounting.
+fn own_thread_cpu_ns() -> Result<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")?
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .context("run time in /proc/thread-self/schedstat")
+}
+
+fn new_tunnels_line(new: &NewTunnels) -> String {
+    format!(
+        "new tunnels per second       {}  (CPU per tunnel: server tunnel {:.0} µs, client {:.0} µs)",
+        against(new.per_s, 1500.0, true),
+        new.server_cpu_us,
+        new.client_cpu_us
+    )
 }
 
 struct IdleRss {
@@ -385,7 +466,7 @@ async fn idle_rss(
     })
 }
 
-fn print_table(rounds: &[Round], tunnels_per_s: f64, idle: &IdleRss) {
+fn print_table(rounds: &[Round], new_tunnels: &NewTunnels, idle: &IdleRss) {
     println!(
         "\nHBONE transport benchmark (loopback, {} interleaved rounds; median and min–max over rounds)\n",
         rounds.len()
@@ -422,11 +503,12 @@ fn print_table(rounds: &[Round], tunnels_per_s: f64, idle: &IdleRss) {
         );
     }
     println!();
-    println!(
-        "new tunnels per second       {}",
-        against(tunnels_per_s, 1500.0, true)
-    );
-    println!(
+    println!("{}", new_tunnels_line(new_tunnels));
+    println!("{}", idle_line(idle));
+}
+
+fn idle_line(idle: &IdleRss) -> String {
+    format!(
         "RSS per idle tunneled conn   {} bytes (client tunnel +{} B, server tunnel +{} B over {}; target <= 4096, {})",
         idle.per_connection.round(),
         idle.out_delta,
@@ -437,5 +519,5 @@ fn print_table(rounds: &[Round], tunnels_per_s: f64, idle: &IdleRss) {
         } else {
             "NOT met"
         }
-    );
+    )
 }
