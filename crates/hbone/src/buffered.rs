@@ -3,7 +3,7 @@
 //! holds no buffer once the connection goes quiet. A short read marks the socket drained, so
 //! the next poll waits for readiness instead of making a `read` that fails with EAGAIN.
 
-use crate::copy::read_draining;
+use crate::copy::{MAX_DATA_FRAME, read_draining};
 use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
@@ -11,7 +11,19 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-const BUFFER_SIZE: usize = 64 * 1024;
+/// The largest HTTP/2 DATA frame the copy engine sends, as it arrives (in TLS 1.3 records of at
+/// most 16 KiB of plaintext, each with a 5-byte header, the inner content type and a 16-byte
+/// AEAD tag), and one byte more. A plain 64 KiB took such a frame in two reads, the second of a
+/// few bytes, which also dropped the reader out of bulk mode; the byte more makes a read of one
+/// whole frame short, so it marks the socket drained: a read that fills the buffer cannot tell,
+/// and the next one fails with EAGAIN.
+const BUFFER_SIZE: usize = tls_wire_size(MAX_DATA_FRAME) + 1;
+
+const fn tls_wire_size(plaintext: usize) -> usize {
+    const RECORD_PLAINTEXT: usize = 16 * 1024;
+    const RECORD_OVERHEAD: usize = 5 + 1 + 16;
+    plaintext + plaintext.div_ceil(RECORD_PLAINTEXT) * RECORD_OVERHEAD
+}
 
 #[derive(Debug)]
 pub struct ReadBuffered<T = TcpStream> {
@@ -134,6 +146,14 @@ mod tests {
             .unwrap();
         let (reader, _) = listener.accept().await.unwrap();
         (writer, ReadBuffered::new(reader))
+    }
+
+    #[test]
+    fn the_buffer_takes_one_whole_frame_and_a_byte() {
+        // Five records (four of 16 KiB, one of the last 9 bytes) of 22 bytes' overhead each, as
+        // `strace` shows the sending tunnel's `writev`s.
+        assert_eq!(tls_wire_size(MAX_DATA_FRAME), 64 * 1024 + 9 + 5 * 22);
+        assert_eq!(BUFFER_SIZE, 65_656);
     }
 
     #[tokio::test]

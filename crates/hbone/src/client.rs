@@ -2,6 +2,7 @@
 //! streams on the resulting connections.
 
 use crate::buffered::ReadBuffered;
+use crate::copy::MAX_DATA_FRAME;
 use crate::error::HboneError;
 use crate::headers::TunnelHeaders;
 use crate::lapse::Authenticated;
@@ -94,10 +95,14 @@ impl Dialer {
             .await
             .map_err(|source| HboneError::Connect { peer, source })?;
         tcp.set_nodelay(true)?;
-        let tls = TlsConnector::from(Arc::new(config))
+        let mut tls = TlsConnector::from(Arc::new(config))
             .connect(server_name(peer.ip()), ReadBuffered::new(tcp))
             .await
             .map_err(|source| HboneError::Tls { peer, source })?;
+        // rustls takes 64 KiB per write by default, so the copy engine's largest DATA frame
+        // (64 KiB and its header) went out in two `writev`s, the second a TLS record of 9
+        // bytes. A server (32 KiB send buffers by default) makes no frame that large.
+        tls.get_mut().1.set_buffer_limit(Some(MAX_DATA_FRAME));
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(HboneError::NoH2 { peer });
         }

@@ -21,6 +21,9 @@ const MIN_READ: usize = 4 * 1024;
 /// glibc's 128 KiB mmap threshold: larger chunks were mapped, faulted in and unmapped on every
 /// read, which cost about a third of the throughput.
 const MAX_READ: usize = 64 * 1024;
+/// The largest HTTP/2 DATA frame the engine makes, as written: one read and the frame's 9-byte
+/// header.
+pub(crate) const MAX_DATA_FRAME: usize = MAX_READ + 9;
 
 /// Bytes moved by a finished splice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
