@@ -63,8 +63,8 @@ pub struct AgentConfig {
     pub probe_rules: bool,
     /// Publish the captured pods as this node's `NodeCapture`; unset: publish nothing.
     pub node: Option<String>,
-    /// Captured pods get `net.ipv4.tcp_tw_reuse=1` (see [`pod::time_wait_reuse`]).
-    pub time_wait_reuse: bool,
+    /// Captured pods' `net.ipv4.tcp_tw_reuse` (see [`pod::time_wait_reuse`]).
+    pub sysctls: pod::Sysctls,
 }
 
 /// `ambit-capture agent`'s flags, each with an environment variable.
@@ -130,6 +130,10 @@ pub struct AgentArgs {
     /// the app do not cap its new connections a second; off: pods' sysctls are left alone.
     #[arg(long, env = "AMBIT_TIME_WAIT_REUSE", value_enum, default_value_t = Switch::On)]
     pub time_wait_reuse: Switch,
+    /// A writable procfs, for pods' sysctls: in a container, whose own /proc/sys is read-only,
+    /// the node's /proc/sys/net mounted under DIR/sys/net (the chart does).
+    #[arg(long, env = "AMBIT_PROC_DIR", value_name = "DIR", default_value = netns::DEFAULT_PROC)]
+    pub proc_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,7 +184,10 @@ impl From<AgentArgs> for AgentConfig {
             tick: Duration::from_millis(args.tick_ms),
             probe_rules: args.probe_rules == Switch::On,
             node: args.node_name.filter(|n| !n.is_empty()),
-            time_wait_reuse: args.time_wait_reuse == Switch::On,
+            sysctls: pod::Sysctls {
+                time_wait_reuse: args.time_wait_reuse == Switch::On,
+                proc: args.proc_dir,
+            },
         }
     }
 }
@@ -344,7 +351,7 @@ fn uninstall(config: &AgentConfig) {
         if !r.netns.exists() {
             continue;
         }
-        match pod::strip(r) {
+        match pod::strip(r, &config.sysctls.proc) {
             Ok(()) if r.captured => log(format_args!("released pod {} (uninstall)", r.label())),
             Ok(()) => {}
             Err(e) => log(format_args!("pod {}: {e}", r.label())),
@@ -636,7 +643,7 @@ impl Reconciler {
                     return;
                 }
                 self.handed.remove(&r.uid);
-                match pod::release(&state_dir, &socket, &r) {
+                match pod::release(&state_dir, &socket, &r, &self.config.sysctls.proc) {
                     Ok(()) => log(format_args!("released pod {}: not enrolled", r.label())),
                     Err(e) => self.once(&r.uid, format!("releasing pod {}: {e}", r.label())),
                 }
@@ -658,7 +665,7 @@ impl Reconciler {
         }
         let result = pod::hand_over(state_dir, &self.config.socket, r).and_then(|decision| {
             if let Some(mode) = decision {
-                pod::install(state_dir, r, mode, self.config.time_wait_reuse)?;
+                pod::install(state_dir, r, mode, &self.config.sysctls)?;
             }
             Ok(decision.is_some())
         });
@@ -728,8 +735,10 @@ mod tests {
             "the host's netns is left alone unless asked"
         );
         assert!(parse("--probe-rules on").unwrap().probe_rules);
-        assert!(c.time_wait_reuse);
-        assert!(!parse("--time-wait-reuse off").unwrap().time_wait_reuse);
+        assert_eq!(c.sysctls, pod::Sysctls::on_node(true));
+        let c = parse("--time-wait-reuse off --proc-dir /host/proc").unwrap();
+        assert!(!c.sysctls.time_wait_reuse);
+        assert_eq!(c.sysctls.proc, PathBuf::from("/host/proc"));
         let c = parse("--namespace ambit-system").unwrap();
         assert_eq!(c.daemonset.unwrap().to_string(), "ambit-system/ambit-node");
         // In the chart, the namespace comes as the variable.

@@ -189,7 +189,8 @@ fn add(
         captured: false,
         time_wait_reuse: false,
     };
-    match pod::enroll(state, socket, &record, reuse) {
+    let sysctls = pod::Sysctls::on_node(reuse);
+    match pod::enroll(state, socket, &record, &sysctls) {
         Ok(_) => Ok(()),
         Err(e) if e.tunnel_undecided() => {
             if let Some(why) = starts_uncaptured(
@@ -197,7 +198,7 @@ fn add(
                 &record,
                 boot_exempt,
             ) {
-                pod::uninstall(state, &record).map_err(internal)?;
+                pod::uninstall(state, &record, &sysctls.proc).map_err(internal)?;
                 eprintln!(
                     "ambit-capture: the node tunnel cannot decide ({e}); pod {} {why}, so it starts uncaptured (the agent captures it if it is enrolled)",
                     record.label()

@@ -11,7 +11,7 @@ use ambit_handoff::DEFAULT_SOCKET;
 use anyhow::{Result, bail};
 use clap::Parser;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,8 +97,8 @@ fn main() -> Result<()> {
                 captured: false,
                 time_wait_reuse: false,
             };
-            let reuse = time_wait_reuse == agent::Switch::On;
-            if !pod::enroll(&p.state, &p.socket, &record, reuse)? {
+            let sysctls = pod::Sysctls::on_node(time_wait_reuse == agent::Switch::On);
+            if !pod::enroll(&p.state, &p.socket, &record, &sysctls)? {
                 eprintln!(
                     "the tunnel says pod {} is not enrolled: no rules",
                     record.label()
@@ -121,6 +121,7 @@ fn main() -> Result<()> {
                     netns: p.netns,
                     ..record
                 },
+                Path::new(ambit_capture::netns::DEFAULT_PROC),
             )?;
         }
         Cli::Check { netns } => {

@@ -76,24 +76,31 @@ pub fn addresses(path: &Path) -> Result<Vec<IpAddr>, NetnsError> {
 }
 
 /// The netns's `net.ipv4.tcp_tw_reuse`: 0 off, 1 on, 2 (a new netns's default) loopback only.
-pub fn tcp_tw_reuse(path: &Path) -> Result<u8, NetnsError> {
+/// Read through the procfs at `proc` (see [`DEFAULT_PROC`]).
+pub fn tcp_tw_reuse(path: &Path, proc: &Path) -> Result<u8, NetnsError> {
+    let file = proc.join(TCP_TW_REUSE);
     within(path, |name| {
-        let text = std::fs::read_to_string(TCP_TW_REUSE).map_err(sysctl_err(name))?;
+        let text = std::fs::read_to_string(&file).map_err(sysctl_err(name))?;
         text.trim()
             .parse()
-            .map_err(|_| NetnsError::Malformed(format!("{name}: {TCP_TW_REUSE} is {text:?}")))
+            .map_err(|_| NetnsError::Malformed(format!("{name}: {} is {text:?}", file.display())))
     })
 }
 
-pub fn set_tcp_tw_reuse(path: &Path, value: u8) -> Result<(), NetnsError> {
+pub fn set_tcp_tw_reuse(path: &Path, proc: &Path, value: u8) -> Result<(), NetnsError> {
+    let file = proc.join(TCP_TW_REUSE);
     within(path, |name| {
-        std::fs::write(TCP_TW_REUSE, format!("{value}\n")).map_err(sysctl_err(name))
+        std::fs::write(&file, format!("{value}\n")).map_err(sysctl_err(name))
     })
 }
 
-/// Under `/proc/sys/net`, a task sees the sysctls of its own netns, so the path is read from a
-/// thread inside the pod's.
-const TCP_TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
+/// Where procfs is, writable: on the node (the CNI plugin, the commands). A container's own
+/// `/proc/sys` is read-only (the runtime's default), so the chart mounts the node's
+/// `/proc/sys/net` into the agent's under another root. Any procfs mount serves: under
+/// `sys/net`, a task sees the sysctls of its own netns, so the file is opened from a thread
+/// inside the pod's.
+pub const DEFAULT_PROC: &str = "/proc";
+const TCP_TW_REUSE: &str = "sys/net/ipv4/tcp_tw_reuse";
 
 fn sysctl_err(name: &str) -> impl FnOnce(std::io::Error) -> NetnsError + '_ {
     move |source| NetnsError::Sysctl {

@@ -19,7 +19,7 @@ use crate::rules::{self, RulesError};
 use crate::state::{self, PodRecord, StateError};
 use ambit_handoff::{self as handoff, HandoffError, Mode, Request};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -83,6 +83,25 @@ const KERNEL_DEFAULT: u8 = 2;
 /// on by default: PAWS tells the old connection's segments from the new one's).
 const REUSE: u8 = 1;
 
+/// How capture treats pods' `net.ipv4.tcp_tw_reuse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctls {
+    /// Set 1 where the value is the kernel's default (the operator's switch).
+    pub time_wait_reuse: bool,
+    /// A writable procfs ([`netns::DEFAULT_PROC`]).
+    pub proc: PathBuf,
+}
+
+impl Sysctls {
+    /// On the node, with its own `/proc`: the CNI plugin and the commands.
+    pub fn on_node(time_wait_reuse: bool) -> Self {
+        Self {
+            time_wait_reuse,
+            proc: netns::DEFAULT_PROC.into(),
+        }
+    }
+}
+
 /// What capture does with a pod's `net.ipv4.tcp_tw_reuse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeWait {
@@ -123,9 +142,15 @@ pub fn time_wait_reuse(enabled: bool, current: u8, ours: bool) -> TimeWait {
 /// Records the pod as captured, then installs (or replaces) its rules for `mode`, then sets
 /// its `tcp_tw_reuse` as [`time_wait_reuse`] says (`reuse`: the operator's switch). A sysctl
 /// that cannot be read or written is logged, not an error: the pod is captured either way.
-pub fn install(state: &Path, record: &PodRecord, mode: Mode, reuse: bool) -> Result<(), PodError> {
+pub fn install(
+    state: &Path,
+    record: &PodRecord,
+    mode: Mode,
+    sysctls: &Sysctls,
+) -> Result<(), PodError> {
+    let (reuse, proc) = (sysctls.time_wait_reuse, &sysctls.proc);
     let ours = set_by_capture(state, record)?;
-    let (current, plan) = read_and_plan(record, reuse, ours);
+    let (current, plan) = read_and_plan(record, proc, reuse, ours);
     let captured = PodRecord {
         captured: true,
         time_wait_reuse: plan.ours() || (ours && current.is_err()),
@@ -139,18 +164,21 @@ pub fn install(state: &Path, record: &PodRecord, mode: Mode, reuse: bool) -> Res
             record.label()
         ));
     }
-    apply(record, plan, current);
+    apply(record, proc, plan, current);
     Ok(())
 }
 
 /// Makes sure the pod has no rules and `tcp_tw_reuse` as it was, then records it as not
 /// captured.
-pub fn uninstall(state: &Path, record: &PodRecord) -> Result<(), PodError> {
+pub fn uninstall(state: &Path, record: &PodRecord, proc: &Path) -> Result<(), PodError> {
     let ours = set_by_capture(state, record)?;
-    strip(&PodRecord {
-        time_wait_reuse: ours,
-        ..record.clone()
-    })?;
+    strip(
+        &PodRecord {
+            time_wait_reuse: ours,
+            ..record.clone()
+        },
+        proc,
+    )?;
     state::remember(
         state,
         &PodRecord {
@@ -171,11 +199,11 @@ fn set_by_capture(state: &Path, record: &PodRecord) -> Result<bool, PodError> {
 
 /// Takes the rules out and puts `tcp_tw_reuse` back if capture set it (the record is the
 /// caller's: [`uninstall`], or the agent's uninstall, which clears every record after).
-pub fn strip(record: &PodRecord) -> Result<(), PodError> {
+pub fn strip(record: &PodRecord, proc: &Path) -> Result<(), PodError> {
     rules::remove(&record.netns)?;
     if record.time_wait_reuse {
-        let (current, plan) = read_and_plan(record, false, true);
-        apply(record, plan, current);
+        let (current, plan) = read_and_plan(record, proc, false, true);
+        apply(record, proc, plan, current);
     }
     Ok(())
 }
@@ -183,10 +211,11 @@ pub fn strip(record: &PodRecord) -> Result<(), PodError> {
 /// The pod's `tcp_tw_reuse` and what to do with it; nothing when it cannot be read.
 fn read_and_plan(
     record: &PodRecord,
+    proc: &Path,
     enabled: bool,
     ours: bool,
 ) -> (Result<u8, netns::NetnsError>, TimeWait) {
-    let current = netns::tcp_tw_reuse(&record.netns);
+    let current = netns::tcp_tw_reuse(&record.netns, proc);
     let plan = match &current {
         Ok(value) => time_wait_reuse(enabled, *value, ours),
         Err(_) => TimeWait::Leave,
@@ -196,14 +225,14 @@ fn read_and_plan(
 
 /// Carries out `plan` on the pod's netns (whose value was `current`); a sysctl that cannot be
 /// read or written is logged.
-fn apply(record: &PodRecord, plan: TimeWait, current: Result<u8, netns::NetnsError>) {
+fn apply(record: &PodRecord, proc: &Path, plan: TimeWait, current: Result<u8, netns::NetnsError>) {
     let write = match (plan, current) {
         (_, Err(e)) => return log(format_args!("pod {}: {e}", record.label())),
         (TimeWait::Set, _) => REUSE,
         (TimeWait::Restore, _) => KERNEL_DEFAULT,
         (TimeWait::Keep | TimeWait::Leave, _) => return,
     };
-    if let Err(e) = netns::set_tcp_tw_reuse(&record.netns, write) {
+    if let Err(e) = netns::set_tcp_tw_reuse(&record.netns, proc, write) {
         log(format_args!("pod {}: {e}", record.label()));
     }
 }
@@ -218,20 +247,25 @@ pub fn enroll(
     state: &Path,
     socket: &Path,
     record: &PodRecord,
-    reuse: bool,
+    sysctls: &Sysctls,
 ) -> Result<bool, PodError> {
     let decision = hand_over(state, socket, record)?;
     match decision {
-        Some(mode) => install(state, record, mode, reuse)?,
-        None => uninstall(state, record)?,
+        Some(mode) => install(state, record, mode, sysctls)?,
+        None => uninstall(state, record, &sysctls.proc)?,
     }
     Ok(decision.is_some())
 }
 
 /// Releases a captured pod: rules out, recorded as not captured, then the tunnel lets go. The
 /// rules are gone even when the tunnel cannot be told (the error says so).
-pub fn release(state: &Path, socket: &Path, record: &PodRecord) -> Result<(), PodError> {
-    uninstall(state, record)?;
+pub fn release(
+    state: &Path,
+    socket: &Path,
+    record: &PodRecord,
+    proc: &Path,
+) -> Result<(), PodError> {
+    uninstall(state, record, proc)?;
     tell_removed(socket, &record.uid)?;
     Ok(())
 }

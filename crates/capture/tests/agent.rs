@@ -90,7 +90,7 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
     .map(|s| s.to_string())
     .collect();
     let log = dir.join("agent.log");
-    let agent = Agent::start(&args, &kubeconfig, &log);
+    let agent = Agent::start(&args, &kubeconfig, &log, &dir.join("proc"));
 
     // CNI install: the binary, the conflist entry, and again after the primary rewrites it.
     let plugin = bin.join("ambit-capture");
@@ -170,7 +170,7 @@ fn agent_reconciles_running_pods_with_the_enrollment() {
     );
 
     // The next agent; the namespace is unlabeled: rules out, the tunnel lets go.
-    let agent = Agent::start(&args, &kubeconfig, &log);
+    let agent = Agent::start(&args, &kubeconfig, &log, &dir.join("proc"));
     tunnel.set(view(true, &[], vec![]));
     for (pod, uid) in [(&a, "a"), (&b, "b"), (&c, "c")] {
         poll(&format!("{uid} released"), || {

@@ -461,7 +461,7 @@ fn the_agent_keeps_the_node_rules_and_removes_them_at_uninstall() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let agent = Agent::start_in(Some(&node.name), &args, &kubeconfig, &dir.join("agent.log"));
+    let agent = Agent::start_in(&node.name, &args, &kubeconfig, &dir.join("agent.log"));
     let listed = |family: &str| {
         Command::new("ip")
             .args([

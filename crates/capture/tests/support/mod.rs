@@ -84,11 +84,11 @@ impl PodNetns {
 
     /// The netns's `net.ipv4.tcp_tw_reuse`.
     pub fn tw_reuse(&self) -> u8 {
-        ambit_capture::netns::tcp_tw_reuse(&self.path()).unwrap()
+        ambit_capture::netns::tcp_tw_reuse(&self.path(), Path::new("/proc")).unwrap()
     }
 
     pub fn set_tw_reuse(&self, value: u8) {
-        ambit_capture::netns::set_tcp_tw_reuse(&self.path(), value).unwrap()
+        ambit_capture::netns::set_tcp_tw_reuse(&self.path(), Path::new("/proc"), value).unwrap()
     }
 }
 
@@ -302,29 +302,52 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(args: &[String], kubeconfig: &Path, log: &Path) -> Self {
-        Self::start_in(None, args, kubeconfig, log)
+    /// The agent as in its container: in a mount namespace of its own (gone with it) where
+    /// `/proc/sys` is read-only, as container runtimes mount it, and the node's `/proc/sys/net`
+    /// is under `proc` (`--proc-dir`), as the chart mounts it.
+    pub fn start(args: &[String], kubeconfig: &Path, log: &Path, proc: &Path) -> Self {
+        let mut command = Command::new("unshare");
+        command.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-ec",
+            r#"mkdir -p "$1/sys/net"; mount --bind /proc/sys/net "$1/sys/net"
+               mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys
+               shift; exec "$@""#,
+            "sh",
+        ]);
+        command
+            .arg(proc)
+            .arg(env!("CARGO_BIN_EXE_ambit-capture"))
+            .arg("agent")
+            .arg("--proc-dir")
+            .arg(proc);
+        Self::spawn(command, args, kubeconfig, log)
     }
 
     /// The agent in network namespace `netns` (`ip netns exec`), as the chart runs it in the
-    /// node's; `None`: the test's own.
-    pub fn start_in(netns: Option<&str>, args: &[String], kubeconfig: &Path, log: &Path) -> Self {
+    /// node's.
+    pub fn start_in(netns: &str, args: &[String], kubeconfig: &Path, log: &Path) -> Self {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            netns,
+            env!("CARGO_BIN_EXE_ambit-capture"),
+            "agent",
+        ]);
+        Self::spawn(command, args, kubeconfig, log)
+    }
+
+    fn spawn(mut command: Command, args: &[String], kubeconfig: &Path, log: &Path) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let binary = env!("CARGO_BIN_EXE_ambit-capture");
-        let mut command = match netns {
-            Some(netns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", netns, binary]);
-                c
-            }
-            None => Command::new(binary),
-        };
         let child = command
-            .arg("agent")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
