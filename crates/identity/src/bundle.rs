@@ -13,11 +13,13 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::watch;
 
+use crate::cert::validity_of;
 use crate::spiffe::TrustDomain;
 use crate::tls::{TlsError, crypto_provider};
 
@@ -29,6 +31,9 @@ pub(crate) struct Roots {
     /// The first root alone: whether a leaf comes from the root that signs now.
     signing: Arc<RootCertStore>,
     pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Chains these roots verified, so that a peer dialing again with the same chain is not
+    /// verified again (a new bundle starts empty).
+    pub(crate) verified: VerifiedChains,
 }
 
 impl Roots {
@@ -46,8 +51,90 @@ impl Roots {
             store,
             signing,
             client_verifier,
+            verified: VerifiedChains::default(),
         })
     }
+}
+
+/// How many verified chains one version of the roots remembers: the peers a tunnel dials or
+/// serves again and again. At most 8 KiB each (the verifiers refuse longer chains), so 512 KiB.
+const VERIFIED_CHAINS: usize = 64;
+
+/// Chains (leaf first) that verified against one version of the roots, with their validity.
+/// Whether a chain verifies depends on the roots, its bytes, the role it is presented in (the
+/// key usage) and the time. A chain found here (same roots, bytes and role) is judged again
+/// for the time only, against the validity of each of its certificates: building its path and
+/// checking its signatures again would give the same answer. The oldest is forgotten first.
+#[derive(Default)]
+pub(crate) struct VerifiedChains(Mutex<VecDeque<VerifiedChain>>);
+
+struct VerifiedChain {
+    role: ChainRole,
+    chain: Vec<CertificateDer<'static>>,
+    /// The latest `notBefore` and the earliest `notAfter` of the chain's certificates, in
+    /// seconds since the epoch, as the path check compares them.
+    valid: (u64, u64),
+}
+
+impl VerifiedChains {
+    /// Whether `end_entity` and `intermediates` verified as `role` before, and every one of
+    /// them is valid `now`.
+    pub(crate) fn contains(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        role: ChainRole,
+        now: UnixTime,
+    ) -> bool {
+        let now = now.as_secs();
+        lock(&self.0).iter().any(|verified| {
+            verified.role == role
+                && verified.chain.len() == 1 + intermediates.len()
+                && verified.chain[0] == *end_entity
+                && verified.chain[1..] == *intermediates
+                && (verified.valid.0..=verified.valid.1).contains(&now)
+        })
+    }
+
+    /// Remembers a chain that just verified as `role`.
+    pub(crate) fn insert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        role: ChainRole,
+    ) {
+        let chain: Vec<CertificateDer<'static>> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs()
+                .into()
+        };
+        let mut valid = (0, u64::MAX);
+        for certificate in &chain {
+            // Verified, so it parses; a validity before 1970 is not worth remembering.
+            let Some((Some(from), Some(until))) = validity_of(certificate)
+                .ok()
+                .map(|(f, u)| (secs(f), secs(u)))
+            else {
+                return;
+            };
+            valid = (valid.0.max(from), valid.1.min(until));
+        }
+        let mut verified = lock(&self.0);
+        if verified.len() == VERIFIED_CHAINS {
+            verified.pop_front();
+        }
+        verified.push_back(VerifiedChain { role, chain, valid });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update leaves the list whole.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn store_of(

@@ -5,7 +5,7 @@
 //! explicit identity check: the client accepts only an expected set of server identities; the
 //! server accepts any identity of its trust domain and hands it to the caller for authorization.
 
-use crate::bundle::TrustBundle;
+use crate::bundle::{ChainRole, TrustBundle};
 use crate::cert::{CertificateError, identity_and_not_after, identity_of};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store::CertificateHandle;
@@ -254,14 +254,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         check_chain_size(end_entity, intermediates)?;
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.trust.current().store,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        let roots = self.trust.current();
+        let role = ChainRole::Server;
+        if !roots
+            .verified
+            .contains(end_entity, intermediates, role, now)
+        {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &roots.store,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+            roots.verified.insert(end_entity, intermediates, role);
+        }
         let actual = identity_of(end_entity).map_err(PeerIdentityError::from)?;
         if !self.expected.contains(&actual) {
             return Err(PeerIdentityError::Unexpected {
@@ -319,10 +327,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         check_chain_size(end_entity, intermediates)?;
-        self.trust
-            .current()
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let roots = self.trust.current();
+        let role = ChainRole::Client;
+        if !roots
+            .verified
+            .contains(end_entity, intermediates, role, now)
+        {
+            roots
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+            roots.verified.insert(end_entity, intermediates, role);
+        }
         let actual = identity_of(end_entity).map_err(PeerIdentityError::from)?;
         if actual.trust_domain() != self.trust.trust_domain() {
             return Err(PeerIdentityError::ForeignTrustDomain {
@@ -638,6 +653,63 @@ mod tests {
             handshake(client(&new), server(&old)).client.is_err(),
             "a withdrawn root's server leaf"
         );
+    }
+
+    /// A chain verified once is remembered with the roots that verified it and judged again
+    /// for the time only: past its `notAfter` or before its `notBefore` it is refused as the
+    /// full check refuses it, and once its root is withdrawn it is not remembered.
+    #[test]
+    fn a_verified_chain_is_remembered_only_for_its_roots_role_and_validity() {
+        let (pki, other) = (TestPki::new("cluster.local"), TestPki::new("cluster.local"));
+        let bundle = pki.bundle();
+        let verifier = SpiffeClientVerifier {
+            trust: bundle.clone(),
+            algorithms: crypto_provider().signature_verification_algorithms,
+        };
+        let client = pki.certificate(&pki.id("demo", "client"));
+        let leaf = &client.chain()[0];
+        let at = |t: SystemTime| {
+            UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap())
+        };
+        let second = Duration::from_secs(1);
+        let (not_before, not_after) = (client.not_before(), client.not_after());
+        let during = at(not_before + second);
+        let remembered = |role| bundle.current().verified.contains(leaf, &[], role, during);
+
+        assert!(!remembered(ChainRole::Client));
+        verifier.verify_client_cert(leaf, &[], during).unwrap();
+        assert!(remembered(ChainRole::Client));
+        assert!(!remembered(ChainRole::Server), "verified as a client only");
+        verifier
+            .verify_client_cert(leaf, &[], at(not_after))
+            .unwrap();
+
+        let expired = verifier.verify_client_cert(leaf, &[], at(not_after + second));
+        assert!(
+            matches!(
+                expired,
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ExpiredContext { .. }
+                ))
+            ),
+            "{expired:?}"
+        );
+        let early = verifier.verify_client_cert(leaf, &[], at(not_before - second));
+        assert!(
+            matches!(
+                early,
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidYetContext { .. }
+                ))
+            ),
+            "{early:?}"
+        );
+
+        bundle
+            .replace([other.ca.root_certificate().clone()])
+            .unwrap();
+        assert!(!remembered(ChainRole::Client));
+        assert!(verifier.verify_client_cert(leaf, &[], during).is_err());
     }
 
     #[test]
