@@ -5,6 +5,7 @@
 //! [min, max].
 
 use super::*;
+use rustix::thread::{CpuSet, Pid, sched_getaffinity, sched_setaffinity};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
@@ -14,6 +15,9 @@ const THROUGHPUT_BYTES: usize = 256 << 20;
 const RTT_ROUNDS: usize = 3000;
 const OPEN_LOOP_SECS: u64 = 3;
 const OPEN_CONNS: usize = 1000;
+/// The bench server in p22, reached on the veth path, and in p21, reached through both tunnels.
+const DIRECT: &str = "10.77.2.22:9000";
+const MESHED: &str = "10.77.2.21:9000";
 
 /// A blocking bench server: `T` = read to EOF then answer the byte count; `E` = echo 1 KiB
 /// messages; `H` = hold the connection open until the peer closes.
@@ -112,8 +116,9 @@ fn rtt_p50(ns: &str, to: &str) -> f64 {
 }
 
 /// Open loop at 1,000 req/s on one connection; latency from the scheduled send time.
-/// Returns (p50, p99) in milliseconds.
-fn open_loop(ns: &str, to: &str) -> (f64, f64) {
+/// Returns each request's latency in milliseconds, in the order they were scheduled (one per
+/// millisecond), so when the slow ones happened can be read from it.
+fn open_loop(ns: &str, to: &str) -> Vec<f64> {
     let to = to.to_owned();
     in_netns(ns, move || {
         let mut s = connect(&to, b'E');
@@ -131,9 +136,75 @@ fn open_loop(ns: &str, to: &str) -> (f64, f64) {
             s.read_exact(&mut msg).unwrap();
             samples.push(scheduled.elapsed().as_secs_f64() * 1e3);
         }
-        let p50 = percentile(&mut samples, 0.5);
-        (p50, percentile(&mut samples, 0.99))
+        samples
     })
+}
+
+/// An open loop's p99 in milliseconds. Its distribution goes to stderr with the slow runs
+/// (consecutive requests later than 0.5 ms, which a stall of the path queues behind it): how
+/// many, and the longest with when it began.
+fn open_loop_p99(label: &str, ns: &str, to: &str) -> f64 {
+    let samples = open_loop(ns, to);
+    let mut slow: Vec<(usize, usize)> = Vec::new();
+    for (i, _) in samples.iter().enumerate().filter(|(_, ms)| **ms > 0.5) {
+        match slow.last_mut() {
+            Some((first, len)) if *first + *len == i => *len += 1,
+            _ => slow.push((i, 1)),
+        }
+    }
+    let (longest_at, longest) = slow
+        .iter()
+        .max_by_key(|(_, len)| *len)
+        .copied()
+        .unwrap_or_default();
+    let mut sorted = samples;
+    let mut q = |p| percentile(&mut sorted, p);
+    eprintln!(
+        "open loop {label}: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms; {} slow runs, the longest {longest} requests from {longest_at} ms",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        q(1.0),
+        slow.len(),
+    );
+    q(0.99)
+}
+
+/// Added p99 of the open loop (tunnel − direct), measured with the bench's and both tunnels'
+/// threads as the scheduler places them, and again with all of them on one vCPU. On this
+/// kind of 2-vCPU guest every hop of a request spread over both vCPUs wakes the other one (an
+/// IPI through the hypervisor), so the first figure moves with the placement between runs;
+/// the second is the tunnel's own latency, comparable from build to build.
+fn added_p99(direct: (&str, &str), meshed: (&str, &str), tunnel_pids: [u32; 2]) -> (f64, f64) {
+    let direct_p99 = open_loop_p99("direct", direct.0, direct.1);
+    let placed = open_loop_p99("tunnel", meshed.0, meshed.1) - direct_p99;
+    let pids = [std::process::id(), tunnel_pids[0], tunnel_pids[1]];
+    let all = pin(&pids, None);
+    let direct_p99 = open_loop_p99("direct, one vCPU", direct.0, direct.1);
+    let one_cpu = open_loop_p99("tunnel, one vCPU", meshed.0, meshed.1) - direct_p99;
+    pin(&pids, Some(all));
+    (placed, one_cpu)
+}
+
+/// Sets every thread of `pids` to `cpus`, or (`None`) to the last CPU this thread may use;
+/// returns the set this thread had. Threads started later inherit their creator's set.
+fn pin(pids: &[u32], cpus: Option<CpuSet>) -> CpuSet {
+    let had = sched_getaffinity(None).unwrap();
+    let cpus = cpus.unwrap_or_else(|| {
+        let last = (0..CpuSet::MAX_CPU).rev().find(|&c| had.is_set(c)).unwrap();
+        let mut one = CpuSet::new();
+        one.set(last);
+        one
+    });
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid: i32 = task.unwrap().file_name().to_string_lossy().parse().unwrap();
+            // A thread that ended meanwhile has nothing to pin.
+            let _ = sched_setaffinity(Pid::from_raw(tid), &cpus);
+        }
+    }
+    had
 }
 
 /// One round's measurements, each key as `tunnel.json` names it.
@@ -152,8 +223,7 @@ fn round(direct: (&str, &str), meshed: (&str, &str), tunnel_pids: [u32; 2]) -> R
     let mesh_rtt = rtt_p50(meshed.0, meshed.1);
     let cpu_us_per_request = (cpu_s() - cpu0) * 1e6 / RTT_ROUNDS as f64;
 
-    let (_, direct_p99) = open_loop(direct.0, direct.1);
-    let (_, mesh_p99) = open_loop(meshed.0, meshed.1);
+    let (added_p99, added_p99_one_cpu) = added_p99(direct, meshed, tunnel_pids);
     vec![
         ("throughput_direct_mbps", direct_tput * 8.0 / 1e6),
         ("throughput_tunnel_mbps", mesh_tput * 8.0 / 1e6),
@@ -161,7 +231,8 @@ fn round(direct: (&str, &str), meshed: (&str, &str), tunnel_pids: [u32; 2]) -> R
         ("rtt_p50_direct_us", direct_rtt),
         ("rtt_p50_tunnel_us", mesh_rtt),
         ("rtt_p50_ratio_vs_direct", mesh_rtt / direct_rtt),
-        ("added_p99_ms_at_1000rps", mesh_p99 - direct_p99),
+        ("added_p99_ms_at_1000rps", added_p99),
+        ("added_p99_ms_at_1000rps_one_cpu", added_p99_one_cpu),
         ("cpu_us_per_request", cpu_us_per_request),
         ("cpu_s_per_gb", cpu_s_per_gb),
     ]
@@ -176,6 +247,36 @@ pub(crate) fn write_report(name: &str, report: &serde_json::Value) {
     println!("wrote {}", out.join(format!("{name}.json")).display());
 }
 
+/// Two nodes with their tunnels; p11 (client) and p21 (server) enrolled, p12 -> p22 the
+/// direct baseline, a bench server in p12, p21 and p22.
+struct Bench {
+    net: Net,
+    tunnel_pids: [u32; 2],
+}
+
+impl Bench {
+    fn start() -> Self {
+        let bins = Bins {
+            dir: build_binaries(&["ambit-tunnel", "ambit-capture"]),
+        };
+        let mut net = Net::new("b");
+        write_files(&net);
+        for p in ["p12", "p21", "p22"] {
+            bench_server(&net.ns(p));
+        }
+        let t1 = start_tunnel(&net, &bins, "n1", "strict");
+        let t2 = start_tunnel(&net, &bins, "n2", "strict");
+        let tunnel_pids = [t1.0.id(), t2.0.id()];
+        net.procs.push(t1);
+        net.procs.push(t2);
+        for p in ["p11", "p21"] {
+            let (ok, err) = enroll(&net, &bins, pod(p));
+            assert!(ok, "{err}");
+        }
+        Self { net, tunnel_pids }
+    }
+}
+
 #[test]
 #[ignore = "benchmark: cargo xtask bench tunnel"]
 fn bench_tunnel() {
@@ -183,27 +284,11 @@ fn bench_tunnel() {
         return;
     }
     let rounds = bench_rounds();
-    let bins = Bins {
-        dir: build_binaries(&["ambit-tunnel", "ambit-capture"]),
-    };
-    let mut net = Net::new("b");
-    write_files(&net);
-    for p in ["p12", "p21", "p22"] {
-        bench_server(&net.ns(p));
-    }
-    let t1 = start_tunnel(&net, &bins, "n1", "strict");
-    let t2 = start_tunnel(&net, &bins, "n2", "strict");
-    let pids = [t1.0.id(), t2.0.id()];
-    net.procs.push(t1);
-    net.procs.push(t2);
-    // Only p11 (client) and p21 (server) are enrolled; p12 -> p22 is the direct baseline.
-    for p in ["p11", "p21"] {
-        let (ok, err) = enroll(&net, &bins, pod(p));
-        assert!(ok, "{err}");
-    }
-    let (direct_ns, meshed_ns) = (net.ns("p12"), net.ns("p11"));
-    let direct = (direct_ns.as_str(), "10.77.2.22:9000");
-    let meshed = (meshed_ns.as_str(), "10.77.2.21:9000");
+    let bench = Bench::start();
+    let pids = bench.tunnel_pids;
+    let (direct_ns, meshed_ns) = (bench.net.ns("p12"), bench.net.ns("p11"));
+    let direct = (direct_ns.as_str(), DIRECT);
+    let meshed = (meshed_ns.as_str(), MESHED);
     let rss_idle = rss_bytes(pids[0]);
 
     let measured: Vec<Round> = (0..rounds)
@@ -227,16 +312,16 @@ fn bench_tunnel() {
     println!(
         "\nnode tunnel benchmark ({rounds} interleaved rounds: direct, tunnel, per measurement)\n"
     );
-    println!("{:<28} {:>12}  {:>23}", "", "median", "min–max");
+    println!("{:<32} {:>12}  {:>23}", "", "median", "min–max");
     for (index, (key, _)) in measured[0].iter().enumerate() {
         let samples: Vec<f64> = measured.iter().map(|r| r[index].1).collect();
         let (median, min, max) = spread(&samples);
-        println!("{key:<28} {median:>12.3}  {min:>11.3}–{max:<11.3}");
+        println!("{key:<32} {median:>12.3}  {min:>11.3}–{max:<11.3}");
         report.insert((*key).to_owned(), median.into());
         report.insert(format!("{key}_spread"), serde_json::json!([min, max]));
     }
-    println!("{:<28} {rss_idle:>12}", "rss_idle_bytes");
-    println!("{:<28} {rss_conns:>12}", "rss_1000_conns_bytes");
+    println!("{:<32} {rss_idle:>12}", "rss_idle_bytes");
+    println!("{:<32} {rss_conns:>12}", "rss_1000_conns_bytes");
     report.insert("rss_idle_bytes".into(), rss_idle.into());
     report.insert("rss_1000_conns_bytes".into(), rss_conns.into());
     let rounds_json: Vec<serde_json::Value> = measured
@@ -249,4 +334,30 @@ fn bench_tunnel() {
         .collect();
     report.insert("rounds".into(), rounds_json.into());
     write_report("tunnel", &report.into());
+}
+
+/// Only the open loops, `AMBIT_BENCH_ROUNDS` times: the added p99 both ways in seconds, for
+/// A/B runs of the data path (with `AMBIT_TEST_BINS`, of binaries copied aside).
+#[test]
+#[ignore = "benchmark: cargo test --release -p ambit-tunnel --test netns -- --ignored bench_open_loop"]
+fn bench_open_loop() {
+    if !require_root("bench_open_loop") {
+        return;
+    }
+    let rounds = bench_rounds();
+    let bench = Bench::start();
+    let (direct_ns, meshed_ns) = (bench.net.ns("p12"), bench.net.ns("p11"));
+    let (placed, one_cpu): (Vec<f64>, Vec<f64>) = (0..rounds)
+        .map(|_| {
+            added_p99(
+                (direct_ns.as_str(), DIRECT),
+                (meshed_ns.as_str(), MESHED),
+                bench.tunnel_pids,
+            )
+        })
+        .unzip();
+    for (key, added) in [("", placed), ("_one_cpu", one_cpu)] {
+        let (median, min, max) = spread(&added);
+        println!("added_p99_ms_at_1000rps{key} {median:.3} ({min:.3}–{max:.3}): {added:.3?}");
+    }
 }

@@ -52,8 +52,13 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-/// Builds the binaries the tests run (other packages' binaries are not built for us).
+/// Builds the binaries the tests run (other packages' binaries are not built for us), or,
+/// with `AMBIT_TEST_BINS=DIR`, takes them from DIR as they are: an A/B run compares binaries
+/// copied aside, whatever the shared target dir holds meanwhile.
 pub fn build_binaries(packages: &[&str]) -> PathBuf {
+    if let Some(dir) = std::env::var_os("AMBIT_TEST_BINS") {
+        return PathBuf::from(dir);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
