@@ -822,3 +822,52 @@ fn a_jwks_ca_bundle_reaches_the_controller_and_only_when_set() -> Result<()> {
     assert!(refused.is_err_and(|out| out.contains("caBundle")));
     Ok(())
 }
+
+/// The capture agent sets captured pods' `tcp_tw_reuse` (docs/capture.md, "TIME_WAIT reuse")
+/// as `node.capture.timeWaitReuse` says, through the node's `/proc/sys/net` (the container's own
+/// `/proc/sys` is read-only), which no other container mounts; the value is a boolean.
+#[test]
+fn the_capture_agent_sets_time_wait_reuse_through_the_nodes_proc() -> Result<()> {
+    let Some(helm) = helm("the_capture_agent_sets_time_wait_reuse_through_the_nodes_proc")? else {
+        return Ok(());
+    };
+    let env = |extra: &[&str], name: &str| -> Result<String> {
+        let objects = docs(&render(&helm, extra)?)?;
+        let node = object(&objects, "DaemonSet", "ambit-node")?;
+        Ok(list(container(node, "capture")?, &["env"])
+            .iter()
+            .find(|e| text(e, &["name"]) == name)
+            .map(|e| text(e, &["value"]).to_owned())
+            .unwrap_or_default())
+    };
+    assert_eq!(env(&[], "AMBIT_TIME_WAIT_REUSE")?, "on");
+    let off = ["--set", "node.capture.timeWaitReuse=false"];
+    assert_eq!(env(&off, "AMBIT_TIME_WAIT_REUSE")?, "off");
+    let proc = env(&[], "AMBIT_PROC_DIR")?;
+    let objects = docs(&render(&helm, &[])?)?;
+    let node = object(&objects, "DaemonSet", "ambit-node")?;
+    let volumes = list(node, &["spec", "template", "spec", "volumes"]);
+    let mounting = |name: &str| -> Result<Vec<String>> {
+        Ok(list(container(node, name)?, &["volumeMounts"])
+            .iter()
+            .filter(|m| {
+                volumes.iter().any(|v| {
+                    text(v, &["name"]) == text(m, &["name"])
+                        && text(v, &["hostPath", "path"]) == "/proc/sys/net"
+                })
+            })
+            .map(|m| text(m, &["mountPath"]).to_owned())
+            .collect())
+    };
+    assert_eq!(mounting("capture")?, [format!("{proc}/sys/net")]);
+    assert!(mounting("tunnel")?.is_empty());
+    let bad = run(
+        &helm,
+        &["lint", "charts/ambit", "--set-string", "node.capture.timeWaitReuse=yes"],
+    )?;
+    assert!(
+        bad.as_ref().is_err_and(|e| e.contains("timeWaitReuse")),
+        "{bad:?}"
+    );
+    Ok(())
+}
