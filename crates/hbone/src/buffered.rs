@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 /// few bytes, which also dropped the reader out of bulk mode; the byte more makes a read of one
 /// whole frame short, so it marks the socket drained: a read that fills the buffer cannot tell,
 /// and the next one fails with EAGAIN.
-const BUFFER_SIZE: usize = tls_wire_size(MAX_DATA_FRAME) + 1;
+pub(crate) const BUFFER_SIZE: usize = tls_wire_size(MAX_DATA_FRAME) + 1;
 
 const fn tls_wire_size(plaintext: usize) -> usize {
     const RECORD_PLAINTEXT: usize = 16 * 1024;

@@ -94,12 +94,15 @@ pub struct ServerSettings {
 }
 
 /// What one server connection may hold besides its receive window and the frame being read
-/// (`max_frame_size`), at most: rustls's record buffers both ways (2 x 18 KiB), the 64 KiB
-/// `ReadBuffered`, h2's writer (16 KiB), HPACK tables and the task (~16 KiB), and the task
+/// (`max_frame_size`), at most: rustls's record being received (18 KiB) and the records it has
+/// sealed but not yet sent (its default buffer limit, 64 KiB, and the records' overhead: a
+/// client that stops reading leaves them queued), `ReadBuffered` (one 64 KiB frame's TLS
+/// records and a byte), h2's writer (16 KiB), HPACK tables and the task (~16 KiB), and the task
 /// watching its certificates with a copy of the client's chain (the verifiers refuse one over
 /// 8 KiB).
-const CONNECTION_OVERHEAD: u64 = 2 * 18 * 1024
-    + 64 * 1024
+const CONNECTION_OVERHEAD: u64 = 18 * 1024
+    + 65 * 1024
+    + crate::buffered::BUFFER_SIZE as u64
     + 16 * 1024
     + 16 * 1024
     + WATCHER_OVERHEAD
@@ -144,7 +147,7 @@ impl ServerSettings {
 }
 
 impl Default for ServerSettings {
-    /// Sized so that [`Self::memory_bound`] (337 MiB) fits the node tunnel's 512 MiB
+    /// Sized so that [`Self::memory_bound`] (348 MiB) fits the node tunnel's 512 MiB
     /// container limit with room for its pools and config: 256 connections, 1,280 tunnels
     /// (a client may hold a quarter of them, so it takes four clients to hold them all) with
     /// 128 KiB receive windows and 32 KiB send buffers. What tunnels have received is bounded
