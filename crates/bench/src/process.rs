@@ -20,6 +20,11 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// architectures.
 const USER_HZ: f64 = 100.0;
 
+/// The glibc tunable the chart sets for the node tunnel and the controller for waypoints
+/// (docs/tunnel.md, "Memory allocator"): the processes standing in for them run as shipped.
+pub const SHIPPED_GLIBC_TUNABLES: (&str, &str) =
+    ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576");
+
 /// A command for `program`, run under `taskset -c CPUS` when `cpus` is given (taskset execs the
 /// program, so the child's pid is the program's).
 pub fn command(program: impl AsRef<OsStr>, cpus: Option<&str>) -> Command {
@@ -239,6 +244,7 @@ impl RoleProcess {
                 .arg("role")
                 .arg(role)
                 .args(args)
+                .env(SHIPPED_GLIBC_TUNABLES.0, SHIPPED_GLIBC_TUNABLES.1)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),

@@ -23,7 +23,7 @@ mod variants;
 use crate::h2load::{self, Load, Protocol};
 use crate::measure::{Percentiles, percentiles};
 use crate::nginx::{self, Chain, PemIdentity};
-use crate::process::{Process, RoleProcess, command};
+use crate::process::{Process, RoleProcess, SHIPPED_GLIBC_TUNABLES, command};
 use crate::report::{against, round, write_json};
 use crate::roles::{TRUST_DOMAIN, client_id, server_id};
 use ambit_identity::{CertificateAuthority, SpiffeId};
@@ -624,6 +624,7 @@ impl WaypointSetup<'_> {
         let mut waypoint = Process::spawn(
             name,
             command(self.exe, Some(PROXY_CPUS))
+                .env(SHIPPED_GLIBC_TUNABLES.0, SHIPPED_GLIBC_TUNABLES.1)
                 .args(["--namespace", NAMESPACE])
                 .args(["--for-service-account", "server"])
                 .args(["--service-account", WAYPOINT_SA])
