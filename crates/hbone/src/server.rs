@@ -506,8 +506,12 @@ impl<H: ConnectHandler> HboneServer<H> {
                 }
             };
             let server = self.clone();
+            // The connection's future (~9.6 KiB) is built inside the task, on the heap: built
+            // here it sat in this loop's frame (three copies), and every thread serving an HBONE
+            // listener touched that frame's ~30 KiB of stack even with no connection
+            // (docs/performance.md, "What an enrolled pod costs").
             tokio::spawn(async move {
-                if let Err(error) = server.serve_connection(tcp, peer).await {
+                if let Err(error) = Box::pin(server.serve_connection(tcp, peer)).await {
                     tracing::debug!(%peer, %error, "HBONE connection ended with an error");
                 }
                 drop(slot);
