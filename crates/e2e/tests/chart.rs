@@ -863,7 +863,12 @@ fn the_capture_agent_sets_time_wait_reuse_through_the_nodes_proc() -> Result<()>
     assert!(mounting("tunnel")?.is_empty());
     let bad = run(
         &helm,
-        &["lint", "charts/ambit", "--set-string", "node.capture.timeWaitReuse=yes"],
+        &[
+            "lint",
+            "charts/ambit",
+            "--set-string",
+            "node.capture.timeWaitReuse=yes",
+        ],
     )?;
     assert!(
         bad.as_ref().is_err_and(|e| e.contains("timeWaitReuse")),
