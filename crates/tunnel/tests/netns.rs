@@ -167,13 +167,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.procs.clear();
-        // Pods before their node: a pod's veth goes with its namespace.
-        for name in self.namespaces.iter().rev() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_topology(&self.namespaces, &self.dir);
     }
 }
 
@@ -220,32 +214,20 @@ fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
 
 /// `node`'s tunnel on the node's socket, logging to `log` in the topology's directory.
 fn spawn_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str, log: &str) -> Proc {
-    let dir = &net.dir;
-    let socket = dir.join(format!("{node}.sock"));
-    Proc::spawn(
+    spawn_node_tunnel(
         &net.ns(node),
         &bins.path("ambit-tunnel"),
-        &[
-            "--node",
-            node,
-            "--mesh",
-            dir.join("mesh.yaml").to_str().unwrap(),
-            "--ca-cert",
-            dir.join("ca.pem").to_str().unwrap(),
-            "--ca-key",
-            dir.join("ca.key").to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mode",
-            mode,
-        ],
+        node,
+        &net.dir,
+        &net.dir.join(format!("{node}.sock")),
+        mode,
         // The glibc tunable the chart ships the tunnel with (docs/tunnel.md, "Memory
         // allocator"), so the benchmarks measure it as it runs.
         &[
             ("RUST_LOG", "info"),
             ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576"),
         ],
-        &dir.join(log),
+        log,
     )
 }
 

@@ -139,26 +139,15 @@ impl Node {
         std::fs::write(self.path("ca.pem"), &material.certificate_pem).unwrap();
         std::fs::write(self.path("ca.key"), &material.key_pem).unwrap();
         let socket = self.path("tunnel.sock");
-        let arg = |p: PathBuf| p.display().to_string();
-        let proc = Proc::spawn(
+        let proc = spawn_node_tunnel(
             &self.ns("node"),
             &self.bins.join("ambit-tunnel"),
-            &[
-                "--node",
-                "node",
-                "--mesh",
-                &arg(self.path("mesh.yaml")),
-                "--ca-cert",
-                &arg(self.path("ca.pem")),
-                "--ca-key",
-                &arg(self.path("ca.key")),
-                "--socket",
-                &arg(socket.clone()),
-                "--mode",
-                "strict",
-            ],
+            "node",
+            &self.dir,
+            &socket,
+            "strict",
             &[("RUST_LOG", "warn")],
-            &self.path("tunnel.log"),
+            "tunnel.log",
         );
         poll("tunnel socket", WAIT, || {
             std::os::unix::net::UnixStream::connect(&socket).ok()
@@ -200,12 +189,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.tunnel = None;
-        for name in self.namespaces.iter().rev() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_topology(&self.namespaces, &self.dir);
     }
 }
 

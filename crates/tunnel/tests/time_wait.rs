@@ -96,12 +96,7 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.procs.clear();
-        for name in self.namespaces.iter().rev() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_topology(&self.namespaces, &self.dir);
     }
 }
 
@@ -176,26 +171,15 @@ fn new_connections_to_an_app_port_reuse_time_wait() {
     let socket = t.dir.join("n1.sock");
     let state = t.dir.join("pods");
     let dir = t.dir.clone();
-    let arg = |p: &Path| p.to_str().unwrap().to_owned();
-    t.procs.push(Proc::spawn(
+    t.procs.push(spawn_node_tunnel(
         &t.ns("n1"),
         &bins.join("ambit-tunnel"),
-        &[
-            "--node",
-            "n1",
-            "--mesh",
-            &arg(&dir.join("mesh.yaml")),
-            "--ca-cert",
-            &arg(&dir.join("ca.pem")),
-            "--ca-key",
-            &arg(&dir.join("ca.key")),
-            "--socket",
-            &arg(&socket),
-            "--mode",
-            "strict",
-        ],
+        "n1",
+        &dir,
+        &socket,
+        "strict",
         &[("RUST_LOG", "warn")],
-        &dir.join("tunnel.log"),
+        "tunnel.log",
     ));
     poll("the tunnel's socket", WAIT, || {
         std::os::unix::net::UnixStream::connect(&socket).ok()

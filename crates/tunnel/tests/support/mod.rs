@@ -110,6 +110,51 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> Option<String> {
     })
 }
 
+/// Deletes a topology's network namespaces, the last made first (a pod's veth goes with its
+/// namespace, before its node's), then its directory.
+pub fn remove_topology(namespaces: &[String], dir: &Path) {
+    for name in namespaces.iter().rev() {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node tunnel in `ns` for `node`, taking its mesh and CA from `dir` (`mesh.yaml`, `ca.pem`,
+/// `ca.key`), its handoff socket at `socket`, and logging to `log` in `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_node_tunnel(
+    ns: &str,
+    exe: &Path,
+    node: &str,
+    dir: &Path,
+    socket: &Path,
+    mode: &str,
+    env: &[(&str, &str)],
+    log: &str,
+) -> Proc {
+    let arg = |file: &str| dir.join(file).to_str().unwrap().to_owned();
+    Proc::spawn(
+        ns,
+        exe,
+        &[
+            "--node",
+            node,
+            "--mesh",
+            &arg("mesh.yaml"),
+            "--ca-cert",
+            &arg("ca.pem"),
+            "--ca-key",
+            &arg("ca.key"),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mode",
+            mode,
+        ],
+        env,
+        &dir.join(log),
+    )
+}
+
 /// A child process killed on drop.
 #[derive(Debug)]
 pub struct Proc(pub Child);
