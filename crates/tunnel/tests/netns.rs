@@ -7,7 +7,7 @@ mod metrics_doc;
 mod support;
 
 use ambit_identity::testing::TestPki;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
 
@@ -64,7 +64,7 @@ const PODS: [Pod; 5] = [
 
 fn write_files(net: &Net) -> TestPki {
     let pki = write_ca(net);
-    std::fs::write(net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+    std::fs::write(net.dir().join("mesh.yaml"), mesh_yaml()).unwrap();
     pki
 }
 
@@ -72,47 +72,38 @@ fn write_files(net: &Net) -> TestPki {
 fn write_ca(net: &Net) -> TestPki {
     let pki = TestPki::new("cluster.local");
     let material = pki.ca.to_material();
-    std::fs::write(net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
-    std::fs::write(net.dir.join("ca.key"), &material.key_pem).unwrap();
+    std::fs::write(net.dir().join("ca.pem"), &material.certificate_pem).unwrap();
+    std::fs::write(net.dir().join("ca.key"), &material.key_pem).unwrap();
     pki
 }
 
 /// The topology; everything it made is removed on drop.
 struct Net {
-    prefix: String,
-    dir: PathBuf,
     procs: Vec<Proc>,
-    /// Every namespace made (or being made), deleted on drop with its veths.
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
 }
 
 impl Net {
     fn ns(&self, short: &str) -> String {
-        format!("{}-{short}", self.prefix)
+        self.namespaces.ns(short)
+    }
+
+    /// The topology's directory: mesh, CA, sockets and logs.
+    fn dir(&self) -> &Path {
+        &self.namespaces.dir
     }
 
     /// A topology with no namespaces yet: its directory, and the cleanup.
     fn bare(tag: &str) -> Self {
-        let prefix = format!("a{tag}{}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("ambit-tunnel-e2e-{prefix}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         Self {
-            prefix,
-            dir,
             procs: Vec::new(),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::new(&format!("a{tag}")),
         }
     }
 
     /// Adds the namespace `short` with its loopback up; returns its full name.
     fn add_ns(&mut self, short: &str) -> String {
-        let name = self.ns(short);
-        self.namespaces.push(name.clone());
-        sh(&format!(
-            "ip netns add {name} && ip -n {name} link set lo up"
-        ));
-        name
+        self.namespaces.add(short)
     }
 
     /// A node namespace: a bridge `cbr0` at 10.77.`k`.1/24 for its pods, forwarding on.
@@ -164,13 +155,6 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.procs.clear();
-        remove_topology(&self.namespaces, &self.dir);
-    }
-}
-
 fn mesh_yaml() -> String {
     let mut y = String::from("trustDomain: cluster.local\nworkloads:\n");
     for p in &PODS {
@@ -203,7 +187,7 @@ impl Bins {
 }
 
 fn start_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str) -> Proc {
-    let socket = net.dir.join(format!("{node}.sock"));
+    let socket = net.dir().join(format!("{node}.sock"));
     let _ = std::fs::remove_file(&socket);
     let proc = spawn_tunnel(net, bins, node, mode, &format!("tunnel-{node}.log"));
     poll("tunnel socket", WAIT, || {
@@ -218,8 +202,8 @@ fn spawn_tunnel(net: &Net, bins: &Bins, node: &str, mode: &str, log: &str) -> Pr
         &net.ns(node),
         &bins.path("ambit-tunnel"),
         node,
-        &net.dir,
-        &net.dir.join(format!("{node}.sock")),
+        net.dir(),
+        &net.dir().join(format!("{node}.sock")),
         mode,
         // The glibc tunable the chart ships the tunnel with (docs/tunnel.md, "Memory
         // allocator"), so the benchmarks measure it as it runs.
@@ -241,8 +225,8 @@ fn enroll_named(net: &Net, bins: &Bins, name: &str, node: &str) -> (bool, String
         "{} enroll --netns /run/netns/{} --uid uid-{name} --name {name} --namespace {NS} --socket {} --state {}",
         bins.path("ambit-capture").display(),
         net.ns(name),
-        net.dir.join(format!("{node}.sock")).display(),
-        net.dir.join(format!("{node}-pods")).display(),
+        net.dir().join(format!("{node}.sock")).display(),
+        net.dir().join(format!("{node}-pods")).display(),
     ));
     (ok, err)
 }
@@ -251,8 +235,8 @@ fn enroll_named(net: &Net, bins: &Bins, name: &str, node: &str) -> (bool, String
 fn cni(net: &Net, bins: &Bins, command: &str, pod: &Pod) -> (bool, String) {
     let config = format!(
         r#"{{"cniVersion":"1.0.0","name":"k8s","type":"ambit-capture","tunnelSocket":"{}","stateDir":"{}","prevResult":{{"cniVersion":"1.0.0","ips":[{{"address":"{}/24"}}]}}}}"#,
-        net.dir.join(format!("{}.sock", pod.node)).display(),
-        net.dir.join(format!("{}-pods", pod.node)).display(),
+        net.dir().join(format!("{}.sock", pod.node)).display(),
+        net.dir().join(format!("{}-pods", pod.node)).display(),
         pod.ip
     );
     let (ok, out, _) = sh_status(&format!(
@@ -302,7 +286,7 @@ fn echo_server(net: &Net, bins: &Bins, pod: &str) -> Proc {
         &bins.path("ambit-echo-server"),
         &["8080"],
         &[("POD_NAME", pod)],
-        &net.dir.join(format!("echo-{pod}.log")),
+        &net.dir().join(format!("echo-{pod}.log")),
     )
 }
 
@@ -456,8 +440,8 @@ fn node_tunnels_in_network_namespaces() {
 
     step("// Encrypted on the wire");
     // Encrypted on the wire, cross-node and same-node.
-    let capture1 = Capture::start(&net.ns("n1"), &net.dir.join("n1.pcap"));
-    let capture2 = Capture::start(&net.ns("n2"), &net.dir.join("n2.pcap"));
+    let capture1 = Capture::start(&net.ns("n1"), &net.dir().join("n1.pcap"));
+    let capture2 = Capture::start(&net.ns("n2"), &net.dir().join("n2.pcap"));
     let marker = "AMBIT-SECRET-MARKER";
     let cross = echo(&net, &bins, "p11", "10.77.2.21:8080", marker).unwrap();
     assert!(
@@ -516,8 +500,8 @@ fn node_tunnels_in_network_namespaces() {
     // The mesh file is watched: dropping the policy lets the principal in, without a restart.
     let without_policy = mesh_yaml();
     let without_policy = &without_policy[..without_policy.find("policies:").unwrap()];
-    std::fs::write(net.dir.join("mesh.yaml.tmp"), without_policy).unwrap();
-    std::fs::rename(net.dir.join("mesh.yaml.tmp"), net.dir.join("mesh.yaml")).unwrap();
+    std::fs::write(net.dir().join("mesh.yaml.tmp"), without_policy).unwrap();
+    std::fs::rename(net.dir().join("mesh.yaml.tmp"), net.dir().join("mesh.yaml")).unwrap();
     poll("the policy change to apply", WAIT, || {
         echo(&net, &bins, "p22", "10.77.2.21:8080", "now").ok()
     });
@@ -566,8 +550,8 @@ fn node_tunnels_in_network_namespaces() {
         "{} release --netns /run/netns/{} --uid uid-p22 --socket {} --state {}",
         bins.path("ambit-capture").display(),
         net.ns("p22"),
-        net.dir.join("n2.sock").display(),
-        net.dir.join("n2-pods").display()
+        net.dir().join("n2.sock").display(),
+        net.dir().join("n2-pods").display()
     ));
     let (still, _, _) = sh_status(&format!(
         "{} check --netns /run/netns/{}",
@@ -597,12 +581,12 @@ fn node_tunnels_in_network_namespaces() {
         &[
             "agent",
             "--socket",
-            net.dir.join("n1.sock").to_str().unwrap(),
+            net.dir().join("n1.sock").to_str().unwrap(),
             "--state",
-            net.dir.join("n1-pods").to_str().unwrap(),
+            net.dir().join("n1-pods").to_str().unwrap(),
         ],
         &[],
-        &net.dir.join("agent-n1.log"),
+        &net.dir().join("agent-n1.log"),
     );
     net.procs.push(agent);
     // SIGTERM drains: an open connection keeps working until it closes, then the tunnel exits.
@@ -622,7 +606,7 @@ fn node_tunnels_in_network_namespaces() {
     });
     tunnel1.signal_term();
     poll("the tunnel to start draining", WAIT, || {
-        std::fs::metadata(net.dir.join("n1.sock"))
+        std::fs::metadata(net.dir().join("n1.sock"))
             .is_err()
             .then_some(())
     });
@@ -680,7 +664,7 @@ fn node_tunnels_in_network_namespaces() {
         serde_json::json!(["spiffe://cluster.local/ns/demo/sa/client"])
     );
 
-    let log = std::fs::read_to_string(net.dir.join("tunnel-n2.log")).unwrap();
+    let log = std::fs::read_to_string(net.dir().join("tunnel-n2.log")).unwrap();
     let access = log
         .lines()
         .find(|l| l.contains("connection complete"))

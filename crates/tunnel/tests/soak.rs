@@ -63,29 +63,21 @@ fn knob(name: &str, default: u64) -> u64 {
     }
 }
 
-/// The node and its pods; removed on drop.
+/// The node and its pods; its tunnel is stopped, then its namespaces deleted, on drop.
 struct Node {
-    prefix: String,
-    dir: PathBuf,
     bins: PathBuf,
-    namespaces: Vec<String>,
     tunnel: Option<Proc>,
+    net: Namespaces,
 }
 
 impl Node {
     fn new(bins: PathBuf) -> Self {
-        let prefix = format!("soak{}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("ambit-{prefix}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let mut node = Self {
-            prefix,
-            dir,
             bins,
-            namespaces: Vec::new(),
             tunnel: None,
+            net: Namespaces::new("soak"),
         };
-        let n = node.add_ns("node");
+        let n = node.net.add("node");
         sh(&format!(
             "ip -n {n} link add cbr0 type bridge && ip -n {n} addr add {NODE_CIDR}.1/24 dev cbr0 \
              && ip -n {n} link set cbr0 up"
@@ -94,21 +86,12 @@ impl Node {
     }
 
     fn ns(&self, short: &str) -> String {
-        format!("{}-{short}", self.prefix)
-    }
-
-    fn add_ns(&mut self, short: &str) -> String {
-        let name = self.ns(short);
-        self.namespaces.push(name.clone());
-        sh(&format!(
-            "ip netns add {name} && ip -n {name} link set lo up"
-        ));
-        name
+        self.net.ns(short)
     }
 
     /// A pod netns on the node's bridge.
     fn add_pod(&mut self, name: &str, ip: &str) {
-        let p = self.add_ns(name);
+        let p = self.net.add(name);
         let n = self.ns("node");
         sh(&format!(
             "ip -n {p} link add eth0 type veth peer name v{name} netns {n} \
@@ -119,18 +102,14 @@ impl Node {
     }
 
     fn remove_pod(&mut self, name: &str) {
-        let full = self.ns(name);
         // The veth first: with the netns alone, the kernel deletes the pair later, and the
         // next pod of the slot would find its name taken.
-        sh(&format!(
-            "ip -n {} link del v{name} && ip netns del {full}",
-            self.ns("node")
-        ));
-        self.namespaces.retain(|n| *n != full);
+        let veth = format!("ip -n {} link del v{name}", self.ns("node"));
+        self.net.delete(name, &veth);
     }
 
     fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
+        self.net.dir.join(file)
     }
 
     fn start_tunnel(&mut self) -> u32 {
@@ -143,7 +122,7 @@ impl Node {
             &self.ns("node"),
             &self.bins.join("ambit-tunnel"),
             "node",
-            &self.dir,
+            &self.net.dir,
             &socket,
             "strict",
             &[("RUST_LOG", "warn")],
@@ -183,13 +162,6 @@ impl Node {
         let tmp = self.path("mesh.yaml.tmp");
         std::fs::write(&tmp, mesh_yaml(churn, generation)).unwrap();
         std::fs::rename(&tmp, self.path("mesh.yaml")).unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.tunnel = None;
-        remove_topology(&self.namespaces, &self.dir);
     }
 }
 

@@ -11,7 +11,7 @@ mod support;
 
 use ambit_identity::testing::TestPki;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -27,51 +27,30 @@ const APP: &str = "10.77.1.12";
 /// The pods: the client, the app, and a pod whose owner set `tcp_tw_reuse` to 0.
 const PODS: [(&str, &str); 3] = [("c", "10.77.1.11"), ("a", APP), ("z", "10.77.1.13")];
 
-/// The topology; every namespace it made is deleted on drop, its processes killed first.
+/// The topology; its processes are killed, then its namespaces deleted, on drop.
 struct Topology {
-    prefix: String,
-    dir: PathBuf,
     procs: Vec<Proc>,
-    namespaces: Vec<String>,
+    net: Namespaces,
 }
 
 impl Topology {
     fn ns(&self, short: &str) -> String {
-        format!("{}-{short}", self.prefix)
-    }
-
-    fn path(&self, short: &str) -> String {
-        format!("/run/netns/{}", self.ns(short))
-    }
-
-    fn add_ns(&mut self, short: &str) -> String {
-        let name = self.ns(short);
-        self.namespaces.push(name.clone());
-        sh(&format!(
-            "ip netns add {name} && ip -n {name} link set lo up"
-        ));
-        name
+        self.net.ns(short)
     }
 
     /// Node `n1` with bridge `cbr0` at 10.77.1.1/24, and the pods on it.
     fn new() -> Self {
-        let prefix = format!("tw{}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("ambit-time-wait-{prefix}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let mut t = Self {
-            prefix,
-            dir,
             procs: Vec::new(),
-            namespaces: Vec::new(),
+            net: Namespaces::new("tw"),
         };
-        let n = t.add_ns("n1");
+        let n = t.net.add("n1");
         sh(&format!(
             "ip -n {n} link add cbr0 type bridge && ip -n {n} addr add 10.77.1.1/24 dev cbr0 \
              && ip -n {n} link set cbr0 up"
         ));
         for (pod, ip) in PODS {
-            let p = t.add_ns(pod);
+            let p = t.net.add(pod);
             sh(&format!(
                 "ip -n {p} link add eth0 type veth peer name v{pod} netns {n} \
                  && ip -n {n} link set v{pod} master cbr0 up \
@@ -90,13 +69,6 @@ impl Topology {
 
     fn tw_reuse(&self, pod: &str) -> String {
         self.sysctl(pod, "net.ipv4.tcp_tw_reuse")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        self.procs.clear();
-        remove_topology(&self.namespaces, &self.dir);
     }
 }
 
@@ -154,9 +126,9 @@ fn new_connections_to_an_app_port_reuse_time_wait() {
     let mut t = Topology::new();
     let pki = TestPki::new("cluster.local");
     let material = pki.ca.to_material();
-    std::fs::write(t.dir.join("ca.pem"), &material.certificate_pem).unwrap();
-    std::fs::write(t.dir.join("ca.key"), &material.key_pem).unwrap();
-    std::fs::write(t.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
+    std::fs::write(t.net.dir.join("ca.pem"), &material.certificate_pem).unwrap();
+    std::fs::write(t.net.dir.join("ca.key"), &material.key_pem).unwrap();
+    std::fs::write(t.net.dir.join("mesh.yaml"), mesh_yaml()).unwrap();
     sh(&format!(
         "ip netns exec {} sysctl -qw net.ipv4.ip_local_port_range='{} {}' \
          && ip netns exec {} sysctl -qw net.ipv4.tcp_tw_reuse=0",
@@ -168,9 +140,9 @@ fn new_connections_to_an_app_port_reuse_time_wait() {
     assert_eq!(t.tw_reuse("a"), "2", "a new netns's default");
     app(&t);
 
-    let socket = t.dir.join("n1.sock");
-    let state = t.dir.join("pods");
-    let dir = t.dir.clone();
+    let socket = t.net.dir.join("n1.sock");
+    let state = t.net.dir.join("pods");
+    let dir = t.net.dir.clone();
     t.procs.push(spawn_node_tunnel(
         &t.ns("n1"),
         &bins.join("ambit-tunnel"),
@@ -195,14 +167,14 @@ fn new_connections_to_an_app_port_reuse_time_wait() {
     let (ok, out, err) = sh_status(&format!(
         "echo '{config}' | CNI_COMMAND=ADD CNI_NETNS={} CNI_CONTAINERID=c-a CNI_IFNAME=eth0 \
          CNI_PATH=/nonexistent CNI_ARGS='K8S_POD_NAMESPACE=demo;K8S_POD_NAME=a;K8S_POD_UID=uid-a' {}",
-        t.path("a"),
+        t.net.path("a"),
         bins.join("ambit-capture").display()
     ));
     assert!(ok, "CNI ADD: {out} {err}");
     let pod_args = |pod: &str| {
         format!(
             "--netns {} --uid uid-{pod} --socket {} --state {}",
-            t.path(pod),
+            t.net.path(pod),
             socket.display(),
             state.display()
         )

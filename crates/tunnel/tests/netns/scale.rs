@@ -75,7 +75,7 @@ fn bench_tunnel_scale() {
     };
     let mut net = Net::bare("s");
     write_ca(&net);
-    std::fs::write(net.dir.join("mesh.yaml"), scale_mesh_yaml(most)).unwrap();
+    std::fs::write(net.dir().join("mesh.yaml"), scale_mesh_yaml(most)).unwrap();
     net.add_node("n1", 1);
     let made = Instant::now();
     for i in 0..most {

@@ -79,7 +79,7 @@ fn ready(net: &Net) -> String {
 /// or the old pod deleted first), else once the new one answers ready.
 fn upgrade(net: &Net, bins: &Bins, old: &mut Proc, log: &str, early: bool) -> Proc {
     let new = spawn_tunnel(net, bins, "n1", "strict", log);
-    let log = net.dir.join(log);
+    let log = net.dir().join(log);
     let logged = |what: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()

@@ -110,13 +110,66 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> Option<String> {
     })
 }
 
-/// Deletes a topology's network namespaces, the last made first (a pod's veth goes with its
-/// namespace, before its node's), then its directory.
-pub fn remove_topology(namespaces: &[String], dir: &Path) {
-    for name in namespaces.iter().rev() {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+/// The network namespaces and the directory of one test's topology, named after one prefix
+/// (unique per process, short enough for interface names). Drop deletes the namespaces, the last
+/// made first (a pod's veth goes with its namespace, before its node's), then the directory; a
+/// topology that runs processes in them declares those before this field so they die first.
+pub struct Namespaces {
+    prefix: String,
+    pub dir: PathBuf,
+    made: Vec<String>,
+}
+
+impl Namespaces {
+    /// `tag` followed by this process's id; a fresh directory `ambit-<prefix>` in the temp dir.
+    pub fn new(tag: &str) -> Self {
+        let prefix = format!("{tag}{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("ambit-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            prefix,
+            dir,
+            made: Vec::new(),
+        }
     }
-    let _ = std::fs::remove_dir_all(dir);
+
+    /// The full name of namespace `short`.
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Where namespace `short` is mounted.
+    pub fn path(&self, short: &str) -> String {
+        format!("/run/netns/{}", self.ns(short))
+    }
+
+    /// Adds namespace `short` with its loopback up; returns its full name.
+    pub fn add(&mut self, short: &str) -> String {
+        let name = self.ns(short);
+        self.made.push(name.clone());
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        name
+    }
+
+    /// Deletes namespace `short` now, after what `before` must do first (a shell command or "").
+    pub fn delete(&mut self, short: &str, before: &str) {
+        let name = self.ns(short);
+        let and = if before.is_empty() { "" } else { " && " };
+        sh(&format!("{before}{and}ip netns del {name}"));
+        self.made.retain(|n| *n != name);
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in self.made.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A node tunnel in `ns` for `node`, taking its mesh and CA from `dir` (`mesh.yaml`, `ca.pem`,
