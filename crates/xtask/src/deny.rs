@@ -1,7 +1,7 @@
 //! `cargo deny check` (deny.toml): licenses, bans (one version of each crate), sources, and
 //! RustSec advisories when their database can be had.
 
-use crate::cmd::{self, cargo_tool};
+use crate::cmd::{self, cargo, cargo_tool};
 use anyhow::Result;
 use std::process::Command;
 
@@ -9,6 +9,10 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 
 pub fn run() -> Result<()> {
     let deny = cargo_tool("cargo-deny", CARGO_DENY_VERSION)?;
+    // The checks run `--offline`, reading the whole dependency graph from the local registry:
+    // every crate of the lockfile must be there, other platforms' too (windows-sys, ...), which
+    // a build on this machine never downloads. crates.io is reachable where github.com is not.
+    cmd::run(&mut cargo(["fetch", "--locked"]))?;
     let check = |args: &[&str]| {
         let mut command = Command::new(&deny);
         command
