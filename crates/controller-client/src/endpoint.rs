@@ -39,10 +39,8 @@ pub enum EndpointError {
 /// Where the controller is and how to prove who we are to it.
 #[derive(Debug)]
 pub struct ControllerEndpoint {
-    address: String,
+    connector: Connector,
     identity: SpiffeId,
-    tls: Arc<rustls_config::ClientConfig>,
-    trust: TrustBundle,
     token: PathBuf,
 }
 
@@ -74,16 +72,18 @@ impl ControllerEndpoint {
             vec![identity.clone()],
         )?;
         Ok(Self {
-            address,
+            connector: Connector {
+                address,
+                tls: Arc::new(tls),
+                trust: trust.clone(),
+            },
             identity,
-            tls: Arc::new(tls),
-            trust: trust.clone(),
             token: token.into(),
         })
     }
 
     pub fn address(&self) -> &str {
-        &self.address
+        &self.connector.address
     }
 
     pub fn identity(&self) -> &SpiffeId {
@@ -92,11 +92,7 @@ impl ControllerEndpoint {
 
     /// A channel that connects on first use and reconnects after failures.
     pub fn channel(&self) -> Channel {
-        let connector = Connector {
-            address: self.address.clone(),
-            tls: self.tls.clone(),
-            trust: self.trust.clone(),
-        };
+        let connector = self.connector.clone();
         let connector = tower::service_fn(move |_uri: http::Uri| {
             let connector = connector.clone();
             async move { connector.connect().await.map(hyper_util::rt::TokioIo::new) }
@@ -122,7 +118,7 @@ impl ControllerEndpoint {
 }
 
 /// What the channel needs to open a connection to the controller.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Connector {
     address: String,
     tls: Arc<rustls_config::ClientConfig>,
@@ -324,19 +320,15 @@ mod tests {
         pki.id("ambit-system", "ambit-controller")
     }
 
-    fn endpoint(pki: &TestPki, trust: &TrustBundle, addr: std::net::SocketAddr) -> Connector {
-        let endpoint = ControllerEndpoint::new(
+    fn connector_to(pki: &TestPki, trust: &TrustBundle, addr: std::net::SocketAddr) -> Connector {
+        ControllerEndpoint::new(
             addr.to_string(),
             controller(pki),
             trust,
             "/nonexistent/token",
         )
-        .unwrap();
-        Connector {
-            address: endpoint.address,
-            tls: endpoint.tls,
-            trust: endpoint.trust,
-        }
+        .unwrap()
+        .connector
     }
 
     async fn echoes(connection: &mut ControllerConnection) -> io::Result<()> {
@@ -355,7 +347,7 @@ mod tests {
         let other = TestPki::new("cluster.local");
         let addr = echo_controller(&pki, controller(&pki)).await;
         let trust = pki.bundle();
-        let connector = endpoint(&pki, &trust, addr);
+        let connector = connector_to(&pki, &trust, addr);
         let mut connection = connector.connect().await.unwrap();
         echoes(&mut connection).await.unwrap();
 
@@ -399,7 +391,7 @@ mod tests {
         let pki = TestPki::new("cluster.local");
         let other = TestPki::new("cluster.local");
         let addr = echo_controller(&other, controller(&other)).await;
-        let connector = endpoint(&pki, &pki.bundle(), addr);
+        let connector = connector_to(&pki, &pki.bundle(), addr);
         assert!(connector.connect().await.is_err());
     }
 
@@ -407,9 +399,14 @@ mod tests {
     async fn a_peer_of_the_mesh_that_is_not_the_controller_is_refused() {
         let pki = TestPki::new("cluster.local");
         let addr = echo_controller(&pki, pki.id("demo", "client")).await;
-        let connector = endpoint(&pki, &pki.bundle(), addr);
+        let connector = connector_to(&pki, &pki.bundle(), addr);
         assert!(connector.connect().await.is_err());
         let addr = echo_controller(&pki, controller(&pki)).await;
-        assert!(endpoint(&pki, &pki.bundle(), addr).connect().await.is_ok());
+        assert!(
+            connector_to(&pki, &pki.bundle(), addr)
+                .connect()
+                .await
+                .is_ok()
+        );
     }
 }

@@ -104,8 +104,8 @@ impl Node {
     fn remove_pod(&mut self, name: &str) {
         // The veth first: with the netns alone, the kernel deletes the pair later, and the
         // next pod of the slot would find its name taken.
-        let veth = format!("ip -n {} link del v{name}", self.ns("node"));
-        self.net.delete(name, &veth);
+        sh(&format!("ip -n {} link del v{name}", self.ns("node")));
+        self.net.delete(name);
     }
 
     fn path(&self, file: &str) -> PathBuf {

@@ -154,11 +154,10 @@ impl Namespaces {
         name
     }
 
-    /// Deletes namespace `short` now, after what `before` must do first (a shell command or "").
-    pub fn delete(&mut self, short: &str, before: &str) {
+    /// Deletes namespace `short` now.
+    pub fn delete(&mut self, short: &str) {
         let name = self.ns(short);
-        let and = if before.is_empty() { "" } else { " && " };
-        sh(&format!("{before}{and}ip netns del {name}"));
+        sh(&format!("ip netns del {name}"));
         self.made.retain(|n| *n != name);
     }
 }
